@@ -1,0 +1,235 @@
+"""Build, store and look up bundles.
+
+A bundle is a manifest (every file's path, sha256 and size, the model's signature, where it came
+from) whose canonical sha256 is the bundle's identity. Files live once in the blob store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from agent.protocol import MANIFEST_SCHEMA, canonical_json, check_relative_path, manifest_digest
+from orchestrator.blobstore import BlobStore
+from orchestrator.config import Settings
+from orchestrator.errors import BundleError, NotFoundError
+from orchestrator.models import Bundle
+from orchestrator.onnxinfo import inspect_model, version_tuple
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+
+
+@dataclass
+class BuildResult:
+    bundle: Bundle
+    created: bool  # False when the latest version already had exactly these files
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise BundleError(
+            f"bundle name {name!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def check_version(version: str) -> str:
+    if not VERSION_RE.match(version):
+        raise BundleError(
+            f"bundle version {version!r} is not allowed: use letters, digits, '.', '_', '+', '-'"
+        )
+    return version
+
+
+def parse_ref(ref: str) -> tuple[str, str | None]:
+    """``name`` or ``name@version``."""
+    name, _, version = ref.partition("@")
+    check_name(name)
+    if version:
+        check_version(version)
+    return name, version or None
+
+
+def collect_files(path: Path) -> list[tuple[str, Path]]:
+    """(bundle-relative path, file on disk) for an .onnx file or a folder; refuses escapes.
+
+    Hidden files and folders (``.git``, ``.DS_Store``) are left out: they are never model files.
+    """
+    if not path.exists():
+        raise BundleError(f"{path}: no such file or folder")
+    if path.is_file():
+        return [(path.name, path)]
+    root = path.resolve()
+    found: list[tuple[str, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for dirname in dirnames:
+            if os.path.islink(os.path.join(dirpath, dirname)):
+                raise BundleError(
+                    f"{os.path.join(dirpath, dirname)}: symlinked folders are not followed; "
+                    "copy the folder in instead"
+                )
+        for filename in sorted(filenames):
+            if filename.startswith("."):
+                continue
+            full = Path(dirpath) / filename
+            rel = full.relative_to(path).as_posix()
+            if full.is_symlink():
+                target = full.resolve()
+                if not target.is_relative_to(root):
+                    raise BundleError(f"{full}: symlink escapes the bundle folder (-> {target})")
+                if not target.is_file():
+                    raise BundleError(f"{full}: symlink does not point at a file")
+            try:
+                check_relative_path(rel)
+            except ValueError as exc:
+                raise BundleError(f"{full}: {exc}") from None
+            found.append((rel, full))
+    if not found:
+        raise BundleError(f"{path}: the folder has no files")
+    return found
+
+
+def _pick_model(files: list[tuple[str, Path]], model: str | None, source: Path) -> str:
+    rels = [rel for rel, _ in files]
+    if model is not None:
+        try:
+            model = check_relative_path(model)
+        except ValueError as exc:
+            raise BundleError(f"--model {model}: {exc}") from None
+        if model not in rels:
+            raise BundleError(f"--model {model}: no such file in {source}")
+        return model
+    onnx_files = [rel for rel in rels if rel.endswith(".onnx")]
+    if not onnx_files:
+        raise BundleError(f"{source}: no .onnx file found; a bundle needs a model")
+    if len(onnx_files) > 1:
+        raise BundleError(
+            f"{source}: several .onnx files ({', '.join(onnx_files)}); say which with --model"
+        )
+    return onnx_files[0]
+
+
+def next_version(session: Session, name: str) -> str:
+    versions = session.exec(select(Bundle.version).where(Bundle.name == name)).all()
+    numeric = [int(v) for v in versions if v.isdigit()]
+    return str(max(numeric, default=0) + 1)
+
+
+def latest(session: Session, name: str) -> Bundle | None:
+    bundles = session.exec(select(Bundle).where(Bundle.name == name)).all()
+    if not bundles:
+        return None
+    return max(bundles, key=lambda b: (b.created_at, version_tuple(b.version), b.id or 0))
+
+
+def build_bundle(
+    session: Session,
+    settings: Settings,
+    path: Path,
+    name: str,
+    version: str | None = None,
+    model: str | None = None,
+    on_file: Callable[[str, int], None] | None = None,
+) -> BuildResult:
+    """Inspect, hash into the blob store, write the manifest, register the version."""
+    check_name(name)
+    if version is not None:
+        check_version(version)
+        if session.exec(
+            select(Bundle).where(Bundle.name == name, Bundle.version == version)
+        ).first():
+            raise BundleError(f"{name}@{version} already exists; pick another --version")
+    files = collect_files(path)
+    model_rel = _pick_model(files, model, path)
+    model_path = dict(files)[model_rel]
+    info = inspect_model(model_path, f"{path}:{model_rel}" if path.is_dir() else str(path))
+
+    store = BlobStore(settings.blob_dir)
+    entries = []
+    for rel, full in files:
+        sha, size = store.add_file(full)
+        entries.append({"path": rel, "sha256": sha, "size": size})
+        if on_file:
+            on_file(rel, size)
+
+    previous = latest(session, name)
+    if version is None and previous is not None:
+        old = json.loads(previous.manifest_json)
+        if old["files"] == entries and old["model"]["path"] == model_rel:
+            return BuildResult(bundle=previous, created=False)
+
+    version = version or next_version(session, name)
+    manifest: dict[str, Any] = {
+        "schema": MANIFEST_SCHEMA,
+        "name": name,
+        "version": version,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "source": {"type": "folder" if path.is_dir() else "file", "path": str(path.resolve())},
+        "files": entries,
+        "model": dict(info.as_dict(), path=model_rel),
+        "precision": info.precision,
+        "min_onnxruntime": info.min_onnxruntime,
+    }
+    bundle = Bundle(
+        name=name,
+        version=version,
+        digest=manifest_digest(manifest),
+        size_bytes=sum(e["size"] for e in entries),
+        precision=info.precision,
+        manifest_json=canonical_json(manifest).decode("utf-8"),
+    )
+    session.add(bundle)
+    session.flush()
+    return BuildResult(bundle=bundle, created=True)
+
+
+def get_bundle(session: Session, ref: str) -> Bundle:
+    name, version = parse_ref(ref)
+    if version is None:
+        bundle = latest(session, name)
+    else:
+        bundle = session.exec(
+            select(Bundle).where(Bundle.name == name, Bundle.version == version)
+        ).first()
+    if bundle is None:
+        known = session.exec(select(Bundle.version).where(Bundle.name == name)).all()
+        hint = (f" (versions: {', '.join(known)})" if known
+                else "; build it with `edgefleet bundle build`")
+        raise NotFoundError(f"no bundle {ref}{hint}")
+    return bundle
+
+
+def list_bundles(session: Session) -> list[Bundle]:
+    return list(session.exec(select(Bundle).order_by(col(Bundle.name), col(Bundle.id))).all())
+
+
+def manifest_of(bundle: Bundle) -> dict[str, Any]:
+    return json.loads(bundle.manifest_json)
+
+
+def bundle_public(bundle: Bundle) -> dict[str, Any]:
+    """The JSON shape the CLI and API print for one bundle."""
+    manifest = manifest_of(bundle)
+    return {
+        "name": bundle.name,
+        "version": bundle.version,
+        "digest": bundle.digest,
+        "size_bytes": bundle.size_bytes,
+        "precision": bundle.precision,
+        "created_at": bundle.created_at.isoformat(),
+        "min_onnxruntime": manifest.get("min_onnxruntime"),
+        "model": manifest.get("model"),
+        "files": manifest.get("files"),
+        "source": manifest.get("source"),
+    }

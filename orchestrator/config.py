@@ -1,0 +1,56 @@
+"""Settings for the control plane.
+
+Everything stateful lives under ``EDGEFLEET_HOME`` so that a demo, a test or a second fleet can
+be kept apart by pointing one variable somewhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_home() -> Path:
+    """XDG data dir + /edgefleet, as DESIGN.md promises."""
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg) / "edgefleet"
+
+
+class Settings(BaseSettings):
+    """Read from the environment (``EDGEFLEET_*``) and ``DATABASE_URL``."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", extra="ignore")
+
+    home: Path = Field(default_factory=default_home)
+    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    forks: int = 10
+    timeout_s: float = 30.0
+
+    @cached_property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'edgefleet.db'}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.home / "blobs"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.home / "known_hosts"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.home / "keys"
+
+    def ensure_dirs(self) -> None:
+        for path in (self.home, self.blob_dir, self.keys_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+def get_settings() -> Settings:
+    """A fresh read each call: tests and the demo switch EDGEFLEET_HOME at run time."""
+    return Settings()

@@ -1,0 +1,184 @@
+"""Push, verify, activate, roll back.
+
+Per device: the agent says which blobs it holds (after re-checking them), we refuse early what
+cannot work (old onnxruntime, no disk space), send only the missing blobs to ``.part`` files, and
+the agent verifies every file and the manifest digest before swapping ``current``. Each step is
+recorded as a Deployment row, so the CLI, the API and the web show the same history.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from agent.protocol import E_NOTHING_TO_ROLL_BACK
+from orchestrator.agentclient import call_agent
+from orchestrator.blobstore import BlobStore
+from orchestrator.bundles import manifest_of
+from orchestrator.config import Settings
+from orchestrator.db import session_scope
+from orchestrator.devices import get_device, to_target
+from orchestrator.errors import AgentError, EdgeFleetError, TransportError
+from orchestrator.fleet import Outcome, fan_out
+from orchestrator.models import Bundle, Deployment, Device
+from orchestrator.onnxinfo import version_tuple
+from orchestrator.transport import Connection, RemotePath, Target, connect
+
+
+class PushProgress(Protocol):
+    def start(self, device: str, total_bytes: int) -> None: ...
+    def advance(self, device: str, nbytes: int) -> None: ...
+    def state(self, device: str, state: str) -> None: ...
+
+
+class NoProgress:
+    def start(self, device: str, total_bytes: int) -> None: ...
+    def advance(self, device: str, nbytes: int) -> None: ...
+    def state(self, device: str, state: str) -> None: ...
+
+
+def check_runtime(target: Target, plan: dict[str, Any], manifest: dict[str, Any]) -> None:
+    ref = f"{manifest['name']}@{manifest['version']}"
+    need = manifest.get("min_onnxruntime") or "0"
+    have = plan.get("onnxruntime")
+    if not have:
+        raise EdgeFleetError(
+            f"{target.name}: onnxruntime is not importable on the device; "
+            f"run `edgefleet agent install {target.name} --with-deps`"
+        )
+    if version_tuple(have) < version_tuple(need):
+        model = manifest.get("model", {})
+        raise EdgeFleetError(
+            f"{target.name}: has onnxruntime {have} but {ref} needs onnxruntime >= {need} "
+            f"(opset {model.get('opset')}, IR {model.get('ir_version')}); upgrade onnxruntime "
+            "on the device or export the model with a lower opset. Nothing was sent."
+        )
+
+
+def push_over(conn: Connection, bundle: Bundle, store: BlobStore,
+              progress: PushProgress) -> Outcome:
+    """One device's push over an open connection."""
+    target = conn.target
+    manifest = manifest_of(bundle)
+    payload = {"manifest": manifest, "digest": bundle.digest}
+    progress.state(target.name, "planning")
+    plan = call_agent(conn, "plan", payload)
+    check_runtime(target, plan, manifest)
+    if plan.get("already_active"):
+        progress.start(target.name, 0)
+        return Outcome(target.name, True, "unchanged", data={"bytes_sent": 0})
+    missing: list[str] = plan.get("missing", [])
+    sizes = {f["sha256"]: f["size"] for f in manifest["files"]}
+    total = sum(sizes[sha] for sha in missing)
+    free = plan.get("disk_free_bytes")
+    if free is not None and total > free:
+        raise EdgeFleetError(
+            f"{target.name}: not enough disk space: {total / 1e6:.1f} MB to send, "
+            f"{free / 1e6:.1f} MB free under {target.root}. Free space on the device "
+            "(old bundles are pruned after each activation). Nothing was sent."
+        )
+    progress.start(target.name, total)
+    progress.state(target.name, "transferring")
+    incoming = RemotePath(plan["incoming"])
+    sent = 0
+    for sha in missing:
+        remote = incoming.join(f"{sha}.part")
+        try:
+            sent += conn.put(store.path(sha), remote,
+                             on_bytes=lambda n: progress.advance(target.name, n))
+        except TransportError as exc:
+            conn.remove(remote)
+            paths = [f["path"] for f in manifest["files"] if f["sha256"] == sha]
+            raise TransportError(f"{exc} (sending {', '.join(paths)})") from None
+    progress.state(target.name, "verifying")
+    result = call_agent(conn, "activate", payload)
+    state = "active" if result.get("changed", True) else "unchanged"
+    return Outcome(target.name, True, state, data={"bytes_sent": sent,
+                                                   "previous": result.get("previous")})
+
+
+def _finish(settings: Settings, deployment_id: int, outcome: Outcome,
+            active: tuple[str, str] | None) -> None:
+    with session_scope(settings) as session:
+        row = session.get(Deployment, deployment_id)
+        assert row is not None
+        row.state = outcome.state
+        row.bytes_sent = int(outcome.data.get("bytes_sent", 0))
+        row.duration_s = round(outcome.duration_s, 3)
+        row.error = outcome.error
+        row.finished_at = datetime.now(UTC)
+        session.add(row)
+        if outcome.ok:
+            device = get_device(session, outcome.device)
+            if active:
+                device.active_bundle, device.active_digest = active
+            device.last_seen = row.finished_at
+            session.add(device)
+
+
+def _start_rows(settings: Settings, devices: Sequence[Device], operation: str,
+                bundle: Bundle | None) -> dict[str, int]:
+    with session_scope(settings) as session:
+        rows = {
+            d.name: Deployment(
+                device_name=d.name, operation=operation, state="pending",
+                bundle_name=bundle.name if bundle else None,
+                bundle_version=bundle.version if bundle else None,
+                bundle_digest=bundle.digest if bundle else None,
+            )
+            for d in devices
+        }
+        session.add_all(rows.values())
+        session.flush()
+        return {name: row.id for name, row in rows.items()}  # type: ignore[misc]
+
+
+def push(settings: Settings, bundle: Bundle, devices: Sequence[Device], forks: int = 10,
+         timeout: float | None = None, progress: PushProgress | None = None) -> list[Outcome]:
+    progress = progress or NoProgress()
+    store = BlobStore(settings.blob_dir)
+    row_ids = _start_rows(settings, devices, "push", bundle)
+    active = (f"{bundle.name}@{bundle.version}", bundle.digest)
+
+    def step(target: Target) -> Outcome:
+        started = time.monotonic()
+        try:
+            with connect(target, settings, timeout) as conn:
+                outcome = push_over(conn, bundle, store, progress)
+        except EdgeFleetError as exc:
+            outcome = Outcome(target.name, False, "failed", str(exc))
+        outcome.duration_s = time.monotonic() - started
+        outcome.data.setdefault("bytes_sent", 0)
+        progress.state(target.name, outcome.state)
+        _finish(settings, row_ids[target.name], outcome, active if outcome.ok else None)
+        return outcome
+
+    return fan_out([to_target(d) for d in devices], step, forks)
+
+
+def rollback(settings: Settings, devices: Sequence[Device], forks: int = 10,
+             timeout: float | None = None) -> list[Outcome]:
+    row_ids = _start_rows(settings, devices, "rollback", None)
+
+    def step(target: Target) -> Outcome:
+        started = time.monotonic()
+        active = None
+        try:
+            with connect(target, settings, timeout) as conn:
+                result = call_agent(conn, "rollback", {})
+            now = result["active"]
+            active = (f"{now['name']}@{now['version']}", now["digest"])
+            outcome = Outcome(target.name, True, "rolled-back",
+                              data={"active": active[0], "from": result.get("previous")})
+        except AgentError as exc:
+            state = "nothing-to-roll-back" if exc.code == E_NOTHING_TO_ROLL_BACK else "failed"
+            outcome = Outcome(target.name, False, state, str(exc))
+        except EdgeFleetError as exc:
+            outcome = Outcome(target.name, False, "failed", str(exc))
+        outcome.duration_s = time.monotonic() - started
+        _finish(settings, row_ids[target.name], outcome, active)
+        return outcome
+
+    return fan_out([to_target(d) for d in devices], step, forks)
