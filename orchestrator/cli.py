@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -109,13 +108,6 @@ def inventory_sync(
         f"{path}: {len(report.added)} added, {len(report.changed)} changed, "
         f"{len(report.removed)} removed, {len(report.unchanged)} unchanged {verb}".rstrip()
     )
-
-
-def _inventory_errors() -> tuple[type[Exception], ...]:
-    from orchestrator.inventory import InventoryError
-    from orchestrator.patterns import PatternError
-
-    return (InventoryError, PatternError)
 
 
 # --- devices ---------------------------------------------------------------------------------
@@ -247,14 +239,15 @@ def agent_payload(o: Outcome) -> dict[str, Any]:
     return data
 
 
-def main() -> None:
-    from orchestrator import cli_bundles, cli_demo  # noqa: F401  (register their commands)
+def get_app() -> typer.Typer:
+    """The app with every command registered (the other cli_* modules add theirs on import)."""
+    from orchestrator import cli_bundles, cli_demo  # noqa: F401
 
-    try:
-        app()
-    except _inventory_errors() as exc:
-        output.stderr.print(output.cell(f"error: {exc}"))
-        sys.exit(2)
+    return app
+
+
+def main() -> None:
+    get_app()()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,55 @@
+"""Shared fixtures: an isolated EDGEFLEET_HOME and an in-process ``edgefleet`` runner."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from orchestrator.cli import get_app
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+class Cli:
+    """Runs ``edgefleet ...`` in-process against the test's own EDGEFLEET_HOME."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, expect: int | None = 0) -> CliResult:
+        result = self.runner.invoke(get_app(), [str(a) for a in args], catch_exceptions=False)
+        out = CliResult(result.exit_code, result.stdout, result.stderr)
+        if expect is not None and result.exit_code != expect:
+            raise AssertionError(
+                f"edgefleet {' '.join(map(str, args))} exited {result.exit_code}, "
+                f"expected {expect}\nstdout:\n{out.stdout}\nstderr:\n{out.stderr}"
+            )
+        return out
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "edgefleet-home"
+    monkeypatch.setenv("EDGEFLEET_HOME", str(path))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    return path
+
+
+@pytest.fixture
+def cli(home: Path) -> Cli:
+    return Cli(home)

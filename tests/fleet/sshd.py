@@ -1,0 +1,492 @@
+"""Real OpenSSH test hosts on loopback: one ``/usr/sbin/sshd`` per simulated Pi.
+
+Each :class:`SshdHost` has its own port on 127.0.0.1, its own ed25519 host key, its own
+AuthorizedKeysFile (holding the session's user key), its own ``edgefleet_root`` directory and a
+:class:`~orchestrator.simulate.SimulatedDevice`. Logins are as the current user (root included)
+with public keys only.
+
+Startup is synchronised on sshd's own log line ``Server listening on 127.0.0.1 port N`` (read
+from its stderr with a deadline, no sleeping); if the port turned out to be taken another one is
+tried. Teardown stops the listener *and* every session process it forked (sessions outlive a
+plain SIGTERM to the listener), and is also run at interpreter exit. Where ``setpriv`` exists,
+sshd is started with ``--pdeathsig TERM`` so even a hard-killed pytest does not leave it behind
+(the signal fires when the *thread* that started the host exits: start hosts from a thread that
+lives as long as they should, e.g. pytest's main thread).
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import contextlib
+import hashlib
+import os
+import pwd
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+
+from orchestrator.simulate import SimulatedDevice, create_simulated_device
+
+SSHD = "/usr/sbin/sshd"
+ADDRESS = "127.0.0.1"
+READY_TIMEOUT = 15.0
+STOP_TIMEOUT = 5.0
+PORT_ATTEMPTS = 10
+ODD_ROOT_NAME = 'edge fleet\'s "root" $NOPE'
+ODD_SIM_NAME = 'sim dir\'s "pi"'
+
+_LISTENING = re.compile(r"Server listening on 127\.0\.0\.1 port (\d+)")
+_BIND_FAILED = ("Address already in use", "Cannot bind any address")
+
+
+class PortTaken(RuntimeError):
+    """sshd could not bind its port (someone else took it between choosing and binding)."""
+
+
+@dataclass(frozen=True)
+class UserKey:
+    """The client-side key pair every test host accepts."""
+
+    private_key: Path
+    public_key: Path
+
+    @property
+    def public_line(self) -> str:
+        """``ssh-ed25519 AAAA... comment``, as it goes into authorized_keys."""
+        return self.public_key.read_text().strip()
+
+
+def generate_user_key(directory: Path) -> UserKey:
+    """Create an ed25519 key pair (no passphrase) in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    private = directory / "id_ed25519"
+    _keygen(private, comment="edgefleet-tests")
+    return UserKey(private, private.with_name(private.name + ".pub"))
+
+
+def current_user() -> str:
+    """Name of the effective user; the test hosts log this user in."""
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def openssh_fingerprint(public_key_line: str) -> str:
+    """``SHA256:<base64, no padding>`` of a public key line, exactly as ``ssh-keygen -l``."""
+    blob = base64.b64decode(public_key_line.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (sshd retries if it is not)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((ADDRESS, 0))
+        return s.getsockname()[1]
+
+
+def _keygen(private: Path, comment: str) -> None:
+    for p in (private, private.with_name(private.name + ".pub")):
+        p.unlink(missing_ok=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(private)],
+        check=True,
+        capture_output=True,
+    )
+
+
+def _config_path(path: Path) -> str:
+    """Quote a path for sshd_config; refuse characters sshd_config cannot carry."""
+    text = str(path)
+    if any(c in text for c in '"%\n'):
+        raise ValueError(
+            f"sshd test host files cannot live under a path with '\"', '%' or a newline: {text!r}"
+        )
+    return f'"{text}"'
+
+
+def _descendants(pid: int) -> list[int]:
+    """All live descendants of ``pid`` (by scanning /proc), children before grandchildren."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path("/proc", entry, "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(0), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _terminate_pids(pids: Iterable[int], timeout: float) -> None:
+    """SIGTERM processes we did not start (no waitpid), wait on pidfds, SIGKILL stragglers."""
+    fds: list[int] = []
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except (ProcessLookupError, OSError):
+            continue
+        fds.append(fd)
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(fd, signal.SIGTERM)
+    try:
+        deadline = time.monotonic() + timeout
+        pending = list(fds)
+        while pending and (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select(pending, [], [], left)
+            pending = [fd for fd in pending if fd not in ready]
+        for fd in pending:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+        if pending:
+            select.select(pending, [], [], timeout)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+class _SshdProcess:
+    """One sshd process plus the thread that drains (and logs) its stderr."""
+
+    def __init__(self, argv: Sequence[str], log_path: Path) -> None:
+        self.lines: list[str] = []
+        self.eof = False
+        self._cond = threading.Condition()
+        self.proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        assert self.proc.stderr is not None
+        self._thread = threading.Thread(
+            target=self._pump,
+            args=(self.proc.stderr, log_path),
+            daemon=True,
+            name=f"sshd-stderr-{self.proc.pid}",
+        )
+        self._thread.start()
+
+    def _pump(self, stream: IO[bytes], log_path: Path) -> None:
+        with log_path.open("a", encoding="utf-8") as log:
+            for raw in iter(stream.readline, b""):
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                log.write(line + "\n")
+                log.flush()
+                with self._cond:
+                    self.lines.append(line)
+                    self._cond.notify_all()
+        with self._cond:
+            self.eof = True
+            self._cond.notify_all()
+
+    def wait_listening(self, timeout: float) -> int:
+        """Block until sshd logs that it listens; return the port. Raise if it exits first."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._cond:
+            while True:
+                for line in self.lines[seen:]:
+                    if m := _LISTENING.search(line):
+                        return int(m.group(1))
+                seen = len(self.lines)
+                if self.eof:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"sshd not listening after {timeout}s:\n{self.log}")
+                self._cond.wait(left)
+        self.proc.wait(STOP_TIMEOUT)
+        if any(marker in line for line in self.lines for marker in _BIND_FAILED):
+            raise PortTaken(self.log)
+        raise RuntimeError(f"sshd exited with {self.proc.returncode}:\n{self.log}")
+
+    @property
+    def log(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def stop(self) -> None:
+        """Stop the listener and every session it forked; reap; close the pipe."""
+        proc = self.proc
+        if proc.poll() is None:
+            # Freeze the listener so it forks no new session while we collect its descendants
+            # (they survive the listener: sshd's session processes are not in its group).
+            proc.send_signal(signal.SIGSTOP)
+            _, status = os.waitpid(proc.pid, os.WUNTRACED)
+            if os.WIFSTOPPED(status):
+                sessions = _descendants(proc.pid)
+                proc.terminate()
+                proc.send_signal(signal.SIGCONT)
+                try:
+                    proc.wait(STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            else:  # it exited just now, and waitpid reaped it
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                sessions = []
+            _terminate_pids(sessions, STOP_TIMEOUT)
+        self._thread.join(STOP_TIMEOUT)
+        if proc.stderr is not None and not self._thread.is_alive():
+            proc.stderr.close()
+
+
+_LIVE: set[SshdHost] = set()
+SshdFactory = Callable[..., "list[SshdHost]"]
+"""Type of the ``sshd_factory`` fixture: ``make(n=3, **opts) -> list[SshdHost]``."""
+
+
+@atexit.register
+def _stop_all_hosts() -> None:
+    for host in list(_LIVE):
+        with contextlib.suppress(Exception):
+            host.stop()
+
+
+class SshdHost:
+    """A real sshd on 127.0.0.1 standing in for one Raspberry Pi.
+
+    Layout under ``base_dir/name``: ``sshd/`` (config, host key, authorized_keys, pid, log),
+    the simulated device (``sim/``), and ``root`` = the device's ``edgefleet_root`` (its parent
+    exists, the directory itself is left for the agent to create, as on a fresh Pi).
+    """
+
+    address = ADDRESS
+
+    def __init__(
+        self,
+        name: str,
+        base_dir: Path,
+        user_key: UserKey,
+        *,
+        port: int | None = None,
+        odd_root: bool = False,
+        odd_sim_dir: bool = False,
+        sim_options: Mapping[str, Any] | None = None,
+        start: bool = True,
+    ) -> None:
+        """``odd_root`` / ``odd_sim_dir`` put spaces, quotes and a ``$`` in those paths;
+        ``sim_options`` go to :func:`create_simulated_device`; ``port`` is tried first."""
+        self.name = name
+        self.user = current_user()
+        self.key_file = user_key.private_key
+        self.user_key = user_key
+        self.dir = (Path(base_dir) / name).absolute()
+        self.sshd_dir = self.dir / "sshd"
+        self.sshd_dir.mkdir(parents=True, exist_ok=True)
+        self.config_file = self.sshd_dir / "sshd_config"
+        self.host_key_file = self.sshd_dir / "ssh_host_ed25519_key"
+        self.authorized_keys_file = self.sshd_dir / "authorized_keys"
+        self.pid_file = self.sshd_dir / "sshd.pid"
+        self.log_file = self.sshd_dir / "sshd.log"
+        for path in (self.config_file, self.host_key_file, self.authorized_keys_file):
+            _config_path(path)
+        self.root = self.dir / (ODD_ROOT_NAME if odd_root else "edgefleet-root")
+        self.sim: SimulatedDevice = create_simulated_device(
+            self.dir / (ODD_SIM_NAME if odd_sim_dir else "sim"), **dict(sim_options or {})
+        )
+        self.port: int = port or 0
+        self._process: _SshdProcess | None = None
+        self.authorized_keys_file.write_text(user_key.public_line + "\n")
+        _keygen(self.host_key_file, comment=f"edgefleet-test-host-{name}")
+        if start:
+            self.start()
+
+    # -- keys -------------------------------------------------------------------------------
+
+    @property
+    def host_public_key_line(self) -> str:
+        """``ssh-ed25519 AAAA...`` (type and key, no comment) of the current host key."""
+        pub = self.host_key_file.with_name(self.host_key_file.name + ".pub").read_text()
+        return " ".join(pub.split()[:2])
+
+    @property
+    def host_key_fingerprint(self) -> str:
+        """``SHA256:...`` fingerprint of the current host key, as OpenSSH prints it."""
+        return openssh_fingerprint(self.host_public_key_line)
+
+    @property
+    def known_hosts_line(self) -> str:
+        """``[127.0.0.1]:PORT ssh-ed25519 AAAA...`` for a known_hosts file."""
+        return f"[{self.address}]:{self.port} {self.host_public_key_line}"
+
+    def write_known_hosts(self, path: Path) -> Path:
+        """Write a known_hosts file trusting exactly this host's current key."""
+        path.write_text(self.known_hosts_line + "\n")
+        return path
+
+    def ssh_argv(self, *command: str, known_hosts: Path | None = None) -> list[str]:
+        """argv for the real OpenSSH client, strict host key checking, no user config."""
+        if known_hosts is None:
+            known_hosts = self.write_known_hosts(self.dir / "known_hosts")
+        return [
+            "ssh", "-F", "/dev/null",
+            "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+            "-o", "StrictHostKeyChecking=yes",
+            "-o", f'UserKnownHostsFile="{known_hosts}"', "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR",
+            "-i", str(self.key_file), "-p", str(self.port), f"{self.user}@{self.address}",
+            *command,
+        ]  # fmt: skip
+
+    def regenerate_host_key(self) -> str:
+        """Replace the host key (restarting sshd on the same port if it was running); return
+        the new fingerprint. For "the host key changed" scenarios."""
+        was_running = self.running
+        self.stop()
+        _keygen(self.host_key_file, comment=f"edgefleet-test-host-{self.name}")
+        if was_running:
+            self.start()
+        return self.host_key_fingerprint
+
+    # -- process ----------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.proc.pid if self._process is not None else None
+
+    def log_text(self) -> str:
+        """Everything sshd logged so far (all runs), for failure messages."""
+        return self.log_file.read_text() if self.log_file.exists() else ""
+
+    def _write_config(self, port: int) -> None:
+        q = _config_path
+        self.config_file.write_text(
+            f"Port {port}\n"
+            f"ListenAddress {self.address}\n"
+            "AddressFamily inet\n"
+            f"HostKey {q(self.host_key_file)}\n"
+            f"PidFile {q(self.pid_file)}\n"
+            f"AuthorizedKeysFile {q(self.authorized_keys_file)}\n"
+            "PubkeyAuthentication yes\n"
+            "PasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\n"
+            "UsePAM no\n"
+            "PermitRootLogin prohibit-password\n"
+            "StrictModes no\n"
+            "Subsystem sftp internal-sftp\n"
+            "MaxStartups 100:100:100\n"
+            "MaxSessions 100\n"
+            "LoginGraceTime 30\n"
+            "UseDNS no\n"
+            "PrintMotd no\n"
+            "PrintLastLog no\n"
+            "LogLevel INFO\n"
+        )
+
+    def start(self) -> None:
+        """Start sshd (no-op if running); return once it listens. The previous port is tried
+        first, then fresh ones if it is taken."""
+        if self.running:
+            return
+        if os.geteuid() == 0:
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        prefix = []
+        if setpriv := shutil.which("setpriv"):
+            prefix = [setpriv, "--pdeathsig", "TERM", "--"]
+        argv = [*prefix, SSHD, "-D", "-e", "-f", str(self.config_file)]
+        last: Exception | None = None
+        for attempt in range(PORT_ATTEMPTS):
+            port = self.port if attempt == 0 and self.port else free_port()
+            self._write_config(port)
+            process = _SshdProcess(argv, self.log_file)
+            try:
+                listening = process.wait_listening(READY_TIMEOUT)
+            except PortTaken as exc:
+                process.stop()
+                last = exc
+                continue
+            except BaseException:
+                process.stop()
+                raise
+            if listening != port:
+                process.stop()
+                raise RuntimeError(f"{self.name}: sshd listens on {listening}, wanted {port}")
+            self.port = port
+            self._process = process
+            _LIVE.add(self)
+            return
+        raise RuntimeError(f"{self.name}: no free port after {PORT_ATTEMPTS} tries: {last}")
+
+    def stop(self) -> None:
+        """Stop sshd and every session it is serving; idempotent."""
+        process, self._process = self._process, None
+        _LIVE.discard(self)
+        if process is not None:
+            process.stop()
+
+    def __enter__(self) -> SshdHost:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"SshdHost({self.name!r}, {self.address}:{self.port}, {state})"
+
+    # -- inventory --------------------------------------------------------------------------
+
+    def inventory_vars(self) -> dict[str, Any]:
+        """Ansible host variables that reach this host and its simulated sensors."""
+        return {
+            "ansible_host": self.address,
+            "ansible_port": self.port,
+            "ansible_user": self.user,
+            "ansible_ssh_private_key_file": str(self.key_file),
+            "edgefleet_root": str(self.root),
+            "edgefleet_python": sys.executable,
+            "edgefleet_env": dict(self.sim.env),
+        }
+
+
+def write_inventory(
+    path: Path,
+    hosts: Sequence[SshdHost],
+    group: str | None = "pis",
+    extra_host_vars: Mapping[str, Mapping[str, Any]] | None = None,
+    group_vars: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write an Ansible YAML inventory for ``hosts`` and return ``path``.
+
+    Hosts go into group ``group`` (under ``all.children``), or straight under ``all.hosts``
+    when ``group`` is ``None`` or ``"all"``. ``extra_host_vars`` maps a host name to extra
+    variables for that host (e.g. labels); ``group_vars`` become the group's ``vars``.
+    """
+    extra = dict(extra_host_vars or {})
+    unknown = set(extra) - {h.name for h in hosts}
+    if unknown:
+        raise ValueError(f"extra_host_vars for unknown hosts: {sorted(unknown)}")
+    entries = {h.name: {**h.inventory_vars(), **dict(extra.get(h.name, {}))} for h in hosts}
+    section: dict[str, Any] = {"hosts": entries}
+    if group_vars:
+        section["vars"] = dict(group_vars)
+    doc = {"all": section} if group in (None, "all") else {"all": {"children": {group: section}}}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False, default_flow_style=False))
+    return path
