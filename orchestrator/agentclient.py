@@ -14,7 +14,8 @@ EventHandler = Callable[[dict[str, Any]], None]
 
 
 def agent_argv(python: str, agent_path: str, root: str, command: str) -> list[str]:
-    return [RemotePath(python), RemotePath(agent_path), "--root", root, command]
+    # "--root=<path>": a root starting with "-" must not be read as an option.
+    return [RemotePath(python), RemotePath(agent_path), f"--root={root}", command]
 
 
 def call_agent(

@@ -1,4 +1,4 @@
-"""End to end over real OpenSSH: inventory -> trust -> agent install -> build -> push -> rollback."""
+"""End to end over real OpenSSH: inventory, trust, agent install, build, push, rollback."""
 
 from __future__ import annotations
 

@@ -1,0 +1,155 @@
+"""Command line of the device agent: ``--root ROOT COMMAND``, JSON in on stdin, JSON lines out.
+
+Why so defensive about stdout: the control plane parses every stdout line as protocol
+(``agent.protocol.parse_lines``). A stray print, a native library writing to fd 1 or a traceback
+would break the push, so the real stdout is kept private for protocol lines and fd 1 /
+``sys.stdout`` are pointed at stderr while a command runs. Every failure ends in exactly one
+``result`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sys
+import traceback
+from typing import IO, Any, Callable, Dict, List, Optional
+
+from agent.fsutil import NO_SPACE_ERRNOS, AgentError, no_space_error
+from agent.protocol import E_BAD_INPUT, E_INTERNAL, result_error, result_ok
+
+COMMANDS = ("facts", "plan", "activate", "rollback", "status")
+DEFAULT_ROOT = "~/.edgefleet"
+
+Emit = Callable[[Dict[str, Any]], None]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as a protocol result instead of exit(2)."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        raise AgentError(E_BAD_INPUT, "%s (usage: %s)" % (message, self.format_usage().strip()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="edgefleet-agent", description="EdgeFleet device agent")
+    parser.add_argument("--root", default=DEFAULT_ROOT,
+                        help="agent directory on the device (a leading ~ is expanded)")
+    parser.add_argument("command", choices=COMMANDS)
+    return parser
+
+
+def read_stdin_json(stdin: IO[bytes]) -> Any:
+    raw = stdin.read()
+    if not raw.strip():
+        raise AgentError(E_BAD_INPUT, "expected one JSON document on stdin, got nothing")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise AgentError(E_BAD_INPUT, "stdin is not one JSON document: %s" % exc) from None
+
+
+def _stdin() -> IO[bytes]:
+    if sys.stdin is None:  # started with stdin closed
+        return open(os.devnull, "rb")
+    return sys.stdin.buffer
+
+
+class Terminated(BaseException):
+    """SIGTERM/SIGHUP (e.g. the SSH session dropped): unwind so staging dirs are removed and
+    a half-finished swap is undone, instead of dying between two steps."""
+
+
+def _on_signal(signum: int, _frame: Any) -> None:
+    raise Terminated("terminated by signal %d" % signum)
+
+
+def run_command(command: str, root: str, emit: Emit,
+                stdin: Callable[[], IO[bytes]] = _stdin) -> Dict[str, Any]:
+    """Dispatch one command; modules are imported here so ``facts`` loads the least code."""
+    if command == "facts":
+        from agent.facts import facts
+
+        return facts(root)
+    from agent.store import Store, parse_request, plan, status
+
+    store = Store(root, emit)
+    if command == "status":
+        return status(store)
+    if command == "plan":
+        return plan(store, parse_request(read_stdin_json(stdin())))
+    from agent import activation
+
+    if command == "activate":
+        return activation.activate(store, parse_request(read_stdin_json(stdin())))
+    if command == "rollback":
+        # stdin is accepted ({} or nothing) but not read: waiting for an EOF the caller might
+        # never send (an SSH channel left open) would hang the rollback.
+        return activation.rollback(store)
+    raise AgentError(E_BAD_INPUT, "unknown command %r" % command)
+
+
+def _private_stdout() -> IO[str]:
+    """A stream on the real stdout for protocol lines; fd 1 and sys.stdout now go to stderr."""
+    sys.stdout.flush()
+    fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+
+
+def _error_for(exc: BaseException) -> Dict[str, Any]:
+    if isinstance(exc, AgentError):
+        return dict({"code": exc.code, "message": exc.message}, **exc.extra)
+    if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
+        err = no_space_error(exc.filename or "?", exc)
+        return dict({"code": err.code, "message": err.message}, **err.extra)
+    if isinstance(exc, (KeyboardInterrupt, Terminated)):
+        return {"code": E_INTERNAL, "message": "interrupted: %s" % (str(exc) or "SIGINT")}
+    return {"code": E_INTERNAL, "message": "%s: %s" % (type(exc).__name__, exc)}
+
+
+def main(argv: Optional[List[str]] = None, private_stdout: bool = True) -> int:
+    """Run one command; returns the exit status (0 iff the result is ok)."""
+    if not private_stdout:
+        return _run(sys.stdout, argv)
+    out = _private_stdout()
+    try:
+        return _run(out, argv)
+    finally:
+        with contextlib.suppress(OSError):
+            out.close()
+
+
+def _run(out: IO[str], argv: Optional[List[str]]) -> int:
+    def emit(obj: Dict[str, Any]) -> None:
+        out.write(json.dumps(obj, sort_keys=False) + "\n")
+        out.flush()
+
+    command = "?"
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _on_signal)
+    try:
+        args = build_parser().parse_args(argv)
+        command = args.command
+        if not args.root.strip():
+            raise AgentError(E_BAD_INPUT, "--root is empty")
+        from agent.store import resolve_root
+
+        data = run_command(command, resolve_root(args.root), emit)
+        emit(result_ok(command, data))
+        return 0
+    except SystemExit as exc:  # --help: text already went to stderr
+        return int(exc.code or 0) if isinstance(exc.code, int) else 1
+    except BaseException as exc:
+        if not isinstance(exc, (AgentError, Terminated, KeyboardInterrupt)):
+            traceback.print_exc(file=sys.stderr)
+        error = _error_for(exc)
+        # nobody may be listening any more (broken pipe): the exit status still tells
+        with contextlib.suppress(OSError):
+            emit(result_error(command, error.pop("code"), error.pop("message"), **error))
+        return 1

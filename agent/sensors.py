@@ -1,0 +1,201 @@
+"""Temperature, CPU frequency and throttle state, read the way a Raspberry Pi exposes them.
+
+Contract (DESIGN "Simulated hardware"): files under ``${EDGEFLEET_SYSFS:-/sys}`` and
+``vcgencmd`` from PATH, so a fake sysfs tree and a fake ``vcgencmd`` script simulate a Pi.
+A sensor that cannot be read is ``None`` (JSON null), never 0: a 0 °C or 0 MHz reading would be
+shown to a user as if it had been measured.
+
+Why a ``SensorReader`` object: a benchmark samples at 4 Hz, so paths (the cpu* glob, where
+vcgencmd lives) are resolved once and each ``read()`` is a few small file reads plus at most one
+short ``vcgencmd`` call. All parsers are pure functions over recorded text.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+from typing import Any, Dict, List, Optional, Set
+
+VCGENCMD_TIMEOUT_S = 2.0
+
+THROTTLE_BITS = (
+    (0, "under_voltage"),
+    (1, "frequency_capped"),
+    (2, "throttled"),
+    (3, "soft_temp_limit"),
+)
+SINCE_BOOT_SHIFT = 16
+
+
+def sysfs_root(environ: Optional[Dict[str, str]] = None) -> str:
+    """``${EDGEFLEET_SYSFS:-/sys}``: unset or empty means the real /sys."""
+    env = os.environ if environ is None else environ
+    return env.get("EDGEFLEET_SYSFS") or "/sys"
+
+
+def is_simulated(environ: Optional[Dict[str, str]] = None) -> bool:
+    return os.path.normpath(sysfs_root(environ)) != "/sys"
+
+
+# -- pure parsers (recorded outputs in tests/agent/test_sensors.py) ------------------------------
+def parse_millidegrees(text: str) -> Optional[float]:
+    """``thermal_zone*/temp`` (``"48312\\n"`` = 48.312 °C) -> °C."""
+    try:
+        return round(int(text.strip()) / 1000.0, 3)
+    except ValueError:
+        return None
+
+
+def parse_khz_as_mhz(text: str) -> Optional[float]:
+    """``scaling_cur_freq`` (``"1500000\\n"`` kHz) -> MHz."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        return None
+    return value / 1000.0 if value > 0 else None
+
+
+_MEASURE_TEMP_RE = re.compile(r"temp=\s*(-?[0-9]+(?:\.[0-9]+)?)\s*'?C?")
+_THROTTLED_RE = re.compile(r"throttled=\s*(0x[0-9a-fA-F]+|[0-9]+)")
+
+
+def parse_measure_temp(text: str) -> Optional[float]:
+    """``vcgencmd measure_temp`` (``"temp=48.3'C"``) -> °C."""
+    match = _MEASURE_TEMP_RE.search(text)
+    return float(match.group(1)) if match else None
+
+
+def parse_vcgencmd_throttled(text: str) -> Optional[int]:
+    """``vcgencmd get_throttled`` (``"throttled=0x50000"``) -> bits."""
+    match = _THROTTLED_RE.search(text)
+    return int(match.group(1), 0) if match else None
+
+
+def parse_throttled_hex(text: str) -> Optional[int]:
+    """The firmware's sysfs ``get_throttled`` file: hex digits, with or without ``0x``."""
+    value = text.strip().strip("\x00").strip()
+    try:
+        return int(value, 16)
+    except ValueError:
+        return None
+
+
+def decode_throttled(bits: int) -> Dict[str, List[str]]:
+    """get_throttled bits -> ``{"now": [...], "since_boot": [...]}`` (DESIGN bit table)."""
+    return {
+        "now": [word for bit, word in THROTTLE_BITS if bits & (1 << bit)],
+        "since_boot": [word for bit, word in THROTTLE_BITS
+                       if bits & (1 << (bit + SINCE_BOOT_SHIFT))],
+    }
+
+
+def _read_text(path: str) -> Optional[str]:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4096).decode("ascii", "replace")
+    except OSError:
+        return None
+
+
+class SensorReader:
+    """Resolves sensor sources once; ``read()`` takes one snapshot."""
+
+    def __init__(self, sysfs: Optional[str] = None, path: Optional[str] = None) -> None:
+        self.sysfs = sysfs if sysfs is not None else sysfs_root()
+        self.thermal = os.path.join(self.sysfs, "class", "thermal", "thermal_zone0", "temp")
+        self.cpu_freqs = sorted(
+            glob.glob(os.path.join(self.sysfs, "devices", "system", "cpu", "cpu[0-9]*",
+                                   "cpufreq", "scaling_cur_freq")),
+            key=_cpu_index,
+        )
+        self.throttled_file = os.path.join(self.sysfs, "devices", "platform", "soc",
+                                           "soc:firmware", "get_throttled")
+        self.vcgencmd = shutil.which("vcgencmd", path=path)
+        # Subcommands that failed once are not retried by this reader: on a non-Pi (or without
+        # access to /dev/vchiq) every call fails, and a 4 Hz sampler must not spawn a doomed
+        # process each time.
+        self.vcgencmd_broken: Set[str] = set()
+
+    def _vcgencmd(self, *args: str) -> Optional[str]:
+        if self.vcgencmd is None or args[0] in self.vcgencmd_broken:
+            return None
+        try:
+            proc = subprocess.run(  # noqa: S603 - fixed argv, no shell
+                [self.vcgencmd] + list(args),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                timeout=VCGENCMD_TIMEOUT_S,
+            )
+        except (OSError, subprocess.SubprocessError):
+            self.vcgencmd_broken.add(args[0])
+            return None
+        if proc.returncode != 0:
+            self.vcgencmd_broken.add(args[0])
+            return None
+        return proc.stdout.decode("ascii", "replace")
+
+    def read_temp(self) -> Dict[str, Any]:
+        text = _read_text(self.thermal)
+        value = parse_millidegrees(text) if text is not None else None
+        if value is not None:
+            return {"temp_c": value, "source": self.thermal}
+        out = self._vcgencmd("measure_temp")
+        value = parse_measure_temp(out) if out is not None else None
+        if out is not None and value is None:
+            self.vcgencmd_broken.add("measure_temp")
+        return {"temp_c": value, "source": "vcgencmd measure_temp" if value is not None else None}
+
+    def read_freqs(self) -> List[float]:
+        values = []
+        for path in self.cpu_freqs:
+            text = _read_text(path)
+            value = parse_khz_as_mhz(text) if text is not None else None
+            if value is not None:
+                values.append(value)
+        return values
+
+    def read_throttled(self) -> Dict[str, Any]:
+        out = self._vcgencmd("get_throttled")
+        bits = parse_vcgencmd_throttled(out) if out is not None else None
+        if out is not None and bits is None:
+            self.vcgencmd_broken.add("get_throttled")
+        if bits is not None:
+            return {"bits": bits, "source": "vcgencmd get_throttled"}
+        text = _read_text(self.throttled_file)
+        bits = parse_throttled_hex(text) if text is not None else None
+        return {"bits": bits, "source": self.throttled_file if bits is not None else None}
+
+    def read(self) -> Dict[str, Any]:
+        temp = self.read_temp()
+        freqs = self.read_freqs()
+        throttled = self.read_throttled()
+        bits = throttled["bits"]
+        return {
+            "temp_c": temp["temp_c"],
+            "freq_mhz": round(sum(freqs) / len(freqs), 3) if freqs else None,
+            "freq_mhz_min": min(freqs) if freqs else None,
+            "freq_mhz_max": max(freqs) if freqs else None,
+            "throttled": bits,
+            "throttled_hex": hex(bits) if bits is not None else None,
+            "throttle_flags": decode_throttled(bits) if bits is not None else None,
+            "sources": {
+                "temp": temp["source"],
+                "freq": ("%d cpufreq files under %s" % (len(freqs), self.sysfs)) if freqs
+                else None,
+                "throttled": throttled["source"],
+            },
+        }
+
+
+def _cpu_index(path: str) -> int:
+    match = re.search(r"cpu([0-9]+)", os.path.basename(os.path.dirname(os.path.dirname(path))))
+    return int(match.group(1)) if match else 0
+
+
+def snapshot(sysfs: Optional[str] = None, path: Optional[str] = None) -> Dict[str, Any]:
+    """One reading of every sensor; see the module docstring for the shape and the rules."""
+    return SensorReader(sysfs=sysfs, path=path).read()
