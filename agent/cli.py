@@ -21,7 +21,7 @@ from typing import IO, Any, Callable, Dict, List, Optional
 from agent.fsutil import NO_SPACE_ERRNOS, AgentError, no_space_error
 from agent.protocol import E_BAD_INPUT, E_INTERNAL, result_error, result_ok
 
-COMMANDS = ("facts", "plan", "activate", "rollback", "status")
+COMMANDS = ("facts", "plan", "activate", "rollback", "status", "session")
 DEFAULT_ROOT = "~/.edgefleet"
 
 Emit = Callable[[Dict[str, Any]], None]
@@ -74,22 +74,42 @@ def run_command(command: str, root: str, emit: Emit,
         from agent.facts import facts
 
         return facts(root)
-    from agent.store import Store, parse_request, plan, status
+    from agent.store import Store
 
-    store = Store(root, emit)
+    return handle(command, Store(root, emit), lambda: read_stdin_json(stdin()))
+
+
+def handle(command: str, store: Any, read_input: Callable[[], Any]) -> Dict[str, Any]:
+    """Run ``command`` against ``store``; ``read_input`` supplies its JSON input when needed
+    (stdin for a one-shot command, the request's ``input`` inside a session)."""
+    from agent.store import parse_request, plan, status
+
+    if command == "facts":
+        from agent.facts import facts
+
+        return facts(store.root)
     if command == "status":
         return status(store)
     if command == "plan":
-        return plan(store, parse_request(read_stdin_json(stdin())))
+        return plan(store, parse_request(read_input()))
     from agent import activation
 
     if command == "activate":
-        return activation.activate(store, parse_request(read_stdin_json(stdin())))
+        return activation.activate(store, parse_request(read_input()))
     if command == "rollback":
         # stdin is accepted ({} or nothing) but not read: waiting for an EOF the caller might
         # never send (an SSH channel left open) would hang the rollback.
         return activation.rollback(store)
     raise AgentError(E_BAD_INPUT, "unknown command %r" % command)
+
+
+def run_session(root: str, emit: Emit) -> int:
+    from agent.session import serve
+    from agent.store import Store
+
+    return serve(Store(root, emit), _stdin(), emit,
+                 lambda command, store, payload: handle(command, store, lambda: payload),
+                 _error_for)
 
 
 def _private_stdout() -> IO[str]:
@@ -140,6 +160,8 @@ def _run(out: IO[str], argv: Optional[List[str]]) -> int:
             raise AgentError(E_BAD_INPUT, "--root is empty")
         from agent.store import resolve_root
 
+        if command == "session":
+            return run_session(resolve_root(args.root), emit)
         data = run_command(command, resolve_root(args.root), emit)
         emit(result_ok(command, data))
         return 0

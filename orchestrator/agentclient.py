@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from agent.protocol import parse_lines
+from agent.protocol import PROTOCOL_VERSION, parse_lines
 from orchestrator.errors import AgentError, TransportError
 from orchestrator.transport import Connection, RemotePath
 
 EventHandler = Callable[[dict[str, Any]], None]
+
+
+def _install_hint(exit_code: int, stderr: str, name: str) -> str:
+    if exit_code == 127:
+        return (" (the interpreter or the agent was not found: run "
+                f"`edgefleet agent install {name}`)")
+    if exit_code == 2 and "can't open file" in stderr:
+        return f" (agent not installed: run `edgefleet agent install {name}`)"
+    return ""
 
 
 def agent_argv(python: str, agent_path: str, root: str, command: str) -> list[str]:
@@ -50,14 +60,9 @@ def call_agent(
         raise TransportError(f"{target.name}: {exc}; stderr: {stderr}") from None
     final = [m for m in messages if m.get("type") == "result"]
     if not final:
-        hint = ""
-        if result.exit_code == 127:
-            hint = (f" (`{python or target.python}` or the agent was not found: run "
-                    f"`edgefleet agent install {target.name}`)")
-        elif result.exit_code == 2 and "can't open file" in result.stderr:
-            hint = f" (agent not installed: run `edgefleet agent install {target.name}`)"
         raise TransportError(
-            f"{target.name}: agent {command} gave no result (exit {result.exit_code}){hint}: "
+            f"{target.name}: agent {command} gave no result (exit {result.exit_code})"
+            f"{_install_hint(result.exit_code, result.stderr, target.name)}: "
             f"{result.stderr.strip()[-500:]}"
         )
     last = final[-1]
@@ -66,3 +71,80 @@ def call_agent(
         raise AgentError(f"{target.name}: {error.get('message', 'agent error')}",
                          code=error.get("code", ""), detail=error)
     return last.get("data") or {}
+
+
+SEND_CHUNK = 256 * 1024
+
+
+class AgentSession:
+    """One agent process for a whole operation: requests, streamed blobs, one result each.
+
+    Why: each separate agent command costs an SSH exec, a login shell and a Python start; a
+    push is one of each, and uploaded bytes are hashed as they arrive instead of afterwards.
+    """
+
+    def __init__(self, conn: Connection, python: str | None = None,
+                 timeout: float | None = None) -> None:
+        target = conn.target
+        self.name = target.name
+        argv = agent_argv(python or target.python, target.agent_path, target.root, "session")
+        self.channel = conn.start(argv, env=dict(target.env), timeout=timeout)
+
+    def call(self, command: str, payload: dict[str, Any] | None = None,
+             on_event: EventHandler | None = None) -> dict[str, Any]:
+        self._send_request(command, payload)
+        return self._result(command, on_event)
+
+    def send_blob(self, sha256: str, size: int, label: str, local: Path,
+                  on_bytes: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Stream a local file as blob ``sha256``; the agent verifies it before keeping it."""
+        self._send_request("receive", {"sha256": sha256, "size": size, "path": label})
+        try:
+            with open(local, "rb") as src:
+                while chunk := src.read(SEND_CHUNK):
+                    self.channel.write(chunk)
+                    if on_bytes:
+                        on_bytes(len(chunk))
+        except TransportError:
+            pass  # the agent stopped reading: its result line says why
+        return self._result("receive", None)
+
+    def _send_request(self, command: str, payload: dict[str, Any] | None) -> None:
+        line = json.dumps({"v": PROTOCOL_VERSION, "command": command, "input": payload})
+        self.channel.write(line.encode("utf-8") + b"\n")
+
+    def _result(self, command: str, on_event: EventHandler | None) -> dict[str, Any]:
+        while line := self.channel.readline():
+            try:
+                message = parse_lines([line])
+            except ValueError as exc:
+                raise TransportError(f"{self.name}: {exc}") from None
+            if not message:
+                continue
+            obj = message[0]
+            if obj.get("type") == "progress":
+                if on_event:
+                    on_event(obj)
+                continue
+            if obj.get("type") == "result":
+                if not obj.get("ok"):
+                    error = obj.get("error") or {}
+                    raise AgentError(f"{self.name}: {error.get('message', 'agent error')}",
+                                     code=error.get("code", ""), detail=error)
+                return obj.get("data") or {}
+        code, stderr = self.channel.finish()
+        message = stderr.strip()[-500:] or "no message"
+        raise TransportError(f"{self.name}: agent session ended during {command} (exit {code}): "
+                             f"{message}{_install_hint(code, stderr, self.name)}")
+
+    def close(self) -> None:
+        self.channel.finish()
+
+    def __enter__(self) -> AgentSession:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.channel.abort()

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from agent.build import build_zipapp
-
 from agent.protocol import AGENT_FILENAME
 from orchestrator.agentclient import call_agent
 from orchestrator.config import Settings
@@ -37,7 +36,7 @@ class AgentPackage:
 
 
 def build_agent(home: Path) -> AgentPackage:
-    built = build_zipapp(home / "agent")
+    built = build_zipapp(home / "agent" / AGENT_FILENAME)
     return AgentPackage(Path(built.path), built.sha256, built.version)
 
 

@@ -14,17 +14,17 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from agent.protocol import E_NOTHING_TO_ROLL_BACK
-from orchestrator.agentclient import call_agent
+from orchestrator.agentclient import AgentSession, call_agent
 from orchestrator.blobstore import BlobStore
 from orchestrator.bundles import manifest_of
 from orchestrator.config import Settings
 from orchestrator.db import session_scope
 from orchestrator.devices import get_device, to_target
-from orchestrator.errors import AgentError, EdgeFleetError, TransportError
+from orchestrator.errors import AgentError, EdgeFleetError
 from orchestrator.fleet import Outcome, fan_out
 from orchestrator.models import Bundle, Deployment, Device
 from orchestrator.onnxinfo import version_tuple
-from orchestrator.transport import Connection, RemotePath, Target, connect
+from orchestrator.transport import Connection, Target, connect
 
 
 class PushProgress(Protocol):
@@ -57,43 +57,39 @@ def check_runtime(target: Target, plan: dict[str, Any], manifest: dict[str, Any]
         )
 
 
-def push_over(conn: Connection, bundle: Bundle, store: BlobStore,
-              progress: PushProgress) -> Outcome:
-    """One device's push over an open connection."""
+def push_over(conn: Connection, bundle: Bundle, store: BlobStore, progress: PushProgress,
+              timeout: float | None = None) -> Outcome:
+    """One device's push over an open connection, in one agent session."""
     target = conn.target
     manifest = manifest_of(bundle)
     payload = {"manifest": manifest, "digest": bundle.digest}
     progress.state(target.name, "planning")
-    plan = call_agent(conn, "plan", payload)
-    check_runtime(target, plan, manifest)
-    if plan.get("already_active"):
-        progress.start(target.name, 0)
-        return Outcome(target.name, True, "unchanged", data={"bytes_sent": 0})
-    missing: list[str] = plan.get("missing", [])
-    sizes = {f["sha256"]: f["size"] for f in manifest["files"]}
-    total = sum(sizes[sha] for sha in missing)
-    free = plan.get("disk_free_bytes")
-    if free is not None and total > free:
-        raise EdgeFleetError(
-            f"{target.name}: not enough disk space: {total / 1e6:.1f} MB to send, "
-            f"{free / 1e6:.1f} MB free under {target.root}. Free space on the device "
-            "(old bundles are pruned after each activation). Nothing was sent."
-        )
-    progress.start(target.name, total)
-    progress.state(target.name, "transferring")
-    incoming = RemotePath(plan["incoming"])
-    sent = 0
-    for sha in missing:
-        remote = incoming.join(f"{sha}.part")
-        try:
-            sent += conn.put(store.path(sha), remote,
-                             on_bytes=lambda n: progress.advance(target.name, n))
-        except TransportError as exc:
-            conn.remove(remote)
-            paths = [f["path"] for f in manifest["files"] if f["sha256"] == sha]
-            raise TransportError(f"{exc} (sending {', '.join(paths)})") from None
-    progress.state(target.name, "verifying")
-    result = call_agent(conn, "activate", payload)
+    with AgentSession(conn, timeout=timeout) as session:
+        plan = session.call("plan", payload)
+        check_runtime(target, plan, manifest)
+        if plan.get("already_active"):
+            progress.start(target.name, 0)
+            return Outcome(target.name, True, "unchanged", data={"bytes_sent": 0})
+        missing: list[str] = plan.get("missing", [])
+        files = {f["sha256"]: f for f in manifest["files"]}
+        total = sum(files[sha]["size"] for sha in missing)
+        free = plan.get("disk_free_bytes")
+        if free is not None and total > free:
+            raise EdgeFleetError(
+                f"{target.name}: not enough disk space: {total / 1e6:.1f} MB to send, "
+                f"{free / 1e6:.1f} MB free under {target.root}. Free space on the device "
+                "(old bundles are pruned after each activation). Nothing was sent."
+            )
+        progress.start(target.name, total)
+        progress.state(target.name, "transferring")
+        sent = 0
+        for sha in missing:
+            entry = files[sha]
+            session.send_blob(sha, entry["size"], entry["path"], store.path(sha),
+                              on_bytes=lambda n: progress.advance(target.name, n))
+            sent += entry["size"]
+        progress.state(target.name, "verifying")
+        result = session.call("activate", payload)
     state = "active" if result.get("changed", True) else "unchanged"
     return Outcome(target.name, True, state, data={"bytes_sent": sent,
                                                    "previous": result.get("previous")})
@@ -146,7 +142,7 @@ def push(settings: Settings, bundle: Bundle, devices: Sequence[Device], forks: i
         started = time.monotonic()
         try:
             with connect(target, settings, timeout) as conn:
-                outcome = push_over(conn, bundle, store, progress)
+                outcome = push_over(conn, bundle, store, progress, timeout)
         except EdgeFleetError as exc:
             outcome = Outcome(target.name, False, "failed", str(exc))
         outcome.duration_s = time.monotonic() - started

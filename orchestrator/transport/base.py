@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import shlex
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+
+from orchestrator.errors import TransportError
 
 LineHandler = Callable[[str], None]
 ByteProgress = Callable[[int], None]
@@ -62,14 +65,17 @@ def render_command(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
     """``env K=V ... argv`` with every token quoted; env goes inline because sshd drops
     variables not listed in AcceptEnv."""
     tokens: list[str] = []
+    # Checked with or without env: shlex.quote leaves "A=B" bare, which the shell (or env)
+    # would take for a variable assignment and run the next token instead.
+    if argv and "=" in argv[0]:
+        raise ValueError(f"program path {argv[0]!r} contains '=': it would be read as a "
+                         "variable assignment")
     if env:
         tokens.append("env")
         for key, value in env.items():
-            if not key.replace("_", "a").isalnum() or key[0].isdigit():
+            if not (key.isascii() and key.replace("_", "a").isalnum()) or key[0].isdigit():
                 raise ValueError(f"environment variable name {key!r} is not valid")
             tokens.append(shlex.quote(f"{key}={value}"))
-        if "=" in argv[0]:
-            raise ValueError(f"program path {argv[0]!r} contains '=': env would misread it")
     tokens.extend(quote_token(t) for t in argv)
     return " ".join(tokens)
 
@@ -83,13 +89,36 @@ def sftp_path(path: str) -> str:
     return path
 
 
+class Channel(ABC):
+    """A running remote command we talk to: bytes in on stdin, lines out of stdout."""
+
+    @abstractmethod
+    def write(self, data: bytes) -> None:
+        """Send bytes to stdin; raises TransportError if the command went away."""
+
+    @abstractmethod
+    def readline(self) -> str:
+        """The next stdout line ("" at EOF); TransportError after ``timeout`` s of silence."""
+
+    @abstractmethod
+    def close_input(self) -> None:
+        """Send EOF on stdin."""
+
+    @abstractmethod
+    def finish(self) -> tuple[int, str]:
+        """Close stdin, read stdout to its end, wait for exit; returns (exit code, stderr)."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Stop the command now (after an error on our side)."""
+
+
 class Connection(ABC):
     """A live connection to one device, reused for every step of one operation."""
 
     def __init__(self, target: Target) -> None:
         self.target = target
 
-    @abstractmethod
     def run(
         self,
         argv: Sequence[str],
@@ -99,15 +128,43 @@ class Connection(ABC):
         timeout: float | None = None,
         on_line: LineHandler | None = None,
     ) -> CommandResult:
-        """Run argv on the device; ``timeout`` bounds silence (no output), not total time."""
+        """Run argv to completion; ``timeout`` bounds silence (no output), not total time."""
+        channel = self.start(argv, env=env, timeout=timeout)
+        def feed() -> None:
+            # In a thread: a command that writes while it reads (a filter) would otherwise
+            # fill its stdout pipe while we are still blocked writing its stdin.
+            try:
+                if stdin:
+                    channel.write(stdin)
+            except TransportError:
+                pass  # it stopped reading: its exit status and stderr say why
+            finally:
+                channel.close_input()
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        try:
+            lines = []
+            while line := channel.readline():
+                lines.append(line)
+                if on_line:
+                    on_line(line)
+            code, stderr = channel.finish()
+        except BaseException:
+            channel.abort()
+            raise
+        finally:
+            feeder.join()
+        return CommandResult(code, "".join(lines), stderr)
+
+    @abstractmethod
+    def start(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+              timeout: float | None = None) -> Channel:
+        """Start argv and keep talking to it (an agent session)."""
 
     @abstractmethod
     def put(self, local: Path, remote: str, on_bytes: ByteProgress | None = None) -> int:
         """Copy a local file to ``remote`` (absolute or ~-relative); returns bytes sent."""
-
-    @abstractmethod
-    def remove(self, remote: str) -> None:
-        """Delete a remote file if it exists (used to clean up partial uploads)."""
 
     @abstractmethod
     def close(self) -> None: ...

@@ -5,92 +5,92 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from orchestrator.errors import TransportError
-from orchestrator.transport.base import (
-    ByteProgress,
-    CommandResult,
-    Connection,
-    LineHandler,
-    render_command,
-)
+from orchestrator.transport.base import ByteProgress, Channel, Connection, render_command
 
 _COPY_CHUNK = 1 << 20
 
 
-def _expand(remote: str) -> str:
-    return os.path.expanduser(remote)
-
-
-class LocalConnection(Connection):
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: bytes | None = None,
-        env: Mapping[str, str] | None = None,
-        timeout: float | None = None,
-        on_line: LineHandler | None = None,
-    ) -> CommandResult:
-        command = render_command(argv, env)
-        proc = subprocess.Popen(  # noqa: S603 - fixed argv; the command line is quoted tokens
+class LocalChannel(Channel):
+    def __init__(self, name: str, command: str, timeout: float | None) -> None:
+        self.name = name
+        self.timeout = timeout
+        self.timed_out = False
+        self.proc = subprocess.Popen(  # noqa: S603 - fixed argv; the command line is quoted tokens
             ["/bin/sh", "-c", command],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            # Its own process group, so the silence timeout kills what the shell started too:
+            # killing only /bin/sh left e.g. `sleep` holding stdout open until it finished.
+            start_new_session=True,
         )
-        stderr_chunks: list[bytes] = []
+        self._stderr: list[bytes] = []
+        self._stderr_thread = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._stderr_thread.start()
 
-        def feed() -> None:
-            assert proc.stdin is not None
-            try:
-                if stdin:
-                    proc.stdin.write(stdin)
-            except BrokenPipeError:
-                pass
-            finally:
-                proc.stdin.close()
+    def _drain_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        self._stderr.append(self.proc.stderr.read())
 
-        def drain_stderr() -> None:
-            assert proc.stderr is not None
-            stderr_chunks.append(proc.stderr.read())
+    def _kill(self) -> None:
+        self.timed_out = True
+        self.abort()
 
-        threads = [threading.Thread(target=feed, daemon=True),
-                   threading.Thread(target=drain_stderr, daemon=True)]
-        for thread in threads:
-            thread.start()
-        timer = threading.Timer(timeout, proc.kill) if timeout else None
+    def write(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
+        except (BrokenPipeError, ValueError) as exc:
+            raise TransportError(f"{self.name}: the command stopped reading its input "
+                                 f"({exc})") from None
+
+    def readline(self) -> str:
+        assert self.proc.stdout is not None
+        timer = threading.Timer(self.timeout, self._kill) if self.timeout else None
         if timer:
             timer.start()
-        lines: list[str] = []
         try:
-            assert proc.stdout is not None
-            for raw in proc.stdout:
-                line = raw.decode("utf-8", "replace")
-                lines.append(line)
-                if on_line:
-                    on_line(line)
-                if timer:  # timeout bounds silence: restart the clock on every line
-                    timer.cancel()
-                    timer = threading.Timer(timeout, proc.kill)  # type: ignore[arg-type]
-                    timer.start()
-            code = proc.wait()
+            line = self.proc.stdout.readline()
         finally:
             if timer:
                 timer.cancel()
-        for thread in threads:
-            thread.join()
-        if code == -9 and timeout:
-            raise TransportError(f"{self.target.name}: no output for {timeout:g}s; command killed")
-        stderr = b"".join(stderr_chunks).decode("utf-8", "replace")
-        return CommandResult(code, "".join(lines), stderr)
+        if self.timed_out:
+            raise TransportError(f"{self.name}: no output for {self.timeout:g}s; command killed")
+        return line.decode("utf-8", "replace")
+
+    def close_input(self) -> None:
+        assert self.proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError, ValueError):
+            self.proc.stdin.close()
+
+    def finish(self) -> tuple[int, str]:
+        self.close_input()
+        assert self.proc.stdout is not None
+        self.proc.stdout.read()
+        code = self.proc.wait()
+        self._stderr_thread.join()
+        return code, b"".join(self._stderr).decode("utf-8", "replace")
+
+    def abort(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+class LocalConnection(Connection):
+    def start(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+              timeout: float | None = None) -> Channel:
+        return LocalChannel(self.target.name, render_command(argv, env), timeout)
 
     def put(self, local: Path, remote: str, on_bytes: ByteProgress | None = None) -> int:
-        dest = _expand(remote)
+        dest = os.path.expanduser(remote)
         sent = 0
         try:
             with open(local, "rb") as src, open(dest, "wb") as out:
@@ -102,10 +102,6 @@ class LocalConnection(Connection):
         except OSError as exc:
             raise TransportError(f"{self.target.name}: writing {remote} failed: {exc}") from exc
         return sent
-
-    def remove(self, remote: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(_expand(remote))
 
     def close(self) -> None:
         pass

@@ -6,10 +6,12 @@ and feed it EdgeFleet's known_hosts, so a host key is never accepted silently.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import fabric
 import paramiko
@@ -18,9 +20,8 @@ from orchestrator.errors import HostKeyError, TransportError
 from orchestrator.hostkeys import RefuseUnknownHostKey, changed_key_error, load_known
 from orchestrator.transport.base import (
     ByteProgress,
-    CommandResult,
+    Channel,
     Connection,
-    LineHandler,
     Target,
     render_command,
     sftp_path,
@@ -30,6 +31,96 @@ _RECV = 1 << 16
 _SFTP_WRITE = 255 * 1024
 
 
+def gcm_first_transport(*args: Any, **kwargs: Any) -> paramiko.Transport:
+    """A Transport that prefers AES-GCM: paramiko's default AES-CTR + HMAC costs a separate MAC
+    pass per packet in Python, and measured ~25% slower on bulk pushes (bench/push.py). The
+    other ciphers stay allowed for servers without GCM."""
+    transport = paramiko.Transport(*args, **kwargs)
+    options = transport.get_security_options()
+    gcm = [c for c in options.ciphers if "-gcm@" in c]
+    options.ciphers = tuple(gcm + [c for c in options.ciphers if c not in gcm])
+    return transport
+
+
+class SshChannel(Channel):
+    """One exec'd command on a paramiko channel; stdout is read in lines, stderr collected."""
+
+    def __init__(self, name: str, channel: paramiko.Channel, timeout: float) -> None:
+        self.name = name
+        self.channel = channel
+        self.timeout = timeout
+        self._out = bytearray()
+        self._err = bytearray()
+        self._eof = False
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.channel.sendall(data)
+        except (OSError, paramiko.SSHException) as exc:
+            raise TransportError(f"{self.name}: the remote command stopped reading its input "
+                                 f"({exc or 'channel closed'})") from None
+
+    def _fill(self) -> None:
+        """Wait for more output (stdout or stderr) or EOF, at most ``timeout`` seconds."""
+        channel = self.channel
+        deadline = time.monotonic() + self.timeout
+        while True:
+            if channel.recv_stderr_ready():
+                self._err += channel.recv_stderr(_RECV)
+                continue
+            if channel.recv_ready():
+                data = channel.recv(_RECV)
+                if data:
+                    self._out += data
+                else:
+                    self._eof = True
+                return
+            if channel.eof_received or channel.closed:
+                self._eof = True
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TransportError(
+                    f"{self.name}: no output for {self.timeout:g}s; command abandoned")
+            select.select([channel], [], [], remaining)
+
+    def readline(self) -> str:
+        try:
+            while True:
+                end = self._out.find(b"\n")
+                if end >= 0:
+                    line = bytes(self._out[: end + 1])
+                    del self._out[: end + 1]
+                    return line.decode("utf-8", "replace")
+                if self._eof:
+                    line = bytes(self._out)
+                    self._out.clear()
+                    return line.decode("utf-8", "replace")
+                self._fill()
+        except (OSError, paramiko.SSHException) as exc:
+            raise TransportError(f"{self.name}: reading output failed: {exc}") from None
+
+    def close_input(self) -> None:
+        with contextlib.suppress(OSError, paramiko.SSHException):
+            self.channel.shutdown_write()
+
+    def finish(self) -> tuple[int, str]:
+        self.close_input()
+        while self.readline():
+            pass
+        if not self.channel.status_event.wait(self.timeout):
+            self.abort()
+            raise TransportError(f"{self.name}: command did not exit within {self.timeout:g}s")
+        while self.channel.recv_stderr_ready():
+            self._err += self.channel.recv_stderr(_RECV)
+        code = self.channel.recv_exit_status()
+        self.channel.close()
+        return code, self._err.decode("utf-8", "replace")
+
+    def abort(self) -> None:
+        self.channel.close()
+
+
 class SshConnection(Connection):
     def __init__(self, target: Target, known_hosts: Path, timeout: float) -> None:
         super().__init__(target)
@@ -37,6 +128,7 @@ class SshConnection(Connection):
         connect_kwargs: dict[str, object] = {
             "banner_timeout": timeout,
             "auth_timeout": timeout,
+            "transport_factory": gcm_first_transport,
         }
         if target.key_file:
             connect_kwargs.update(key_filename=target.key_file, look_for_keys=False,
@@ -83,64 +175,15 @@ class SshConnection(Connection):
             raise TransportError(f"{self.target.name}: connection lost")
         return transport
 
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: bytes | None = None,
-        env: Mapping[str, str] | None = None,
-        timeout: float | None = None,
-        on_line: LineHandler | None = None,
-    ) -> CommandResult:
+    def start(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+              timeout: float | None = None) -> Channel:
         timeout = timeout or self.timeout
-        command = render_command(argv, env)
         try:
             channel = self._transport.open_session(timeout=timeout)
-            channel.exec_command(command)
-            if stdin:
-                channel.sendall(stdin)
-            channel.shutdown_write()
-            out, err = bytearray(), bytearray()
-            pending = b""
-            deadline = time.monotonic() + timeout
-            while True:
-                if channel.recv_ready():
-                    data = channel.recv(_RECV)
-                    out += data
-                    if on_line:
-                        pending += data
-                        *lines, pending = pending.split(b"\n")
-                        for line in lines:
-                            on_line(line.decode("utf-8", "replace") + "\n")
-                    deadline = time.monotonic() + timeout
-                    continue
-                if channel.recv_stderr_ready():
-                    err += channel.recv_stderr(_RECV)
-                    deadline = time.monotonic() + timeout
-                    continue
-                if channel.eof_received and channel.exit_status_ready():
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    channel.close()
-                    raise TransportError(
-                        f"{self.target.name}: no output for {timeout:g}s; command abandoned"
-                    )
-                if channel.eof_received:  # output done, exit status on its way
-                    channel.status_event.wait(remaining)
-                else:
-                    select.select([channel], [], [], remaining)
-            while channel.recv_stderr_ready():
-                err += channel.recv_stderr(_RECV)
-            code = channel.recv_exit_status()
-            channel.close()
-        except TransportError:
-            raise
+            channel.exec_command(render_command(argv, env))
         except (OSError, paramiko.SSHException) as exc:
-            raise TransportError(f"{self.target.name}: command failed to run: {exc}") from None
-        if on_line and pending:
-            on_line(pending.decode("utf-8", "replace"))
-        return CommandResult(code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+            raise TransportError(f"{self.target.name}: command failed to start: {exc}") from None
+        return SshChannel(self.target.name, channel, timeout)
 
     def sftp(self) -> paramiko.SFTPClient:
         if self._sftp is None:
@@ -168,14 +211,6 @@ class SshConnection(Connection):
                 f"{self.target.name}: {remote} has {size} bytes on the device, {sent} were sent"
             )
         return sent
-
-    def remove(self, remote: str) -> None:
-        try:
-            self.sftp().remove(sftp_path(remote))
-        except FileNotFoundError:
-            pass
-        except (OSError, paramiko.SSHException):
-            pass  # best effort: the agent also clears stale uploads
 
     def close(self) -> None:
         if self._sftp is not None:

@@ -1,0 +1,116 @@
+"""``session``: several requests over one agent process, blobs streamed in between.
+
+Why: a push used to be two agent processes (plan, then activate) plus an SFTP upload. Each
+process costs an sshd session, a login shell and a Python start (on a Pi 3, most of a second),
+and the upload was hashed a second time after it landed. In a session the control plane sends:
+
+    {"v":1,"command":"plan","input":{...}}\\n              -> events, one result line
+    {"v":1,"command":"receive","input":{"sha256":..,"size":N,"path":..}}\\n  + N raw bytes
+                                                          -> one result line
+    {"v":1,"command":"activate","input":{...}}\\n          -> events, one result line
+
+and closes stdin to end it. ``receive`` hashes while it writes ``incoming/<sha>.part``, fsyncs,
+and only then renames the blob into place; a mismatch deletes the .part and names the file. A
+failed ``receive`` ends the session (the byte stream can no longer be trusted to be in step).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from typing import IO, Any, Callable, Dict
+
+from agent.activation import BLOB_MODE
+from agent.fsutil import AgentError, fsync_dir, remove_tree, writing
+from agent.protocol import (
+    E_BAD_INPUT,
+    E_VERIFY_FAILED,
+    PROTOCOL_VERSION,
+    is_sha256,
+    result_error,
+    result_ok,
+)
+from agent.store import Store
+
+RECEIVE_CHUNK = 256 * 1024
+
+Emit = Callable[[Dict[str, Any]], None]
+Handler = Callable[[str, Store, Any], Dict[str, Any]]
+
+
+def receive(store: Store, stream: IO[bytes], spec: Any) -> Dict[str, Any]:
+    """Read exactly ``size`` bytes from ``stream`` into the blob store, verifying on the fly."""
+    if not isinstance(spec, dict) or not is_sha256(spec.get("sha256")):
+        raise AgentError(E_BAD_INPUT, "receive needs {sha256, size}")
+    sha, size = spec["sha256"], spec.get("size")
+    label = str(spec.get("path") or sha)
+    if not isinstance(size, int) or size < 0:
+        raise AgentError(E_BAD_INPUT, "receive: bad size %r" % (size,))
+    store.ensure_layout()
+    part = store.part_path(sha)
+    digest = hashlib.sha256()
+    started_ns = time.time_ns()
+    remaining = size
+    try:
+        with writing(part), open(part, "wb") as out:
+            while remaining:
+                chunk = stream.read(min(RECEIVE_CHUNK, remaining))
+                if not chunk:
+                    raise AgentError(E_BAD_INPUT, "stream ended %d bytes short of %s"
+                                     % (remaining, label))
+                digest.update(chunk)
+                out.write(chunk)
+                remaining -= len(chunk)
+            out.flush()
+            os.fchmod(out.fileno(), BLOB_MODE)
+            os.fsync(out.fileno())  # the cache will vouch for it after a power cut
+        actual = digest.hexdigest()
+        if actual != sha:
+            raise AgentError(
+                E_VERIFY_FAILED,
+                "%s arrived corrupted: sha256 %s, expected %s; nothing was activated, push again"
+                % (label, actual, sha),
+                path=label, expected=sha, actual=actual,
+            )
+        with store.lock():
+            os.replace(part, store.blob_path(sha))
+            fsync_dir(store.blobs)
+            store.verifier.cache.record(os.stat(store.blob_path(sha)), sha, started_ns)
+    except BaseException:
+        if os.path.lexists(part):
+            remove_tree(part)
+        raise
+    return {"sha256": sha, "bytes": size}
+
+
+def serve(store: Store, stream: IO[bytes], emit: Emit, handle: Handler,
+          error_for: Callable[[BaseException], Dict[str, Any]]) -> int:
+    """Answer requests until EOF; returns the exit status (1 if the session had to stop)."""
+    while True:
+        header = stream.readline()
+        if not header:
+            return 0
+        command = "?"
+        try:
+            try:
+                request = json.loads(header.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError) as exc:
+                raise AgentError(E_BAD_INPUT, "session request is not JSON: %s" % exc) from None
+            if not isinstance(request, dict) or request.get("v") != PROTOCOL_VERSION:
+                raise AgentError(E_BAD_INPUT, "session request must be {v: %d, command, input}"
+                                 % PROTOCOL_VERSION)
+            command = str(request.get("command"))
+            if command == "receive":
+                data = receive(store, stream, request.get("input"))
+            elif command == "session":
+                raise AgentError(E_BAD_INPUT, "sessions do not nest")
+            else:
+                data = handle(command, store, request.get("input"))
+            emit(result_ok(command, data))
+        except (AgentError, OSError) as exc:
+            error = error_for(exc)
+            emit(result_error(command, error.pop("code"), error.pop("message"), **error))
+            if command in ("receive", "?"):
+                return 1
