@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.text import Text
 
 from orchestrator import output
 from orchestrator.config import Settings, get_settings
@@ -49,7 +50,10 @@ def handles_errors(func: F) -> F:
             if kwargs.get("as_json"):
                 output.print_json({"error": str(exc)})
             else:
-                output.stderr.print(f"[red]error:[/red] {output.cell(str(exc))}", markup=True)
+                # A Text, not markup: the message carries user input ("[/red]" in a path must
+                # be shown, not parsed). soft_wrap: no hard wrap at the console width (80 when
+                # piped), which would split a path or file:line in two.
+                output.stderr.print(Text.assemble(("error:", "red"), f" {exc}"), soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]

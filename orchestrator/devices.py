@@ -41,6 +41,13 @@ def _fields(host: InventoryHost) -> dict[str, Any]:
     }
 
 
+def _redacted(key: str, old_new: list[Any]) -> list[Any]:
+    """``edgefleet_env`` may carry tokens: a diff names the variables, never their values."""
+    if key != "env":
+        return old_new
+    return [{name: "<redacted>" for name in side} for side in old_new]
+
+
 def is_simulated(env: dict[str, str]) -> bool:
     return env.get("EDGEFLEET_SYSFS", "/sys") not in ("", "/sys")
 
@@ -59,8 +66,8 @@ def sync_inventory(session: Session, inventory: Inventory, apply: bool = True) -
                 session.add(Device(name=name, source=host.source,
                                    simulated=is_simulated(wanted["env"]), **wanted))
             continue
-        diff = {key: [getattr(device, key), value] for key, value in wanted.items()
-                if getattr(device, key) != value}
+        diff = {key: _redacted(key, [getattr(device, key), value])
+                for key, value in wanted.items() if getattr(device, key) != value}
         if not diff:
             report.unchanged.append(name)
         else:

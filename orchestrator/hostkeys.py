@@ -37,7 +37,9 @@ def user_known_hosts() -> Path:
 def load_known(managed: Path) -> paramiko.HostKeys:
     """Union of the managed file and the user's known_hosts (managed entries win)."""
     keys = paramiko.HostKeys()
-    for path in (user_known_hosts(), managed):
+    # Managed first: paramiko's lookup answers with the first matching entry, so the file that
+    # `devices trust --replace` writes must come before a stale line in ~/.ssh/known_hosts.
+    for path in (managed, user_known_hosts()):
         if path.is_file():
             try:
                 keys.load(str(path))

@@ -3,6 +3,7 @@ oldest onnxruntime that can load it (so a push to an old Pi is refused before an
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,11 @@ _INT8_OPS = {
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
+    """The leading number of each dot-separated piece: "1.18.0rc1" -> (1, 18, 0), not
+    (1, 18, 1); "1.17.0+cu118" -> (1, 17, 0), not (1, 17, 118). Stops at a piece without one."""
     parts = []
-    for piece in version.split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
+    for piece in version.removeprefix("v").split("."):
+        digits = re.match(r"[0-9]*", piece).group()  # type: ignore[union-attr]
         if not digits:
             break
         parts.append(int(digits))

@@ -1,0 +1,155 @@
+"""The database is made by alembic migrations, and the models never drift from them."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlmodel import SQLModel, select
+
+import orchestrator.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from orchestrator.config import Settings
+from orchestrator.db import MIGRATIONS_DIR, alembic_config, get_engine, session_scope
+from orchestrator.models import Bundle, Device
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def head_revision() -> str:
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    heads = script.get_heads()
+    assert len(heads) == 1, f"migrations have several heads: {heads}"
+    return heads[0]
+
+
+def schema_diffs(engine: sa.engine.Engine, metadata: sa.MetaData) -> list[object]:
+    with engine.connect() as conn:
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": True, "compare_server_default": True,
+                        "render_as_batch": True})
+        return list(compare_metadata(context, metadata))
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path / "home")
+
+
+def test_one_migration_script_and_it_is_head() -> None:
+    scripts = sorted(p.name for p in (MIGRATIONS_DIR / "versions").glob("*.py"))
+    assert len(scripts) == 1, scripts
+    revision = head_revision()
+    assert scripts[0].startswith(revision)
+    assert MIGRATIONS_DIR == REPO / "migrations"
+
+
+def test_the_db_is_created_by_migrations(settings: Settings) -> None:
+    db_file = settings.home / "edgefleet.db"
+    assert not db_file.exists()
+    engine = get_engine(settings)
+    assert db_file.is_file()
+    with engine.connect() as conn:  # the engine's own connections get the pragmas
+        assert conn.exec_driver_sql("pragma foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("pragma busy_timeout").scalar() == 10000
+    with sqlite3.connect(db_file) as raw:
+        tables = {row[0] for row in raw.execute("select name from sqlite_master "
+                                                "where type = 'table'")}
+        versions = raw.execute("select version_num from alembic_version").fetchall()
+        journal = raw.execute("pragma journal_mode").fetchone()[0]
+    assert tables == {"alembic_version", "device", "bundle", "deployment"}
+    assert versions == [(head_revision(),)]  # at head, stamped by alembic, not create_all
+    assert journal == "wal"
+    assert (settings.home / "blobs").is_dir() and (settings.home / "keys").is_dir()
+
+
+def test_second_get_engine_on_the_same_url(settings: Settings) -> None:
+    first = get_engine(settings)
+    assert get_engine(Settings(home=settings.home)) is first
+    with session_scope(settings) as session:
+        session.add(Device(name="pi5-a", address="10.0.0.1"))
+
+
+def test_a_new_process_on_an_existing_db_upgrades_nothing_and_keeps_data(
+    settings: Settings,
+) -> None:
+    with session_scope(settings) as session:
+        session.add(Device(name="pi5-a", address="10.0.0.1", labels={"cooler": "none"}))
+    env = dict(os.environ, EDGEFLEET_HOME=str(settings.home))
+    env.pop("DATABASE_URL", None)
+    code = ("from orchestrator.db import session_scope\n"
+            "from orchestrator.models import Device\n"
+            "from sqlmodel import select\n"
+            "with session_scope() as s:\n"
+            "    print([(d.name, d.labels) for d in s.exec(select(Device))])\n")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[('pi5-a', {'cooler': 'none'})]"
+
+
+def test_database_url_overrides_the_home_db(tmp_path: Path, settings: Settings) -> None:
+    url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    other = Settings(home=settings.home, DATABASE_URL=url)
+    assert other.db_url == url
+    with session_scope(other) as session:
+        session.add(Bundle(name="fc", version="1", digest="0" * 64, size_bytes=1,
+                           manifest_json="{}"))
+    assert (tmp_path / "elsewhere.db").is_file()
+    assert not (settings.home / "edgefleet.db").exists()
+    with session_scope(other) as session:
+        assert [b.name for b in session.exec(select(Bundle))] == ["fc"]
+
+
+def test_models_match_the_migrations(settings: Settings) -> None:
+    """`alembic check`: a model change without a migration fails here."""
+    engine = get_engine(settings)
+    assert schema_diffs(engine, SQLModel.metadata) == []
+
+
+def test_the_drift_check_can_fail(settings: Settings) -> None:
+    """The same comparison, against models with one column added and one index dropped."""
+    engine = get_engine(settings)
+    changed = sa.MetaData()
+    for table in SQLModel.metadata.tables.values():
+        table.to_metadata(changed)
+    changed.tables["device"].append_column(sa.Column("firmware", sa.String(), nullable=True))
+    deployment = changed.tables["deployment"]
+    deployment.indexes = {i for i in deployment.indexes if i.name != "ix_deployment_device_name"}
+    diffs = schema_diffs(engine, changed)
+    kinds = sorted(str(d[0]) for d in diffs if isinstance(d, tuple))
+    assert kinds == ["add_column", "remove_index"], diffs
+
+
+def test_downgrade_to_base_and_back(settings: Settings) -> None:
+    engine = get_engine(settings)
+    config = alembic_config(settings.db_url)
+    command.downgrade(config, "base")
+    assert set(sa.inspect(engine).get_table_names()) == {"alembic_version"}
+    command.upgrade(config, "head")
+    assert set(sa.inspect(engine).get_table_names()) == {
+        "alembic_version", "device", "bundle", "deployment"}
+    assert schema_diffs(engine, SQLModel.metadata) == []
+
+
+def test_constraints_from_the_migration_hold(settings: Settings) -> None:
+    with session_scope(settings) as session:
+        session.add(Bundle(name="fc", version="1", digest="a" * 64, size_bytes=1,
+                           manifest_json="{}"))
+    with pytest.raises(sa.exc.IntegrityError), session_scope(settings) as session:
+        session.add(Bundle(name="fc", version="1", digest="b" * 64, size_bytes=1,
+                           manifest_json="{}"))
+    with pytest.raises(sa.exc.IntegrityError), session_scope(settings) as session:
+        session.add(Device(name="pi", address="a"))
+        session.add(Device(name="pi", address="b"))
+    with session_scope(settings) as session:
+        assert [b.digest for b in session.exec(select(Bundle))] == ["a" * 64]
+        assert list(session.exec(select(Device))) == []
