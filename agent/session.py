@@ -26,6 +26,7 @@ from agent.activation import BLOB_MODE
 from agent.fsutil import AgentError, fsync_dir, remove_tree, writing
 from agent.protocol import (
     E_BAD_INPUT,
+    E_NO_SPACE,
     E_VERIFY_FAILED,
     PROTOCOL_VERSION,
     is_sha256,
@@ -78,9 +79,17 @@ def receive(store: Store, stream: IO[bytes], spec: Any) -> Dict[str, Any]:
             os.replace(part, store.blob_path(sha))
             fsync_dir(store.blobs)
             store.verifier.cache.record(os.stat(store.blob_path(sha)), sha, started_ns)
-    except BaseException:
+    except BaseException as exc:
         if os.path.lexists(part):
             remove_tree(part)
+        if isinstance(exc, AgentError) and exc.code == E_NO_SPACE:
+            raise AgentError(
+                E_NO_SPACE,
+                "no space left on the device while receiving %s (%d of %d bytes written to %s); "
+                "the partial upload was deleted and nothing was activated: free space under %s "
+                "and push again" % (label, size - remaining, size, part, store.root),
+                path=label, part=part,
+            ) from None
         raise
     return {"sha256": sha, "bytes": size}
 

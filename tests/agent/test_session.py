@@ -1,0 +1,78 @@
+"""``session``: several requests over one agent process, blobs streamed in between."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from agent_helpers import Bundle, agent_env, make_bundle
+
+from agent.protocol import parse_lines
+
+
+def request(command: str, payload: Any = None) -> bytes:
+    return json.dumps({"v": 1, "command": command, "input": payload}).encode() + b"\n"
+
+
+def receive(bundle: Bundle, path: str, data: bytes | None = None) -> bytes:
+    sha = bundle.sha_of(path)
+    body = bundle.contents[sha] if data is None else data
+    return request("receive", {"sha256": sha, "size": len(bundle.contents[sha]),
+                               "path": path}) + body
+
+
+def session(pyz: Path, root: Path, stream: bytes) -> tuple[int, list[dict[str, Any]]]:
+    proc = subprocess.run([sys.executable, str(pyz), f"--root={root}", "session"], input=stream,
+                          capture_output=True, env=agent_env(), timeout=60, check=False)
+    results = [m for m in parse_lines(proc.stdout.decode().splitlines()) if m["type"] == "result"]
+    return proc.returncode, results
+
+
+def test_plan_receive_activate_in_one_process(pyz: Path, root: Path) -> None:
+    bundle = make_bundle("m", "1", {"model.onnx": b"m" * 300_000, "config.json": b"{}"})
+    stream = (request("plan", bundle.request) + receive(bundle, "model.onnx")
+              + receive(bundle, "config.json") + request("activate", bundle.request))
+    code, results = session(pyz, root, stream)
+    assert code == 0 and [r["command"] for r in results] == ["plan", "receive", "receive",
+                                                              "activate"]
+    assert all(r["ok"] for r in results), results
+    assert sorted(results[0]["data"]["missing"]) == sorted(bundle.contents)
+    assert results[3]["data"]["changed"] is True
+    assert (root / "current" / "model.onnx").read_bytes() == b"m" * 300_000
+    assert not list((root / "incoming").iterdir())
+    # A second session finds everything present and active: nothing to send.
+    code, results = session(pyz, root, request("plan", bundle.request))
+    assert results[0]["data"]["missing"] == [] and results[0]["data"]["already_active"] is True
+
+
+def test_corrupted_stream_is_refused_and_session_ends(pyz: Path, root: Path) -> None:
+    bundle = make_bundle("m", "1", {"model.onnx": b"good" * 1000})
+    stream = (receive(bundle, "model.onnx", data=b"evil" * 1000)
+              + request("activate", bundle.request))
+    code, results = session(pyz, root, stream)
+    assert code == 1 and len(results) == 1  # activate never ran
+    error = results[0]["error"]
+    assert error["code"] == "verify_failed" and error["path"] == "model.onnx"
+    assert not (root / "blobs" / bundle.sha_of("model.onnx")).exists()
+    assert not list((root / "incoming").iterdir()) and not (root / "current").exists()
+
+
+def test_short_stream_leaves_nothing(pyz: Path, root: Path) -> None:
+    bundle = make_bundle("m", "1", {"model.onnx": b"x" * 5000})
+    code, results = session(pyz, root, receive(bundle, "model.onnx", data=b"x" * 100))
+    assert code == 1 and results[0]["error"]["code"] == "bad_input"
+    assert "4900 bytes short of model.onnx" in results[0]["error"]["message"]
+    assert not list((root / "incoming").iterdir())
+
+
+def test_bad_requests_are_errors_not_crashes(pyz: Path, root: Path) -> None:
+    code, results = session(pyz, root, b"not json\n")
+    assert code == 1 and results[0]["error"]["code"] == "bad_input"
+    code, results = session(pyz, root, request("session") + request("status"))
+    assert code == 0 and not results[0]["ok"] and results[1]["ok"]  # error, then carries on
+    code, results = session(pyz, root, request("launch-missiles"))
+    assert results[0]["error"]["code"] == "bad_input" and "launch-missiles" in results[0][
+        "error"]["message"]
