@@ -1,23 +1,32 @@
 """Push throughput vs scp, and the cost of a no-op re-push, measured side by side in one run.
 
-    python bench/push.py [--mb 90] [--repeats 3]
+    python bench/push.py [--mb 90] [--repeats 3] [--link loopback|lan|both]
 
-Starts a real sshd on loopback (the test harness), builds a ~90 MB ONNX bundle, then alternates:
-``scp`` of the model file, and ``edgefleet push`` of the bundle to a device emptied of it (so every
-byte travels and is verified on arrival). Prints medians and the ratio; then times re-pushes of the
-unchanged bundle (0 model bytes expected). Ratios, not absolute numbers, are what carry over
-between machines.
+Starts a real sshd (the test harness), builds a ~90 MB ONNX bundle, then alternates ``scp`` of
+the model file with ``edgefleet push`` of the bundle to a device emptied of it (every byte
+travels and is verified on arrival), and times re-pushes of the unchanged bundle. Two links:
+
+- loopback: 127.0.0.1. No network limit, so this measures CPU per byte (Python's paramiko vs
+  OpenSSH's C) and fixed per-push costs, magnified.
+- lan: sshd in a network namespace behind a veth pair rate-limited (tc tbf) to 940 Mbit/s each
+  way, what a Pi 4/5 gets on gigabit Ethernet. No added latency (netem is not in every kernel;
+  on a real LAN ~0.2 ms RTT adds a few ms per request round trip). Needs root (ip netns, tc).
+
+Ratios, not absolute numbers, are what carry over between machines.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -31,7 +40,34 @@ from orchestrator.deploy import push  # noqa: E402
 from orchestrator.devices import all_devices, sync_inventory  # noqa: E402
 from orchestrator.hostkeys import trust  # noqa: E402
 from orchestrator.inventory import load_inventory  # noqa: E402
-from tests.fleet.sshd import SshdHost, generate_user_key, write_inventory  # noqa: E402
+from tests.fleet.sshd import SshdHost, UserKey, generate_user_key, write_inventory  # noqa: E402
+
+LAN_RATE = "940mbit"
+
+
+def sh(*argv: str) -> None:
+    subprocess.run(argv, check=True)  # noqa: S603
+
+
+@contextlib.contextmanager
+def lan_namespace() -> Iterator[tuple[str, str]]:
+    """(netns name, device address) behind a shaped veth pair; removed afterwards."""
+    ns, outside, inside = f"efbench{os.getpid()}", "efb0", "efb1"
+    sh("ip", "netns", "add", ns)
+    try:
+        sh("ip", "link", "add", outside, "type", "veth", "peer", "name", inside)
+        sh("ip", "link", "set", inside, "netns", ns)
+        sh("ip", "addr", "add", "10.201.0.1/24", "dev", outside)
+        sh("ip", "link", "set", outside, "up")
+        sh("ip", "netns", "exec", ns, "ip", "addr", "add", "10.201.0.2/24", "dev", inside)
+        sh("ip", "netns", "exec", ns, "ip", "link", "set", inside, "up")
+        sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+        for prefix, dev in (((), outside), (("ip", "netns", "exec", ns), inside)):
+            sh(*prefix, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", LAN_RATE,
+               "burst", "512kb", "latency", "50ms")
+        yield ns, "10.201.0.2"
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)  # noqa: S603 (removes the pair)
 
 
 def empty_device(root: Path) -> None:
@@ -41,67 +77,75 @@ def empty_device(root: Path) -> None:
         (root / name).unlink(missing_ok=True)
 
 
+def measure(label: str, host: SshdHost, key: UserKey, model: Path, base: Path,
+            repeats: int) -> None:
+    tag = label.split()[0]  # file names: the label has spaces
+    settings = Settings(home=base / f"home-{tag}", database_url=None)
+    inventory = write_inventory(base / f"inventory-{tag}.yml", [host])
+    trust(host.name, host.address, host.port, settings.known_hosts, 10.0)
+    with session_scope(settings) as session:
+        sync_inventory(session, load_inventory(inventory))
+        devices = all_devices(session)
+    _, installed = install_agents(settings, devices)
+    assert installed[0].ok, installed[0].error
+    with session_scope(settings) as session:
+        bundle = build_bundle(session, settings, model.parent, "big").bundle
+    known_hosts = host.write_known_hosts(base / f"scp_known_hosts-{tag}")
+    scp_argv = ["scp", "-q", "-o", f"UserKnownHostsFile={known_hosts}",
+                "-o", "StrictHostKeyChecking=yes", "-i", str(key.private_key),
+                "-P", str(host.port), str(model), f"{host.user}@{host.address}:{base}/scp-copy"]
+
+    scp_s, push_s = [], []
+    for _ in range(repeats):
+        (base / "scp-copy").unlink(missing_ok=True)
+        started = time.perf_counter()
+        subprocess.run(scp_argv, check=True)  # noqa: S603
+        scp_s.append(time.perf_counter() - started)
+
+        empty_device(host.root)
+        started = time.perf_counter()
+        outcome = push(settings, bundle, devices)[0]
+        push_s.append(time.perf_counter() - started)
+        assert outcome.ok and outcome.data["bytes_sent"] == bundle.size_bytes, outcome
+
+    repush_s, repush_bytes = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        outcome = push(settings, bundle, devices)[0]
+        repush_s.append(time.perf_counter() - started)
+        repush_bytes.append(outcome.data["bytes_sent"])
+        assert outcome.state == "unchanged", outcome
+
+    mb = bundle.size_bytes / 1e6
+    scp_med, push_med = statistics.median(scp_s), statistics.median(push_s)
+    print(f"\n[{label}] {mb:.1f} MB bundle, {repeats} alternating repeats, medians")
+    print(f"  scp            {scp_med:6.2f} s  {mb / scp_med:7.1f} MB/s")
+    print(f"  edgefleet push {push_med:6.2f} s  {mb / push_med:7.1f} MB/s"
+          "  (connect, plan, stream + sha256 + fsync on device, activate)")
+    print(f"  push/scp throughput ratio: {scp_med / push_med:.2f}x  (goal >= 0.9x)")
+    print(f"  re-push unchanged: median {statistics.median(repush_s):.3f} s per device, "
+          f"bytes sent {repush_bytes}  (goal < 0.5 s, 0 bytes)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=90.0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--link", choices=("loopback", "lan", "both"), default="both")
     args = parser.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="edgefleet-bench-push-"))
-    key = generate_user_key(base)
-    host = SshdHost("bench-pi", base, key)
     try:
-        settings = Settings(home=base / "home", database_url=None)
-        inventory = write_inventory(base / "inventory.yml", [host])
-        trust(host.name, host.address, host.port, settings.known_hosts, 10.0)
-        with session_scope(settings) as session:
-            sync_inventory(session, load_inventory(inventory))
-            devices = all_devices(session)
-        _, installed = install_agents(settings, devices)
-        assert installed[0].ok, installed[0].error
+        key = generate_user_key(base)
         model = make_large_model(base / "model" / "model.onnx", args.mb)
-        size = model.stat().st_size
-        with session_scope(settings) as session:
-            bundle = build_bundle(session, settings, model.parent, "big").bundle
-        known_hosts = host.write_known_hosts(base / "scp_known_hosts")
-        scp_argv = ["scp", "-q", "-o", f"UserKnownHostsFile={known_hosts}",
-                    "-o", "StrictHostKeyChecking=yes", "-i", str(key.private_key),
-                    "-P", str(host.port), str(model), f"{host.user}@127.0.0.1:{base}/scp-copy"]
-
-        scp_s, push_s = [], []
-        for _ in range(args.repeats):
-            (base / "scp-copy").unlink(missing_ok=True)
-            started = time.perf_counter()
-            subprocess.run(scp_argv, check=True)  # noqa: S603
-            scp_s.append(time.perf_counter() - started)
-
-            empty_device(host.root)
-            started = time.perf_counter()
-            outcome = push(settings, bundle, devices)[0]
-            push_s.append(time.perf_counter() - started)
-            assert outcome.ok and outcome.data["bytes_sent"] == bundle.size_bytes, outcome
-
-        repush_s, repush_bytes = [], []
-        for _ in range(args.repeats):
-            started = time.perf_counter()
-            outcome = push(settings, bundle, devices)[0]
-            repush_s.append(time.perf_counter() - started)
-            repush_bytes.append(outcome.data["bytes_sent"])
-            assert outcome.state == "unchanged", outcome
-
-        mb = size / 1e6
-        scp_med, push_med = statistics.median(scp_s), statistics.median(push_s)
-        print(f"model file: {mb:.1f} MB; bundle {bundle.size_bytes / 1e6:.1f} MB; "
-              f"{args.repeats} alternating repeats, medians")
-        print(f"scp            {scp_med:6.2f} s  {mb / scp_med:7.1f} MB/s")
-        print(f"edgefleet push {push_med:6.2f} s  {bundle.size_bytes / 1e6 / push_med:7.1f} MB/s"
-              "  (connect, plan, send, verify sha256 on device, activate)")
-        ratio = (bundle.size_bytes / push_med) / (size / scp_med)
-        print(f"push/scp throughput ratio: {ratio:.2f}x  (goal >= 0.9x)")
-        print(f"re-push unchanged: median {statistics.median(repush_s):.3f} s per device, "
-              f"bytes sent {repush_bytes}  (goal < 0.5 s, 0 bytes)")
+        if args.link in ("loopback", "both"):
+            with SshdHost("bench-loopback", base, key) as host:
+                measure("loopback", host, key, model, base, args.repeats)
+        if args.link in ("lan", "both"):
+            with lan_namespace() as (ns, address), \
+                    SshdHost("bench-lan", base, key, address=address, netns=ns) as host:
+                measure(f"lan {LAN_RATE}", host, key, model, base, args.repeats)
     finally:
-        host.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 

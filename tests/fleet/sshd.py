@@ -48,7 +48,7 @@ PORT_ATTEMPTS = 10
 ODD_ROOT_NAME = 'edge fleet\'s "root" $NOPE'
 ODD_SIM_NAME = 'sim dir\'s "pi"'
 
-_LISTENING = re.compile(r"Server listening on 127\.0\.0\.1 port (\d+)")
+_LISTENING = re.compile(r"Server listening on [0-9.]+ port (\d+)")
 _BIND_FAILED = ("Address already in use", "Cannot bind any address")
 
 
@@ -284,10 +284,16 @@ class SshdHost:
         odd_sim_dir: bool = False,
         sim_options: Mapping[str, Any] | None = None,
         start: bool = True,
+        address: str = ADDRESS,
+        netns: str | None = None,
     ) -> None:
         """``odd_root`` / ``odd_sim_dir`` put spaces, quotes and a ``$`` in those paths;
-        ``sim_options`` go to :func:`create_simulated_device`; ``port`` is tried first."""
+        ``sim_options`` go to :func:`create_simulated_device`; ``port`` is tried first.
+        ``netns``/``address``: run sshd inside that network namespace, listening on ``address``
+        (bench/push.py uses this for a LAN-shaped link)."""
         self.name = name
+        self.address = address
+        self.netns = netns
         self.user = current_user()
         self.key_file = user_key.private_key
         self.user_key = user_key
@@ -408,6 +414,8 @@ class SshdHost:
         prefix = []
         if setpriv := shutil.which("setpriv"):
             prefix = [setpriv, "--pdeathsig", "TERM", "--"]
+        if self.netns:
+            prefix = [*prefix, "ip", "netns", "exec", self.netns]
         argv = [*prefix, SSHD, "-D", "-e", "-f", str(self.config_file)]
         last: Exception | None = None
         for attempt in range(PORT_ATTEMPTS):
