@@ -51,22 +51,6 @@ def manifest_digest(manifest: Dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(manifest)).hexdigest()
 
 
-def sha256_file(path: str, progress: Any = None) -> str:
-    """Hash a file in 1 MiB chunks; ``progress(done_bytes)`` is called after each chunk."""
-    digest = hashlib.sha256()
-    done = 0
-    with open(path, "rb") as handle:
-        while True:
-            chunk = handle.read(HASH_CHUNK)
-            if not chunk:
-                break
-            digest.update(chunk)
-            done += len(chunk)
-            if progress is not None:
-                progress(done)
-    return digest.hexdigest()
-
-
 def check_relative_path(path: str) -> str:
     """Return the normalised bundle-relative path or raise ValueError saying why it is unsafe.
 

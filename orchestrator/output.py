@@ -138,8 +138,7 @@ class RichPushProgress:
         return self.tasks[device]
 
     def start(self, device: str, total_bytes: int) -> None:
-        self.progress.update(self._task(device), total=max(total_bytes, 1),
-                             completed=0 if total_bytes else 1)
+        self.progress.update(self._task(device), total=total_bytes, completed=0)
 
     def advance(self, device: str, nbytes: int) -> None:
         self.progress.advance(self._task(device), nbytes)
