@@ -21,7 +21,7 @@ from typing import IO, Any, Callable, Dict, List, Optional
 from agent.fsutil import NO_SPACE_ERRNOS, AgentError, no_space_error
 from agent.protocol import E_BAD_INPUT, E_INTERNAL, result_error, result_ok
 
-COMMANDS = ("facts", "plan", "activate", "rollback", "status", "session")
+COMMANDS = ("facts", "telemetry", "plan", "activate", "rollback", "status", "session", "bench")
 DEFAULT_ROOT = "~/.edgefleet"
 
 Emit = Callable[[Dict[str, Any]], None]
@@ -92,6 +92,14 @@ def handle(command: str, store: Any, read_input: Callable[[], Any]) -> Dict[str,
         return status(store)
     if command == "plan":
         return plan(store, parse_request(read_input()))
+    if command == "telemetry":
+        from agent.snapshot import telemetry
+
+        return telemetry(store.root)
+    if command == "bench":
+        from agent.bench import bench
+
+        return bench(store, read_input())
     from agent import activation
 
     if command == "activate":

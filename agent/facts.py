@@ -95,9 +95,10 @@ def read_pi_model(sysfs: str) -> Optional[str]:
     return None
 
 
-def parse_meminfo_mb(text: str) -> Optional[int]:
+def parse_meminfo_mb(text: str, key: str = "MemTotal") -> Optional[int]:
+    """A /proc/meminfo field (kB) in MB: MemTotal, MemAvailable, ..."""
     for line in text.splitlines():
-        if line.startswith("MemTotal:"):
+        if line.startswith(key + ":"):
             fields = line.split()
             try:
                 return int(fields[1]) // 1024  # kB

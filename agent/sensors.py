@@ -169,6 +169,20 @@ class SensorReader:
         bits = parse_throttled_hex(text) if text is not None else None
         return {"bits": bits, "source": self.throttled_file if bits is not None else None}
 
+    def read_throttled_cheap(self) -> Optional[int]:
+        """get_throttled bits for a sampler: the sysfs file first, ``vcgencmd`` only without it.
+
+        Why the opposite order to ``read_throttled``: both ask the firmware for the same word,
+        but ``vcgencmd`` is a fork+exec (tens of ms of CPU on a Pi 3) and a benchmark sampler
+        calling it 4 times a second would load the very cores it is measuring. A one-off
+        ``snapshot`` keeps preferring ``vcgencmd``, the tool users know.
+        """
+        text = _read_text(self.throttled_file)
+        bits = parse_throttled_hex(text) if text is not None else None
+        if bits is not None:
+            return bits
+        return self.read_throttled()["bits"]
+
     def read(self) -> Dict[str, Any]:
         temp = self.read_temp()
         freqs = self.read_freqs()

@@ -120,6 +120,26 @@ def _pick_model(files: list[tuple[str, Path]], model: str | None, source: Path) 
     return onnx_files[0]
 
 
+def check_input_shapes(inputs: list[dict[str, Any]],
+                       shapes: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Shapes recorded for benchmarks: each names a model input, has its rank, keeps its fixed
+    dims, and gives every dynamic one a positive size."""
+    by_name = {i["name"]: i for i in inputs}
+    for name, dims in shapes.items():
+        if name not in by_name:
+            raise BundleError(f"--shape {name}: the model has no input {name!r} "
+                              f"(inputs: {', '.join(by_name)})")
+        declared = by_name[name]["shape"]
+        if len(dims) != len(declared):
+            raise BundleError(f"--shape {name}: {len(dims)} dims given, the input has "
+                              f"{len(declared)} ({declared})")
+        for index, (want, have) in enumerate(zip(dims, declared, strict=True)):
+            if want < 1 or (isinstance(have, int) and have != want):
+                raise BundleError(f"--shape {name}: dim {index} is {want}, the model says "
+                                  f"{have}")
+    return dict(shapes)
+
+
 def next_version(session: Session, name: str) -> str:
     versions = session.exec(select(Bundle.version).where(Bundle.name == name)).all()
     numeric = [int(v) for v in versions if v.isdigit()]
@@ -141,6 +161,7 @@ def build_bundle(
     version: str | None = None,
     model: str | None = None,
     on_file: Callable[[str, int], None] | None = None,
+    input_shapes: dict[str, list[int]] | None = None,
 ) -> BuildResult:
     """Inspect, hash into the blob store, write the manifest, register the version."""
     check_name(name)
@@ -154,6 +175,7 @@ def build_bundle(
     model_rel = _pick_model(files, model, path)
     model_path = dict(files)[model_rel]
     info = inspect_model(model_path, f"{path}:{model_rel}" if path.is_dir() else str(path))
+    shapes = check_input_shapes(info.inputs, input_shapes or {})
 
     store = BlobStore(settings.blob_dir)
     entries = []
@@ -166,7 +188,8 @@ def build_bundle(
     previous = latest(session, name)
     if version is None and previous is not None:
         old = json.loads(previous.manifest_json)
-        if old["files"] == entries and old["model"]["path"] == model_rel:
+        if (old["files"] == entries and old["model"]["path"] == model_rel
+                and old.get("input_shapes", {}) == shapes):
             return BuildResult(bundle=previous, created=False)
 
     version = version or next_version(session, name)
@@ -181,6 +204,8 @@ def build_bundle(
         "precision": info.precision,
         "min_onnxruntime": info.min_onnxruntime,
     }
+    if shapes:
+        manifest["input_shapes"] = shapes
     bundle = Bundle(
         name=name,
         version=version,

@@ -32,15 +32,20 @@ def bundle_build(
     version: Annotated[str | None, typer.Option(help="Version (default: next number).")] = None,
     model: Annotated[str | None, typer.Option(help="Which .onnx in the folder is the model.")]
     = None,
+    shape: Annotated[list[str], typer.Option(
+        help="NAME=1x1024x128: the shape benchmarks use for an input with dynamic dims.")]
+    = [],  # noqa: B006
     as_json: JsonOpt = False,
 ) -> None:
     """Inspect the model, hash every file into the blob store, register a new version."""
     from orchestrator.bundles import build_bundle, bundle_public
+    from orchestrator.cliparse import parse_shapes
     from orchestrator.db import session_scope
 
     cfg = settings()
     with session_scope(cfg) as session:
-        result = build_bundle(session, cfg, path, name, version, model)
+        result = build_bundle(session, cfg, path, name, version, model,
+                              input_shapes=parse_shapes(shape))
         public = bundle_public(result.bundle)
     public["created"] = result.created
     if as_json:

@@ -27,7 +27,8 @@ def demo_cmd(
     = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Inventory -> agent -> bundle -> verified push on 3 simulated Pis; no Pi or sshd needed."""
+    """Inventory -> agent -> bundle -> verified push -> benchmark on 3 simulated Pis; no Pi or
+    sshd needed."""
     from orchestrator import demo
     from orchestrator.agents import install_agents
     from orchestrator.bundles import build_bundle, bundle_public
@@ -35,6 +36,8 @@ def demo_cmd(
     from orchestrator.deploy import push
     from orchestrator.devices import all_devices, device_public, sync_inventory
     from orchestrator.inventory import load_inventory
+    from orchestrator.reports import render_table
+    from orchestrator.runs import BenchParams, bench, get_run, run_public, run_results
 
     home = (home or Settings().home / "demo").absolute()
     if fresh and home.exists():
@@ -61,7 +64,8 @@ def demo_cmd(
 
     _say(as_json, f"edgefleet bundle build {files.model_dir} --name {demo.DEMO_BUNDLE}")
     with session_scope(cfg) as session:
-        built = build_bundle(session, cfg, files.model_dir, demo.DEMO_BUNDLE)
+        built = build_bundle(session, cfg, files.model_dir, demo.DEMO_BUNDLE,
+                             input_shapes=demo.INPUT_SHAPES)
         bundle = built.bundle
         report["bundle"] = bundle_public(bundle) | {"created": built.created}
     if not as_json:
@@ -82,11 +86,22 @@ def demo_cmd(
             o.data["sent"] = output.human_bytes(o.data.get("bytes_sent", 0))
         output.stdout.print(output.outcome_table("push", pushed, ("sent",)))
 
+    _say(as_json, f"edgefleet bench {bundle.name}@{bundle.version} all --threads 1,2")
+    with output.BenchProgress(enabled=not as_json) as progress:
+        (run,), benched = bench(cfg, [bundle], ready, BenchParams(threads=[1, 2]), "all",
+                                on_event=progress.event)
+    with session_scope(cfg) as session:
+        results = run_public(get_run(session, run.id), run_results(session, run.id))["results"]
+    report["bench"] = {"run_id": run.id, "state": run.state, "results": results}
+    if not as_json:
+        output.stdout.print(render_table(results, f"run {run.id}: {bundle.name}@"
+                                                  f"{bundle.version}"))
+
     _say(as_json, "edgefleet devices list")
     with session_scope(cfg) as session:
         fleet = [device_public(d) for d in all_devices(session)]
     report["devices"] = fleet
-    failed = [o for o in [*installed, *pushed] if not o.ok]
+    failed = [o for o in [*installed, *pushed, *benched] if not o.ok]
     if as_json:
         output.print_json(report)
     else:
@@ -96,6 +111,7 @@ def demo_cmd(
             f"  export EDGEFLEET_HOME={home}\n"
             "  edgefleet devices show pi5-roaster\n"
             "  edgefleet bundle show first-crack\n"
+            f"  edgefleet runs show {run.id} --format md\n"
             "  edgefleet rollback pi4-lab"
         )
     if failed:

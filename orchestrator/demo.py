@@ -19,6 +19,7 @@ from orchestrator.simulate import SimulatedDevice, create_simulated_device
 
 DEMO_BUNDLE = "first-crack"
 LABELS = {"0": "no_first_crack", "1": "first_crack"}
+INPUT_SHAPES = {"log_mel": [1, 1, 98, 40]}  # one ~1 s window of 40 log-mel bins
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from orchestrator.db import session_scope
 from orchestrator.devices import get_device, to_target
 from orchestrator.errors import AgentError, EdgeFleetError
 from orchestrator.fleet import Outcome, fan_out
+from orchestrator.leases import leased
 from orchestrator.models import Bundle, Deployment, Device
 from orchestrator.onnxinfo import version_tuple
 from orchestrator.transport import Connection, Target, connect
@@ -141,7 +142,8 @@ def push(settings: Settings, bundle: Bundle, devices: Sequence[Device], forks: i
     def step(target: Target) -> Outcome:
         started = time.monotonic()
         try:
-            with connect(target, settings, timeout) as conn:
+            with leased(settings, target.name, "push"), \
+                    connect(target, settings, timeout) as conn:
                 outcome = push_over(conn, bundle, store, progress, timeout)
         except EdgeFleetError as exc:
             outcome = Outcome(target.name, False, "failed", str(exc))

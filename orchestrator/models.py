@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -92,3 +92,86 @@ class Deployment(DeploymentBase, table=True):
 
 class DeploymentPublic(DeploymentBase):
     id: int
+
+
+class Run(SQLModel, table=True):
+    """One benchmark (later: evaluation) of one bundle over a set of devices."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = "bench"
+    bundle_name: str = Field(index=True)
+    bundle_version: str
+    bundle_digest: str = Field(index=True)
+    targets: str
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_by: str
+    state: str = "running"  # running | succeeded | partial | failed
+    created_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+
+
+class Result(SQLModel, table=True):
+    """One device x thread count of a run. Aggregates are columns (dashboards query them in
+    SQL); every raw latency is kept, compressed, in ``latencies``."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True)
+    device_name: str = Field(index=True)
+    threads: int | None = None
+    ok: bool = False
+    error: str | None = None
+    simulated: bool = False
+    precision: str | None = None
+    n: int | None = None
+    mean_ms: float | None = None
+    std_ms: float | None = None
+    min_ms: float | None = None
+    max_ms: float | None = None
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+    load_ms: float | None = None
+    first_inference_ms: float | None = None
+    peak_rss_mb: float | None = None
+    steady_rss_mb: float | None = None
+    model_size_mb: float | None = None
+    telemetry_status: str | None = None  # clean | throttled | unknown
+    temp_c_min: float | None = None
+    temp_c_max: float | None = None
+    freq_mhz_min: float | None = None
+    freq_mhz_max: float | None = None
+    throttled_bits: int | None = None
+    throttle_flags: dict[str, Any] = Field(default_factory=dict,
+                                           sa_column=Column(JSON, nullable=False))
+    valid: bool | None = None
+    flags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    reasons: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    latencies: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    telemetry_samples: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class DeviceLease(SQLModel, table=True):
+    """At most one exclusive operation (push, bench) per device at a time, across processes."""
+
+    device_name: str = Field(primary_key=True)
+    holder: str
+    operation: str
+    acquired_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+
+
+class TelemetrySnapshot(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    device_name: str = Field(index=True)
+    taken_at: datetime = Field(default_factory=utcnow, index=True)
+    temp_c: float | None = None
+    freq_mhz: float | None = None
+    throttled_bits: int | None = None
+    throttle_flags: dict[str, Any] = Field(default_factory=dict,
+                                           sa_column=Column(JSON, nullable=False))
+    load_1m: float | None = None
+    mem_available_mb: float | None = None
+    disk_free_bytes: int | None = None

@@ -34,6 +34,12 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def print_text(text: str) -> None:
+    """Plain text (Markdown, CSV) on stdout, byte for byte: no rich wrapping or markup."""
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()
+
+
 def cell(value: Any) -> Text:
     if value is None or value == "":
         return Text("-", style="dim")
@@ -145,3 +151,31 @@ class RichPushProgress:
 
     def state(self, device: str, state: str) -> None:
         self.progress.update(self._task(device), state=state)
+
+
+class BenchProgress:
+    """One line per device: which thread count, which phase, how many runs done."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.progress = Progress(
+            TextColumn("{task.fields[device]}"), BarColumn(), TextColumn("{task.fields[what]}"),
+            console=stderr, disable=not enabled)
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> BenchProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def event(self, device: str, event: dict[str, Any]) -> None:
+        if event.get("event") != "bench":
+            return
+        if device not in self.tasks:
+            self.tasks[device] = self.progress.add_task("", total=None, device=Text(device),
+                                                        what="")
+        done, total = event.get("done"), event.get("total")
+        self.progress.update(self.tasks[device], total=total or None, completed=done or 0,
+                             what=f"threads={event.get('threads')} {event.get('phase')} "
+                                  f"{done}/{total}")

@@ -1,0 +1,415 @@
+"""``bench``: latency of an installed bundle at several thread counts, with the telemetry that
+says whether the numbers can be trusted (see ``agent.sampler``).
+
+Flow in the agent process: find the bundle version by digest in the device history, verify its
+files (through the hash cache, so cheap), plan the inputs (``agent.inputs``; every mistake is a
+``bad_input`` before anything runs), then measure each thread count in a fresh child process and
+relay its progress events.
+
+Why a fresh process per thread count: peak RSS (VmHWM) only ever grows within a process, so in
+one process every thread count after the first would report the first one's peak; ORT's thread
+pools and allocator arenas would carry over between sessions; and a crash or the OOM killer in
+the 4-thread run must become that entry's error while 1 and 2 threads still report.
+
+Why the child is ``python -c BOOTSTRAP <sys.path entry>``: the entry is the directory the
+``agent`` package was imported from, i.e. the .pyz itself for the zipapp (``python -m agent``
+gives the source checkout). Putting it first on sys.path (and dropping the working directory
+that ``-c`` adds) makes the child import the very same agent code whichever way the parent was
+started; the interpreter is ``sys.executable``, so it sees the same numpy and onnxruntime.
+
+Why gc is disabled during warmup and timed runs (as ``timeit`` does): a cyclic collection
+landing inside one run would be timed as model latency.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import gc
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from typing import IO, Any, Callable, Deque, Dict, List, Optional, Tuple
+
+from agent.fsutil import AgentError
+from agent.inputs import build_inputs, describe, find_sample_npz, plan_inputs
+from agent.protocol import (
+    E_BAD_INPUT,
+    E_INTERNAL,
+    E_MISSING_DEPENDENCY,
+    E_VERIFY_FAILED,
+    check_relative_path,
+    event,
+    is_sha256,
+    manifest_files,
+    result_error,
+    result_ok,
+)
+from agent.sampler import MAX_HZ, MIN_HZ, Sampler, summarize
+from agent.sensors import SensorReader, is_simulated
+from agent.store import MANIFEST_NAME, Store, parse_manifest_bytes
+
+E_NOT_ON_DEVICE = "not_on_device"
+DEFAULTS: Dict[str, Any] = {
+    "threads": [1, 2, 4], "warmup": 5, "runs": 30, "min_seconds": 0, "shapes": {},
+    "constants": {}, "providers": ["CPUExecutionProvider"], "graph_optimization": "all",
+    "sample_hz": 4,
+}
+OPT_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED",
+              "basic": "ORT_ENABLE_BASIC", "disabled": "ORT_DISABLE_ALL"}
+MAX_THREADS = 256
+MAX_TIMED_RUNS = 1000000  # bounds memory and result size when min_seconds meets a tiny model
+PROGRESS_INTERVAL_NS = 250 * 1000 * 1000  # at most ~4 progress events a second
+STDERR_TAIL = 12
+FATAL_CHILD_CODES = (E_BAD_INPUT, E_MISSING_DEPENDENCY)  # same for every thread count
+MB = 1024.0 * 1024.0
+BOOTSTRAP = ("import sys; sys.path = [sys.argv[1]] + [p for p in sys.path if p]; "
+             "from agent.bench import child_main; sys.exit(child_main())")
+
+Emit = Callable[[Dict[str, Any]], None]
+
+
+# -- the request ----------------------------------------------------------------------------
+def _number(req: Dict[str, Any], key: str, low: float, high: float, integer: bool) -> Any:
+    value = req[key]
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
+        raise AgentError(E_BAD_INPUT, "%s must be %s from %s to %s, got %r" % (
+            key, "an integer" if integer else "a number", low, high, value))
+    return value
+
+
+def parse_request(doc: Any) -> Dict[str, Any]:
+    """The bench input with defaults filled in; ``bad_input`` naming the first bad field."""
+    if not isinstance(doc, dict):
+        raise AgentError(E_BAD_INPUT, 'bench expects {"digest": "<sha256>", ...}')
+    unknown = sorted(set(doc) - set(DEFAULTS) - {"digest"})
+    if unknown:
+        raise AgentError(E_BAD_INPUT, "unknown bench field(s) %s (known: digest, %s)"
+                         % (", ".join(unknown), ", ".join(DEFAULTS)))
+    req = dict(DEFAULTS, **doc)
+    if not is_sha256(req.get("digest")):
+        raise AgentError(E_BAD_INPUT, "digest must be 64 lowercase hex characters, got %r"
+                         % (req.get("digest"),))
+    threads = req["threads"]
+    if not isinstance(threads, list) or not threads or not all(
+            isinstance(t, int) and not isinstance(t, bool) and 1 <= t <= MAX_THREADS
+            for t in threads):
+        raise AgentError(E_BAD_INPUT, "threads must be a non-empty list of integers from 1 to "
+                         "%d, got %r" % (MAX_THREADS, threads))
+    _number(req, "warmup", 0, 100000, True)
+    _number(req, "runs", 1, MAX_TIMED_RUNS, True)
+    _number(req, "min_seconds", 0, 3600, False)
+    _number(req, "sample_hz", MIN_HZ, MAX_HZ, False)
+    providers = req["providers"]
+    if not isinstance(providers, list) or not providers or not all(
+            isinstance(p, str) and p for p in providers):
+        raise AgentError(E_BAD_INPUT, "providers must be a non-empty list of names, got %r"
+                         % (providers,))
+    if req["graph_optimization"] not in OPT_LEVELS:
+        raise AgentError(E_BAD_INPUT, "graph_optimization must be one of %s, got %r"
+                         % (", ".join(OPT_LEVELS), req["graph_optimization"]))
+    return req
+
+
+# -- the agent process ----------------------------------------------------------------------
+def find_version(store: Store, digest: str) -> Tuple[Dict[str, Any], str]:
+    """The newest history entry with ``digest`` whose version dir exists, and that dir."""
+    state = store.load_state() if os.path.isdir(store.root) else {"history": []}
+    entries = [e for e in state["history"] if e.get("digest") == digest]
+    for entry in reversed(entries):
+        path = store.version_path(entry)
+        if path is not None and os.path.isdir(path):
+            return entry, path
+    ref = "%s@%s" % (entries[-1].get("name"), entries[-1].get("version")) if entries else None
+    label = "%s (%s)" % (ref, digest[:16]) if ref else "with digest %s" % digest
+    raise AgentError(E_NOT_ON_DEVICE, "bundle %s is not on this device: push it first "
+                     "(edgefleet push %s TARGETS), then bench it"
+                     % (label, ref or "NAME@VERSION"), digest=digest)
+
+
+def bench(store: Store, doc: Any) -> Dict[str, Any]:
+    req = parse_request(doc)
+    entry, vdir = find_version(store, req["digest"])
+    label = "%s@%s" % (entry.get("name"), entry.get("version"))
+    with store.lock():
+        problem = store.version_problem(entry)
+        store.verifier.cache.save()
+    if problem is not None:
+        raise AgentError(E_VERIFY_FAILED, "%s on this device fails verification (%s); push it "
+                         "again" % (label, problem), digest=req["digest"])
+    with open(os.path.join(vdir, MANIFEST_NAME), "rb") as handle:
+        manifest = parse_manifest_bytes(handle.read())
+    files = manifest_files(manifest)
+    model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
+    sizes = {f["path"]: f["size"] for f in files}
+    try:
+        model_rel = check_relative_path(model.get("path"))
+    except ValueError:
+        model_rel = None
+    if model_rel not in sizes:
+        raise AgentError(E_BAD_INPUT, "%s's manifest names no model file (model.path); rebuild "
+                         "it with `edgefleet bundle build`" % label)
+    npz_rel = find_sample_npz(files)
+    plan = plan_inputs(model.get("inputs"), shapes=req["shapes"], constants=req["constants"],
+                       recorded=manifest.get("input_shapes"),
+                       npz=(os.path.join(vdir, npz_rel), npz_rel) if npz_rel else None)
+    spec = {key: req[key] for key in ("warmup", "runs", "min_seconds", "providers",
+                                      "graph_optimization", "sample_hz")}
+    spec.update(model_path=os.path.join(vdir, model_rel), inputs=plan)
+    runtime: Dict[str, Any] = {}
+    results = [run_child(dict(spec, threads=t), store.emit, runtime) for t in req["threads"]]
+    if "onnxruntime" not in runtime:
+        from agent.facts import onnxruntime_version_fast
+
+        runtime["onnxruntime"] = onnxruntime_version_fast()
+    external = (model_rel + ".data", model_rel + "_data")  # exporters' external-weight names
+    return {
+        "bundle": {"name": entry.get("name"), "version": entry.get("version"),
+                   "digest": req["digest"]},
+        "model_size_mb": round(sum(sizes[p] for p in (model_rel,) + external if p in sizes)
+                               / MB, 3),
+        "inputs": describe(plan),
+        "providers": runtime.get("providers", req["providers"]),
+        "onnxruntime": runtime["onnxruntime"],
+        "simulated": is_simulated(),
+        "settings": {key: req[key] for key in ("threads", "warmup", "runs", "min_seconds",
+                                               "graph_optimization", "sample_hz")},
+        "results": results,
+    }
+
+
+def child_command() -> List[str]:
+    import agent
+
+    entry = os.path.dirname(os.path.dirname(os.path.abspath(agent.__file__)))
+    return [sys.executable or "python3", "-c", BOOTSTRAP, entry]
+
+
+def _drain(stream: IO[bytes], tail: Deque[str]) -> None:
+    """Pass the child's stderr through to ours, keeping the last lines for an error message."""
+    for raw in stream:
+        text = raw.decode("utf-8", "replace")
+        sys.stderr.write(text)
+        tail.append(text.rstrip("\n"))
+    sys.stderr.flush()
+
+
+def run_child(spec: Dict[str, Any], emit: Emit, runtime: Dict[str, Any]) -> Dict[str, Any]:
+    """Measure one thread count in a child; its death becomes this entry's error."""
+    threads = spec["threads"]
+    proc = subprocess.Popen(  # noqa: S603 - our interpreter and our own bootstrap
+        child_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    tail: Deque[str] = collections.deque(maxlen=STDERR_TAIL)
+    drain = threading.Thread(target=_drain, args=(proc.stderr, tail), daemon=True)
+    drain.start()
+    result: Optional[Dict[str, Any]] = None
+    try:
+        with contextlib.suppress(OSError):  # if it died at once, its exit status says why
+            proc.stdin.write(json.dumps(spec).encode("utf-8"))  # type: ignore[union-attr]
+            proc.stdin.close()  # type: ignore[union-attr]
+        for raw in proc.stdout:  # type: ignore[union-attr]
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+            except ValueError:
+                tail.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                continue
+            if isinstance(obj, dict) and obj.get("type") == "progress":
+                emit(obj)
+            elif isinstance(obj, dict) and obj.get("type") == "result":
+                result = obj
+        returncode = proc.wait()
+        drain.join()
+    finally:
+        if proc.poll() is None:  # we are being interrupted: never leave a child measuring
+            proc.kill()
+            proc.wait()
+    if result is not None and result.get("ok"):
+        data = result["data"]
+        runtime.setdefault("onnxruntime", data.get("onnxruntime"))
+        if data["entry"]["ok"]:
+            runtime.setdefault("providers", data.get("providers"))
+        return data["entry"]
+    if result is not None:
+        error = result.get("error") or {}
+        if error.get("code") in FATAL_CHILD_CODES:
+            raise AgentError(error["code"], str(error.get("message")))
+        return failed_entry(threads, "measurement for %d thread(s) failed: %s"
+                            % (threads, error.get("message")))
+    if returncode < 0:
+        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else "?"
+        how = "was killed by signal %d (%s)" % (-returncode, name)
+        if -returncode == signal.SIGKILL:
+            how += "; the kernel's out-of-memory killer sends this when memory runs out"
+    else:
+        how = "exited with status %d without a result" % returncode
+    return failed_entry(threads, "measurement process for %d thread(s) %s; %s" % (
+        threads, how, "last stderr lines:\n" + "\n".join(tail) if tail
+        else "it wrote nothing on stderr"))
+
+
+def failed_entry(threads: int, error: str) -> Dict[str, Any]:
+    """A result entry with every key present, so readers need no special case for failures."""
+    return {
+        "threads": threads, "ok": False, "error": error, "load_ms": None,
+        "first_inference_ms": None, "warmup": None, "runs": None, "wall_s": None,
+        "latencies_ms": [], "latency_ms": None, "peak_rss_mb": None, "steady_rss_mb": None,
+        "rss_before_load_mb": None, "telemetry": None, "valid": None, "flags": [],
+        "reasons": [],
+    }
+
+
+# -- the measurement child ------------------------------------------------------------------
+def read_rss_mb(path: str = "/proc/self/status") -> Dict[str, Optional[float]]:
+    """VmRSS (resident now) and VmHWM (peak resident) in MB; None where /proc has no answer."""
+    values: Dict[str, Optional[float]] = {"VmRSS": None, "VmHWM": None}
+    try:
+        with open(path, encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                key, _, rest = line.partition(":")
+                if key in values and rest.split():
+                    values[key] = round(int(rest.split()[0]) / 1024.0, 2)  # kB
+    except (OSError, ValueError):
+        pass
+    return values
+
+
+def latency_stats(latencies_ms: List[float]) -> Dict[str, Any]:
+    """Summary of the recorded (rounded) latencies, so anyone can recompute it from the list."""
+    import numpy as np
+
+    values = np.asarray(latencies_ms, dtype=np.float64)
+    p50, p90, p95, p99 = (float(v) for v in np.percentile(values, [50, 90, 95, 99]))
+    return {"n": int(values.size), "mean": float(values.mean()),
+            "std": float(values.std(ddof=1)) if values.size > 1 else None,
+            "min": float(values.min()), "max": float(values.max()),
+            "p50": p50, "p90": p90, "p95": p95, "p99": p99}
+
+
+class Progress:
+    """``bench`` progress events, at most one per PROGRESS_INTERVAL_NS within a phase."""
+
+    def __init__(self, emit: Emit, threads: int) -> None:
+        self.emit, self.threads, self.phase, self.last = emit, threads, "", 0
+
+    def update(self, phase: str, done: int, total: int, now: int = 0, force: bool = False) -> None:
+        now = now or time.perf_counter_ns()
+        if not force and phase == self.phase and now - self.last < PROGRESS_INTERVAL_NS:
+            return
+        self.phase, self.last = phase, now
+        self.emit(event("bench", threads=self.threads, phase=phase, done=done, total=total,
+                        pid=os.getpid()))
+
+
+def _timed(ort: Any, spec: Dict[str, Any], feeds: Dict[str, Any], sampler: Sampler,
+           progress: Progress) -> Dict[str, Any]:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = spec["threads"]
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                               OPT_LEVELS[spec["graph_optimization"]])
+    options.log_severity_level = 3
+    clock = time.perf_counter_ns
+    progress.update("load", 0, 1, force=True)
+    before = read_rss_mb()["VmRSS"]
+    start = clock()
+    session = ort.InferenceSession(spec["model_path"], options, providers=spec["providers"])
+    load_ns = clock() - start
+    run = session.run
+    start = clock()
+    run(None, feeds)
+    first_ns = clock() - start
+    progress.update("load", 1, 1, force=True)
+    gc.disable()
+    warmup, runs, min_ns = spec["warmup"], spec["runs"], int(spec["min_seconds"] * 1e9)
+    progress.update("warmup", 0, warmup, force=True)
+    for done in range(1, warmup + 1):
+        run(None, feeds)
+        progress.update("warmup", done, warmup, force=done == warmup)
+    sampler.mark("timed_start")
+    progress.update("timed", 0, runs, force=True)
+    latencies: List[int] = []
+    began = end = clock()
+    while (len(latencies) < runs or end - began < min_ns) and len(latencies) < MAX_TIMED_RUNS:
+        start = clock()
+        run(None, feeds)
+        end = clock()
+        latencies.append(end - start)
+        progress.update("timed", len(latencies), runs, now=end)
+    gc.enable()
+    progress.update("timed", len(latencies), runs, force=True)
+    rss = read_rss_mb()
+    latencies_ms = [round(ns / 1e6, 4) for ns in latencies]
+    return {
+        "ok": True, "load_ms": round(load_ns / 1e6, 3),
+        "first_inference_ms": round(first_ns / 1e6, 4), "warmup": warmup,
+        "runs": len(latencies), "wall_s": round((end - began) / 1e9, 4),
+        "latencies_ms": latencies_ms, "latency_ms": latency_stats(latencies_ms),
+        "peak_rss_mb": rss["VmHWM"], "steady_rss_mb": rss["VmRSS"],
+        "rss_before_load_mb": before, "providers": session.get_providers(),
+    }
+
+
+def measure(spec: Dict[str, Any], emit: Emit) -> Dict[str, Any]:
+    """One thread count, in this (fresh) process; fatal set-up problems raise AgentError."""
+    try:
+        import onnxruntime as ort
+    except Exception as exc:
+        raise AgentError(E_MISSING_DEPENDENCY, "onnxruntime cannot be imported on this device "
+                         "(%s: %s); install it (pip install onnxruntime)"
+                         % (type(exc).__name__, exc)) from None
+    available = ort.get_available_providers()
+    unknown = [p for p in spec["providers"] if p not in available]
+    if unknown:
+        raise AgentError(E_BAD_INPUT, "execution provider(s) %s not available in onnxruntime %s "
+                         "on this device (available: %s)"
+                         % (", ".join(unknown), ort.__version__, ", ".join(available)))
+    feeds = build_inputs(spec["inputs"])  # once, outside anything timed
+    entry = failed_entry(spec["threads"], "")
+    sampler = Sampler(SensorReader(), float(spec["sample_hz"]))
+    sampler.start()
+    try:
+        entry.update(_timed(ort, spec, feeds, sampler, Progress(emit, spec["threads"])))
+        entry["error"] = None
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        entry["error"] = "%s: %s" % (type(exc).__name__, exc)
+    finally:
+        gc.enable()
+        samples = sampler.stop()
+    telemetry, flags, reasons = summarize(samples, sampler.interval_s,
+                                          sampler.marks.get("timed_start"), sampler.errors)
+    providers = entry.pop("providers", None)
+    entry.update(telemetry=telemetry, flags=flags, reasons=reasons,
+                 valid=(not flags) if entry["ok"] else None)
+    return {"entry": entry, "onnxruntime": str(ort.__version__), "providers": providers}
+
+
+def child_main() -> int:
+    """Entry point of a measurement child (see BOOTSTRAP): spec on stdin, JSON lines out."""
+    from agent.cli import _private_stdout
+
+    out = _private_stdout()  # a native library writing to fd 1 must not break the protocol
+
+    def emit(obj: Dict[str, Any]) -> None:
+        out.write(json.dumps(obj) + "\n")
+        out.flush()
+
+    try:
+        spec = json.loads(sys.stdin.buffer.read().decode("utf-8"))
+        sys.stderr.write("edgefleet-agent bench: measuring %d thread(s) in pid %d\n"
+                         % (spec["threads"], os.getpid()))
+        sys.stderr.flush()
+        emit(result_ok("bench_child", measure(spec, emit)))
+        return 0
+    except AgentError as exc:
+        emit(result_error("bench_child", exc.code, exc.message))
+    except BaseException as exc:
+        traceback.print_exc(file=sys.stderr)
+        emit(result_error("bench_child", E_INTERNAL, "%s: %s" % (type(exc).__name__, exc)))
+    return 1

@@ -1,0 +1,207 @@
+"""Telemetry while a benchmark runs: temperature, CPU frequency and get_throttled, sampled by a
+daemon thread, then summarised into a verdict (clean / throttled / unknown) with reasons.
+
+Why a thread and not a before/after reading: a Pi under load can dip below 4.63 V or hit its
+soft temperature limit for a few hundred milliseconds and recover; the "now" bits of
+get_throttled are only set while that lasts, and the "has occurred" bits cannot fire twice once
+set. Sampling at >= 4 Hz from before warmup to after the last timed run catches the dips; one
+synchronous sample at each end guarantees at least two samples for very short runs.
+
+Why it is cheap: each sample is a few small sysfs reads. ``vcgencmd get_throttled`` (a fork+exec,
+tens of ms of CPU on a Pi 3) is only run when the firmware's sysfs ``get_throttled`` file gives
+no answer (``SensorReader.read_throttled_cheap``): a sampler forking 4 times a second would load
+the cores it is measuring.
+
+A sample is ``[t_s, temp_c, freq_mhz, throttled]`` (seconds since ``start()``, monotonic clock;
+None where a sensor is missing). ``freq_mhz`` is the fastest core: the core running the model is
+the one that matters, and idle cores' governor choices are noise (on a Pi all cores share one
+clock, so this equals every core).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from agent.sensors import SINCE_BOOT_SHIFT, THROTTLE_BITS, decode_throttled
+
+MIN_HZ = 4.0
+MAX_HZ = 50.0
+TEMP_LIMIT_C = 80.0  # where Raspberry Pi firmware starts soft throttling (Pi 4/5 defaults)
+FREQ_DROP_RATIO = 0.9
+NOW_MASK = 0xF
+STICKY_MASK = 0xF << SINCE_BOOT_SHIFT
+
+Sample = List[Any]
+
+_WORDS = {
+    "under_voltage": "under-voltage",
+    "frequency_capped": "ARM frequency capping",
+    "throttled": "throttling",
+    "soft_temp_limit": "soft temperature limit",
+}
+
+
+class Sampler:
+    """Samples ``reader`` (an ``agent.sensors.SensorReader``) at ``hz`` between start/stop."""
+
+    def __init__(self, reader: Any, hz: float) -> None:
+        self.reader = reader
+        self.interval_s = 1.0 / hz
+        self.samples: List[Sample] = []
+        self.marks: Dict[str, float] = {}
+        self.errors: List[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._t0 = 0.0
+
+    def _take(self) -> None:
+        t_s = time.monotonic() - self._t0
+        try:
+            temp = self.reader.read_temp()["temp_c"]
+            freqs = self.reader.read_freqs()
+            bits = self.reader.read_throttled_cheap()
+        except Exception as exc:  # a sensor must never abort the measurement
+            self.errors.append("%s: %s" % (type(exc).__name__, exc))
+            return
+        sample = [round(t_s, 3), temp, max(freqs) if freqs else None, bits]
+        with self._lock:
+            self.samples.append(sample)
+
+    def _run(self) -> None:
+        tick = 1
+        # Event.wait paces the thread and wakes it at once on stop(); ticks are scheduled from
+        # t0 so slow reads do not make the rate drift.
+        while not self._stop.wait(max(0.0, self._t0 + tick * self.interval_s - time.monotonic())):
+            self._take()
+            tick = max(tick + 1, int((time.monotonic() - self._t0) / self.interval_s) + 1)
+
+    def start(self) -> None:
+        self._t0 = time.monotonic()
+        self._take()
+        self._thread = threading.Thread(target=self._run, name="edgefleet-sampler", daemon=True)
+        self._thread.start()
+
+    def mark(self, name: str) -> None:
+        """Record when a phase starts (``timed_start``), on the samples' clock."""
+        self.marks[name] = round(time.monotonic() - self._t0, 3)
+
+    def stop(self) -> List[Sample]:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._take()
+        with self._lock:
+            return [list(s) for s in self.samples]
+
+
+def _hex(bits: Optional[int]) -> str:
+    return "0x%x" % bits if bits is not None else "none"
+
+
+def _fmt(value: float) -> str:
+    return ("%.1f" % value).rstrip("0").rstrip(".")
+
+
+def _either(words: Sequence[str]) -> str:
+    return words[0] if len(words) == 1 else "%s or %s" % (", ".join(words[:-1]), words[-1])
+
+
+def throttle_bits(bits: Sequence[int]) -> Tuple[int, int, int]:
+    """(now bits OR-ed over samples, sticky bits of the first sample, sticky bits new since).
+
+    "New" is the has-occurred bits seen in any later sample but not in the first; with the
+    documented since-boot semantics that equals "in the last sample, not in the first", and it
+    stays right if something (a kernel driver) clears the sticky bits while we sample.
+    """
+    now = 0
+    for value in bits:
+        now |= value & NOW_MASK
+    first = bits[0] & STICKY_MASK if bits else 0
+    later = 0
+    for value in bits[1:]:
+        later |= value & STICKY_MASK
+    return now, first, later & ~first
+
+
+def summarize(samples: Sequence[Sample], interval_s: float,
+              timed_start: Optional[float] = None,
+              errors: Sequence[str] = ()) -> Tuple[Dict[str, Any], List[str], List[str]]:
+    """(telemetry, flags, reasons) for one run; ``valid`` is ``not flags``.
+
+    ``frequency_drop`` compares the lowest frequency sampled from ``timed_start`` on with the
+    highest sampled in the whole run. Why only the timed window: governors differ (ondemand
+    idles low and ramps up when the load starts, which is not a problem), but a drop while the
+    model is running is the signature of firmware or thermal capping.
+    """
+    temps = [s[1] for s in samples if s[1] is not None]
+    freqs = [s[2] for s in samples if s[2] is not None]
+    bits = [s[3] for s in samples if s[3] is not None]
+    flags: List[str] = []
+    reasons: List[str] = []
+    throttled_bits: Optional[int] = None
+    throttle_flags: Optional[Dict[str, List[str]]] = None
+    if bits:
+        now, first_sticky, new_sticky = throttle_bits(bits)
+        throttled_bits = now | new_sticky
+        throttle_flags = {"now": decode_throttled(now)["now"],
+                          "new_since_start": decode_throttled(new_sticky)["since_boot"]}
+        for bit, word in THROTTLE_BITS:
+            seen = [value for value in bits if value & (1 << bit)]
+            sticky = 1 << (bit + SINCE_BOOT_SHIFT)
+            if seen:
+                raw = 0
+                for value in seen:
+                    raw |= value
+                reasons.append("%s seen in %d of %d samples (get_throttled %s)"
+                               % (_WORDS[word], len(seen), len(bits), _hex(raw)))
+            elif new_sticky & sticky:
+                reasons.append("%s occurred between samples (has-occurred bit %d appeared: "
+                               "get_throttled %s at the start, %s at the end)"
+                               % (_WORDS[word], bit + SINCE_BOOT_SHIFT, _hex(bits[0]),
+                                  _hex(bits[-1])))
+            else:
+                if first_sticky & sticky:
+                    reasons.append("note: %s had already occurred since boot before this run "
+                                   "(get_throttled %s at the start), so a recurrence between "
+                                   "samples could not be seen" % (_WORDS[word], _hex(bits[0])))
+                continue
+            flags.append(word)
+    temp_max = max(temps) if temps else None
+    if temp_max is not None and temp_max >= TEMP_LIMIT_C:
+        flags.append("temp_over_80c")
+        reasons.append("temperature reached %s °C (>= %s °C, where Raspberry Pi firmware starts "
+                       "to throttle)" % (_fmt(temp_max), _fmt(TEMP_LIMIT_C)))
+    if freqs:
+        window = [s[2] for s in samples if s[2] is not None
+                  and (timed_start is None or s[0] >= timed_start)]
+        low, high = (min(window) if window else None), max(freqs)
+        if low is not None and low < FREQ_DROP_RATIO * high:
+            flags.append("frequency_drop")
+            reasons.append("CPU frequency fell to %s MHz during the timed runs, below %d%% of "
+                           "the %s MHz seen in this run (capping under load)"
+                           % (_fmt(low), round(FREQ_DROP_RATIO * 100), _fmt(high)))
+    missing = [label for label, values in (("temperature", temps), ("CPU frequency", freqs),
+                                           ("get_throttled", bits)) if not values]
+    if not bits and not flags:
+        reasons.append("sensors unknown: no %s reading, so under-voltage and throttling could "
+                       "not be checked (unknown is not clean)" % _either(missing))
+    elif missing:
+        reasons.append("note: no %s reading" % _either(missing))
+    for error in errors[:3]:
+        reasons.append("note: a sensor read failed: %s" % error)
+    status = "throttled" if flags else ("clean" if bits else "unknown")
+    telemetry = {
+        "status": status,
+        "interval_s": round(interval_s, 6),
+        "samples": [list(s) for s in samples],
+        "temp_c_min": min(temps) if temps else None,
+        "temp_c_max": temp_max,
+        "freq_mhz_min": min(freqs) if freqs else None,
+        "freq_mhz_max": max(freqs) if freqs else None,
+        "throttled_bits": throttled_bits,
+        "throttle_flags": throttle_flags,
+    }
+    return telemetry, flags, reasons

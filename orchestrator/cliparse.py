@@ -1,0 +1,52 @@
+"""Parsing of CLI values shared by several commands (thread lists, shapes, constants)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.errors import EdgeFleetError
+
+
+def parse_threads(text: str) -> list[int]:
+    try:
+        threads = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise EdgeFleetError(f"--threads {text!r}: give a list like 1,2,4") from None
+    if not threads or any(t < 1 for t in threads):
+        raise EdgeFleetError(f"--threads {text!r}: thread counts must be >= 1")
+    return threads
+
+
+def parse_shapes(items: list[str]) -> dict[str, list[int]]:
+    shapes = {}
+    for item in items:
+        name, sep, dims = item.partition("=")
+        try:
+            shapes[name.strip()] = [int(d) for d in dims.lower().split("x")] if dims else []
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise EdgeFleetError(f"--shape {item!r}: use NAME=1x1024x128")
+    return shapes
+
+
+def parse_constant(text: str) -> Any:
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    raise EdgeFleetError(f"--input value {text!r} is not a number or true/false")
+
+
+def parse_constants(items: list[str]) -> dict[str, Any]:
+    constants = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise EdgeFleetError(f"--input {item!r}: use NAME=VALUE, e.g. sampling_rate=16000")
+        constants[name.strip()] = parse_constant(value)
+    return constants

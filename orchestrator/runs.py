@@ -1,0 +1,277 @@
+"""Benchmark runs: fan out to devices (bounded, one lease per device), run the agent's ``bench``
+in one session per device, store one Result per device x thread count.
+
+A device that fails or goes silent gets a failed Result with the reason; the others complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import getpass
+import json
+import operator
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlmodel import Session, col, select
+
+from orchestrator.agentclient import AgentSession
+from orchestrator.config import Settings
+from orchestrator.db import session_scope
+from orchestrator.devices import to_target
+from orchestrator.errors import AgentError, EdgeFleetError, NotFoundError
+from orchestrator.fleet import Outcome, fan_out
+from orchestrator.leases import leased
+from orchestrator.models import Bundle, Device, Result, Run
+from orchestrator.transport import Target, connect
+
+EventHandler = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class BenchParams:
+    threads: list[int] = field(default_factory=lambda: [1, 2, 4])
+    warmup: int = 5
+    runs: int = 30
+    min_seconds: float = 0.0
+    shapes: dict[str, list[int]] = field(default_factory=dict)
+    constants: dict[str, Any] = field(default_factory=dict)
+
+    def payload(self, digest: str) -> dict[str, Any]:
+        return {"digest": digest, **asdict(self)}
+
+
+def pack_floats(values: Sequence[float] | None) -> bytes | None:
+    if values is None:
+        return None
+    return zlib.compress(np.asarray(values, dtype="<f8").tobytes())
+
+
+def unpack_floats(blob: bytes | None) -> list[float] | None:
+    if blob is None:
+        return None
+    return np.frombuffer(zlib.decompress(blob), dtype="<f8").tolist()
+
+
+def _result_row(run: Run, device: Device | Target, simulated: bool, precision: str | None,
+                entry: dict[str, Any], common: dict[str, Any]) -> Result:
+    stats = entry.get("latency_ms") or {}
+    telemetry = entry.get("telemetry") or {}
+    samples = telemetry.get("samples")
+    return Result(
+        run_id=run.id, device_name=device.name, threads=entry.get("threads"),
+        ok=bool(entry.get("ok")), error=entry.get("error"), simulated=simulated,
+        precision=precision,
+        n=stats.get("n"), mean_ms=stats.get("mean"), std_ms=stats.get("std"),
+        min_ms=stats.get("min"), max_ms=stats.get("max"), p50_ms=stats.get("p50"),
+        p90_ms=stats.get("p90"), p95_ms=stats.get("p95"), p99_ms=stats.get("p99"),
+        load_ms=entry.get("load_ms"), first_inference_ms=entry.get("first_inference_ms"),
+        peak_rss_mb=entry.get("peak_rss_mb"), steady_rss_mb=entry.get("steady_rss_mb"),
+        model_size_mb=common.get("model_size_mb"),
+        telemetry_status=telemetry.get("status"),
+        temp_c_min=telemetry.get("temp_c_min"), temp_c_max=telemetry.get("temp_c_max"),
+        freq_mhz_min=telemetry.get("freq_mhz_min"), freq_mhz_max=telemetry.get("freq_mhz_max"),
+        throttled_bits=telemetry.get("throttled_bits"),
+        throttle_flags=telemetry.get("throttle_flags") or {},
+        valid=entry.get("valid") if entry.get("ok") else None,
+        flags=list(entry.get("flags") or []), reasons=list(entry.get("reasons") or []),
+        detail={k: common.get(k) for k in ("inputs", "providers", "onnxruntime")}
+        | {"warmup": entry.get("warmup"), "wall_s": entry.get("wall_s"),
+           "interval_s": telemetry.get("interval_s")},
+        latencies=pack_floats(entry.get("latencies_ms")),
+        telemetry_samples=zlib.compress(json.dumps(samples).encode()) if samples else None,
+    )
+
+
+def merge_rounds(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One result from several rounds of the same thread count (an interleaved A/B/A/B gate):
+    latencies pooled and re-summarised, the worst telemetry kept, every flag kept."""
+    if len(entries) == 1:
+        return dict(entries[0])
+    failed = [e for e in entries if not e.get("ok")]
+    if failed:
+        return dict(failed[0])
+    latencies = [x for e in entries for x in e.get("latencies_ms") or []]
+    arr = np.asarray(latencies, dtype=float)
+    tel = [e.get("telemetry") or {} for e in entries]
+
+    def pick(key: str, fn: Callable[..., Any]) -> Any:
+        values = [t.get(key) for t in tel if t.get(key) is not None]
+        return fn(values) if values else None
+
+    bits = [t.get("throttled_bits") for t in tel if t.get("throttled_bits") is not None]
+    statuses = [t.get("status") for t in tel]
+    merged = dict(entries[0])
+    merged.update(
+        runs=len(latencies), latencies_ms=latencies,
+        latency_ms={"n": int(arr.size), "mean": float(arr.mean()),
+                    "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
+                    "min": float(arr.min()), "max": float(arr.max()),
+                    **{f"p{q}": float(np.percentile(arr, q)) for q in (50, 90, 95, 99)}},
+        peak_rss_mb=max(e.get("peak_rss_mb") or 0 for e in entries) or None,
+        steady_rss_mb=entries[-1].get("steady_rss_mb"),
+        wall_s=sum(e.get("wall_s") or 0 for e in entries),
+        flags=sorted({f for e in entries for f in e.get("flags") or []}),
+        reasons=[r for e in entries for r in e.get("reasons") or []],
+        valid=all(e.get("valid") for e in entries),
+        telemetry={
+            "status": "throttled" if "throttled" in statuses else
+                      "unknown" if "unknown" in statuses else "clean",
+            "interval_s": tel[0].get("interval_s"),
+            "samples": [s for t in tel for s in t.get("samples") or []],
+            "temp_c_min": pick("temp_c_min", min), "temp_c_max": pick("temp_c_max", max),
+            "freq_mhz_min": pick("freq_mhz_min", min), "freq_mhz_max": pick("freq_mhz_max", max),
+            "throttled_bits": functools.reduce(operator.or_, bits) if bits else None,
+            "throttle_flags": {
+                key: sorted({w for t in tel for w in (t.get("throttle_flags") or {}).get(key, [])})
+                for key in ("now", "new_since_start")},
+        },
+    )
+    return merged
+
+
+def bench(settings: Settings, bundles: Sequence[Bundle], devices: Sequence[Device],
+          params: BenchParams, targets: str, forks: int = 10, timeout: float | None = None,
+          on_event: EventHandler | None = None, rounds: int = 1,
+          ) -> tuple[list[Run], list[Outcome]]:
+    """Benchmark each bundle (already pushed) on every device; one Run per bundle.
+
+    With several bundles and ``rounds`` > 1 each device alternates them round by round
+    (A, B, A, B, ...: ``params.runs`` split over the rounds), so slow drift of the machine —
+    heat, other load — falls on both sides of a comparison instead of on whichever ran second.
+    """
+    with session_scope(settings) as session:
+        runs = [Run(kind="bench", bundle_name=b.name, bundle_version=b.version,
+                    bundle_digest=b.digest, targets=targets,
+                    params=asdict(params) | {"rounds": rounds}, created_by=getpass.getuser())
+                for b in bundles]
+        session.add_all(runs)
+        session.flush()
+    simulated = {d.name: d.simulated for d in devices}
+    per_round = dataclasses.replace(params, runs=max(1, -(-params.runs // rounds)),
+                                    min_seconds=params.min_seconds / rounds)
+
+    def relay(device: str) -> Callable[[dict[str, Any]], None] | None:
+        return (lambda event: on_event(device, event)) if on_event else None
+
+    def step(target: Target) -> Outcome:
+        started = time.monotonic()
+        rows: list[Result] = []
+        errors: list[str] = []
+        try:
+            collected: list[list[dict[str, Any]]] = [[] for _ in bundles]
+            with leased(settings, target.name, "bench"), \
+                    connect(target, settings, timeout) as conn, \
+                    AgentSession(conn, timeout=timeout) as agent:
+                for _ in range(rounds):
+                    for index, bundle in enumerate(bundles):
+                        collected[index].append(agent.call(
+                            "bench", per_round.payload(bundle.digest), on_event=relay(
+                                target.name)))
+            for run, bundle, datas in zip(runs, bundles, collected, strict=True):
+                by_threads: dict[Any, list[dict[str, Any]]] = {}
+                for data in datas:
+                    for entry in data.get("results") or []:
+                        by_threads.setdefault(entry.get("threads"), []).append(entry)
+                for entries in by_threads.values():
+                    entry = merge_rounds(entries)
+                    rows.append(_result_row(run, target, simulated[target.name],
+                                            bundle.precision, entry, datas[0]))
+                    if not entry.get("ok"):
+                        errors.append(f"{bundle.name}@{bundle.version} threads="
+                                      f"{entry.get('threads')}: {entry.get('error')}")
+        except (AgentError, EdgeFleetError) as exc:
+            message = str(exc)
+            if isinstance(exc, AgentError) and exc.code == "not_on_device":
+                message += f" (push it first: `edgefleet push NAME@VERSION {target.name}`)"
+            rows = [Result(run_id=run.id, device_name=target.name, ok=False, error=message,
+                           simulated=simulated[target.name], precision=bundle.precision)
+                    for run, bundle in zip(runs, bundles, strict=True)]
+            errors.append(message)
+        with session_scope(settings) as session:
+            session.add_all(rows)
+        outcome = Outcome(target.name, not errors, "failed" if errors else "done",
+                          "; ".join(errors) or None, data={"results": len(rows)})
+        outcome.duration_s = time.monotonic() - started
+        return outcome
+
+    outcomes = fan_out([to_target(d) for d in devices], step, forks)
+    ok = sum(o.ok for o in outcomes)
+    finished = []
+    with session_scope(settings) as session:
+        for run in runs:
+            stored = session.get(Run, run.id)
+            assert stored is not None
+            stored.state = "succeeded" if ok == len(outcomes) else "partial" if ok else "failed"
+            stored.finished_at = datetime.now(UTC)
+            session.add(stored)
+            finished.append(stored)
+    return finished, outcomes
+
+
+# --- reading runs back -----------------------------------------------------------------------
+
+
+def get_run(session: Session, run_id: int) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFoundError(f"no run {run_id}; see `edgefleet runs list`")
+    return run
+
+
+def run_results(session: Session, run_id: int) -> list[Result]:
+    return list(session.exec(select(Result).where(Result.run_id == run_id)
+                             .order_by(col(Result.device_name), col(Result.threads))).all())
+
+
+def list_runs(session: Session, limit: int = 50) -> list[Run]:
+    return list(session.exec(select(Run).order_by(col(Run.id).desc()).limit(limit)).all())
+
+
+def result_public(result: Result, run: Run, raw: bool = False) -> dict[str, Any]:
+    """The JSON shape of one result (the CLI, the API and the reports use it)."""
+    out: dict[str, Any] = {
+        "run_id": run.id, "device": result.device_name, "simulated": result.simulated,
+        "bundle": {"name": run.bundle_name, "version": run.bundle_version,
+                   "digest": run.bundle_digest},
+        "precision": result.precision, "threads": result.threads, "ok": result.ok,
+        "error": result.error,
+        "latency_ms": None if result.n is None else {
+            "n": result.n, "mean": result.mean_ms, "std": result.std_ms, "min": result.min_ms,
+            "max": result.max_ms, "p50": result.p50_ms, "p90": result.p90_ms,
+            "p95": result.p95_ms, "p99": result.p99_ms},
+        "load_ms": result.load_ms, "first_inference_ms": result.first_inference_ms,
+        "peak_rss_mb": result.peak_rss_mb, "steady_rss_mb": result.steady_rss_mb,
+        "model_size_mb": result.model_size_mb,
+        "telemetry": {
+            "status": result.telemetry_status, "temp_c_min": result.temp_c_min,
+            "temp_c_max": result.temp_c_max, "freq_mhz_min": result.freq_mhz_min,
+            "freq_mhz_max": result.freq_mhz_max, "throttled_bits": result.throttled_bits,
+            "throttle_flags": result.throttle_flags},
+        "valid": result.valid, "flags": result.flags, "reasons": result.reasons,
+        "inputs": (result.detail or {}).get("inputs"),
+    }
+    if raw:
+        out["latencies_ms"] = unpack_floats(result.latencies)
+        samples = result.telemetry_samples
+        out["telemetry"]["samples"] = json.loads(zlib.decompress(samples)) if samples else []
+    return out
+
+
+def run_public(run: Run, results: Sequence[Result] | None = None,
+               raw: bool = False) -> dict[str, Any]:
+    out = {"id": run.id, "kind": run.kind, "state": run.state,
+           "bundle": {"name": run.bundle_name, "version": run.bundle_version,
+                      "digest": run.bundle_digest},
+           "targets": run.targets, "params": run.params, "created_by": run.created_by,
+           "created_at": run.created_at.isoformat(),
+           "finished_at": run.finished_at.isoformat() if run.finished_at else None}
+    if results is not None:
+        out["results"] = [result_public(r, run, raw) for r in results]
+    return out

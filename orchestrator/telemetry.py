@@ -1,0 +1,58 @@
+"""One-shot telemetry snapshots: temperature, frequency, throttling (decoded), load, memory,
+disk — read by the agent, stored per device, and reflected on the device row."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from orchestrator.agentclient import call_agent
+from orchestrator.config import Settings
+from orchestrator.db import session_scope
+from orchestrator.devices import get_device, to_target
+from orchestrator.fleet import Outcome, fan_out
+from orchestrator.models import Device, TelemetrySnapshot
+from orchestrator.transport import Target, connect
+
+
+def take_snapshots(settings: Settings, devices: Sequence[Device], forks: int = 10,
+                   timeout: float | None = None) -> list[Outcome]:
+    def step(target: Target) -> Outcome:
+        with connect(target, settings, timeout) as conn:
+            data = call_agent(conn, "telemetry")
+        sensors = data.get("sensors") or {}
+        now = datetime.now(UTC)
+        with session_scope(settings) as session:
+            session.add(TelemetrySnapshot(
+                device_name=target.name, taken_at=now, temp_c=sensors.get("temp_c"),
+                freq_mhz=sensors.get("freq_mhz"), throttled_bits=sensors.get("throttled"),
+                throttle_flags=sensors.get("throttle_flags") or {},
+                load_1m=data.get("load_1m"), mem_available_mb=data.get("mem_available_mb"),
+                disk_free_bytes=data.get("disk_free_bytes")))
+            device = get_device(session, target.name)
+            device.facts = {**(device.facts or {}), "sensors": sensors}
+            device.last_seen = now
+            session.add(device)
+        return Outcome(target.name, True, "ok", data=snapshot_row(data))
+
+    return fan_out([to_target(d) for d in devices], step, forks)
+
+
+def snapshot_row(data: dict[str, Any]) -> dict[str, Any]:
+    """Flat fields for tables and --json."""
+    sensors = data.get("sensors") or {}
+    flags = sensors.get("throttle_flags") or {}
+    return {
+        "temp_c": sensors.get("temp_c"),
+        "freq_mhz": sensors.get("freq_mhz"),
+        "throttled_hex": sensors.get("throttled_hex"),
+        "throttle_now": flags.get("now"),
+        "throttle_since_boot": flags.get("since_boot"),
+        "load_1m": data.get("load_1m"),
+        "cores": data.get("cores"),
+        "mem_available_mb": data.get("mem_available_mb"),
+        "mem_total_mb": data.get("mem_total_mb"),
+        "disk_free_bytes": data.get("disk_free_bytes"),
+        "simulated": data.get("simulated"),
+    }

@@ -1,0 +1,182 @@
+"""Benchmarks over real SSH: every result field, dynamic dims and constant inputs, throttle
+injection while the timed loop runs, a device dying mid-run, compare and the CI gate."""
+
+from __future__ import annotations
+
+import threading
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.bundles import get_bundle
+from orchestrator.config import get_settings
+from orchestrator.db import session_scope
+from orchestrator.demo_model import make_large_model
+from orchestrator.devices import select_devices
+from orchestrator.runs import BenchParams, bench, get_run, run_public, run_results
+
+from ..conftest import Cli
+from .models import make_multi_input_model
+from .sshd import SshdHost
+from .test_push_e2e import setup_fleet
+
+RESULT_KEYS = {"device", "bundle", "threads", "latency_ms", "load_ms", "first_inference_ms",
+               "peak_rss_mb", "telemetry", "valid", "flags"}
+TELEMETRY_KEYS = {"temp_c_min", "temp_c_max", "freq_mhz_min", "freq_mhz_max", "throttled_bits",
+                  "throttle_flags"}
+STAT_KEYS = {"n", "mean", "std", "min", "max", "p50", "p90", "p95", "p99"}
+
+
+def build_and_push(cli: Cli, tmp_path: Path, name: str, model: Callable[[Path], Any],
+                   targets: str = "pis", *build_args: str) -> dict:
+    folder = tmp_path / f"bundle-{name}"
+    model(folder / "model.onnx")
+    built = cli("bundle", "build", folder, "--name", name, *build_args, "--json").json
+    cli("push", f"{name}@{built['version']}", targets)
+    return built
+
+
+def test_bench_every_field_dynamic_dim_scalar_and_constant(cli: Cli, sshd_factory,
+                                                           tmp_path: Path) -> None:
+    hosts = sshd_factory(2)
+    setup_fleet(cli, tmp_path, hosts)
+    build_and_push(cli, tmp_path, "multi", make_multi_input_model)
+    missing = cli("bench", "multi", "pis", "--threads", "1", "--runs", "3", "--json", expect=1)
+    errors = [r["error"] for r in missing.json["results"]]
+    assert all("audio" in e and "samples" in e and "--shape" in e for e in errors), errors
+
+    out = cli("bench", "multi", "pis", "--threads", "1,2", "--warmup", "2", "--runs", "12",
+              "--shape", "audio=1x1600", "--input", "sr=16000", "--json").json
+    results = out["results"]
+    assert [(r["device"], r["threads"]) for r in results] == [
+        (h.name, t) for h in hosts for t in (1, 2)]
+    for r in results:
+        assert set(r) >= RESULT_KEYS and set(r["telemetry"]) >= TELEMETRY_KEYS
+        assert set(r["latency_ms"]) == STAT_KEYS and r["latency_ms"]["n"] >= 12
+        assert r["latency_ms"]["min"] <= r["latency_ms"]["p50"] <= r["latency_ms"]["p99"]
+        assert r["bundle"]["name"] == "multi" and len(r["bundle"]["digest"]) == 64
+        assert r["load_ms"] > 0 and r["first_inference_ms"] > 0 and r["peak_rss_mb"] > 0
+        assert r["valid"] is True and r["flags"] == [] and r["telemetry"]["status"] == "clean"
+        assert r["telemetry"]["temp_c_max"] == 48.0
+        sources = {i["name"]: i["source"] for i in r["inputs"]}
+        assert sources == {"audio": "generated", "sr": "constant", "gain": "generated"}
+    # The same results, from the DB.
+    shown = cli("runs", "show", str(out["id"]), "--json").json
+    assert [r["latency_ms"]["p50"] for r in shown["results"]] == [
+        r["latency_ms"]["p50"] for r in results]
+    raw = cli("runs", "show", str(out["id"]), "--json", "--raw").json["results"][0]
+    assert len(raw["latencies_ms"]) == raw["latency_ms"]["n"]
+    markdown = cli("runs", "show", str(out["id"]), "--format", "md").stdout
+    assert markdown.startswith("|") and hosts[0].name in markdown
+    csv_text = cli("runs", "show", str(out["id"]), "--format", "csv").stdout
+    assert len(csv_text.strip().splitlines()) == 1 + len(results)
+
+
+def bench_in_process(pattern: str, ref: str, params: BenchParams,
+                     on_timed: Callable[[str], None]) -> dict:
+    """Run a benchmark through the service, calling ``on_timed(device)`` once per device on
+    its first timed-loop progress event (the hook throttle injection and kills use)."""
+    settings = get_settings()
+    with session_scope(settings) as session:
+        bundle = get_bundle(session, ref)
+        devices = select_devices(session, pattern)
+    seen: set[str] = set()
+    lock = threading.Lock()
+
+    def on_event(device: str, event: dict) -> None:
+        if event.get("event") == "bench" and event.get("phase") == "timed":
+            with lock:
+                if device in seen:
+                    return
+                seen.add(device)
+            on_timed(device)
+
+    (run,), _ = bench(settings, [bundle], devices, params, pattern, on_event=on_event)
+    with session_scope(settings) as session:
+        return run_public(get_run(session, run.id), run_results(session, run.id))
+
+
+INJECTIONS = {
+    "under-voltage": (lambda h: h.sim.set_throttled(0x50005), {"under_voltage", "throttled"}),
+    "temperature ramp": (lambda h: h.sim.set_temp(86.0), {"temp_over_80c"}),
+    "frequency drop": (lambda h: h.sim.set_freq(1500.0), {"frequency_drop"}),
+}
+
+
+@pytest.mark.parametrize("kind", list(INJECTIONS))
+def test_throttling_during_the_timed_loop_is_flagged(kind: str, cli: Cli, sshd_factory,
+                                                     tmp_path: Path) -> None:
+    host: SshdHost = sshd_factory(1)[0]
+    setup_fleet(cli, tmp_path, [host])
+    build_and_push(cli, tmp_path, "m", lambda p: make_large_model(p, 1))
+    inject, expected = INJECTIONS[kind]
+    params = BenchParams(threads=[1], warmup=1, runs=5, min_seconds=1.5,
+                         shapes={"x": [1, 4096]})
+    run = bench_in_process("pis", "m", params, lambda device: inject(host))
+    result = run["results"][0]
+    assert result["ok"] and result["valid"] is False, result
+    assert expected <= set(result["flags"]), result["flags"]
+    assert result["reasons"]
+    if kind == "under-voltage":
+        assert result["telemetry"]["throttled_bits"] & 0x5 == 0x5
+        assert set(result["telemetry"]["throttle_flags"]["now"]) >= {"under_voltage",
+                                                                     "throttled"}
+    table = cli("runs", "show", str(run["id"])).stdout
+    assert next(iter(expected)) in table
+
+
+def test_device_without_sensors_reports_unknown(cli: Cli, sshd_factory, tmp_path: Path) -> None:
+    host = sshd_factory(1)[0]
+    empty = tmp_path / "no-sensors"
+    empty.mkdir()
+    env = {"EDGEFLEET_SYSFS": str(empty), "PATH": "/usr/bin:/bin"}
+    setup_fleet(cli, tmp_path, [host], **{host.name: {"edgefleet_env": env}})
+    build_and_push(cli, tmp_path, "m", lambda p: make_large_model(p, 1))
+    result = cli("bench", "m", "pis", "--threads", "1", "--runs", "3", "--shape", "x=1x4096",
+                 "--json").json["results"][0]
+    assert result["telemetry"]["status"] == "unknown"
+    assert result["telemetry"]["temp_c_max"] is None and result["valid"] is True
+
+
+def test_device_dying_mid_run_fails_alone(cli: Cli, sshd_factory, tmp_path: Path) -> None:
+    hosts = sshd_factory(2)
+    setup_fleet(cli, tmp_path, hosts)
+    build_and_push(cli, tmp_path, "m", lambda p: make_large_model(p, 1))
+    params = BenchParams(threads=[1], warmup=1, runs=5, min_seconds=1.5,
+                         shapes={"x": [1, 4096]})
+    victim = hosts[0]
+    run = bench_in_process("pis", "m", params,
+                           lambda device: victim.stop() if device == victim.name else None)
+    by_device = {r["device"]: r for r in run["results"]}
+    assert by_device[victim.name]["ok"] is False and by_device[victim.name]["error"]
+    assert by_device[hosts[1].name]["ok"] is True
+    assert by_device[hosts[1].name]["latency_ms"]["n"] >= 5
+    assert run["state"] == "partial"
+
+
+def test_compare_and_gate(cli: Cli, sshd_factory, tmp_path: Path) -> None:
+    host = sshd_factory(1)[0]
+    setup_fleet(cli, tmp_path, [host])
+    rows_small, rows_big = 16384, 262144
+    build_and_push(cli, tmp_path, "small", lambda p: make_large_model(p, 4), "pis",
+                   "--shape", f"x=1x{rows_small}")
+    build_and_push(cli, tmp_path, "big", lambda p: make_large_model(p, 64), "pis",
+                   "--shape", f"x=1x{rows_big}")
+    common = ["--threads", "1", "--warmup", "3", "--runs", "30"]
+    junit = tmp_path / "gate.xml"
+    gated = cli("bench", "big", "pis", *common, "--baseline", "small", "--max-regression", "5%",
+                "--junit", junit, "--json", expect=1).json
+    row = gated["comparison"][0]
+    assert row["verdict"] == "slower" and row["ratio"] > 1.5 and gated["gate"]["failed"]
+    suite = ET.parse(junit).getroot()
+    assert suite.find(".//failure") is not None
+
+    # The same bundle against itself, interleaved A/B/A/B on the device: no verdict, gate passes.
+    same = cli("bench", "big", "pis", *common, "--baseline", "big", "--json").json
+    assert same["comparison"][0]["verdict"] == "no significant change", same["comparison"]
+    assert not same["gate"]["failed"]
+    a, b = (run["id"] for run in same["runs"])
+    assert "no significant change" in cli("runs", "compare", str(a), str(b)).stdout
