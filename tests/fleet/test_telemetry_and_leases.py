@@ -1,0 +1,64 @@
+"""``edgefleet telemetry`` over real SSH, and per-device leases across processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import get_settings
+from orchestrator.leases import DeviceBusy, acquire, holder_id, release
+
+from ..conftest import Cli
+from .test_push_e2e import model_folder, setup_fleet
+
+
+def test_telemetry_snapshot_is_decoded_and_stored(cli: Cli, sshd_factory,
+                                                  tmp_path: Path) -> None:
+    hot, cool = sshd_factory(2)
+    hot.sim.set_temp(77.0)
+    hot.sim.set_throttled(0xE0000)  # the seed's uncooled Pi: capped/throttled/soft limit before
+    setup_fleet(cli, tmp_path, [hot, cool])
+    snaps = {s["device"]: s for s in cli("telemetry", "pis", "--json").json}
+    assert snaps[hot.name]["temp_c"] == 77.0 and snaps[hot.name]["throttled_hex"] == "0xe0000"
+    assert set(snaps[hot.name]["throttle_since_boot"]) == {
+        "frequency_capped", "throttled", "soft_temp_limit"}
+    assert snaps[hot.name]["throttle_now"] == []
+    assert snaps[cool.name]["throttled_hex"] == "0x0" and snaps[cool.name]["freq_mhz"] == 2400
+    for key in ("load_1m", "mem_available_mb", "disk_free_bytes"):
+        assert snaps[cool.name][key] is not None
+    table = cli("telemetry", "pis").stdout
+    assert "0xe0000" in table and "since boot" in table
+    # Stored: the device row now shows the latest reading.
+    hot.sim.set_throttled(0x50005)
+    cli("telemetry", hot.name)
+    shown = cli("devices", "show", hot.name, "--json").json
+    assert shown["throttled_hex"] == "0x50005"
+    assert set(shown["throttle_flags"]["now"]) == {"under_voltage", "throttled"}
+
+
+def test_leases_exclude_a_second_operation(cli: Cli, sshd_factory, tmp_path: Path) -> None:
+    host = sshd_factory(1)[0]
+    setup_fleet(cli, tmp_path, [host])
+    cli("bundle", "build", model_folder(tmp_path), "--name", "m")
+    settings = get_settings()
+    other = holder_id()  # e.g. a benchmark started from another terminal
+    acquire(settings, host.name, "bench", other)
+    busy = cli("push", "m", host.name, "--json", expect=1).json[0]
+    assert busy["state"] == "failed" and "busy with a bench" in busy["error"]
+    assert not (host.root / "current").exists()
+    release(settings, host.name, other)
+    assert cli("push", "m", host.name, "--json").json[0]["state"] == "active"
+
+
+def test_expired_lease_is_taken_over(home: Path) -> None:
+    settings = get_settings()
+    acquire(settings, "pi", "push", "crashed-holder", ttl_s=-1)  # already expired
+    acquire(settings, "pi", "bench", "me")
+    with pytest.raises(DeviceBusy, match="busy with a bench"):
+        acquire(settings, "pi", "push", "someone-else")
+    release(settings, "pi", "crashed-holder")  # not the holder: no effect
+    with pytest.raises(DeviceBusy):
+        acquire(settings, "pi", "push", "someone-else")
+    release(settings, "pi", "me")
+    acquire(settings, "pi", "push", "someone-else")
