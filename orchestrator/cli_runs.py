@@ -66,6 +66,10 @@ def bench_cmd(
     = 0.0,
     shape: Annotated[list[str], typer.Option(help="NAME=1x1024x128 for dynamic dims.")] = [],  # noqa: B006
     input: Annotated[list[str], typer.Option(help="NAME=VALUE: a constant input.")] = [],  # noqa: B006
+    provider: Annotated[list[str], typer.Option(
+        help="onnxruntime execution provider(s), in order.")] = ["CPUExecutionProvider"],  # noqa: B006
+    graph_optimization: Annotated[str, typer.Option(
+        help="all | extended | basic | disabled")] = "all",
     baseline: Annotated[str | None, typer.Option(help="Bench N@V too and compare.")] = None,
     max_regression: Annotated[str, typer.Option(help="Gate: fail if slower by more.")] = "5%",
     junit: Annotated[Path | None, typer.Option(help="Write the comparison as JUnit XML.")]
@@ -89,7 +93,8 @@ def bench_cmd(
     cfg = settings()
     params = BenchParams(threads=parse_threads(threads), warmup=warmup, runs=runs,
                          min_seconds=min_seconds, shapes=parse_shapes(shape),
-                         constants=parse_constants(input))
+                         constants=parse_constants(input), providers=list(provider),
+                         graph_optimization=graph_optimization)
     gate_bound = None
     if baseline:
         from orchestrator.stats import parse_percent

@@ -42,6 +42,8 @@ class BenchParams:
     min_seconds: float = 0.0
     shapes: dict[str, list[int]] = field(default_factory=dict)
     constants: dict[str, Any] = field(default_factory=dict)
+    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    graph_optimization: str = "all"
 
     def payload(self, digest: str) -> dict[str, Any]:
         return {"digest": digest, **asdict(self)}

@@ -180,3 +180,20 @@ def test_compare_and_gate(cli: Cli, sshd_factory, tmp_path: Path) -> None:
     assert not same["gate"]["failed"]
     a, b = (run["id"] for run in same["runs"])
     assert "no significant change" in cli("runs", "compare", str(a), str(b)).stdout
+
+
+def test_provider_and_graph_optimization_reach_the_device(cli: Cli, sshd_factory,
+                                                          tmp_path: Path) -> None:
+    host = sshd_factory(1)[0]
+    setup_fleet(cli, tmp_path, [host])
+    build_and_push(cli, tmp_path, "m", lambda p: make_large_model(p, 1), "pis",
+                   "--shape", "x=1x4096")
+    ok = cli("bench", "m", "pis", "--threads", "1", "--runs", "3", "--graph-optimization",
+             "disabled", "--json").json
+    assert ok["results"][0]["ok"] and ok["params"]["graph_optimization"] == "disabled"
+    bad_level = cli("bench", "m", "pis", "--runs", "3", "--graph-optimization", "turbo",
+                    "--json", expect=1).json["results"][0]
+    assert "graph_optimization" in bad_level["error"] and "turbo" in bad_level["error"]
+    bad_provider = cli("bench", "m", "pis", "--runs", "3", "--provider", "NoSuchProvider",
+                       "--json", expect=1).json["results"][0]
+    assert "NoSuchProvider" in bad_provider["error"]
