@@ -132,18 +132,26 @@ def main() -> None:
     parser.add_argument("--mb", type=float, default=90.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--link", choices=("loopback", "lan", "both"), default="both")
+    parser.add_argument("--pin", action="store_true",
+                        help="control plane (and scp) on CPU 0, the device's sshd on CPU 1: "
+                        "two machines' worth of CPU instead of one shared pair")
     args = parser.parse_args()
+    device_cpus = None
+    if args.pin:
+        os.sched_setaffinity(0, {0})
+        device_cpus = "1"
 
     base = Path(tempfile.mkdtemp(prefix="edgefleet-bench-push-"))
     try:
         key = generate_user_key(base)
         model = make_large_model(base / "model" / "model.onnx", args.mb)
         if args.link in ("loopback", "both"):
-            with SshdHost("bench-loopback", base, key) as host:
+            with SshdHost("bench-loopback", base, key, cpus=device_cpus) as host:
                 measure("loopback", host, key, model, base, args.repeats)
         if args.link in ("lan", "both"):
             with lan_namespace() as (ns, address), \
-                    SshdHost("bench-lan", base, key, address=address, netns=ns) as host:
+                    SshdHost("bench-lan", base, key, address=address, netns=ns,
+                             cpus=device_cpus) as host:
                 measure(f"lan {LAN_RATE}", host, key, model, base, args.repeats)
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -286,6 +286,7 @@ class SshdHost:
         start: bool = True,
         address: str = ADDRESS,
         netns: str | None = None,
+        cpus: str | None = None,
     ) -> None:
         """``odd_root`` / ``odd_sim_dir`` put spaces, quotes and a ``$`` in those paths;
         ``sim_options`` go to :func:`create_simulated_device`; ``port`` is tried first.
@@ -294,6 +295,7 @@ class SshdHost:
         self.name = name
         self.address = address
         self.netns = netns
+        self.cpus = cpus  # e.g. "1": pin the "device" to CPUs of its own (bench/push.py --pin)
         self.user = current_user()
         self.key_file = user_key.private_key
         self.user_key = user_key
@@ -416,6 +418,8 @@ class SshdHost:
             prefix = [setpriv, "--pdeathsig", "TERM", "--"]
         if self.netns:
             prefix = [*prefix, "ip", "netns", "exec", self.netns]
+        if self.cpus:
+            prefix = [*prefix, "taskset", "-c", self.cpus]
         argv = [*prefix, SSHD, "-D", "-e", "-f", str(self.config_file)]
         last: Exception | None = None
         for attempt in range(PORT_ATTEMPTS):
