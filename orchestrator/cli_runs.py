@@ -85,8 +85,10 @@ def bench_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Benchmark a bundle per device and thread count, with throttle-aware telemetry."""
+    from orchestrator import jobs
     from orchestrator.bundles import get_bundle
     from orchestrator.db import session_scope
+    from orchestrator.job_exec import bench_job_params, bench_summary
     from orchestrator.runs import BenchParams, bench
 
     _check_format(fmt)
@@ -108,10 +110,19 @@ def bench_cmd(
         base_bundle = get_bundle(session, baseline) if baseline else None
     devices = _select(targets)
     as_json = as_json or fmt == "json"
-    with output.BenchProgress(enabled=not as_json) as progress:
+    bundles = [base_bundle, bundle] if base_bundle else [bundle]
+    rounds = (rounds or 5) if base_bundle else 1
+    job_params = bench_job_params(
+        f"{bundle.name}@{bundle.version}", params,
+        f"{base_bundle.name}@{base_bundle.version}" if base_bundle else None, rounds, forks)
+    with jobs.track(cfg, "bench", job_params, targets) as job, \
+            output.BenchProgress(enabled=not as_json) as progress:
         runs_done, outcomes = bench(
-            cfg, [base_bundle, bundle] if base_bundle else [bundle], devices, params, targets,
-            forks, timeout, progress.event, rounds=(rounds or 5) if base_bundle else 1)
+            cfg, bundles, devices, params, targets, forks, timeout,
+            job.bench_events(progress.event, len(params.threads) * rounds * len(bundles)),
+            rounds=rounds)
+        done = bench_summary(runs_done, outcomes)
+        job.finish(done.state, done.result, done.error, done.run_id)
     public = [_results_public(run.id)[0] for run in runs_done]
     report: dict[str, Any] = {"runs": public}
     failed_gate: list[dict] = []

@@ -175,3 +175,68 @@ class TelemetrySnapshot(SQLModel, table=True):
     load_1m: float | None = None
     mem_available_mb: float | None = None
     disk_free_bytes: int | None = None
+
+
+class Job(SQLModel, table=True):
+    """A push, benchmark or telemetry poll, queued or running, from the server or the CLI.
+
+    Persisted so that the UI shows CLI-started work and a restart finds what was running
+    (marked ``interrupted``, never silently re-run)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(index=True)  # push | bench | telemetry
+    state: str = Field(default="queued", index=True)
+    # queued | running | succeeded | failed | cancelled | interrupted
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    targets: str = ""
+    origin: str = "server"  # server | cli | schedule
+    created_by: str = ""
+    progress: dict[str, Any] = Field(default_factory=dict,
+                                     sa_column=Column(JSON, nullable=False))
+    result: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    error: str | None = None
+    run_id: int | None = None
+    schedule_id: int | None = None
+    cancel_requested: bool = False
+    worker: str | None = None  # host:pid of the process running it
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class Schedule(SQLModel, table=True):
+    """A job to create later: once at ``run_at``, or on a cron expression."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    targets: str = ""
+    cron: str | None = None
+    run_at: datetime | None = None
+    next_run_at: datetime | None = Field(default=None, index=True)
+    enabled: bool = True
+    created_by: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+    last_job_id: int | None = None
+
+
+class ApiToken(SQLModel, table=True):
+    """A bearer token. Only its hash is stored; the secret is shown once, at creation."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str
+    role: str  # viewer | operator | admin
+    token_hash: str = Field(index=True, unique=True)
+    prefix: str  # first characters, to recognise a token in lists
+    created_at: datetime = Field(default_factory=utcnow)
+    last_used_at: datetime | None = None
+    revoked: bool = False
+
+
+class AuditEvent(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    actor: str  # token name, or the OS user for the CLI
+    action: str  # push | bench | inventory.sync | token.create | ...
+    target: str = ""
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))

@@ -85,7 +85,7 @@ def _result_row(run: Run, device: Device | Target, simulated: bool, precision: s
         flags=list(entry.get("flags") or []), reasons=list(entry.get("reasons") or []),
         detail={k: common.get(k) for k in ("inputs", "providers", "onnxruntime")}
         | {"warmup": entry.get("warmup"), "wall_s": entry.get("wall_s"),
-           "interval_s": telemetry.get("interval_s")},
+           "interval_s": telemetry.get("interval_s"), "round_sizes": entry.get("round_sizes")},
         latencies=pack_floats(entry.get("latencies_ms")),
         telemetry_samples=zlib.compress(json.dumps(samples).encode()) if samples else None,
     )
@@ -112,6 +112,7 @@ def merge_rounds(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
     merged = dict(entries[0])
     merged.update(
         runs=len(latencies), latencies_ms=latencies,
+        round_sizes=[len(e.get("latencies_ms") or []) for e in entries],
         latency_ms={"n": int(arr.size), "mean": float(arr.mean()),
                     "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
                     "min": float(arr.min()), "max": float(arr.max()),
@@ -145,8 +146,9 @@ def bench(settings: Settings, bundles: Sequence[Bundle], devices: Sequence[Devic
     """Benchmark each bundle (already pushed) on every device; one Run per bundle.
 
     With several bundles and ``rounds`` > 1 each device alternates them round by round
-    (A, B, A, B, ...: ``params.runs`` split over the rounds), so slow drift of the machine —
-    heat, other load — falls on both sides of a comparison instead of on whichever ran second.
+    (A B B A A B ...: ``params.runs`` split over the rounds), so slow drift of the machine —
+    heat, other load — and order effects fall on both sides of a comparison instead of on
+    whichever ran second.
     """
     with session_scope(settings) as session:
         runs = [Run(kind="bench", bundle_name=b.name, bundle_version=b.version,
@@ -171,11 +173,16 @@ def bench(settings: Settings, bundles: Sequence[Bundle], devices: Sequence[Devic
             with leased(settings, target.name, "bench"), \
                     connect(target, settings, timeout) as conn, \
                     AgentSession(conn, timeout=timeout) as agent:
-                for _ in range(rounds):
-                    for index, bundle in enumerate(bundles):
+                for round_index in range(rounds):
+                    # A B, then B A (ABBA...): whatever the first of a pair does to the second
+                    # (warm caches, a clock ramping up) falls on both sides equally.
+                    order = list(range(len(bundles)))
+                    if round_index % 2:
+                        order.reverse()
+                    for index in order:
                         collected[index].append(agent.call(
-                            "bench", per_round.payload(bundle.digest), on_event=relay(
-                                target.name)))
+                            "bench", per_round.payload(bundles[index].digest),
+                            on_event=relay(target.name)))
             for run, bundle, datas in zip(runs, bundles, collected, strict=True):
                 by_threads: dict[Any, list[dict[str, Any]]] = {}
                 for data in datas:
@@ -258,6 +265,7 @@ def result_public(result: Result, run: Run, raw: bool = False) -> dict[str, Any]
             "throttle_flags": result.throttle_flags},
         "valid": result.valid, "flags": result.flags, "reasons": result.reasons,
         "inputs": (result.detail or {}).get("inputs"),
+        "round_sizes": (result.detail or {}).get("round_sizes"),
     }
     if raw:
         out["latencies_ms"] = unpack_floats(result.latencies)

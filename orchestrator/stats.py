@@ -125,6 +125,59 @@ def compare_samples(a: Sequence[float], b: Sequence[float], *, n_resamples: int 
     return Comparison(ratio, low, high, p_value, verdict, n_a, n_b, med_a, med_b)
 
 
+def compare_rounds(rounds_a: Sequence[Sequence[float]], rounds_b: Sequence[Sequence[float]], *,
+                   n_resamples: int = 2000, confidence: float = 0.95, alpha: float = 0.05,
+                   seed: int = 0) -> Comparison:
+    """Compare two interleaved benchmarks whose samples come in rounds (one process each).
+
+    Why not pool the samples: a fresh process has its own speed (memory placement, huge pages,
+    a VM's neighbours) — on the test machines p50 varied 2.1-3.5 ms between processes of the
+    same model while varying ~5% within one. Pooled samples are then far from independent and
+    Mann-Whitney on them calls noise significant. The round is the unit of replication here:
+    Mann-Whitney U on per-round medians, and a cluster bootstrap (resample whole rounds) for
+    the CI of the ratio of pooled medians.
+    """
+    xa = [_as_sample(r, "A") for r in rounds_a if len(r)]
+    xb = [_as_sample(r, "B") for r in rounds_b if len(r)]
+    pooled_a, pooled_b = np.concatenate(xa), np.concatenate(xb)
+    med_a, med_b = float(np.median(pooled_a)), float(np.median(pooled_b))
+    ratio = med_b / med_a if med_a else None
+    n_a, n_b = len(pooled_a), len(pooled_b)
+    note = f"compared per round ({len(xa)} vs {len(xb)} rounds)"
+    if len(xa) < 2 or len(xb) < 2 or not med_a:
+        return Comparison(ratio, None, None, None, "no significant change", n_a, n_b, med_a,
+                          med_b, note + "; too few rounds for a verdict")
+    p_value = float(sps.mannwhitneyu([np.median(r) for r in xa], [np.median(r) for r in xb],
+                                     alternative="two-sided").pvalue)
+    rng = np.random.default_rng(seed)
+    ratios = np.empty(n_resamples)
+    for i in range(n_resamples):
+        pick_a = rng.integers(0, len(xa), len(xa))
+        pick_b = rng.integers(0, len(xb), len(xb))
+        boot_a = np.median(np.concatenate([xa[j] for j in pick_a]))
+        boot_b = np.median(np.concatenate([xb[j] for j in pick_b]))
+        ratios[i] = boot_b / boot_a if boot_a else np.inf
+    tail = (1 - confidence) / 2 * 100
+    low, high = (float(v) for v in np.percentile(ratios, [tail, 100 - tail]))
+    if p_value < alpha and low > 1:
+        verdict = "slower"
+    elif p_value < alpha and high < 1:
+        verdict = "faster"
+    else:
+        verdict = "no significant change"
+    return Comparison(ratio, low, high, p_value, verdict, n_a, n_b, med_a, med_b, note)
+
+
+def split_rounds(result: Result) -> list[list[float]] | None:
+    """The result's latencies per round, when it was measured in several rounds."""
+    sizes = result.get("round_sizes") or []
+    latencies = result.get("latencies_ms") or []
+    if len(sizes) < 2 or sum(sizes) != len(latencies):
+        return None
+    bounds = np.cumsum(sizes)[:-1]
+    return [list(part) for part in np.split(np.asarray(latencies, dtype=float), bounds)]
+
+
 # -- pairing two runs ------------------------------------------------------------------------
 @dataclass
 class Pair:
@@ -247,7 +300,11 @@ def compare_runs(run_a: Sequence[Result], run_b: Sequence[Result],
                 row["excluded"] = " and ".join(missing) + " without per-inference latencies"
             else:
                 try:
-                    c = compare_samples(pair.a["latencies_ms"], pair.b["latencies_ms"])
+                    rounds_a, rounds_b = split_rounds(pair.a), split_rounds(pair.b)
+                    if rounds_a and rounds_b:
+                        c = compare_rounds(rounds_a, rounds_b)
+                    else:
+                        c = compare_samples(pair.a["latencies_ms"], pair.b["latencies_ms"])
                 except ValueError as exc:
                     row["excluded"] = str(exc)
                 else:

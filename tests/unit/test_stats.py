@@ -247,3 +247,50 @@ def test_parse_percent(text: str, expected: float) -> None:
 def test_parse_percent_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="not a regression bound"):
         parse_percent(text)
+
+
+def test_rounds_with_process_to_process_speed_are_not_called_significant() -> None:
+    """Same model, but each round (process) has its own speed, as measured on the CI VM:
+    pooled samples would call that noise a difference; the round-level test does not."""
+    from orchestrator.stats import compare_rounds
+
+    rng = np.random.default_rng(7)
+    speeds = rng.uniform(2.1, 3.5, size=12)  # per-process p50, ms
+
+    def rounds(indices: range) -> list[list[float]]:
+        return [list(speeds[i] * rng.lognormal(0, 0.03, 10)) for i in indices]
+
+    a, b = rounds(range(0, 12, 2)), rounds(range(1, 12, 2))
+    pooled = compare_samples([x for r in a for x in r], [x for r in b for x in r])
+    clustered = compare_rounds(a, b)
+    assert clustered.verdict == "no significant change"
+    assert clustered.ci_low is not None and clustered.ci_low < 1 < clustered.ci_high
+    assert pooled.p_value is not None and clustered.p_value is not None
+    assert clustered.p_value > pooled.p_value  # the pooled test is overconfident
+    assert "6 vs 6 rounds" in (clustered.note or "")
+
+
+def test_rounds_detect_a_real_slowdown() -> None:
+    from orchestrator.stats import compare_rounds
+
+    rng = np.random.default_rng(3)
+    a = [list(rng.uniform(2.5, 3.0) * rng.lognormal(0, 0.03, 10)) for _ in range(6)]
+    b = [list(1.6 * rng.uniform(2.5, 3.0) * rng.lognormal(0, 0.03, 10)) for _ in range(6)]
+    c = compare_rounds(a, b)
+    assert c.verdict == "slower" and c.ci_low > 1.3
+
+
+def test_compare_runs_uses_rounds_when_both_sides_have_them() -> None:
+    from orchestrator.stats import compare_runs
+
+    def result(latencies: list[float], sizes: list[int] | None) -> dict:
+        return {"device": "pi", "threads": 1, "ok": True, "valid": True,
+                "latencies_ms": latencies, "round_sizes": sizes,
+                "latency_ms": {"p50": float(np.median(latencies))},
+                "bundle": {"name": "m", "version": "1"}}
+
+    lat = [1.0] * 10 + [2.0] * 10 + [1.5] * 10
+    row = compare_runs([result(lat, [10, 10, 10])], [result(lat, [10, 10, 10])])[0]
+    assert "3 vs 3 rounds" in row["note"]
+    row = compare_runs([result(lat, None)], [result(lat, None)])[0]
+    assert "rounds" not in (row["note"] or "")

@@ -1,0 +1,32 @@
+"""``edgefleet serve``: the web control plane and JSON API (uvicorn)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from orchestrator import output
+from orchestrator.cli import app, handles_errors, settings
+
+
+@app.command("serve")
+@handles_errors
+def serve_cmd(
+    host: Annotated[str, typer.Option(help="Address to bind. Anything but loopback needs an "
+                                           "admin token first.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Job worker threads.")] = 2,
+) -> None:
+    """Serve the dashboard and the API (OpenAPI at /docs); run pushes, benchmarks and
+    telemetry polls as jobs."""
+    import uvicorn
+
+    from orchestrator.auth import check_bind
+    from web.app import create_app
+
+    cfg = settings()
+    check_bind(host, cfg)
+    output.stderr.print(f"EdgeFleet on http://{host}:{port}/  (API docs: /docs; "
+                        f"state: {cfg.home})")
+    uvicorn.run(create_app(cfg, workers=workers), host=host, port=port, log_level="warning")

@@ -1,0 +1,105 @@
+"""The JSON API in-process: real SQLite through migrations, real local devices, real agent."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from orchestrator.agents import install_agents
+from orchestrator.bundles import build_bundle
+from orchestrator.config import Settings
+from orchestrator.db import session_scope
+from orchestrator.demo_model import make_demo_classifier
+from orchestrator.deploy import push
+from orchestrator.devices import all_devices, sync_inventory
+from orchestrator.inventory import load_inventory
+from orchestrator.runs import BenchParams, bench
+from orchestrator.simulate import create_simulated_device
+from web.app import create_app
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, TestClient]]:
+    base = tmp_path_factory.mktemp("api")
+    settings = Settings(home=base / "home")
+    hosts = {}
+    for name, temp in (("pi-cool", 50.0), ("pi-hot", 83.0)):
+        sim = create_simulated_device(base / name / "hw", temp_c=temp,
+                                      throttled=0x8 if temp > 80 else 0)
+        hosts[name] = {"ansible_connection": "local", "edgefleet_root": str(base / name / "root"),
+                       "edgefleet_python": sys.executable, "edgefleet_env": sim.env,
+                       "cooler": "none" if temp > 80 else "active"}
+    inventory = base / "inventory.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"children": {"pis": {"hosts": hosts}}}}))
+    with session_scope(settings) as session:
+        sync_inventory(session, load_inventory(inventory))
+        devices = all_devices(session)
+    install_agents(settings, devices)
+    make_demo_classifier(base / "model" / "model.onnx")
+    with session_scope(settings) as session:
+        bundle = build_bundle(session, settings, base / "model", "first-crack",
+                              input_shapes={"log_mel": [1, 1, 98, 40]}).bundle
+    assert all(o.ok for o in push(settings, bundle, devices))
+    bench(settings, [bundle], devices, BenchParams(threads=[1], warmup=1, runs=5), "pis")
+    with TestClient(create_app(settings, run_jobs=False)) as client:
+        yield settings, client
+
+
+def test_reads(world: tuple[Settings, TestClient]) -> None:
+    _, client = world
+    devices = client.get("/api/devices").json()
+    assert {d["name"] for d in devices} == {"pi-cool", "pi-hot"}
+    assert all("key_file" not in d and "env" not in d for d in devices)
+    assert [d["name"] for d in client.get("/api/devices", params={"pattern": "pis:!pi-hot"})
+            .json()] == ["pi-cool"]
+    assert client.get("/api/devices", params={"pattern": "nope"}).status_code == 400
+    assert client.get("/api/devices/pi-hot").json()["deployments"][0]["state"] == "active"
+    assert client.get("/api/devices/ghost").status_code == 404
+    assert client.get("/api/bundles/first-crack").json()["version"] == "1"
+    run = client.get("/api/runs").json()[0]
+    detail = client.get(f"/api/runs/{run['id']}").json()
+    hot = next(r for r in detail["results"] if r["device"] == "pi-hot")
+    assert hot["valid"] is False and "temp_over_80c" in hot["flags"]
+    raw = client.get(f"/api/runs/{run['id']}", params={"raw": True}).json()
+    assert len(raw["results"][0]["latencies_ms"]) == raw["results"][0]["latency_ms"]["n"]
+    rows = client.get("/api/compare", params={"a": run["id"], "b": run["id"]}).json()
+    assert {r["device"] for r in rows} == {"pi-cool", "pi-hot"}
+
+
+def test_jobs_and_schedules(world: tuple[Settings, TestClient]) -> None:
+    settings, client = world
+    created = client.post("/api/jobs", json={"kind": "telemetry", "targets": "pis"})
+    assert created.status_code == 201 and created.json()["state"] == "queued"
+    job_id = created.json()["id"]
+    assert client.get(f"/api/jobs/{job_id}").json()["kind"] == "telemetry"
+    bad = client.post("/api/jobs", json={"kind": "launch", "targets": "pis"})
+    assert bad.status_code == 400 and "launch" in bad.json()["detail"]
+    cancelled = client.post(f"/api/jobs/{job_id}/cancel").json()
+    assert cancelled["state"] == "cancelled"
+    schedule = client.post("/api/schedules", json={"kind": "telemetry", "targets": "all",
+                                                   "cron": "*/5 * * * *"})
+    assert schedule.status_code == 201
+    assert any(s["id"] == schedule.json()["id"] for s in client.get("/api/schedules").json())
+    assert client.post("/api/schedules", json={"kind": "telemetry",
+                                               "cron": "every tuesday"}).status_code == 400
+    assert client.delete(f"/api/schedules/{schedule.json()['id']}").status_code == 204
+    actions = [e["action"] for e in client.get("/api/audit").json()]
+    assert {"telemetry", "job.cancel", "schedule.create", "schedule.delete"} <= set(actions)
+
+
+def test_metrics_and_docs(world: tuple[Settings, TestClient]) -> None:
+    _, client = world
+    text = client.get("/metrics").text
+    assert 'edgefleet_device_temperature_celsius{device="pi-hot"} 83.0' in text
+    assert 'edgefleet_device_throttled_bits{device="pi-hot"} 8.0' in text
+    assert 'edgefleet_benchmark_p50_milliseconds{bundle="first-crack@1",device="pi-cool"' in text
+    # the hot device's result is invalid: no p50 gauge for it
+    assert 'edgefleet_benchmark_p50_milliseconds{bundle="first-crack@1",device="pi-hot"' \
+        not in text
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/api/devices", "/api/jobs", "/api/runs/{run_id}", "/api/compare"} <= set(paths)

@@ -1,0 +1,194 @@
+"""JSON API under /api. Thin: each route calls one service function; OpenAPI at /docs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
+from sqlmodel import col, select
+
+from orchestrator.bundles import bundle_public, get_bundle, list_bundles
+from orchestrator.config import Settings
+from orchestrator.db import session_scope
+from orchestrator.devices import all_devices, device_public, get_device, select_devices
+from orchestrator.models import Deployment
+from orchestrator.runs import get_run, list_runs, run_public, run_results
+from web.security import Principal, csrf_protect, require
+
+router = APIRouter(prefix="/api", tags=["api"])
+
+Viewer = Annotated[Principal, Depends(require("viewer"))]
+Operator = Annotated[Principal, Depends(require("operator"))]
+Admin = Annotated[Principal, Depends(require("admin"))]
+Csrf = Depends(csrf_protect)
+
+
+def settings_of(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(settings_of)]
+
+
+class JobIn(BaseModel):
+    kind: str = Field(description="push | bench | telemetry")
+    targets: str = Field("all", description="Target pattern, e.g. roastery:!pi5-b")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScheduleIn(JobIn):
+    cron: str | None = Field(None, description="Cron expression, e.g. '0 3 * * *'")
+    run_at: str | None = Field(None, description="ISO time for a one-off run")
+
+
+class InventorySyncIn(BaseModel):
+    path: str
+    dry_run: bool = False
+
+
+@router.get("/devices")
+def devices(settings: SettingsDep, _: Viewer, pattern: str | None = None) -> list[dict]:
+    with session_scope(settings) as session:
+        found = select_devices(session, pattern) if pattern else all_devices(session)
+        return [device_public(d) for d in found]
+
+
+@router.get("/devices/{name}")
+def device(name: str, settings: SettingsDep, _: Viewer) -> dict:
+    with session_scope(settings) as session:
+        row = get_device(session, name)
+        out = device_public(row) | {"facts": row.facts}
+        deployments = session.exec(select(Deployment).where(Deployment.device_name == name)
+                                   .order_by(col(Deployment.id).desc()).limit(20)).all()
+        out["deployments"] = [d.model_dump(mode="json") for d in deployments]
+        return out
+
+
+@router.get("/bundles")
+def bundles(settings: SettingsDep, _: Viewer) -> list[dict]:
+    with session_scope(settings) as session:
+        return [bundle_public(b) for b in list_bundles(session)]
+
+
+@router.get("/bundles/{ref}")
+def bundle(ref: str, settings: SettingsDep, _: Viewer) -> dict:
+    with session_scope(settings) as session:
+        return bundle_public(get_bundle(session, ref))
+
+
+@router.get("/runs")
+def runs(settings: SettingsDep, _: Viewer, limit: int = Query(50, le=500)) -> list[dict]:
+    with session_scope(settings) as session:
+        return [run_public(r) for r in list_runs(session, limit)]
+
+
+@router.get("/runs/{run_id}")
+def run(run_id: int, settings: SettingsDep, _: Viewer, raw: bool = False) -> dict:
+    with session_scope(settings) as session:
+        return run_public(get_run(session, run_id), run_results(session, run_id), raw=raw)
+
+
+@router.get("/compare")
+def compare(a: int, b: int, settings: SettingsDep, _: Viewer,
+            include_invalid: bool = False) -> list[dict]:
+    from orchestrator.stats import compare_runs
+
+    with session_scope(settings) as session:
+        first = run_public(get_run(session, a), run_results(session, a), raw=True)["results"]
+        second = run_public(get_run(session, b), run_results(session, b), raw=True)["results"]
+    return compare_runs(first, second, include_invalid=include_invalid)
+
+
+@router.get("/jobs")
+def jobs(settings: SettingsDep, _: Viewer, state: str | None = None,
+         kind: str | None = None) -> list[dict]:
+    from orchestrator.jobs import job_public, list_jobs
+
+    with session_scope(settings) as session:
+        return [job_public(j) for j in list_jobs(session, 100, state=state, kind=kind)]
+
+
+@router.get("/jobs/{job_id}")
+def job(job_id: int, settings: SettingsDep, _: Viewer) -> dict:
+    from orchestrator.jobs import get_job, job_public
+
+    with session_scope(settings) as session:
+        return job_public(get_job(session, job_id))
+
+
+@router.post("/jobs", status_code=201, dependencies=[Csrf])
+def submit_job(body: JobIn, request: Request, settings: SettingsDep,
+               principal: Operator) -> dict:
+    from orchestrator import audit, jobs
+
+    created = jobs.submit(settings, body.kind, body.params, body.targets,
+                          created_by=principal.name)
+    audit.record(settings, principal.name, body.kind, body.targets,
+                 {"job_id": created.id, "params": body.params})
+    runner = getattr(request.app.state, "runner", None)
+    if runner is not None:
+        runner.wake()
+    return jobs.job_public(created)
+
+
+@router.post("/jobs/{job_id}/cancel", dependencies=[Csrf])
+def cancel_job(job_id: int, settings: SettingsDep, principal: Operator) -> dict:
+    from orchestrator import audit, jobs
+
+    cancelled = jobs.cancel(settings, job_id)
+    audit.record(settings, principal.name, "job.cancel", str(job_id))
+    return jobs.job_public(cancelled)
+
+
+@router.get("/schedules")
+def schedules(settings: SettingsDep, _: Viewer) -> list[dict]:
+    from orchestrator.schedules import list_schedules, schedule_public
+
+    with session_scope(settings) as session:
+        return [schedule_public(s) for s in list_schedules(session)]
+
+
+@router.post("/schedules", status_code=201, dependencies=[Csrf])
+def create_schedule(body: ScheduleIn, settings: SettingsDep, principal: Operator) -> dict:
+    from datetime import datetime
+
+    from orchestrator import audit, schedules
+
+    run_at = datetime.fromisoformat(body.run_at) if body.run_at else None
+    created = schedules.create(settings, body.kind, body.params, body.targets, cron=body.cron,
+                               run_at=run_at, created_by=principal.name)
+    audit.record(settings, principal.name, "schedule.create", body.targets,
+                 {"schedule_id": created.id, "cron": body.cron, "run_at": body.run_at})
+    return schedules.schedule_public(created)
+
+
+@router.delete("/schedules/{schedule_id}", status_code=204, dependencies=[Csrf])
+def delete_schedule(schedule_id: int, settings: SettingsDep, principal: Operator) -> None:
+    from orchestrator import audit, schedules
+
+    schedules.delete(settings, schedule_id)
+    audit.record(settings, principal.name, "schedule.delete", str(schedule_id))
+
+
+@router.post("/inventory/sync", dependencies=[Csrf])
+def inventory_sync(body: InventorySyncIn, settings: SettingsDep, principal: Admin) -> dict:
+    from orchestrator import audit
+    from orchestrator.devices import sync_inventory
+    from orchestrator.inventory import load_inventory
+
+    inventory = load_inventory(Path(body.path))
+    with session_scope(settings) as session:
+        report = sync_inventory(session, inventory, apply=not body.dry_run)
+    if not body.dry_run:
+        audit.record(settings, principal.name, "inventory.sync", body.path, report.as_dict())
+    return report.as_dict() | {"applied": not body.dry_run}
+
+
+@router.get("/audit")
+def audit_log(settings: SettingsDep, _: Admin, limit: int = Query(200, le=1000)) -> list[dict]:
+    from orchestrator.audit import event_public, list_events
+
+    with session_scope(settings) as session:
+        return [event_public(e) for e in list_events(session, limit)]

@@ -1,0 +1,68 @@
+"""The FastAPI application: JSON API under /api (OpenAPI at /docs), pages, static assets.
+
+Routes are thin: they call the same services in orchestrator/ as the CLI. The job runner (worker
+threads executing pushes, benchmarks and telemetry polls) lives in the server process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from orchestrator import __version__
+from orchestrator.config import Settings, get_settings
+from orchestrator.db import get_engine
+
+WEB_DIR = Path(__file__).resolve().parent
+
+
+def create_app(settings: Settings | None = None, *, run_jobs: bool = True,
+               workers: int = 2) -> FastAPI:
+    """``run_jobs=False`` gives an app without worker threads (tests drive jobs explicitly)."""
+    settings = settings or get_settings()
+    get_engine(settings)  # migrate before serving anything
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runner = None
+        if run_jobs:
+            from orchestrator.jobs import JobRunner
+
+            runner = JobRunner(settings, workers=workers)
+            runner.start()
+        app.state.runner = runner
+        try:
+            yield
+        finally:
+            if runner is not None:
+                runner.stop()
+
+    app = FastAPI(title="EdgeFleet", version=__version__, lifespan=lifespan,
+                  description="Push hash-verified ONNX bundles to a fleet of Pis, benchmark "
+                              "them, watch their throttling.")
+    app.state.settings = settings
+    from fastapi.responses import JSONResponse
+
+    from orchestrator.errors import EdgeFleetError, NotFoundError
+    from web import api, metrics, security
+
+    @app.exception_handler(EdgeFleetError)
+    async def user_error(request: object, exc: EdgeFleetError) -> JSONResponse:
+        status = 404 if isinstance(exc, NotFoundError) else 400
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    app.include_router(api.router)
+    app.include_router(metrics.router)
+    app.include_router(security.router)
+    try:
+        from web import pages
+    except ImportError:  # pages arrive separately; the API stands alone
+        pages = None  # type: ignore[assignment]
+    if pages is not None:
+        app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
+    return app

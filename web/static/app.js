@@ -1,0 +1,139 @@
+/* EdgeFleet pages: draw uPlot charts from JSON data blocks, confirm risky forms.
+ *
+ * Data never reaches code as text: pages embed it in <script type="application/json"> blocks
+ * (escaped by the server) and this file reads it with JSON.parse. A chart element names its
+ * block and, for lists, an index:
+ *   <div class="chart" data-chart="hist|cdf|samples|telemetry" data-source="ID" data-index="N">
+ */
+(function () {
+  "use strict";
+
+  var TEMP = "#c0392b", FREQ = "#1f5fa8", EVENT = "#e07b00", BAR = "#5c6bc0";
+  var charts = [];
+
+  function readJSON(id) {
+    var el = document.getElementById(id);
+    if (!el) return null;
+    try { return JSON.parse(el.textContent); } catch (e) { return null; }
+  }
+
+  function size(el) {
+    return { width: Math.max(260, el.clientWidth || 480), height: 200 };
+  }
+
+  function empty(el, text) {
+    el.classList.add("empty");
+    el.textContent = text;
+  }
+
+  function nums(values) {
+    return values.filter(function (v) { return v !== null && isFinite(v); });
+  }
+
+  // Temperature from 30 to at least 90 °C, so the 80 °C throttle point is always on the axis
+  // and a flat 51 °C line does not look like a cliff; frequency from 0.
+  function tempRange(u, lo, hi) {
+    return [Math.min(30, lo === null ? 30 : lo - 5), Math.max(90, hi === null ? 90 : hi + 5)];
+  }
+  function freqRange(u, lo, hi) { return [0, Math.max(100, (hi || 0) * 1.1)]; }
+
+  function telemetryOpts(el, timeAxis) {
+    return Object.assign(size(el), {
+      legend: { show: timeAxis },
+      scales: { x: { time: timeAxis }, C: { range: tempRange }, MHz: { range: freqRange } },
+      series: [
+        { label: timeAxis ? "time" : "s" },
+        { label: "temp °C", scale: "C", stroke: TEMP, width: 1.5 },
+        { label: "freq MHz", scale: "MHz", stroke: FREQ, width: 1.5 },
+        { label: "throttled", scale: "C", stroke: EVENT, paths: function () { return null; },
+          points: { show: true, size: 9, fill: EVENT, stroke: EVENT } },
+      ],
+      axes: [
+        { label: timeAxis ? "" : "seconds since start" },
+        { scale: "C", label: "°C", stroke: TEMP },
+        { scale: "MHz", label: "MHz", side: 1, stroke: FREQ, grid: { show: false } },
+      ],
+    });
+  }
+
+  function telemetry(el, s, timeAxis) {
+    if (!s || !s.x || s.x.length === 0) return empty(el, "No telemetry samples recorded.");
+    return new uPlot(telemetryOpts(el, timeAxis), [s.x, s.temp_c, s.freq_mhz, s.throttled], el);
+  }
+
+  function histogram(el, h) {
+    if (!h || h.counts.length === 0) return empty(el, "No latencies recorded.");
+    var edges = h.edges, counts = h.counts.concat([null]);
+    return new uPlot(Object.assign(size(el), {
+      scales: { x: { time: false, range: [edges[0], edges[edges.length - 1]] },
+                y: { range: function (u, lo, hi) { return [0, Math.max(1, hi)]; } } },
+      legend: { show: false },
+      series: [
+        { label: "ms" },
+        { label: "runs", stroke: BAR, fill: BAR + "99", width: 1,
+          paths: uPlot.paths.bars({ size: [1, Infinity], align: 1 }), points: { show: false } },
+      ],
+      axes: [{ label: "latency ms" }, { label: "runs" }],
+    }), [edges, counts], el);
+  }
+
+  function cdf(el, c) {
+    if (!c || c.x.length === 0) return empty(el, "No latencies recorded.");
+    // Log x: a Pi's latency tail can sit 100x above the median; a linear axis would flatten
+    // the body into a vertical line.
+    var xs = nums(c.x).filter(function (v) { return v > 0; });
+    var lo = Math.min.apply(null, xs), hi = Math.max.apply(null, xs);
+    var log = xs.length === c.x.length && hi > lo * 3;
+    return new uPlot(Object.assign(size(el), {
+      scales: { x: log ? { time: false, distr: 3, log: 10 }
+                       : { time: false, range: [lo, hi === lo ? lo * 1.01 : hi] },
+                y: { range: [0, 1] } },
+      legend: { show: false },
+      series: [
+        { label: "ms" },
+        { label: "fraction", stroke: BAR, width: 1.5,
+          paths: uPlot.paths.stepped({ align: 1 }), points: { show: false } },
+      ],
+      axes: [{ label: "latency ms" }, { label: "fraction ≤ x" }],
+    }), [c.x, c.y], el);
+  }
+
+  function drawOne(el) {
+    var data = readJSON(el.dataset.source);
+    if (data === null) return;
+    if (el.dataset.index !== undefined) data = data[Number(el.dataset.index)];
+    if (!data) return;
+    var kind = el.dataset.chart, chart = null;
+    if (kind === "telemetry") chart = telemetry(el, data, true);
+    else if (kind === "samples") chart = telemetry(el, data.telemetry, false);
+    else if (kind === "hist") chart = histogram(el, data.hist);
+    else if (kind === "cdf") chart = cdf(el, data.cdf);
+    if (chart) charts.push({ el: el, chart: chart });
+  }
+
+  function draw(root) {
+    if (typeof window.uPlot === "undefined") return;
+    var els = (root || document).querySelectorAll("[data-chart]:not([data-drawn])");
+    Array.prototype.forEach.call(els, function (el) {
+      el.dataset.drawn = "1";
+      drawOne(el);
+    });
+  }
+
+  var resizeTimer = null;
+  window.addEventListener("resize", function () {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(function () {
+      charts.forEach(function (c) { c.chart.setSize(size(c.el)); });
+    }, 150);
+  });
+
+  // <form data-confirm="..."> asks before submitting (pushes, cancels).
+  document.addEventListener("submit", function (event) {
+    var message = event.target.dataset && event.target.dataset.confirm;
+    if (message && !window.confirm(message)) event.preventDefault();
+  });
+
+  document.addEventListener("DOMContentLoaded", function () { draw(document); });
+  document.addEventListener("htmx:afterSwap", function (event) { draw(event.target); });
+})();
