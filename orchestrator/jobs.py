@@ -33,6 +33,7 @@ from orchestrator import job_exec
 from orchestrator.config import Settings
 from orchestrator.db import session_scope
 from orchestrator.errors import EdgeFleetError, NotFoundError
+from orchestrator.leases import release_dead_holders
 from orchestrator.models import Device, Job
 
 log = logging.getLogger(__name__)
@@ -293,6 +294,7 @@ class JobRunner:
 
     def start(self) -> None:
         recover_interrupted(self.settings)
+        release_dead_holders(self.settings)
         self._stopping.clear()
         self._threads = [threading.Thread(target=self._work, name=f"edgefleet-job-{i}",
                                           daemon=True) for i in range(self.workers)]

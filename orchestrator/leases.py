@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
 
 from orchestrator.config import Settings
 from orchestrator.db import session_scope
@@ -60,6 +61,31 @@ def acquire(settings: Settings, device: str, operation: str, holder: str,
         f"{current.acquired_at:%Y-%m-%d %H:%M:%S} UTC, by {current.holder}); try again when it "
         "finishes"
     )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def release_dead_holders(settings: Settings) -> list[str]:
+    """Free leases whose holder was a process on this host that no longer exists (a crashed
+    CLI or a killed server): otherwise the device stays locked until the lease expires."""
+    host = socket.gethostname()
+    freed = []
+    with session_scope(settings) as session:
+        for lease in session.exec(select(DeviceLease)).all():
+            owner_host, _, rest = lease.holder.partition(":")
+            pid = rest.partition(":")[0]
+            if owner_host == host and pid.isdigit() and not _pid_alive(int(pid)):
+                session.delete(lease)
+                freed.append(lease.device_name)
+    return freed
 
 
 def release(settings: Settings, device: str, holder: str) -> None:

@@ -62,3 +62,22 @@ def test_expired_lease_is_taken_over(home: Path) -> None:
         acquire(settings, "pi", "push", "someone-else")
     release(settings, "pi", "me")
     acquire(settings, "pi", "push", "someone-else")
+
+
+def test_leases_of_dead_processes_are_freed(home: Path) -> None:
+    import os
+    import socket
+
+    from orchestrator.leases import release_dead_holders
+
+    settings = get_settings()
+    host = socket.gethostname()
+    acquire(settings, "crashed", "bench", f"{host}:999999:dead0000")
+    acquire(settings, "alive", "push", f"{host}:{os.getpid()}:live0000")
+    acquire(settings, "elsewhere", "push", "other-host:999999:abcd0000")
+    assert release_dead_holders(settings) == ["crashed"]
+    acquire(settings, "crashed", "push", holder_id())  # free again
+    with pytest.raises(DeviceBusy):
+        acquire(settings, "alive", "push", holder_id())
+    with pytest.raises(DeviceBusy):
+        acquire(settings, "elsewhere", "push", holder_id())
