@@ -255,4 +255,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m orchestrator.cli`: this file runs as __main__, but the other cli_* modules
+    # register their commands on `orchestrator.cli`; run that module's app, not this copy's.
+    from orchestrator.cli import main as _main
+
+    _main()

@@ -33,13 +33,18 @@ def _check_format(fmt: str) -> None:
         raise EdgeFleetError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
 
 
-def _results_public(run_id: int, raw: bool = False) -> tuple[dict[str, Any], list[dict]]:
+def _results_public(run_id: int, latencies: bool = False, samples: bool = False,
+                    ) -> tuple[dict[str, Any], list[dict]]:
+    """A run and its results; with the raw latencies and/or sampler rows when asked for (a
+    comparison needs the latencies only)."""
     from orchestrator.db import session_scope
     from orchestrator.runs import get_run, run_public, run_results
 
     with session_scope(settings()) as session:
         run = get_run(session, run_id)
-        public = run_public(run, run_results(session, run_id), raw=raw)
+        public = run_public(run, run_results(session, run_id, latencies=latencies,
+                                             samples=samples),
+                            latencies=latencies, samples=samples)
     return public, public["results"]
 
 
@@ -129,7 +134,7 @@ def bench_cmd(
     if base_bundle is not None:
         from orchestrator.stats import compare_runs, gate
 
-        base_run, new_run = (_results_public(r.id, raw=True)[1] for r in runs_done)
+        base_run, new_run = (_results_public(r.id, latencies=True)[1] for r in runs_done)
         rows = compare_runs(base_run, new_run, include_invalid=include_invalid)
         failed_gate = gate(rows, gate_bound or 0.0)
         report["comparison"] = rows
@@ -191,7 +196,7 @@ def runs_show(
 ) -> None:
     """One run as the table edge-ML write-ups publish (or Markdown / CSV / JSON)."""
     _check_format(fmt)
-    public, results = _results_public(run_id, raw=raw)
+    public, results = _results_public(run_id, latencies=raw, samples=raw)
     if as_json or fmt == "json":
         output.print_json(public)
         return
@@ -214,7 +219,8 @@ def runs_compare(
     from orchestrator.stats import compare_runs
 
     _check_format(fmt)
-    rows = compare_runs(_results_public(run_a, raw=True)[1], _results_public(run_b, raw=True)[1],
+    rows = compare_runs(_results_public(run_a, latencies=True)[1],
+                        _results_public(run_b, latencies=True)[1],
                         include_invalid=include_invalid)
     if as_json or fmt == "json":
         output.print_json(rows)

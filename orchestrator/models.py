@@ -117,7 +117,7 @@ class Result(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="run.id", index=True)
     device_name: str = Field(index=True)
-    threads: int | None = None
+    threads: int | None = Field(default=None, index=True)  # DISTINCT for the pages' filters
     ok: bool = False
     error: str | None = None
     simulated: bool = False

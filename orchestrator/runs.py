@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+from sqlalchemy.orm import defer
 from sqlmodel import Session, col, select
 
 from orchestrator.agentclient import AgentSession
@@ -234,17 +235,35 @@ def get_run(session: Session, run_id: int) -> Run:
     return run
 
 
-def run_results(session: Session, run_id: int) -> list[Result]:
-    return list(session.exec(select(Result).where(Result.run_id == run_id)
-                             .order_by(col(Result.device_name), col(Result.threads))).all())
+def run_results(session: Session, run_id: int, *, latencies: bool = False,
+                samples: bool = False) -> list[Result]:
+    """A run's results by device and thread count. The raw blobs (``latencies``, the
+    telemetry ``samples``) are loaded only when asked for: they are most of a row's bytes and
+    a table of summaries draws neither. Not asked for, they are deferred with ``raiseload``,
+    so reading one is an error, never a query per row."""
+    query = (select(Result).where(Result.run_id == run_id)
+             .order_by(col(Result.device_name), col(Result.threads)))
+    skipped = [column for column, wanted in ((Result.latencies, latencies),
+                                             (Result.telemetry_samples, samples)) if not wanted]
+    if skipped:
+        query = query.options(*(defer(column, raiseload=True) for column in skipped))
+    return list(session.exec(query).all())
 
 
 def list_runs(session: Session, limit: int = 50) -> list[Run]:
     return list(session.exec(select(Run).order_by(col(Run.id).desc()).limit(limit)).all())
 
 
-def result_public(result: Result, run: Run, raw: bool = False) -> dict[str, Any]:
-    """The JSON shape of one result (the CLI, the API and the reports use it)."""
+def result_public(result: Result, run: Run, raw: bool = False, *,
+                  latencies: bool | None = None, samples: bool | None = None,
+                  ) -> dict[str, Any]:
+    """The JSON shape of one result (the CLI, the API and the reports use it).
+
+    ``raw`` adds ``latencies_ms`` and ``telemetry.samples``; ``latencies``/``samples`` choose
+    one of them alone (a comparison needs the latencies, not the sampler rows). Each must have
+    been loaded (``run_results(..., latencies=True, samples=True)``)."""
+    latencies = raw if latencies is None else latencies
+    samples = raw if samples is None else samples
     out: dict[str, Any] = {
         "run_id": run.id, "device": result.device_name, "simulated": result.simulated,
         "bundle": {"name": run.bundle_name, "version": run.bundle_version,
@@ -267,15 +286,16 @@ def result_public(result: Result, run: Run, raw: bool = False) -> dict[str, Any]
         "inputs": (result.detail or {}).get("inputs"),
         "round_sizes": (result.detail or {}).get("round_sizes"),
     }
-    if raw:
+    if latencies:
         out["latencies_ms"] = unpack_floats(result.latencies)
-        samples = result.telemetry_samples
-        out["telemetry"]["samples"] = json.loads(zlib.decompress(samples)) if samples else []
+    if samples:
+        blob = result.telemetry_samples
+        out["telemetry"]["samples"] = json.loads(zlib.decompress(blob)) if blob else []
     return out
 
 
-def run_public(run: Run, results: Sequence[Result] | None = None,
-               raw: bool = False) -> dict[str, Any]:
+def run_public(run: Run, results: Sequence[Result] | None = None, raw: bool = False, *,
+               latencies: bool | None = None, samples: bool | None = None) -> dict[str, Any]:
     out = {"id": run.id, "kind": run.kind, "state": run.state,
            "bundle": {"name": run.bundle_name, "version": run.bundle_version,
                       "digest": run.bundle_digest},
@@ -283,5 +303,6 @@ def run_public(run: Run, results: Sequence[Result] | None = None,
            "created_at": run.created_at.isoformat(),
            "finished_at": run.finished_at.isoformat() if run.finished_at else None}
     if results is not None:
-        out["results"] = [result_public(r, run, raw) for r in results]
+        out["results"] = [result_public(r, run, raw, latencies=latencies, samples=samples)
+                          for r in results]
     return out

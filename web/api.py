@@ -87,7 +87,8 @@ def runs(settings: SettingsDep, _: Viewer, limit: int = Query(50, le=500)) -> li
 @router.get("/runs/{run_id}")
 def run(run_id: int, settings: SettingsDep, _: Viewer, raw: bool = False) -> dict:
     with session_scope(settings) as session:
-        return run_public(get_run(session, run_id), run_results(session, run_id), raw=raw)
+        return run_public(get_run(session, run_id),
+                          run_results(session, run_id, latencies=raw, samples=raw), raw=raw)
 
 
 @router.get("/compare")
@@ -96,8 +97,9 @@ def compare(a: int, b: int, settings: SettingsDep, _: Viewer,
     from orchestrator.stats import compare_runs
 
     with session_scope(settings) as session:
-        first = run_public(get_run(session, a), run_results(session, a), raw=True)["results"]
-        second = run_public(get_run(session, b), run_results(session, b), raw=True)["results"]
+        first, second = (run_public(get_run(session, run_id),
+                                    run_results(session, run_id, latencies=True),
+                                    latencies=True)["results"] for run_id in (a, b))
     return compare_runs(first, second, include_invalid=include_invalid)
 
 

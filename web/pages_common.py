@@ -27,6 +27,7 @@ TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 # Route parameters: reading needs a viewer, changing anything an operator (plus CSRF).
 Viewer = Annotated[Principal, Depends(require("viewer"))]
 Operator = Annotated[Principal, Depends(require("operator"))]
+Admin = Annotated[Principal, Depends(require("admin"))]
 
 # Pages load scripts and styles from /static only; inline <script> never runs. Styles may be
 # inline because uPlot and htmx set element styles. Chart data sits in JSON script blocks,
@@ -41,6 +42,10 @@ MAX_FORM_BYTES = 64 * 1024  # a page form is a pattern and a number; refuse anyt
 NOTICES = {
     "queued": "Job queued. Progress updates below.",
     "cancel_requested": "Cancellation requested: devices finish their current step, then stop.",
+    "schedule_created": "Schedule created. It queues a benchmark job at its next time (UTC).",
+    "schedule_deleted": "Schedule deleted. The jobs it already queued are kept.",
+    "inventory_applied": "Inventory applied: the fleet below matches the file. The change is in "
+                         "the audit log.",
 }
 
 

@@ -103,3 +103,42 @@ def test_metrics_and_docs(world: tuple[Settings, TestClient]) -> None:
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/api/devices", "/api/jobs", "/api/runs/{run_id}", "/api/compare"} <= set(paths)
+
+
+def test_run_reads_load_only_the_blobs_they_use(world: tuple[Settings, TestClient]) -> None:
+    """Summaries select no raw blob; raw reads and comparisons load what they use in the one
+    query per run (never a query per result)."""
+    import sqlalchemy as sa
+
+    from orchestrator.db import get_engine
+    from orchestrator.runs import run_results
+
+    settings, client = world
+    run_id = client.get("/api/runs").json()[0]["id"]
+    statements: list[str] = []
+
+    def spy(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    def results_selects(url: str, **params: object) -> list[str]:
+        statements.clear()
+        assert client.get(url, params=params).status_code == 200
+        return [s for s in statements if "FROM result" in s]
+
+    engine = get_engine(settings)
+    sa.event.listen(engine, "before_cursor_execute", spy)
+    try:
+        (summary,) = results_selects(f"/api/runs/{run_id}")
+        (raw,) = results_selects(f"/api/runs/{run_id}", raw=True)
+        compared = results_selects("/api/compare", a=run_id, b=run_id)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", spy)
+    assert "latencies" not in summary and "telemetry_samples" not in summary
+    assert "result.latencies" in raw and "result.telemetry_samples" in raw
+    assert len(compared) == 2
+    assert all("result.latencies" in s and "telemetry_samples" not in s for s in compared)
+
+    with session_scope(settings) as session:
+        result = run_results(session, run_id)[0]
+        with pytest.raises(sa.exc.InvalidRequestError):  # raiseload: an error, not a query
+            _ = result.latencies

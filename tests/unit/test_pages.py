@@ -470,3 +470,14 @@ def test_view_rules_online_window_badges_and_histogram_tail() -> None:
     assert latency_histogram([2.0] * 5)["counts"] == [5]
     cdf = latency_cdf([float(i) for i in range(5000)])
     assert len(cdf["x"]) <= 1000 and cdf["x"][0] == 0.0 and cdf["y"][-1] == 1.0
+
+
+def test_chart_data_skips_what_is_not_a_finite_number() -> None:
+    """The vectorised path (plain floats) and the per-value one (anything else) agree."""
+    from web.pages_view import latency_cdf, latency_histogram
+
+    clean = [3.0, 1.0, 2.5, 2.0, 1.5]
+    messy = [3.0, None, 1.0, float("nan"), "2.5", float("inf"), 2.0, [1], 1.5]
+    assert latency_histogram(messy) == latency_histogram(clean)
+    assert latency_cdf(messy) == latency_cdf(clean)
+    assert latency_cdf(clean)["x"] == [1.0, 1.5, 2.0, 2.5, 3.0]

@@ -294,3 +294,62 @@ def test_compare_runs_uses_rounds_when_both_sides_have_them() -> None:
     assert "3 vs 3 rounds" in row["note"]
     row = compare_runs([result(lat, None)], [result(lat, None)])[0]
     assert "rounds" not in (row["note"] or "")
+
+
+# -- the fast paths give what resampling and scipy give -----------------------------------------
+@pytest.mark.parametrize(("n", "decimals"), [(3, None), (4, None), (30, 1), (31, None), (100, 2)])
+def test_bootstrap_medians_have_the_distribution_of_resampled_medians(
+        n: int, decimals: int | None) -> None:
+    """Order statistics drawn directly (Beta) against medians of real resamples, ties included:
+    the same distribution (a two-sample KS test cannot tell them apart at 20k draws each)."""
+    from scipy import stats as sps
+
+    from orchestrator.stats import bootstrap_medians
+
+    x = np.random.default_rng(n).lognormal(0, 0.2, n)
+    if decimals is not None:
+        x = np.round(x, decimals)
+    fast = bootstrap_medians(x, 20_000, np.random.default_rng(1))
+    resampled = np.median(x[np.random.default_rng(2).integers(0, n, (20_000, n))], axis=1)
+    assert sps.ks_2samp(fast, resampled).pvalue > 0.001
+    assert np.percentile(fast, 50) == pytest.approx(np.percentile(resampled, 50), rel=0.01)
+
+
+def test_ci_matches_scipy_bootstrap_within_monte_carlo_error() -> None:
+    from scipy import stats as sps
+
+    a, b = np.array(sample(10, 11, n=100)), np.array(sample(10.5, 12, n=100))
+    ours = compare_samples(a, b, n_resamples=20_000)
+    theirs = sps.bootstrap((a, b), lambda x, y, axis=-1: np.median(y, axis=axis)
+                           / np.median(x, axis=axis), n_resamples=20_000, vectorized=True,
+                           paired=False, method="percentile").confidence_interval
+    assert ours.ci_low == pytest.approx(theirs.low, abs=0.003)
+    assert ours.ci_high == pytest.approx(theirs.high, abs=0.003)
+
+
+def test_mann_whitney_p_is_scipys() -> None:
+    from scipy import stats as sps
+
+    from orchestrator.stats import mann_whitney_p
+
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        n1, n2 = (int(v) for v in rng.integers(3, 120, 2))
+        a, b = rng.lognormal(0, 0.2, n1), rng.lognormal(rng.normal(0, 0.05), 0.2, n2)
+        if trial % 2:  # timer-quantised: many ties
+            a, b = np.round(a, 1), np.round(b, 1)
+        expected = sps.mannwhitneyu(a, b, alternative="two-sided").pvalue
+        assert mann_whitney_p(a, b) == pytest.approx(expected, rel=1e-9, abs=1e-15)
+    same = np.full(20, 3.0)
+    assert mann_whitney_p(same, same) == 1.0
+
+
+def test_cluster_bootstrap_medians_are_the_medians_of_the_pooled_picks() -> None:
+    from orchestrator.stats import cluster_bootstrap_medians
+
+    rng = np.random.default_rng(4)
+    rounds = [rng.lognormal(0, 0.1, size) for size in (17, 17, 16, 16, 9)]
+    fast = cluster_bootstrap_medians(rounds, 300, np.random.default_rng(5))
+    picks = np.random.default_rng(5).integers(0, len(rounds), (300, len(rounds)))
+    direct = [np.median(np.concatenate([rounds[j] for j in pick])) for pick in picks]
+    assert np.array_equal(fast, direct)

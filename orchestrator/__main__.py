@@ -1,0 +1,5 @@
+"""``python -m orchestrator`` = the ``edgefleet`` command."""
+
+from orchestrator.cli import main
+
+main()
