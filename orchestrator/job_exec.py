@@ -195,6 +195,7 @@ class JobContext:
                  interval_s: float = PROGRESS_INTERVAL_S) -> None:
         self.settings, self.job_id, self.interval_s = settings, job_id, interval_s
         self.cancel = cancel  # None: not cancellable (a CLI job)
+        self.created_by = ""  # who submitted the job: runs record it as their author
         self.devices: dict[str, dict[str, Any]] = {}
         self.cancelled_devices: set[str] = set()
         self._lock = threading.Lock()
@@ -359,7 +360,8 @@ def run_bench(settings: Settings, ctx: JobContext, params: dict[str, Any],
     steps = len(params["threads"]) * rounds * len(bundles)
     runs_done, outcomes = runs.bench(settings, bundles, devices, bench_params(params), targets,
                                      params.get("forks") or 10, params.get("timeout"),
-                                     bench_events(ctx, steps), rounds=rounds)
+                                     bench_events(ctx, steps), rounds=rounds,
+                                     created_by=ctx.created_by or None)
     for o in outcomes:
         if o.device not in ctx.cancelled_devices:
             ctx.device(o.device, state=o.state)

@@ -386,6 +386,7 @@ class JobRunner:
         try:
             with session_scope(self.settings) as session:
                 job = get_job(session, job_id)
+            ctx.created_by = job.created_by
             if ctx.cancelled():
                 outcome = job_exec.JobOutcome("cancelled", error="cancelled before it started")
             else:

@@ -143,7 +143,7 @@ def merge_rounds(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def bench(settings: Settings, bundles: Sequence[Bundle], devices: Sequence[Device],
           params: BenchParams, targets: str, forks: int = 10, timeout: float | None = None,
           on_event: EventHandler | None = None, rounds: int = 1,
-          ) -> tuple[list[Run], list[Outcome]]:
+          created_by: str | None = None) -> tuple[list[Run], list[Outcome]]:
     """Benchmark each bundle (already pushed) on every device; one Run per bundle.
 
     With several bundles and ``rounds`` > 1 each device alternates them round by round
@@ -151,10 +151,11 @@ def bench(settings: Settings, bundles: Sequence[Bundle], devices: Sequence[Devic
     heat, other load — and order effects fall on both sides of a comparison instead of on
     whichever ran second.
     """
+    author = created_by or getpass.getuser()
     with session_scope(settings) as session:
         runs = [Run(kind="bench", bundle_name=b.name, bundle_version=b.version,
                     bundle_digest=b.digest, targets=targets,
-                    params=asdict(params) | {"rounds": rounds}, created_by=getpass.getuser())
+                    params=asdict(params) | {"rounds": rounds}, created_by=author)
                 for b in bundles]
         session.add_all(runs)
         session.flush()

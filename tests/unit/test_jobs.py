@@ -119,6 +119,8 @@ def test_bench_job_sets_run_id_and_progress(tmp_path: Path) -> None:
     with session_scope(settings) as session:
         results = session.exec(select(Result).where(Result.run_id == job.run_id)).all()
         assert [(r.device_name, r.threads, r.ok, r.n) for r in results] == [("pi-a", 1, True, 2)]
+        # The run's author is whoever submitted the job (a token name), not the server's user.
+        assert session.get(Run, job.run_id).created_by == "tester"
 
 
 def test_bench_job_with_baseline_points_at_the_candidate_run(tmp_path: Path) -> None:
