@@ -419,3 +419,29 @@ def test_cli_tokens_create_list_revoke(cli: Cli, home: Path) -> None:
     assert text.stdout.strip().splitlines()[-1].startswith("ef_")
     table = cli("tokens", "list").stdout
     assert "laptop" in table and "ef_" in table and secret not in table
+
+
+def test_every_mutating_route_rejects_no_token_viewers_and_csrf_less_forms(
+        client: TestClient, tokens: dict[str, str]) -> None:
+    """The issue's rule, route by route: no credentials -> 401 (or a redirect to /login for
+    pages), a viewer token -> 403, a cookie session without its CSRF token -> 403."""
+    import re
+
+    routes = [(method, route.path) for route in _routes(client.app.routes)
+              if not route.path.startswith(("/t/", *security.OPEN_PATHS))
+              for method in sorted(route.methods - {"GET", "HEAD"})]
+    assert len(routes) >= 10, routes  # the API's and the pages' forms are all here
+    urls = [(method, path, re.sub(r"\{[^}]+\}", "1", path)) for method, path in routes]
+    for method, path, url in urls:  # no session cookie yet
+        anonymous = client.request(method, url, follow_redirects=False)
+        assert anonymous.status_code in (401, 303), (method, path, anonymous.status_code)
+        if anonymous.status_code == 303:
+            assert anonymous.headers["location"].startswith("/login")
+        viewer = client.request(method, url, headers=bearer(tokens["viewer"]),
+                                follow_redirects=False)
+        assert viewer.status_code == 403, (method, path, viewer.status_code)
+    login(client, tokens["operator"])
+    for method, path, url in urls:  # an operator's cookie session, without its CSRF token
+        no_csrf = client.request(method, url, follow_redirects=False)
+        assert no_csrf.status_code == 403, (method, path, no_csrf.status_code)
+    client.cookies.clear()
