@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from orchestrator.auth import role_allows
 from orchestrator.config import Settings
 from orchestrator.output import human_bytes
 from orchestrator.reports import format_number, format_temp
@@ -69,8 +70,9 @@ def render(request: Request, name: str, context: dict[str, Any], principal: Any 
            status_code: int = 200) -> HTMLResponse:
     """Render a page with what base.html needs (principal, CSRF token, notice)."""
     notice = NOTICES.get(request.query_params.get("notice", ""))
+    can_operate = principal is not None and role_allows(principal.role, "operator")
     full = {"principal": principal, "csrf_token": csrf_token(request), "notice": notice,
-            "error": None, "section": None} | context
+            "error": None, "section": None, "can_operate": can_operate} | context
     response = templates.TemplateResponse(request, name, full, status_code=status_code)
     response.headers["Content-Security-Policy"] = CSP
     response.headers["X-Content-Type-Options"] = "nosniff"
