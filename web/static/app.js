@@ -18,7 +18,8 @@
   }
 
   function size(el) {
-    return { width: Math.max(260, el.clientWidth || 480), height: 200 };
+    return { width: Math.max(260, el.clientWidth || 480),
+             height: Number(el.dataset.height) || 200 };
   }
 
   function empty(el, text) {
@@ -100,25 +101,38 @@
 
   function drawOne(el) {
     var data = readJSON(el.dataset.source);
-    if (data === null) return;
+    if (data === null) return null;
     if (el.dataset.index !== undefined) data = data[Number(el.dataset.index)];
-    if (!data) return;
+    if (!data) return null;
     var kind = el.dataset.chart, chart = null;
     if (kind === "telemetry") chart = telemetry(el, data, true);
     else if (kind === "samples") chart = telemetry(el, data.telemetry, false);
     else if (kind === "hist") chart = histogram(el, data.hist);
     else if (kind === "cdf") chart = cdf(el, data.cdf);
-    if (chart) charts.push({ el: el, chart: chart });
+    return chart;
   }
+
+  // Chart kinds by selector; other scripts (lines.js) add theirs through EdgeFleet.register,
+  // and share the JSON reading, sizing and resize handling below.
+  var renderers = [["[data-chart]", drawOne]];
 
   function draw(root) {
     if (typeof window.uPlot === "undefined") return;
-    var els = (root || document).querySelectorAll("[data-chart]:not([data-drawn])");
-    Array.prototype.forEach.call(els, function (el) {
-      el.dataset.drawn = "1";
-      drawOne(el);
+    renderers.forEach(function (r) {
+      var els = (root || document).querySelectorAll(r[0] + ":not([data-drawn])");
+      Array.prototype.forEach.call(els, function (el) {
+        el.dataset.drawn = "1";
+        var chart = r[1](el);
+        if (chart) charts.push({ el: el, chart: chart });
+      });
     });
   }
+
+  window.EdgeFleet = {
+    readJSON: readJSON,
+    size: size,
+    register: function (selector, render) { renderers.push([selector, render]); },
+  };
 
   var resizeTimer = null;
   window.addEventListener("resize", function () {

@@ -12,17 +12,7 @@
 (function () {
   "use strict";
 
-  var charts = [];
-
-  function readJSON(id) {
-    var el = document.getElementById(id);
-    if (!el) return null;
-    try { return JSON.parse(el.textContent); } catch (e) { return null; }
-  }
-
-  function size(el) {
-    return { width: Math.max(260, el.clientWidth || 480), height: 220 };
-  }
+  var ef = window.EdgeFleet;  // app.js: readJSON, size, register (loaded first, in base.html)
 
   function noPath() { return null; }
 
@@ -64,7 +54,7 @@
       el.textContent = "No points.";
       return null;
     }
-    var opts = Object.assign(size(el), {
+    var opts = Object.assign(ef.size(el), {
       // Times in UTC, like every timestamp on these pages (and cron schedules).
       tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"); },
       scales: {
@@ -80,26 +70,8 @@
     return new uPlot(opts, data, el);
   }
 
-  function drawAll(root) {
-    if (typeof window.uPlot === "undefined") return;
-    var els = (root || document).querySelectorAll("[data-lines]:not([data-drawn])");
-    Array.prototype.forEach.call(els, function (el) {
-      el.dataset.drawn = "1";
-      var block = readJSON(el.dataset.lines);
-      if (!block) return;
-      var chart = draw(el, block[Number(el.dataset.index || 0)]);
-      if (chart) charts.push({ el: el, chart: chart });
-    });
-  }
-
-  var resizeTimer = null;
-  window.addEventListener("resize", function () {
-    clearTimeout(resizeTimer);
-    resizeTimer = setTimeout(function () {
-      charts.forEach(function (c) { c.chart.setSize(size(c.el)); });
-    }, 150);
+  ef.register("[data-lines]", function (el) {
+    var block = ef.readJSON(el.dataset.lines);
+    return block ? draw(el, block[Number(el.dataset.index || 0)]) : null;
   });
-
-  document.addEventListener("DOMContentLoaded", function () { drawAll(document); });
-  document.addEventListener("htmx:afterSwap", function (event) { drawAll(event.target); });
 })();
