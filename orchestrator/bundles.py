@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -140,6 +141,48 @@ def check_input_shapes(inputs: list[dict[str, Any]],
     return dict(shapes)
 
 
+def _side_json(files: dict[str, Path], rel: str) -> dict[str, Any] | None:
+    if rel not in files:
+        return None
+    try:
+        doc = json.loads(files[rel].read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise BundleError(f"{files[rel]}: not readable JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise BundleError(f"{files[rel]}: expected a JSON object")
+    return doc
+
+
+def read_side_files(files: dict[str, Path], model_rel: str) -> dict[str, Any]:
+    """Manifest keys read from Hugging Face side files next to the model.
+
+    ``labels``: class names in class-id order from config.json's ``id2label`` (evaluation maps
+    dataset folder names through them). ``preprocessing``: set when preprocessor_config.json is
+    an AST-style log-mel filterbank, which the agent computes in numpy on the device.
+    """
+    folder = posixpath.dirname(model_rel)
+    out: dict[str, Any] = {}
+    config_rel = posixpath.join(folder, "config.json")
+    config = _side_json(files, config_rel)
+    id2label = config.get("id2label") if config else None
+    if isinstance(id2label, dict) and id2label:
+        try:
+            ids = sorted(int(k) for k in id2label)
+        except ValueError:
+            raise BundleError(f"{files[config_rel]}: id2label keys must be class ids") from None
+        if ids != list(range(len(ids))):
+            raise BundleError(f"{files[config_rel]}: id2label must number classes 0..N-1, "
+                              f"got {ids}")
+        out["labels"] = [str(id2label[str(i)] if str(i) in id2label else id2label[i])
+                         for i in ids]
+    pre_rel = posixpath.join(folder, "preprocessor_config.json")
+    pre = _side_json(files, pre_rel)
+    if pre and pre.get("feature_extractor_type") == "ASTFeatureExtractor":
+        out["preprocessing"] = {"type": "ast-fbank", "config": pre_rel,
+                                "sampling_rate": int(pre.get("sampling_rate", 16000))}
+    return out
+
+
 def next_version(session: Session, name: str) -> str:
     versions = session.exec(select(Bundle.version).where(Bundle.name == name)).all()
     numeric = [int(v) for v in versions if v.isdigit()]
@@ -162,8 +205,16 @@ def build_bundle(
     model: str | None = None,
     on_file: Callable[[str, int], None] | None = None,
     input_shapes: dict[str, list[int]] | None = None,
+    source: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> BuildResult:
-    """Inspect, hash into the blob store, write the manifest, register the version."""
+    """Inspect, hash into the blob store, write the manifest, register the version.
+
+    ``source`` replaces the default ``{"type": "file"|"folder", "path"}`` record (a Hub build
+    records repo, subfolder and resolved commit); ``extra`` adds manifest keys owned by other
+    services (``parent``/``quantization`` for INT8 variants, ``streaming`` profiles), and is part
+    of the identity: the same files with a different profile are a different bundle.
+    """
     check_name(name)
     if version is not None:
         check_version(version)
@@ -176,6 +227,7 @@ def build_bundle(
     model_path = dict(files)[model_rel]
     info = inspect_model(model_path, f"{path}:{model_rel}" if path.is_dir() else str(path))
     shapes = check_input_shapes(info.inputs, input_shapes or {})
+    side = read_side_files(dict(files), model_rel)
 
     store = BlobStore(settings.blob_dir)
     entries = []
@@ -188,8 +240,9 @@ def build_bundle(
     previous = latest(session, name)
     if version is None and previous is not None:
         old = json.loads(previous.manifest_json)
+        same_extra = all(old.get(key) == value for key, value in (extra or {}).items())
         if (old["files"] == entries and old["model"]["path"] == model_rel
-                and old.get("input_shapes", {}) == shapes):
+                and old.get("input_shapes", {}) == shapes and same_extra):
             return BuildResult(bundle=previous, created=False)
 
     version = version or next_version(session, name)
@@ -198,7 +251,8 @@ def build_bundle(
         "name": name,
         "version": version,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "source": {"type": "folder" if path.is_dir() else "file", "path": str(path.resolve())},
+        "source": source or {"type": "folder" if path.is_dir() else "file",
+                             "path": str(path.resolve())},
         "files": entries,
         "model": dict(info.as_dict(), path=model_rel),
         "precision": info.precision,
@@ -206,6 +260,11 @@ def build_bundle(
     }
     if shapes:
         manifest["input_shapes"] = shapes
+    manifest.update(side)
+    for key, value in (extra or {}).items():
+        if key in manifest:
+            raise BundleError(f"manifest key {key!r} is reserved")
+        manifest[key] = value
     bundle = Bundle(
         name=name,
         version=version,
