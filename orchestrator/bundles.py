@@ -207,6 +207,9 @@ def build_bundle(
     input_shapes: dict[str, list[int]] | None = None,
     source: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    files: list[tuple[str, Path]] | None = None,
+    golden_rtol: float | None = None,
+    golden_atol: float | None = None,
 ) -> BuildResult:
     """Inspect, hash into the blob store, write the manifest, register the version.
 
@@ -214,6 +217,9 @@ def build_bundle(
     records repo, subfolder and resolved commit); ``extra`` adds manifest keys owned by other
     services (``parent``/``quantization`` for INT8 variants, ``streaming`` profiles), and is part
     of the identity: the same files with a different profile are a different bundle.
+    ``files`` replaces walking ``path`` (a Hub snapshot is symlinks into the cache's blobs/, and
+    only the chosen model goes in). ``golden_rtol``/``golden_atol`` override the tolerances of
+    the golden-output smoke test (docs/pipeline.md).
     """
     check_name(name)
     if version is not None:
@@ -222,7 +228,8 @@ def build_bundle(
             select(Bundle).where(Bundle.name == name, Bundle.version == version)
         ).first():
             raise BundleError(f"{name}@{version} already exists; pick another --version")
-    files = collect_files(path)
+    if files is None:
+        files = collect_files(path)
     model_rel = _pick_model(files, model, path)
     model_path = dict(files)[model_rel]
     info = inspect_model(model_path, f"{path}:{model_rel}" if path.is_dir() else str(path))
