@@ -34,7 +34,7 @@ from orchestrator.config import Settings
 from orchestrator.db import session_scope
 from orchestrator.errors import EdgeFleetError, NotFoundError
 from orchestrator.leases import release_dead_holders
-from orchestrator.models import Device, Job
+from orchestrator.models import Device, Job, Run
 
 log = logging.getLogger(__name__)
 
@@ -263,11 +263,18 @@ def recover_interrupted(settings: Settings) -> list[int]:
     host = socket.gethostname()
     with session_scope(settings) as session:
         running = session.exec(select(Job).where(Job.state == "running")).all()
-        dead = [j.id for j in running if _orphaned(j.worker, host)]
+        orphans = [j for j in running if _orphaned(j.worker, host)]
+        dead = [j.id for j in orphans]
+        now = datetime.now(UTC)
         for job_id in dead:
             session.execute(update(Job).where(col(Job.id) == job_id, col(Job.state) == "running")
-                            .values(state="interrupted", error=INTERRUPTED,
-                                    finished_at=datetime.now(UTC)))
+                            .values(state="interrupted", error=INTERRUPTED, finished_at=now))
+        # The job's run would otherwise say "running" forever; its finished results are kept.
+        run_ids = [j.run_id for j in orphans if j.run_id is not None]
+        if run_ids:
+            session.execute(update(Run).where(col(Run.id).in_(run_ids),
+                                              col(Run.state) == "running")
+                            .values(state="interrupted", finished_at=now))
     if dead:
         log.warning("marked jobs %s interrupted (their worker process is gone)", dead)
     return [j for j in dead if j is not None]

@@ -304,7 +304,9 @@ def test_restart_marks_only_jobs_of_dead_processes_interrupted(tmp_path: Path) -
     runner.stop()
     with session_scope(settings) as session:
         after = {key: session.get(Job, job_id) for key, job_id in ids.items()}
-        assert session.get(Run, run_row.id) is not None
+        run_after = session.get(Run, run_row.id)
+        assert run_after is not None and run_after.state == "interrupted"
+        assert run_after.finished_at is not None
     for key in ("dead", "old-server-same-pid"):
         job = after[key]
         assert job is not None and job.state == "interrupted" and job.finished_at is not None
