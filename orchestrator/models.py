@@ -72,6 +72,32 @@ class BundlePublic(BundleBase):
     manifest: dict[str, Any]
 
 
+class DatasetBase(SQLModel):
+    """An evaluation dataset: labelled samples (audio at a model's rate, or input tensors)
+    whose canonical manifest's sha256 is its identity, like a bundle's."""
+
+    name: str = Field(index=True)
+    version: str
+    digest: str = Field(index=True, unique=True)
+    format: str  # audio | tensors
+    sampling_rate: int | None = None
+    samples: int
+    labels: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    size_bytes: int
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Dataset(DatasetBase, table=True):
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_dataset_name_version"),)
+    id: int | None = Field(default=None, primary_key=True)
+    manifest_json: str  # canonical manifest bytes (utf-8); sha256 of these is ``digest``
+
+
+class DatasetPublic(DatasetBase):
+    id: int
+    manifest: dict[str, Any]
+
+
 class DeploymentBase(SQLModel):
     device_name: str = Field(index=True)
     operation: str = "push"  # push | rollback
