@@ -1,0 +1,1 @@
+"""CLI: eval (placeholder until the eval service lands)."""
