@@ -254,6 +254,7 @@ def prune(store: Store, state: Dict[str, Any]) -> List[str]:
 def _inode_keys(store: Store, version_names: Any) -> List[str]:
     keys: List[str] = []
     tops = [store.blobs] + [os.path.join(store.versions, n) for n in version_names]
+    tops.append(os.path.join(store.root, "datasets"))  # staged eval datasets (agent.datasets)
     for top in tops:
         for dirpath, _dirs, names in os.walk(top):
             for name in names:
