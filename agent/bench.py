@@ -200,11 +200,14 @@ def _drain(stream: IO[bytes], tail: Deque[str]) -> None:
     sys.stderr.flush()
 
 
-def run_child(spec: Dict[str, Any], emit: Emit, runtime: Dict[str, Any]) -> Dict[str, Any]:
-    """Measure one thread count in a child; its death becomes this entry's error."""
+def run_child(spec: Dict[str, Any], emit: Emit, runtime: Dict[str, Any],
+              argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    """Measure one thread count in a child; its death becomes this entry's error. ``argv``
+    starts another child entry point (``eval`` uses agent.evaluate's)."""
     threads = spec["threads"]
     proc = subprocess.Popen(  # noqa: S603 - our interpreter and our own bootstrap
-        child_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        argv or child_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE)
     tail: Deque[str] = collections.deque(maxlen=STDERR_TAIL)
     drain = threading.Thread(target=_drain, args=(proc.stderr, tail), daemon=True)
     drain.start()
