@@ -50,7 +50,7 @@ from agent.protocol import (
     result_error,
     result_ok,
 )
-from agent.sampler import MAX_HZ, MIN_HZ, Sampler, summarize
+from agent.sampler import MAX_HZ, MIN_HZ, Sampler, energy_summary, summarize
 from agent.sensors import SensorReader, is_simulated
 from agent.store import MANIFEST_NAME, Store, parse_manifest_bytes
 
@@ -263,7 +263,7 @@ def failed_entry(threads: int, error: str) -> Dict[str, Any]:
         "first_inference_ms": None, "warmup": None, "runs": None, "wall_s": None,
         "latencies_ms": [], "latency_ms": None, "peak_rss_mb": None, "steady_rss_mb": None,
         "rss_before_load_mb": None, "telemetry": None, "valid": None, "flags": [],
-        "reasons": [],
+        "reasons": [], "energy": None,
     }
 
 
@@ -387,8 +387,13 @@ def measure(spec: Dict[str, Any], emit: Emit) -> Dict[str, Any]:
         samples = sampler.stop()
     telemetry, flags, reasons = summarize(samples, sampler.interval_s,
                                           sampler.marks.get("timed_start"), sampler.errors)
+    # energy over the timed loop (Pi 5: vcgencmd pmic_read_adc), also in telemetry, which
+    # is the summary other commands (eval) share
+    energy = energy_summary(samples, sampler.marks.get("timed_start"), entry.get("wall_s"),
+                            entry.get("runs"), sampler.power_reason)
+    telemetry["energy"] = energy
     providers = entry.pop("providers", None)
-    entry.update(telemetry=telemetry, flags=flags, reasons=reasons,
+    entry.update(telemetry=telemetry, flags=flags, reasons=reasons, energy=energy,
                  valid=(not flags) if entry["ok"] else None)
     return {"entry": entry, "onnxruntime": str(ort.__version__), "providers": providers}
 

@@ -12,8 +12,16 @@ tens of ms of CPU on a Pi 3) is only run when the firmware's sysfs ``get_throttl
 no answer (``SensorReader.read_throttled_cheap``): a sampler forking 4 times a second would load
 the cores it is measuring.
 
-A sample is ``[t_s, temp_c, freq_mhz, throttled]`` (seconds since ``start()``, monotonic clock;
-None where a sensor is missing). ``freq_mhz`` is the fastest core: the core running the model is
+Energy (Raspberry Pi 5 only): when the reader can measure board power (``vcgencmd
+pmic_read_adc``, see ``SensorReader.read_power``), each sample also carries it. That is a
+fork+exec per sample, accepted because a Pi 5 has no sysfs file for the PMIC's ADC and a Pi 5's
+cores make it a few ms; every other board is recognised by its device-tree model once and never
+asked. ``energy_summary`` turns the power samples of the timed phase into mean W and mJ per
+inference.
+
+A sample is ``[t_s, temp_c, freq_mhz, throttled]``, plus ``power_w`` as a fifth item when the
+device measures power (seconds since ``start()``, monotonic clock; None where a sensor is
+missing). ``freq_mhz`` is the fastest core: the core running the model is
 the one that matters, and idle cores' governor choices are noise (on a Pi all cores share one
 clock, so this equals every core).
 """
@@ -56,6 +64,25 @@ class Sampler:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._t0 = 0.0
+        # None until the first sample decides whether this device measures power at all
+        self.power: Optional[bool] = None
+
+    @property
+    def power_reason(self) -> Optional[str]:
+        """Why there is no power reading (None when there is one)."""
+        if self.power:
+            return None
+        return getattr(self.reader, "power_unavailable", None) or \
+            "not available: this sensor reader does not measure power"
+
+    def _read_power(self) -> Optional[float]:
+        if self.power is False:
+            return None
+        read = getattr(self.reader, "read_power", None)
+        watts = read() if read is not None else None
+        if self.power is None:
+            self.power = watts is not None
+        return round(watts, 4) if watts is not None else None
 
     def _take(self) -> None:
         t_s = time.monotonic() - self._t0
@@ -63,10 +90,13 @@ class Sampler:
             temp = self.reader.read_temp()["temp_c"]
             freqs = self.reader.read_freqs()
             bits = self.reader.read_throttled_cheap()
+            watts = self._read_power()
         except Exception as exc:  # a sensor must never abort the measurement
             self.errors.append("%s: %s" % (type(exc).__name__, exc))
             return
         sample = [round(t_s, 3), temp, max(freqs) if freqs else None, bits]
+        if self.power:
+            sample.append(watts)
         with self._lock:
             self.samples.append(sample)
 
@@ -205,3 +235,28 @@ def summarize(samples: Sequence[Sample], interval_s: float,
         "throttle_flags": throttle_flags,
     }
     return telemetry, flags, reasons
+
+
+def energy_summary(samples: Sequence[Sample], timed_start: Optional[float],
+                   wall_s: Optional[float], runs: Optional[int],
+                   reason: Optional[str] = None) -> Dict[str, Any]:
+    """``{"available": true, "mean_w", "mj_per_inference", "samples", "source"}`` over the
+    timed phase, else ``{"available": false, "reason"}``.
+
+    mean W = the mean of the power samples from ``timed_start`` on (the sampler's last sample is
+    taken right after the timed loop, so there is at least one even for a very short loop);
+    mJ per inference = mean W x ``wall_s`` (the timed loop's duration) / ``runs``. It is the
+    whole board's energy over that time (what the supply delivers per inference), not the
+    increment above idle.
+    """
+    powers = [s[4] for s in samples if len(s) > 4 and s[4] is not None
+              and (timed_start is None or s[0] >= timed_start)]
+    if not powers:
+        return {"available": False, "reason": reason or "not available: no power reading "
+                "during the timed runs"}
+    mean_w = sum(powers) / len(powers)
+    per_inference = (mean_w * wall_s / runs * 1000.0) if wall_s and runs else None
+    return {"available": True, "mean_w": round(mean_w, 4),
+            "mj_per_inference": None if per_inference is None else round(per_inference, 4),
+            "samples": len(powers),
+            "source": "vcgencmd pmic_read_adc: sum of V x A over the rails with both"}

@@ -83,6 +83,42 @@ def parse_throttled_hex(text: str) -> Optional[int]:
         return None
 
 
+# ``vcgencmd pmic_read_adc`` (Pi 5 only) lists one line per PMIC channel, currents then volts:
+#     "   VDD_CORE_A current(7)=2.35000000A" / "   VDD_CORE_V volt(15)=0.88125000V"
+_PMIC_RE = re.compile(r"^\s*(\S+)_([AV])\s+(?:current|volt)\(\d+\)\s*=\s*"
+                      r"(-?[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*[AV]?\s*$")
+PI5_MODEL_RE = re.compile(r"Raspberry Pi (5|500|Compute Module 5)\b")
+PMIC_SOURCE = "vcgencmd pmic_read_adc"
+
+
+def parse_pmic_read_adc(text: str) -> Dict[str, Dict[str, float]]:
+    """``vcgencmd pmic_read_adc`` -> ``{rail: {"A": amps, "V": volts}}``; a rail may have one
+    of the two (``EXT5V_V`` and ``BATT_V`` have no current channel). Other lines are ignored."""
+    rails: Dict[str, Dict[str, float]] = {}
+    for line in text.splitlines():
+        match = _PMIC_RE.match(line)
+        if match:
+            rails.setdefault(match.group(1), {})[match.group(2)] = float(match.group(3))
+    return rails
+
+
+def pmic_power_w(rails: Dict[str, Dict[str, float]]) -> Optional[float]:
+    """Board power in W: the sum of V x I over the rails that report both (the PMIC's own
+    rails; the 5 V input has a voltage channel only, so it cannot be counted twice)."""
+    products = [r["V"] * r["A"] for r in rails.values() if "V" in r and "A" in r]
+    return sum(products) if products else None
+
+
+def read_model(sysfs: str) -> Optional[str]:
+    """The device-tree model string ("Raspberry Pi 5 Model B Rev 1.0"), or None."""
+    for path in (os.path.join(sysfs, "firmware", "devicetree", "base", "model"),
+                 "/proc/device-tree/model"):
+        text = _read_text(path)
+        if text is not None and text.strip("\x00").strip():
+            return text.strip("\x00").strip()
+    return None
+
+
 def decode_throttled(bits: int) -> Dict[str, List[str]]:
     """get_throttled bits -> ``{"now": [...], "since_boot": [...]}`` (DESIGN bit table)."""
     return {
@@ -118,6 +154,11 @@ class SensorReader:
         # access to /dev/vchiq) every call fails, and a 4 Hz sampler must not spawn a doomed
         # process each time.
         self.vcgencmd_broken: Set[str] = set()
+        # Why power needs the model first: only a Pi 5 has a PMIC that ``pmic_read_adc``
+        # reads, and a sampler asking any other board would fork a doomed process to learn it.
+        # Decided once, on the first ``read_power``; afterwards this is None or the reason.
+        self.power_unavailable: Optional[str] = None
+        self._power_checked = False
 
     def _vcgencmd(self, *args: str) -> Optional[str]:
         if self.vcgencmd is None or args[0] in self.vcgencmd_broken:
@@ -182,6 +223,35 @@ class SensorReader:
         if bits is not None:
             return bits
         return self.read_throttled()["bits"]
+
+    def _check_power(self) -> Optional[str]:
+        model = read_model(self.sysfs)
+        if model is None or not PI5_MODEL_RE.search(model):
+            return ("not available: energy is read with vcgencmd pmic_read_adc, which only a "
+                    "Raspberry Pi 5 has (this device: %s)"
+                    % (model or "no device-tree model, not a Raspberry Pi"))
+        if self.vcgencmd is None:
+            return "not available: no vcgencmd on PATH to run pmic_read_adc"
+        return None
+
+    def read_power(self) -> Optional[float]:
+        """Board power in W from ``vcgencmd pmic_read_adc`` (Pi 5), or None. When it cannot
+        work (not a Pi 5, no vcgencmd, the command fails or lists no rail with V and A),
+        ``power_unavailable`` says why and no later call runs anything."""
+        if not self._power_checked:
+            self._power_checked = True
+            self.power_unavailable = self._check_power()
+        if self.power_unavailable is not None:
+            return None
+        out = self._vcgencmd("pmic_read_adc")
+        if out is None:
+            self.power_unavailable = "not available: vcgencmd pmic_read_adc failed"
+            return None
+        watts = pmic_power_w(parse_pmic_read_adc(out))
+        if watts is None:
+            self.power_unavailable = ("not available: vcgencmd pmic_read_adc listed no rail "
+                                      "with both a voltage and a current")
+        return watts
 
     def read(self) -> Dict[str, Any]:
         temp = self.read_temp()
