@@ -27,6 +27,7 @@ from agent.fsutil import (
 from agent.protocol import (
     E_MISSING_BLOB,
     E_NOTHING_TO_ROLL_BACK,
+    E_SMOKE_FAILED,
     E_VERIFY_FAILED,
     canonical_json,
     is_sha256,
@@ -160,6 +161,9 @@ def commit(store: Store, state: Dict[str, Any], target: str) -> None:
 
 
 def activate(store: Store, request: Request) -> Dict[str, Any]:
+    from agent import smoke
+
+    golden = smoke.golden_of(request.manifest)  # a malformed key is refused before any change
     store.ensure_layout()
     with store.lock():
         state = store.load_state()
@@ -176,6 +180,7 @@ def activate(store: Store, request: Request) -> Dict[str, Any]:
         entry = {"name": request.name, "version": request.version, "digest": request.digest,
                  "dir": rel, "activated_at": _now()}
         state["history"].append(entry)
+        before = store.current_target()
         try:
             commit(store, state, rel)
         except BaseException:
@@ -184,6 +189,8 @@ def activate(store: Store, request: Request) -> Dict[str, Any]:
         data: Dict[str, Any] = {"changed": True, "active": dict(entry),
                                 "previous": _entry_summary(previous), "dir": rel,
                                 "verified_files": len(request.files), "pruned": []}
+        if golden is not None:  # before prune: a rollback needs the previous version's dir
+            data["smoke"] = _smoke_or_undo(store, state, before, previous, name, golden)
         try:
             data["pruned"] = prune(store, state)
         except (OSError, AgentError) as exc:
@@ -192,6 +199,59 @@ def activate(store: Store, request: Request) -> Dict[str, Any]:
         store.verifier.cache.save()
         data["hashed_bytes"] = store.verifier.hashed_bytes
         return data
+
+
+def _smoke_or_undo(store: Store, state: Dict[str, Any], before: Optional[str],
+                   previous: Optional[Dict[str, Any]], name: str,
+                   golden: Dict[str, Any]) -> Dict[str, Any]:
+    """Smoke-test the version just made current; on failure (or interruption) undo the
+    activation and raise ``smoke_failed`` naming the difference and where the device is now."""
+    from agent import smoke
+
+    new = state["history"][-1]
+    try:
+        report = smoke.run_smoke(os.path.join(store.versions, name), golden, store.emit)
+    except BaseException:
+        _undo(store, state, before, name)
+        raise
+    if report["ok"]:
+        return {key: report.get(key) for key in ("ok", "outputs", "ms", "load_ms", "run_ms",
+                                                 "max_abs", "max_rel", "onnxruntime")}
+    _undo(store, state, before, name)
+    if previous is not None:
+        where = "rolled back to %s@%s" % (previous.get("name"), previous.get("version"))
+    else:
+        where = "nothing is active now (it was the first version on this device)"
+    hint = ("if this difference is expected on this hardware, rebuild with a looser "
+            "--golden-rtol/--golden-atol" if report["reason"] == "mismatch" else
+            "check the device's onnxruntime version against the bundle's min_onnxruntime")
+    raise AgentError(
+        E_SMOKE_FAILED,
+        "smoke test of %s@%s failed: %s; %s; %s"
+        % (new.get("name"), new.get("version"), smoke.failure_message(report, golden), where,
+           hint),
+        reason=report["reason"], outputs=report.get("outputs") or [],
+        max_abs=report.get("max_abs"), max_rel=report.get("max_rel"),
+        error=report.get("error"), ms=report.get("ms"),
+        rolled_back_to=_entry_summary(previous),
+    )
+
+
+def _undo(store: Store, state: Dict[str, Any], before: Optional[str], name: str) -> None:
+    """Put ``current`` and state.json back as they were before this activation, then delete
+    the version dir. The hash cache keeps only inodes still in the store: a copied (not
+    hardlinked) file's inode dies with the dir and could be reused by an unrelated file."""
+    state["history"].pop()
+    swap_current(store, before)
+    store.save_state(state)
+    remove_tree(os.path.join(store.versions, name))
+    keep = []
+    for entry in state["history"]:
+        path = store.version_path(entry)
+        if path is not None and os.path.isdir(path):
+            keep.append(os.path.basename(path))
+    store.verifier.cache.retain(_inode_keys(store, keep))
+    store.verifier.cache.save()
 
 
 def _kept_history(history: List[Dict[str, Any]]) -> List[Dict[str, Any]]:

@@ -21,7 +21,8 @@ from typing import IO, Any, Callable, Dict, List, Optional
 from agent.fsutil import NO_SPACE_ERRNOS, AgentError, no_space_error
 from agent.protocol import E_BAD_INPUT, E_INTERNAL, result_error, result_ok
 
-COMMANDS = ("facts", "telemetry", "plan", "activate", "rollback", "status", "session", "bench")
+COMMANDS = ("facts", "telemetry", "plan", "activate", "rollback", "status", "session", "bench",
+            "verify")
 DEFAULT_ROOT = "~/.edgefleet"
 
 Emit = Callable[[Dict[str, Any]], None]
@@ -100,6 +101,10 @@ def handle(command: str, store: Any, read_input: Callable[[], Any]) -> Dict[str,
         from agent.bench import bench
 
         return bench(store, read_input())
+    if command == "verify":  # no input: re-hash and smoke-test whatever is active
+        from agent.smoke import verify
+
+        return verify(store)
     from agent import activation
 
     if command == "activate":

@@ -56,8 +56,10 @@ def _dim_label(index: int, dim: Any) -> str:
 
 def find_sample_npz(files: Sequence[Dict[str, Any]]) -> Optional[str]:
     """The bundle path of the sample-inputs .npz: the one named sample_inputs.npz, else the
-    only .npz in the bundle, else None."""
-    npz = [f["path"] for f in files if f["path"].endswith(".npz")]
+    only .npz in the bundle, else None. Files under ``.edgefleet/`` (golden inputs/outputs)
+    are EdgeFleet's own, never the user's samples."""
+    npz = [f["path"] for f in files if f["path"].endswith(".npz")
+           and not f["path"].startswith(".edgefleet/")]
     named = [p for p in npz if os.path.basename(p) == SAMPLE_NPZ]
     if len(named) == 1:
         return named[0]

@@ -37,6 +37,8 @@ E_UNSAFE_PATH = "unsafe_path"
 E_NO_SPACE = "no_space"
 E_NOTHING_TO_ROLL_BACK = "nothing_to_roll_back"
 E_MISSING_DEPENDENCY = "missing_dependency"
+E_SMOKE_FAILED = "smoke_failed"  # activation rolled back: golden outputs differ / model won't load
+E_NOTHING_ACTIVE = "nothing_active"
 E_INTERNAL = "internal"
 
 

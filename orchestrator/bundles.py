@@ -22,6 +22,8 @@ from agent.protocol import MANIFEST_SCHEMA, canonical_json, check_relative_path,
 from orchestrator.blobstore import BlobStore
 from orchestrator.config import Settings
 from orchestrator.errors import BundleError, NotFoundError
+from orchestrator.golden import compute_golden, store_golden
+from orchestrator.golden import manifest_key as golden_key
 from orchestrator.models import Bundle
 from orchestrator.onnxinfo import inspect_model, version_tuple
 
@@ -33,6 +35,7 @@ VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 class BuildResult:
     bundle: Bundle
     created: bool  # False when the latest version already had exactly these files
+    note: str | None = None  # e.g. why the bundle has no golden outputs and how to get them
 
 
 def check_name(name: str) -> str:
@@ -219,7 +222,9 @@ def build_bundle(
     of the identity: the same files with a different profile are a different bundle.
     ``files`` replaces walking ``path`` (a Hub snapshot is symlinks into the cache's blobs/, and
     only the chosen model goes in). ``golden_rtol``/``golden_atol`` override the tolerances of
-    the golden-output smoke test (docs/pipeline.md).
+    the golden-output smoke test (docs/pipeline.md): the model is run once here
+    (orchestrator/golden.py) and its inputs/outputs ship as ``.edgefleet/golden_*.npz``; when
+    that is impossible (an unresolved dynamic dim) ``note`` on the result says how to fix it.
     """
     check_name(name)
     if version is not None:
@@ -236,6 +241,15 @@ def build_bundle(
     shapes = check_input_shapes(info.inputs, input_shapes or {})
     side = read_side_files(dict(files), model_rel)
 
+    own = [rel for rel, _ in files if rel.split("/", 1)[0] == ".edgefleet"]
+    if own:
+        raise BundleError(f"{own[0]}: paths under .edgefleet/ are EdgeFleet's own (golden "
+                          "outputs); rename the file or folder")
+    # Before anything is stored: a model that does not run is refused, not shipped.
+    checked = compute_golden(model_path, f"{path}:{model_rel}" if path.is_dir() else str(path),
+                             info.inputs, files, shapes, info.precision, golden_rtol,
+                             golden_atol)
+
     store = BlobStore(settings.blob_dir)
     entries = []
     for rel, full in files:
@@ -243,14 +257,18 @@ def build_bundle(
         entries.append({"path": rel, "sha256": sha, "size": size})
         if on_file:
             on_file(rel, size)
+    golden = golden_key(checked.golden) if checked.golden else None
+    if checked.golden:
+        entries += store_golden(store, checked.golden)
 
     previous = latest(session, name)
     if version is None and previous is not None:
         old = json.loads(previous.manifest_json)
         same_extra = all(old.get(key) == value for key, value in (extra or {}).items())
         if (old["files"] == entries and old["model"]["path"] == model_rel
-                and old.get("input_shapes", {}) == shapes and same_extra):
-            return BuildResult(bundle=previous, created=False)
+                and old.get("input_shapes", {}) == shapes and same_extra
+                and old.get("golden") == golden):
+            return BuildResult(bundle=previous, created=False, note=checked.note)
 
     version = version or next_version(session, name)
     manifest: dict[str, Any] = {
@@ -267,6 +285,8 @@ def build_bundle(
     }
     if shapes:
         manifest["input_shapes"] = shapes
+    if golden:
+        manifest["golden"] = golden
     manifest.update(side)
     for key, value in (extra or {}).items():
         if key in manifest:
@@ -282,7 +302,7 @@ def build_bundle(
     )
     session.add(bundle)
     session.flush()
-    return BuildResult(bundle=bundle, created=True)
+    return BuildResult(bundle=bundle, created=True, note=checked.note)
 
 
 def get_bundle(session: Session, ref: str) -> Bundle:
@@ -323,4 +343,7 @@ def bundle_public(bundle: Bundle) -> dict[str, Any]:
         "model": manifest.get("model"),
         "files": manifest.get("files"),
         "source": manifest.get("source"),
+        # Issue 5 keys (docs/pipeline.md); None when the bundle has none.
+        **{key: manifest.get(key) for key in (
+            "labels", "preprocessing", "golden", "parent", "quantization", "streaming")},
     }

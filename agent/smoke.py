@@ -1,0 +1,360 @@
+"""Smoke test of a bundle against its golden outputs, and ``verify`` of the active version.
+
+The control plane ran the model on fixed inputs at build time and shipped inputs and outputs in
+the bundle (``.edgefleet/golden_*.npz``, manifest key ``golden``, docs/pipeline.md). After
+``activate`` swaps ``current`` the agent runs those inputs here and compares; ``activation``
+rolls back on failure. Hash verification proves the bytes arrived; this proves the device's
+onnxruntime computes with them what the build machine computed.
+
+Why a fresh child process (started like ``bench``'s, see ``agent.bench.child_command``): loading
+a model is where onnxruntime crashes on an unsupported op or a bad build (SIGSEGV, SIGILL on an
+old CPU, the OOM killer); in the agent process that would kill the session half-way through an
+activation with nobody left to swap ``current`` back. In a child, a crash is just a failed
+smoke test, and the parent rolls back.
+
+Why numpy is imported only inside functions: the agent process imports this module on every
+``activate``; only the child (and a bundle with golden outputs) needs numpy and onnxruntime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from typing import Any, Callable, Dict, List, Optional
+
+from agent.fsutil import AgentError
+from agent.protocol import (
+    E_BAD_INPUT,
+    E_INTERNAL,
+    E_NOTHING_ACTIVE,
+    HASH_CHUNK,
+    check_relative_path,
+    event,
+    manifest_digest,
+    manifest_files,
+    result_error,
+    result_ok,
+)
+
+BOOTSTRAP = ("import sys; sys.path = [sys.argv[1]] + [p for p in sys.path if p]; "
+             "from agent.smoke import child_main; sys.exit(child_main())")
+REL_FLOOR = 1e-12  # max_rel divides by max(|expected|, REL_FLOOR) (docs/pipeline.md)
+STDERR_TAIL = 12
+
+Emit = Callable[[Dict[str, Any]], None]
+
+
+def golden_of(manifest: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The manifest's validated ``golden`` (None if it has none); ``bad_input`` if malformed.
+
+    Called before anything is staged, so a broken golden key refuses the push cleanly.
+    """
+    golden = manifest.get("golden")
+    if golden is None:
+        return None
+    paths = set(f.get("path") for f in manifest.get("files") or [] if isinstance(f, dict))
+    model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
+    try:
+        if not isinstance(golden, dict):
+            raise ValueError("is not an object")
+        for key in ("inputs", "outputs"):
+            if check_relative_path(golden.get(key)) not in paths:
+                raise ValueError("%s %r is not a file of the bundle" % (key, golden.get(key)))
+        for key in ("rtol", "atol"):
+            value = golden.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError("%s must be a number >= 0, got %r" % (key, value))
+        if check_relative_path(model.get("path")) not in paths:
+            raise ValueError("the model (model.path) is not a file of the bundle")
+    except (ValueError, TypeError) as exc:
+        raise AgentError(E_BAD_INPUT, "the manifest's golden outputs are malformed (%s); "
+                         "rebuild the bundle with `edgefleet bundle build`" % exc) from None
+    return {"inputs": golden["inputs"], "outputs": golden["outputs"],
+            "rtol": float(golden["rtol"]), "atol": float(golden["atol"]),
+            "model": model["path"]}
+
+
+# -- the agent process ----------------------------------------------------------------------
+def smoke_command() -> List[str]:
+    """``bench``'s child command (same interpreter, same agent code) with our bootstrap."""
+    from agent.bench import child_command
+
+    command = child_command()
+    return [command[0], "-c", BOOTSTRAP, command[-1]]
+
+
+def run_smoke(vdir: str, golden: Dict[str, Any], emit: Emit) -> Dict[str, Any]:
+    """Run the golden inputs through the model in ``vdir`` in a fresh child.
+
+    Returns ``{"ok", "reason": None|"mismatch"|"load_failed", "error", "outputs", "max_abs",
+    "max_rel", "ms", ...}``; ``ms`` is the whole cost: child start, imports, load and run.
+    """
+    spec = {"model_path": os.path.join(vdir, golden["model"]),
+            "inputs": os.path.join(vdir, golden["inputs"]),
+            "outputs": os.path.join(vdir, golden["outputs"]),
+            "rtol": golden["rtol"], "atol": golden["atol"], "model": golden["model"]}
+    emit(event("smoke", phase="start", model=golden["model"]))
+    started = time.perf_counter()
+    proc = subprocess.Popen(  # noqa: S603 - our interpreter and our own bootstrap
+        smoke_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(json.dumps(spec).encode("utf-8"))
+    finally:
+        if proc.poll() is None:  # interrupted: never leave a child behind
+            proc.kill()
+            proc.wait()
+    ms = round((time.perf_counter() - started) * 1000.0, 1)
+    stderr = err.decode("utf-8", "replace")
+    sys.stderr.write(stderr)
+    sys.stderr.flush()
+    result = None
+    for raw in out.splitlines():
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and obj.get("type") == "result":
+            result = obj
+    if result is not None and result.get("ok"):
+        report = dict(result["data"])
+    else:
+        tail = "\n".join(stderr.rstrip("\n").splitlines()[-STDERR_TAIL:])
+        if result is not None:
+            why = str((result.get("error") or {}).get("message"))
+        elif proc.returncode < 0:
+            number = -proc.returncode
+            name = signal.Signals(number).name if number in signal.valid_signals() else "?"
+            why = "the smoke-test process was killed by signal %d (%s)" % (number, name)
+        else:
+            why = "the smoke-test process exited with status %d without a result" % (
+                proc.returncode)
+        if result is None:
+            why += "; last stderr lines:\n" + tail if tail else "; it wrote nothing on stderr"
+        report = {"ok": False, "reason": "load_failed", "error": why, "outputs": []}
+    report["ms"] = ms
+    report.setdefault("max_abs", _worst(report.get("outputs") or [], "max_abs"))
+    report.setdefault("max_rel", _worst(report.get("outputs") or [], "max_rel"))
+    emit(event("smoke", phase="done", ok=report["ok"], ms=ms))
+    return report
+
+
+def _worst(outputs: List[Dict[str, Any]], key: str) -> Optional[float]:
+    values = [o[key] for o in outputs if o.get(key) is not None]
+    return max(values) if values else None
+
+
+def failure_message(report: Dict[str, Any], golden: Dict[str, Any]) -> str:
+    """What went wrong, naming the output and its differences (or the load error)."""
+    if report.get("reason") != "mismatch":
+        return "the model %s did not load or run: %s" % (golden["model"], report.get("error"))
+    bad = [o for o in report["outputs"] if not o["ok"]]
+    parts = []
+    for o in bad:
+        if o.get("error"):
+            parts.append("output '%s': %s" % (o["name"], o["error"]))
+        else:
+            parts.append("output '%s' differs from the golden output by max abs %.6g, max rel "
+                         "%.6g" % (o["name"], o["max_abs"], o["max_rel"]))
+    return "%s (allowed: atol %g + rtol %g x |golden|)" % (
+        "; ".join(parts), golden["atol"], golden["rtol"])
+
+
+# -- the smoke-test child -------------------------------------------------------------------
+def compare(expected: Dict[str, Any], actual: Dict[str, Any], rtol: float,
+            atol: float) -> List[Dict[str, Any]]:
+    """One ``{"name", "ok", "max_abs", "max_rel"}`` per golden output (docs/pipeline.md).
+
+    Floats pass with numpy ``allclose`` semantics (NaN where the golden has NaN counts as
+    equal: the model computed the same thing); other dtypes must be equal.
+    """
+    import numpy as np
+
+    report = []
+    for name, want in expected.items():
+        entry: Dict[str, Any] = {"name": name, "ok": False, "max_abs": None, "max_rel": None}
+        have = actual.get(name)
+        if have is None:
+            entry["error"] = "the model has no output named '%s'" % name
+        elif have.shape != want.shape:
+            entry["error"] = "shape %s differs from the golden shape %s" % (
+                list(have.shape), list(want.shape))
+        else:
+            floating = want.dtype.kind in "fc" or have.dtype.kind in "fc"
+            kind = np.float64 if floating else np.int64
+            a, e = have.astype(kind), want.astype(kind)
+            diff = np.abs(a - e)
+            if floating:
+                both_nan = np.isnan(a) & np.isnan(e)
+                diff = np.where(both_nan, 0.0, diff)
+                entry["ok"] = bool(np.allclose(a, e, rtol=rtol, atol=atol, equal_nan=True))
+            else:
+                entry["ok"] = bool(np.array_equal(a, e))
+            if diff.size:
+                rel = diff / np.maximum(np.abs(e), REL_FLOOR)
+                max_abs, max_rel = float(np.max(diff)), float(np.max(rel))
+            else:
+                max_abs = max_rel = 0.0
+            if np.isfinite(max_abs) and np.isfinite(max_rel):
+                entry.update(max_abs=max_abs, max_rel=max_rel)
+            else:  # JSON has no NaN/Infinity
+                entry["error"] = "NaN or infinity where the golden output has a number"
+        report.append(entry)
+    return report
+
+
+def _load_npz(path: str) -> Dict[str, Any]:
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+def check(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """In the child: load, run once on 1 thread (as the build did), compare."""
+    failed: Dict[str, Any] = {"ok": False, "reason": "load_failed", "outputs": []}
+    try:
+        import onnxruntime as ort
+    except Exception as exc:
+        return dict(failed, error="onnxruntime cannot be imported (%s: %s)"
+                    % (type(exc).__name__, exc))
+    feeds = _load_npz(spec["inputs"])
+    expected = _load_npz(spec["outputs"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    clock = time.perf_counter
+    start = clock()
+    try:
+        session = ort.InferenceSession(spec["model_path"], options,
+                                       providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        return dict(failed, error="onnxruntime %s cannot load it: %s" % (ort.__version__, exc),
+                    onnxruntime=ort.__version__)
+    load_ms = (clock() - start) * 1000.0
+    start = clock()
+    try:
+        names = [o.name for o in session.get_outputs()]
+        values = session.run(None, feeds)
+    except Exception as exc:
+        return dict(failed, error="onnxruntime %s loads it but fails to run the golden inputs: "
+                    "%s" % (ort.__version__, exc), onnxruntime=ort.__version__)
+    run_ms = (clock() - start) * 1000.0
+    actual = {name: values[index] for index, name in enumerate(names)}
+    outputs = compare(expected, actual, spec["rtol"], spec["atol"])
+    ok = all(o["ok"] for o in outputs)
+    return {"ok": ok, "reason": None if ok else "mismatch", "error": None, "outputs": outputs,
+            "load_ms": round(load_ms, 2), "run_ms": round(run_ms, 2),
+            "onnxruntime": ort.__version__}
+
+
+def child_main() -> int:
+    """Entry point of the smoke-test child (see BOOTSTRAP): spec on stdin, one result line."""
+    from agent.cli import _private_stdout
+
+    out = _private_stdout()  # a native library writing to fd 1 must not break the protocol
+    try:
+        spec = json.loads(sys.stdin.buffer.read().decode("utf-8"))
+        out.write(json.dumps(result_ok("smoke_child", check(spec))) + "\n")
+        out.flush()
+        return 0
+    except BaseException as exc:
+        traceback.print_exc(file=sys.stderr)
+        out.write(json.dumps(result_error("smoke_child", E_INTERNAL, "%s: %s"
+                                          % (type(exc).__name__, exc))) + "\n")
+        out.flush()
+    return 1
+
+
+# -- verify ---------------------------------------------------------------------------------
+def _hash_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while True:
+            chunk = handle.read(HASH_CHUNK)
+            if not chunk:
+                return digest.hexdigest()
+            digest.update(chunk)
+
+
+def _file_problem(path: str, entry: Dict[str, Any]) -> Optional[str]:
+    """Why the file at ``path`` is not the manifest's ``entry`` (hashed now, no cache)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return "missing"
+    if os.path.islink(path) or not os.path.isfile(path):
+        return "not a regular file"
+    if st.st_size != entry["size"]:
+        return "%d bytes, expected %d" % (st.st_size, entry["size"])
+    actual = _hash_file(path)
+    if actual != entry["sha256"]:
+        return "sha256 %s, expected %s" % (actual, entry["sha256"])
+    return None
+
+
+def verify(store: Any) -> Dict[str, Any]:
+    """Re-hash every file of the active version and re-run its golden comparison.
+
+    ``ok`` false (not an error) when anything is off, so the control plane can show all of
+    it; an error only when nothing is active. Failed files are dropped from the hash cache, so
+    the next push re-checks them instead of trusting an entry for bytes that changed.
+    """
+    from agent.store import MANIFEST_NAME, parse_manifest_bytes
+
+    missing = AgentError(E_NOTHING_ACTIVE, "nothing is active under %s: push a bundle first "
+                         "(edgefleet push NAME TARGETS)" % store.root)
+    if not os.path.isdir(store.root):
+        raise missing
+    with store.lock():
+        state = store.load_state()
+        entry = store.active(state)
+        if entry is None:
+            raise missing
+        problems: List[str] = []
+        failed: Dict[str, str] = {}
+        files: List[Dict[str, Any]] = []
+        manifest: Dict[str, Any] = {}
+        vdir = store.version_path(entry)
+        if store.current_target() != entry.get("dir"):
+            problems.append("current points at %s, the history says %s"
+                            % (store.current_target(), entry.get("dir")))
+        try:
+            if vdir is None:
+                raise ValueError("the history entry has no valid dir")
+            with open(os.path.join(vdir, MANIFEST_NAME), "rb") as handle:
+                manifest = parse_manifest_bytes(handle.read())
+            if manifest_digest(manifest) != entry.get("digest"):
+                raise ValueError("its manifest does not match digest %s" % entry.get("digest"))
+            files = manifest_files(manifest)
+        except (OSError, ValueError, AttributeError, TypeError) as exc:
+            problems.append("%s: %s" % (entry.get("dir"), exc))
+        for item in files:
+            path = os.path.join(vdir or "", item["path"])
+            store.emit(event("verifying", path=item["path"], done=0, total=item["size"]))
+            why = _file_problem(path, item)
+            if why is not None:
+                failed[item["path"]] = why
+                store.verifier.cache.forget(path)
+        store.verifier.cache.save()
+        smoke = None
+        golden = None
+        if files:
+            try:
+                golden = golden_of(manifest)
+            except AgentError as exc:
+                problems.append(exc.message)
+        if golden is not None and vdir is not None:
+            smoke = run_smoke(vdir, golden, store.emit)
+            if not smoke["ok"]:
+                smoke["message"] = failure_message(smoke, golden)
+    ok = not problems and not failed and (smoke is None or smoke["ok"])
+    return {"ok": ok, "active": entry, "problems": problems,
+            "files": {"checked": len(files), "failed": sorted(failed), "problems": failed},
+            "smoke": smoke}

@@ -1,0 +1,169 @@
+"""The smoke test after ``activate`` and ``verify``, through the real zipapp with real
+onnxruntime sessions on tiny real ONNX models.
+
+Golden files are made by the control plane's own code (orchestrator.golden), the way ``bundle
+build`` makes them; a failing case is a bundle whose files all verify (hashes consistent with the
+manifest) but whose golden outputs are wrong, or whose model onnxruntime cannot load.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+from agent_helpers import Bundle, make_bundle, push, read_state, run_agent, upload
+from onnx import TensorProto, helper, numpy_helper
+
+from agent.protocol import manifest_digest
+from orchestrator.golden import compute_golden, npz_bytes
+
+
+def linear_model(seed: int) -> bytes:
+    """logits = x @ W + b ([1, 4] -> [1, 3]) and label = ArgMax(logits) (int64)."""
+    rng = np.random.default_rng(seed)
+    weight = rng.standard_normal((4, 3)).astype(np.float32)
+    bias = rng.standard_normal(3).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]),
+         helper.make_node("Add", ["h", "b"], ["logits"]),
+         helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0)],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3]),
+         helper.make_tensor_value_info("label", TensorProto.INT64, [1])],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString(deterministic=True)
+
+
+SIGNATURE = [{"name": "x", "dtype": "float", "shape": [1, 4]}]
+
+
+def golden_bundle(tmp_path: Path, version: str, seed: int = 0, *, logits_shift: float = 0.0,
+                  device_model: bytes | None = None) -> Bundle:
+    """A bundle as ``bundle build`` makes it (golden from orchestrator.golden); ``logits_shift``
+    tampers the golden logits, ``device_model`` ships other model bytes than the golden's."""
+    model = linear_model(seed)
+    path = tmp_path / f"golden-{version}.onnx"
+    path.write_bytes(model)
+    golden = compute_golden(path, path.name, SIGNATURE, [("model.onnx", path)], {}, "fp32").golden
+    assert golden is not None
+    outputs = golden.outputs
+    if logits_shift:
+        with np.load(io.BytesIO(golden.outputs)) as data:
+            arrays = {key: data[key] for key in data.files}
+        arrays["logits"] = arrays["logits"] + np.float32(logits_shift)
+        outputs = npz_bytes(arrays)
+    base = make_bundle("m", version, {
+        "model.onnx": device_model if device_model is not None else model,
+        ".edgefleet/golden_inputs.npz": golden.inputs,
+        ".edgefleet/golden_outputs.npz": outputs,
+    })
+    manifest = dict(base.manifest, model={"path": "model.onnx", "inputs": SIGNATURE},
+                    golden={"inputs": ".edgefleet/golden_inputs.npz",
+                            "outputs": ".edgefleet/golden_outputs.npz",
+                            "rtol": golden.rtol, "atol": golden.atol})
+    return Bundle(manifest, manifest_digest(manifest), base.contents)
+
+
+def activate(pyz: Path, root: Path, bundle: Bundle):  # noqa: ANN201 - AgentRun
+    upload(root, bundle)
+    return run_agent(pyz, root, "activate", bundle.request)
+
+
+def version_dirs(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / "versions").iterdir())
+
+
+def test_smoke_passes_and_verify_rehashes(pyz: Path, root: Path, tmp_path: Path) -> None:
+    run = push(pyz, root, golden_bundle(tmp_path, "1"), plan=False)
+    smoke = run.data["smoke"]
+    assert smoke["ok"] is True and smoke["ms"] > 0
+    assert [(o["name"], o["ok"]) for o in smoke["outputs"]] == [("label", True),
+                                                               ("logits", True)]
+    assert smoke["max_abs"] is not None and smoke["max_abs"] <= 1e-4
+    assert [e["phase"] for e in run.events if e["event"] == "smoke"] == ["start", "done"]
+
+    verified = run_agent(pyz, root, "verify", {}).data
+    assert verified["ok"] is True and verified["problems"] == []
+    assert verified["active"]["version"] == "1"
+    assert verified["files"] == {"checked": 3, "failed": [], "problems": {}}
+    assert verified["smoke"]["ok"] is True
+
+    # A model file changed under the version dir (same size, so only a re-hash can tell).
+    model = root / "current" / "model.onnx"
+    os.chmod(model, 0o644)
+    data = bytearray(model.read_bytes())
+    data[-1] ^= 0x01
+    model.write_bytes(bytes(data))
+    broken = run_agent(pyz, root, "verify", {}).data
+    assert broken["ok"] is False
+    assert broken["files"]["failed"] == ["model.onnx"]
+    assert "expected" in broken["files"]["problems"]["model.onnx"]
+
+
+def test_tampered_golden_rolls_back_to_the_previous_version(pyz: Path, root: Path,
+                                                            tmp_path: Path) -> None:
+    v1 = golden_bundle(tmp_path, "1", seed=0)
+    push(pyz, root, v1, plan=False)
+    v1_dir = read_state(root)["history"][-1]["dir"]
+    v2 = golden_bundle(tmp_path, "2", seed=1, logits_shift=0.5)
+
+    failed = activate(pyz, root, v2)
+    error = failed.error
+    assert error["code"] == "smoke_failed" and error["reason"] == "mismatch"
+    assert 0.49 < error["max_abs"] < 0.51 and error["max_rel"] > 0
+    logits = next(o for o in error["outputs"] if o["name"] == "logits")
+    assert logits["ok"] is False and 0.49 < logits["max_abs"] < 0.51
+    assert "output 'logits'" in error["message"] and "max abs 0.5" in error["message"]
+    assert "rolled back to m@1" in error["message"]
+    assert error["rolled_back_to"]["version"] == "1"
+
+    state = read_state(root)
+    assert [e["version"] for e in state["history"]] == ["1"]
+    assert os.readlink(root / "current") == v1_dir
+    assert version_dirs(root) == [v1_dir.split("/")[1]]  # v2's dir is gone, no staging left
+    status = run_agent(pyz, root, "status").data
+    assert status["active"]["digest"] == v1.digest
+    assert run_agent(pyz, root, "plan", v1.request).data["already_active"] is True
+    assert run_agent(pyz, root, "verify", {}).data["ok"] is True
+
+    # The same bad bundle again is tested again (not "already active"), and fails again.
+    assert activate(pyz, root, v2).error["code"] == "smoke_failed"
+    # A correct v2 then goes through, and prune still finds every file it needs.
+    good = push(pyz, root, golden_bundle(tmp_path, "2", seed=1), plan=False).data
+    assert good["smoke"]["ok"] is True and good["changed"] is True
+    assert run_agent(pyz, root, "verify", {}).data["ok"] is True
+
+
+def test_first_activation_that_fails_to_load_leaves_nothing_active(pyz: Path, root: Path,
+                                                                   tmp_path: Path) -> None:
+    # The manifest vouches for these bytes (hashes are consistent), as it would for a model
+    # built on a control plane whose onnxruntime accepts something the device's rejects.
+    bundle = golden_bundle(tmp_path, "1", device_model=b"\x08\x07" + b"not a model" * 20)
+    error = activate(pyz, root, bundle).error
+    assert error["code"] == "smoke_failed" and error["reason"] == "load_failed"
+    assert "model.onnx did not load or run" in error["message"]
+    assert "cannot load it" in error["error"]
+    assert "nothing is active now" in error["message"]
+    assert error["rolled_back_to"] is None and error["max_abs"] is None
+    assert not (root / "current").exists() and not (root / "current").is_symlink()
+    assert read_state(root)["history"] == []
+    assert version_dirs(root) == []
+    assert run_agent(pyz, root, "verify", {}).error["code"] == "nothing_active"
+
+
+def test_malformed_golden_is_refused_before_anything_changes(pyz: Path, root: Path,
+                                                             tmp_path: Path) -> None:
+    good = golden_bundle(tmp_path, "1")
+    manifest = dict(good.manifest, golden=dict(good.manifest["golden"], outputs="nope.npz"))
+    bad = Bundle(manifest, manifest_digest(manifest), good.contents)
+    error = activate(pyz, root, bad).error
+    assert error["code"] == "bad_input" and "nope.npz" in error["message"]
+    assert not (root / "current").exists()
+    assert not (root / "versions").exists() or version_dirs(root) == []
