@@ -86,10 +86,29 @@ def _result_row(run: Run, device: Device | Target, simulated: bool, precision: s
         flags=list(entry.get("flags") or []), reasons=list(entry.get("reasons") or []),
         detail={k: common.get(k) for k in ("inputs", "providers", "onnxruntime")}
         | {"warmup": entry.get("warmup"), "wall_s": entry.get("wall_s"),
-           "interval_s": telemetry.get("interval_s"), "round_sizes": entry.get("round_sizes")},
+           "interval_s": telemetry.get("interval_s"), "round_sizes": entry.get("round_sizes"),
+           "energy": entry.get("energy") or telemetry.get("energy")},
         latencies=pack_floats(entry.get("latencies_ms")),
         telemetry_samples=zlib.compress(json.dumps(samples).encode()) if samples else None,
     )
+
+
+def merge_energy(entries: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """One energy summary from several rounds: mean W weighted by each round's timed seconds,
+    mJ per inference by its runs; unavailable if any round's is (the first reason)."""
+    energies = [e.get("energy") for e in entries]
+    if any(not (x or {}).get("available") for x in energies):
+        return next((x for x in energies if x and not x.get("available")), None)
+    walls = [e.get("wall_s") or 0.0 for e in entries]
+    runs = [e.get("runs") or 0 for e in entries]
+    if not sum(walls) or not sum(runs):
+        return energies[0]
+    mean_w = sum(x["mean_w"] * w for x, w in zip(energies, walls, strict=True)) / sum(walls)
+    mj = [x.get("mj_per_inference") for x in energies]
+    return {**energies[0], "mean_w": mean_w,
+            "mj_per_inference": None if None in mj else
+            sum(m * n for m, n in zip(mj, runs, strict=True)) / sum(runs),
+            "samples": sum(x.get("samples") or 0 for x in energies)}
 
 
 def merge_rounds(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -123,7 +142,7 @@ def merge_rounds(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
         wall_s=sum(e.get("wall_s") or 0 for e in entries),
         flags=sorted({f for e in entries for f in e.get("flags") or []}),
         reasons=[r for e in entries for r in e.get("reasons") or []],
-        valid=all(e.get("valid") for e in entries),
+        valid=all(e.get("valid") for e in entries), energy=merge_energy(entries),
         telemetry={
             "status": "throttled" if "throttled" in statuses else
                       "unknown" if "unknown" in statuses else "clean",
@@ -286,6 +305,7 @@ def result_public(result: Result, run: Run, raw: bool = False, *,
         "valid": result.valid, "flags": result.flags, "reasons": result.reasons,
         "inputs": (result.detail or {}).get("inputs"),
         "round_sizes": (result.detail or {}).get("round_sizes"),
+        "energy": (result.detail or {}).get("energy"),
     }
     if latencies:
         out["latencies_ms"] = unpack_floats(result.latencies)
