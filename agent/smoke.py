@@ -241,7 +241,9 @@ def check(spec: Dict[str, Any]) -> Dict[str, Any]:
     start = clock()
     try:
         names = [o.name for o in session.get_outputs()]
-        values = session.run(None, feeds)
+        run_options = ort.RunOptions()
+        run_options.log_severity_level = 3  # the error is in the exception
+        values = session.run(None, feeds, run_options)
     except Exception as exc:
         return dict(failed, error="onnxruntime %s loads it but fails to run the golden inputs: "
                     "%s" % (ort.__version__, exc), onnxruntime=ort.__version__)
