@@ -305,7 +305,9 @@ def prune(store: Store, state: Dict[str, Any]) -> List[str]:
     for name in os.listdir(store.blobs):
         if is_sha256(name) and name not in referenced:
             path = store.blob_path(name)
-            cache.forget(path)
+            with contextlib.suppress(OSError):
+                if os.lstat(path).st_nlink == 1:  # else a staged dataset still links the inode
+                    cache.forget(path)
             remove_tree(path)
     cache.retain(_inode_keys(store, keep_names))
     return pruned

@@ -22,7 +22,7 @@ from agent.fsutil import NO_SPACE_ERRNOS, AgentError, no_space_error
 from agent.protocol import E_BAD_INPUT, E_INTERNAL, result_error, result_ok
 
 COMMANDS = ("facts", "telemetry", "plan", "activate", "rollback", "status", "session", "bench",
-            "verify")
+            "verify", "eval", "dataset_plan", "dataset_stage")
 DEFAULT_ROOT = "~/.edgefleet"
 
 Emit = Callable[[Dict[str, Any]], None]
@@ -101,6 +101,15 @@ def handle(command: str, store: Any, read_input: Callable[[], Any]) -> Dict[str,
         from agent.bench import bench
 
         return bench(store, read_input())
+    if command == "eval":
+        from agent.evaluate import evaluate
+
+        return evaluate(store, read_input())
+    if command in ("dataset_plan", "dataset_stage"):
+        from agent import datasets
+
+        request = datasets.parse_request(read_input())
+        return (datasets.plan if command == "dataset_plan" else datasets.stage)(store, request)
     if command == "verify":  # no input: re-hash and smoke-test whatever is active
         from agent.smoke import verify
 

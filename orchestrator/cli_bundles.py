@@ -118,7 +118,8 @@ def bundle_show(ref: Annotated[str, typer.Argument(help="NAME or NAME@VERSION")]
 
 def _push_payload(o: Outcome) -> dict[str, Any]:
     return {"device": o.device, "state": o.state, "bytes_sent": o.data.get("bytes_sent", 0),
-            "duration_s": round(o.duration_s, 3), "error": o.error}
+            "duration_s": round(o.duration_s, 3), "error": o.error,
+            "smoke": o.data.get("smoke_detail")}
 
 
 @app.command("push")
@@ -150,7 +151,7 @@ def push_cmd(
     for o in outcomes:
         o.data["sent"] = output.human_bytes(o.data.get("bytes_sent", 0))
     finish(outcomes, f"push {bundle.name}@{bundle.version} ({bundle.digest[:12]})", as_json,
-           extra=("sent",), payload=_push_payload)
+           extra=("sent", "smoke"), payload=_push_payload)
 
 
 @app.command("rollback")
