@@ -245,8 +245,16 @@ def agent_payload(o: Outcome) -> dict[str, Any]:
 
 def get_app() -> typer.Typer:
     """The app with every command registered (the other cli_* modules add theirs on import)."""
-    from orchestrator import cli_bundles, cli_demo, cli_runs, cli_serve, cli_tokens  # noqa: F401
-    from orchestrator import cli_datasets, cli_eval  # noqa: F401
+    from orchestrator import (  # noqa: F401
+        cli_bundles,
+        cli_datasets,
+        cli_demo,
+        cli_eval,
+        cli_runs,
+        cli_serve,
+        cli_tokens,
+        cli_verdicts,
+    )
 
     return app
 

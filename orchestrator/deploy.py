@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from agent.protocol import E_NOTHING_TO_ROLL_BACK
+from agent.protocol import E_NOTHING_TO_ROLL_BACK, E_SMOKE_FAILED
 from orchestrator.agentclient import AgentSession, call_agent
 from orchestrator.blobstore import BlobStore
 from orchestrator.bundles import manifest_of
@@ -90,14 +90,53 @@ def push_over(conn: Connection, bundle: Bundle, store: BlobStore, progress: Push
                               on_bytes=lambda n: progress.advance(target.name, n))
             sent += entry["size"]
         progress.state(target.name, "verifying")
-        result = session.call("activate", payload)
+        try:
+            result = session.call("activate", payload)
+        except AgentError as exc:
+            if exc.code != E_SMOKE_FAILED:
+                raise
+            # The agent already rolled back; the session is intact, so end it normally.
+            return Outcome(target.name, False, "failed", str(exc), data={
+                "bytes_sent": sent, "smoke": smoke_summary(exc.detail),
+                "smoke_detail": {key: exc.detail.get(key) for key in SMOKE_FIELDS},
+                "rolled_back_to": exc.detail.get("rolled_back_to")})
     state = "active" if result.get("changed", True) else "unchanged"
-    return Outcome(target.name, True, state, data={"bytes_sent": sent,
-                                                   "previous": result.get("previous")})
+    smoke = result.get("smoke")
+    return Outcome(target.name, True, state, data={
+        "bytes_sent": sent, "previous": result.get("previous"), "smoke_detail": smoke,
+        "smoke": smoke_summary(smoke) if smoke else
+        "no golden outputs" if state == "active" else None})
+
+
+SMOKE_FIELDS = ("reason", "outputs", "max_abs", "max_rel", "error", "ms", "rolled_back_to")
+
+
+def smoke_summary(smoke: dict[str, Any]) -> str:
+    """One cell for the push table: passed/failed, worst differences, time it took."""
+    if smoke.get("ok"):
+        head = "passed"
+    elif smoke.get("reason") == "load_failed":
+        return "failed: model did not load"
+    else:
+        head = "failed"
+    diffs = ("" if smoke.get("max_abs") is None else
+             f", max abs {smoke['max_abs']:.2g}, max rel {smoke['max_rel']:.2g}")
+    took = f", {smoke['ms']:.0f} ms" if smoke.get("ms") is not None else ""
+    return f"{head}{diffs}{took}"
+
+
+def rolled_back_active(rolled_back_to: dict[str, Any] | None) -> tuple[str | None, str | None]:
+    """The device's active bundle after a smoke-test rollback (None, None: nothing active)."""
+    if not rolled_back_to:
+        return None, None
+    return (f"{rolled_back_to.get('name')}@{rolled_back_to.get('version')}",
+            rolled_back_to.get("digest"))
 
 
 def _finish(settings: Settings, deployment_id: int, outcome: Outcome,
-            active: tuple[str, str] | None) -> None:
+            active: tuple[str | None, str | None] | None) -> None:
+    """Close the Deployment row; ``active`` (when known, even for a failed outcome such as a
+    smoke-test rollback) is what the device runs now; ``(None, None)`` means nothing."""
     with session_scope(settings) as session:
         row = session.get(Deployment, deployment_id)
         assert row is not None
@@ -107,7 +146,7 @@ def _finish(settings: Settings, deployment_id: int, outcome: Outcome,
         row.error = outcome.error
         row.finished_at = datetime.now(UTC)
         session.add(row)
-        if outcome.ok:
+        if outcome.ok or active is not None:
             device = get_device(session, outcome.device)
             if active:
                 device.active_bundle, device.active_digest = active
@@ -150,7 +189,10 @@ def push(settings: Settings, bundle: Bundle, devices: Sequence[Device], forks: i
         outcome.duration_s = time.monotonic() - started
         outcome.data.setdefault("bytes_sent", 0)
         progress.state(target.name, outcome.state)
-        _finish(settings, row_ids[target.name], outcome, active if outcome.ok else None)
+        now = active if outcome.ok else (
+            rolled_back_active(outcome.data["rolled_back_to"])
+            if "rolled_back_to" in outcome.data else None)
+        _finish(settings, row_ids[target.name], outcome, now)
         return outcome
 
     return fan_out([to_target(d) for d in devices], step, forks)

@@ -33,7 +33,12 @@ COLUMNS = [  # (key in report_rows, heading)
     ("threads", "threads"), ("p50", "p50 ms"), ("p95", "p95 ms"), ("load", "load ms"),
     ("peak_rss", "peak RSS MB"), ("temp_max", "temp max °C"), ("flags", "flags"),
 ]
-_NUMERIC = {"threads", "p50", "p95", "load", "peak_rss", "temp_max"}
+_NUMERIC = {"threads", "p50", "p95", "load", "peak_rss", "temp_max", "watts", "mj"}
+# Shown only when some result measured energy (a Pi 5): on a fleet without one, two columns of
+# dashes would say nothing.
+ENERGY_COLUMNS = [("watts", "W"), ("mj", "mJ/inf")]
+ENERGY_CAPTION = ("W = mean board power during the timed runs (vcgencmd pmic_read_adc, Raspberry "
+                  "Pi 5 only; '-' elsewhere); mJ/inf = W x timed seconds / runs.")
 STATUS_STYLES = {"failed": "red", "invalid": "yellow", "ok": ""}
 VERDICT_STYLES = {"slower": "red", "faster": "green"}
 SENSORS_UNKNOWN = "sensors unknown"
@@ -105,6 +110,17 @@ def _model(result: Result) -> str:
     return f"{bundle.get('name', '?')}@{bundle.get('version', '?')}"
 
 
+def has_energy(results: Iterable[Result]) -> bool:
+    """Whether any result carries a measured energy figure."""
+    return any((r.get("energy") or {}).get("available") for r in results)
+
+
+def _columns(results: Sequence[Result]) -> list[tuple[str, str]]:
+    if not has_energy(results):
+        return COLUMNS
+    return COLUMNS[:-1] + ENERGY_COLUMNS + COLUMNS[-1:]
+
+
 def report_rows(results: Iterable[Result]) -> list[dict[str, Any]]:
     """Display rows: the ``COLUMNS`` keys as strings (None = not measured) plus ``status``.
 
@@ -112,6 +128,8 @@ def report_rows(results: Iterable[Result]) -> list[dict[str, Any]]:
     styling. Simulated devices read "pi5-a (sim)": their latencies are real measurements of the
     host they run on, not of a Pi.
     """
+    results = list(results)
+    energy = has_energy(results)
     rows = []
     for r in results:
         latency = r.get("latency_ms") or {}
@@ -126,6 +144,10 @@ def report_rows(results: Iterable[Result]) -> list[dict[str, Any]]:
             "flags": ", ".join(_flag_words(r)) or None,
             "status": _status(r),
         })
+        if energy:
+            measured = r.get("energy") or {}
+            rows[-1]["watts"] = format_number(measured.get("mean_w"))
+            rows[-1]["mj"] = format_number(measured.get("mj_per_inference"))
     return rows
 
 
@@ -159,14 +181,17 @@ def render_table(results: Sequence[Result], title: str | None) -> Table:
                        "unless included on request.")
     if any(row["status"] == "failed" for row in rows):
         caption.append("Red rows failed: the error is in the flags column.")
+    columns = _columns(results)
+    if columns is not COLUMNS:
+        caption.append(ENERGY_CAPTION)
     caption.extend(flag_notes(results))
     table = Table(title=None if title is None else Text(title), title_justify="left",
                   header_style="bold", box=None, pad_edge=False,
                   caption=Text("\n".join(caption), style="dim"), caption_justify="left")
-    for key, heading in COLUMNS:
+    for key, heading in columns:
         table.add_column(heading, justify="right" if key in _NUMERIC else "left")
     for row in rows:
-        table.add_row(*(_cell(row[key]) for key, _ in COLUMNS),
+        table.add_row(*(_cell(row[key]) for key, _ in columns),
                       style=STATUS_STYLES[row["status"]])
     return table
 
@@ -190,8 +215,9 @@ def _markdown(headings: Sequence[str], right: Sequence[bool],
 
 def to_markdown(results: Sequence[Result]) -> str:
     """The report as a GitHub-flavoured Markdown table (numbers right-aligned)."""
-    return _markdown([h for _, h in COLUMNS], [k in _NUMERIC for k, _ in COLUMNS],
-                     ([row[k] for k, _ in COLUMNS] for row in report_rows(results)))
+    columns = _columns(results)
+    return _markdown([h for _, h in columns], [k in _NUMERIC for k, _ in columns],
+                     ([row[k] for k, _ in columns] for row in report_rows(results)))
 
 
 CSV_FIELDS = ["run_id", "model", "device", "simulated", "precision", "threads", "status",
@@ -210,11 +236,19 @@ def _csv(fields: Sequence[str], rows: Iterable[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
+ENERGY_CSV_FIELDS = ["mean_w", "mj_per_inference"]
+
+
 def to_csv(results: Sequence[Result]) -> str:
-    """The report for spreadsheets and scripts: raw, unrounded numbers; flags joined by ";"."""
+    """The report for spreadsheets and scripts: raw, unrounded numbers; flags joined by ";".
+    ``mean_w`` and ``mj_per_inference`` columns are added when some result measured energy."""
+    energy = has_energy(results)
+
     def row(r: Result) -> dict[str, Any]:
         latency = r.get("latency_ms") or {}
         telemetry = r.get("telemetry") or {}
+        measured = {k: (r.get("energy") or {}).get(k) for k in ENERGY_CSV_FIELDS} if energy \
+            else {}
         return {
             "run_id": r.get("run_id"), "model": _model(r), "device": r.get("device"),
             "simulated": bool(r.get("simulated")), "precision": r.get("precision"),
@@ -224,8 +258,9 @@ def to_csv(results: Sequence[Result]) -> str:
             "peak_rss_mb": r.get("peak_rss_mb"), "temp_c_max": telemetry.get("temp_c_max"),
             "telemetry": telemetry.get("status", "unknown"),
             "flags": ";".join(str(f) for f in r.get("flags") or []), "error": r.get("error"),
+            **measured,
         }
-    return _csv(CSV_FIELDS, (row(r) for r in results))
+    return _csv(CSV_FIELDS + (ENERGY_CSV_FIELDS if energy else []), (row(r) for r in results))
 
 
 # -- comparisons (rows from stats.compare_runs) ----------------------------------------------
@@ -279,3 +314,70 @@ COMPARISON_FIELDS = ["device", "threads", "simulated", "bundle_a", "bundle_b", "
 def comparison_csv(rows: Sequence[dict[str, Any]]) -> str:
     """``compare_runs`` rows as CSV, raw numbers."""
     return _csv(COMPARISON_FIELDS, ({k: row.get(k) for k in COMPARISON_FIELDS} for row in rows))
+
+
+# -- deployment verdicts (rows from verdicts.verdicts_for_run) -----------------------------
+VERDICT_HEADINGS = ["device", "threads", "p50 ms", "p99 window ms", "hop s", "keeps up",
+                    "headroom", "RTF", "worst-case delay s", "W", "mJ/inference", "valid"]
+_VERDICT_RIGHT = [False, True, True, True, True, False, True, True, True, True, True, False]
+
+
+def _verdict_values(row: dict[str, Any]) -> list[Any]:
+    device = str(row["device"]) + (" (sim)" if row.get("simulated") else "")
+    energy = row.get("energy") or {}
+    watts = format_number(energy.get("mean_w")) if energy.get("available") else None
+    mj = format_number(energy.get("mj_per_inference")) if energy.get("available") else None
+    if not row.get("ok"):
+        return [device, row.get("threads"), *[None] * 7, watts, mj,
+                f"failed: {row.get('error') or 'unknown error'}"]
+    headroom = f"{row['headroom_s']:.3g} s ({row['headroom_pct']:.0f}%)"
+    valid = {True: "yes", False: "no: " + ", ".join(row.get("flags") or ["flagged"]),
+             None: "unknown"}[row.get("valid")]
+    return [device, row["threads"], format_number(row["p50_ms"]), format_number(row["p99_ms"]),
+            f"{row['hop_s']:g}", "yes" if row["keeps_up"] else "NO", headroom,
+            f"{row['rtf']:.3g}", f"{row['worst_case_delay_s']:.3g}", watts, mj, valid]
+
+
+def _profile_words(report: dict[str, Any]) -> str:
+    p = report["profile"]
+    return (f"Profile: {p['window_s']:g} s windows every {p['hop_s']:g} s (overlap "
+            f"{p['overlap'] * 100:.0f}%), threshold {p['threshold']:g}, {p['min_positive']} "
+            f"positive of {p['confirm_windows']} window(s); from {report['profile_source']}.")
+
+
+def render_verdicts(report: dict[str, Any]) -> Table:
+    """A run's deployment verdicts as a rich table (falling behind in red, throttled in
+    yellow), with the profile and how the per-window latency was measured in the caption."""
+    bases = sorted({row["basis"] for row in report["rows"] if row.get("basis")})
+    caption = [_profile_words(report),
+               "Window latency = " + "; ".join(bases) + "." if bases else "",
+               "Keeps up: p99 window latency < hop. Headroom = hop - p99. RTF = p50 / window. "
+               "Worst-case delay = window + min_positive x hop + p99.",
+               ENERGY_CAPTION if any((r.get("energy") or {}).get("available")
+                                     for r in report["rows"]) else ""]
+    title = (f"run {report['run_id']}: {report['bundle']['name']}@"
+             f"{report['bundle']['version']} — deployment verdicts")
+    table = Table(title=Text(title), title_justify="left", header_style="bold", box=None,
+                  pad_edge=False, caption=Text("\n".join(c for c in caption if c), style="dim"),
+                  caption_justify="left")
+    for heading, right in zip(VERDICT_HEADINGS, _VERDICT_RIGHT, strict=True):
+        table.add_column(heading, justify="right" if right else "left")
+    for row in report["rows"]:
+        style = ("red" if not row.get("ok") or not row.get("keeps_up") else
+                 "yellow" if row.get("valid") is False else "")
+        table.add_row(*(_cell(v) for v in _verdict_values(row)), style=style)
+    return table
+
+
+def recommendation_lines(report: dict[str, Any]) -> list[Text]:
+    """One line per device: the recommended thread count and why (or why none)."""
+    lines = []
+    for device, rec in report["recommended"].items():
+        if rec["threads"] is None:
+            lines.append(Text.assemble((f"{device}: ", "bold"), ("no recommendation", "red"),
+                                       f" — {rec['reason']}"))
+        else:
+            lines.append(Text.assemble((f"{device}: ", "bold"),
+                                       (f"{rec['threads']} thread(s)", "green"),
+                                       f" — {rec['reason']}"))
+    return lines
