@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
 from orchestrator import output
 from orchestrator.cli import (
@@ -26,37 +27,80 @@ from orchestrator.fleet import Outcome
 @bundle_app.command("build")
 @handles_errors
 def bundle_build(
-    path: Annotated[Path, typer.Argument(help="An .onnx file or a folder with one and its side "
-                                              "files.")],
+    path: Annotated[str, typer.Argument(
+        help="An .onnx file, a folder with one and its side files, or a Hugging Face repo: "
+             "hf://OWNER/REPO[/SUBFOLDER][@REVISION].")],
     name: Annotated[str, typer.Option("--name", "-n", help="Bundle name.")],
     version: Annotated[str | None, typer.Option(help="Version (default: next number).")] = None,
-    model: Annotated[str | None, typer.Option(help="Which .onnx in the folder is the model.")]
-    = None,
+    model: Annotated[str | None, typer.Option(
+        help="Which .onnx in the folder (or Hub subfolder) is the model.")] = None,
     shape: Annotated[list[str], typer.Option(
         help="NAME=1x1024x128: the shape benchmarks use for an input with dynamic dims.")]
     = [],  # noqa: B006
+    quantize: Annotated[str | None, typer.Option(
+        help="Also build an INT8 variant N@V-int8 (dynamic) or N@V-int8-static (static QDQ, "
+             "needs --calibration).", metavar="int8|int8-static")] = None,
+    calibration: Annotated[Path | None, typer.Option(
+        help="For int8-static: a folder of .npz files, arrays keyed by input name, first axis "
+             "= samples.")] = None,
+    golden_rtol: Annotated[float | None, typer.Option(
+        help="Relative tolerance of the golden-output check (default: by precision).")] = None,
+    golden_atol: Annotated[float | None, typer.Option(
+        help="Absolute tolerance of the golden-output check (default: by precision).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Inspect the model, hash every file into the blob store, register a new version."""
+    """Inspect the model, hash every file into the blob store, register a new version (and its
+    INT8 variant with --quantize)."""
     from orchestrator.bundles import build_bundle, bundle_public
     from orchestrator.cliparse import parse_shapes
     from orchestrator.db import session_scope
+    from orchestrator.hub import fetch, is_hub_spec
+    from orchestrator.quantize import check_request, make_variant
 
+    check_request(quantize, calibration)
     cfg = settings()
+    shapes = parse_shapes(shape)
+    golden = {"golden_rtol": golden_rtol, "golden_atol": golden_atol}
     with session_scope(cfg) as session:
-        result = build_bundle(session, cfg, path, name, version, model,
-                              input_shapes=parse_shapes(shape))
-        public = bundle_public(result.bundle)
-    public["created"] = result.created
+        if is_hub_spec(path):
+            snap = fetch(path, model)
+            result = build_bundle(session, cfg, snap.folder, name, version, snap.model,
+                                  input_shapes=shapes, source=snap.source, files=snap.files,
+                                  **golden)
+        else:
+            result = build_bundle(session, cfg, Path(path), name, version, model,
+                                  input_shapes=shapes, **golden)
+        made = ([make_variant(session, cfg, result.bundle, quantize, calibration, **golden)]
+                if quantize else [])
+        public = bundle_public(result.bundle) | {"created": result.created}
+        variants = [bundle_public(v.bundle) | {"created": v.created} for v in made]
+    notes = [n for n in [result.note, *(v.note for v in made)] if n]
     if as_json:
-        output.print_json(public)
+        output.print_json({"bundle": public, "variants": variants} if quantize else public)
         return
     _show_bundle(public)
+    _built_line(public, result.created)
+    for variant in variants:
+        output.stdout.print()
+        _show_bundle(variant)
+        _built_line(variant, variant["created"])
+    for note in notes:
+        output.stderr.print(Text.assemble(("note:", "yellow"), f" {note}"), soft_wrap=True)
+
+
+def _built_line(public: dict[str, Any], created: bool) -> None:
     ref = f"{public['name']}@{public['version']}"
-    if result.created:
-        output.stdout.print(f"built {ref}  digest {public['digest']}")
+    ratio = (public.get("quantization") or {}).get("size_ratio")
+    size = (f" ({output.human_bytes(public['size_bytes'])}, model {ratio:.1f}x smaller)"
+            if ratio else "")
+    if created:
+        line = f"built {ref}  digest {public['digest']}{size}"
+    elif public.get("parent"):
+        parent = public["parent"]
+        line = f"unchanged: {ref} was already made from {parent['name']}@{parent['version']}"
     else:
-        output.stdout.print(f"unchanged: {ref} already has exactly these files")
+        line = f"unchanged: {ref} already has exactly these files"
+    output.stdout.print(Text(line))
 
 
 def _show_bundle(public: dict[str, Any]) -> None:
@@ -70,8 +114,20 @@ def _show_bundle(public: dict[str, Any]) -> None:
                   f"IR {model.get('ir_version')})"),
         ("needs", f"onnxruntime >= {public['min_onnxruntime']}"),
         ("created", public["created_at"]),
-        ("source", (public.get("source") or {}).get("path")),
+        ("source", _source_text(public.get("source") or {})),
     ]
+    parent, quant = public.get("parent"), public.get("quantization")
+    if parent:
+        rows.append(("parent", f"{parent['name']}@{parent['version']} ({parent['digest'][:16]}, "
+                               f"{output.human_bytes(parent['size_bytes'])})"))
+    if quant:
+        how = " ".join(str(quant[k]) for k in ("method", "weight_type", "format") if k in quant)
+        calib = (quant.get("calibration") or {}).get("samples")
+        rows.append(("quantization", f"{how}; model {quant['size_ratio']:.1f}x smaller"
+                                     + (f"; calibrated on {calib} samples" if calib else "")))
+    if public.get("golden"):
+        rows.append(("golden", f"rtol {public['golden']['rtol']:g}, "
+                               f"atol {public['golden']['atol']:g}"))
     output.stdout.print(output.table(None, ["", ""], rows))
     io_rows = [(kind, t["name"], t["dtype"], "x".join(str(d) if d is not None else "?"
                                                      for d in t["shape"]) or "scalar")
@@ -80,6 +136,13 @@ def _show_bundle(public: dict[str, Any]) -> None:
     output.stdout.print(output.table(
         "files", ["path", "size", "sha256"],
         [(f["path"], output.human_bytes(f["size"]), f["sha256"][:16]) for f in public["files"]]))
+
+
+def _source_text(source: dict[str, Any]) -> str | None:
+    if source.get("type") == "hf":
+        sub = f"/{source['subfolder']}" if source.get("subfolder") else ""
+        return f"hf://{source['repo']}{sub}@{source['revision']} (commit {source['commit']})"
+    return source.get("path")
 
 
 @bundle_app.command("list")
