@@ -212,6 +212,24 @@ def devices_trust(
     finish(outcomes, "host keys", as_json, extra=("key_type", "fingerprint"))
 
 
+@devices_app.command("verify")
+@handles_errors
+def devices_verify(targets: Targets, forks: Forks = 10, timeout: Timeout = None,
+                   as_json: JsonOpt = False) -> None:
+    """Re-hash every file of the active bundle and re-run its golden outputs on each device;
+    exit 1 if any device fails."""
+    from orchestrator.verify import verify_devices
+
+    outcomes = verify_devices(settings(), _select(targets), forks, timeout)
+    if not as_json:
+        for o in outcomes:
+            for key in ("max_abs", "max_rel"):
+                if isinstance(o.data.get(key), float):
+                    o.data[key] = f"{o.data[key]:.3g}"
+    finish(outcomes, "verify", as_json, extra=("bundle", "files_checked", "failed_files",
+                                               "smoke", "max_abs", "max_rel"))
+
+
 # --- agent -----------------------------------------------------------------------------------
 
 
