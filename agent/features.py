@@ -35,6 +35,7 @@ extractor.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import numbers
@@ -53,6 +54,7 @@ FFT_LENGTH = 512
 PREEMPHASIS = 0.97
 MEL_FLOOR = 1.192092955078125e-07  # float32 epsilon, as Kaldi and the reference floor it
 MIN_FREQUENCY = 20.0
+BLOCK_FRAMES = 128  # work arrays of ~0.5 MB each: cache-sized on a Pi, no per-call page faults
 # ASTFeatureExtractor.__init__ defaults: a preprocessor_config.json may omit any of these.
 DEFAULTS: Dict[str, Any] = {
     "feature_size": 1,
@@ -89,8 +91,25 @@ def kaldi_mel_filters(num_mel_bins: int, sampling_rate: int) -> np.ndarray:
     return np.maximum(0.0, np.minimum(down, up))
 
 
+def _fft_takes_out() -> bool:
+    """numpy >= 2.0 lets rfft write into a buffer; 1.x (Debian bullseye's 1.19) allocates."""
+    try:
+        return "out" in inspect.signature(np.fft.rfft).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+FFT_TAKES_OUT = _fft_takes_out()
+
+
 class FeatureExtractor:
-    """One AST filterbank configuration; call it on a mono waveform at ``sampling_rate``."""
+    """One AST filterbank configuration; call it on a mono waveform at ``sampling_rate``.
+
+    Frames are processed in blocks of ``BLOCK_FRAMES`` through work arrays allocated once here,
+    so a call touches ~2 MB that stay in cache and allocates little besides its result (a fresh
+    20 MB of temporaries per call cost as much in page faults as the arithmetic). Hence one
+    extractor must not be called from two threads at once.
+    """
 
     def __init__(self, sampling_rate: int = 16000, num_mel_bins: int = 128,
                  max_length: int = 1024, do_normalize: bool = True, mean: float = -4.2677393,
@@ -108,6 +127,16 @@ class FeatureExtractor:
         # float32 first (std * 2 is computed in double, then rounded).
         self._mean32 = np.float32(mean)
         self._scale32 = np.float32(std * 2)
+        block = min(BLOCK_FRAMES, max_length)
+        bins = FFT_LENGTH // 2 + 1
+        self._samples = np.empty((max_length - 1) * HOP_LENGTH + FRAME_LENGTH)
+        self._padded = np.zeros((block, FFT_LENGTH))  # columns 400.. stay 0: the FFT padding
+        self._pre = np.empty((block, FRAME_LENGTH - 1))
+        self._spec = np.empty((block, bins), dtype=np.complex128)
+        self._spec32 = np.empty((block, bins), dtype=np.complex64)
+        self._power = np.empty((block, bins))
+        self._imag2 = np.empty((block, bins))
+        self._mel = np.empty((block, num_mel_bins))
 
     def __repr__(self) -> str:
         return ("FeatureExtractor(sampling_rate=%d, num_mel_bins=%d, max_length=%d, "
@@ -115,9 +144,23 @@ class FeatureExtractor:
                                                        self.max_length, self.do_normalize,
                                                        self.mean, self.std))
 
+    def __call__(self, waveform: np.ndarray) -> np.ndarray:
+        """[1, max_length, num_mel_bins] float32, exactly what AST's ONNX ``input_values`` takes."""
+        out = np.zeros((1, self.max_length, self.num_mel_bins), dtype=np.float32)
+        self._log_mel_into(waveform, out[0])
+        if self.do_normalize:
+            out -= self._mean32
+            out /= self._scale32
+        return out
+
     def log_mel(self, waveform: np.ndarray) -> np.ndarray:
         """[frames, num_mel_bins] float32 log-mel energies of the first ``max_length`` frames
         (fewer when the clip is shorter), before padding and normalisation."""
+        out = np.zeros((self.max_length, self.num_mel_bins), dtype=np.float32)
+        return out[:self._log_mel_into(waveform, out)]
+
+    def _log_mel_into(self, waveform: np.ndarray, out: np.ndarray) -> int:
+        """Write the log-mel rows into ``out`` [max_length, bins]; return how many there are."""
         x = _mono(waveform)
         n = x.shape[0]
         num_frames = 1 + (n - FRAME_LENGTH) // HOP_LENGTH  # floor division, as the reference
@@ -126,38 +169,42 @@ class FeatureExtractor:
                        "least %d (and %d for one full frame): pass a longer clip"
                        % (n, 1000.0 * n / self.sampling_rate, self.sampling_rate, MIN_SAMPLES,
                           FRAME_LENGTH), samples=n)
-        num_frames = min(num_frames, self.max_length)
+        num_frames = min(num_frames, self.max_length)  # later frames would be truncated away
         if num_frames == 0:
-            return np.zeros((0, self.num_mel_bins), dtype=np.float32)
-        x = np.ascontiguousarray(x[:(num_frames - 1) * HOP_LENGTH + FRAME_LENGTH],
-                                 dtype=np.float64)
-        step = x.strides[0]
+            return 0
+        samples = self._samples[:(num_frames - 1) * HOP_LENGTH + FRAME_LENGTH]
+        samples[...] = x[:samples.shape[0]]
+        step = samples.strides[0]
         frames = np.lib.stride_tricks.as_strided(
-            x, shape=(num_frames, FRAME_LENGTH), strides=(HOP_LENGTH * step, step),
+            samples, shape=(num_frames, FRAME_LENGTH), strides=(HOP_LENGTH * step, step),
             writeable=False)
-        # DC removal, then pre-emphasis on the DC-free frame (the reference's in-place
-        # ``buf[1:] -= 0.97 * buf[:-1]`` reads the old values: numpy copies overlapping operands).
-        buf = frames - frames.mean(axis=1, keepdims=True)
-        buf[:, 1:] -= PREEMPHASIS * buf[:, :-1]
+        for start in range(0, num_frames, self._padded.shape[0]):
+            block = frames[start:start + self._padded.shape[0]]
+            out[start:start + block.shape[0]] = self._block_log_mel(block)
+        return num_frames
+
+    def _block_log_mel(self, frames: np.ndarray) -> np.ndarray:
+        """float64 [frames, bins] log-mel of one block, in the work arrays (valid until the next
+        block). Operation for operation what the reference does per frame."""
+        b = frames.shape[0]
+        padded = self._padded[:b]
+        buf = padded[:, :FRAME_LENGTH]
+        np.subtract(frames, frames.mean(axis=1, keepdims=True), out=buf)  # DC offset
+        pre = np.multiply(buf[:, :-1], PREEMPHASIS, out=self._pre[:b])
+        buf[:, 1:] -= pre
         buf[:, 0] *= 1.0 - PREEMPHASIS
         buf *= self.window
-        spectrum = np.fft.rfft(buf, n=FFT_LENGTH, axis=1).astype(np.complex64)
-        power = np.square(spectrum.real, dtype=np.float64)
-        power += np.square(spectrum.imag, dtype=np.float64)
-        mel = np.dot(power, self.mel_filters)
+        if FFT_TAKES_OUT:
+            spectrum = np.fft.rfft(padded, axis=1, out=self._spec[:b])
+        else:
+            spectrum = np.fft.rfft(padded, axis=1)
+        spec32 = self._spec32[:b]
+        spec32[...] = spectrum  # the reference keeps the spectrum as complex64
+        power = np.square(spec32.real, out=self._power[:b], dtype=np.float64)
+        power += np.square(spec32.imag, out=self._imag2[:b], dtype=np.float64)
+        mel = np.dot(power, self.mel_filters, out=self._mel[:b])
         np.maximum(mel, MEL_FLOOR, out=mel)
-        np.log(mel, out=mel)
-        return mel.astype(np.float32)
-
-    def __call__(self, waveform: np.ndarray) -> np.ndarray:
-        """[1, max_length, num_mel_bins] float32, exactly what AST's ONNX ``input_values`` takes."""
-        mel = self.log_mel(waveform)
-        out = np.zeros((1, self.max_length, self.num_mel_bins), dtype=np.float32)
-        out[0, :mel.shape[0]] = mel
-        if self.do_normalize:
-            out -= self._mean32
-            out /= self._scale32
-        return out
+        return np.log(mel, out=mel)
 
 
 def _mono(waveform: Any) -> np.ndarray:
