@@ -138,7 +138,7 @@ def _feeding(manifest: Dict[str, Any], vdir: str, data: Dict[str, Any], ddir: st
             raise AgentError(E_BAD_INPUT, "the dataset is at %s Hz but %s expects %s Hz; rebuild"
                              " it with `edgefleet dataset build DIR --for %s`"
                              % (data.get("sampling_rate"), label, rate, label))
-        config = os.path.join(vdir, check_relative_path(pre["config"]))
+        config = [vdir, check_relative_path(pre["config"])]
     return {"kind": "audio", "input": inputs[0], "config": config}
 
 
@@ -246,15 +246,11 @@ def _preparer(spec: Dict[str, Any]) -> Callable[[int, Any], Dict[str, Any]]:
     extractor = None
     if feeding["config"]:
         try:
-            from agent.features import load_feature_extractor
+            from agent.features import load_from_bundle_dir
         except ImportError as exc:
             raise AgentError(E_MISSING_DEPENDENCY, "this agent has no audio preprocessing "
                              "(%s); reinstall it with `edgefleet agent install`" % exc) from None
-        with open(feeding["config"], encoding="utf-8") as handle:
-            extractor = load_feature_extractor(json.load(handle))
-        if extractor is None:
-            raise AgentError(E_BAD_INPUT, "%s is not an AST feature extractor config"
-                             % feeding["config"])
+        extractor = load_from_bundle_dir(*feeding["config"])
     spec_in = feeding["input"]
 
     def audio(index: int, raw: Any) -> Dict[str, Any]:

@@ -1,1 +1,117 @@
-"""CLI: eval (placeholder until the eval service lands)."""
+"""CLI: ``edgefleet eval N[@V] D TARGETS``: push the dataset, evaluate on every device, print the
+paper-style report (orchestrator/evalreport.py). Exit 1 if any device failed."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn
+from rich.text import Text
+
+from orchestrator import output
+from orchestrator.cli import (
+    Forks,
+    JsonOpt,
+    Targets,
+    Timeout,
+    _select,
+    app,
+    handles_errors,
+    settings,
+)
+from orchestrator.cliparse import parse_threads
+from orchestrator.errors import EdgeFleetError
+
+FORMATS = ("table", "md", "csv", "json")
+
+
+class EvalProgress:
+    """One line per device: dataset push, then thread count and samples done."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.progress = Progress(TextColumn("{task.fields[device]}"), BarColumn(),
+                                 TextColumn("{task.fields[what]}"), console=output.stderr,
+                                 disable=not enabled)
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> EvalProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def event(self, device: str, event: dict[str, Any]) -> None:
+        if device not in self.tasks:
+            self.tasks[device] = self.progress.add_task("", total=None, device=Text(device),
+                                                        what="")
+        if event.get("event") == "dataset":
+            self.progress.update(self.tasks[device], what="pushing the dataset")
+        elif event.get("event") == "eval":
+            done, total = event.get("done"), event.get("total")
+            self.progress.update(self.tasks[device], total=total or None, completed=done or 0,
+                                 what=f"threads={event.get('threads')} {event.get('phase')} "
+                                      f"{done}/{total}")
+
+
+def print_eval(public: dict[str, Any], fmt: str, sweep: bool) -> None:
+    from orchestrator import evalreport
+
+    if fmt == "md":
+        output.print_text(evalreport.eval_markdown(public, sweep))
+    elif fmt == "csv":
+        output.print_text(evalreport.eval_csv(public))
+    else:
+        for part in evalreport.render_eval(public, sweep):
+            output.stdout.print(part)
+
+
+@app.command("eval")
+@handles_errors
+def eval_cmd(
+    ref: Annotated[str, typer.Argument(help="NAME or NAME@VERSION, already pushed to TARGETS")],
+    dataset_ref: Annotated[str, typer.Argument(metavar="DATASET", help="D or D@VERSION")],
+    targets: Targets,
+    threads: Annotated[str, typer.Option(help="Thread counts, e.g. 1,2.")] = "1",
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed runs before the samples.")] = 1,
+    positive: Annotated[str | None, typer.Option(
+        help="Positive class label (binary default: class 1).")] = None,
+    threshold: Annotated[float, typer.Option(help="P(positive) >= this is positive.")] = 0.5,
+    threshold_sweep: Annotated[bool, typer.Option(
+        "--threshold-sweep", help="Show the 0.50..0.95 sweep and the recommendation.")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="table | md | csv | json")] = "table",
+    forks: Forks = 10,
+    timeout: Timeout = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Accuracy on the device: push DATASET, run it through the bundle on every device and
+    thread count, report metrics, confusion matrices and whether the devices agree."""
+    from orchestrator.bundles import get_bundle
+    from orchestrator.datasets import get_dataset
+    from orchestrator.db import session_scope
+    from orchestrator.evals import evaluate
+    from orchestrator.runs import get_run, run_public, run_results
+
+    if fmt not in FORMATS:
+        raise EdgeFleetError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    as_json = as_json or fmt == "json"
+    cfg = settings()
+    with session_scope(cfg) as session:
+        bundle = get_bundle(session, ref)
+        dataset = get_dataset(session, dataset_ref)
+        session.expunge_all()
+    devices = _select(targets)
+    with EvalProgress(enabled=not as_json) as progress:
+        run, outcomes = evaluate(cfg, bundle, dataset, devices, parse_threads(threads),
+                                 positive, threshold, forks, timeout, progress.event,
+                                 warmup=warmup, targets=targets)
+    with session_scope(cfg) as session:
+        public = run_public(get_run(session, run.id), run_results(session, run.id))
+    public["outcomes"] = [o.as_dict() for o in outcomes]
+    if as_json:
+        output.print_json(public)
+    else:
+        print_eval(public, fmt, threshold_sweep)
+    if any(not o.ok for o in outcomes):
+        raise typer.Exit(1)

@@ -200,6 +200,11 @@ def runs_show(
     if as_json or fmt == "json":
         output.print_json(public)
         return
+    if public["kind"] == "eval":
+        from orchestrator.cli_eval import print_eval
+
+        print_eval(public, fmt, sweep=True)
+        return
     _print_results(results, f"run {run_id}: {public['bundle']['name']}@"
                    f"{public['bundle']['version']} ({public['state']})", fmt)
 

@@ -307,6 +307,10 @@ def result_public(result: Result, run: Run, raw: bool = False, *,
         "round_sizes": (result.detail or {}).get("round_sizes"),
         "energy": (result.detail or {}).get("energy"),
     }
+    if run.kind == "eval":
+        from orchestrator.evals import eval_public
+
+        out["eval"] = eval_public(result)
     if latencies:
         out["latencies_ms"] = unpack_floats(result.latencies)
     if samples:
@@ -326,4 +330,8 @@ def run_public(run: Run, results: Sequence[Result] | None = None, raw: bool = Fa
     if results is not None:
         out["results"] = [result_public(r, run, raw, latencies=latencies, samples=samples)
                           for r in results]
+        if run.kind == "eval":
+            from orchestrator.evals import run_agreement
+
+            out["agreement"] = run_agreement(run, out["results"])
     return out
