@@ -262,7 +262,7 @@ def load_feature_extractor(config: Dict[str, Any],
     if feature_size != 1:
         raise _bad("%s: feature_size must be 1 (mono audio), got %d" % (source, feature_size),
                    key="feature_size")
-    sampling_rate = _int(config, "sampling_rate", source, 41)  # mel range starts at 20 Hz
+    sampling_rate = _int(config, "sampling_rate", source, 42)  # needs sr // 2 > 20 Hz
     std = _float(config, "std", source)
     if std == 0.0:
         raise _bad("%s: std must not be 0 (features are divided by 2 * std)" % source, key="std")

@@ -125,7 +125,7 @@ def test_non_ast_config_is_none(config: dict[str, Any]) -> None:
     ({"num_mel_bins": 0}, r"num_mel_bins must be an integer >= 1, got 0"),
     ({"max_length": 10.5}, r"max_length must be an integer >= 1"),
     ({"sampling_rate": True}, r"sampling_rate must be an integer"),
-    ({"sampling_rate": 30}, r"sampling_rate must be an integer >= 41"),
+    ({"sampling_rate": 41}, r"sampling_rate must be an integer >= 42, got 41"),
     ({"do_normalize": "yes"}, r"do_normalize must be true or false"),
     ({"mean": None}, r"mean must be a finite number, got None"),
     ({"std": float("nan")}, r"std must be a finite number"),
