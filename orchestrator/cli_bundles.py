@@ -91,8 +91,7 @@ def bundle_build(
 def _built_line(public: dict[str, Any], created: bool) -> None:
     ref = f"{public['name']}@{public['version']}"
     ratio = (public.get("quantization") or {}).get("size_ratio")
-    size = (f" ({output.human_bytes(public['size_bytes'])}, model {ratio:.1f}x smaller)"
-            if ratio else "")
+    size = f" ({output.human_bytes(public['size_bytes'])}, {_ratio_text(ratio)})" if ratio else ""
     if created:
         line = f"built {ref}  digest {public['digest']}{size}"
     elif public.get("parent"):
@@ -123,7 +122,7 @@ def _show_bundle(public: dict[str, Any]) -> None:
     if quant:
         how = " ".join(str(quant[k]) for k in ("method", "weight_type", "format") if k in quant)
         calib = (quant.get("calibration") or {}).get("samples")
-        rows.append(("quantization", f"{how}; model {quant['size_ratio']:.1f}x smaller"
+        rows.append(("quantization", f"{how}; {_ratio_text(quant['size_ratio'])}"
                                      + (f"; calibrated on {calib} samples" if calib else "")))
     if public.get("golden"):
         rows.append(("golden", f"rtol {public['golden']['rtol']:g}, "
@@ -136,6 +135,12 @@ def _show_bundle(public: dict[str, Any]) -> None:
     output.stdout.print(output.table(
         "files", ["path", "size", "sha256"],
         [(f["path"], output.human_bytes(f["size"]), f["sha256"][:16]) for f in public["files"]]))
+
+
+def _ratio_text(ratio: float) -> str:
+    """FP32 model bytes / variant model bytes, said the way round that reads (a model too small
+    for its weights to dominate can grow)."""
+    return f"model {ratio:.1f}x smaller" if ratio >= 1 else f"model {1 / ratio:.1f}x larger"
 
 
 def _source_text(source: dict[str, Any]) -> str | None:

@@ -195,8 +195,7 @@ def quantize_model(src: Path, dest: Path, mode: str,
     assert calibration is not None
     quantize_static(model, dest, _Reader(calibration.batches),
                     quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8, per_channel=True,
-                    calibration_providers=["CPUExecutionProvider"])
+                    weight_type=QuantType.QInt8, per_channel=True)
     return {"method": "static", "weight_type": "QInt8", "activation_type": "QInt8",
             "format": "QDQ", "per_channel": True, "preprocessed": preprocessed,
             "calibration": {"samples": calibration.samples, "sha256": calibration.sha256}}
@@ -231,7 +230,8 @@ def make_variant(session: Session, settings: Settings, parent: Bundle, mode: str
     ref = f"{parent.name}@{parent.version}"
     if "parent" in manifest or parent.precision == "int8":
         raise BundleError(f"{ref} is already INT8 ({manifest['model']['path']}); --quantize "
-                          "needs an FP32 model")
+                          "needs an FP32 model (from a Hub repo: pick the FP32 export, e.g. "
+                          "--model model.onnx)")
     calibration = (load_calibration(calibration_dir, manifest["model"]["inputs"])
                    if mode == STATIC and calibration_dir is not None else None)
     version = variant_version(parent.version, mode)

@@ -38,6 +38,17 @@ def matmul_bytes(seed: int) -> bytes:
     return model.SerializeToString(deterministic=True)
 
 
+def quantized_bytes(seed: int, tmp: Path) -> bytes:
+    """matmul_bytes(seed) through onnxruntime's dynamic quantization: what a Hub repo's
+    model_quantized.onnx is."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "fp32.onnx").write_bytes(matmul_bytes(seed))
+    quantize_dynamic(tmp / "fp32.onnx", tmp / "int8.onnx", weight_type=QuantType.QInt8)
+    return (tmp / "int8.onnx").read_bytes()
+
+
 def make_mlp(path: Path, seed: int = 0, width: int = 256) -> Path:
     """A 2-layer MLP (MatMul+Add, Relu, Gemm) with width x width weights: big enough that INT8
     weights are clearly smaller, small enough to quantize in well under a second."""

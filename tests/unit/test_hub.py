@@ -20,6 +20,7 @@ from .pipeline_models import (
     commit_sha,
     config_json,
     matmul_bytes,
+    quantized_bytes,
     sample_npz,
 )
 
@@ -35,12 +36,13 @@ def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     under onnx/ (the transformers.js layout)."""
     cache = tmp_path / "hf-cache"
     sample = sample_npz(tmp_path)
+    quantized_2 = quantized_bytes(2, tmp_path / "quantize")
     common = {"onnx/config.json": config_json(LABELS),
               "onnx/preprocessor_config.json": ast_preprocessor_json(),
               "onnx/sample_inputs.npz": sample, "onnx/vocab.txt": b"a\nb\n",
               "README.md": b"# kws\n"}
     add_snapshot(cache, "acme/kws", MAIN, common | {
-        "onnx/model.onnx": matmul_bytes(1), "onnx/model_quantized.onnx": matmul_bytes(2),
+        "onnx/model.onnx": matmul_bytes(1), "onnx/model_quantized.onnx": quantized_2,
         "onnx/model_fp16.onnx": matmul_bytes(3)}, refs=("main",))
     add_snapshot(cache, "acme/kws", DEV, common | {
         "onnx/model.onnx": matmul_bytes(4), "onnx/model_quantized.onnx": matmul_bytes(5)},
@@ -120,7 +122,8 @@ def test_offline_build_records_commit_and_brings_side_files(cli: Cli, hf_cache: 
     assert paths(built) == {"model_quantized.onnx", "config.json", "preprocessor_config.json",
                             "sample_inputs.npz", "vocab.txt"}
     by_path = {f["path"]: f["sha256"] for f in built["files"]}
-    assert by_path["model_quantized.onnx"] == sha(matmul_bytes(2))
+    assert by_path["model_quantized.onnx"] == sha(quantized_bytes(2, tmp_path / "q2"))
+    assert built["precision"] == "int8"
     assert by_path["sample_inputs.npz"] == sha(sample_npz(tmp_path / "again"))
     assert built["labels"] == LABELS
     assert built["preprocessing"] == {"type": "ast-fbank", "config": "preprocessor_config.json",
@@ -188,3 +191,15 @@ def test_a_malformed_spec_registers_nothing(cli: Cli, hf_cache: Path) -> None:
     failed = cli("bundle", "build", "hf://acme", "--name", "kws", expect=2)
     assert "the repo must be OWNER/REPO" in failed.stderr
     assert cli("bundle", "list", "--json").json == []
+
+
+def test_a_hub_build_quantizes_and_its_variant_keeps_the_source(cli: Cli,
+                                                                 hf_cache: Path) -> None:
+    built = build(cli, "hf://acme/kws/onnx@dev", "--model", "model.onnx", "--quantize", "int8")
+    fp32, int8 = built["bundle"], built["variants"][0]
+    assert fp32["source"]["commit"] == DEV and int8["source"] == fp32["source"]
+    assert int8["version"] == "1-int8" and int8["parent"]["digest"] == fp32["digest"]
+    assert int8["labels"] == LABELS and "preprocessor_config.json" in paths(int8)
+    refused = cli("bundle", "build", "hf://acme/kws/onnx", "--name", "q", "--quantize", "int8",
+                  expect=2)  # model_quantized.onnx is picked, and it is INT8 already
+    assert "--model model.onnx" in " ".join(refused.stderr.split())
