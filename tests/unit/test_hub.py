@@ -203,3 +203,16 @@ def test_a_hub_build_quantizes_and_its_variant_keeps_the_source(cli: Cli,
     refused = cli("bundle", "build", "hf://acme/kws/onnx", "--name", "q", "--quantize", "int8",
                   expect=2)  # model_quantized.onnx is picked, and it is INT8 already
     assert "--model model.onnx" in " ".join(refused.stderr.split())
+
+
+def test_hf_home_locates_the_cache(cli: Cli, hf_cache: Path, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    hf_home = tmp_path / "hf-home"
+    hf_home.mkdir()
+    hf_cache.rename(hf_home / "hub")
+    monkeypatch.delenv("HF_HUB_CACHE")
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    assert build(cli, "hf://acme/kws/onnx@dev")["source"]["commit"] == DEV
+    failed = cli("bundle", "build", "hf://acme/kws/onnx@v9", "--name", "kws", expect=2)
+    assert str(hf_home / "hub") in " ".join(failed.stderr.split())
