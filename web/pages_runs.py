@@ -13,6 +13,7 @@ from orchestrator.errors import NotFoundError
 from orchestrator.reports import flag_notes, report_rows
 from orchestrator.runs import get_run, list_runs, run_public, run_results
 from web.pages_common import Viewer, not_found, render, settings_of
+from web.pages_eval import eval_context
 from web.pages_view import latency_cdf, latency_histogram, sample_series
 
 router = APIRouter()
@@ -44,6 +45,7 @@ def run_page(request: Request, run_id: int, principal: Viewer) -> HTMLResponse:
         public = run_public(run, run_results(session, run_id, latencies=True, samples=True),
                             raw=True)
     results = public.pop("results")
+    evaluation = eval_context(public, results) if public["kind"] == "eval" else None
     rows = []
     for index, (row, result) in enumerate(zip(report_rows(results), results, strict=True)):
         rows.append(row | {"index": index, "reasons": result.get("reasons") or [],
@@ -57,4 +59,5 @@ def run_page(request: Request, run_id: int, principal: Viewer) -> HTMLResponse:
         "notes": flag_notes(results),
         "invalid": any(row["status"] == "invalid" for row in rows),
         "failed": any(row["status"] == "failed" for row in rows),
+        "evaluation": evaluation,
     }, principal)
