@@ -9,6 +9,7 @@ manifest) but whose golden outputs are wrong, or whose model onnxruntime cannot 
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 
@@ -80,6 +81,20 @@ def version_dirs(root: Path) -> list[str]:
     return sorted(p.name for p in (root / "versions").iterdir())
 
 
+def cached_inodes(root: Path) -> set[str]:
+    path = root / "cache" / "hashes.json"
+    return set(json.loads(path.read_text())) if path.exists() else set()
+
+
+def store_inodes(root: Path) -> set[str]:
+    found = set()
+    for top in (root / "blobs", root / "versions"):
+        for path in top.rglob("*"):
+            st = path.lstat()
+            found.add(f"{st.st_dev}:{st.st_ino}")
+    return found
+
+
 def test_smoke_passes_and_verify_rehashes(pyz: Path, root: Path, tmp_path: Path) -> None:
     run = push(pyz, root, golden_bundle(tmp_path, "1"), plan=False)
     smoke = run.data["smoke"]
@@ -128,6 +143,7 @@ def test_tampered_golden_rolls_back_to_the_previous_version(pyz: Path, root: Pat
     assert [e["version"] for e in state["history"]] == ["1"]
     assert os.readlink(root / "current") == v1_dir
     assert version_dirs(root) == [v1_dir.split("/")[1]]  # v2's dir is gone, no staging left
+    assert cached_inodes(root) <= store_inodes(root)  # no entry for an inode that left the store
     status = run_agent(pyz, root, "status").data
     assert status["active"]["digest"] == v1.digest
     assert run_agent(pyz, root, "plan", v1.request).data["already_active"] is True
