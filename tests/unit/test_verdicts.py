@@ -14,7 +14,7 @@ from orchestrator.config import get_settings
 from orchestrator.db import session_scope
 from orchestrator.models import Bundle, Result, Run
 from orchestrator.reports import to_csv, to_markdown
-from orchestrator.runs import pack_floats
+from orchestrator.runs import merge_energy, pack_floats
 from orchestrator.verdicts import (
     ProfileError,
     StreamingProfile,
@@ -266,3 +266,22 @@ def test_energy_columns_only_when_measured() -> None:
     assert csv_text.splitlines()[0].endswith(",mean_w,mj_per_inference")
     assert csv_text.splitlines()[1].endswith(",6.5,15925.0")
     assert "mean_w" not in to_csv([base])
+
+
+def test_energy_of_gate_rounds_is_merged() -> None:
+    def entry(mean_w: float, wall_s: float, runs: int) -> dict[str, Any]:
+        return {"wall_s": wall_s, "runs": runs, "energy": {
+            "available": True, "mean_w": mean_w, "mj_per_inference": mean_w * wall_s / runs * 1e3,
+            "samples": 4, "source": "vcgencmd pmic_read_adc"}}
+
+    merged = merge_energy([entry(4.0, 1.0, 10), entry(6.0, 3.0, 10)])
+    assert merged is not None and merged["available"] is True
+    assert merged["mean_w"] == pytest.approx(5.5)  # weighted by time
+    assert merged["mj_per_inference"] == pytest.approx((400.0 * 10 + 1800.0 * 10) / 20)
+    assert merged["samples"] == 8
+    # equal to energy over the pooled rounds: total J / total inferences
+    assert merged["mj_per_inference"] == pytest.approx((4.0 * 1.0 + 6.0 * 3.0) / 20 * 1e3)
+    missing = merge_energy([entry(4.0, 1.0, 10), {"wall_s": 1.0, "runs": 10,
+                                                  "energy": NO_ENERGY}])
+    assert missing == NO_ENERGY
+    assert merge_energy([{"wall_s": 1.0, "runs": 1}]) is None
