@@ -192,8 +192,17 @@ def next_version(session: Session, name: str) -> str:
     return str(max(numeric, default=0) + 1)
 
 
+def is_variant(bundle: Bundle) -> bool:
+    """An INT8 (or other derived) variant: its manifest names the bundle it was made from."""
+    return '"parent":' in bundle.manifest_json and "parent" in json.loads(bundle.manifest_json)
+
+
 def latest(session: Session, name: str) -> Bundle | None:
+    """The newest build of ``name`` that is not a derived variant: ``N`` alone means the FP32
+    line; variants are addressed as ``N@V-int8`` (and an identical FP32 rebuild is compared
+    with the last FP32, not with its variant)."""
     bundles = session.exec(select(Bundle).where(Bundle.name == name)).all()
+    bundles = [b for b in bundles if not is_variant(b)] or bundles
     if not bundles:
         return None
     return max(bundles, key=lambda b: (b.created_at, version_tuple(b.version), b.id or 0))

@@ -21,7 +21,6 @@ import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -267,10 +266,4 @@ def make_variant(session: Session, settings: Settings, parent: Bundle, mode: str
             session, settings, work, parent.name, version, model_rel,
             input_shapes=manifest.get("input_shapes") or None, source=manifest.get("source"),
             extra=extra, files=files, golden_rtol=golden_rtol, golden_atol=golden_atol)
-    # Registered as made just before its parent: `N` alone (and build_bundle's "unchanged"
-    # check, which compares with the newest version) keeps meaning the FP32 build, so
-    # rebuilding the same FP32 is recognised as unchanged instead of compared with its variant.
-    result.bundle.created_at = parent.created_at - timedelta(microseconds=1)
-    session.add(result.bundle)
-    session.flush()
     return VariantResult(bundle=result.bundle, created=True, note=result.note)
