@@ -268,6 +268,8 @@ def _window_latencies(result: Result) -> tuple[list[float], str]:
     pre = (result.detail or {}).get("preprocessing_ms")
     if pre is None:
         return inference, "inference only: preprocessing not measured (a benchmark)"
+    if any(not isinstance(v, int | float) for v in pre):
+        return inference, "inference only: some preprocessing times are missing"
     if len(pre) != len(inference):
         return inference, (f"inference only: {len(pre)} preprocessing times for "
                            f"{len(inference)} inferences do not line up")
