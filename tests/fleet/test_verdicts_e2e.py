@@ -60,7 +60,7 @@ def test_energy_on_pi5_only_and_verdicts_on_the_real_run(cli: Cli, sshd_factory,
         measured = by_device[(row["device"], row["threads"])]["latency_ms"]
         assert row["p50_ms"] == pytest.approx(measured["p50"])
         assert row["p99_ms"] == pytest.approx(measured["p99"])
-        assert row["keeps_up"] is True and row["headroom_pct"] > 99.0
+        assert row["keeps_up"] is True and row["headroom_pct"] > 90.0
         assert row["basis"] == "inference only: preprocessing not measured (a benchmark)"
         assert row["worst_case_delay_s"] == pytest.approx(10 + 5 + measured["p99"] / 1000)
     for device in (pi5.name, pi4.name):
