@@ -33,8 +33,8 @@ def runs_verdict(
     """Per device and thread count: keeps up with the stream (p99 < hop)? headroom, real-time
     factor, worst-case detection delay, energy; and the recommended thread count.
 
-    The streaming profile comes from the options, else the run, else the bundle (built with
-    --streaming-profile); options given on top of a stored profile override its values."""
+    The streaming profile comes from the options, else the run, else the bundle's
+    (`bundle build --streaming-profile`); options override a stored profile's values."""
     from orchestrator.db import session_scope
     from orchestrator.reports import recommendation_lines, render_verdicts
     from orchestrator.verdicts import verdicts_for_run
