@@ -6,17 +6,44 @@ model to load, run and time, not a trained one. ``make_large_model`` builds a va
 roughly a given size for measuring pushes. Both are written with opset 17 / IR version 8, which
 the older onnxruntime builds found on Raspberry Pis load, and both are byte-identical for the
 same arguments.
+
+``make_trained_classifier`` is the demo's first-crack detector: a small network genuinely trained
+here, in numpy, on synthetic roaster audio (orchestrator/demo_audio.py) turned into features by
+the very code the device runs (agent/features.py), so the demo's on-device evaluation, threshold
+sweep and verdict show real numbers. See its docstring for the architecture and why.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["N_FRAMES", "N_MELS", "make_demo_classifier", "make_large_model"]
+from agent import features as agent_features
+from agent.features import load_feature_extractor
+from orchestrator import demo_audio, demo_train
+from orchestrator.demo_audio import NEGATIVE, POSITIVE, SAMPLING_RATE, WINDOW_S, make_windows
+from orchestrator.golden import npz_bytes
+
+__all__ = [
+    "N_FRAMES",
+    "N_MELS",
+    "TRAINED_FRAMES",
+    "TRAINED_MELS",
+    "make_demo_classifier",
+    "make_large_model",
+    "make_trained_classifier",
+]
 
 OPSET = 17
 IR_VERSION = 8
@@ -31,7 +58,8 @@ def _he(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int) -> np.nda
     return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
 
 
-def _finish(graph: onnx.GraphProto, path: Path, doc: str) -> Path:
+def _finish(graph: onnx.GraphProto, path: Path, doc: str,
+            metadata: dict[str, str] | None = None) -> Path:
     """Wrap ``graph`` in a checked opset-17 / IR-8 model and write it to ``path``."""
     model = helper.make_model(
         graph,
@@ -41,6 +69,8 @@ def _finish(graph: onnx.GraphProto, path: Path, doc: str) -> Path:
         doc_string=doc,
     )
     model.ir_version = IR_VERSION
+    if metadata:
+        helper.set_model_props(model, metadata)
     onnx.checker.check_model(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,3 +151,190 @@ def make_large_model(path: Path, megabytes: float, *, seed: int = 0) -> Path:
     )
     del weight
     return _finish(graph, path, f"EdgeFleet push-benchmark model, ~{megabytes} MiB (seed {seed})")
+
+
+# --- The trained first-crack classifier ----------------------------------------------------------
+
+TRAINED_MELS = 64
+TRAINED_FRAMES = 1 + (int(round(WINDOW_S * SAMPLING_RATE)) - 400) // 160  # Kaldi framing: 198
+TRAINED_LABELS = {"0": NEGATIVE, "1": POSITIVE}
+GENERATOR_VERSION = "1"
+TRAIN_WINDOWS = 800
+# Set to 1 in the generating child process (see _generate_single_threaded).
+_BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+BUNDLE_FILES = ("config.json", "model.onnx", "preprocessor_config.json", "sample_inputs.npz")
+# A streaming profile that fits the model (docs/pipeline.md): 2 s windows every second.
+TRAINED_STREAMING_PROFILE = {"window_s": WINDOW_S, "hop_s": WINDOW_S / 2, "threshold": 0.5,
+                             "min_positive": 2, "confirm_windows": 3}
+
+
+def _preprocessor_config(mean: float, std: float) -> dict[str, Any]:
+    """An AST-style preprocessor_config.json: what bundles.read_side_files and the agent read."""
+    return {
+        "feature_extractor_type": "ASTFeatureExtractor",
+        "feature_size": 1,
+        "sampling_rate": SAMPLING_RATE,
+        "num_mel_bins": TRAINED_MELS,
+        "max_length": TRAINED_FRAMES,
+        "padding_value": 0.0,
+        "do_normalize": True,
+        "mean": mean,
+        "std": std,
+        "return_attention_mask": False,
+    }
+
+
+def _features(waves: list[np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Normalised features [n, frames, mels] exactly as the device computes them, and the config.
+
+    The log-mels come from agent.features (the device's code), so the model learns the features
+    it will see in an eval; mean and std are the training set's, written into the config.
+    """
+    raw = _preprocessor_config(0.0, 0.5)
+    raw["do_normalize"] = False
+    plain = load_feature_extractor(raw)
+    assert plain is not None
+    mels = np.concatenate([plain(w) for w in waves])
+    config = _preprocessor_config(round(float(mels.mean(dtype=np.float64)), 6),
+                                  round(float(mels.std(dtype=np.float64)), 6))
+    extractor = load_feature_extractor(config)
+    assert extractor is not None
+    # The extractor's own normalisation, in float32 as it does it: bit-identical features.
+    return (mels - extractor._mean32) / extractor._scale32, config
+
+
+def _export(p: dict[str, np.ndarray], path: Path, doc: str,
+            metadata: dict[str, str]) -> Path:
+    """The trained network (orchestrator/demo_train.py) as ONNX, computing what ``forward`` does.
+
+    MatMul/Gemm only, no Conv: onnxruntime's dynamic INT8 turns them into MatMulInteger, which
+    is fast on ARM (dynamic ConvInteger is not), so ``bundle build --quantize int8`` suits it.
+    """
+    nodes = [
+        helper.make_node("ReduceMean", ["input_values"], ["frame_mean"], axes=[1], keepdims=1),
+        helper.make_node("Sub", ["input_values", "frame_mean"], ["centred"]),
+        helper.make_node("Concat", ["input_values", "centred"], ["z"], axis=2),
+        helper.make_node("MatMul", ["z", "w1"], ["m1"]),
+        helper.make_node("Add", ["m1", "b1"], ["a1"]),
+        helper.make_node("Relu", ["a1"], ["h1"]),
+        helper.make_node("MatMul", ["h1", "w2"], ["m2"]),
+        helper.make_node("Add", ["m2", "b2"], ["a2"]),
+        helper.make_node("Relu", ["a2"], ["h2"]),
+        helper.make_node("ReduceMax", ["h2"], ["pool_max"], axes=[1], keepdims=0),
+        helper.make_node("TopK", ["h2", "top_k"], ["top_values", "top_indices"], axis=1),
+        helper.make_node("ReduceMean", ["top_values"], ["pool_top"], axes=[1], keepdims=0),
+        helper.make_node("ReduceMean", ["h2"], ["pool_mean"], axes=[1], keepdims=0),
+        helper.make_node("Concat", ["pool_max", "pool_top", "pool_mean"], ["pooled"], axis=1),
+        helper.make_node("Gemm", ["pooled", "w3", "b3"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "edgefleet_first_crack_mlp",
+        inputs=[helper.make_tensor_value_info(
+            "input_values", TensorProto.FLOAT, ["batch", TRAINED_FRAMES, TRAINED_MELS])],
+        outputs=[helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        initializer=[numpy_helper.from_array(w, name) for name, w in sorted(p.items())]
+        + [numpy_helper.from_array(np.array([demo_train.TOP_K], dtype=np.int64), "top_k")],
+    )
+    return _finish(graph, path, doc, metadata)
+
+
+def _generate(folder: Path, seed: int, train_windows: int = TRAIN_WINDOWS) -> None:
+    """Synthesise, featurise, train and write the four bundle files into ``folder``."""
+    waves, labels = make_windows(train_windows, seed)
+    x, config = _features(waves)
+    params = demo_train.train(x, labels, seed)
+    train_accuracy = float(np.mean(
+        demo_train.forward(params, x)["logits"].argmax(axis=1) == labels))
+    folder.mkdir(parents=True, exist_ok=True)
+    _export(params, folder / "model.onnx",
+            f"EdgeFleet demo first-crack detector, trained on {train_windows} synthetic "
+            f"{WINDOW_S:g} s windows (seed {seed}); classes: {NEGATIVE}, {POSITIVE}",
+            {"edgefleet.generator_version": GENERATOR_VERSION, "edgefleet.seed": str(seed),
+             "edgefleet.train_windows": str(train_windows),
+             "edgefleet.train_accuracy": f"{train_accuracy:.4f}"})
+    label2id = {name: int(i) for i, name in TRAINED_LABELS.items()}
+    (folder / "config.json").write_text(json.dumps(
+        {"id2label": TRAINED_LABELS, "label2id": label2id, "num_labels": 2}, indent=2) + "\n")
+    (folder / "preprocessor_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    # Two real windows (the first background one and the first first-crack one): the golden
+    # outputs at build time and the smoke test on the device run on them.
+    picks = [int(np.argmax(labels == 0)), int(np.argmax(labels == 1))]
+    (folder / "sample_inputs.npz").write_bytes(npz_bytes({"input_values": x[picks]}))
+
+
+def _generate_single_threaded(folder: Path, seed: int, train_windows: int) -> None:
+    """Run ``_generate`` in a child process whose BLAS uses one thread.
+
+    Why: the BLAS thread count changes how matrix products are summed, so the trained weights
+    (and the file bytes) would depend on the machine's core count and the caller's settings;
+    and on a busy machine multi-threaded OpenBLAS spins, making training several times slower.
+    Thread counts can only be set before numpy loads, hence a fresh interpreter.
+    """
+    env = dict(os.environ)
+    env.update({name: "1" for name in _BLAS_THREAD_VARS})
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    argv = [sys.executable, "-m", "orchestrator.demo_model", str(folder), str(seed),
+            str(train_windows)]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)  # noqa: S603 - fixed argv
+    if proc.returncode != 0:
+        raise RuntimeError(f"generating the demo model into {folder} failed (exit "
+                           f"{proc.returncode}); the generator said:\n{proc.stderr[-3000:]}")
+
+
+def _cache_key(seed: int, train_windows: int) -> str:
+    """Changes whenever anything that shapes the output could: the generator's, the audio's and
+    the device feature code's source, the seed, and the numpy/onnx versions."""
+    digest = hashlib.sha256()
+    for module in (demo_audio, demo_train, agent_features):
+        digest.update(Path(module.__file__ or "").read_bytes())
+    digest.update(Path(__file__).read_bytes())
+    digest.update(f"{GENERATOR_VERSION}|{seed}|{train_windows}|{np.__version__}|"
+                  f"{onnx.__version__}".encode())
+    return digest.hexdigest()[:16]
+
+
+def make_trained_classifier(folder: Path, *, seed: int = 0, cache_dir: Path | None = None,
+                            train_windows: int = TRAIN_WINDOWS) -> Path:
+    """Write the trained first-crack bundle folder and return it.
+
+    Files: model.onnx (input ``input_values`` float32 [batch, 198, 64], output ``logits``
+    [batch, 2]), config.json (id2label), preprocessor_config.json (AST filterbank, 64 bins,
+    198 frames = one 2 s window, mean/std of the training features) and sample_inputs.npz.
+    Synthesis, features and training take seconds and are seeded: the same ``seed`` gives
+    byte-identical files on the same machine (float rounding in BLAS may differ on another CPU).
+    Evaluate on windows from ``demo_audio.write_eval_set`` with a different seed.
+
+    ``cache_dir``: keep the generated files there, keyed by a hash of the generator's sources
+    (see ``_cache_key``), and copy them from it next time; tests that build the demo often pass
+    one directory for the whole session. ``train_windows``: fewer make a cheaper, worse model
+    (tests of the generator itself use that).
+    """
+    folder = Path(folder)
+    if train_windows < 8:
+        raise ValueError(f"train_windows must be at least 8, got {train_windows}")
+    if cache_dir is None:
+        _generate_single_threaded(folder, seed, train_windows)
+        return folder
+    cached = Path(cache_dir) / f"first-crack-{_cache_key(seed, train_windows)}"
+    if not all((cached / name).is_file() for name in BUNDLE_FILES):
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".first-crack-", dir=cache_dir))
+        try:
+            _generate_single_threaded(staging, seed, train_windows)
+            try:
+                os.rename(staging, cached)
+            except OSError:  # another process finished first: its files are the same
+                if not all((cached / name).is_file() for name in BUNDLE_FILES):
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in BUNDLE_FILES:
+        shutil.copyfile(cached / name, folder / name)
+    return folder
+
+
+if __name__ == "__main__":  # the child process of _generate_single_threaded
+    _generate(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
