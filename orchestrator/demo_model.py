@@ -211,11 +211,11 @@ def _export(p: dict[str, np.ndarray], path: Path, doc: str,
     is fast on ARM (dynamic ConvInteger is not), so ``bundle build --quantize int8`` suits it.
     """
     nodes = [
-        helper.make_node("ReduceMean", ["input_values"], ["frame_mean"], axes=[1], keepdims=1),
-        helper.make_node("Sub", ["input_values", "frame_mean"], ["centred"]),
-        helper.make_node("Concat", ["input_values", "centred"], ["z"], axis=2),
-        helper.make_node("MatMul", ["z", "w1"], ["m1"]),
-        helper.make_node("Add", ["m1", "b1"], ["a1"]),
+        helper.make_node("ReduceMean", ["input_values"], ["window_mean"], axes=[1], keepdims=1),
+        helper.make_node("MatMul", ["input_values", "w1"], ["m1"]),
+        helper.make_node("MatMul", ["window_mean", "w1c"], ["m1c"]),
+        helper.make_node("Sub", ["m1", "m1c"], ["s1"]),
+        helper.make_node("Add", ["s1", "b1"], ["a1"]),
         helper.make_node("Relu", ["a1"], ["h1"]),
         helper.make_node("MatMul", ["h1", "w2"], ["m2"]),
         helper.make_node("Add", ["m2", "b2"], ["a2"]),
