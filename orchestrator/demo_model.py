@@ -199,8 +199,8 @@ def _features(waves: list[np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
                                   round(float(mels.std(dtype=np.float64)), 6))
     extractor = load_feature_extractor(config)
     assert extractor is not None
-    # The extractor's own normalisation, in float32 as it does it: bit-identical features.
-    return (mels - extractor._mean32) / extractor._scale32, config
+    # Normalised in float32 with float32 constants, as the extractor (and the reference) does.
+    return (mels - np.float32(extractor.mean)) / np.float32(extractor.std * 2), config
 
 
 def _export(p: dict[str, np.ndarray], path: Path, doc: str,

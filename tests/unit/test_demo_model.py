@@ -180,3 +180,17 @@ def test_generation_is_byte_identical_and_cached(tmp_path: Path) -> None:
     assert {p.name: p.stat().st_mtime_ns for p in entry.iterdir()} == stamps
     with pytest.raises(ValueError, match="train_windows"):
         make_trained_classifier(tmp_path / "f", train_windows=2)
+
+
+def test_training_features_are_the_device_features() -> None:
+    """The model learns exactly what the device computes: agent.features, normalised with the
+    training set's mean/std that go into preprocessor_config.json."""
+    from orchestrator.demo_audio import make_windows
+    from orchestrator.demo_model import _features
+
+    waves, _ = make_windows(4, seed=5)
+    features, config = _features(waves)
+    extractor = load_feature_extractor(config)
+    assert extractor is not None
+    for wave_, row in zip(waves, features, strict=True):
+        np.testing.assert_array_equal(extractor(wave_)[0], row)
