@@ -10,7 +10,10 @@ same arguments.
 ``make_trained_classifier`` is the demo's first-crack detector: a small network genuinely trained
 here, in numpy, on synthetic roaster audio (orchestrator/demo_audio.py) turned into features by
 the very code the device runs (agent/features.py), so the demo's on-device evaluation, threshold
-sweep and verdict show real numbers. See its docstring for the architecture and why.
+sweep and verdict show real numbers (the network and its training: orchestrator/demo_train.py).
+The demo calls ``make_trained_classifier(home / "models" / "first-crack", cache_dir=...)`` and
+``demo_audio.write_eval_set(home / "eval")`` (64 windows the model never saw, 16 first crack);
+``TRAINED_STREAMING_PROFILE`` is a streaming profile that fits the model's 2 s windows.
 """
 
 from __future__ import annotations
