@@ -10,8 +10,9 @@ generated here from a seed. The signal model follows what a first-crack detector
   negatives: loud, sudden, and in every class.
 - first crack: clusters of 3-12 short broadband pops (1-5 ms exponentially decaying noise,
   high-passed, random amplitude, irregular spacing) mixed in at a random signal-to-noise ratio.
-  Some background windows carry one or two stray pops (a bean cracking early is not first crack),
-  and some first-crack windows sit at a low SNR, so the task is learnable but not perfect.
+  A quarter of background windows carry one or two stray pops (a bean cracking early is not
+  first crack), and some first-crack windows sit at a low SNR, so the task is learnable but not
+  perfect.
 
 numpy and the stdlib only; everything is drawn from a ``numpy.random.Generator`` so the same seed
 gives the same samples (and byte-identical WAV files) on every machine.
@@ -85,7 +86,8 @@ def _airflow(rng: np.random.Generator, n: int, freqs: np.ndarray) -> np.ndarray:
 
 
 def _knocks(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
-    """0-3 drum knocks (damped 50-250 Hz thumps) and metal clanks (ringing 0.8-4 kHz partials)."""
+    """A few (Poisson, mean 1.2) drum knocks (damped 50-250 Hz thumps) and metal clanks (ringing
+    0.8-4 kHz partials), at random times."""
     out = np.zeros(n)
     for _ in range(int(rng.poisson(1.2))):
         length = int(0.4 * sr)
