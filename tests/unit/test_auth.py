@@ -302,6 +302,13 @@ def test_cookie_sessions_need_their_own_csrf_token(client: TestClient, settings:
     assert client.post("/t/form", headers={"X-CSRF-Token": other_csrf}).status_code == 403
 
 
+def _set_cookie(client: TestClient, value: str) -> None:
+    """Replace the session cookie: the jar holds the server's (domain-scoped) one, and setting
+    a domain-less cookie of the same name would add a second instead of replacing it."""
+    client.cookies.clear()
+    client.cookies.set(security.COOKIE, value)
+
+
 def test_tampered_and_expired_cookies_are_refused(client: TestClient, settings: Settings,
                                                   tokens: dict[str, str]) -> None:
     login(client, tokens["admin"])
@@ -317,7 +324,7 @@ def test_tampered_and_expired_cookies_are_refused(client: TestClient, settings: 
                 forged_payload.partition(".")[0] + "." + rest,
                 URLSafeTimedSerializer(b"not-the-key", salt=security._SALT).dumps(
                     {"tid": 1, "csrf": "x"})):
-        client.cookies.set(security.COOKIE, bad)
+        _set_cookie(client, bad)
         assert client.get("/api/devices").status_code == 401
 
     class PastSigner(TimestampSigner):
@@ -327,9 +334,9 @@ def test_tampered_and_expired_cookies_are_refused(client: TestClient, settings: 
     expired = URLSafeTimedSerializer(security.secret_key(settings), salt=security._SALT,
                                      signer=PastSigner).dumps(
         {"tid": 1, "csrf": "x"})
-    client.cookies.set(security.COOKIE, expired)
+    _set_cookie(client, expired)
     assert client.get("/api/devices").status_code == 401
-    client.cookies.set(security.COOKIE, good)
+    _set_cookie(client, good)
     assert client.get("/api/devices").status_code == 200
 
 
@@ -347,7 +354,7 @@ def test_logout_and_revocation_end_the_session(client: TestClient, settings: Set
     with session_scope(settings) as session:
         viewer_id = next(t.id for t in auth.list_tokens(session) if t.role == "viewer")
     auth.revoke_token(settings, viewer_id)  # type: ignore[arg-type]
-    client.cookies.set(security.COOKIE, stolen)
+    _set_cookie(client, stolen)
     assert client.get("/api/devices").status_code == 401
     assert client.get("/t/page", follow_redirects=False).status_code == 303
 
