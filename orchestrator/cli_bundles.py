@@ -29,7 +29,7 @@ from orchestrator.fleet import Outcome
 def bundle_build(
     path: Annotated[str, typer.Argument(
         help="An .onnx file, a folder with one and its side files, or a Hugging Face repo: "
-             "hf://OWNER/REPO[/SUBFOLDER][@REVISION].")],
+             "hf://OWNER/REPO/SUBFOLDER@REVISION (subfolder and revision optional).")],
     name: Annotated[str, typer.Option("--name", "-n", help="Bundle name.")],
     version: Annotated[str | None, typer.Option(help="Version (default: next number).")] = None,
     model: Annotated[str | None, typer.Option(

@@ -343,3 +343,25 @@ def test_sync_diff_never_prints_env_values(cli, tmp_path) -> None:
     for out in (human.stdout, as_json.stdout):
         assert "TOKEN" in out and "secret" not in out
     assert as_json.json["changed"]["pi"]["env"] == [{"TOKEN": "<redacted>"}] * 2
+
+
+def test_every_command_has_working_help(cli: Cli) -> None:
+    """Help text is rendered with rich markup: a stray ``[...]`` in a help string crashes
+    ``--help`` of that command only, so walk every command and group."""
+    import typer.main
+
+    from orchestrator.cli import get_app
+
+    root = typer.main.get_command(get_app())
+
+    def walk(group: Any, path: list[str]) -> list[list[str]]:
+        found = [path]
+        for name, command in getattr(group, "commands", {}).items():
+            found += walk(command, [*path, name])
+        return found
+
+    paths = walk(root, [])
+    assert len(paths) > 25
+    for path in paths:
+        result = cli(*path, "--help")
+        assert "Usage" in result.stdout, path
