@@ -47,6 +47,9 @@ def bundle_build(
         help="Relative tolerance of the golden-output check (default: by precision).")] = None,
     golden_atol: Annotated[float | None, typer.Option(
         help="Absolute tolerance of the golden-output check (default: by precision).")] = None,
+    streaming_profile: Annotated[Path | None, typer.Option(
+        help="YAML/JSON streaming profile (window_s, hop_s or overlap, threshold, min_positive, "
+             "confirm_windows) stored with the bundle for `runs verdict`.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Inspect the model, hash every file into the blob store, register a new version (and its
@@ -60,17 +63,22 @@ def bundle_build(
     check_request(quantize, calibration)
     cfg = settings()
     shapes = parse_shapes(shape)
-    golden = {"golden_rtol": golden_rtol, "golden_atol": golden_atol}
+    build_opts: dict[str, Any] = {"golden_rtol": golden_rtol, "golden_atol": golden_atol}
+    if streaming_profile is not None:
+        from orchestrator.verdicts import load_profile_file
+
+        build_opts["extra"] = {"streaming": load_profile_file(streaming_profile).to_dict()}
     with session_scope(cfg) as session:
         if is_hub_spec(path):
             snap = fetch(path, model)
             result = build_bundle(session, cfg, snap.folder, name, version, snap.model,
                                   input_shapes=shapes, source=snap.source, files=snap.files,
-                                  **golden)
+                                  **build_opts)
         else:
             result = build_bundle(session, cfg, Path(path), name, version, model,
-                                  input_shapes=shapes, **golden)
-        made = ([make_variant(session, cfg, result.bundle, quantize, calibration, **golden)]
+                                  input_shapes=shapes, **build_opts)
+        made = ([make_variant(session, cfg, result.bundle, quantize, calibration,
+                              golden_rtol=golden_rtol, golden_atol=golden_atol)]
                 if quantize else [])
         public = bundle_public(result.bundle) | {"created": result.created}
         variants = [bundle_public(v.bundle) | {"created": v.created} for v in made]

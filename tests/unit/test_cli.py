@@ -365,3 +365,22 @@ def test_every_command_has_working_help(cli: Cli) -> None:
     for path in paths:
         result = cli(*path, "--help")
         assert "Usage" in result.stdout, path
+
+
+def test_streaming_profile_is_stored_with_the_bundle(cli: Cli, tmp_path: Path) -> None:
+    model = make_demo_classifier(tmp_path / "m.onnx")
+    profile = tmp_path / "profile.yml"
+    profile.write_text("window_s: 10\noverlap: 0.3\nthreshold: 0.9\nmin_positive: 3\n"
+                       "confirm_windows: 3\n")
+    built = cli("bundle", "build", model, "--name", "fc", "--streaming-profile", profile,
+                "--json").json
+    assert built["streaming"]["hop_s"] == 7.0 and built["streaming"]["threshold"] == 0.9
+    # The profile is part of the identity: same files, another profile -> a new version.
+    profile.write_text("window_s: 10\nhop_s: 3\n")
+    again = cli("bundle", "build", model, "--name", "fc", "--streaming-profile", profile,
+                "--json").json
+    assert again["created"] and again["version"] == "2" and again["streaming"]["hop_s"] == 3.0
+    profile.write_text("window_s: 10\nhop_s: 30\n")
+    bad = cli("bundle", "build", model, "--name", "fc", "--streaming-profile", profile,
+              expect=2)
+    assert "hop" in bad.stderr and str(profile) in bad.stderr
