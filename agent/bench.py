@@ -200,6 +200,19 @@ def _drain(stream: IO[bytes], tail: Deque[str]) -> None:
     sys.stderr.flush()
 
 
+# numpy's BLAS (the eval child's mel filterbank matmul) would otherwise start a thread per core
+# and compete with onnxruntime's intra-op threads, skewing exactly the thread-count comparison
+# being measured. onnxruntime does not use these; a value set in edgefleet_env is kept.
+BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def child_env() -> Dict[str, str]:
+    env = dict(os.environ)
+    for name in BLAS_THREAD_VARS:
+        env.setdefault(name, "1")
+    return env
+
+
 def run_child(spec: Dict[str, Any], emit: Emit, runtime: Dict[str, Any],
               argv: Optional[List[str]] = None) -> Dict[str, Any]:
     """Measure one thread count in a child; its death becomes this entry's error. ``argv``
@@ -207,7 +220,7 @@ def run_child(spec: Dict[str, Any], emit: Emit, runtime: Dict[str, Any],
     threads = spec["threads"]
     proc = subprocess.Popen(  # noqa: S603 - our interpreter and our own bootstrap
         argv or child_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE)
+        stderr=subprocess.PIPE, env=child_env())
     tail: Deque[str] = collections.deque(maxlen=STDERR_TAIL)
     drain = threading.Thread(target=_drain, args=(proc.stderr, tail), daemon=True)
     drain.start()

@@ -36,8 +36,10 @@ def demo_cmd(
     from orchestrator.deploy import push
     from orchestrator.devices import all_devices, device_public, sync_inventory
     from orchestrator.inventory import load_inventory
+    from orchestrator.quantize import make_variant
     from orchestrator.reports import render_table
     from orchestrator.runs import BenchParams, bench, get_run, run_public, run_results
+    from orchestrator.verdicts import load_profile_file
 
     home = (home or Settings().home / "demo").absolute()
     if fresh and home.exists():
@@ -62,46 +64,64 @@ def demo_cmd(
         output.stdout.print(output.outcome_table(f"agent {package.version}", installed,
                                                  AGENT_COLUMNS))
 
-    _say(as_json, f"edgefleet bundle build {files.model_dir} --name {demo.DEMO_BUNDLE}")
+    shape = ",".join(f"{k}={'x'.join(map(str, v))}" for k, v in demo.INPUT_SHAPES.items())
+    _say(as_json, f"edgefleet bundle build {files.model_dir} --name {demo.DEMO_BUNDLE} "
+                  f"--shape {shape} --quantize int8 --streaming-profile {files.profile}")
     with session_scope(cfg) as session:
         built = build_bundle(session, cfg, files.model_dir, demo.DEMO_BUNDLE,
-                             input_shapes=demo.INPUT_SHAPES)
-        bundle = built.bundle
-        report["bundle"] = bundle_public(bundle) | {"created": built.created}
+                             input_shapes=demo.INPUT_SHAPES,
+                             extra={"streaming": load_profile_file(files.profile).to_dict()})
+        variant = make_variant(session, cfg, built.bundle, "int8")
+        bundles = [built.bundle, variant.bundle]
+        report["bundle"] = bundle_public(built.bundle) | {"created": built.created}
+        report["variant"] = bundle_public(variant.bundle) | {"created": variant.created}
+        session.expunge_all()
     if not as_json:
-        state = "built" if built.created else "unchanged"
-        output.stdout.print(f"{state} {bundle.name}@{bundle.version} "
-                            f"({output.human_bytes(bundle.size_bytes)}, digest "
-                            f"{bundle.digest[:16]})")
+        for b, created in ((built.bundle, built.created), (variant.bundle, variant.created)):
+            output.stdout.print(f"{'built' if created else 'unchanged'} {b.name}@{b.version} "
+                                f"{b.precision} ({output.human_bytes(b.size_bytes)}, digest "
+                                f"{b.digest[:16]})")
 
-    _say(as_json, f"edgefleet push {bundle.name}@{bundle.version} all")
     ready = [d for d in devices if any(o.device == d.name and o.ok for o in installed)]
-    with output.RichPushProgress(enabled=not as_json) as progress:
-        pushed = push(cfg, bundle, ready, progress=progress)
-    report["push"] = [{"device": o.device, "state": o.state, "bytes_sent":
-                       o.data.get("bytes_sent", 0), "duration_s": round(o.duration_s, 3),
-                       "error": o.error} for o in pushed]
-    if not as_json:
-        for o in pushed:
-            o.data["sent"] = output.human_bytes(o.data.get("bytes_sent", 0))
-        output.stdout.print(output.outcome_table("push", pushed, ("sent",)))
-
-    _say(as_json, f"edgefleet bench {bundle.name}@{bundle.version} all --threads 1,2")
+    report["push"] = []
+    pushed_all = []
+    for bundle in bundles:  # the INT8 variant last: it is what the devices keep running
+        _say(as_json, f"edgefleet push {bundle.name}@{bundle.version} all")
+        with output.RichPushProgress(enabled=not as_json) as progress:
+            pushed = push(cfg, bundle, ready, progress=progress)
+        pushed_all += pushed
+        report["push"].append({"bundle": f"{bundle.name}@{bundle.version}", "outcomes": [
+            {"device": o.device, "state": o.state, "bytes_sent": o.data.get("bytes_sent", 0),
+             "smoke": o.data.get("smoke"),
+             "duration_s": round(o.duration_s, 3), "error": o.error} for o in pushed]})
+        if not as_json:
+            for o in pushed:
+                o.data["sent"] = output.human_bytes(o.data.get("bytes_sent", 0))
+            output.stdout.print(output.outcome_table("push", pushed, ("sent", "smoke")))
+    fp32, int8 = bundles
+    _say(as_json, f"edgefleet bench {fp32.name}@{fp32.version} all --threads 1,2  "
+                  f"(and {int8.name}@{int8.version})")
     with output.BenchProgress(enabled=not as_json) as progress:
-        (run,), benched = bench(cfg, [bundle], ready, BenchParams(threads=[1, 2]), "all",
-                                on_event=progress.event)
-    with session_scope(cfg) as session:
-        results = run_public(get_run(session, run.id), run_results(session, run.id))["results"]
-    report["bench"] = {"run_id": run.id, "state": run.state, "results": results}
-    if not as_json:
-        output.stdout.print(render_table(results, f"run {run.id}: {bundle.name}@"
-                                                  f"{bundle.version}"))
+        runs, benched = bench(cfg, bundles, ready, BenchParams(threads=[1, 2]), "all",
+                              on_event=progress.event)
+    report["bench"] = []
+    for run in runs:
+        with session_scope(cfg) as session:
+            results = run_public(get_run(session, run.id), run_results(session, run.id))
+        report["bench"].append({"run_id": run.id, "state": run.state,
+                                "bundle": f"{run.bundle_name}@{run.bundle_version}",
+                                "results": results["results"]})
+        if not as_json:
+            output.stdout.print(render_table(results["results"], f"run {run.id}: "
+                                             f"{run.bundle_name}@{run.bundle_version}"))
+
+    evaluated = _evaluate(cfg, files, int8, ready, report, as_json)
+    failed = [o for o in [*installed, *pushed_all, *benched, *evaluated] if not o.ok]
 
     _say(as_json, "edgefleet devices list")
     with session_scope(cfg) as session:
         fleet = [device_public(d) for d in all_devices(session)]
     report["devices"] = fleet
-    failed = [o for o in [*installed, *pushed, *benched] if not o.ok]
     if as_json:
         output.print_json(report)
     else:
@@ -111,8 +131,57 @@ def demo_cmd(
             f"  export EDGEFLEET_HOME={home}\n"
             "  edgefleet devices show pi5-roaster\n"
             "  edgefleet bundle show first-crack\n"
-            f"  edgefleet runs show {run.id} --format md\n"
-            "  edgefleet rollback pi4-lab"
+            f"  edgefleet runs show {runs[0].id} --format md\n"
+            f"  edgefleet runs compare {runs[0].id} {runs[1].id}\n"
+            f"  edgefleet runs verdict {report['eval']['run_id']}\n"
+            "  edgefleet devices verify all\n"
+            "  edgefleet rollback pi4-lab\n"
+            "  edgefleet serve"
         )
     if failed:
         raise typer.Exit(1)
+
+
+def _evaluate(cfg: Settings, files: Any, bundle: Any, devices: list[Any],
+              report: dict[str, Any], as_json: bool) -> list[Any]:
+    """Dataset from the WAV folder, eval on every device at 1 and 2 threads, then the verdict."""
+    from orchestrator import demo
+    from orchestrator.cli_eval import EvalProgress, print_eval
+    from orchestrator.datasets import build_dataset, dataset_public
+    from orchestrator.db import session_scope
+    from orchestrator.evals import evaluate
+    from orchestrator.reports import recommendation_lines, render_verdicts
+    from orchestrator.runs import get_run, run_public, run_results
+    from orchestrator.verdicts import verdicts_for_run
+
+    ref = f"{bundle.name}@{bundle.version}"
+    _say(as_json, f"edgefleet dataset build {files.eval_dir} --name {demo.DEMO_DATASET} "
+                  f"--for {ref}")
+    with session_scope(cfg) as session:
+        made = build_dataset(session, cfg, files.eval_dir, demo.DEMO_DATASET, bundle=bundle)
+        dataset = made.dataset
+        report["dataset"] = dataset_public(dataset) | {"created": made.created}
+        session.expunge_all()
+    if not as_json:
+        output.stdout.print(f"{'built' if made.created else 'unchanged'} "
+                            f"{dataset.name}@{dataset.version}: {report['dataset']['samples']} "
+                            f"labelled windows")
+
+    _say(as_json, f"edgefleet eval {ref} {demo.DEMO_DATASET} all --threads 1,2 "
+                  "--threshold-sweep")
+    with EvalProgress(enabled=not as_json) as progress:
+        run, outcomes = evaluate(cfg, bundle, dataset, devices, [1, 2], None, 0.5,
+                                 on_event=progress.event, targets="all")
+    with session_scope(cfg) as session:
+        public = run_public(get_run(session, run.id), run_results(session, run.id))
+        verdict = verdicts_for_run(session, run.id)
+    report["eval"] = {"run_id": run.id, "state": run.state, "results": public["results"],
+                      "agreement": public.get("agreement")}
+    report["verdict"] = verdict
+    if not as_json:
+        print_eval(public, "table", True)
+        _say(as_json, f"edgefleet runs verdict {run.id}")
+        output.stdout.print(render_verdicts(verdict))
+        for line in recommendation_lines(verdict):
+            output.stdout.print(line, soft_wrap=True)
+    return outcomes

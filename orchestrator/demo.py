@@ -2,24 +2,34 @@
 
 Three simulated Pis run as local devices (``ansible_connection: local``) with fake sensors per
 DESIGN.md; one runs hot without a cooler, one had a weak power supply. Everything else is real:
-a real ONNX classifier, the real agent, real hashing, verification and activation.
+a first-crack classifier trained (in numpy, seeded) on synthetic roaster audio, its INT8
+variant, a labelled WAV eval set the model never saw, the real agent, hashing, verification,
+activation, smoke tests, benchmarks and on-device evaluation.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from orchestrator.demo_model import make_demo_classifier
+from orchestrator.demo_audio import write_eval_set
+from orchestrator.demo_model import (
+    TRAINED_FRAMES,
+    TRAINED_MELS,
+    TRAINED_STREAMING_PROFILE,
+    make_trained_classifier,
+)
 from orchestrator.simulate import SimulatedDevice, create_simulated_device
 
 DEMO_BUNDLE = "first-crack"
-LABELS = {"0": "no_first_crack", "1": "first_crack"}
-INPUT_SHAPES = {"log_mel": [1, 1, 98, 40]}  # one ~1 s window of 40 log-mel bins
+DEMO_DATASET = "roast-windows"
+# One 2 s window per inference: benchmarks and golden outputs use batch 1.
+INPUT_SHAPES = {"input_values": [1, TRAINED_FRAMES, TRAINED_MELS]}
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,8 @@ class DemoFiles:
     home: Path
     inventory: Path
     model_dir: Path
+    eval_dir: Path
+    profile: Path
     sims: dict[str, SimulatedDevice]
 
 
@@ -73,8 +85,13 @@ def prepare(home: Path) -> DemoFiles:
                          "children": {g: {"hosts": hosts} for g, hosts in groups.items()}}}
     inventory_path = home / "inventory.yml"
     inventory_path.write_text(yaml.safe_dump(inventory, sort_keys=False))
-    model_dir = home / "models" / DEMO_BUNDLE
-    model_dir.mkdir(parents=True, exist_ok=True)
-    make_demo_classifier(model_dir / "model.onnx", seed=0)
-    (model_dir / "config.json").write_text(json.dumps({"id2label": LABELS}, indent=2) + "\n")
-    return DemoFiles(home, inventory_path, model_dir, sims)
+    model_dir = make_trained_classifier(home / "models" / DEMO_BUNDLE, cache_dir=home / "cache")
+    eval_dir = home / "eval" / DEMO_DATASET
+    if not eval_dir.is_dir():  # written once, whole or not at all (then hashed into a dataset)
+        staging = eval_dir.with_name(f".{DEMO_DATASET}.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        write_eval_set(staging)
+        staging.rename(eval_dir)
+    profile = home / "models" / f"{DEMO_BUNDLE}.profile.json"
+    profile.write_text(json.dumps(TRAINED_STREAMING_PROFILE, indent=2) + "\n")
+    return DemoFiles(home, inventory_path, model_dir, eval_dir, profile, sims)

@@ -10,6 +10,7 @@ in steps of 0.005), times as ``reports.format_number``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -126,6 +127,28 @@ def _title(run: dict[str, Any]) -> str:
             f"{data.get('name')}@{data.get('version')} ({run['state']})")
 
 
+def metric_groups(rows: list[dict[str, Any]], sweep: bool) -> list[tuple[str, dict[str, Any]]]:
+    """(whose, metrics) with results that share the same confusion matrix (and sweep, when it
+    is shown) merged: a fleet that agrees gets one matrix, not one per device x threads."""
+    groups: dict[str, tuple[list[str], dict[str, Any]]] = {}
+    for row in rows:
+        m = row["metrics"]
+        if not m:
+            continue
+        key = json.dumps([m["classes"], m["confusion_matrix"],
+                          sweep_rows(m) if sweep else None, recommendation(m) if sweep else None])
+        groups.setdefault(key, ([], m))[0].append(f"{row['device']} · {row['threads']} "
+                                                   "thread(s)")
+    total = sum(1 for row in rows if row["metrics"])
+    out = []
+    for names, m in groups.values():
+        whose = (names[0] if len(names) == 1 else
+                 f"all {total} results" if len(names) == total and total > 1 else
+                 ", ".join(names))
+        out.append((whose, m))
+    return out
+
+
 def render_eval(run: dict[str, Any], sweep: bool = False) -> list[RenderableType]:
     """The CLI report: table, confusion matrices, sweeps (when asked), agreement."""
     rows = eval_rows(run.get("results") or [])
@@ -137,11 +160,7 @@ def render_eval(run: dict[str, Any], sweep: bool = False) -> list[RenderableType
     for row in rows:
         table.add_row(*(Text(row[k] or "-") for k, _ in COLUMNS), style=styles[row["status"]])
     out: list[RenderableType] = [table]
-    for row in rows:
-        m = row["metrics"]
-        if not m:
-            continue
-        name = f"{row['device']} · {row['threads']} thread(s)"
+    for name, m in metric_groups(rows, sweep):
         cm = Table(title=Text(f"confusion matrix: {name} (rows = true, columns = predicted)"),
                    title_justify="left", header_style="bold", box=None, pad_edge=False)
         cm.add_column("true \\ predicted")
@@ -170,18 +189,14 @@ def eval_markdown(run: dict[str, Any], sweep: bool = False) -> str:
     parts = [f"**{_title(run)}**\n",
              _markdown([h for _, h in COLUMNS], [k not in _LEFT for k, _ in COLUMNS],
                        ([row[k] for k, _ in COLUMNS] for row in rows))]
-    for row in rows:
-        m = row["metrics"]
-        if not m:
-            continue
-        parts.append(f"\nConfusion matrix, {row['device']} · {row['threads']} thread(s):\n\n")
+    for name, m in metric_groups(rows, sweep):
+        parts.append(f"\nConfusion matrix, {name}:\n\n")
         parts.append(_markdown(["true \\ predicted", *m["classes"]],
                                [False] + [True] * len(m["classes"]),
                                ([c, *counts] for c, counts in
                                 zip(m["classes"], m["confusion_matrix"], strict=True))))
         if sweep and m.get("sweep"):
-            parts.append(f"\nThreshold sweep, {row['device']} · {row['threads']} thread(s): "
-                         f"{recommendation(m)}\n\n")
+            parts.append(f"\nThreshold sweep, {name}: {recommendation(m)}\n\n")
             parts.append(_markdown(SWEEP_HEADINGS, [True] * 8, sweep_rows(m)))
     parts.append("\n" + "\n".join(agreement_lines(run.get("agreement"))) + "\n")
     return "".join(parts)
