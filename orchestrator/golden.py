@@ -95,6 +95,21 @@ def _check_tolerance(flag: str, value: float) -> float:
     return float(value)
 
 
+def with_batch_of_one(signature: list[dict[str, Any]],
+                      input_shapes: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Recorded shapes plus, for an input whose only dynamic dim is the leading one, that dim
+    set to 1. Why: nearly every exported model has a dynamic batch ([batch, 1024, 128] for AST),
+    and a smoke test needs just one example; other dynamic dims (sequence lengths) have no safe
+    default, so they still need ``--shape``."""
+    shapes = dict(input_shapes)
+    for spec in signature:
+        dims = spec.get("shape") or []
+        if (spec["name"] not in shapes and dims and not isinstance(dims[0], int)
+                and all(isinstance(d, int) and d > 0 for d in dims[1:])):
+            shapes[spec["name"]] = [1, *dims[1:]]
+    return shapes
+
+
 def compute_golden(
     model_path: Path,
     display_name: str,
@@ -113,7 +128,8 @@ def compute_golden(
     paths = dict(files)
     npz_rel = find_sample_npz([{"path": rel} for rel in paths])
     try:
-        plan = plan_inputs(signature, recorded=input_shapes,
+        plan = plan_inputs(signature, recorded=input_shapes if npz_rel else
+                           with_batch_of_one(signature, input_shapes),
                            npz=(str(paths[npz_rel]), npz_rel) if npz_rel else None)
     except AgentError as exc:
         if "path" in exc.extra:  # the bundle's own sample inputs do not fit the model

@@ -58,9 +58,13 @@ def test_push_three_hosts_repush_and_rollback(cli: Cli, sshd_factory, tmp_path: 
     v2 = cli("bundle", "build", model_folder(tmp_path, 1), "--name", "first-crack", "--json").json
     assert v2["version"] == "2"
     pushed2 = cli("push", "first-crack", "pis", "--json").json
-    model_size = next(f["size"] for f in v2["files"] if f["path"] == "model.onnx")
-    # config.json is identical in both versions: only the model travels.
-    assert all(p["state"] == "active" and p["bytes_sent"] == model_size for p in pushed2)
+    old_blobs = {f["sha256"] for f in v1["files"]}
+    new_bytes = sum(f["size"] for f in v2["files"] if f["sha256"] not in old_blobs)
+    assert {f["path"] for f in v2["files"] if f["sha256"] not in old_blobs} == {
+        "model.onnx", ".edgefleet/golden_outputs.npz"}
+    # config.json and the golden inputs are identical in both versions: only the model and its
+    # golden outputs travel.
+    assert all(p["state"] == "active" and p["bytes_sent"] == new_bytes for p in pushed2)
     assert {active_manifest(h)["version"] for h in hosts} == {"2"}
 
     rolled = cli("rollback", "pis", "--json").json

@@ -83,6 +83,14 @@ def blob_files(home: Path) -> list[Path]:
     return sorted(p for p in (home / "blobs").rglob("*") if p.is_file())
 
 
+GOLDEN_PATHS = [".edgefleet/golden_inputs.npz", ".edgefleet/golden_outputs.npz"]
+
+
+def user_files(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The files that came from the user's folder (not EdgeFleet's golden inputs/outputs)."""
+    return [f for f in manifest["files"] if not f["path"].startswith(".edgefleet/")]
+
+
 def build(cli: Cli, path: Path, name: str, *args: str, expect: int | None = 0) -> Any:
     return cli("bundle", "build", path, "--name", name, *args, "--json", expect=expect).json
 
@@ -106,15 +114,16 @@ def test_build_single_onnx_file(cli: Cli, home: Path, tmp_path: Path) -> None:
     model = make_demo_classifier(tmp_path / "detector.onnx")
     out = build(cli, model, "first-crack")
     assert (out["name"], out["version"], out["created"]) == ("first-crack", "1", True)
-    assert out["files"] == [{"path": "detector.onnx", "sha256": sha256(model),
-                             "size": model.stat().st_size}]
-    assert out["size_bytes"] == model.stat().st_size
+    assert user_files(out) == [{"path": "detector.onnx", "sha256": sha256(model),
+                                "size": model.stat().st_size}]
+    assert [f["path"] for f in out["files"]][1:] == GOLDEN_PATHS
+    assert out["size_bytes"] == sum(f["size"] for f in out["files"])
     assert out["precision"] == "fp32"
     assert out["min_onnxruntime"] == "1.12"  # opset 17, IR 8
     assert out["source"] == {"type": "file", "path": str(model.resolve())}
     assert out["model"]["path"] == "detector.onnx"
     check_demo_signature(out["model"])
-    assert [p.name for p in blob_files(home)] == [sha256(model)]
+    assert {p.name for p in blob_files(home)} == {f["sha256"] for f in out["files"]}
 
 
 def test_build_folder_with_side_files(cli: Cli, home: Path, tmp_path: Path) -> None:
@@ -124,8 +133,8 @@ def test_build_folder_with_side_files(cli: Cli, home: Path, tmp_path: Path) -> N
     (folder / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
     out = build(cli, folder, "first-crack")
     expected = ["model.onnx", "preprocessor_config.json", "sub/dir/file.txt"]
-    assert [f["path"] for f in out["files"]] == expected
-    for entry in out["files"]:
+    assert [f["path"] for f in out["files"]] == expected + GOLDEN_PATHS
+    for entry in user_files(out):
         on_disk = folder / entry["path"]
         assert entry["sha256"] == sha256(on_disk)
         assert entry["size"] == on_disk.stat().st_size
@@ -136,7 +145,7 @@ def test_build_folder_with_side_files(cli: Cli, home: Path, tmp_path: Path) -> N
     # Every file is in the blob store under its own hash, and the bytes are the file's.
     blobs = {p.name: p for p in blob_files(home)}
     assert set(blobs) == {f["sha256"] for f in out["files"]}
-    for entry in out["files"]:
+    for entry in user_files(out):
         blob = blobs[entry["sha256"]]
         assert blob.parent.name == entry["sha256"][:2]
         assert blob.read_bytes() == (folder / entry["path"]).read_bytes()
@@ -194,7 +203,7 @@ def test_digest_is_sha256_of_the_canonical_manifest(home: Path, tmp_path: Path) 
     assert manifest["schema"] == MANIFEST_SCHEMA
     assert (manifest["name"], manifest["version"]) == ("first-crack", "1")
     assert manifest["precision"] == "fp32" and manifest["min_onnxruntime"] == "1.12"
-    assert seen == [(f["path"], f["size"]) for f in manifest["files"]]
+    assert seen == [(f["path"], f["size"]) for f in user_files(manifest)]
     # What was committed is what comes back.
     with session_scope(settings) as session:
         again = get_bundle(session, "first-crack@1")
@@ -246,10 +255,11 @@ def test_a_file_shared_by_two_versions_is_stored_once(cli: Cli, home: Path,
                                                       tmp_path: Path) -> None:
     v1 = build(cli, model_folder(tmp_path, 0), "fc")
     v2 = build(cli, model_folder(tmp_path, 1), "fc")
-    shas = {f["sha256"] for f in v1["files"]} | {f["sha256"] for f in v2["files"]}
+    shas = {f["sha256"] for f in user_files(v1)} | {f["sha256"] for f in user_files(v2)}
     assert len(shas) == 4  # two models, one config, one nested file
-    assert sorted(p.name for p in blob_files(home)) == sorted(shas)
-    assert len(blob_files(home)) == 4  # not 6: the side files are shared
+    golden = {f["sha256"] for f in [*v1["files"], *v2["files"]]} - shas
+    assert len(golden) == 3  # the models differ: 2 outputs; same generated inputs: stored once
+    assert sorted(p.name for p in blob_files(home)) == sorted(shas | golden)
     assert not list((home / "blobs").glob(".incoming-*"))
 
 
