@@ -20,6 +20,8 @@ from sklearn.metrics import (
 )
 
 from agent.features import load_feature_extractor
+from orchestrator.demo_audio import write_eval_set
+from orchestrator.demo_model import make_trained_classifier
 
 from ..conftest import Cli
 from .test_push_e2e import setup_fleet
@@ -79,9 +81,9 @@ def median_score(data: dict[str, list[np.ndarray]]) -> float:
     return float(np.median(scores))
 
 
-def sklearn_metrics(result: dict) -> dict:
+def sklearn_metrics(result: dict, labels: list[str] = LABELS) -> dict:
     samples = result["eval"]["samples"]
-    truth = [LABELS.index(s["label"]) for s in samples]
+    truth = [labels.index(s["label"]) for s in samples]
     p_crack = np.array([s["probs"][1] for s in samples])
     pred = (p_crack >= 0.5).astype(int)
     precision, recall, f1, _ = precision_recall_fscore_support(truth, pred, average="binary",
@@ -89,7 +91,7 @@ def sklearn_metrics(result: dict) -> dict:
     return {"accuracy": accuracy_score(truth, pred), "precision": precision, "recall": recall,
             "f1": f1, "roc_auc": roc_auc_score(truth, p_crack),
             "confusion_matrix": confusion_matrix(truth, pred, labels=[0, 1]).tolist(),
-            "pred": [LABELS[p] for p in pred]}
+            "pred": [labels[p] for p in pred]}
 
 
 def test_eval_on_three_devices_matches_sklearn_and_agrees(cli: Cli, sshd_factory,
@@ -171,3 +173,31 @@ def test_eval_refuses_unpushed_bundles_per_device(cli: Cli, sshd_factory,
     failed = by_device[hosts[1].name]
     assert not failed["ok"] and f"edgefleet push crack@1 {hosts[1].name}" in failed["error"]
     assert out["agreement"]["keys"] == [hosts[0].name]
+
+
+def test_demo_model_on_the_demo_wav_set_over_three_hosts(cli: Cli, sshd_factory,
+                                                         tmp_path: Path) -> None:
+    """The demo's trained detector, its INT8 variant and its 64 unseen WAV windows: pushed with
+    a passing smoke test, evaluated on every host; metrics equal scikit-learn's on the returned
+    probabilities, the accuracy is a trained model's, and the hosts agree."""
+    hosts = sshd_factory(3)
+    setup_fleet(cli, tmp_path, hosts)
+    folder = make_trained_classifier(tmp_path / "first-crack")
+    write_eval_set(tmp_path / "eval")
+    built = cli("bundle", "build", folder, "--name", "first-crack", "--quantize", "int8",
+                "--json").json
+    assert built["variants"][0]["version"] == "1-int8" and built["variants"][0]["golden"]
+    pushed = cli("push", "first-crack@1-int8", "pis", "--json").json
+    assert all(p["state"] == "active" and p["smoke"]["ok"] is True for p in pushed)
+    cli("dataset", "build", tmp_path / "eval", "--name", "roast", "--for", "first-crack@1-int8")
+    out = cli("eval", "first-crack@1-int8", "roast", "pis", "--json").json
+    labels = built["bundle"]["labels"]
+    assert labels == ["no_first_crack", "first_crack"]
+    for r in out["results"]:
+        assert r["ok"] and len(r["eval"]["samples"]) == 64, r
+        metrics, expected = r["eval"]["metrics"], sklearn_metrics(r, labels)
+        for key in ("accuracy", "precision", "recall", "f1", "roc_auc"):
+            assert abs(metrics[key] - expected[key]) < 1e-12, (key, metrics[key], expected[key])
+        assert metrics["confusion_matrix"] == expected["confusion_matrix"]
+        assert 0.85 <= metrics["accuracy"] < 1.0 and metrics["roc_auc"] > 0.9
+    assert out["agreement"]["same_confusion"] is True
