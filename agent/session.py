@@ -94,9 +94,28 @@ def receive(store: Store, stream: IO[bytes], spec: Any) -> Dict[str, Any]:
     return {"sha256": sha, "bytes": size}
 
 
+def _prewarm_smoke(request: Any) -> None:
+    """A plan that will be followed by an activation with a smoke test: start its child now."""
+    from agent import smoke
+
+    manifest = request.get("manifest") if isinstance(request, dict) else None
+    if isinstance(manifest, dict) and manifest.get("golden") is not None:
+        smoke.prewarm()
+
+
 def serve(store: Store, stream: IO[bytes], emit: Emit, handle: Handler,
           error_for: Callable[[BaseException], Dict[str, Any]]) -> int:
     """Answer requests until EOF; returns the exit status (1 if the session had to stop)."""
+    from agent import smoke
+
+    try:
+        return _serve(store, stream, emit, handle, error_for)
+    finally:
+        smoke.discard_warm()
+
+
+def _serve(store: Store, stream: IO[bytes], emit: Emit, handle: Handler,
+           error_for: Callable[[BaseException], Dict[str, Any]]) -> int:
     while True:
         header = stream.readline()
         if not header:
@@ -117,6 +136,8 @@ def serve(store: Store, stream: IO[bytes], emit: Emit, handle: Handler,
                 raise AgentError(E_BAD_INPUT, "sessions do not nest")
             else:
                 data = handle(command, store, request.get("input"))
+                if command == "plan" and not data.get("already_active"):
+                    _prewarm_smoke(request.get("input"))
             emit(result_ok(command, data))
         except (AgentError, OSError) as exc:
             error = error_for(exc)

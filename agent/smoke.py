@@ -18,6 +18,7 @@ Why numpy is imported only inside functions: the agent process imports this modu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -89,6 +90,45 @@ def smoke_command() -> List[str]:
     return [command[0], "-c", BOOTSTRAP, command[-1]]
 
 
+_warm: Optional["subprocess.Popen[bytes]"] = None
+
+
+def _spawn() -> "subprocess.Popen[bytes]":
+    return subprocess.Popen(  # noqa: S603 - our interpreter and our own bootstrap
+        smoke_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def prewarm() -> None:
+    """Start the smoke-test child now; it imports onnxruntime and then waits for its spec.
+
+    Why: in a push session the plan says an activation will follow, and the child's interpreter
+    start and onnxruntime import (0.3-0.6 s here, more on a Pi) then overlap the blob transfer
+    instead of being added after it."""
+    global _warm
+    if _warm is None or _warm.poll() is not None:
+        _warm = _spawn()
+
+
+def discard_warm() -> None:
+    """End an unused pre-warmed child (the session ended without an activation)."""
+    global _warm
+    proc, _warm = _warm, None
+    if proc is not None and proc.poll() is None:
+        try:
+            proc.communicate(b"", timeout=30)  # EOF: it exits without doing anything
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _take_child() -> "subprocess.Popen[bytes]":
+    global _warm
+    proc, _warm = _warm, None
+    if proc is None or proc.poll() is not None:
+        return _spawn()
+    return proc
+
+
 def run_smoke(vdir: str, golden: Dict[str, Any], emit: Emit) -> Dict[str, Any]:
     """Run the golden inputs through the model in ``vdir`` in a fresh child.
 
@@ -101,8 +141,7 @@ def run_smoke(vdir: str, golden: Dict[str, Any], emit: Emit) -> Dict[str, Any]:
             "rtol": golden["rtol"], "atol": golden["atol"], "model": golden["model"]}
     emit(event("smoke", phase="start", model=golden["model"]))
     started = time.perf_counter()
-    proc = subprocess.Popen(  # noqa: S603 - our interpreter and our own bootstrap
-        smoke_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = _take_child()
     try:
         out, err = proc.communicate(json.dumps(spec).encode("utf-8"))
     finally:
@@ -261,8 +300,13 @@ def child_main() -> int:
     from agent.cli import _private_stdout
 
     out = _private_stdout()  # a native library writing to fd 1 must not break the protocol
+    with contextlib.suppress(Exception):  # an import failure is reported by check()
+        import onnxruntime  # noqa: F401 - before waiting for the spec (see prewarm)
     try:
-        spec = json.loads(sys.stdin.buffer.read().decode("utf-8"))
+        raw = sys.stdin.buffer.read()
+        if not raw.strip():  # a pre-warmed child that was not needed
+            return 0
+        spec = json.loads(raw.decode("utf-8"))
         out.write(json.dumps(result_ok("smoke_child", check(spec))) + "\n")
         out.flush()
         return 0

@@ -76,3 +76,41 @@ def test_bad_requests_are_errors_not_crashes(pyz: Path, root: Path) -> None:
     code, results = session(pyz, root, request("launch-missiles"))
     assert results[0]["error"]["code"] == "bad_input" and "launch-missiles" in results[0][
         "error"]["message"]
+
+
+def test_a_plan_with_golden_prewarms_the_smoke_child_and_an_unused_one_exits(
+        root: Path, monkeypatch: Any) -> None:
+    """In a session, a plan that leads to an activation starts the smoke-test child at once (its
+    onnxruntime import overlaps the transfer); a session that ends without activating ends it."""
+    import io
+
+    from agent import cli, smoke
+    from agent.protocol import manifest_digest
+    from agent.session import serve
+    from agent.store import Store
+
+    spawned: list[subprocess.Popen[bytes]] = []
+    real_spawn = smoke._spawn
+
+    def spawn() -> subprocess.Popen[bytes]:
+        spawned.append(real_spawn())
+        return spawned[-1]
+
+    monkeypatch.setattr(smoke, "_spawn", spawn)
+    plain = make_bundle("m", "1", {"model.onnx": b"m" * 1000, "in.npz": b"i", "out.npz": b"o"})
+    golden = dict(plain.manifest, model={"path": "model.onnx"},
+                  golden={"inputs": "in.npz", "outputs": "out.npz", "rtol": 0.0, "atol": 0.0})
+    messages: list[dict[str, Any]] = []
+
+    def run(manifest: dict[str, Any]) -> int:
+        stream = io.BytesIO(request("plan", {"manifest": manifest,
+                                             "digest": manifest_digest(manifest)}))
+        return serve(Store(str(root), messages.append), stream, messages.append,
+                     lambda command, store, payload: cli.handle(command, store, lambda: payload),
+                     cli._error_for)
+
+    assert run(plain.manifest) == 0 and spawned == []  # no golden: nothing to warm
+    assert run(golden) == 0 and len(spawned) == 1
+    assert spawned[0].returncode == 0  # given EOF, it exited cleanly: no child left behind
+    assert smoke._warm is None
+    assert all(m["ok"] for m in messages if m.get("type") == "result")
