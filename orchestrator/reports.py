@@ -345,9 +345,9 @@ def _profile_words(report: dict[str, Any]) -> str:
             f"positive of {p['confirm_windows']} window(s); from {report['profile_source']}.")
 
 
-def render_verdicts(report: dict[str, Any]) -> Table:
-    """A run's deployment verdicts as a rich table (falling behind in red, throttled in
-    yellow), with the profile and how the per-window latency was measured in the caption."""
+def verdict_caption(report: dict[str, Any]) -> list[str]:
+    """The profile, how the per-window latency was measured, and what the columns mean: one
+    sentence each (the CLI's caption and the run page's share them)."""
     bases = sorted({row["basis"] for row in report["rows"] if row.get("basis")})
     caption = [_profile_words(report),
                "Window latency = " + "; ".join(bases) + "." if bases else "",
@@ -355,10 +355,17 @@ def render_verdicts(report: dict[str, Any]) -> Table:
                "Worst-case delay = window + min_positive x hop + p99.",
                ENERGY_CAPTION if any((r.get("energy") or {}).get("available")
                                      for r in report["rows"]) else ""]
+    return [c for c in caption if c]
+
+
+def render_verdicts(report: dict[str, Any]) -> Table:
+    """A run's deployment verdicts as a rich table (falling behind in red, throttled in
+    yellow), with the profile and how the per-window latency was measured in the caption."""
+    caption = verdict_caption(report)
     title = (f"run {report['run_id']}: {report['bundle']['name']}@"
              f"{report['bundle']['version']} — deployment verdicts")
     table = Table(title=Text(title), title_justify="left", header_style="bold", box=None,
-                  pad_edge=False, caption=Text("\n".join(c for c in caption if c), style="dim"),
+                  pad_edge=False, caption=Text("\n".join(caption), style="dim"),
                   caption_justify="left")
     for heading, right in zip(VERDICT_HEADINGS, _VERDICT_RIGHT, strict=True):
         table.add_column(heading, justify="right" if right else "left")

@@ -1,28 +1,50 @@
-"""What the run page shows for an evaluation run: the metrics table, a confusion matrix and a
-threshold sweep per device x thread count, and the cross-device agreement in words.
+"""What the run page shows for an evaluation run: the metrics table, one confusion matrix and
+threshold sweep per distinct result (a fleet that agrees gets one, titled "all N results"), the
+cross-device agreement in words, and, for eval and benchmark runs, the deployment verdicts.
 
-The rows and sentences come from orchestrator.evalreport, so the page says exactly what
-``edgefleet runs show`` prints.
+The rows and sentences come from orchestrator.evalreport, orchestrator.verdicts and
+orchestrator.reports, so the page says exactly what ``edgefleet runs show`` and ``edgefleet runs
+verdict`` print.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.evalreport import COLUMNS, agreement_lines, eval_rows, recommendation
+from sqlmodel import Session
+
+from orchestrator.evalreport import (
+    COLUMNS,
+    agreement_lines,
+    eval_rows,
+    metric_groups,
+    recommendation,
+)
+from orchestrator.reports import _VERDICT_RIGHT, VERDICT_HEADINGS, _verdict_values, verdict_caption
+from orchestrator.runs import get_run
+from orchestrator.verdicts import ProfileError, stored_profile, verdicts_for_run
+
+# Sweep chart series (web/static/lines.js shape): what an operator picks a threshold from.
+SWEEP_SERIES = (("precision", "#1f77b4"), ("recall", "#ff7f0e"), ("f1", "#2ca02c"))
+
+
+def sweep_chart(sweep: list[dict[str, Any]]) -> dict[str, Any]:
+    """Precision, recall and F1 against the threshold; a metric that is undefined at a
+    threshold (nothing predicted positive) is a gap, not a zero."""
+    return {"x": [s["threshold"] for s in sweep], "x_label": "threshold", "x_pad": 0.025,
+            "y_label": "positive class", "series": [
+                {"label": "F1" if key == "f1" else key, "color": color, "kind": "line",
+                 "values": [s.get(key) for s in sweep]} for key, color in SWEEP_SERIES]}
 
 
 def eval_context(run: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
     """Template data for ``partials/eval_metrics.html`` from ``run_public`` of an eval run."""
     rows = eval_rows(results)
     details = []
-    for index, row in enumerate(rows):
-        m = row["metrics"]
-        if not m:
-            continue
+    for index, (whose, m) in enumerate(metric_groups(rows, sweep=True)):
         cm = m["confusion_matrix"]
         details.append({
-            "index": index, "title": f"{row['device']} · {row['threads']} thread(s)",
+            "index": index, "title": whose,
             "classes": m["classes"],
             "matrix": [{"label": cls, "counts": counts,
                         "correct": cm[i][i]} for i, (cls, counts) in
@@ -34,8 +56,36 @@ def eval_context(run: dict[str, Any], results: list[dict[str, Any]]) -> dict[str
     agreement = run.get("agreement")
     lines = agreement_lines(agreement)
     return {"columns": COLUMNS, "rows": rows, "details": details,
+            "sweep_charts": [sweep_chart(d["sweep"]) for d in details],
             "agreement": {"headline": lines[0], "samples": [line.strip() for line in lines[1:]],
                           "same": bool(agreement) and not agreement.get("differing")},
             "dataset": (run.get("params") or {}).get("dataset") or {},
             "threshold": (run.get("params") or {}).get("threshold"),
             "positive": (run.get("params") or {}).get("positive")}
+
+
+def _row_status(row: dict[str, Any]) -> str:
+    if not row.get("ok") or not row.get("keeps_up"):
+        return "failed"  # red, like the CLI: a detector that falls behind is no deployment
+    return "invalid" if row.get("valid") is False else "ok"
+
+
+def verdict_context(session: Session, run_id: int) -> dict[str, Any]:
+    """Template data for ``partials/verdicts.html``: the table per device x threads, the
+    recommendation per device in words and the caption, when the run or its bundle carries a
+    streaming profile; otherwise the command that gives one (or why the stored one is
+    unusable)."""
+    doc, _ = stored_profile(session, get_run(session, run_id))
+    if doc is None:
+        return {"hint": f"edgefleet runs verdict {run_id} --window S --hop S"}
+    try:
+        report = verdicts_for_run(session, run_id)
+    except ProfileError as exc:
+        return {"error": str(exc)}
+    rows = [{"values": _verdict_values(row), "status": _row_status(row)}
+            for row in report["rows"]]
+    recommended = [{"device": device, "threads": rec["threads"], "reason": rec["reason"]}
+                   for device, rec in report["recommended"].items()]
+    return {"headings": list(zip(VERDICT_HEADINGS, _VERDICT_RIGHT, strict=True)),
+            "rows": rows, "recommended": recommended, "caption": verdict_caption(report),
+            "min_headroom_pct": report["min_headroom_pct"]}

@@ -13,7 +13,7 @@ from orchestrator.errors import NotFoundError
 from orchestrator.reports import flag_notes, report_rows
 from orchestrator.runs import get_run, list_runs, run_public, run_results
 from web.pages_common import Viewer, not_found, render, settings_of
-from web.pages_eval import eval_context
+from web.pages_eval import eval_context, verdict_context
 from web.pages_view import latency_cdf, latency_histogram, sample_series
 
 router = APIRouter()
@@ -44,6 +44,8 @@ def run_page(request: Request, run_id: int, principal: Viewer) -> HTMLResponse:
             return not_found(request, str(exc), principal)
         public = run_public(run, run_results(session, run_id, latencies=True, samples=True),
                             raw=True)
+        verdict = (verdict_context(session, run_id) if public["kind"] in ("eval", "bench")
+                   else None)
     results = public.pop("results")
     evaluation = eval_context(public, results) if public["kind"] == "eval" else None
     rows = []
@@ -59,5 +61,5 @@ def run_page(request: Request, run_id: int, principal: Viewer) -> HTMLResponse:
         "notes": flag_notes(results),
         "invalid": any(row["status"] == "invalid" for row in rows),
         "failed": any(row["status"] == "failed" for row in rows),
-        "evaluation": evaluation,
+        "evaluation": evaluation, "verdict": verdict,
     }, principal)

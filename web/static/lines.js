@@ -36,7 +36,8 @@
       return { time: false, distr: 3, log: 2,
                range: function () { return [lo / 1.5, hi * 1.5]; } };
     }
-    return { time: false, range: function () { return [lo - 1, hi + 1]; } };
+    var pad = c.x_pad != null ? c.x_pad : 1;  // thread counts: 1; thresholds: a fraction
+    return { time: false, range: function () { return [lo - pad, hi + pad]; } };
   }
 
   function xAxis(c) {
