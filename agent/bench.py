@@ -11,47 +11,36 @@ one process every thread count after the first would report the first one's peak
 pools and allocator arenas would carry over between sessions; and a crash or the OOM killer in
 the 4-thread run must become that entry's error while 1 and 2 threads still report.
 
-Why the child is ``python -c BOOTSTRAP <sys.path entry>``: the entry is the directory the
-``agent`` package was imported from, i.e. the .pyz itself for the zipapp (``python -m agent``
-gives the source checkout). Putting it first on sys.path (and dropping the working directory
-that ``-c`` adds) makes the child import the very same agent code whichever way the parent was
-started; the interpreter is ``sys.executable``, so it sees the same numpy and onnxruntime.
-
 Why gc is disabled during warmup and timed runs (as ``timeit`` does): a cyclic collection
 landing inside one run would be timed as model latency.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import gc
-import json
 import os
-import signal
-import subprocess
-import sys
-import threading
 import time
-import traceback
-from typing import IO, Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from agent.children import (
+    failed_entry,
+    import_onnxruntime,
+    run_child,
+    sampled,
+    serve_child,
+)
 from agent.fsutil import AgentError
 from agent.inputs import build_inputs, describe, find_sample_npz, plan_inputs
 from agent.protocol import (
     E_BAD_INPUT,
-    E_INTERNAL,
-    E_MISSING_DEPENDENCY,
     E_VERIFY_FAILED,
     check_relative_path,
     event,
     is_sha256,
     manifest_files,
-    result_error,
-    result_ok,
 )
-from agent.sampler import MAX_HZ, MIN_HZ, Sampler, energy_summary, summarize
-from agent.sensors import SensorReader, is_simulated
+from agent.sampler import MAX_HZ, MIN_HZ, Sampler
+from agent.sensors import is_simulated
 from agent.store import MANIFEST_NAME, Store, parse_manifest_bytes
 
 E_NOT_ON_DEVICE = "not_on_device"
@@ -65,11 +54,7 @@ OPT_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED",
 MAX_THREADS = 256
 MAX_TIMED_RUNS = 1000000  # bounds memory and result size when min_seconds meets a tiny model
 PROGRESS_INTERVAL_NS = 250 * 1000 * 1000  # at most ~4 progress events a second
-STDERR_TAIL = 12
-FATAL_CHILD_CODES = (E_BAD_INPUT, E_MISSING_DEPENDENCY)  # same for every thread count
 MB = 1024.0 * 1024.0
-BOOTSTRAP = ("import sys; sys.path = [sys.argv[1]] + [p for p in sys.path if p]; "
-             "from agent.bench import child_main; sys.exit(child_main())")
 
 Emit = Callable[[Dict[str, Any]], None]
 
@@ -184,103 +169,6 @@ def bench(store: Store, doc: Any) -> Dict[str, Any]:
     }
 
 
-def child_command() -> List[str]:
-    import agent
-
-    entry = os.path.dirname(os.path.dirname(os.path.abspath(agent.__file__)))
-    return [sys.executable or "python3", "-c", BOOTSTRAP, entry]
-
-
-def _drain(stream: IO[bytes], tail: Deque[str]) -> None:
-    """Pass the child's stderr through to ours, keeping the last lines for an error message."""
-    for raw in stream:
-        text = raw.decode("utf-8", "replace")
-        sys.stderr.write(text)
-        tail.append(text.rstrip("\n"))
-    sys.stderr.flush()
-
-
-# numpy's BLAS (the eval child's mel filterbank matmul) would otherwise start a thread per core
-# and compete with onnxruntime's intra-op threads, skewing exactly the thread-count comparison
-# being measured. onnxruntime does not use these; a value set in edgefleet_env is kept.
-BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def child_env() -> Dict[str, str]:
-    env = dict(os.environ)
-    for name in BLAS_THREAD_VARS:
-        env.setdefault(name, "1")
-    return env
-
-
-def run_child(spec: Dict[str, Any], emit: Emit, runtime: Dict[str, Any],
-              argv: Optional[List[str]] = None) -> Dict[str, Any]:
-    """Measure one thread count in a child; its death becomes this entry's error. ``argv``
-    starts another child entry point (``eval`` uses agent.evaluate's)."""
-    threads = spec["threads"]
-    proc = subprocess.Popen(  # noqa: S603 - our interpreter and our own bootstrap
-        argv or child_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, env=child_env())
-    tail: Deque[str] = collections.deque(maxlen=STDERR_TAIL)
-    drain = threading.Thread(target=_drain, args=(proc.stderr, tail), daemon=True)
-    drain.start()
-    result: Optional[Dict[str, Any]] = None
-    try:
-        with contextlib.suppress(OSError):  # if it died at once, its exit status says why
-            proc.stdin.write(json.dumps(spec).encode("utf-8"))  # type: ignore[union-attr]
-            proc.stdin.close()  # type: ignore[union-attr]
-        for raw in proc.stdout:  # type: ignore[union-attr]
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-            except ValueError:
-                tail.append(raw.decode("utf-8", "replace").rstrip("\n"))
-                continue
-            if isinstance(obj, dict) and obj.get("type") == "progress":
-                emit(obj)
-            elif isinstance(obj, dict) and obj.get("type") == "result":
-                result = obj
-        returncode = proc.wait()
-        drain.join()
-    finally:
-        if proc.poll() is None:  # we are being interrupted: never leave a child measuring
-            proc.kill()
-            proc.wait()
-    if result is not None and result.get("ok"):
-        data = result["data"]
-        runtime.setdefault("onnxruntime", data.get("onnxruntime"))
-        if data["entry"]["ok"]:
-            runtime.setdefault("providers", data.get("providers"))
-        return data["entry"]
-    if result is not None:
-        error = result.get("error") or {}
-        if error.get("code") in FATAL_CHILD_CODES:
-            raise AgentError(error["code"], str(error.get("message")))
-        return failed_entry(threads, "measurement for %d thread(s) failed: %s"
-                            % (threads, error.get("message")))
-    if returncode < 0:
-        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else "?"
-        how = "was killed by signal %d (%s)" % (-returncode, name)
-        if -returncode == signal.SIGKILL:
-            how += "; the kernel's out-of-memory killer sends this when memory runs out"
-    else:
-        how = "exited with status %d without a result" % returncode
-    return failed_entry(threads, "measurement process for %d thread(s) %s; %s" % (
-        threads, how, "last stderr lines:\n" + "\n".join(tail) if tail
-        else "it wrote nothing on stderr"))
-
-
-def failed_entry(threads: int, error: str) -> Dict[str, Any]:
-    """A result entry with every key present, so readers need no special case for failures."""
-    return {
-        "threads": threads, "ok": False, "error": error, "load_ms": None,
-        "first_inference_ms": None, "warmup": None, "runs": None, "wall_s": None,
-        "latencies_ms": [], "latency_ms": None, "peak_rss_mb": None, "steady_rss_mb": None,
-        "rss_before_load_mb": None, "telemetry": None, "valid": None, "flags": [],
-        "reasons": [], "energy": None,
-    }
-
-
-# -- the measurement child ------------------------------------------------------------------
 def read_rss_mb(path: str = "/proc/self/status") -> Dict[str, Optional[float]]:
     """VmRSS (resident now) and VmHWM (peak resident) in MB; None where /proc has no answer."""
     values: Dict[str, Optional[float]] = {"VmRSS": None, "VmHWM": None}
@@ -373,12 +261,7 @@ def _timed(ort: Any, spec: Dict[str, Any], feeds: Dict[str, Any], sampler: Sampl
 
 def measure(spec: Dict[str, Any], emit: Emit) -> Dict[str, Any]:
     """One thread count, in this (fresh) process; fatal set-up problems raise AgentError."""
-    try:
-        import onnxruntime as ort
-    except Exception as exc:
-        raise AgentError(E_MISSING_DEPENDENCY, "onnxruntime cannot be imported on this device "
-                         "(%s: %s); install it (pip install onnxruntime)"
-                         % (type(exc).__name__, exc)) from None
+    ort = import_onnxruntime()
     available = ort.get_available_providers()
     unknown = [p for p in spec["providers"] if p not in available]
     if unknown:
@@ -386,51 +269,13 @@ def measure(spec: Dict[str, Any], emit: Emit) -> Dict[str, Any]:
                          "on this device (available: %s)"
                          % (", ".join(unknown), ort.__version__, ", ".join(available)))
     feeds = build_inputs(spec["inputs"])  # once, outside anything timed
-    entry = failed_entry(spec["threads"], "")
-    sampler = Sampler(SensorReader(), float(spec["sample_hz"]))
-    sampler.start()
-    try:
-        entry.update(_timed(ort, spec, feeds, sampler, Progress(emit, spec["threads"])))
-        entry["error"] = None
-    except Exception as exc:
-        traceback.print_exc(file=sys.stderr)
-        entry["error"] = "%s: %s" % (type(exc).__name__, exc)
-    finally:
-        gc.enable()
-        samples = sampler.stop()
-    telemetry, flags, reasons = summarize(samples, sampler.interval_s,
-                                          sampler.marks.get("timed_start"), sampler.errors)
-    # energy over the timed loop (Pi 5: vcgencmd pmic_read_adc), also in telemetry, which
-    # is the summary other commands (eval) share
-    energy = energy_summary(samples, sampler.marks.get("timed_start"), entry.get("wall_s"),
-                            entry.get("runs"), sampler.power_reason)
-    telemetry["energy"] = energy
+    progress = Progress(emit, spec["threads"])
+    entry = sampled(failed_entry(spec["threads"], ""), spec,
+                    lambda sampler: _timed(ort, spec, feeds, sampler, progress))
     providers = entry.pop("providers", None)
-    entry.update(telemetry=telemetry, flags=flags, reasons=reasons, energy=energy,
-                 valid=(not flags) if entry["ok"] else None)
     return {"entry": entry, "onnxruntime": str(ort.__version__), "providers": providers}
 
 
 def child_main() -> int:
-    """Entry point of a measurement child (see BOOTSTRAP): spec on stdin, JSON lines out."""
-    from agent.cli import _private_stdout
-
-    out = _private_stdout()  # a native library writing to fd 1 must not break the protocol
-
-    def emit(obj: Dict[str, Any]) -> None:
-        out.write(json.dumps(obj) + "\n")
-        out.flush()
-
-    try:
-        spec = json.loads(sys.stdin.buffer.read().decode("utf-8"))
-        sys.stderr.write("edgefleet-agent bench: measuring %d thread(s) in pid %d\n"
-                         % (spec["threads"], os.getpid()))
-        sys.stderr.flush()
-        emit(result_ok("bench_child", measure(spec, emit)))
-        return 0
-    except AgentError as exc:
-        emit(result_error("bench_child", exc.code, exc.message))
-    except BaseException as exc:
-        traceback.print_exc(file=sys.stderr)
-        emit(result_error("bench_child", E_INTERNAL, "%s: %s" % (type(exc).__name__, exc)))
-    return 1
+    """Entry point of a bench measurement child (see agent.children.child_command)."""
+    return serve_child("bench_child", measure)

@@ -25,50 +25,37 @@ Why one fresh child per thread count, why gc is off while timing: see agent.benc
 from __future__ import annotations
 
 import gc
-import json
 import math
 import os
-import sys
 import time
-import traceback
 from typing import Any, Callable, Dict, List
 
-from agent.bench import (
-    BOOTSTRAP,
-    E_NOT_ON_DEVICE,
-    MAX_THREADS,
+from agent.bench import E_NOT_ON_DEVICE, MAX_THREADS, find_version, latency_stats, read_rss_mb
+from agent.children import (
+    child_command,
     failed_entry,
-    find_version,
-    latency_stats,
-    read_rss_mb,
+    import_onnxruntime,
     run_child,
+    sampled,
+    serve_child,
 )
 from agent.datasets import load_staged
 from agent.fsutil import AgentError
 from agent.inputs import NUMPY_DTYPES
 from agent.protocol import (
     E_BAD_INPUT,
-    E_INTERNAL,
     E_MISSING_DEPENDENCY,
     E_VERIFY_FAILED,
     check_relative_path,
     event,
     is_sha256,
-    result_error,
-    result_ok,
 )
-from agent.sampler import MAX_HZ, MIN_HZ, Sampler, summarize
-from agent.sensors import SensorReader, is_simulated
+from agent.sampler import MAX_HZ, MIN_HZ, Sampler
+from agent.sensors import is_simulated
 from agent.store import MANIFEST_NAME, Store, parse_manifest_bytes
-
-try:  # energy (Pi 5 PMIC) summary, shared with bench
-    from agent.sampler import energy_summary
-except ImportError:  # pragma: no cover - an agent build without energy support
-    energy_summary = None  # type: ignore[assignment]
 
 DEFAULTS: Dict[str, Any] = {"threads": [1], "warmup": 1, "sample_hz": 4,
                             "providers": ["CPUExecutionProvider"]}
-CHILD_BOOTSTRAP = BOOTSTRAP.replace("agent.bench", "agent.evaluate")
 PROGRESS_INTERVAL_NS = 250 * 1000 * 1000
 PROB_SUM_TOLERANCE = 1e-3
 FLOAT_TYPES = ("float", "float16", "double")
@@ -172,7 +159,7 @@ def evaluate(store: Store, doc: Any) -> Dict[str, Any]:
             "warmup": req["warmup"], "sample_hz": req["sample_hz"],
             "providers": req["providers"]}
     runtime: Dict[str, Any] = {}
-    argv = [sys.executable or "python3", "-c", CHILD_BOOTSTRAP, _entry()]
+    argv = child_command("agent.evaluate")
     results = []
     for threads in req["threads"]:
         result = run_child(dict(spec, threads=threads), store.emit, runtime, argv=argv)
@@ -189,12 +176,6 @@ def evaluate(store: Store, doc: Any) -> Dict[str, Any]:
         "settings": {key: req[key] for key in ("threads", "warmup", "sample_hz")},
         "results": results,
     }
-
-
-def _entry() -> str:
-    import agent
-
-    return os.path.dirname(os.path.dirname(os.path.abspath(agent.__file__)))
 
 
 # -- the measurement child ------------------------------------------------------------------
@@ -339,57 +320,13 @@ def _run_samples(ort: Any, spec: Dict[str, Any], sampler: Sampler, emit: Emit) -
 
 def measure(spec: Dict[str, Any], emit: Emit) -> Dict[str, Any]:
     """One thread count, in this (fresh) process; set-up problems raise AgentError."""
-    try:
-        import onnxruntime as ort
-    except Exception as exc:
-        raise AgentError(E_MISSING_DEPENDENCY, "onnxruntime cannot be imported on this device "
-                         "(%s: %s); install it (pip install onnxruntime)"
-                         % (type(exc).__name__, exc)) from None
-    entry = dict(failed_entry(spec["threads"], ""), samples=[])
-    sampler = Sampler(SensorReader(), float(spec["sample_hz"]))
-    sampler.start()
-    try:
-        entry.update(_run_samples(ort, spec, sampler, emit))
-        entry["error"] = None
-    except AgentError:
-        raise
-    except Exception as exc:
-        traceback.print_exc(file=sys.stderr)
-        entry["error"] = "%s: %s" % (type(exc).__name__, exc)
-    finally:
-        gc.enable()
-        samples = sampler.stop()
-    telemetry, flags, reasons = summarize(samples, sampler.interval_s,
-                                          sampler.marks.get("timed_start"), sampler.errors)
-    if energy_summary is not None:
-        telemetry["energy"] = energy_summary(samples, sampler.marks.get("timed_start"),
-                                             entry.get("wall_s"), entry.get("runs"),
-                                             sampler.power_reason)
-        entry["energy"] = telemetry["energy"]
+    ort = import_onnxruntime()
+    entry = sampled(dict(failed_entry(spec["threads"], ""), samples=[]), spec,
+                    lambda sampler: _run_samples(ort, spec, sampler, emit))
     providers = entry.pop("providers", None)
-    entry.update(telemetry=telemetry, flags=flags, reasons=reasons,
-                 valid=(not flags) if entry["ok"] else None)
     return {"entry": entry, "onnxruntime": str(ort.__version__), "providers": providers}
 
 
 def child_main() -> int:
-    """Entry point of an eval child (see CHILD_BOOTSTRAP): spec on stdin, JSON lines out."""
-    from agent.cli import _private_stdout
-
-    out = _private_stdout()
-
-    def emit(obj: Dict[str, Any]) -> None:
-        out.write(json.dumps(obj) + "\n")
-        out.flush()
-
-    try:
-        spec = json.loads(sys.stdin.buffer.read().decode("utf-8"))
-        emit(result_ok("eval_child", measure(spec, emit)))
-        return 0
-    except AgentError as exc:
-        emit(result_error("eval_child", exc.code, exc.message))
-    except BaseException as exc:
-        traceback.print_exc(file=sys.stderr)
-        emit(result_error("eval_child", E_INTERNAL, "%s: %s" % (type(exc).__name__, exc)))
-    return 1
-
+    """Entry point of an eval child (see agent.children.child_command)."""
+    return serve_child("eval_child", measure)

@@ -6,7 +6,7 @@ the bundle (``.edgefleet/golden_*.npz``, manifest key ``golden``, docs/pipeline.
 rolls back on failure. Hash verification proves the bytes arrived; this proves the device's
 onnxruntime computes with them what the build machine computed.
 
-Why a fresh child process (started like ``bench``'s, see ``agent.bench.child_command``): loading
+Why a fresh child process (started like ``bench``'s, see ``agent.children.child_command``): loading
 a model is where onnxruntime crashes on an unsupported op or a bad build (SIGSEGV, SIGILL on an
 old CPU, the OOM killer); in the agent process that would kill the session half-way through an
 activation with nobody left to swap ``current`` back. In a child, a crash is just a failed
@@ -43,8 +43,6 @@ from agent.protocol import (
     result_ok,
 )
 
-BOOTSTRAP = ("import sys; sys.path = [sys.argv[1]] + [p for p in sys.path if p]; "
-             "from agent.smoke import child_main; sys.exit(child_main())")
 REL_FLOOR = 1e-12  # max_rel divides by max(|expected|, REL_FLOOR) (docs/pipeline.md)
 STDERR_TAIL = 12
 
@@ -84,10 +82,9 @@ def golden_of(manifest: Dict[str, Any]) -> Optional[Dict[str, Any]]:
 # -- the agent process ----------------------------------------------------------------------
 def smoke_command() -> List[str]:
     """``bench``'s child command (same interpreter, same agent code) with our bootstrap."""
-    from agent.bench import child_command
+    from agent.children import child_command
 
-    command = child_command()
-    return [command[0], "-c", BOOTSTRAP, command[-1]]
+    return child_command("agent.smoke")
 
 
 _warm: Optional["subprocess.Popen[bytes]"] = None
@@ -296,7 +293,7 @@ def check(spec: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def child_main() -> int:
-    """Entry point of the smoke-test child (see BOOTSTRAP): spec on stdin, one result line."""
+    """Entry point of the smoke-test child: spec on stdin, one result line."""
     from agent.cli import _private_stdout
 
     out = _private_stdout()  # a native library writing to fd 1 must not break the protocol
