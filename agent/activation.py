@@ -102,9 +102,13 @@ def _link_or_copy(src: str, dst: str) -> None:
         fsync_file(dst)
 
 
-def stage(store: Store, request: Request) -> str:
-    """Build and verify a complete version dir; returns its name under versions/."""
-    staging = os.path.join(store.versions, STAGING_PREFIX + os.urandom(8).hex())
+def build_dir(store: Store, request: Request, parent: str, manifest_name: str, final: str,
+              what: str) -> None:
+    """Hard-link (or copy) every verified blob of ``request`` into a staging dir under
+    ``parent``, verify the result, write the manifest, fsync, and rename it to ``final`` (a
+    damaged earlier copy there is replaced). Nothing half-built is ever left at ``final``.
+    Shared by bundle versions and staged datasets."""
+    staging = os.path.join(parent, STAGING_PREFIX + os.urandom(8).hex())
     os.mkdir(staging)
     try:
         for entry in request.files:
@@ -114,20 +118,28 @@ def stage(store: Store, request: Request) -> str:
             _link_or_copy(store.blob_path(entry["sha256"]), dst)
         bad = store.verifier.check_all(staging, request.files)
         if bad is not None:
-            raise AgentError(E_VERIFY_FAILED, "staged %s failed verification: %s" % bad,
-                             path=bad[0])
-        manifest_path = os.path.join(staging, MANIFEST_NAME)
+            raise AgentError(E_VERIFY_FAILED, "staged %s file %s failed verification: %s; push "
+                             "again" % ((what,) + tuple(bad)), path=bad[0])
+        manifest_path = os.path.join(staging, manifest_name)
         with writing(manifest_path), open(manifest_path, "xb") as handle:
             handle.write(canonical_json(request.manifest))
             handle.flush()
             os.fsync(handle.fileno())
         fsync_dir(staging)
-        name = "%s-%d" % (request.digest[:16], time.time_ns())
-        os.rename(staging, os.path.join(store.versions, name))
+        if os.path.lexists(final):
+            remove_tree(final)
+        os.rename(staging, final)
     except BaseException:
         remove_tree(staging)
         raise
-    fsync_dir(store.versions)
+    fsync_dir(parent)
+
+
+def stage(store: Store, request: Request) -> str:
+    """Build and verify a complete version dir; returns its name under versions/."""
+    name = "%s-%d" % (request.digest[:16], time.time_ns())
+    build_dir(store, request, store.versions, MANIFEST_NAME,
+              os.path.join(store.versions, name), "bundle")
     return name
 
 

@@ -22,8 +22,8 @@ import re
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from agent.fsutil import AgentError, disk_free_bytes, fsync_dir, remove_tree, writing
-from agent.protocol import E_BAD_INPUT, E_VERIFY_FAILED, canonical_json, is_sha256
+from agent.fsutil import AgentError, disk_free_bytes, remove_tree
+from agent.protocol import E_BAD_INPUT, is_sha256
 from agent.store import STAGING_PREFIX, Request, Store, blob_status, parse_manifest_bytes
 from agent.store import parse_request as parse_bundle_request
 
@@ -93,7 +93,7 @@ def plan(store: Store, request: Request) -> Dict[str, Any]:
 
 def stage(store: Store, request: Request) -> Dict[str, Any]:
     """Link every file into a staging dir, verify, write the manifest, rename into place."""
-    from agent.activation import _link_or_copy, accept_uploads
+    from agent.activation import accept_uploads, build_dir
 
     store.ensure_layout()
     rel = os.path.relpath(dataset_dir(store, request.digest), store.root)
@@ -105,32 +105,8 @@ def stage(store: Store, request: Request) -> Dict[str, Any]:
         accept_uploads(store, request)
         top = datasets_dir(store)
         os.makedirs(top, exist_ok=True)
-        staging = os.path.join(top, STAGING_PREFIX + os.urandom(8).hex())
-        os.mkdir(staging)
         final = dataset_dir(store, request.digest)
-        try:
-            for entry in request.files:
-                dst = os.path.join(staging, entry["path"])
-                with writing(dst):
-                    os.makedirs(os.path.dirname(dst), exist_ok=True)
-                _link_or_copy(store.blob_path(entry["sha256"]), dst)
-            bad = store.verifier.check_all(staging, request.files)
-            if bad is not None:
-                raise AgentError(E_VERIFY_FAILED, "staged dataset file %s failed verification: "
-                                 "%s; push again" % bad, path=bad[0])
-            manifest_path = os.path.join(staging, DATASET_MANIFEST)
-            with writing(manifest_path), open(manifest_path, "xb") as handle:
-                handle.write(canonical_json(request.manifest))
-                handle.flush()
-                os.fsync(handle.fileno())
-            fsync_dir(staging)
-            if os.path.lexists(final):  # a damaged earlier copy of the same dataset
-                remove_tree(final)
-            os.rename(staging, final)
-        except BaseException:
-            remove_tree(staging)
-            raise
-        fsync_dir(top)
+        build_dir(store, request, top, DATASET_MANIFEST, final, "dataset")
         pruned = prune(store, keep=os.path.basename(final))
         store.verifier.cache.save()
     return {"changed": True, "dir": rel, "files": len(request.files),
