@@ -1,5 +1,6 @@
 """CLI: ``edgefleet eval N[@V] D TARGETS``: push the dataset, evaluate on every device, print the
-paper-style report (orchestrator/evalreport.py). Exit 1 if any device failed."""
+paper-style report (orchestrator/evalreport.py). Exit 1 if any device failed. The work runs in
+this process and is recorded as a job (origin "cli"), like ``edgefleet bench``."""
 
 from __future__ import annotations
 
@@ -87,10 +88,12 @@ def eval_cmd(
 ) -> None:
     """Accuracy on the device: push DATASET, run it through the bundle on every device and
     thread count, report metrics, confusion matrices and whether the devices agree."""
+    from orchestrator import jobs
     from orchestrator.bundles import get_bundle
     from orchestrator.datasets import get_dataset
     from orchestrator.db import session_scope
     from orchestrator.evals import evaluate
+    from orchestrator.job_exec import eval_job_params, eval_summary
     from orchestrator.runs import get_run, run_public, run_results
 
     if fmt not in FORMATS:
@@ -102,10 +105,20 @@ def eval_cmd(
         dataset = get_dataset(session, dataset_ref)
         session.expunge_all()
     devices = _select(targets)
-    with EvalProgress(enabled=not as_json) as progress:
-        run, outcomes = evaluate(cfg, bundle, dataset, devices, parse_threads(threads),
-                                 positive, threshold, forks, timeout, progress.event,
+    thread_counts = parse_threads(threads)
+    job_params = eval_job_params(f"{bundle.name}@{bundle.version}",
+                                 f"{dataset.name}@{dataset.version}", thread_counts, warmup,
+                                 positive, threshold, forks, timeout)
+    # A job row (origin "cli") so the Jobs page shows this evaluation while it runs here.
+    with jobs.track(cfg, "eval", job_params, targets) as job, \
+            EvalProgress(enabled=not as_json) as progress:
+        run, outcomes = evaluate(cfg, bundle, dataset, devices, thread_counts, positive,
+                                 threshold, forks, timeout,
+                                 job.eval_events(progress.event, len(thread_counts)),
                                  warmup=warmup, targets=targets)
+        job.outcomes(outcomes)
+        done = eval_summary(run, outcomes)
+        job.finish(done.state, done.result, done.error, done.run_id)
     with session_scope(cfg) as session:
         public = run_public(get_run(session, run.id), run_results(session, run.id))
     public["outcomes"] = [o.as_dict() for o in outcomes]

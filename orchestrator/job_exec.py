@@ -1,4 +1,4 @@
-"""What a job does: parameter validation per kind, and the push / bench / telemetry executors.
+"""What a job does: the push / bench / eval / telemetry executors, their progress and cancel.
 
 Split from ``jobs.py`` (the queue, its states and the runner) so that the executors — the part
 that talks to devices through deploy, runs and telemetry — read on their own. Executors never
@@ -7,8 +7,12 @@ add a locking layer: ``deploy.push`` and ``runs.bench`` already lease each devic
 Cancellation is cooperative and lands on boundaries where stopping leaves nothing half done:
 a push stops before a device's agent session starts (a device already transferring finishes and
 activates or not, atomically, as usual); a bench stops before the next measurement (one thread
-count of one round of one bundle) of each device. The devices stopped that way record the
+count of one round of one bundle) of each device; an eval stops before a device's dataset push
+and before each thread count's fresh child. The devices stopped that way record the
 cancellation as their error, in the Deployment or Result rows like any other failure.
+
+The parameter checks live in ``job_params``; the names jobs, schedules and the CLI use are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -16,172 +20,35 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import update
-from sqlmodel import Session, select
+from sqlmodel import select
 
-from orchestrator import deploy, runs, telemetry
+from orchestrator import deploy, evals, runs, telemetry
 from orchestrator.bundles import get_bundle
 from orchestrator.config import Settings
+from orchestrator.datasets import get_dataset
 from orchestrator.db import session_scope
 from orchestrator.devices import select_devices
 from orchestrator.errors import EdgeFleetError
 from orchestrator.fleet import Outcome
+from orchestrator.job_params import ALLOWED as ALLOWED
+from orchestrator.job_params import GRAPH_OPTIMIZATIONS as GRAPH_OPTIMIZATIONS
+from orchestrator.job_params import bench_job_params as bench_job_params
+from orchestrator.job_params import bench_params
+from orchestrator.job_params import default_targets as default_targets
+from orchestrator.job_params import eval_job_params as eval_job_params
+from orchestrator.job_params import validate_params as validate_params
 from orchestrator.models import Job, Run
 
 PROGRESS_INTERVAL_S = 0.25  # at most ~4 progress writes a second per job
-GRAPH_OPTIMIZATIONS = ("all", "extended", "basic", "disabled")
 
 
 class JobCancelled(EdgeFleetError):
     """Raised inside a device's step to stop it at a safe boundary; the fan-out records it as
     that device's failure, so rows and leases are closed by the usual paths."""
-
-
-# --- parameters ------------------------------------------------------------------------------
-
-
-def _int(kind: str, params: dict[str, Any], key: str, default: int | None, low: int) -> Any:
-    value = params.get(key, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise EdgeFleetError(f"{kind} job: {key!r} must be an integer >= {low} (got {value!r})")
-    return value
-
-
-def _number(kind: str, params: dict[str, Any], key: str, default: float | None,
-            positive: bool = False) -> Any:
-    value = params.get(key, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 \
-            or (positive and value == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise EdgeFleetError(f"{kind} job: {key!r} must be a number {bound} (got {value!r})")
-    return float(value)
-
-
-def _bundle_ref(session: Session, kind: str, params: dict[str, Any], key: str) -> str:
-    ref = params.get(key)
-    if not isinstance(ref, str) or not ref.strip():
-        raise EdgeFleetError(f"{kind} job: {key!r} must be a bundle reference like "
-                             f"'first-crack' or 'first-crack@3' (got {ref!r})")
-    get_bundle(session, ref.strip())  # unknown bundle -> NotFoundError naming it
-    return ref.strip()
-
-
-def _threads(value: Any) -> list[int]:
-    if isinstance(value, str):
-        value = [t.strip() for t in value.split(",") if t.strip()]
-        try:
-            value = [int(t) for t in value]
-        except ValueError:
-            value = None
-    if not isinstance(value, list) or not value or any(
-            isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in value):
-        raise EdgeFleetError(f"bench job: 'threads' must be a list of thread counts >= 1, "
-                             f"e.g. [1, 2, 4] (got {value!r})")
-    return value
-
-
-def _shapes(value: Any) -> dict[str, list[int]]:
-    ok = isinstance(value, dict) and all(
-        isinstance(k, str) and k and isinstance(dims, list) and all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims)
-        for k, dims in value.items())
-    if not ok:
-        raise EdgeFleetError("bench job: 'shapes' must map input names to dimension lists, "
-                             f"e.g. {{\"audio\": [1, 16000]}} (got {value!r})")
-    return value
-
-
-def _constants(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict) or not all(
-            isinstance(k, str) and k and isinstance(v, int | float | bool)
-            for k, v in value.items()):
-        raise EdgeFleetError("bench job: 'constants' must map input names to numbers or "
-                             f"true/false, e.g. {{\"sampling_rate\": 16000}} (got {value!r})")
-    return value
-
-
-ALLOWED = {
-    "push": {"bundle", "forks", "timeout"},
-    "bench": {"bundle", "threads", "warmup", "runs", "min_seconds", "shapes", "constants",
-              "providers", "graph_optimization", "baseline", "rounds", "forks", "timeout"},
-    "telemetry": {"forks", "timeout"},
-}
-
-
-def default_targets(kind: str, targets: str | None) -> str:
-    """A telemetry job without targets polls the whole fleet."""
-    targets = (targets or "").strip()
-    return targets or ("all" if kind == "telemetry" else "")
-
-
-def validate_params(session: Session, kind: str, params: dict[str, Any] | None,
-                    targets: str) -> dict[str, Any]:
-    """The params a job of ``kind`` will run with, defaults filled in; EdgeFleetError naming the
-    first problem otherwise. Checked before anything is queued, so a typo never becomes a job
-    that fails minutes later (the targets must select devices and the bundles must exist)."""
-    if kind not in ALLOWED:
-        raise EdgeFleetError(f"unknown job kind {kind!r}; choose one of {', '.join(ALLOWED)}")
-    params = dict(params or {})
-    unknown = sorted(set(params) - ALLOWED[kind])
-    if unknown:
-        raise EdgeFleetError(f"{kind} job: unknown parameter(s) {', '.join(map(repr, unknown))}; "
-                             f"allowed: {', '.join(sorted(ALLOWED[kind]))}")
-    if not isinstance(targets, str) or not targets.strip():
-        raise EdgeFleetError(f"{kind} job: targets must be a pattern such as 'all' or 'pi5-*'")
-    select_devices(session, targets)  # PatternError / NotFoundError name the problem
-    out: dict[str, Any] = {"forks": _int(kind, params, "forks", 10, 1),
-                           "timeout": _number(kind, params, "timeout", None, positive=True)}
-    if kind == "push":
-        out["bundle"] = _bundle_ref(session, kind, params, "bundle")
-    elif kind == "bench":
-        defaults = runs.BenchParams()
-        out["bundle"] = _bundle_ref(session, kind, params, "bundle")
-        out["threads"] = _threads(params.get("threads", defaults.threads))
-        out["warmup"] = _int(kind, params, "warmup", defaults.warmup, 0)
-        out["runs"] = _int(kind, params, "runs", defaults.runs, 1)
-        out["min_seconds"] = _number(kind, params, "min_seconds", defaults.min_seconds)
-        out["shapes"] = _shapes(params.get("shapes", {}))
-        out["constants"] = _constants(params.get("constants", {}))
-        providers = params.get("providers", defaults.providers)
-        if not isinstance(providers, list) or not providers or not all(
-                isinstance(p, str) and p for p in providers):
-            raise EdgeFleetError(f"bench job: 'providers' must be a list of onnxruntime "
-                                 f"execution providers (got {providers!r})")
-        out["providers"] = providers
-        graph = params.get("graph_optimization", defaults.graph_optimization)
-        if graph not in GRAPH_OPTIMIZATIONS:
-            raise EdgeFleetError(f"bench job: 'graph_optimization' {graph!r}: choose one of "
-                                 f"{', '.join(GRAPH_OPTIMIZATIONS)}")
-        out["graph_optimization"] = graph
-        if params.get("baseline") is not None:
-            out["baseline"] = _bundle_ref(session, kind, params, "baseline")
-        out["rounds"] = _int(kind, params, "rounds", 5 if "baseline" in out else 1, 1)
-    return out
-
-
-def bench_params(params: dict[str, Any]) -> runs.BenchParams:
-    return runs.BenchParams(
-        threads=list(params["threads"]), warmup=params["warmup"], runs=params["runs"],
-        min_seconds=params["min_seconds"], shapes=dict(params["shapes"]),
-        constants=dict(params["constants"]), providers=list(params["providers"]),
-        graph_optimization=params["graph_optimization"])
-
-
-def bench_job_params(bundle: str, params: runs.BenchParams, baseline: str | None,
-                     rounds: int, forks: int) -> dict[str, Any]:
-    """The job params for a bench started from the CLI: what a server job with the same
-    effect would carry, so both look alike in the UI."""
-    out = {"bundle": bundle, **asdict(params), "rounds": rounds, "forks": forks}
-    if baseline:
-        out["baseline"] = baseline
-    return out
 
 
 # --- progress and cancellation ---------------------------------------------------------------
@@ -291,6 +158,40 @@ def bench_events(ctx: JobContext, steps: int,
     return on_event
 
 
+def eval_events(ctx: JobContext, steps: int,
+                inner: evals.EventHandler | None = None) -> evals.EventHandler:
+    """evals.evaluate's on_event: per-device progress, and the cancel check before a device's
+    dataset push and before each thread count's child (its ``load`` event with done=0)."""
+    counts: dict[str, int] = {}
+
+    def on_event(device: str, event: dict[str, Any]) -> None:
+        if inner:
+            inner(device, event)
+        if event.get("event") == "dataset":
+            ctx.check(device)
+            ctx.device(device, force=True, state="running", phase="dataset", step=0,
+                       steps=steps)
+            return
+        if event.get("event") != "eval":
+            return
+        if event.get("phase") == "load" and event.get("done") == 0:
+            ctx.check(device)
+            counts[device] = counts.get(device, 0) + 1
+        ctx.device(device, state="running", threads=event.get("threads"),
+                   phase=event.get("phase"), done=event.get("done"), total=event.get("total"),
+                   step=counts.get(device, 0), steps=steps)
+
+    return on_event
+
+
+def record_outcomes(ctx: JobContext, outcomes: Sequence[Outcome]) -> None:
+    """Each device's final state in the progress (the last event left it "running"); a device
+    stopped by a cancel keeps saying "cancelled"."""
+    for o in outcomes:
+        if o.device not in ctx.cancelled_devices:
+            ctx.device(o.device, state=o.state)
+
+
 # --- executors -------------------------------------------------------------------------------
 
 
@@ -339,6 +240,23 @@ def bench_summary(runs_done: Sequence[Run], outcomes: Sequence[Outcome],
                     runs_done[-1].id if runs_done else None)
 
 
+def eval_summary(run: Run, outcomes: Sequence[Outcome],
+                 cancelled: Collection[str] = ()) -> JobOutcome:
+    """An eval job's result: its run (linked as run_id) and each device's outcome."""
+    dataset = (run.params or {}).get("dataset") or {}
+    result = {
+        "run_ids": [run.id],
+        "runs": [{"id": run.id, "bundle": f"{run.bundle_name}@{run.bundle_version}",
+                  "state": run.state}],
+        "dataset": f"{dataset.get('name')}@{dataset.get('version')}",
+        "devices": [{"device": o.device, "state": o.state, "error": o.error,
+                     "duration_s": round(o.duration_s, 3),
+                     "dataset_bytes_sent": int(o.data.get("dataset_bytes_sent", 0))}
+                    for o in outcomes],
+    }
+    return _summary("eval", outcomes, set(cancelled), result, run.id)
+
+
 def run_push(settings: Settings, ctx: JobContext, params: dict[str, Any],
              targets: str) -> JobOutcome:
     with session_scope(settings) as session:
@@ -362,10 +280,25 @@ def run_bench(settings: Settings, ctx: JobContext, params: dict[str, Any],
                                      params.get("forks") or 10, params.get("timeout"),
                                      bench_events(ctx, steps), rounds=rounds,
                                      created_by=ctx.created_by or None)
-    for o in outcomes:
-        if o.device not in ctx.cancelled_devices:
-            ctx.device(o.device, state=o.state)
+    record_outcomes(ctx, outcomes)
     return bench_summary(runs_done, outcomes, ctx.cancelled_devices)
+
+
+def run_eval(settings: Settings, ctx: JobContext, params: dict[str, Any],
+             targets: str) -> JobOutcome:
+    with session_scope(settings) as session:
+        bundle = get_bundle(session, params["bundle"])
+        dataset = get_dataset(session, params["dataset"])
+        devices = select_devices(session, targets)
+        session.expunge_all()
+    threads = list(params["threads"])
+    run, outcomes = evals.evaluate(
+        settings, bundle, dataset, devices, threads, params.get("positive"),
+        params["threshold"], params.get("forks") or 10, params.get("timeout"),
+        eval_events(ctx, len(threads)), created_by=ctx.created_by or None,
+        warmup=params["warmup"], targets=targets)
+    record_outcomes(ctx, outcomes)
+    return eval_summary(run, outcomes, ctx.cancelled_devices)
 
 
 def run_telemetry(settings: Settings, ctx: JobContext, params: dict[str, Any],
@@ -381,5 +314,5 @@ def run_telemetry(settings: Settings, ctx: JobContext, params: dict[str, Any],
 
 
 Executor = Callable[[Settings, JobContext, dict[str, Any], str], JobOutcome]
-EXECUTORS: dict[str, Executor] = {"push": run_push, "bench": run_bench,
+EXECUTORS: dict[str, Executor] = {"push": run_push, "bench": run_bench, "eval": run_eval,
                                   "telemetry": run_telemetry}

@@ -1,4 +1,4 @@
-"""Jobs: pushes, benchmarks and telemetry polls as rows in the DB, run by the server's workers.
+"""Jobs: pushes, benchmarks, evaluations and telemetry polls as DB rows, run by server workers.
 
 Why rows and not an in-memory queue: the UI shows every job — including work started from the
 CLI in another process — and a server restart must find what it was doing. A job left
@@ -38,7 +38,7 @@ from orchestrator.models import Device, Job, Run
 
 log = logging.getLogger(__name__)
 
-JOB_KINDS = ("push", "bench", "telemetry")
+JOB_KINDS = ("push", "bench", "eval", "telemetry")
 TERMINAL = ("succeeded", "failed", "cancelled", "interrupted")
 STATES = ("queued", "running", *TERMINAL)
 ORIGINS = ("server", "cli", "schedule")
@@ -189,6 +189,15 @@ class JobTracker:
     def bench_events(self, inner: Any, steps: int) -> Any:
         """runs.bench's on_event recording per-device progress in the job, teeing to ``inner``."""
         return job_exec.bench_events(self.context, steps, inner)
+
+    def eval_events(self, inner: Any, steps: int) -> Any:
+        """evals.evaluate's on_event recording per-device progress in the job, teeing to
+        ``inner``; ``steps`` is the number of thread counts."""
+        return job_exec.eval_events(self.context, steps, inner)
+
+    def outcomes(self, outcomes: Any) -> None:
+        """Record each device's final state (fleet Outcomes) in the job's progress."""
+        job_exec.record_outcomes(self.context, outcomes)
 
     def finish(self, state: str, result: dict[str, Any] | None = None, error: str | None = None,
                run_id: int | None = None) -> None:

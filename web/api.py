@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
@@ -33,9 +33,30 @@ SettingsDep = Annotated[Settings, Depends(settings_of)]
 
 
 class JobIn(BaseModel):
-    kind: str = Field(description="push | bench | telemetry")
+    """A job to queue. ``params`` by kind (unknown keys are refused):
+
+    - push: ``bundle`` (N or N@V), ``forks``, ``timeout``
+    - bench: ``bundle``, ``threads`` ([1, 2, 4]), ``warmup``, ``runs``, ``min_seconds``,
+      ``shapes``, ``constants``, ``providers``, ``graph_optimization``, ``baseline``,
+      ``rounds``, ``forks``, ``timeout``
+    - eval: ``bundle`` (already pushed to the targets), ``dataset`` (D or D@V),
+      ``threads`` ([1] default), ``warmup`` (1), ``positive`` (a class label; binary default:
+      class 1), ``threshold`` (0.5, within [0, 1]), ``forks``, ``timeout``
+    - telemetry: ``forks``, ``timeout`` (targets default to all)
+    """
+
+    model_config = {"json_schema_extra": {"examples": [
+        {"kind": "eval", "targets": "roastery",
+         "params": {"bundle": "first-crack@3", "dataset": "roaster-eval@1", "threads": [1, 2],
+                    "positive": "crack", "threshold": 0.5}},
+        {"kind": "bench", "targets": "pi5-*",
+         "params": {"bundle": "first-crack", "threads": [1, 2, 4]}},
+    ]}}
+
+    kind: str = Field(description="push | bench | eval | telemetry")
     targets: str = Field("all", description="Target pattern, e.g. roastery:!pi5-b")
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict,
+                                   description="The kind's parameters, see above")
 
 
 class ScheduleIn(JobIn):
@@ -120,13 +141,22 @@ def job(job_id: int, settings: SettingsDep, _: Viewer) -> dict:
         return job_public(get_job(session, job_id))
 
 
-@router.post("/jobs", status_code=201, dependencies=[Csrf])
+@router.post("/jobs", status_code=201, dependencies=[Csrf], responses={
+    422: {"description": "The job was refused and nothing was queued; ``detail`` names the "
+                         "problem (unknown kind or parameter, a bundle, dataset or target "
+                         "pattern that does not exist, labels the model lacks)"}})
 def submit_job(body: JobIn, request: Request, settings: SettingsDep,
                principal: Operator) -> dict:
+    """Queue a push, bench, eval or telemetry job; workers start it at once. Its progress
+    is ``GET /api/jobs/{id}``; a bench or eval job links its results as ``run_id``."""
     from orchestrator import audit, jobs
+    from orchestrator.errors import EdgeFleetError
 
-    created = jobs.submit(settings, body.kind, body.params, body.targets,
-                          created_by=principal.name)
+    try:
+        created = jobs.submit(settings, body.kind, body.params, body.targets,
+                              created_by=principal.name)
+    except EdgeFleetError as exc:  # the request's content, not a missing URL: 422 even for
+        raise HTTPException(422, str(exc)) from None  # a bundle or dataset that is not there
     audit.record(settings, principal.name, body.kind, body.targets,
                  {"job_id": created.id, "params": body.params})
     runner = getattr(request.app.state, "runner", None)

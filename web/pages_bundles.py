@@ -1,4 +1,5 @@
-"""Bundle pages: versions, files and signature, and the push form (which queues a job)."""
+"""Bundle pages: versions, files and signature, and the push, benchmark and evaluate forms
+(each queues a job)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from orchestrator.bundles import bundle_public, get_bundle, list_bundles
+from orchestrator.datasets import list_datasets, manifest_of_dataset
 from orchestrator.db import session_scope
 from orchestrator.devices import all_devices
 from orchestrator.errors import EdgeFleetError
@@ -49,6 +51,18 @@ def bundles_page(request: Request, principal: Viewer) -> HTMLResponse:
     return render(request, "bundles.html", {"section": "bundles", "groups": groups}, principal)
 
 
+def _datasets(session: Any, bundle_name: str) -> tuple[list[dict[str, Any]], str]:
+    """The eval form's dataset choices (newest first) and the one preselected: the newest
+    built ``--for`` this bundle's name, else the newest of all."""
+    rows = sorted(list_datasets(session), key=lambda d: d.created_at, reverse=True)
+    choices = [{"ref": f"{d.name}@{d.version}", "samples": d.samples, "format": d.format,
+                "labels": list(d.labels),
+                "for": (manifest_of_dataset(d).get("for") or {}).get("name")} for d in rows]
+    chosen = next((c["ref"] for c in choices if c["for"] == bundle_name),
+                  choices[0]["ref"] if choices else "")
+    return choices, chosen
+
+
 def _bundle_context(request: Request, ref: str) -> dict[str, Any]:
     """Everything bundle.html shows; raises NotFoundError / BundleError for a bad ref."""
     settings = settings_of(request)
@@ -57,10 +71,13 @@ def _bundle_context(request: Request, ref: str) -> dict[str, Any]:
         public = bundle_public(bundle)
         siblings = [b.version for b in list_bundles(session) if b.name == bundle.name]
         running = _running(all_devices(session)).get(bundle.digest, [])
+        datasets, dataset = _datasets(session, bundle.name)
     return {"section": "bundles", "bundle": public, "versions": siblings[::-1],
             "running": running, "ref": f"{public['name']}@{public['version']}",
+            "datasets": datasets,
             "form": {"targets": "", "forks": str(settings.forks), "threads": "1,2,4",
-                     "runs": "30", "warmup": "5"}}
+                     "runs": "30", "warmup": "5", "dataset": dataset, "eval_threads": "1",
+                     "threshold": "0.5"}}
 
 
 @router.get("/bundles/{ref}", response_class=HTMLResponse)
@@ -80,9 +97,17 @@ def _int_or_text(text: str) -> int | str:
     return int(text) if text.isdigit() else text
 
 
+def _float_or_text(text: str) -> float | str:
+    """A form number as a float; anything else as typed, for ``jobs.submit`` to name."""
+    try:
+        return float(text.strip())
+    except ValueError:
+        return text
+
+
 async def _queue(request: Request, ref: str, principal: Any, kind: str) -> Response:
-    """Queue a push or bench job from the bundle page's forms and go to the job's page; bad
-    input re-renders the page with the reason (and queues nothing)."""
+    """Queue a push, bench or eval job from the bundle page's forms and go to the job's page;
+    bad input re-renders the page with the reason (and queues nothing)."""
     fields = await form_fields(request)
     try:
         context = _bundle_context(request, ref)
@@ -92,6 +117,10 @@ async def _queue(request: Request, ref: str, principal: Any, kind: str) -> Respo
     params: dict[str, Any] = {"bundle": context["ref"]}
     if kind == "push":
         params["forks"] = _int_or_text(fields.get("forks", "") or str(context["form"]["forks"]))
+    elif kind == "eval":
+        params.update(dataset=fields.get("dataset", ""),
+                      threads=fields.get("eval_threads", "") or "1",
+                      threshold=_float_or_text(fields.get("threshold", "") or "0.5"))
     else:
         params.update(threads=fields.get("threads", "1"),
                       runs=_int_or_text(fields.get("runs", "") or "30"),
@@ -116,3 +145,9 @@ async def push_bundle(request: Request, ref: str, principal: Operator) -> Respon
 async def bench_bundle(request: Request, ref: str, principal: Operator) -> Response:
     """Queue a benchmark of this bundle (it must already be on the devices)."""
     return await _queue(request, ref, principal, "bench")
+
+
+@router.post("/bundles/{ref}/eval", dependencies=[Depends(csrf_protect)])
+async def eval_bundle(request: Request, ref: str, principal: Operator) -> Response:
+    """Queue an evaluation of this bundle (already on the devices) on a dataset."""
+    return await _queue(request, ref, principal, "eval")

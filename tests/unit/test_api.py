@@ -76,8 +76,13 @@ def test_jobs_and_schedules(world: tuple[Settings, TestClient]) -> None:
     assert created.status_code == 201 and created.json()["state"] == "queued"
     job_id = created.json()["id"]
     assert client.get(f"/api/jobs/{job_id}").json()["kind"] == "telemetry"
+    # A refused job is the request's content, not a missing URL: 422 naming it, nothing queued.
     bad = client.post("/api/jobs", json={"kind": "launch", "targets": "pis"})
-    assert bad.status_code == 400 and "launch" in bad.json()["detail"]
+    assert bad.status_code == 422 and "launch" in bad.json()["detail"]
+    ghost = client.post("/api/jobs", json={"kind": "push", "targets": "pis",
+                                           "params": {"bundle": "ghost"}})
+    assert ghost.status_code == 422 and "no bundle ghost" in ghost.json()["detail"]
+    assert [j["id"] for j in client.get("/api/jobs").json()] == [job_id]
     cancelled = client.post(f"/api/jobs/{job_id}/cancel").json()
     assert cancelled["state"] == "cancelled"
     schedule = client.post("/api/schedules", json={"kind": "telemetry", "targets": "all",

@@ -172,6 +172,10 @@ def records_only(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     ("bench", {"bundle": "fc", "baseline": "old"}, "all", "no bundle old"),
     ("bench", {"bundle": "fc", "graph_optimization": "max"}, "all", "'max'"),
     ("telemetry", {"forks": 0}, "all", "'forks' must be an integer >= 1"),
+    ("eval", {"bundle": "fc"}, "all", "'dataset' must be a dataset reference"),
+    ("eval", {"bundle": "fc", "dataset": "nope"}, "all", "no dataset nope"),
+    ("eval", {"bundle": "fc", "dataset": "d", "warmup": -1}, "all",
+     "'warmup' must be an integer >= 0"),
 ])
 def test_bad_params_are_refused_before_anything_is_queued(
         records_only: Settings, kind: str, params: dict[str, Any], targets: str,
