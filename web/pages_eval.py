@@ -32,7 +32,7 @@ def sweep_chart(sweep: list[dict[str, Any]]) -> dict[str, Any]:
     """Precision, recall and F1 against the threshold; a metric that is undefined at a
     threshold (nothing predicted positive) is a gap, not a zero."""
     return {"x": [s["threshold"] for s in sweep], "x_label": "threshold", "x_pad": 0.025,
-            "y_label": "positive class", "series": [
+            "y_label": "", "series": [
                 {"label": "F1" if key == "f1" else key, "color": color, "kind": "line",
                  "values": [s.get(key) for s in sweep]} for key, color in SWEEP_SERIES]}
 
@@ -61,7 +61,8 @@ def eval_context(run: dict[str, Any], results: list[dict[str, Any]]) -> dict[str
                           "same": bool(agreement) and not agreement.get("differing")},
             "dataset": (run.get("params") or {}).get("dataset") or {},
             "threshold": (run.get("params") or {}).get("threshold"),
-            "positive": (run.get("params") or {}).get("positive")}
+            "positive": (run.get("params") or {}).get("positive")
+            or next((d["positive"] for d in details if d["positive"]), None)}
 
 
 def _row_status(row: dict[str, Any]) -> str:
