@@ -250,6 +250,32 @@ def test_a_detector_that_falls_behind_gets_no_recommendation(site: Site) -> None
         assert "2 threads fall behind" in item
 
 
+def test_bench_run_page_judges_inference_only(site: Site) -> None:
+    """A benchmark's results (no preprocessing timed) under the same profile: the verdict says
+    its basis is inference only, and its p99 is of the inference times alone."""
+    with session_scope(site.settings) as session:
+        real = session.get(Run, site.profiled_id)
+        assert real is not None
+        run = Run(kind="bench", bundle_name=real.bundle_name, bundle_version=real.bundle_version,
+                  bundle_digest=real.bundle_digest, targets="all", created_by="test",
+                  state="succeeded", params={"threads": [1, 2], "warmup": 1, "runs": 8,
+                                             "profile": PROFILE})
+        session.add(run)
+        session.flush()
+        for result in session.exec(select(Result).where(Result.run_id == real.id)):
+            copy = result.model_dump(exclude={"id", "run_id", "detail"})
+            session.add(Result(**copy, run_id=run.id, detail={}))
+        run_id = run.id
+    html = page(site.client, f"/runs/{run_id}")
+    rows = parse(html).tables["verdict-table"][1:]
+    results = stored_results(site.settings, site.profiled_id)
+    assert [r["cells"][3] for r in rows] == [
+        format_number(float(np.percentile(unpack_floats(r.latencies), 99))) for r in results]
+    assert ("Window latency = inference only: preprocessing not measured (a benchmark)."
+            in " ".join(html.split()))
+    assert 'id="eval-metrics"' not in html
+
+
 def test_run_without_profile_says_how_to_judge_it(site: Site) -> None:
     html = page(site.client, f"/runs/{site.run_id}")
     doc = parse(html)
