@@ -62,8 +62,11 @@ class DemoFiles:
     sims: dict[str, SimulatedDevice]
 
 
-def prepare(home: Path) -> DemoFiles:
-    """Write the simulated devices, their inventory and the model folder (idempotent)."""
+def prepare(home: Path, model_cache: Path | None = None) -> DemoFiles:
+    """Write the simulated devices, their inventory and the model folder (idempotent).
+
+    ``model_cache``: where the trained model is kept between runs (default: ``home/cache``;
+    tests share one across the session: training takes ~10 s)."""
     home.mkdir(parents=True, exist_ok=True)
     sims: dict[str, SimulatedDevice] = {}
     groups: dict[str, dict[str, dict]] = {}
@@ -85,7 +88,8 @@ def prepare(home: Path) -> DemoFiles:
                          "children": {g: {"hosts": hosts} for g, hosts in groups.items()}}}
     inventory_path = home / "inventory.yml"
     inventory_path.write_text(yaml.safe_dump(inventory, sort_keys=False))
-    model_dir = make_trained_classifier(home / "models" / DEMO_BUNDLE, cache_dir=home / "cache")
+    model_dir = make_trained_classifier(home / "models" / DEMO_BUNDLE,
+                                        cache_dir=model_cache or home / "cache")
     eval_dir = home / "eval" / DEMO_DATASET
     if not eval_dir.is_dir():  # written once, whole or not at all (then hashed into a dataset)
         staging = eval_dir.with_name(f".{DEMO_DATASET}.tmp")

@@ -53,3 +53,10 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def cli(home: Path) -> Cli:
     return Cli(home)
+
+
+@pytest.fixture(scope="session")
+def demo_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache of the demo's trained classifier for the whole test session (training takes
+    ~10 s; the generator is deterministic, so every test gets the same bytes)."""
+    return tmp_path_factory.mktemp("demo-model-cache")

@@ -33,11 +33,11 @@ from orchestrator.verdicts import load_profile_file
 from .conftest import save_screenshot
 
 
-def demo_eval_run(home: Path, work: Path) -> int:
+def demo_eval_run(home: Path, work: Path, model_cache: Path) -> int:
     """The demo's eval run (``orchestrator/cli_demo.py``), minus the benchmarks and the INT8
     variant the page does not need; returns its id."""
     cfg = Settings(home=home, database_url=None)
-    files = demo.prepare(work)
+    files = demo.prepare(work, model_cache)
     with session_scope(cfg) as session:
         sync_inventory(session, load_inventory(files.inventory))
         devices = all_devices(session)
@@ -59,8 +59,8 @@ def demo_eval_run(home: Path, work: Path) -> int:
 
 
 def test_eval_run_page_agreement_matrix_verdicts(home: Path, tmp_path: Path, serve,
-                                                  page: Any) -> None:
-    run_id = demo_eval_run(home, tmp_path / "demo")
+                                                  page: Any, demo_model_cache: Path) -> None:
+    run_id = demo_eval_run(home, tmp_path / "demo", demo_model_cache)
     with session_scope(Settings(home=home, database_url=None)) as session:
         results = list(session.exec(select(Result).where(Result.run_id == run_id)
                                     .order_by(col(Result.device_name), col(Result.threads))))

@@ -176,13 +176,14 @@ def test_eval_refuses_unpushed_bundles_per_device(cli: Cli, sshd_factory,
 
 
 def test_demo_model_on_the_demo_wav_set_over_three_hosts(cli: Cli, sshd_factory,
-                                                         tmp_path: Path) -> None:
+                                                         tmp_path: Path,
+                                                         demo_model_cache: Path) -> None:
     """The demo's trained detector, its INT8 variant and its 64 unseen WAV windows: pushed with
     a passing smoke test, evaluated on every host; metrics equal scikit-learn's on the returned
     probabilities, the accuracy is a trained model's, and the hosts agree."""
     hosts = sshd_factory(3)
     setup_fleet(cli, tmp_path, hosts)
-    folder = make_trained_classifier(tmp_path / "first-crack")
+    folder = make_trained_classifier(tmp_path / "first-crack", cache_dir=demo_model_cache)
     write_eval_set(tmp_path / "eval")
     built = cli("bundle", "build", folder, "--name", "first-crack", "--quantize", "int8",
                 "--json").json
