@@ -111,6 +111,18 @@ def sweep_rows(metrics: dict[str, Any]) -> list[list[str]]:
             for r in metrics.get("sweep") or []]
 
 
+PER_CLASS_HEADINGS = ["class", "precision", "recall", "F1", "support"]
+
+
+def per_class_rows(metrics: dict[str, Any]) -> list[list[str]]:
+    """The per-class report (precision, recall, F1, support of every class)."""
+    per_class = metrics.get("per_class") or {}
+    return [[name, metric(s.get("precision")) or "-", metric(s.get("recall")) or "-",
+             metric(s.get("f1")) or "-", str(s.get("support", "-"))]
+            for name in metrics.get("classes") or per_class
+            for s in [per_class.get(name) or {}]]
+
+
 SWEEP_HEADINGS = ["threshold", "precision", "recall", "F1", "TP", "FP", "TN", "FN"]
 
 
@@ -169,6 +181,13 @@ def render_eval(run: dict[str, Any], sweep: bool = False) -> list[RenderableType
         for cls, counts in zip(m["classes"], m["confusion_matrix"], strict=True):
             cm.add_row(Text(cls), *(str(c) for c in counts))
         out.append(cm)
+        pc = Table(title=Text(f"per-class report: {name}"), title_justify="left",
+                   header_style="bold", box=None, pad_edge=False)
+        for index, heading in enumerate(PER_CLASS_HEADINGS):
+            pc.add_column(heading, justify="left" if index == 0 else "right")
+        for values in per_class_rows(m):
+            pc.add_row(Text(values[0]), *values[1:])
+        out.append(pc)
         if sweep and m.get("sweep"):
             st = Table(title=Text(f"threshold sweep: {name}, positive = "
                                   f"{(m.get('positive') or {}).get('name')}"),
@@ -195,6 +214,9 @@ def eval_markdown(run: dict[str, Any], sweep: bool = False) -> str:
                                [False] + [True] * len(m["classes"]),
                                ([c, *counts] for c, counts in
                                 zip(m["classes"], m["confusion_matrix"], strict=True))))
+        parts.append(f"\nPer-class report, {name}:\n\n")
+        parts.append(_markdown(PER_CLASS_HEADINGS, [False, True, True, True, True],
+                               per_class_rows(m)))
         if sweep and m.get("sweep"):
             parts.append(f"\nThreshold sweep, {name}: {recommendation(m)}\n\n")
             parts.append(_markdown(SWEEP_HEADINGS, [True] * 8, sweep_rows(m)))

@@ -18,6 +18,7 @@ from orchestrator.evalreport import (
     agreement_lines,
     eval_rows,
     metric_groups,
+    per_class_rows,
     recommendation,
 )
 from orchestrator.reports import _VERDICT_RIGHT, VERDICT_HEADINGS, _verdict_values, verdict_caption
@@ -52,6 +53,7 @@ def eval_context(run: dict[str, Any], results: list[dict[str, Any]]) -> dict[str
             "sweep": m.get("sweep") or [], "recommendation": recommendation(m),
             "positive": (m.get("positive") or {}).get("name"),
             "per_class": m.get("per_class") or {},
+            "per_class_rows": per_class_rows(m),
         })
     agreement = run.get("agreement")
     lines = agreement_lines(agreement)

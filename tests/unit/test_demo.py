@@ -69,4 +69,5 @@ def test_demo_end_to_end_and_again(cli: Cli, tmp_path: Path) -> None:
     assert "$ edgefleet push first-crack@1-int8 all" in human and "pi5-roaster (sim)" in human
     assert "temp_over_80c" in human and "$ edgefleet bench first-crack@1 all" in human
     assert "confusion matrix: all 6 results" in human and "recommended threshold" in human
+    assert "per-class report: all 6 results" in human and "support" in human
     assert "$ edgefleet runs verdict" in human and "keeps up" in human

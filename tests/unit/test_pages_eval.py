@@ -178,6 +178,13 @@ def test_results_that_agree_share_one_confusion_matrix_and_sweep(site: Site) -> 
     cm = evals[0]["confusion_matrix"]
     assert [r["cells"][1:] for r in doc.tables["confusion-0"][1:]] == [
         [str(n) for n in row] for row in cm]
+    # The per-class report: each class's scores as stored, support = its row of the matrix.
+    per_class = doc.tables["per-class-0"]
+    assert per_class[0]["cells"] == ["class", "precision", "recall", "F1", "support"]
+    for row, counts in zip(per_class[1:], cm, strict=True):
+        scores = evals[0]["per_class"][row["cells"][0]]
+        assert row["cells"][1:] == [f"{scores['precision']:.3f}", f"{scores['recall']:.3f}",
+                                    f"{scores['f1']:.3f}", str(sum(counts))]
     charts = json.loads(doc.scripts["sweep-charts"])
     assert len(charts) == 1
     assert charts[0]["x"] == [s["threshold"] for s in evals[0]["sweep"]]
