@@ -137,31 +137,11 @@ class JobPushProgress:
         self.ctx.device(device, force=state not in ("planning", "transferring"), state=state)
 
 
-def bench_events(ctx: JobContext, steps: int,
-                 inner: runs.EventHandler | None = None) -> runs.EventHandler:
-    """runs.bench's on_event: per-device progress, and the cancel check before each
-    measurement (a ``load`` event with done=0 opens one)."""
-    counts: dict[str, int] = {}
-
-    def on_event(device: str, event: dict[str, Any]) -> None:
-        if inner:
-            inner(device, event)
-        if event.get("event") != "bench":
-            return
-        if event.get("phase") == "load" and event.get("done") == 0:
-            ctx.check(device)
-            counts[device] = counts.get(device, 0) + 1
-        ctx.device(device, state="running", threads=event.get("threads"),
-                   phase=event.get("phase"), done=event.get("done"), total=event.get("total"),
-                   step=counts.get(device, 0), steps=steps)
-
-    return on_event
-
-
-def eval_events(ctx: JobContext, steps: int,
-                inner: evals.EventHandler | None = None) -> evals.EventHandler:
-    """evals.evaluate's on_event: per-device progress, and the cancel check before a device's
-    dataset push and before each thread count's child (its ``load`` event with done=0)."""
+def measurement_events(ctx: JobContext, steps: int, kind: str,
+                       inner: runs.EventHandler | None = None) -> runs.EventHandler:
+    """The on_event of runs.bench (``kind`` "bench") and evals.evaluate ("eval"): per-device
+    progress, and the cancel check before each measurement child (its ``load`` event with
+    done=0 opens one) and, for eval, before a device's dataset push."""
     counts: dict[str, int] = {}
 
     def on_event(device: str, event: dict[str, Any]) -> None:
@@ -172,7 +152,7 @@ def eval_events(ctx: JobContext, steps: int,
             ctx.device(device, force=True, state="running", phase="dataset", step=0,
                        steps=steps)
             return
-        if event.get("event") != "eval":
+        if event.get("event") != kind:
             return
         if event.get("phase") == "load" and event.get("done") == 0:
             ctx.check(device)
@@ -182,6 +162,16 @@ def eval_events(ctx: JobContext, steps: int,
                    step=counts.get(device, 0), steps=steps)
 
     return on_event
+
+
+def bench_events(ctx: JobContext, steps: int,
+                 inner: runs.EventHandler | None = None) -> runs.EventHandler:
+    return measurement_events(ctx, steps, "bench", inner)
+
+
+def eval_events(ctx: JobContext, steps: int,
+                inner: evals.EventHandler | None = None) -> evals.EventHandler:
+    return measurement_events(ctx, steps, "eval", inner)
 
 
 def record_outcomes(ctx: JobContext, outcomes: Sequence[Outcome]) -> None:
