@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,16 +18,14 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from agent.protocol import MANIFEST_SCHEMA, canonical_json, check_relative_path, manifest_digest
+from orchestrator import refs
 from orchestrator.blobstore import BlobStore
 from orchestrator.config import Settings
-from orchestrator.errors import BundleError, NotFoundError
+from orchestrator.errors import BundleError
 from orchestrator.golden import compute_golden, store_golden
 from orchestrator.golden import manifest_key as golden_key
 from orchestrator.models import Bundle
 from orchestrator.onnxinfo import inspect_model, version_tuple
-
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 
 
 @dataclass
@@ -39,29 +36,16 @@ class BuildResult:
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name):
-        raise BundleError(
-            f"bundle name {name!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return name
+    return refs.check_name(name, "bundle", BundleError)
 
 
 def check_version(version: str) -> str:
-    if not VERSION_RE.match(version):
-        raise BundleError(
-            f"bundle version {version!r} is not allowed: use letters, digits, '.', '_', '+', '-'"
-        )
-    return version
+    return refs.check_version(version, "bundle", BundleError)
 
 
 def parse_ref(ref: str) -> tuple[str, str | None]:
     """``name`` or ``name@version``."""
-    name, _, version = ref.partition("@")
-    check_name(name)
-    if version:
-        check_version(version)
-    return name, version or None
+    return refs.parse_ref(ref, "bundle", BundleError)
 
 
 def collect_files(path: Path) -> list[tuple[str, Path]]:
@@ -187,9 +171,7 @@ def read_side_files(files: dict[str, Path], model_rel: str) -> dict[str, Any]:
 
 
 def next_version(session: Session, name: str) -> str:
-    versions = session.exec(select(Bundle.version).where(Bundle.name == name)).all()
-    numeric = [int(v) for v in versions if v.isdigit()]
-    return str(max(numeric, default=0) + 1)
+    return refs.next_version(session, Bundle, name)
 
 
 def is_variant(bundle: Bundle) -> bool:
@@ -315,19 +297,8 @@ def build_bundle(
 
 
 def get_bundle(session: Session, ref: str) -> Bundle:
-    name, version = parse_ref(ref)
-    if version is None:
-        bundle = latest(session, name)
-    else:
-        bundle = session.exec(
-            select(Bundle).where(Bundle.name == name, Bundle.version == version)
-        ).first()
-    if bundle is None:
-        known = session.exec(select(Bundle.version).where(Bundle.name == name)).all()
-        hint = (f" (versions: {', '.join(known)})" if known
-                else "; build it with `edgefleet bundle build`")
-        raise NotFoundError(f"no bundle {ref}{hint}")
-    return bundle
+    return refs.get_by_ref(session, Bundle, ref, "bundle", BundleError, latest,
+                           "edgefleet bundle build")
 
 
 def list_bundles(session: Session) -> list[Bundle]:

@@ -20,7 +20,6 @@ import io
 import json
 import math
 import os
-import re
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -33,15 +32,14 @@ import numpy as np
 from sqlmodel import Session, col, select
 
 from agent.protocol import canonical_json, manifest_digest
+from orchestrator import refs
 from orchestrator.blobstore import BlobStore
 from orchestrator.bundles import manifest_of
 from orchestrator.config import Settings
-from orchestrator.errors import EdgeFleetError, NotFoundError
+from orchestrator.errors import EdgeFleetError
 from orchestrator.models import Bundle, Dataset
 
 SCHEMA = "edgefleet.dataset/v1"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 TENSORS_PATH = "tensors.npz"
 LABELS_KEY = "labels"
 
@@ -57,20 +55,12 @@ class DatasetBuild:
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name):
-        raise DatasetError(f"dataset name {name!r} is not allowed: use 1-64 letters, digits, "
-                           "'.', '_' or '-', starting with a letter or digit")
-    return name
+    return refs.check_name(name, "dataset", DatasetError)
 
 
 def parse_ref(ref: str) -> tuple[str, str | None]:
     """``name`` or ``name@version``."""
-    name, _, version = ref.partition("@")
-    check_name(name)
-    if version and not VERSION_RE.match(version):
-        raise DatasetError(f"dataset version {version!r} is not allowed: use letters, digits, "
-                           "'.', '_', '+', '-'")
-    return name, version or None
+    return refs.parse_ref(ref, "dataset", DatasetError)
 
 
 # --- audio --------------------------------------------------------------------------------
@@ -244,8 +234,7 @@ def _tensor_entries(source: Path, store: BlobStore, bundle: Bundle | None,
 
 
 def next_version(session: Session, name: str) -> str:
-    versions = session.exec(select(Dataset.version).where(Dataset.name == name)).all()
-    return str(max((int(v) for v in versions if v.isdigit()), default=0) + 1)
+    return refs.next_version(session, Dataset, name)
 
 
 def latest(session: Session, name: str) -> Dataset | None:
@@ -264,7 +253,7 @@ def build_dataset(session: Session, settings: Settings, source: Path, name: str,
     """
     check_name(name)
     if version is not None:
-        parse_ref(f"{name}@{version}")
+        refs.check_version(version, "dataset", DatasetError)
         if session.exec(select(Dataset).where(Dataset.name == name,
                                               Dataset.version == version)).first():
             raise DatasetError(f"dataset {name}@{version} already exists; pick another --version")
@@ -320,18 +309,8 @@ def build_dataset(session: Session, settings: Settings, source: Path, name: str,
 
 
 def get_dataset(session: Session, ref: str) -> Dataset:
-    name, version = parse_ref(ref)
-    query = select(Dataset).where(Dataset.name == name)
-    if version is None:
-        dataset = latest(session, name)
-    else:
-        dataset = session.exec(query.where(Dataset.version == version)).first()
-    if dataset is None:
-        known = session.exec(select(Dataset.version).where(Dataset.name == name)).all()
-        hint = (f" (versions: {', '.join(known)})" if known
-                else "; build it with `edgefleet dataset build DIR --name NAME`")
-        raise NotFoundError(f"no dataset {ref}{hint}")
-    return dataset
+    return refs.get_by_ref(session, Dataset, ref, "dataset", DatasetError, latest,
+                           "edgefleet dataset build DIR --name NAME")
 
 
 def list_datasets(session: Session) -> list[Dataset]:
