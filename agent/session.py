@@ -19,8 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
-from typing import IO, Any, Callable, Dict
+from typing import IO, Any, Callable, Dict, Optional
 
 from agent.activation import BLOB_MODE
 from agent.fsutil import AgentError, fsync_dir, remove_tree, writing
@@ -35,10 +36,85 @@ from agent.protocol import (
 )
 from agent.store import Store
 
-RECEIVE_CHUNK = 256 * 1024
+RECEIVE_CHUNK = 1 << 20
+F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ, named there only from Python 3.10
+PIPE_SIZE = 1 << 20  # /proc/sys/fs/pipe-max-size's default: allowed without privileges
+WRITEBACK_EVERY = 8 << 20
 
 Emit = Callable[[Dict[str, Any]], None]
 Handler = Callable[[str, Store, Any], Dict[str, Any]]
+
+
+def enlarge_pipe(stream: IO[bytes]) -> None:
+    """Ask for a 1 MiB pipe buffer on the session's stdin (Linux; a no-op elsewhere).
+
+    Why: sshd writes the decrypted stream into a 64 KiB pipe by default, so the agent and sshd
+    wake each other every 64 KiB. With 1 MiB the receive loop ran ~30% faster (bench/push.py).
+    """
+    try:
+        import fcntl
+
+        fcntl.fcntl(stream.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
+    except (ImportError, OSError, ValueError, AttributeError):
+        pass  # not a pipe, not Linux, or over the user's pipe quota: the default still works
+
+
+class Writeback:
+    """fdatasync a file from a helper thread every ``WRITEBACK_EVERY`` bytes.
+
+    Why: the blob must be on disk before the cache vouches for it, but one fsync at the end
+    waits for the whole file (on an SD card, seconds). Flushing as we go lets the disk work
+    while the network streams; the final fsync then has only the tail left. An error the
+    thread sees is kept and raised by ``finish`` (after it, the same fd's fsync would not
+    report it again).
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.error: Optional[OSError] = None
+        self._pending = 0
+        self._requested = False
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="writeback", daemon=True)
+        self._thread.start()
+
+    def wrote(self, nbytes: int) -> None:
+        self._pending += nbytes
+        if self._pending >= WRITEBACK_EVERY:
+            self._pending = 0
+            self._requested = True
+            self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._requested:  # before looking at _stop: a request made is carried out
+                self._requested = False
+                try:
+                    os.fdatasync(self.fd)
+                except OSError as exc:
+                    self.error = self.error or exc
+            if self._stop:
+                return
+
+    def stop(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join()
+
+    def sync(self) -> None:
+        """After ``stop``: raise what the thread saw, then fsync what is left."""
+        if self.error is not None:
+            raise self.error
+        os.fsync(self.fd)
+
+
+def write_all(fd: int, data: memoryview) -> None:
+    """os.write may write less than asked (a signal, a nearly full disk): loop until done."""
+    while data:
+        data = data[os.write(fd, data):]
 
 
 def receive(store: Store, stream: IO[bytes], spec: Any) -> Dict[str, Any]:
@@ -54,19 +130,27 @@ def receive(store: Store, stream: IO[bytes], spec: Any) -> Dict[str, Any]:
     digest = hashlib.sha256()
     started_ns = time.time_ns()
     remaining = size
+    # One buffer for the whole blob: readinto/update/write on views of it copy each byte
+    # once (pipe -> buffer) instead of allocating a new bytes object per chunk.
+    view = memoryview(bytearray(min(RECEIVE_CHUNK, size) or 1))
     try:
-        with writing(part), open(part, "wb") as out:
-            while remaining:
-                chunk = stream.read(min(RECEIVE_CHUNK, remaining))
-                if not chunk:
-                    raise AgentError(E_BAD_INPUT, "stream ended %d bytes short of %s"
-                                     % (remaining, label))
-                digest.update(chunk)
-                out.write(chunk)
-                remaining -= len(chunk)
-            out.flush()
-            os.fchmod(out.fileno(), BLOB_MODE)
-            os.fsync(out.fileno())  # the cache will vouch for it after a power cut
+        with writing(part), open(part, "wb", buffering=0) as out:
+            writeback = Writeback(out.fileno())
+            try:
+                while remaining:
+                    got = stream.readinto(view[:min(len(view), remaining)])  # type: ignore[attr-defined]
+                    if not got:
+                        raise AgentError(E_BAD_INPUT, "stream ended %d bytes short of %s"
+                                         % (remaining, label))
+                    chunk = view[:got]
+                    digest.update(chunk)
+                    write_all(out.fileno(), chunk)
+                    writeback.wrote(got)
+                    remaining -= got
+                os.fchmod(out.fileno(), BLOB_MODE)
+            finally:
+                writeback.stop()
+            writeback.sync()  # the cache will vouch for it after a power cut
         actual = digest.hexdigest()
         if actual != sha:
             raise AgentError(
@@ -108,6 +192,7 @@ def serve(store: Store, stream: IO[bytes], emit: Emit, handle: Handler,
     """Answer requests until EOF; returns the exit status (1 if the session had to stop)."""
     from agent import smoke
 
+    enlarge_pipe(stream)
     try:
         return _serve(store, stream, emit, handle, error_for)
     finally:

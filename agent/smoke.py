@@ -251,6 +251,22 @@ def _load_npz(path: str) -> Dict[str, Any]:
         return {key: data[key] for key in data.files}
 
 
+def golden_session_options(ort: Any) -> Any:
+    """Session options of the golden run, at build time (orchestrator/golden.py) and here.
+
+    One thread, as for a reference. No weight prepacking: it re-lays out every MatMul/Conv
+    weight at load so that *repeated* runs go faster, and a golden run is a single run; on a
+    94 MB model it was a third of the load time (bench/push.py). Prepacking changes the
+    summation order, so both sides must agree on it for the outputs to match exactly.
+    """
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    return options
+
+
 def check(spec: Dict[str, Any]) -> Dict[str, Any]:
     """In the child: load, run once on 1 thread (as the build did), compare."""
     failed: Dict[str, Any] = {"ok": False, "reason": "load_failed", "outputs": []}
@@ -261,10 +277,7 @@ def check(spec: Dict[str, Any]) -> Dict[str, Any]:
                     % (type(exc).__name__, exc))
     feeds = _load_npz(spec["inputs"])
     expected = _load_npz(spec["outputs"])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    options = golden_session_options(ort)
     clock = time.perf_counter
     start = clock()
     try:
@@ -306,7 +319,10 @@ def child_main() -> int:
         spec = json.loads(raw.decode("utf-8"))
         out.write(json.dumps(result_ok("smoke_child", check(spec))) + "\n")
         out.flush()
-        return 0
+        sys.stderr.flush()
+        # The parent waits for our exit; tearing down the session and the interpreter (freeing
+        # the model's weights, running finalizers) only delays the activation: skip it.
+        os._exit(0)
     except BaseException as exc:
         traceback.print_exc(file=sys.stderr)
         out.write(json.dumps(result_error("smoke_child", E_INTERNAL, "%s: %s"

@@ -12,7 +12,9 @@ travels and is verified on arrival), and times re-pushes of the unchanged bundle
   way, what a Pi 4/5 gets on gigabit Ethernet. No added latency (netem is not in every kernel;
   on a real LAN ~0.2 ms RTT adds a few ms per request round trip). Needs root (ip netns, tc).
 
-Ratios, not absolute numbers, are what carry over between machines.
+The device's sshd is configured like stock Debian / Raspberry Pi OS: scp's server side
+(sftp-server) starts through the user's shell, as the agent does, so both pay the same login
+costs. Ratios, not absolute numbers, are what carry over between machines.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ from orchestrator.inventory import load_inventory  # noqa: E402
 from tests.fleet.sshd import SshdHost, UserKey, generate_user_key, write_inventory  # noqa: E402
 
 LAN_RATE = "940mbit"
+# Stock Debian / Raspberry Pi OS sshd_config: scp's server side starts through the user's shell
+# like every exec does (the test harness's internal-sftp would let scp skip the shell's rc
+# files, which on this machine run `pyenv init`, while the agent's exec pays them).
+STOCK_SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 
 
 def sh(*argv: str) -> None:
@@ -152,12 +158,13 @@ def main() -> None:
         key = generate_user_key(base)
         model = make_large_model(base / "model" / "model.onnx", args.mb)
         if args.link in ("loopback", "both"):
-            with SshdHost("bench-loopback", base, key, cpus=device_cpus) as host:
+            with SshdHost("bench-loopback", base, key, cpus=device_cpus,
+                          sftp_server=STOCK_SFTP_SERVER) as host:
                 measure("loopback", host, key, model, base, args.repeats)
         if args.link in ("lan", "both"):
             with lan_namespace() as (ns, address), \
                     SshdHost("bench-lan", base, key, address=address, netns=ns,
-                             cpus=device_cpus) as host:
+                             cpus=device_cpus, sftp_server=STOCK_SFTP_SERVER) as host:
                 measure(f"lan {LAN_RATE}", host, key, model, base, args.repeats)
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -27,6 +27,7 @@ import onnxruntime as ort
 
 from agent.fsutil import AgentError
 from agent.inputs import build_inputs, find_sample_npz, plan_inputs
+from agent.smoke import golden_session_options
 from orchestrator.blobstore import BlobStore
 from orchestrator.errors import BundleError
 
@@ -138,10 +139,7 @@ def compute_golden(
         return GoldenResult(None, "no golden outputs, so devices will not smoke-test this "
                             f"bundle: {exc.message}")
     feeds = build_inputs(plan)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    options = golden_session_options(ort)
     try:
         session = ort.InferenceSession(str(model_path), options,
                                        providers=["CPUExecutionProvider"])

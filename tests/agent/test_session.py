@@ -114,3 +114,53 @@ def test_a_plan_with_golden_prewarms_the_smoke_child_and_an_unused_one_exits(
     assert spawned[0].returncode == 0  # given EOF, it exited cleanly: no child left behind
     assert smoke._warm is None
     assert all(m["ok"] for m in messages if m.get("type") == "result")
+
+
+def test_a_blob_larger_than_the_buffer_and_the_writeback_step_arrives_whole(
+        pyz: Path, root: Path) -> None:
+    """20 MB crosses the 1 MiB receive buffer and the 8 MiB writeback step many times; the pipe
+    delivers it in reads of whatever size; the session enlarged its stdin pipe to 1 MiB."""
+    import fcntl
+    import os
+
+    from agent.session import F_SETPIPE_SZ, PIPE_SIZE
+
+    data = os.urandom(20 * 1024 * 1024 + 123)
+    bundle = make_bundle("big", "1", {"model.onnx": data})
+    proc = subprocess.Popen([sys.executable, str(pyz), f"--root={root}", "session"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=agent_env())
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(request("plan", bundle.request))
+    proc.stdin.flush()
+    plan = json.loads(proc.stdout.readline())
+    assert plan["ok"] and plan["data"]["missing"] == [bundle.sha_of("model.onnx")]
+    # F_GETPIPE_SZ = F_SETPIPE_SZ + 1; our end and the agent's stdin are the same pipe.
+    assert fcntl.fcntl(proc.stdin.fileno(), F_SETPIPE_SZ + 1) == PIPE_SIZE
+    out, _ = proc.communicate(receive(bundle, "model.onnx") + request("activate", bundle.request),
+                              timeout=60)
+    results = [m for m in parse_lines(out.decode().splitlines()) if m["type"] == "result"]
+    assert proc.returncode == 0 and [r["ok"] for r in results] == [True, True], results
+    assert results[0]["data"]["bytes"] == len(data)
+    assert (root / "current" / "model.onnx").read_bytes() == data
+
+
+def test_a_writeback_error_is_raised_not_swallowed(tmp_path: Path) -> None:
+    """fdatasync failing in the helper thread (here: a pipe, which cannot be synced) must
+    surface when the blob is finished, not be lost: a later fsync would not report it again."""
+    import os
+
+    import pytest
+
+    from agent.session import WRITEBACK_EVERY, Writeback
+
+    read_end, write_end = os.pipe()
+    try:
+        writeback = Writeback(write_end)
+        writeback.wrote(WRITEBACK_EVERY)  # wakes the thread: fdatasync(pipe) -> EINVAL
+        writeback.stop()
+        with pytest.raises(OSError):
+            writeback.sync()
+        assert writeback.error is not None
+    finally:
+        os.close(read_end)
+        os.close(write_end)

@@ -287,14 +287,20 @@ class SshdHost:
         address: str = ADDRESS,
         netns: str | None = None,
         cpus: str | None = None,
+        sftp_server: str = "internal-sftp",
     ) -> None:
         """``odd_root`` / ``odd_sim_dir`` put spaces, quotes and a ``$`` in those paths;
         ``sim_options`` go to :func:`create_simulated_device`; ``port`` is tried first.
         ``netns``/``address``: run sshd inside that network namespace, listening on ``address``
-        (bench/push.py uses this for a LAN-shaped link)."""
+        (bench/push.py uses this for a LAN-shaped link). ``sftp_server``: the sftp subsystem;
+        stock Debian and Raspberry Pi OS run ``/usr/lib/openssh/sftp-server`` through the
+        user's shell (as every exec is), the default ``internal-sftp`` skips the shell."""
         self.name = name
         self.address = address
         self.netns = netns
+        if not re.fullmatch(r"internal-sftp|/[\w./-]+", sftp_server):
+            raise ValueError(f"sftp_server must be internal-sftp or a plain path: {sftp_server!r}")
+        self.sftp_server = sftp_server
         self.cpus = cpus  # e.g. "1": pin the "device" to CPUs of its own (bench/push.py --pin)
         self.user = current_user()
         self.key_file = user_key.private_key
@@ -396,7 +402,7 @@ class SshdHost:
             "UsePAM no\n"
             "PermitRootLogin prohibit-password\n"
             "StrictModes no\n"
-            "Subsystem sftp internal-sftp\n"
+            f"Subsystem sftp {self.sftp_server}\n"
             "MaxStartups 100:100:100\n"
             "MaxSessions 100\n"
             "LoginGraceTime 30\n"
