@@ -23,6 +23,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from agent.children import (
+    emit_measured,
     failed_entry,
     import_onnxruntime,
     run_child,
@@ -147,26 +148,33 @@ def bench(store: Store, doc: Any) -> Dict[str, Any]:
     spec = {key: req[key] for key in ("warmup", "runs", "min_seconds", "providers",
                                       "graph_optimization", "sample_hz")}
     spec.update(model_path=os.path.join(vdir, model_rel), inputs=plan)
-    runtime: Dict[str, Any] = {}
-    results = [run_child(dict(spec, threads=t), store.emit, runtime) for t in req["threads"]]
-    if "onnxruntime" not in runtime:
-        from agent.facts import onnxruntime_version_fast
-
-        runtime["onnxruntime"] = onnxruntime_version_fast()
     external = (model_rel + ".data", model_rel + "_data")  # exporters' external-weight names
-    return {
+    common = {
         "bundle": {"name": entry.get("name"), "version": entry.get("version"),
                    "digest": req["digest"]},
         "model_size_mb": round(sum(sizes[p] for p in (model_rel,) + external if p in sizes)
                                / MB, 3),
         "inputs": describe(plan),
-        "providers": runtime.get("providers", req["providers"]),
-        "onnxruntime": runtime["onnxruntime"],
-        "simulated": is_simulated(),
-        "settings": {key: req[key] for key in ("threads", "warmup", "runs", "min_seconds",
-                                               "graph_optimization", "sample_hz")},
-        "results": results,
+        "providers": req["providers"],
     }
+    runtime: Dict[str, Any] = {}
+    results = []
+    for threads in req["threads"]:
+        results.append(run_child(dict(spec, threads=threads), store.emit, runtime))
+        emit_measured(store.emit, "bench", results[-1], common, runtime)
+    if "onnxruntime" not in runtime:
+        from agent.facts import onnxruntime_version_fast
+
+        runtime["onnxruntime"] = onnxruntime_version_fast()
+    return dict(
+        common,
+        providers=runtime.get("providers", req["providers"]),
+        onnxruntime=runtime["onnxruntime"],
+        simulated=is_simulated(),
+        settings={key: req[key] for key in ("threads", "warmup", "runs", "min_seconds",
+                                            "graph_optimization", "sample_hz")},
+        results=results,
+    )
 
 
 def read_rss_mb(path: str = "/proc/self/status") -> Dict[str, Optional[float]]:

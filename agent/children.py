@@ -28,6 +28,7 @@ from agent.protocol import (
     E_BAD_INPUT,
     E_INTERNAL,
     E_MISSING_DEPENDENCY,
+    event,
     result_error,
     result_ok,
 )
@@ -129,6 +130,19 @@ def run_child(spec: Dict[str, Any], emit: Emit, runtime: Dict[str, Any],
     return failed_entry(threads, "measurement process for %d thread(s) %s; %s" % (
         threads, how, "last stderr lines:\n" + "\n".join(tail) if tail
         else "it wrote nothing on stderr"))
+
+
+def emit_measured(emit: Emit, command: str, entry: Dict[str, Any], common: Dict[str, Any],
+                  runtime: Dict[str, Any]) -> None:
+    """Report one finished thread count at once (event ``measured``, docs/pipeline.md).
+
+    Why: the result line comes only after the last thread count. If the device drops off, the
+    session times out or the job is cancelled before then, the control plane still stores what
+    was measured instead of losing it with the rest.
+    """
+    emit(event("measured", command=command, threads=entry.get("threads"), entry=entry,
+               common=dict(common, onnxruntime=runtime.get("onnxruntime"),
+                           providers=runtime.get("providers", common.get("providers")))))
 
 
 def failed_entry(threads: int, error: str) -> Dict[str, Any]:

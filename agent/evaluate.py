@@ -33,6 +33,7 @@ from typing import Any, Callable, Dict, List
 from agent.bench import E_NOT_ON_DEVICE, MAX_THREADS, find_version, latency_stats, read_rss_mb
 from agent.children import (
     child_command,
+    emit_measured,
     failed_entry,
     import_onnxruntime,
     run_child,
@@ -158,6 +159,14 @@ def evaluate(store: Store, doc: Any) -> Dict[str, Any]:
     spec = {"model_path": os.path.join(vdir, model_rel), "feeding": feeding, "samples": samples,
             "warmup": req["warmup"], "sample_hz": req["sample_hz"],
             "providers": req["providers"]}
+    common = {
+        "bundle": {"name": entry.get("name"), "version": entry.get("version"),
+                   "digest": req["digest"]},
+        "dataset": {"name": data.get("name"), "version": data.get("version"),
+                    "digest": req["dataset"], "format": data.get("format"),
+                    "samples": len(samples)},
+        "labels": manifest.get("labels"), "providers": req["providers"],
+    }
     runtime: Dict[str, Any] = {}
     argv = child_command("agent.evaluate")
     results = []
@@ -165,17 +174,11 @@ def evaluate(store: Store, doc: Any) -> Dict[str, Any]:
         result = run_child(dict(spec, threads=threads), store.emit, runtime, argv=argv)
         result.setdefault("samples", [])
         results.append(result)
-    return {
-        "bundle": {"name": entry.get("name"), "version": entry.get("version"),
-                   "digest": req["digest"]},
-        "dataset": {"name": data.get("name"), "version": data.get("version"),
-                    "digest": req["dataset"], "format": data.get("format"),
-                    "samples": len(samples)},
-        "labels": manifest.get("labels"), "onnxruntime": runtime.get("onnxruntime"),
-        "providers": runtime.get("providers", req["providers"]), "simulated": is_simulated(),
-        "settings": {key: req[key] for key in ("threads", "warmup", "sample_hz")},
-        "results": results,
-    }
+        emit_measured(store.emit, "eval", result, common, runtime)
+    return dict(common, onnxruntime=runtime.get("onnxruntime"),
+                providers=runtime.get("providers", req["providers"]), simulated=is_simulated(),
+                settings={key: req[key] for key in ("threads", "warmup", "sample_hz")},
+                results=results)
 
 
 # -- the measurement child ------------------------------------------------------------------

@@ -37,7 +37,7 @@ from orchestrator.errors import AgentError, EdgeFleetError
 from orchestrator.fleet import Outcome, fan_out
 from orchestrator.leases import leased
 from orchestrator.models import Bundle, Dataset, Device, Result, Run
-from orchestrator.runs import _result_row
+from orchestrator.runs import _result_row, keeping
 from orchestrator.transport import Target, connect
 
 EventHandler = Callable[[str, dict[str, Any]], None]
@@ -154,6 +154,8 @@ def evaluate(settings: Settings, bundle: Bundle, dataset: Dataset, devices: Sequ
         errors: list[str] = []
         sent = 0
         relay = (lambda e: on_event(target.name, e)) if on_event else None
+        measured: list[tuple[dict[str, Any], dict[str, Any]]] = []  # kept if the call fails
+        failure: str | None = None
         try:
             with leased(settings, target.name, "eval"), \
                     connect(target, settings, timeout) as conn, \
@@ -161,28 +163,33 @@ def evaluate(settings: Settings, bundle: Bundle, dataset: Dataset, devices: Sequ
                 if relay:
                     relay({"event": "dataset", "phase": "push"})
                 sent = push_dataset(agent, dataset, store, plan.manifest)
-                data = agent.call("eval", request, on_event=relay)
-            for entry in data.get("results") or []:
-                row = _result_row(run, target, simulated[target.name], bundle.precision,
-                                  entry, data)
-                if entry.get("ok"):
-                    try:
-                        row.detail = dict(row.detail) | score(entry, plan)
-                    except (EdgeFleetError, ValueError) as exc:
-                        row.ok, row.valid = False, None
-                        row.error = f"{target.name}: cannot score the predictions: {exc}"
-                if not row.ok:
-                    errors.append(f"threads={entry.get('threads')}: {row.error}")
-                rows.append(row)
+                data = agent.call("eval", request, on_event=keeping(measured, relay))
+            measured = [(entry, data) for entry in data.get("results") or []]
         except (AgentError, EdgeFleetError) as exc:
-            message = str(exc)
+            failure = str(exc)
             if isinstance(exc, AgentError) and exc.code == "not_on_device":
-                message += (f" (push it first: `edgefleet push {bundle.name}@{bundle.version} "
+                failure += (f" (push it first: `edgefleet push {bundle.name}@{bundle.version} "
                             f"{target.name}`)")
-            rows = [Result(run_id=run.id, device_name=target.name, threads=None, ok=False,
-                           error=message, simulated=simulated[target.name],
-                           precision=bundle.precision)]
-            errors.append(message)
+            errors.append(failure)
+        for entry, common in measured:
+            row = _result_row(run, target, simulated[target.name], bundle.precision,
+                              entry, common)
+            if entry.get("ok"):
+                try:
+                    row.detail = dict(row.detail) | score(entry, plan)
+                except (EdgeFleetError, ValueError) as exc:
+                    row.ok, row.valid = False, None
+                    row.error = f"{target.name}: cannot score the predictions: {exc}"
+            if not row.ok:
+                errors.append(f"threads={entry.get('threads')}: {row.error}")
+            rows.append(row)
+        if failure is not None:
+            kept = sorted(entry.get("threads") for entry, _ in measured)
+            note = (f" (results of threads {', '.join(map(str, kept))}, finished before this, "
+                    "are kept)") if kept else ""
+            rows.append(Result(run_id=run.id, device_name=target.name, threads=None, ok=False,
+                               error=failure + note, simulated=simulated[target.name],
+                               precision=bundle.precision))
         with session_scope(settings) as session:
             session.add_all(rows)
         outcome = Outcome(target.name, not errors, "failed" if errors else "done",

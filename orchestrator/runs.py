@@ -159,6 +159,19 @@ def merge_rounds(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+def keeping(finished: list[tuple[dict[str, Any], dict[str, Any]]],
+            inner: Callable[[dict[str, Any]], None] | None) -> Callable[[dict[str, Any]], None]:
+    """An agent event handler that keeps each finished thread count's ``(entry, common)``
+    (event ``measured``) and passes every other event on to ``inner``."""
+    def on_event(event: dict[str, Any]) -> None:
+        if event.get("event") == "measured" and isinstance(event.get("entry"), dict):
+            finished.append((event["entry"], event.get("common") or {}))
+        elif inner is not None:
+            inner(event)
+
+    return on_event
+
+
 def bench(settings: Settings, bundles: Sequence[Bundle], devices: Sequence[Device],
           params: BenchParams, targets: str, forks: int = 10, timeout: float | None = None,
           on_event: EventHandler | None = None, rounds: int = 1,
@@ -189,8 +202,11 @@ def bench(settings: Settings, bundles: Sequence[Bundle], devices: Sequence[Devic
         started = time.monotonic()
         rows: list[Result] = []
         errors: list[str] = []
+        failure: str | None = None
+        # Per bundle: (entry, common) of every thread count finished, as the agent reports it
+        # (event "measured"), so a failure later in the session loses none of them.
+        measured: list[list[tuple[dict[str, Any], dict[str, Any]]]] = [[] for _ in bundles]
         try:
-            collected: list[list[dict[str, Any]]] = [[] for _ in bundles]
             with leased(settings, target.name, "bench"), \
                     connect(target, settings, timeout) as conn, \
                     AgentSession(conn, timeout=timeout) as agent:
@@ -201,29 +217,37 @@ def bench(settings: Settings, bundles: Sequence[Bundle], devices: Sequence[Devic
                     if round_index % 2:
                         order.reverse()
                     for index in order:
-                        collected[index].append(agent.call(
-                            "bench", per_round.payload(bundles[index].digest),
-                            on_event=relay(target.name)))
-            for run, bundle, datas in zip(runs, bundles, collected, strict=True):
-                by_threads: dict[Any, list[dict[str, Any]]] = {}
-                for data in datas:
-                    for entry in data.get("results") or []:
-                        by_threads.setdefault(entry.get("threads"), []).append(entry)
-                for entries in by_threads.values():
-                    entry = merge_rounds(entries)
-                    rows.append(_result_row(run, target, simulated[target.name],
-                                            bundle.precision, entry, datas[0]))
-                    if not entry.get("ok"):
-                        errors.append(f"{bundle.name}@{bundle.version} threads="
-                                      f"{entry.get('threads')}: {entry.get('error')}")
+                        mark = len(measured[index])
+                        data = agent.call("bench", per_round.payload(bundles[index].digest),
+                                          on_event=keeping(measured[index], relay(target.name)))
+                        # The result line is authoritative (and all an older agent sends).
+                        del measured[index][mark:]
+                        measured[index].extend((e, data) for e in data.get("results") or [])
         except (AgentError, EdgeFleetError) as exc:
-            message = str(exc)
+            failure = str(exc)
             if isinstance(exc, AgentError) and exc.code == "not_on_device":
-                message += f" (push it first: `edgefleet push NAME@VERSION {target.name}`)"
-            rows = [Result(run_id=run.id, device_name=target.name, ok=False, error=message,
-                           simulated=simulated[target.name], precision=bundle.precision)
-                    for run, bundle in zip(runs, bundles, strict=True)]
-            errors.append(message)
+                failure += f" (push it first: `edgefleet push NAME@VERSION {target.name}`)"
+            errors.append(failure)
+        for run, bundle, done in zip(runs, bundles, measured, strict=True):
+            by_threads: dict[Any, list[dict[str, Any]]] = {}
+            for entry, _ in done:
+                by_threads.setdefault(entry.get("threads"), []).append(entry)
+            # After a failure, a thread count with only some of its rounds is dropped: it
+            # would be an unbalanced A/B comparison.
+            kept = {t: e for t, e in by_threads.items() if len(e) == rounds or failure is None}
+            for entries in kept.values():
+                entry = merge_rounds(entries)
+                rows.append(_result_row(run, target, simulated[target.name],
+                                        bundle.precision, entry, done[0][1]))
+                if not entry.get("ok"):
+                    errors.append(f"{bundle.name}@{bundle.version} threads="
+                                  f"{entry.get('threads')}: {entry.get('error')}")
+            if failure is not None:
+                note = (f" (results of threads {', '.join(map(str, sorted(kept)))}, finished "
+                        "before this, are kept)") if kept else ""
+                rows.append(Result(run_id=run.id, device_name=target.name, ok=False,
+                                   error=failure + note, simulated=simulated[target.name],
+                                   precision=bundle.precision))
         with session_scope(settings) as session:
             session.add_all(rows)
         outcome = Outcome(target.name, not errors, "failed" if errors else "done",

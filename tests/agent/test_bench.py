@@ -193,12 +193,20 @@ def test_latency_stats_per_process_rss_and_clean_telemetry(
         assert telemetry["freq_mhz_min"] == telemetry["freq_mhz_max"] == 2400.0
         assert len(telemetry["samples"]) >= 2 and telemetry["samples"][0][0] == 0.0
     # each thread count was measured (and its peak RSS read) in a process of its own
-    pids = {ev["threads"]: {e["pid"] for e in run.events if e.get("threads") == ev["threads"]}
-            for ev in run.events if ev["event"] == "bench"}
+    progress = [ev for ev in run.events if ev["event"] == "bench"]
+    pids = {ev["threads"]: {e["pid"] for e in progress if e["threads"] == ev["threads"]}
+            for ev in progress}
     assert len(pids[1]) == len(pids[2]) == 1 and pids[1] != pids[2]
-    phases = [(ev["threads"], ev["phase"]) for ev in run.events if ev["event"] == "bench"]
+    phases = [(ev["threads"], ev["phase"]) for ev in progress]
     assert phases.index((1, "load")) < phases.index((1, "warmup")) < phases.index((1, "timed"))
     assert phases.index((1, "timed")) < phases.index((2, "load"))
+    # As each thread count finished, its whole entry was reported (kept if the session dies).
+    measured = [ev for ev in run.events if ev["event"] == "measured"]
+    assert [ev["entry"] for ev in measured] == data["results"]
+    assert run.events.index(measured[0]) < run.events.index(
+        next(ev for ev in progress if ev["threads"] == 2))
+    assert measured[0]["common"]["model_size_mb"] == data["model_size_mb"]
+    assert measured[0]["common"]["onnxruntime"] == ort.__version__
 
 
 def test_sample_inputs_npz_and_constants(pyz: Path, root: Path, tmp_path: Path) -> None:

@@ -30,12 +30,13 @@ from orchestrator.inventory import load_inventory
 from orchestrator.models import Result
 from orchestrator.verdicts import load_profile_file
 
-from .conftest import save_screenshot
+from .conftest import login, save_screenshot
+from .test_ui import JOB_URL, wait_job_succeeded
 
 
-def demo_eval_run(home: Path, work: Path, model_cache: Path) -> int:
-    """The demo's eval run (``orchestrator/cli_demo.py``), minus the benchmarks and the INT8
-    variant the page does not need; returns its id."""
+def demo_pushed(home: Path, work: Path, model_cache: Path) -> tuple[Any, Any, list[Any]]:
+    """The demo's FP32 bundle pushed to its three simulated Pis and its dataset built:
+    (bundle, dataset, devices)."""
     cfg = Settings(home=home, database_url=None)
     files = demo.prepare(work, model_cache)
     with session_scope(cfg) as session:
@@ -52,6 +53,14 @@ def demo_eval_run(home: Path, work: Path, model_cache: Path) -> int:
         dataset = build_dataset(session, cfg, files.eval_dir, demo.DEMO_DATASET,
                                 bundle=bundle).dataset
         session.expunge_all()
+    return bundle, dataset, devices
+
+
+def demo_eval_run(home: Path, work: Path, model_cache: Path) -> int:
+    """The demo's eval run (``orchestrator/cli_demo.py``), minus the benchmarks and the INT8
+    variant the page does not need; returns its id."""
+    cfg = Settings(home=home, database_url=None)
+    bundle, dataset, devices = demo_pushed(home, work, model_cache)
     run, outcomes = evaluate(cfg, bundle, dataset, devices, [1, 2], None, 0.5, targets="all")
     assert all(o.ok for o in outcomes), [o.as_dict() for o in outcomes]
     assert run.id is not None
@@ -121,3 +130,42 @@ def test_eval_run_page_agreement_matrix_verdicts(home: Path, tmp_path: Path, ser
     page.set_viewport_size({"width": 1280, "height": 1500})
     save_screenshot(page, "eval")
     assert errors == [] and missing == []
+
+
+def test_evaluate_form_queues_a_job_whose_run_page_scores_every_device(
+        home: Path, tmp_path: Path, serve, page: Any, admin_token: str,
+        demo_model_cache: Path) -> None:
+    """The bundle page's Evaluate form, as an operator uses it: pick the dataset, target the
+    fleet, one thread count and a threshold; the job evaluates on every device and links to a
+    run page that scores each of them at that threshold."""
+    bundle, dataset, devices = demo_pushed(home, tmp_path / "demo", demo_model_cache)
+    ref, dataset_ref = f"{bundle.name}@{bundle.version}", f"{dataset.name}@{dataset.version}"
+    server = serve(token=admin_token)
+    login(page, server, admin_token, "admin")
+    page.goto(server.url + f"/bundles/{ref}")
+    form = page.locator("#eval-form")
+    expect(form.locator("select[name=dataset] option")).to_have_count(1)
+    form.locator("select[name=dataset]").select_option(dataset_ref)
+    form.locator("input[name=targets]").fill("all")
+    form.locator("input[name=eval_threads]").fill("1")
+    form.locator("input[name=threshold]").fill("0.7")
+    form.get_by_role("button", name=f"Evaluate {ref}").click()
+    page.wait_for_url(JOB_URL)
+    job_id = int(JOB_URL.search(page.url).group(1))  # type: ignore[union-attr]
+    wait_job_succeeded(page, server, job_id)
+    job = server.get(f"/api/jobs/{job_id}")
+    assert job["kind"] == "eval" and job["params"]["dataset"] == dataset_ref
+    assert job["params"]["threads"] == [1] and job["params"]["threshold"] == 0.7
+
+    run_link = page.locator("#job-progress a[href^='/runs/']")
+    expect(run_link).to_have_count(1)
+    run_link.click()
+    page.wait_for_url(server.url + f"/runs/{job['run_id']}")
+    rows = page.locator("#eval-metrics tbody tr")
+    expect(rows).to_have_count(len(devices))
+    for row, name in zip(rows.all(), sorted(d.name for d in devices), strict=True):
+        expect(row).to_contain_text(name)
+    run = server.get(f"/api/runs/{job['run_id']}")
+    assert run["params"]["threshold"] == 0.7 and run["params"]["dataset"]["name"] == dataset.name
+    assert all(r["ok"] and r["threads"] == 1 and r["eval"]["metrics"]["threshold"] == 0.7
+               for r in run["results"]), run["results"]

@@ -76,9 +76,10 @@ def test_bench_every_field_dynamic_dim_scalar_and_constant(cli: Cli, sshd_factor
 
 
 def bench_in_process(pattern: str, ref: str, params: BenchParams,
-                     on_timed: Callable[[str], None]) -> dict:
+                     on_timed: Callable[[str], None], at_threads: int | None = None) -> dict:
     """Run a benchmark through the service, calling ``on_timed(device)`` once per device on
-    its first timed-loop progress event (the hook throttle injection and kills use)."""
+    its first timed-loop progress event (of thread count ``at_threads`` if given): the hook
+    throttle injection and kills use."""
     settings = get_settings()
     with session_scope(settings) as session:
         bundle = get_bundle(session, ref)
@@ -87,7 +88,8 @@ def bench_in_process(pattern: str, ref: str, params: BenchParams,
     lock = threading.Lock()
 
     def on_event(device: str, event: dict) -> None:
-        if event.get("event") == "bench" and event.get("phase") == "timed":
+        if event.get("event") == "bench" and event.get("phase") == "timed" and \
+                at_threads in (None, event.get("threads")):
             with lock:
                 if device in seen:
                     return
@@ -145,16 +147,26 @@ def test_device_dying_mid_run_fails_alone(cli: Cli, sshd_factory, tmp_path: Path
     hosts = sshd_factory(2)
     setup_fleet(cli, tmp_path, hosts)
     build_and_push(cli, tmp_path, "m", lambda p: make_large_model(p, 1))
-    params = BenchParams(threads=[1], warmup=1, runs=5, min_seconds=1.5,
+    params = BenchParams(threads=[1, 2], warmup=1, runs=5, min_seconds=1.5,
                          shapes={"x": [1, 4096]})
     victim = hosts[0]
     run = bench_in_process("pis", "m", params,
-                           lambda device: victim.stop() if device == victim.name else None)
-    by_device = {r["device"]: r for r in run["results"]}
-    assert by_device[victim.name]["ok"] is False and by_device[victim.name]["error"]
-    assert by_device[hosts[1].name]["ok"] is True
-    assert by_device[hosts[1].name]["latency_ms"]["n"] >= 5
+                           lambda device: victim.stop() if device == victim.name else None,
+                           at_threads=2)
+    results = {(r["device"], r["threads"]): r for r in run["results"]}
+    # The victim died during threads=2: threads=1, finished before, is kept (no lost result),
+    # and a failed row says what happened.
+    assert set(results) == {(victim.name, 1), (victim.name, None),
+                            (hosts[1].name, 1), (hosts[1].name, 2)}
+    assert results[(victim.name, 1)]["ok"] is True
+    assert results[(victim.name, 1)]["latency_ms"]["n"] >= 5
+    failed = results[(victim.name, None)]
+    assert failed["ok"] is False and "results of threads 1" in failed["error"]
+    assert all(results[(hosts[1].name, t)]["ok"] for t in (1, 2))
     assert run["state"] == "partial"
+    for fmt in ("table", "md", "csv"):  # a device with a kept result and a failure renders
+        shown = cli("runs", "show", str(run["id"]), "--format", fmt).stdout
+        assert shown.count(victim.name) >= 2, shown
 
 
 def test_compare_and_gate(cli: Cli, sshd_factory, tmp_path: Path) -> None:

@@ -241,7 +241,15 @@ def test_cancel_a_running_eval_stops_before_the_next_device_step(
     with session_scope(settings) as session:
         results = session.exec(select(Result).where(Result.run_id == done.run_id)).all()
         assert {r.device_name for r in results} == {"pi-a", "pi-b"}
-        assert all(not r.ok and "was cancelled" in (r.error or "") for r in results)
+        # pi-a's finished thread count is kept, scored, next to the row saying why it stopped.
+        kept = [r for r in results if r.ok]
+        assert [(r.device_name, r.threads) for r in kept] == [("pi-a", 1)]
+        assert kept[0].detail["eval"]["accuracy"] is not None
+        stopped = [r for r in results if not r.ok]
+        assert {r.device_name for r in stopped} == {"pi-a", "pi-b"}
+        assert all("was cancelled" in (r.error or "") and r.threads is None for r in stopped)
+        assert "results of threads 1, finished before this, are kept" in next(
+            r.error for r in stopped if r.device_name == "pi-a")
         assert session.exec(select(DeviceLease)).all() == []
 
 

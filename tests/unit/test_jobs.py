@@ -25,6 +25,7 @@ from orchestrator.devices import all_devices, sync_inventory
 from orchestrator.errors import EdgeFleetError
 from orchestrator.inventory import load_inventory
 from orchestrator.models import Deployment, DeviceLease, Job, Result, Run, TelemetrySnapshot
+from orchestrator.runs import unpack_floats
 from orchestrator.simulate import create_simulated_device
 
 from ..conftest import Cli
@@ -236,8 +237,41 @@ def test_cancel_a_running_bench_stops_before_the_next_measurement(
     assert done.progress["devices"]["pi-b"]["state"] == "cancelled"
     with session_scope(settings) as session:
         results = session.exec(select(Result).where(Result.run_id == done.run_id)).all()
+        # pi-a's threads=1 finished only its first of 2 rounds: an unbalanced A/B, not kept.
         assert all(not r.ok and "was cancelled" in (r.error or "") for r in results)
         assert session.exec(select(DeviceLease)).all() == []  # leases released
+
+
+def test_a_cancelled_bench_keeps_the_thread_counts_finished_before_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No lost result: with one round, threads=1 finished before the cancel is stored."""
+    settings = make_fleet(tmp_path)
+    assert run(settings, "push", {"bundle": "fc"}).state == "succeeded"
+    job = jobs.submit(settings, "bench", {"bundle": "fc", "threads": [1, 2], "forks": 1,
+                                          "warmup": 0, "runs": 2}, "pi-a")
+    real_bench = runs.bench
+
+    def bench_cancelling_when_threads_2_loads(*args: Any, **kwargs: Any) -> Any:
+        on_event = args[7]  # job_exec passes it positionally
+
+        def spy(device: str, event: dict[str, Any]) -> None:
+            if event.get("phase") == "load" and event.get("threads") == 2:
+                jobs.cancel(settings, job.id)  # type: ignore[arg-type]
+            on_event(device, event)
+
+        return real_bench(*args[:7], spy, *args[8:], **kwargs)
+
+    monkeypatch.setattr(runs, "bench", bench_cancelling_when_threads_2_loads)
+    done = jobs.JobRunner(settings).run_one()
+    assert done is not None and done.state == "cancelled"
+    with session_scope(settings) as session:
+        results = session.exec(select(Result).where(Result.run_id == done.run_id)).all()
+        kept = [r for r in results if r.ok]
+        assert [(r.device_name, r.threads, r.n) for r in kept] == [("pi-a", 1, 2)]
+        assert unpack_floats(kept[0].latencies) and kept[0].telemetry_status
+        (stopped,) = [r for r in results if not r.ok]
+        assert stopped.threads is None and "was cancelled" in (stopped.error or "")
+        assert "results of threads 1, finished before this, are kept" in (stopped.error or "")
 
 
 def test_cancel_a_running_push_between_devices(tmp_path: Path,
