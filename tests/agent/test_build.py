@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import subprocess
+import sys
 import zipapp
 import zipfile
 from pathlib import Path
@@ -63,3 +66,46 @@ def test_the_built_app_runs(tmp_path: Path) -> None:
     built = build_zipapp(tmp_path / "edgefleet-agent.pyz")
     data = run_agent(built.path, tmp_path / "root", "status").data
     assert data["active"] is None and data["history"] == []
+
+
+def test_first_run_makes_a_compiled_copy_that_later_runs_import_from(tmp_path: Path) -> None:
+    """zipimport compiles every module from source on every start; the entry point keeps a
+    copy of the .pyz with this interpreter's bytecode next to it and imports from that."""
+    built = build_zipapp(tmp_path / "agent" / "edgefleet-agent.pyz")
+    cache = built.path.parent / "cache"
+    assert not cache.exists()
+    assert run_agent(built.path, tmp_path / "root", "status").data["active"] is None
+    copy = cache / f"agent-{built.sha256[:16]}-{sys.implementation.cache_tag}.zip"
+    assert [p.name for p in cache.iterdir()] == [copy.name]
+    with zipfile.ZipFile(copy) as archive, zipfile.ZipFile(built.path) as original:
+        names = set(archive.namelist())
+        assert set(original.namelist()) <= names  # the sources stay, for tracebacks
+        assert {n + "c" for n in original.namelist() if n.startswith("agent/")} <= names
+    # What a second start imports: the agent package from the copy, as bytecode.
+    probe = ("import runpy, sys\n"
+             "sys.argv = [sys.argv[1], '--root=' + sys.argv[2], 'status']\n"
+             "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+             "except SystemExit:\n    pass\n"
+             "import agent.cli\nsys.stderr.write(agent.cli.__file__)\n")
+    done = subprocess.run([sys.executable, "-c", probe, str(built.path), str(tmp_path / "root")],
+                          capture_output=True, text=True, check=True)
+    assert done.stderr == str(copy / "agent" / "cli.pyc")
+    assert [p.name for p in cache.iterdir()] == [copy.name]  # reused, not rebuilt
+
+
+def test_no_compiled_copy_when_it_cannot_be_written_and_old_copies_are_pruned(
+        tmp_path: Path) -> None:
+    built = build_zipapp(tmp_path / "agent" / "edgefleet-agent.pyz")
+    cache = built.path.parent / "cache"
+    cache.write_text("not a directory")  # e.g. a read-only or full disk: run from source
+    assert run_agent(built.path, tmp_path / "root", "status").data["active"] is None
+    cache.unlink()
+    cache.mkdir()
+    stale = [cache / f"agent-{n:016x}-cpython-0.zip" for n in range(4)]
+    for age, path in enumerate(stale):
+        path.write_bytes(b"old")
+        os.utime(path, (1_000_000 + age, 1_000_000 + age))
+    run_agent(built.path, tmp_path / "root", "status")
+    # The new copy and the two newest old ones stay (an older agent may still be running).
+    new = f"agent-{built.sha256[:16]}-{sys.implementation.cache_tag}.zip"
+    assert sorted(p.name for p in cache.iterdir()) == sorted([p.name for p in stale[2:]] + [new])
