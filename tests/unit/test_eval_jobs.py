@@ -5,6 +5,7 @@ CLI ``edgefleet eval`` recorded as a job of origin "cli". Real SQLite through mi
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import select
 
-from orchestrator import evals, jobs
+from orchestrator import evals, jobs, schedules
 from orchestrator.auth import create_token
 from orchestrator.bundles import build_bundle
 from orchestrator.config import Settings
@@ -22,6 +23,7 @@ from orchestrator.db import session_scope
 from orchestrator.demo_model import make_demo_classifier
 from orchestrator.deploy import push
 from orchestrator.devices import all_devices
+from orchestrator.errors import EdgeFleetError
 from orchestrator.models import DeviceLease, Job, Result, Run
 from web.app import create_app
 
@@ -270,3 +272,32 @@ def test_cli_eval_is_recorded_as_a_cli_job(cli: Cli, home: Path, tmp_path: Path)
 
         checked = validate_params(session, "eval", job.params, job.targets)
     assert checked == job.params
+
+
+def test_a_scheduled_eval_fires_and_runs_to_a_scored_run(tmp_path: Path) -> None:
+    """A nightly accuracy check: an eval schedule (validated when created, like a job) fires
+    through the runner's tick and produces a scored eval run on every device."""
+    settings = labelled_fleet(tmp_path)
+    with pytest.raises(EdgeFleetError, match="no dataset nope"):
+        schedules.create(settings, "eval", {"bundle": "crack", "dataset": "nope"}, "all",
+                         cron="0 3 * * *")
+    created = schedules.create(settings, "eval", {"bundle": "crack", "dataset": "set",
+                                                  "threads": [1], "threshold": 0.6}, "all",
+                               run_at=datetime.now(UTC) - timedelta(seconds=1))
+    # The schedule keeps the names: each firing evaluates the newest versions at run time.
+    assert created.params["bundle"] == "crack" and created.params["dataset"] == "set"
+    runner = jobs.JobRunner(settings, telemetry_interval_s=None)
+    (queued,) = runner.tick()
+    assert queued.kind == "eval" and queued.schedule_id == created.id
+    done = runner.run_one()
+    assert done is not None and done.id == queued.id and done.state == "succeeded", done.error
+    with session_scope(settings) as session:
+        evaluated = session.get(Run, done.run_id)
+        assert evaluated is not None and evaluated.kind == "eval"
+        assert (evaluated.bundle_name, evaluated.bundle_version) == ("crack", "1")
+        assert evaluated.params["dataset"]["version"] == "1"
+        results = session.exec(select(Result).where(Result.run_id == done.run_id)).all()
+        assert sorted(r.device_name for r in results) == ["pi-a", "pi-b"]
+        assert all(r.ok and r.threads == 1 and r.detail["eval"]["threshold"] == 0.6
+                   for r in results)
+    assert runner.tick() == []  # a one-off schedule fires once
