@@ -39,6 +39,12 @@ _NUMERIC = {"threads", "p50", "p95", "load", "peak_rss", "temp_max", "watts", "m
 ENERGY_COLUMNS = [("watts", "W"), ("mj", "mJ/inf")]
 ENERGY_CAPTION = ("W = mean board power during the timed runs (vcgencmd pmic_read_adc, Raspberry "
                   "Pi 5 only; '-' elsewhere); mJ/inf = W x timed seconds / runs.")
+# In a verdict a "run" is a window: for an eval, reading the sample, preprocessing it and the
+# inference (what the timed loop's energy was spent on); for a benchmark, the inference alone.
+VERDICT_ENERGY_CAPTION = ("W = mean board power during the timed runs (vcgencmd pmic_read_adc, "
+                          "Raspberry Pi 5 only; '-' elsewhere); mJ/window = W x timed seconds / "
+                          "windows, the board's energy per window as its latency is measured "
+                          "here.")
 STATUS_STYLES = {"failed": "red", "invalid": "yellow", "ok": ""}
 VERDICT_STYLES = {"slower": "red", "faster": "green"}
 SENSORS_UNKNOWN = "sensors unknown"
@@ -318,7 +324,7 @@ def comparison_csv(rows: Sequence[dict[str, Any]]) -> str:
 
 # -- deployment verdicts (rows from verdicts.verdicts_for_run) -----------------------------
 VERDICT_HEADINGS = ["device", "threads", "p50 ms", "p99 window ms", "hop s", "keeps up",
-                    "headroom", "RTF", "worst-case delay s", "W", "mJ/inference", "valid"]
+                    "headroom", "RTF", "worst-case delay s", "W", "mJ/window", "valid"]
 _VERDICT_RIGHT = [False, True, True, True, True, False, True, True, True, True, True, False]
 
 
@@ -353,8 +359,8 @@ def verdict_caption(report: dict[str, Any]) -> list[str]:
                "Window latency = " + "; ".join(bases) + "." if bases else "",
                "Keeps up: p99 window latency < hop. Headroom = hop - p99. RTF = p50 / window. "
                "Worst-case delay = window + min_positive x hop + p99.",
-               ENERGY_CAPTION if any((r.get("energy") or {}).get("available")
-                                     for r in report["rows"]) else ""]
+               VERDICT_ENERGY_CAPTION if any((r.get("energy") or {}).get("available")
+                                             for r in report["rows"]) else ""]
     return [c for c in caption if c]
 
 

@@ -79,5 +79,5 @@ def test_energy_on_pi5_only_and_verdicts_on_the_real_run(cli: Cli, sshd_factory,
     assert all(rec["threads"] is None and "fall behind" in rec["reason"]
                for rec in tight["recommended"].values())
     text = cli("runs", "verdict", str(run_id), "--window", "10", "--overlap", "0.5").stdout
-    assert f"{pi5.name}: 1 thread(s)" in text and "mJ/inference" in text
+    assert f"{pi5.name}: 1 thread(s)" in text and "mJ/window" in text
     assert "preprocessing not measured" in text

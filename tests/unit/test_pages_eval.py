@@ -198,7 +198,7 @@ def test_verdict_table_and_recommendation_per_device(site: Site) -> None:
     table = doc.tables["verdict-table"]
     assert table[0]["cells"] == ["device", "threads", "p50 ms", "p99 window ms", "hop s",
                                  "keeps up", "headroom", "RTF", "worst-case delay s", "W",
-                                 "mJ/inference", "valid"]
+                                 "mJ/window", "valid"]
     results = stored_results(site.settings, site.profiled_id)
     assert len(table) == 1 + len(results) == 5
     expected: dict[str, int | None] = {}

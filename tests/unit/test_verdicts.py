@@ -227,7 +227,7 @@ def test_runs_verdict_cli(cli: Cli) -> None:
     assert out["recommended"]["pi5"]["threads"] == 2
     table = cli("runs", "verdict", str(run_id), "--window", "10", "--hop", "7").stdout
     for heading in ("p99 window ms", "keeps up", "headroom", "RTF", "worst-case delay s",
-                    "mJ/inference", "valid"):
+                    "mJ/window", "valid"):
         assert heading in table
     assert "4.55 s (65%)" in table and "15925" in table and "6.50" in table
     assert "pi5: 2 thread(s)" in table and "pi4: no recommendation" in table
