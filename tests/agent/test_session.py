@@ -48,6 +48,35 @@ def test_plan_receive_activate_in_one_process(pyz: Path, root: Path) -> None:
     assert results[0]["data"]["missing"] == [] and results[0]["data"]["already_active"] is True
 
 
+def test_a_blob_just_received_is_not_hashed_again_yet_a_rewrite_is_caught(
+        pyz: Path, root: Path) -> None:
+    """Received blobs are backdated past the hash cache's racy window, so the next command
+    trusts the cache instead of re-hashing (seconds on a Pi); a same-size rewrite right after
+    still gets a fresh mtime, and the next plan catches it."""
+    data = b"m" * 300_000
+    bundle = make_bundle("m", "1", {"model.onnx": data})
+    code, results = session(pyz, root, request("plan", bundle.request)
+                            + receive(bundle, "model.onnx") + request("activate", bundle.request))
+    assert code == 0 and all(r["ok"] for r in results), results
+    blob = root / "blobs" / bundle.sha_of("model.onnx")
+
+    def plan() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        proc = subprocess.run([sys.executable, str(pyz), f"--root={root}", "session"],
+                              input=request("plan", bundle.request), capture_output=True,
+                              env=agent_env(), timeout=60, check=True)
+        messages = parse_lines(proc.stdout.decode().splitlines())
+        return messages[-1]["data"], [m for m in messages if m.get("event") == "verifying"]
+
+    data_now, hashed = plan()
+    assert data_now["already_active"] is True and hashed == []  # trusted, not re-read
+    blob.chmod(0o644)
+    blob.write_bytes(b"x" * len(data))  # same size, at once: within any timestamp tick
+    data_now, hashed = plan()
+    assert [e["path"] for e in hashed][:1] == ["model.onnx"]
+    assert data_now["already_active"] is False
+    assert data_now["missing"] == [bundle.sha_of("model.onnx")]
+
+
 def test_corrupted_stream_is_refused_and_session_ends(pyz: Path, root: Path) -> None:
     bundle = make_bundle("m", "1", {"model.onnx": b"good" * 1000})
     stream = (receive(bundle, "model.onnx", data=b"evil" * 1000)
