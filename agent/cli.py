@@ -111,7 +111,7 @@ def handle(command: str, store: Any, read_input: Callable[[], Any]) -> Dict[str,
         request = datasets.parse_request(read_input())
         return (datasets.plan if command == "dataset_plan" else datasets.stage)(store, request)
     if command == "verify":  # no input: re-hash and smoke-test whatever is active
-        from agent.smoke import verify
+        from agent.verify import verify
 
         return verify(store)
     from agent import activation
