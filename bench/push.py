@@ -4,7 +4,9 @@
 
 Starts a real sshd (the test harness), builds a ~90 MB ONNX bundle, then alternates ``scp`` of
 the model file with ``edgefleet push`` of the bundle to a device emptied of it (every byte
-travels and is verified on arrival), and times re-pushes of the unchanged bundle. Two links:
+travels and is verified on arrival), and times re-pushes of the unchanged bundle. Each push's
+phases (connect, exec + plan, stream, activate + smoke test + close) are timed from its
+progress callbacks, so the gap to scp can be attributed. Two links:
 
 - loopback: 127.0.0.1. No network limit, so this measures CPU per byte (Python's paramiko vs
   OpenSSH's C) and fixed per-push costs, magnified.
@@ -83,6 +85,29 @@ def empty_device(root: Path) -> None:
         (root / name).unlink(missing_ok=True)
 
 
+class PhaseClock:
+    """deploy.PushProgress that timestamps each state change: where a push spends its time."""
+
+    PHASES = ("connect", "exec + plan", "stream", "activate + smoke + close")
+
+    def __init__(self) -> None:
+        self.marks: dict[str, float] = {}
+
+    def start(self, device: str, total_bytes: int) -> None: ...
+    def advance(self, device: str, nbytes: int) -> None: ...
+
+    def state(self, device: str, state: str) -> None:
+        self.marks.setdefault(state if state in ("planning", "transferring", "verifying")
+                              else "done", time.perf_counter())
+
+    def phases(self, started: float) -> dict[str, float]:
+        """Seconds per phase; "connect" includes the lease and the deployment row."""
+        edges = [started] + [self.marks[s] for s in ("planning", "transferring", "verifying",
+                                                      "done")]
+        return {name: b - a for name, a, b in zip(self.PHASES, edges[:-1], edges[1:],
+                                                  strict=True)}
+
+
 def measure(label: str, host: SshdHost, key: UserKey, model: Path, base: Path,
             repeats: int) -> None:
     tag = label.split()[0]  # file names: the label has spaces
@@ -102,6 +127,7 @@ def measure(label: str, host: SshdHost, key: UserKey, model: Path, base: Path,
                 "-P", str(host.port), str(model), f"{host.user}@{host.address}:{base}/scp-copy"]
 
     scp_s, push_s, smoke_s = [], [], []
+    phases: dict[str, list[float]] = {name: [] for name in PhaseClock.PHASES}
     for _ in range(repeats):
         (base / "scp-copy").unlink(missing_ok=True)
         started = time.perf_counter()
@@ -109,9 +135,12 @@ def measure(label: str, host: SshdHost, key: UserKey, model: Path, base: Path,
         scp_s.append(time.perf_counter() - started)
 
         empty_device(host.root)
+        clock = PhaseClock()
         started = time.perf_counter()
-        outcome = push(settings, bundle, devices)[0]
+        outcome = push(settings, bundle, devices, progress=clock)[0]
         push_s.append(time.perf_counter() - started)
+        for name, seconds in clock.phases(started).items():
+            phases[name].append(seconds)
         assert outcome.ok and outcome.data["bytes_sent"] == bundle.size_bytes, outcome
         smoke_s.append((outcome.data.get("smoke_detail") or {}).get("ms", 0.0) / 1000.0)
 
@@ -130,6 +159,8 @@ def measure(label: str, host: SshdHost, key: UserKey, model: Path, base: Path,
     print(f"  edgefleet push {push_med:6.2f} s  {mb / push_med:7.1f} MB/s"
           "  (connect, plan, stream + sha256 + fsync on device, activate)")
     print(f"  push/scp throughput ratio: {scp_med / push_med:.2f}x  (goal >= 0.9x)")
+    print("  push phases, median s: " + ", ".join(
+        f"{name} {statistics.median(values):.3f}" for name, values in phases.items()))
     smoke_med = statistics.median(smoke_s)
     if smoke_med:
         print(f"  of which the on-device smoke test (golden outputs, model load + run): "
