@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import threading
 import time
 from typing import IO, Any, Callable, Dict, Optional
@@ -198,7 +199,10 @@ def _prewarm_smoke(request: Any) -> None:
 
     manifest = request.get("manifest") if isinstance(request, dict) else None
     if isinstance(manifest, dict) and manifest.get("golden") is not None:
-        smoke.prewarm()
+        try:
+            smoke.prewarm()
+        except OSError as exc:  # the plan's result is out: the activation will start one
+            sys.stderr.write("edgefleet-agent: could not pre-start the smoke test: %s\n" % exc)
 
 
 def serve(store: Store, stream: IO[bytes], emit: Emit, handle: Handler,
@@ -235,9 +239,9 @@ def _serve(store: Store, stream: IO[bytes], emit: Emit, handle: Handler,
                 raise AgentError(E_BAD_INPUT, "sessions do not nest")
             else:
                 data = handle(command, store, request.get("input"))
-                if command == "plan" and not data.get("already_active"):
-                    _prewarm_smoke(request.get("input"))
             emit(result_ok(command, data))
+            if command == "plan" and not data.get("already_active"):
+                _prewarm_smoke(request.get("input"))  # the control plane is already sending
         except (AgentError, OSError) as exc:
             error = error_for(exc)
             emit(result_error(command, error.pop("code"), error.pop("message"), **error))
