@@ -82,7 +82,9 @@ def test_first_run_makes_a_compiled_copy_that_later_runs_import_from(tmp_path: P
         assert set(original.namelist()) <= names  # the sources stay, for tracebacks
         assert {n + "c" for n in original.namelist() if n.startswith("agent/")} <= names
     # What a second start imports: the agent package from the copy, as bytecode.
-    probe = ("import runpy, sys\n"
+    probe = ("import os, runpy, sys\n"
+             "def stay(code):\n    raise SystemExit(code)\n"
+             "os._exit = stay  # the entry point ends with os._exit; this probe carries on\n"
              "sys.argv = [sys.argv[1], '--root=' + sys.argv[2], 'status']\n"
              "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
              "except SystemExit:\n    pass\n"
