@@ -101,7 +101,7 @@ def demo_cmd(
     fp32, int8 = bundles
     _say(as_json, f"edgefleet bench {fp32.name}@{fp32.version} all --threads 1,2  "
                   f"(and {int8.name}@{int8.version})")
-    with output.BenchProgress(enabled=not as_json) as progress:
+    with output.MeasureProgress(enabled=not as_json) as progress:
         runs, benched = bench(cfg, bundles, ready, BenchParams(threads=[1, 2]), "all",
                               on_event=progress.event)
     report["bench"] = []
@@ -146,7 +146,7 @@ def _evaluate(cfg: Settings, files: Any, bundle: Any, devices: list[Any],
               report: dict[str, Any], as_json: bool) -> list[Any]:
     """Dataset from the WAV folder, eval on every device at 1 and 2 threads, then the verdict."""
     from orchestrator import demo
-    from orchestrator.cli_eval import EvalProgress, print_eval
+    from orchestrator.cli_eval import print_eval
     from orchestrator.datasets import build_dataset, dataset_public
     from orchestrator.db import session_scope
     from orchestrator.evals import evaluate
@@ -169,7 +169,7 @@ def _evaluate(cfg: Settings, files: Any, bundle: Any, devices: list[Any],
 
     _say(as_json, f"edgefleet eval {ref} {demo.DEMO_DATASET} all --threads 1,2 "
                   "--threshold-sweep")
-    with EvalProgress(enabled=not as_json) as progress:
+    with output.MeasureProgress(enabled=not as_json, kind="eval") as progress:
         run, outcomes = evaluate(cfg, bundle, dataset, devices, [1, 2], None, 0.5,
                                  on_event=progress.event, targets="all")
     with session_scope(cfg) as session:

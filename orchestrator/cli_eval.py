@@ -7,8 +7,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn
-from rich.text import Text
 
 from orchestrator import output
 from orchestrator.cli import (
@@ -25,35 +23,6 @@ from orchestrator.cliparse import parse_threads
 from orchestrator.errors import EdgeFleetError
 
 FORMATS = ("table", "md", "csv", "json")
-
-
-class EvalProgress:
-    """One line per device: dataset push, then thread count and samples done."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.progress = Progress(TextColumn("{task.fields[device]}"), BarColumn(),
-                                 TextColumn("{task.fields[what]}"), console=output.stderr,
-                                 disable=not enabled)
-        self.tasks: dict[str, Any] = {}
-
-    def __enter__(self) -> EvalProgress:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def event(self, device: str, event: dict[str, Any]) -> None:
-        if device not in self.tasks:
-            self.tasks[device] = self.progress.add_task("", total=None, device=Text(device),
-                                                        what="")
-        if event.get("event") == "dataset":
-            self.progress.update(self.tasks[device], what="pushing the dataset")
-        elif event.get("event") == "eval":
-            done, total = event.get("done"), event.get("total")
-            self.progress.update(self.tasks[device], total=total or None, completed=done or 0,
-                                 what=f"threads={event.get('threads')} {event.get('phase')} "
-                                      f"{done}/{total}")
 
 
 def print_eval(public: dict[str, Any], fmt: str, sweep: bool) -> None:
@@ -111,7 +80,7 @@ def eval_cmd(
                                  positive, threshold, forks, timeout)
     # A job row (origin "cli") so the Jobs page shows this evaluation while it runs here.
     with jobs.track(cfg, "eval", job_params, targets) as job, \
-            EvalProgress(enabled=not as_json) as progress:
+            output.MeasureProgress(enabled=not as_json, kind="eval") as progress:
         run, outcomes = evaluate(cfg, bundle, dataset, devices, thread_counts, positive,
                                  threshold, forks, timeout,
                                  job.eval_events(progress.event, len(thread_counts)),

@@ -121,7 +121,7 @@ def bench_cmd(
         f"{bundle.name}@{bundle.version}", params,
         f"{base_bundle.name}@{base_bundle.version}" if base_bundle else None, rounds, forks)
     with jobs.track(cfg, "bench", job_params, targets) as job, \
-            output.BenchProgress(enabled=not as_json) as progress:
+            output.MeasureProgress(enabled=not as_json) as progress:
         runs_done, outcomes = bench(
             cfg, bundles, devices, params, targets, forks, timeout,
             job.bench_events(progress.event, len(params.threads) * rounds * len(bundles)),

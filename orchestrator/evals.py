@@ -37,7 +37,7 @@ from orchestrator.errors import AgentError, EdgeFleetError
 from orchestrator.fleet import Outcome, fan_out
 from orchestrator.leases import leased
 from orchestrator.models import Bundle, Dataset, Device, Result, Run
-from orchestrator.runs import _result_row, keeping
+from orchestrator.runs import _result_row, failure_row, keeping
 from orchestrator.transport import Target, connect
 
 EventHandler = Callable[[str, dict[str, Any]], None]
@@ -184,12 +184,9 @@ def evaluate(settings: Settings, bundle: Bundle, dataset: Dataset, devices: Sequ
                 errors.append(f"threads={entry.get('threads')}: {row.error}")
             rows.append(row)
         if failure is not None:
-            kept = sorted(entry.get("threads") for entry, _ in measured)
-            note = (f" (results of threads {', '.join(map(str, kept))}, finished before this, "
-                    "are kept)") if kept else ""
-            rows.append(Result(run_id=run.id, device_name=target.name, threads=None, ok=False,
-                               error=failure + note, simulated=simulated[target.name],
-                               precision=bundle.precision))
+            rows.append(failure_row(run, target.name, failure,
+                                    [entry.get("threads") for entry, _ in measured],
+                                    simulated[target.name], bundle.precision))
         with session_scope(settings) as session:
             session.add_all(rows)
         outcome = Outcome(target.name, not errors, "failed" if errors else "done",

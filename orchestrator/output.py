@@ -153,16 +153,18 @@ class RichPushProgress:
         self.progress.update(self._task(device), state=state)
 
 
-class BenchProgress:
-    """One line per device: which thread count, which phase, how many runs done."""
+class MeasureProgress:
+    """One line per device: which thread count, which phase, how many runs (``bench``) or
+    samples (``eval``) done; for an eval, the dataset push before that."""
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, kind: str = "bench") -> None:
+        self.kind = kind
         self.progress = Progress(
             TextColumn("{task.fields[device]}"), BarColumn(), TextColumn("{task.fields[what]}"),
             console=stderr, disable=not enabled)
         self.tasks: dict[str, Any] = {}
 
-    def __enter__(self) -> BenchProgress:
+    def __enter__(self) -> MeasureProgress:
         self.progress.start()
         return self
 
@@ -170,11 +172,14 @@ class BenchProgress:
         self.progress.stop()
 
     def event(self, device: str, event: dict[str, Any]) -> None:
-        if event.get("event") != "bench":
+        if event.get("event") not in (self.kind, "dataset"):
             return
         if device not in self.tasks:
             self.tasks[device] = self.progress.add_task("", total=None, device=Text(device),
                                                         what="")
+        if event.get("event") == "dataset":
+            self.progress.update(self.tasks[device], what="pushing the dataset")
+            return
         done, total = event.get("done"), event.get("total")
         self.progress.update(self.tasks[device], total=total or None, completed=done or 0,
                              what=f"threads={event.get('threads')} {event.get('phase')} "

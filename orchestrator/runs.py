@@ -13,7 +13,7 @@ import json
 import operator
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -172,6 +172,17 @@ def keeping(finished: list[tuple[dict[str, Any], dict[str, Any]]],
     return on_event
 
 
+def failure_row(run: Run, device: str, failure: str, kept: Iterable[Any], simulated: bool,
+                precision: str | None) -> Result:
+    """The row of a device whose session failed (``threads`` null), naming the thread counts
+    it finished before, whose results are stored next to it."""
+    done = sorted(kept)
+    note = (f" (results of threads {', '.join(map(str, done))}, finished before this, are "
+            "kept)") if done else ""
+    return Result(run_id=run.id, device_name=device, threads=None, ok=False,
+                  error=failure + note, simulated=simulated, precision=precision)
+
+
 def bench(settings: Settings, bundles: Sequence[Bundle], devices: Sequence[Device],
           params: BenchParams, targets: str, forks: int = 10, timeout: float | None = None,
           on_event: EventHandler | None = None, rounds: int = 1,
@@ -243,11 +254,8 @@ def bench(settings: Settings, bundles: Sequence[Bundle], devices: Sequence[Devic
                     errors.append(f"{bundle.name}@{bundle.version} threads="
                                   f"{entry.get('threads')}: {entry.get('error')}")
             if failure is not None:
-                note = (f" (results of threads {', '.join(map(str, sorted(kept)))}, finished "
-                        "before this, are kept)") if kept else ""
-                rows.append(Result(run_id=run.id, device_name=target.name, ok=False,
-                                   error=failure + note, simulated=simulated[target.name],
-                                   precision=bundle.precision))
+                rows.append(failure_row(run, target.name, failure, kept,
+                                        simulated[target.name], bundle.precision))
         with session_scope(settings) as session:
             session.add_all(rows)
         outcome = Outcome(target.name, not errors, "failed" if errors else "done",
