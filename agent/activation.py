@@ -228,7 +228,8 @@ def _smoke_or_undo(store: Store, state: Dict[str, Any], before: Optional[str],
         raise
     if report["ok"]:
         return {key: report.get(key) for key in ("ok", "outputs", "ms", "load_ms", "run_ms",
-                                                 "max_abs", "max_rel", "onnxruntime")}
+                                                 "max_abs", "max_rel", "onnxruntime",
+                                                 "heap_reserved_mb")}
     _undo(store, state, before, name)
     if previous is not None:
         where = "rolled back to %s@%s" % (previous.get("name"), previous.get("version"))

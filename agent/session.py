@@ -200,7 +200,7 @@ def _prewarm_smoke(request: Any) -> None:
     manifest = request.get("manifest") if isinstance(request, dict) else None
     if isinstance(manifest, dict) and manifest.get("golden") is not None:
         try:
-            smoke.prewarm()
+            smoke.prewarm(manifest)
         except OSError as exc:  # the plan's result is out: the activation will start one
             sys.stderr.write("edgefleet-agent: could not pre-start the smoke test: %s\n" % exc)
 

@@ -85,20 +85,39 @@ def smoke_command() -> List[str]:
 _warm: Optional["subprocess.Popen[bytes]"] = None
 
 
-def _spawn() -> "subprocess.Popen[bytes]":
+def _spawn(model_bytes: int = 0) -> "subprocess.Popen[bytes]":
+    """The child, with ``child_env``'s one BLAS thread (numpy's import otherwise starts an
+    OpenBLAS thread per core that spins before it sleeps: 0.13 CPU-s here on 2 cores, more on a
+    Pi's 4, taken from the transfer a pre-warmed child overlaps), and, knowing the model's size,
+    the heap reserve of agent.heap."""
+    from agent import heap
+    from agent.children import child_env
+
     return subprocess.Popen(  # noqa: S603 - our interpreter and our own bootstrap
-        smoke_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        smoke_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=heap.reserve_env(child_env(), model_bytes))
 
 
-def prewarm() -> None:
-    """Start the smoke-test child now; it imports onnxruntime and then waits for its spec.
+def model_bytes(manifest: Dict[str, Any]) -> int:
+    """Size of the manifest's model file (0 if the manifest does not say)."""
+    model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
+    for entry in manifest.get("files") or []:
+        if isinstance(entry, dict) and entry.get("path") == model.get("path"):
+            size = entry.get("size")
+            return size if isinstance(size, int) and not isinstance(size, bool) else 0
+    return 0
+
+
+def prewarm(manifest: Dict[str, Any]) -> None:
+    """Start the smoke-test child of ``manifest``'s model now; it imports onnxruntime, faults
+    in heap for the load (agent.heap), and then waits for its spec.
 
     Why: in a push session the plan says an activation will follow, and the child's interpreter
-    start and onnxruntime import (0.3-0.6 s here, more on a Pi) then overlap the blob transfer
-    instead of being added after it."""
+    start, onnxruntime import (0.3-0.6 s here, more on a Pi) and page faults then overlap the
+    blob transfer instead of being added after it."""
     global _warm
     if _warm is None or _warm.poll() is not None:
-        _warm = _spawn()
+        _warm = _spawn(model_bytes(manifest))
 
 
 def discard_warm() -> None:
@@ -307,12 +326,16 @@ def child_main() -> int:
     out = _private_stdout()  # a native library writing to fd 1 must not break the protocol
     with contextlib.suppress(Exception):  # an import failure is reported by check()
         import onnxruntime  # noqa: F401 - before waiting for the spec (see prewarm)
+    from agent import heap
+
+    reserved = heap.reserve_from_env()  # while the model is still on its way (agent.heap)
     try:
         raw = sys.stdin.buffer.read()
         if not raw.strip():  # a pre-warmed child that was not needed
             return 0
         spec = json.loads(raw.decode("utf-8"))
-        out.write(json.dumps(result_ok("smoke_child", check(spec))) + "\n")
+        report = dict(check(spec), heap_reserved_mb=round(reserved / 1e6, 1))
+        out.write(json.dumps(result_ok("smoke_child", report)) + "\n")
         out.flush()
         sys.stderr.flush()
         # The parent waits for our exit; tearing down the session and the interpreter (freeing

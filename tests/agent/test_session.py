@@ -121,8 +121,11 @@ def test_a_plan_with_golden_prewarms_the_smoke_child_and_an_unused_one_exits(
     spawned: list[subprocess.Popen[bytes]] = []
     real_spawn = smoke._spawn
 
-    def spawn() -> subprocess.Popen[bytes]:
-        spawned.append(real_spawn())
+    sizes: list[int] = []
+
+    def spawn(model_bytes: int = 0) -> subprocess.Popen[bytes]:
+        sizes.append(model_bytes)
+        spawned.append(real_spawn(model_bytes))
         return spawned[-1]
 
     monkeypatch.setattr(smoke, "_spawn", spawn)
@@ -140,6 +143,7 @@ def test_a_plan_with_golden_prewarms_the_smoke_child_and_an_unused_one_exits(
 
     assert run(plain.manifest) == 0 and spawned == []  # no golden: nothing to warm
     assert run(golden) == 0 and len(spawned) == 1
+    assert sizes == [1000]  # the model's size from the manifest: what agent.heap reserves for
     assert spawned[0].returncode == 0  # given EOF, it exited cleanly: no child left behind
     assert smoke._warm is None
     assert all(m["ok"] for m in messages if m.get("type") == "result")
