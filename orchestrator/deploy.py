@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from agent.protocol import E_NOTHING_TO_ROLL_BACK, E_SMOKE_FAILED
-from orchestrator.agentclient import AgentSession, call_agent
+from orchestrator.agentclient import AgentSession, BlobUpload, call_agent
 from orchestrator.blobstore import BlobStore
 from orchestrator.bundles import manifest_of
 from orchestrator.config import Settings
@@ -83,12 +83,10 @@ def push_over(conn: Connection, bundle: Bundle, store: BlobStore, progress: Push
             )
         progress.start(target.name, total)
         progress.state(target.name, "transferring")
-        sent = 0
-        for sha in missing:
-            entry = files[sha]
-            session.send_blob(sha, entry["size"], entry["path"], store.path(sha),
-                              on_bytes=lambda n: progress.advance(target.name, n))
-            sent += entry["size"]
+        session.send_blobs(
+            [BlobUpload(sha, files[sha]["size"], files[sha]["path"], store.path(sha))
+             for sha in missing], on_bytes=lambda n: progress.advance(target.name, n))
+        sent = total
         progress.state(target.name, "verifying")
         try:
             result = session.call("activate", payload)

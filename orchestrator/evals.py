@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from orchestrator import evalmetrics
-from orchestrator.agentclient import AgentSession
+from orchestrator.agentclient import AgentSession, BlobUpload
 from orchestrator.blobstore import BlobStore
 from orchestrator.bundles import manifest_of
 from orchestrator.config import Settings
@@ -93,8 +93,8 @@ def push_dataset(agent: AgentSession, dataset: Dataset, store: BlobStore,
         raise EdgeFleetError(f"{agent.name}: not enough disk space for dataset {dataset.name}@"
                              f"{dataset.version}: {total / 1e6:.1f} MB to send, "
                              f"{free / 1e6:.1f} MB free. Nothing was sent.")
-    for sha in missing:
-        agent.send_blob(sha, files[sha]["size"], files[sha]["path"], store.path(sha))
+    agent.send_blobs([BlobUpload(sha, files[sha]["size"], files[sha]["path"], store.path(sha))
+                      for sha in missing])
     agent.call("dataset_stage", payload)
     return total
 

@@ -5,9 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
+import yaml
+
+from orchestrator.agentclient import BLOBS_IN_FLIGHT
 from orchestrator.demo_model import make_demo_classifier
+from orchestrator.simulate import create_simulated_device
 
 from ..conftest import Cli
 from .sshd import SshdHost, write_inventory
@@ -190,3 +195,74 @@ def test_old_onnxruntime_is_refused_before_transfer(cli: Cli, sshd_factory,
     assert failed["bytes_sent"] == 0
     assert "1.10.0" in failed["error"] and ">= 1.12" in failed["error"]
     assert not (host.root / "blobs").exists() or not any((host.root / "blobs").iterdir())
+
+
+def many_files_folder(tmp_path: Path, name: str, count: int, tag: str, size: int) -> Path:
+    """A model plus ``count`` side files of ``size`` bytes."""
+    folder = model_folder(tmp_path, 0, name=name)
+    (folder / "labels").mkdir()
+    for index in range(count):
+        line = f"{tag} label file {index}\n".encode()
+        body = (line * (size // len(line) + 1))[:size]
+        (folder / "labels" / f"{index:04d}.txt").write_bytes(body)
+    return folder
+
+
+def check_pipelined_push(cli: Cli, home: Path, tmp_path: Path, device: str, root: Path,
+                         count: int, size: int) -> None:
+    """Blobs stream back to back with results read behind them: all arrive; a bad blob midway
+    fails the push naming it, keeps what arrived before it, and leaves v1 active."""
+    v1 = cli("bundle", "build", many_files_folder(tmp_path, "v1", count, "a", size), "--name",
+             "many", "--json").json
+    pushed = cli("push", "many", device, "--json").json[0]
+    assert pushed["state"] == "active" and pushed["bytes_sent"] == v1["size_bytes"]
+    for entry in v1["files"]:
+        assert sha256(root / "current" / entry["path"]) == entry["sha256"]
+
+    v2 = cli("bundle", "build", many_files_folder(tmp_path, "v2", count, "b", size), "--name",
+             "many", "--json").json
+    new = sorted((f for f in v2["files"] if f["path"].startswith("labels/")),
+                 key=lambda f: f["path"])
+    bad = new[len(new) // 2]
+    store_blob = home / "blobs" / bad["sha256"][:2] / bad["sha256"]
+    good_bytes = store_blob.read_bytes()
+    store_blob.write_bytes(b"X" + good_bytes[1:])
+    failed = cli("push", "many", device, "--json", expect=1).json[0]
+    assert failed["state"] == "failed" and bad["path"] in failed["error"]
+    assert active_manifest_at(root)["version"] == "1"
+    assert not list((root / "incoming").glob("*.part"))
+
+    store_blob.write_bytes(good_bytes)
+    fixed = cli("push", "many", device, "--json").json[0]
+    to_send = sum(f["size"] for f in v2["files"]
+                  if f["sha256"] not in {g["sha256"] for g in v1["files"]})
+    assert fixed["state"] == "active" and 0 < fixed["bytes_sent"] < to_send  # kept what came
+    assert active_manifest_at(root)["version"] == "2"
+
+
+def active_manifest_at(root: Path) -> dict:
+    return json.loads((root / "current" / ".edgefleet-manifest.json").read_text())
+
+
+def test_many_files_are_pipelined_over_ssh(cli: Cli, sshd_factory, home: Path,
+                                           tmp_path: Path) -> None:
+    host = sshd_factory(1)[0]
+    setup_fleet(cli, tmp_path, [host])
+    check_pipelined_push(cli, home, tmp_path, host.name, host.root,
+                         count=2 * BLOBS_IN_FLIGHT + 5, size=100)
+
+
+def test_many_files_are_pipelined_over_the_local_transport(cli: Cli, home: Path,
+                                                           tmp_path: Path) -> None:
+    """The local transport reads the agent's stdout only when asked. 700 results (~120 bytes
+    each) overfill its 64 KiB stdout pipe, and 700 x 4 KiB overfill its 1 MiB stdin pipe: were
+    the unread results not bounded, agent and control plane would each wait on the other."""
+    sim = create_simulated_device(tmp_path / "sim")
+    root = tmp_path / "root"
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"here": {
+        "ansible_connection": "local", "edgefleet_root": str(root),
+        "edgefleet_python": sys.executable, "edgefleet_env": sim.env}}}}))
+    cli("inventory", "sync", inventory)
+    assert cli("agent", "install", "here", "--json").json[0]["state"] == "installed"
+    check_pipelined_push(cli, home, tmp_path, "here", root, count=700, size=4096)
