@@ -1,5 +1,6 @@
 """Benchmarks page: one form to benchmark a bundle now, on a cron expression (UTC) or once at a
-given time, and the schedules with their delete buttons.
+given time, and the schedules (benchmarks, and evaluations from a bundle's page, which shares
+``schedule_or_submit``) with their delete buttons.
 
 Everything goes through the services the API uses: "now" is ``jobs.submit`` (through
 ``submit_job``, which audits it), "cron"/"at" is ``schedules.create``. Both validate the params
@@ -113,32 +114,40 @@ def benchmarks_page(request: Request, principal: Viewer) -> HTMLResponse:
                   principal)
 
 
+def schedule_or_submit(request: Request, principal: Any, kind: str, params: dict[str, Any],
+                       targets: str, form: dict[str, str]) -> Response:
+    """The "When" of a job form (partials/when.html): queue the job now (-> its page), or
+    create a cron / one-off schedule (-> this page, which lists them all). Raises
+    EdgeFleetError, with nothing stored, for a bad time or what the job validation refuses."""
+    when = form.get("when", "now") if form.get("when", "now") in WHEN else "now"
+    if when == "now":
+        job = submit_job(request, kind, params, targets, principal)
+        return RedirectResponse(f"/jobs/{job.id}?notice=queued", status_code=303)
+    cron = form.get("cron", "").strip() if when == "cron" else None
+    run_at = parse_at(form.get("at", "")) if when == "at" else None
+    if when == "cron" and not cron:
+        raise EdgeFleetError("give a cron expression (five fields, UTC), e.g. '0 3 * * *'")
+    settings = settings_of(request)
+    schedule = schedules.create(settings, kind, params, targets, cron=cron, run_at=run_at,
+                                created_by=principal.name)
+    audit.record(settings, principal.name, "schedule.create", f"schedule:{schedule.id}",
+                 {"kind": kind, "targets": targets, "cron": cron,
+                  "run_at": run_at.isoformat() if run_at else None, "params": schedule.params})
+    return RedirectResponse("/benchmarks?notice=schedule_created", status_code=303)
+
+
 @router.post("/benchmarks", dependencies=[Depends(csrf_protect)])
 async def schedule_benchmark(request: Request, principal: Operator) -> Response:
     """Run now (-> the job's page), or create a cron / one-off schedule (-> this page)."""
     fields = await form_fields(request)
     form = FORM_DEFAULTS | {key: fields[key] for key in FORM_DEFAULTS if key in fields}
-    settings = settings_of(request)
-    when = form["when"] if form["when"] in WHEN else "now"
     try:
         targets, params = bench_request(form)
-        if when == "now":
-            job = submit_job(request, "bench", params, targets, principal)
-            return RedirectResponse(f"/jobs/{job.id}?notice=queued", status_code=303)
-        cron = form["cron"].strip() if when == "cron" else None
-        run_at = parse_at(form["at"]) if when == "at" else None
-        if when == "cron" and not cron:
-            raise EdgeFleetError("give a cron expression (five fields, UTC), e.g. '0 3 * * *'")
-        schedule = schedules.create(settings, "bench", params, targets, cron=cron,
-                                    run_at=run_at, created_by=principal.name)
+        return schedule_or_submit(request, principal, "bench", params, targets, form)
     except EdgeFleetError as exc:
         return render(request, "benchmarks.html",
                       _context(request, principal, form) | {"error": str(exc)}, principal,
                       status_code=400)
-    audit.record(settings, principal.name, "schedule.create", f"schedule:{schedule.id}",
-                 {"kind": "bench", "targets": targets, "cron": cron,
-                  "run_at": run_at.isoformat() if run_at else None, "params": schedule.params})
-    return RedirectResponse("/benchmarks?notice=schedule_created", status_code=303)
 
 
 @router.post("/benchmarks/schedules/{schedule_id}/delete",

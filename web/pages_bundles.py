@@ -13,6 +13,7 @@ from orchestrator.datasets import list_datasets, manifest_of_dataset
 from orchestrator.db import session_scope
 from orchestrator.devices import all_devices
 from orchestrator.errors import EdgeFleetError
+from web.pages_bench import schedule_or_submit
 from web.pages_common import (
     Operator,
     Viewer,
@@ -77,7 +78,7 @@ def _bundle_context(request: Request, ref: str) -> dict[str, Any]:
             "datasets": datasets,
             "form": {"targets": "", "forks": str(settings.forks), "threads": "1,2,4",
                      "runs": "30", "warmup": "5", "dataset": dataset, "eval_threads": "1",
-                     "threshold": "0.5"}}
+                     "threshold": "0.5", "when": "now", "cron": "0 3 * * *", "at": ""}}
 
 
 @router.get("/bundles/{ref}", response_class=HTMLResponse)
@@ -128,6 +129,8 @@ async def _queue(request: Request, ref: str, principal: Any, kind: str) -> Respo
     context["form"] = context["form"] | {k: str(v) for k, v in fields.items()
                                          if k != "csrf_token"}
     try:
+        if kind == "eval":  # the evaluate form also schedules (partials/when.html)
+            return schedule_or_submit(request, principal, kind, params, targets, context["form"])
         job = submit_job(request, kind, params, targets, principal)
     except EdgeFleetError as exc:
         return render(request, "bundle.html", context | {"error": str(exc), "failed_form": kind},

@@ -43,7 +43,7 @@ MAX_FORM_BYTES = 64 * 1024  # a page form is a pattern and a number; refuse anyt
 NOTICES = {
     "queued": "Job queued. Progress updates below.",
     "cancel_requested": "Cancellation requested: devices finish their current step, then stop.",
-    "schedule_created": "Schedule created. It queues a benchmark job at its next time (UTC).",
+    "schedule_created": "Schedule created. It queues its job at its next time (UTC).",
     "schedule_deleted": "Schedule deleted. The jobs it already queued are kept.",
     "inventory_applied": "Inventory applied: the fleet below matches the file. The change is in "
                          "the audit log.",

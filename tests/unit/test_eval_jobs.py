@@ -211,6 +211,42 @@ def test_evaluate_form_queues_a_job_and_bad_input_queues_nothing(site: Site) -> 
     jobs.cancel(site.settings, job_id)  # leave nothing queued for the other tests
 
 
+def test_evaluate_form_schedules_an_eval_listed_with_the_benchmarks(site: Site) -> None:
+    """"When: repeat, cron" on the bundle page creates an eval schedule (validated first, so a
+    bad dataset or time stores nothing), listed on /benchmarks with its dataset."""
+    from orchestrator import schedules
+
+    form = _eval_form(site.call("operator", "GET", "/bundles/crack").text) or ""
+    assert 'name="when" value="now" checked' in form and 'name="cron"' in form
+    with session_scope(site.settings) as session:
+        before = len(schedules.list_schedules(session))
+    jobs_before = len(all_jobs(site.settings))
+    base = {"dataset": "set@1", "targets": "pi-a", "eval_threads": "1", "threshold": "0.6"}
+    for bad, message in (({"dataset": "gone@1"}, "no dataset gone@1"),
+                         ({"cron": "every night"}, "cron"),
+                         ({"when": "at", "at": "2001-01-01T03:00"}, "has passed")):
+        refused = site.call("operator", "POST", "/bundles/crack/eval",
+                            data=base | {"when": "cron", "cron": "0 3 * * *"} | bad)
+        assert refused.status_code == 400 and message in refused.text, refused.text
+        assert 'value="pi-a"' in (_eval_form(refused.text) or "")
+    created = site.call("operator", "POST", "/bundles/crack/eval",
+                        data=base | {"when": "cron", "cron": "30 2 * * *"})
+    assert created.status_code == 303
+    assert created.headers["location"] == "/benchmarks?notice=schedule_created"
+    with session_scope(site.settings) as session:
+        rows = [schedules.schedule_public(s) for s in schedules.list_schedules(session)]
+    assert len(rows) == before + 1 and len(all_jobs(site.settings)) == jobs_before
+    row = rows[-1]
+    assert (row["kind"], row["cron"], row["targets"], row["created_by"]) == \
+        ("eval", "30 2 * * *", "pi-a", "operator")
+    assert row["params"] | {"bundle": "crack@1", "dataset": "set@1", "threshold": 0.6} == \
+        row["params"]
+    page = site.call("viewer", "GET", "/benchmarks?notice=schedule_created").text
+    assert "It queues its job at its next time" in page
+    assert "crack@1" in page and "on set@1" in page and "<code>30 2 * * *</code>" in page
+    schedules.delete(site.settings, row["id"])  # leave nothing scheduled for the other tests
+
+
 def test_cancel_a_running_eval_stops_before_the_next_device_step(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = labelled_fleet(tmp_path)
