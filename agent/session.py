@@ -12,6 +12,8 @@ and the upload was hashed a second time after it landed. In a session the contro
 and closes stdin to end it. ``receive`` hashes while it writes ``incoming/<sha>.part``, fsyncs,
 and only then renames the blob into place; a mismatch deletes the .part and names the file. A
 failed ``receive`` ends the session (the byte stream can no longer be trusted to be in step).
+Requests are answered strictly in order, so the control plane may send several ``receive``s
+before reading their results (orchestrator.agentclient.send_blobs pipelines up to 32).
 """
 
 from __future__ import annotations
