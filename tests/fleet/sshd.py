@@ -23,37 +23,27 @@ import hashlib
 import os
 import pwd
 import re
-import select
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import yaml
 
 from orchestrator.simulate import SimulatedDevice, create_simulated_device
 
+from .sshd_process import PortTaken, SshdProcess
+
 SSHD = "/usr/sbin/sshd"
 ADDRESS = "127.0.0.1"
 READY_TIMEOUT = 15.0
-STOP_TIMEOUT = 5.0
 PORT_ATTEMPTS = 10
 ODD_ROOT_NAME = 'edge fleet\'s "root" $NOPE'
 ODD_SIM_NAME = 'sim dir\'s "pi"'
-
-_LISTENING = re.compile(r"Server listening on [0-9.]+ port (\d+)")
-_BIND_FAILED = ("Address already in use", "Cannot bind any address")
-
-
-class PortTaken(RuntimeError):
-    """sshd could not bind its port (someone else took it between choosing and binding)."""
 
 
 @dataclass(frozen=True)
@@ -113,142 +103,6 @@ def _config_path(path: Path) -> str:
             f"sshd test host files cannot live under a path with '\"', '%' or a newline: {text!r}"
         )
     return f'"{text}"'
-
-
-def _descendants(pid: int) -> list[int]:
-    """All live descendants of ``pid`` (by scanning /proc), children before grandchildren."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path("/proc", entry, "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(0), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _terminate_pids(pids: Iterable[int], timeout: float) -> None:
-    """SIGTERM processes we did not start (no waitpid), wait on pidfds, SIGKILL stragglers."""
-    fds: list[int] = []
-    for pid in pids:
-        try:
-            fd = os.pidfd_open(pid)
-        except (ProcessLookupError, OSError):
-            continue
-        fds.append(fd)
-        with contextlib.suppress(ProcessLookupError):
-            signal.pidfd_send_signal(fd, signal.SIGTERM)
-    try:
-        deadline = time.monotonic() + timeout
-        pending = list(fds)
-        while pending and (left := deadline - time.monotonic()) > 0:
-            ready, _, _ = select.select(pending, [], [], left)
-            pending = [fd for fd in pending if fd not in ready]
-        for fd in pending:
-            with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(fd, signal.SIGKILL)
-        if pending:
-            select.select(pending, [], [], timeout)
-    finally:
-        for fd in fds:
-            os.close(fd)
-
-
-class _SshdProcess:
-    """One sshd process plus the thread that drains (and logs) its stderr."""
-
-    def __init__(self, argv: Sequence[str], log_path: Path) -> None:
-        self.lines: list[str] = []
-        self.eof = False
-        self._cond = threading.Condition()
-        self.proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        assert self.proc.stderr is not None
-        self._thread = threading.Thread(
-            target=self._pump,
-            args=(self.proc.stderr, log_path),
-            daemon=True,
-            name=f"sshd-stderr-{self.proc.pid}",
-        )
-        self._thread.start()
-
-    def _pump(self, stream: IO[bytes], log_path: Path) -> None:
-        with log_path.open("a", encoding="utf-8") as log:
-            for raw in iter(stream.readline, b""):
-                line = raw.decode("utf-8", "replace").rstrip("\r\n")
-                log.write(line + "\n")
-                log.flush()
-                with self._cond:
-                    self.lines.append(line)
-                    self._cond.notify_all()
-        with self._cond:
-            self.eof = True
-            self._cond.notify_all()
-
-    def wait_listening(self, timeout: float) -> int:
-        """Block until sshd logs that it listens; return the port. Raise if it exits first."""
-        deadline = time.monotonic() + timeout
-        seen = 0
-        with self._cond:
-            while True:
-                for line in self.lines[seen:]:
-                    if m := _LISTENING.search(line):
-                        return int(m.group(1))
-                seen = len(self.lines)
-                if self.eof:
-                    break
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"sshd not listening after {timeout}s:\n{self.log}")
-                self._cond.wait(left)
-        self.proc.wait(STOP_TIMEOUT)
-        if any(marker in line for line in self.lines for marker in _BIND_FAILED):
-            raise PortTaken(self.log)
-        raise RuntimeError(f"sshd exited with {self.proc.returncode}:\n{self.log}")
-
-    @property
-    def log(self) -> str:
-        with self._cond:
-            return "\n".join(self.lines)
-
-    def stop(self) -> None:
-        """Stop the listener and every session it forked; reap; close the pipe."""
-        proc = self.proc
-        if proc.poll() is None:
-            # Freeze the listener so it forks no new session while we collect its descendants
-            # (they survive the listener: sshd's session processes are not in its group).
-            proc.send_signal(signal.SIGSTOP)
-            _, status = os.waitpid(proc.pid, os.WUNTRACED)
-            if os.WIFSTOPPED(status):
-                sessions = _descendants(proc.pid)
-                proc.terminate()
-                proc.send_signal(signal.SIGCONT)
-                try:
-                    proc.wait(STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            else:  # it exited just now, and waitpid reaped it
-                proc.returncode = os.waitstatus_to_exitcode(status)
-                sessions = []
-            _terminate_pids(sessions, STOP_TIMEOUT)
-        self._thread.join(STOP_TIMEOUT)
-        if proc.stderr is not None and not self._thread.is_alive():
-            proc.stderr.close()
 
 
 _LIVE: set[SshdHost] = set()
@@ -320,7 +174,7 @@ class SshdHost:
             self.dir / (ODD_SIM_NAME if odd_sim_dir else "sim"), **dict(sim_options or {})
         )
         self.port: int = port or 0
-        self._process: _SshdProcess | None = None
+        self._process: SshdProcess | None = None
         self.authorized_keys_file.write_text(user_key.public_line + "\n")
         _keygen(self.host_key_file, comment=f"edgefleet-test-host-{name}")
         if start:
@@ -431,7 +285,7 @@ class SshdHost:
         for attempt in range(PORT_ATTEMPTS):
             port = self.port if attempt == 0 and self.port else free_port()
             self._write_config(port)
-            process = _SshdProcess(argv, self.log_file)
+            process = SshdProcess(argv, self.log_file)
             try:
                 listening = process.wait_listening(READY_TIMEOUT)
             except PortTaken as exc:
