@@ -44,13 +44,24 @@ class LocalChannel(Channel):
         self.abort()
 
     def write(self, data: bytes) -> None:
+        """Write all of ``data``; a command that reads none of it for ``timeout`` seconds is
+        killed (as ``readline`` does when it prints nothing), instead of blocking us forever."""
         assert self.proc.stdin is not None
+        timer = threading.Timer(self.timeout, self._kill) if self.timeout else None
+        if timer:
+            timer.start()
         try:
             self.proc.stdin.write(data)
             self.proc.stdin.flush()
         except (BrokenPipeError, ValueError) as exc:
+            if self.timed_out:
+                raise TransportError(f"{self.name}: the command read none of its input for "
+                                     f"{self.timeout:g}s; command killed") from None
             raise TransportError(f"{self.name}: the command stopped reading its input "
                                  f"({exc})") from None
+        finally:
+            if timer:
+                timer.cancel()
 
     def readline(self) -> str:
         assert self.proc.stdout is not None

@@ -54,8 +54,14 @@ class SshChannel(Channel):
         self._eof = False
 
     def write(self, data: bytes) -> None:
+        """Send all of ``data``; waiting more than ``timeout`` seconds for the remote command to
+        take any of it (its window stays full) raises instead of blocking us forever."""
+        self.channel.settimeout(self.timeout)  # sendall's wait for window; reads use select
         try:
             self.channel.sendall(data)
+        except TimeoutError:
+            raise TransportError(f"{self.name}: the remote command read none of its input for "
+                                 f"{self.timeout:g}s; command abandoned") from None
         except (OSError, paramiko.SSHException) as exc:
             raise TransportError(f"{self.name}: the remote command stopped reading its input "
                                  f"({exc or 'channel closed'})") from None

@@ -186,3 +186,29 @@ def test_device_python_has_the_agent_dependencies(sshd_factory: SshdFactory) -> 
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
+
+
+@pytest.mark.timeout(60)
+def test_a_remote_command_that_reads_none_of_its_input_is_abandoned(
+        sshd_factory: SshdFactory, tmp_path: Path) -> None:
+    """Over real SSH: once the channel window and sshd's pipe are full, a write waits for the
+    remote command; after ``timeout`` seconds without progress it fails instead of hanging."""
+    from orchestrator.errors import TransportError
+    from orchestrator.transport.base import Target
+    from orchestrator.transport.ssh import SshConnection
+
+    host = sshd_factory(1)[0]
+    known_hosts = host.write_known_hosts(tmp_path / "known_hosts")
+    target = Target(host.name, "127.0.0.1", port=host.port, user=host.user,
+                    key_file=str(host.key_file))
+    with SshConnection(target, known_hosts, 10.0) as conn:
+        channel = conn.start(["sleep", "60"], timeout=1.0)
+        with pytest.raises(TransportError, match="read none of its input for 1s"):
+            for _ in range(64):  # 16 MiB: well past the 2 MiB window and the pipe
+                channel.write(b"x" * 256 * 1024)
+        channel.abort()
+        reader = conn.start(["sh", "-c", "cat > /dev/null; echo read"], timeout=1.0)
+        for _ in range(64):
+            reader.write(b"y" * 256 * 1024)
+        reader.close_input()
+        assert reader.readline() == "read\n"

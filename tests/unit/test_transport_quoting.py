@@ -298,3 +298,20 @@ def test_local_put(local: LocalConnection, tmp_path: Path,
     assert sum(chunks) == src.stat().st_size and len(chunks) == 4
     with pytest.raises(TransportError, match=r"^this-box: writing ~/no/such/dir failed"):
         local.put(src, "~/no/such/dir")
+
+
+@pytest.mark.timeout(20)
+def test_a_command_that_reads_none_of_its_input_is_killed_after_the_timeout(
+        local: LocalConnection) -> None:
+    """A write to a command that never reads would block forever; after ``timeout`` seconds
+    without progress the command is killed and the write fails naming why."""
+    channel = local.start(["sleep", "60"], timeout=1.0)
+    with pytest.raises(TransportError, match=r"read none of its input for 1s; command killed"):
+        channel.write(b"x" * 4_000_000)  # far beyond the 64 KiB pipe
+    code, _ = channel.finish()
+    assert code == -9
+    reader = local.start(["sh", "-c", "cat > /dev/null; echo read"], timeout=1.0)
+    for _ in range(40):  # a reader keeps every write under the timeout
+        reader.write(b"y" * 256 * 1024)
+    reader.close_input()
+    assert reader.readline() == "read\n"
