@@ -210,9 +210,8 @@ def main() -> None:
     sim = create_simulated_device(base / "sim")
     root = base / "root"
     inventory = base / "inventory.yml"
-    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"local-pi": {
-        "ansible_connection": "local", "edgefleet_root": str(root),
-        "edgefleet_python": sys.executable, "edgefleet_env": sim.env}}}}))
+    hosts = {"local-pi": sim.local_host_vars(root)}
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": hosts}}))
     with session_scope(settings) as session:
         sync_inventory(session, load_inventory(inventory))
         devices = all_devices(session)

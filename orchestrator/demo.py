@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,13 +75,7 @@ def prepare(home: Path, model_cache: Path | None = None) -> DemoFiles:
                                       throttled=spec.throttled,
                                       freq_mhz=1500.0 if spec.temp_c > 80 else 2400.0)
         sims[spec.name] = sim
-        host_vars = {
-            "ansible_connection": "local",
-            "edgefleet_root": str(device_dir / "root"),
-            "edgefleet_python": sys.executable,
-            "edgefleet_env": dict(sim.env),
-            **spec.labels,
-        }
+        host_vars = sim.local_host_vars(device_dir / "root") | spec.labels
         groups.setdefault(spec.group, {})[spec.name] = host_vars
     inventory = {"all": {"vars": {"site": "demo"},
                          "children": {g: {"hosts": hosts} for g, hosts in groups.items()}}}

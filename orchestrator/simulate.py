@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import os
 import shlex
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = ["SimulatedDevice", "create_simulated_device"]
 
@@ -148,6 +150,12 @@ class SimulatedDevice:
     bin_dir: Path
     env: dict[str, str] = field(default_factory=dict)
     """Environment to export into agent commands: ``EDGEFLEET_SYSFS`` and ``PATH``."""
+
+    def local_host_vars(self, root: Path, python: str | None = None) -> dict[str, Any]:
+        """Inventory host vars of a local device (``ansible_connection: local``) on these
+        sensors: its ``edgefleet_root``, the agent's interpreter (default: ours) and our env."""
+        return {"ansible_connection": "local", "edgefleet_root": str(root),
+                "edgefleet_python": python or sys.executable, "edgefleet_env": dict(self.env)}
 
     @property
     def cpu_freq_files(self) -> list[Path]:

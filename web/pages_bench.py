@@ -119,7 +119,8 @@ def schedule_or_submit(request: Request, principal: Any, kind: str, params: dict
     """The "When" of a job form (partials/when.html): queue the job now (-> its page), or
     create a cron / one-off schedule (-> this page, which lists them all). Raises
     EdgeFleetError, with nothing stored, for a bad time or what the job validation refuses."""
-    when = form.get("when", "now") if form.get("when", "now") in WHEN else "now"
+    when = form.get("when", "now")
+    when = when if when in WHEN else "now"
     if when == "now":
         job = submit_job(request, kind, params, targets, principal)
         return RedirectResponse(f"/jobs/{job.id}?notice=queued", status_code=303)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, Response
 
 from orchestrator.bundles import bundle_public, get_bundle, list_bundles
 from orchestrator.datasets import list_datasets, manifest_of_dataset
@@ -21,7 +21,6 @@ from web.pages_common import (
     not_found,
     render,
     settings_of,
-    submit_job,
 )
 from web.security import csrf_protect
 
@@ -128,14 +127,11 @@ async def _queue(request: Request, ref: str, principal: Any, kind: str) -> Respo
                       warmup=_int_or_text(fields.get("warmup", "") or "5"))
     context["form"] = context["form"] | {k: str(v) for k, v in fields.items()
                                          if k != "csrf_token"}
-    try:
-        if kind == "eval":  # the evaluate form also schedules (partials/when.html)
-            return schedule_or_submit(request, principal, kind, params, targets, context["form"])
-        job = submit_job(request, kind, params, targets, principal)
+    try:  # the evaluate form can also schedule (partials/when.html); the others run now
+        return schedule_or_submit(request, principal, kind, params, targets, context["form"])
     except EdgeFleetError as exc:
         return render(request, "bundle.html", context | {"error": str(exc), "failed_form": kind},
                       principal, status_code=400)
-    return RedirectResponse(f"/jobs/{job.id}?notice=queued", status_code=303)
 
 
 @router.post("/bundles/{ref}/push", dependencies=[Depends(csrf_protect)])

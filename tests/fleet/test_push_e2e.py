@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 
 import yaml
@@ -260,9 +259,7 @@ def test_many_files_are_pipelined_over_the_local_transport(cli: Cli, home: Path,
     sim = create_simulated_device(tmp_path / "sim")
     root = tmp_path / "root"
     inventory = tmp_path / "inventory.yml"
-    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"here": {
-        "ansible_connection": "local", "edgefleet_root": str(root),
-        "edgefleet_python": sys.executable, "edgefleet_env": sim.env}}}}))
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"here": sim.local_host_vars(root)}}}))
     cli("inventory", "sync", inventory)
     assert cli("agent", "install", "here", "--json").json[0]["state"] == "installed"
     check_pipelined_push(cli, home, tmp_path, "here", root, count=700, size=4096)

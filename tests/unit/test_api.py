@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -30,9 +29,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, 
     for name, temp in (("pi-cool", 50.0), ("pi-hot", 83.0)):
         sim = create_simulated_device(base / name / "hw", temp_c=temp,
                                       throttled=0x8 if temp > 80 else 0)
-        hosts[name] = {"ansible_connection": "local", "edgefleet_root": str(base / name / "root"),
-                       "edgefleet_python": sys.executable, "edgefleet_env": sim.env,
-                       "cooler": "none" if temp > 80 else "active"}
+        hosts[name] = sim.local_host_vars(base / name / "root") | {
+            "cooler": "none" if temp > 80 else "active"}
     inventory = base / "inventory.yml"
     inventory.write_text(yaml.safe_dump({"all": {"children": {"pis": {"hosts": hosts}}}}))
     with session_scope(settings) as session:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
@@ -43,9 +42,8 @@ def make_fleet(base: Path, names: tuple[str, ...] = ("pi-a", "pi-b"),
     hosts: dict[str, Any] = {}
     for name in (*names, *broken):
         sim = create_simulated_device(base / "sims" / name)
-        hosts[name] = {"ansible_connection": "local", "edgefleet_root": str(base / "roots" / name),
-                       "edgefleet_python": sys.executable if name in names
-                       else str(base / "no-such-python"), "edgefleet_env": sim.env}
+        hosts[name] = sim.local_host_vars(
+            base / "roots" / name, None if name in names else str(base / "no-such-python"))
     inventory = base / "inventory.yml"
     inventory.write_text(yaml.safe_dump({"all": {"hosts": hosts}}))
     with session_scope(settings) as session:

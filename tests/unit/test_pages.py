@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sys
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -140,9 +139,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
     for name, (group, model, temp, freq, bits, labels) in SPECS.items():
         sims[name] = create_simulated_device(base / "hw" / name, model=model, temp_c=temp,
                                              freq_mhz=freq, throttled=bits)
-        groups.setdefault(group, {})[name] = {
-            "ansible_connection": "local", "edgefleet_root": str(base / "root" / name),
-            "edgefleet_python": sys.executable, "edgefleet_env": dict(sims[name].env), **labels}
+        groups.setdefault(group, {})[name] = sims[name].local_host_vars(
+            base / "root" / name) | labels
     inventory = base / "inventory.yml"
     inventory.write_text(yaml.safe_dump(
         {"all": {"children": {g: {"hosts": h} for g, h in groups.items()}}}))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from html import unescape
 
 import numpy as np
@@ -56,8 +55,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
     hosts = {}
     for name in DEVICES:
         sim = create_simulated_device(base / "hw" / name)
-        hosts[name] = {"ansible_connection": "local", "edgefleet_root": str(base / "root" / name),
-                       "edgefleet_python": sys.executable, "edgefleet_env": dict(sim.env)}
+        hosts[name] = sim.local_host_vars(base / "root" / name)
     inventory = base / "inventory.yml"
     inventory.write_text(yaml.safe_dump({"all": {"hosts": hosts}}))
     model = base / "model"
