@@ -5,8 +5,9 @@ benchmarks, evaluates, cancels jobs and creates schedules; ``admin`` also manage
 inventory.
 
 Auth is *configured* when at least one non-revoked admin token exists. Until then the server
-only binds to loopback (``check_bind``) and treats every request as the local user with the
-admin role: a single-user laptop needs no login, and nobody else can reach it.
+only binds to loopback (``check_bind``), answers only loopback Host names and the server's own
+user (``web.local_mode``), and treats every request as that user with the admin role: a
+single-user laptop needs no login, and nobody else can reach it.
 
 Tokens are ``ef_`` + ``secrets.token_urlsafe(32)`` (256 random bits). Only their SHA-256 is
 stored. A slow password hash (bcrypt, scrypt) exists to make guessing low-entropy *passwords*
@@ -186,13 +187,14 @@ def is_loopback(host: str) -> bool:
     return addr.is_loopback
 
 
-def check_bind(host: str, settings: Settings) -> None:
-    """Refuse to serve beyond this machine while anyone who connects would be admin."""
-    if is_loopback(host):
-        return
+def check_bind(host: str, settings: Settings) -> bool:
+    """Refuse to serve beyond this machine while anyone who connects would be admin. True when
+    no admin token exists (the server runs in its tokenless, this-user-only mode)."""
     with session_scope(settings) as session:
         if auth_configured(session):
-            return
+            return False
+    if is_loopback(host):
+        return True
     raise EdgeFleetError(
         f"refusing to listen on {host or 'every interface'}: no admin token exists, so anyone "
         "who can reach this address would be admin. Create one with "

@@ -26,7 +26,16 @@ def serve_cmd(
     from web.app import create_app
 
     cfg = settings()
-    check_bind(host, cfg)
+    local_only = check_bind(host, cfg)
     output.stderr.print(f"EdgeFleet on http://{host}:{port}/  (API docs: /docs; "
                         f"state: {cfg.home})")
+    if local_only:
+        from web.local_mode import can_check_peers
+
+        output.stderr.print("No admin token: serving only this machine's user, by localhost/"
+                            "127.0.0.1/[::1] (`edgefleet tokens create --role admin` to share)")
+        if not can_check_peers():
+            output.stderr.print("[yellow]warning:[/] this OS does not show who owns a loopback "
+                                "connection: other users of this machine can use the server. "
+                                "Create an admin token on a shared machine.")
     uvicorn.run(create_app(cfg, workers=workers), host=host, port=port, log_level="warning")

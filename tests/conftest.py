@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,3 +61,12 @@ def demo_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache of the demo's trained classifier for the whole test session (training takes
     ~10 s; the generator is deterministic, so every test gets the same bytes)."""
     return tmp_path_factory.mktemp("demo-model-cache")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Keep each phase's report on the item, so fixtures can tell at teardown that the test
+    failed (and leave a screenshot and the server logs behind)."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"report_{report.when}", report)

@@ -57,12 +57,14 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True,
 
     from orchestrator.errors import EdgeFleetError, NotFoundError
     from web import api, metrics, security
+    from web.local_mode import LocalModeGuard
 
     @app.exception_handler(EdgeFleetError)
     async def user_error(request: object, exc: EdgeFleetError) -> JSONResponse:
         status = 404 if isinstance(exc, NotFoundError) else 400
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
+    app.add_middleware(LocalModeGuard, settings=settings)
     app.include_router(api.router)
     app.include_router(metrics.router)
     app.include_router(security.router)

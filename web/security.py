@@ -11,8 +11,9 @@ Open without credentials, on purpose: ``/static`` (vendored assets), ``/login`` 
 ``/metrics`` (aggregate counters and gauges for a scraper; it carries no secrets, tokens, key
 paths or device environments, and Prometheus scrapers rarely hold credentials).
 
-Without any admin token (auth not configured) the server is loopback-only (``auth.check_bind``)
-and every request is the local user, as admin. With one, a request needs
+Without any admin token (auth not configured) the server is loopback-only (``auth.check_bind``),
+serves only loopback Host names and its own user (``web.local_mode``), and every request is the
+local user, as admin. With one, a request needs
 ``Authorization: Bearer ef_...`` or the session cookie set by ``POST /login``.
 
 The session cookie is signed with ``EDGEFLEET_HOME/secret_key`` (created 0600 on first use,

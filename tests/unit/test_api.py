@@ -43,7 +43,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, 
                               input_shapes={"log_mel": [1, 1, 98, 40]}).bundle
     assert all(o.ok for o in push(settings, bundle, devices))
     bench(settings, [bundle], devices, BenchParams(threads=[1], warmup=1, runs=5), "pis")
-    with TestClient(create_app(settings, run_jobs=False)) as client:
+    with TestClient(create_app(settings, run_jobs=False), base_url="http://localhost") as client:
         yield settings, client
 
 

@@ -77,7 +77,7 @@ def test_cli_token_actions_are_audited_under_the_os_user(cli: Cli, home: Path) -
 def test_the_audit_api_is_for_admins(settings: Settings) -> None:
     _, admin = auth.create_token(settings, "boss", "admin")
     _, viewer = auth.create_token(settings, "wall", "viewer")
-    with TestClient(create_app(settings, run_jobs=False)) as client:
+    with TestClient(create_app(settings, run_jobs=False), base_url="http://localhost") as client:
         assert client.get("/api/audit",
                           headers={"Authorization": f"Bearer {viewer}"}).status_code == 403
         r = client.get("/api/audit", headers={"Authorization": f"Bearer {admin}"})

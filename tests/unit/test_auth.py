@@ -61,7 +61,7 @@ def settings(tmp_path: Path) -> Settings:
 def client(settings: Settings) -> Iterator[TestClient]:
     app = create_app(settings, run_jobs=False)
     app.include_router(extra_routes)
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         yield c
 
 
@@ -90,7 +90,7 @@ def test_without_tokens_every_request_is_the_local_admin(client: TestClient) -> 
     # ...but a page on another site must not drive the loopback server through the browser.
     evil = client.post("/t/form", headers={"Origin": "http://evil.example"})
     assert evil.status_code == 403
-    same = client.post("/t/form", headers={"Origin": "http://testserver"})
+    same = client.post("/t/form", headers={"Origin": "http://localhost"})
     assert same.status_code == 200
     assert client.post("/t/form", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403
 
@@ -190,7 +190,7 @@ def test_with_auth_a_request_without_credentials_is_refused(
     assert r.status_code == 303
     assert r.headers["location"] == "/login?next=%2Fjobs%3Fstate%3Drunning"
     assert client.get("/", follow_redirects=False).headers["location"] == "/login?next=%2F"
-    htmx = {"HX-Request": "true", "HX-Current-URL": "http://testserver/jobs/3"}
+    htmx = {"HX-Request": "true", "HX-Current-URL": "http://localhost/jobs/3"}
     for path in ("/jobs/3/progress", "/api/jobs/3"):
         r = client.get(path, headers=htmx, follow_redirects=False)
         assert r.status_code == 401 and r.headers["HX-Redirect"] == "/login?next=%2Fjobs%2F3"
@@ -295,7 +295,7 @@ def test_cookie_sessions_need_their_own_csrf_token(client: TestClient, settings:
     assert client.post("/api/jobs", json=job).status_code == 403
     assert client.post("/api/jobs", json=job, headers={"X-CSRF-Token": csrf}).status_code == 201
     # Another session's token (same user, another login) is not this session's.
-    other = TestClient(client.app)
+    other = TestClient(client.app, base_url="http://localhost")
     other_csrf = login(other, tokens["operator"])
     assert other_csrf != csrf
     assert client.post("/t/form", data={"csrf_token": other_csrf}).status_code == 403

@@ -59,7 +59,7 @@ class Site:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.client = TestClient(create_app(settings, run_jobs=False))
+        self.client = TestClient(create_app(settings, run_jobs=False), base_url="http://localhost")
         self.tokens = {role: create_token(settings, role, role)[1]
                        for role in ("admin", "operator", "viewer")}
 

@@ -164,7 +164,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
     take_snapshots(settings, devices)
     sims[HOT].set_temp(84.0)
     take_snapshots(settings, devices)
-    client = TestClient(create_app(settings, run_jobs=False))
+    client = TestClient(create_app(settings, run_jobs=False), base_url="http://localhost")
     return Site(settings, client, run.id, public, sims)
 
 
@@ -417,7 +417,7 @@ def test_cookie_login_shows_principal_logout_and_csrf(tmp_path: Path) -> None:
     """With tokens configured: login form, the principal and a logout button in the nav, the
     CSRF token in forms and htmx headers, and a mutating form refused without it."""
     settings = Settings(home=tmp_path / "home", database_url=None)
-    client = TestClient(create_app(settings, run_jobs=False))
+    client = TestClient(create_app(settings, run_jobs=False), base_url="http://localhost")
     create_token(settings, "admin", "admin")  # an admin token switches authentication on
     _, secret = create_token(settings, "ada", "operator")
     assert client.get("/", follow_redirects=False).headers["location"].startswith("/login")

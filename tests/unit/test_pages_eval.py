@@ -79,7 +79,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
                                   profile=PROFILE)
     assert all(o.ok for o in outcomes), [o.as_dict() for o in outcomes]
     assert run.id is not None and profiled.id is not None
-    return Site(settings, TestClient(create_app(settings, run_jobs=False)), run.id, profiled.id)
+    client = TestClient(create_app(settings, run_jobs=False), base_url="http://localhost")
+    return Site(settings, client, run.id, profiled.id)
 
 
 def page(client: TestClient, url: str) -> str:

@@ -360,7 +360,7 @@ def test_inventory_reload_previews_the_diff_then_applies_it(
         "gone": local})
     with session_scope(settings) as session:
         sync_inventory(session, load_inventory(first))
-    client = TestClient(create_app(settings, run_jobs=False))
+    client = TestClient(create_app(settings, run_jobs=False), base_url="http://localhost")
     monkeypatch.setenv("EDGEFLEET_INVENTORY", str(first))
     form = client.get("/fleet/inventory").text
     assert f'value="{first}"' in form and "<table" not in form  # no preview without asking
@@ -419,7 +419,7 @@ def test_inventory_reload_previews_the_diff_then_applies_it(
 
 def test_admin_pages_need_an_admin_and_forms_need_an_operator(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "home", database_url=None)
-    client = TestClient(create_app(settings, run_jobs=False))
+    client = TestClient(create_app(settings, run_jobs=False), base_url="http://localhost")
     tokens = {role: create_token(settings, role, role)[1]
               for role in ("admin", "operator", "viewer")}
 
