@@ -28,11 +28,22 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=default_home)
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
     forks: int = 10
+    # Where the server may read inventories that a web/API request names
+    # (orchestrator.inventory_sync.readable_path); default: ``home``.
+    inventory_dir: Path | None = None
     timeout_s: float = 30.0
+    # What one device may send per command, in MiB: the longest line and stdout + stderr in
+    # all (orchestrator.transport.base.OutputLimits); None keeps the defaults defined there.
+    max_line_mb: float | None = Field(default=None, gt=0)
+    max_output_mb: float | None = Field(default=None, gt=0)
 
     @cached_property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'edgefleet.db'}"
+
+    @property
+    def inventory_root(self) -> Path:
+        return self.inventory_dir or self.home
 
     @property
     def blob_dir(self) -> Path:

@@ -5,6 +5,12 @@ the click on "apply" someone may edit the file; applying it then would change de
 looked at. The preview carries the sha256 of the bytes it read, and ``apply`` refuses when the
 file no longer has them (the page shows the new diff instead).
 
+Which files: a request names a path *on the server*, so the server reads only inventories under
+``EDGEFLEET_INVENTORY_DIR`` (default ``EDGEFLEET_HOME``) and the files its devices were already
+synced from (by the CLI, i.e. by someone with a shell here), and only ``.yml``/``.yaml`` files
+(``readable_path``). Anything else is refused before it is opened, so no error can carry
+another file's content (``/etc/shadow``'s first line used to come back in a parse error).
+
 The diff is ``devices.sync_inventory(apply=False)``: environment values are already redacted
 there (``edgefleet_env`` may carry tokens), and the audit record scrubs secrets again.
 """
@@ -46,6 +52,39 @@ class InventoryChanged(EdgeFleetError):
     """The file differs from the previewed one; nothing was applied."""
 
 
+class InventoryPathRefused(EdgeFleetError):
+    """The path is not one the server may read for a web/API request; it was not opened."""
+
+
+INVENTORY_SUFFIXES = (".yml", ".yaml")
+
+
+def _synced_files(session: Session) -> set[Path]:
+    return {Path(source.rsplit(":", 1)[0]) for source in
+            session.exec(select(Device.source).distinct()).all() if source}
+
+
+def readable_path(settings: Settings, session: Session, path: str) -> Path:
+    """``path`` resolved (symlinks too), if the server may read it for a request: a
+    ``.yml``/``.yaml`` file under ``settings.inventory_root``, or one its devices were synced
+    from. Otherwise InventoryPathRefused, which names only what the caller gave."""
+    path = path.strip()
+    if not path:
+        raise EdgeFleetError("give the inventory file's path on the server")
+    root = settings.inventory_root.resolve()
+    given = Path(path) if Path(path).is_absolute() else root / path
+    resolved = given.resolve()
+    allowed = resolved.suffix.lower() in INVENTORY_SUFFIXES and (
+        resolved.is_relative_to(root)
+        or resolved in {p.resolve() for p in _synced_files(session)})
+    if not allowed:
+        raise InventoryPathRefused(
+            f"{path[:200]}: the server reads inventories (.yml/.yaml) only under {root} "
+            "(EDGEFLEET_INVENTORY_DIR) and the files its devices were synced from; put the "
+            "file there, or sync it with `edgefleet inventory sync FILE` on the server")
+    return resolved
+
+
 def default_path(session: Session) -> str:
     """Where the form starts: ``$EDGEFLEET_INVENTORY``; else the file of the last web/API
     reload (its audit record); else the file most devices were loaded from (their ``source``
@@ -70,24 +109,27 @@ def _digest(path: str) -> str:
         raise InventoryError(path, None, f"cannot read inventory: {exc.strerror or exc}") from exc
 
 
-def preview(session: Session, path: str) -> Preview:
-    """What reloading ``path`` would change; InventoryError (``file:line: ...``) if broken."""
+def preview(settings: Settings, session: Session, path: str) -> Preview:
+    """What reloading ``path`` would change; InventoryError (``file:line: ...``) if broken,
+    InventoryPathRefused if the server may not read it."""
     path = path.strip()
-    if not path:
-        raise EdgeFleetError("give the inventory file's path on the server")
-    digest = _digest(path)
-    report = sync_inventory(session, load_inventory(path), apply=False)
+    readable = readable_path(settings, session, path)
+    digest = _digest(str(readable))
+    report = sync_inventory(session, load_inventory(readable), apply=False)
     return Preview(path, digest, report)
 
 
-def apply(settings: Settings, path: str, digest: str, actor: str) -> SyncReport:
-    """Apply ``path`` if it still has the previewed ``digest`` (else InventoryChanged), and
-    audit ``inventory.sync`` in the same transaction as the change."""
+def apply(settings: Settings, path: str, digest: str | None, actor: str) -> SyncReport:
+    """Apply ``path`` (if ``digest`` is given, only while the file still has the previewed
+    digest, else InventoryChanged) and audit ``inventory.sync`` in the same transaction as the
+    change."""
     path = path.strip()
-    if _digest(path) != digest:
+    with session_scope(settings) as session:
+        readable = readable_path(settings, session, path)
+    if digest is not None and _digest(str(readable)) != digest:
         raise InventoryChanged(f"{path} changed since the preview; review the new diff below "
                                "before applying it")
-    inventory = load_inventory(path)
+    inventory = load_inventory(readable)
     with session_scope(settings) as session:
         report = sync_inventory(session, inventory, apply=True)
         audit.add_event(session, actor, "inventory.sync", path, report.as_dict())

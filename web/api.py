@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -206,15 +205,15 @@ def delete_schedule(schedule_id: int, settings: SettingsDep, principal: Operator
 
 @router.post("/inventory/sync", dependencies=[Csrf])
 def inventory_sync(body: InventorySyncIn, settings: SettingsDep, principal: Admin) -> dict:
-    from orchestrator import audit
-    from orchestrator.devices import sync_inventory
-    from orchestrator.inventory import load_inventory
+    """Only files under EDGEFLEET_INVENTORY_DIR (default EDGEFLEET_HOME) or already synced by
+    the CLI are read (``inventory_sync.readable_path``)."""
+    from orchestrator import inventory_sync as sync
 
-    inventory = load_inventory(Path(body.path))
-    with session_scope(settings) as session:
-        report = sync_inventory(session, inventory, apply=not body.dry_run)
-    if not body.dry_run:
-        audit.record(settings, principal.name, "inventory.sync", body.path, report.as_dict())
+    if body.dry_run:
+        with session_scope(settings) as session:
+            report = sync.preview(settings, session, body.path).report
+    else:
+        report = sync.apply(settings, body.path, None, principal.name)
     return report.as_dict() | {"applied": not body.dry_run}
 
 

@@ -63,7 +63,7 @@ def _inventory_page(request: Request, principal: Any, path: str, error: str | No
     if path:
         with session_scope(settings_of(request)) as session:
             try:
-                preview = inventory_sync.preview(session, path)
+                preview = inventory_sync.preview(settings_of(request), session, path)
             except EdgeFleetError as exc:  # e.g. "inventory.yml:7: duplicate host ..."
                 preview = None
                 context["error"] = error or str(exc)

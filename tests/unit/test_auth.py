@@ -54,7 +54,7 @@ def form_post(principal: Annotated[Principal, Depends(require("operator"))]) -> 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(home=tmp_path / "home")
+    return Settings(home=tmp_path / "home", inventory_dir=EXAMPLE.parent)
 
 
 @pytest.fixture

@@ -353,7 +353,7 @@ def _inventory(path: Path, hosts: dict[str, dict[str, Any]]) -> Path:
 
 def test_inventory_reload_previews_the_diff_then_applies_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = Settings(home=tmp_path / "home", database_url=None)
+    settings = Settings(home=tmp_path / "home", database_url=None, inventory_dir=tmp_path)
     local = {"ansible_connection": "local"}
     first = _inventory(tmp_path / "fleet.yml", {
         "keep": local | {"edgefleet_env": {"API_TOKEN": "old-secret-1"}, "room": "a"},
