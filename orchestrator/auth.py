@@ -25,13 +25,13 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, delete, select
 
 from orchestrator import audit
 from orchestrator.config import Settings
 from orchestrator.db import session_scope
 from orchestrator.errors import EdgeFleetError, NotFoundError
-from orchestrator.models import ApiToken
+from orchestrator.models import ApiToken, BrowserSession
 
 ROLES = ("viewer", "operator", "admin")
 TOKEN_PREFIX = "ef_"
@@ -118,6 +118,31 @@ def active_token(session: Session, token_id: int) -> ApiToken | None:
         return None
     _touch(token)
     return token
+
+
+def start_browser_session(session: Session, token_id: int, max_age: timedelta) -> str:
+    """A new browser session for ``token_id``; returns its random id (for the cookie), of
+    which only the hash is stored. Expired sessions are swept on the way."""
+    now = datetime.now(UTC)
+    session.exec(delete(BrowserSession).where(col(BrowserSession.expires_at) < now))
+    sid = secrets.token_urlsafe(32)
+    session.add(BrowserSession(id_hash=hash_token(sid), token_id=token_id, created_at=now,
+                               expires_at=now + max_age))
+    return sid
+
+
+def browser_session_token(session: Session, sid: str) -> ApiToken | None:
+    """The active token behind a live browser session, or None (logged out, expired, token
+    revoked)."""
+    row = session.get(BrowserSession, hash_token(sid)) if sid else None
+    if row is None or _utc(row.expires_at) <= datetime.now(UTC):
+        return None
+    return active_token(session, row.token_id)
+
+
+def end_browser_session(session: Session, sid: str) -> None:
+    """Logout: the session stops working everywhere its cookie was copied to."""
+    session.exec(delete(BrowserSession).where(col(BrowserSession.id_hash) == hash_token(sid)))
 
 
 def _active_admins(session: Session) -> int:

@@ -259,6 +259,17 @@ class ApiToken(SQLModel, table=True):
     revoked: bool = False
 
 
+class BrowserSession(SQLModel, table=True):
+    """A logged-in browser (``POST /login``). The cookie carries a random session id; only its
+    SHA-256 is stored, so the table is no key to anyone's session. Logout deletes the row, so
+    a copied cookie dies with it."""
+
+    id_hash: str = Field(primary_key=True)
+    token_id: int = Field(index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+
+
 class AuditEvent(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     at: datetime = Field(default_factory=utcnow, index=True)

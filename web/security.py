@@ -17,10 +17,11 @@ local user, as admin. With one, a request needs
 ``Authorization: Bearer ef_...`` or the session cookie set by ``POST /login``.
 
 The session cookie is signed with ``EDGEFLEET_HOME/secret_key`` (created 0600 on first use,
-never in the DB; delete it to log every browser out) and carries the token's id and a random
-per-session CSRF secret, nothing else: the token is looked up on every request, so revoking it
-(or changing its role) takes effect at once. Behind a TLS-terminating proxy, run uvicorn with
-``--proxy-headers`` so the cookie is marked Secure.
+never in the DB; delete it to log every browser out) and carries the random id of a server-side
+session (``auth.start_browser_session``; only its hash is stored) and a per-session CSRF secret,
+nothing else: the session and its token are looked up on every request, so logging out, or
+revoking the token (or changing its role), takes effect at once. Behind a TLS-terminating
+proxy, run uvicorn with ``--proxy-headers`` so the cookie is marked Secure.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -111,7 +113,7 @@ def _load_session(request: Request) -> dict[str, Any] | None:
         data = _serializer(_settings(request)).loads(raw, max_age=SESSION_MAX_AGE)
     except BadSignature:  # SignatureExpired is a BadSignature
         return None
-    if (not isinstance(data, dict) or not isinstance(data.get("tid"), int)
+    if (not isinstance(data, dict) or not isinstance(data.get("sid"), str)
             or not isinstance(data.get("csrf"), str) or not data["csrf"]):
         return None
     return data
@@ -160,7 +162,7 @@ def get_principal(request: Request) -> Principal:
             principal = Principal(token.name, token.role, "bearer", token.id)
         else:
             data = _load_session(request) or {}
-            token = auth.active_token(session, data["tid"]) if data else None
+            token = auth.browser_session_token(session, data["sid"]) if data else None
             if token is None:
                 raise _unauthenticated(
                     request, "authentication required: send 'Authorization: Bearer <token>' "
@@ -310,11 +312,11 @@ async def login(request: Request) -> Response:
     secret = fields.get("token", "").strip()
     with session_scope(_settings(request)) as session:
         token = auth.verify_token(session, secret)
-        token_id = token.id if token else None
-    if token_id is None:
+        sid = auth.start_browser_session(session, token.id, timedelta(seconds=SESSION_MAX_AGE)) \
+            if token is not None and token.id is not None else None
+    if sid is None:
         return _login_page(request, next_, "That token is not valid (wrong, or revoked).", 401)
-    value = _serializer(_settings(request)).dumps(
-        {"tid": token_id, "csrf": secrets.token_urlsafe(32)})
+    value = _serializer(_settings(request)).dumps({"sid": sid, "csrf": secrets.token_urlsafe(32)})
     response = RedirectResponse(next_, status_code=303)
     response.set_cookie(COOKIE, value, max_age=SESSION_MAX_AGE, path="/", httponly=True,
                         samesite="lax", secure=request.url.scheme == "https")
@@ -323,8 +325,13 @@ async def login(request: Request) -> Response:
 
 @router.post("/logout")
 def logout(request: Request) -> Response:
-    """Forget the session. Needs no auth or CSRF token: it only clears the caller's own cookie
-    (a forged logout is a nuisance, not a breach)."""
+    """End the session on the server (a copy of the cookie stops working too) and clear the
+    cookie. Needs no auth or CSRF token: it only ends the session whose cookie came with the
+    request (a forged logout is a nuisance, not a breach)."""
+    data = _load_session(request)
+    if data is not None:
+        with session_scope(_settings(request)) as session:
+            auth.end_browser_session(session, data["sid"])
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="lax",
                            secure=request.url.scheme == "https")

@@ -27,7 +27,7 @@ from orchestrator import auth
 from orchestrator.config import Settings
 from orchestrator.db import session_scope
 from orchestrator.errors import EdgeFleetError
-from orchestrator.models import ApiToken
+from orchestrator.models import ApiToken, BrowserSession
 from web import security
 from web.app import create_app
 from web.security import Principal, csrf_protect, require
@@ -316,14 +316,17 @@ def test_tampered_and_expired_cookies_are_refused(client: TestClient, settings: 
     payload, _, rest = good.partition(".")
     with session_scope(settings) as session:
         viewer_id = next(t.id for t in auth.list_tokens(session) if t.role == "viewer")
-    forged_payload = URLSafeTimedSerializer(b"k").dumps({"tid": viewer_id, "csrf": "x"})
+    forged_payload = URLSafeTimedSerializer(b"k").dumps({"sid": str(viewer_id), "csrf": "x"})
     # Flip a signature character well inside it: base64's last character carries padding bits,
     # so changing only the tail could leave the decoded signature (and the cookie) valid.
     flipped = good[:-5] + ("A" if good[-5] != "A" else "B") + good[-4:]
     for bad in (flipped,
                 forged_payload.partition(".")[0] + "." + rest,
                 URLSafeTimedSerializer(b"not-the-key", salt=security._SALT).dumps(
-                    {"tid": 1, "csrf": "x"})):
+                    {"sid": "1", "csrf": "x"}),
+                # Signed with the real key, but no such session exists on the server.
+                URLSafeTimedSerializer(security.secret_key(settings), salt=security._SALT).dumps(
+                    {"sid": "made-up", "csrf": "x"})):
         _set_cookie(client, bad)
         assert client.get("/api/devices").status_code == 401
 
@@ -333,7 +336,7 @@ def test_tampered_and_expired_cookies_are_refused(client: TestClient, settings: 
 
     expired = URLSafeTimedSerializer(security.secret_key(settings), salt=security._SALT,
                                      signer=PastSigner).dumps(
-        {"tid": 1, "csrf": "x"})
+        {"sid": "1", "csrf": "x"})
     _set_cookie(client, expired)
     assert client.get("/api/devices").status_code == 401
     _set_cookie(client, good)
@@ -344,10 +347,17 @@ def test_logout_and_revocation_end_the_session(client: TestClient, settings: Set
                                                tokens: dict[str, str]) -> None:
     login(client, tokens["viewer"])
     assert client.get("/api/devices").status_code == 200
+    copied = client.cookies[security.COOKIE]
     r = client.post("/logout", follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/login"
     assert "Max-Age=0" in r.headers["set-cookie"] or "expires=" in r.headers["set-cookie"]
     assert client.get("/api/devices").status_code == 401
+    # Logout ended the session on the server: a copy of the cookie is dead too.
+    _set_cookie(client, copied)
+    assert client.get("/api/devices").status_code == 401
+    with session_scope(settings) as session:
+        assert session.exec(select(BrowserSession)).all() == []
+    client.cookies.clear()
 
     login(client, tokens["viewer"])
     stolen = client.cookies[security.COOKIE]
