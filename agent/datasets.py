@@ -30,7 +30,7 @@ from agent.store import parse_request as parse_bundle_request
 DATASET_MANIFEST = ".edgefleet-dataset.json"
 KEEP_DATASETS = 4  # staged datasets kept; older ones are removed when a new one is staged
 E_DATASET_NOT_ON_DEVICE = "dataset_not_on_device"
-DIR_RE = re.compile(r"^[0-9a-f]{16}$")
+DIR_RE = re.compile(r"[0-9a-f]{16}")  # fullmatch: "$" would allow a trailing newline
 
 
 def datasets_dir(store: Store) -> str:
@@ -122,7 +122,7 @@ def prune(store: Store, keep: str) -> List[str]:
         path = os.path.join(top, name)
         if name.startswith(STAGING_PREFIX):
             remove_tree(path)
-        elif DIR_RE.match(name):
+        elif DIR_RE.fullmatch(name):
             entries.append((os.stat(path).st_mtime_ns if name != keep else time.time_ns(), name))
     entries.sort(reverse=True)
     pruned = []

@@ -33,8 +33,9 @@ SIDE_SUFFIXES = (".json", ".txt", ".npz")
 # Repos often keep these at the repo root and the ONNX exports under onnx/: when the model's
 # folder lacks one, the nearest parent folder's copy is used (placed next to the model).
 INHERITED_SIDE_FILES = ("config.json", "preprocessor_config.json")
-_REPO_PART = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+# fullmatch only: ``$`` would also accept a trailing newline.
+_REPO_PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def parse_hub_spec(spec: str) -> HubSpec:
     if len(parts) < 2 or not parts[0] or not parts[1]:
         raise _bad(spec, "the repo must be OWNER/REPO")
     for part in parts[:2]:
-        if not _REPO_PART.match(part) or "--" in part or ".." in part:
+        if not _REPO_PART.fullmatch(part) or "--" in part or ".." in part:
             raise _bad(spec, f"{part!r} is not a valid Hub owner or repo name")
     sub_parts = parts[2:]
     if sub_parts and sub_parts[-1] == "":
@@ -264,7 +265,7 @@ def fetch(spec_text: str, model: str | None = None) -> HubSnapshot:
     folder, model_name = _model_folder(spec, model)
     snapshot = download(spec, allow_patterns(folder, model_name))
     commit = snapshot.name
-    if not _COMMIT.match(commit):
+    if not _COMMIT.fullmatch(commit):
         raise BundleError(f"{spec}: huggingface_hub returned {snapshot}, which is not a "
                           "snapshots/<commit> folder; cannot record the commit")
     files, model_rel = select_files(snapshot, folder, model_name, spec)

@@ -69,8 +69,8 @@ GROUP_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 VAR_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_HOST_NAME = 64
 MAX_RANGE_HOSTS = 4096
-_RANGE_RE = re.compile(r"^([^\[\]]*)\[([^\]]*)\](.*)$")
-_RANGE_BODY_RE = re.compile(r"^([0-9]*|[A-Za-z]):([0-9]+|[A-Za-z])(?::([0-9]+))?$")
+_RANGE_RE = re.compile(r"([^\[\]]*)\[([^\]]*)\](.*)")
+_RANGE_BODY_RE = re.compile(r"([0-9]*|[A-Za-z]):([0-9]+|[A-Za-z])(?::([0-9]+))?")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Host names, IPv4/IPv6 (optionally bracketed, with %zone); never a leading '-' that a command
 # line could read as an option.
@@ -179,11 +179,11 @@ def check_host_name(name: str, line: int) -> None:
 
 def expand_host_range(name: str, line: int) -> list[str]:
     """Expand Ansible host ranges: ``pi[01:03]`` -> pi01, pi02, pi03; ``x[a:c]`` -> xa..xc."""
-    found = _RANGE_RE.match(name)
+    found = _RANGE_RE.fullmatch(name)
     if not found:
         return [name]
     head, body, tail = found.groups()
-    spec = _RANGE_BODY_RE.match(body)
+    spec = _RANGE_BODY_RE.fullmatch(body)
     if not spec:
         raise NodeError(
             line,

@@ -32,7 +32,7 @@ __all__ = ["PatternError", "match"]
 
 GLOB_CHARS = frozenset("*?[")
 # Ansible reads a trailing [N], [N:M] or [N-M] as a subscript into a group's host list.
-_SUBSCRIPT_RE = re.compile(r"^(.+)\[(?:-?[0-9]+|[0-9]*\s*[-:]\s*[0-9]*)\]$")
+_SUBSCRIPT_RE = re.compile(r"(.+)\[(?:-?[0-9]+|[0-9]*\s*[-:]\s*[0-9]*)\]")
 _MAX_LISTED = 20
 
 
@@ -119,7 +119,7 @@ def _resolve(term: str, host_names: set[str], members: dict[str, set[str]]) -> s
             "such as 'pi5-*'",
             term,
         )
-    if _SUBSCRIPT_RE.match(term):
+    if _SUBSCRIPT_RE.fullmatch(term):
         raise PatternError(
             f"{term!r} reads as an Ansible subscript (the N-th hosts of a group), which is not "
             "supported; name the hosts, or use '?' or a letter class like [ab] to glob",

@@ -15,21 +15,23 @@ from sqlmodel import Session, select
 
 from orchestrator.errors import EdgeFleetError, NotFoundError
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+# Checked with ``fullmatch``: ``match`` with ``$`` also accepts a trailing newline ("x\n"),
+# which would then reach file names, URLs and agent requests.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 
 Row = TypeVar("Row")
 
 
 def check_name(name: str, what: str, error: type[EdgeFleetError]) -> str:
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise error(f"{what} name {name!r} is not allowed: use 1-64 letters, digits, '.', '_' "
                     "or '-', starting with a letter or digit")
     return name
 
 
 def check_version(version: str, what: str, error: type[EdgeFleetError]) -> str:
-    if not VERSION_RE.match(version):
+    if not VERSION_RE.fullmatch(version):
         raise error(f"{what} version {version!r} is not allowed: use letters, digits, '.', '_', "
                     "'+', '-'")
     return version

@@ -373,10 +373,13 @@ def _hostile_name(name: str) -> Case:
     return case
 
 
-def _bad_version(tmp: Path) -> tuple[list[str], list[str]]:
-    model = make_demo_classifier(tmp / "model.onnx")
-    return [str(model), "--name", "x", "--version", "../1"], [
-        "bundle version '../1' is not allowed"]
+def _bad_version(version: str) -> Case:
+    def case(tmp: Path) -> tuple[list[str], list[str]]:
+        model = make_demo_classifier(tmp / "model.onnx")
+        return [str(model), "--name", "x", "--version", version], [
+            f"bundle version {version!r} is not allowed"]
+
+    return case
 
 
 REFUSALS: dict[str, Case] = {
@@ -399,7 +402,10 @@ REFUSALS: dict[str, Case] = {
     "name-dotdot": _hostile_name("../n"),
     "name-markup": _hostile_name("[red]x[/red]"),
     "name-dash": _hostile_name("-rf"),
-    "bad-version": _bad_version,
+    # re.match with "$" let a trailing newline through; the rules are checked with fullmatch
+    "name-newline": _hostile_name("x\n"),
+    "bad-version": _bad_version("../1"),
+    "version-newline": _bad_version("1\n"),
 }
 
 
@@ -430,6 +436,12 @@ def test_refusals_from_the_service_are_bundle_errors(home: Path, tmp_path: Path)
     with session_scope(settings) as session:
         with pytest.raises(BundleError, match=r"bundle name 'a;rm -rf' is not allowed"):
             build_bundle(session, settings, folder, "a;rm -rf")
+        with pytest.raises(BundleError, match=r"bundle name 'fc\\n' is not allowed"):
+            build_bundle(session, settings, folder, "fc\n")
+        with pytest.raises(BundleError, match=r"bundle version '1\\n' is not allowed"):
+            build_bundle(session, settings, folder, "fc", version="1\n")
+        with pytest.raises(BundleError, match=r"bundle version '1\\n' is not allowed"):
+            get_bundle(session, "fc@1\n")
         (folder / "escape").symlink_to(tmp_path)
         with pytest.raises(BundleError, match="symlinked folders are not followed"):
             build_bundle(session, settings, folder, "fc")

@@ -17,7 +17,13 @@ from scipy.signal import resample_poly
 from orchestrator.blobstore import BlobStore
 from orchestrator.bundles import build_bundle
 from orchestrator.config import Settings
-from orchestrator.datasets import DatasetError, build_dataset, manifest_of_dataset, read_wav
+from orchestrator.datasets import (
+    DatasetError,
+    build_dataset,
+    list_datasets,
+    manifest_of_dataset,
+    read_wav,
+)
 from orchestrator.db import session_scope
 from orchestrator.demo_model import make_demo_classifier
 from orchestrator.models import Bundle
@@ -112,6 +118,21 @@ def test_a_corrupt_wav_is_named(settings: Settings, tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="broken.wav: not a readable WAV file"), \
             session_scope(settings) as session:
         build_dataset(session, settings, folder, "roast", sampling_rate=16000)
+
+
+@pytest.mark.parametrize(("name", "version", "message"), [
+    ("roast\n", None, r"dataset name 'roast\\n' is not allowed"),
+    ("roast", "1\n", r"dataset version '1\\n' is not allowed"),
+])
+def test_a_trailing_newline_in_a_name_or_version_is_refused(
+        settings: Settings, tmp_path: Path, name: str, version: str | None,
+        message: str) -> None:
+    """The rules are checked with fullmatch: ``re.match`` with ``$`` let "roast\\n" through."""
+    folder = write_wav_folder(tmp_path, {"crack": [stereo_int16(1)]})
+    with pytest.raises(DatasetError, match=message), session_scope(settings) as session:
+        build_dataset(session, settings, folder, name, version=version, sampling_rate=16000)
+    with session_scope(settings) as session:
+        assert list_datasets(session) == []
 
 
 def test_rebuild_is_idempotent_and_identical_audio_is_one_blob(settings: Settings,

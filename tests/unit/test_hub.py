@@ -88,6 +88,7 @@ def test_parse_hub_spec(spec: str, expected: HubSpec) -> None:
     ("hf://acme/kws@", "empty revision"),
     ("hf://acme/k ws", "not a valid Hub owner or repo name"),
     ("hf://acme/kws--x", "not a valid Hub owner or repo name"),
+    ("hf://acme/kws\n", "not a valid Hub owner or repo name"),  # "$" allowed it
     ("hf://acme/kws/../x", "relative"),
     ("hf://acme/kws//onnx", "empty"),
     ("hf://acme/kws@../main", "not a branch"),

@@ -258,6 +258,17 @@ def test_host_ranges_expand() -> None:
     assert inv.hosts["pi10"].source == "inv.yml:3"
 
 
+def test_a_host_range_with_a_trailing_newline_is_not_expanded() -> None:
+    """Ranges are matched with fullmatch: with ``match`` and ``$``, "pi[1:3]\\n" quietly
+    became pi1..pi3; now it is a host name, refused as one."""
+    with pytest.raises(InventoryError, match="is not allowed"):
+        parse("""\
+            all:
+              hosts:
+                "pi[1:3]\\n": {}
+            """)
+
+
 # -- variables -------------------------------------------------------------------------------
 
 
