@@ -44,7 +44,7 @@ from agent.protocol import (
 
 MANIFEST_NAME = ".edgefleet-manifest.json"
 STAGING_PREFIX = ".staging-"
-VERSION_DIR_RE = re.compile(r"^[0-9a-f]{16}-[0-9]+$")
+VERSION_DIR_RE = re.compile(r"[0-9a-f]{16}-[0-9]+")  # fullmatch: "$" allows a trailing newline
 
 Emit = Callable[[Dict[str, Any]], None]
 
@@ -170,7 +170,7 @@ class Store:
         if not isinstance(rel, str) or not rel.startswith("versions/"):
             return None
         name = rel[len("versions/"):]
-        if not VERSION_DIR_RE.match(name):
+        if not VERSION_DIR_RE.fullmatch(name):
             return None
         return os.path.join(self.versions, name)
 
