@@ -1,21 +1,22 @@
-"""activate / rollback / prune: the only code that moves ``current``.
+"""activate / rollback: the steps of a change of ``current``, journalled by agent.journal.
 
 Why the order matters: everything that can fail (hashing uploads, staging, verifying the staged
-files) happens in ``versions/.staging-*`` before ``current`` is swapped, so a failure leaves the
-running model and state.json exactly as they were. The swap is one ``os.replace`` of a symlink,
-which is atomic on POSIX: a reader sees the old version or the new one, never a mix.
+files, the smoke test) happens before ``current`` is swapped, so a failure leaves the running
+model exactly as it was, and a new version is never live before its smoke test passed. The
+journal (state.json's ``pending``) makes a crash at any point recoverable: the next command
+reverts what was not committed. The swap is one ``os.replace`` of a symlink, which is atomic on
+POSIX: a reader sees the old version or the new one, never a mix.
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime
 import os
 import shutil
 import stat
 import time
 from typing import Any, Dict, List, Optional
 
+from agent import journal
 from agent.fsutil import (
     NO_SPACE_ERRNOS,
     AgentError,
@@ -24,22 +25,19 @@ from agent.fsutil import (
     remove_tree,
     writing,
 )
+from agent.hashcache import HashCache
+from agent.journal import crash_point
 from agent.protocol import (
     E_MISSING_BLOB,
     E_NOTHING_TO_ROLL_BACK,
     E_SMOKE_FAILED,
     E_VERIFY_FAILED,
     canonical_json,
-    is_sha256,
 )
-from agent.store import MANIFEST_NAME, STAGING_PREFIX, Request, Store, parse_manifest_bytes
+from agent.prune import prune, remove_version_dir
+from agent.store import MANIFEST_NAME, STAGING_PREFIX, Request, Store
 
-KEEP_VERSIONS = 4  # current + 3 previous distinct versions
 BLOB_MODE = 0o444  # read-only: a write through current/ must not corrupt a shared blob
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def _entry_summary(entry: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
@@ -77,6 +75,7 @@ def accept_uploads(store: Store, request: Request, require_all: bool = True) -> 
             os.chmod(part, BLOB_MODE)
             fsync_file(part)  # the cache will vouch for it after a power cut, so flush first
             os.replace(part, store.blob_path(sha))
+            verifier.cache.carry(st, os.lstat(store.blob_path(sha)))  # chmod moved its ctime
             continue
         if require_all and store.check_blob(sha, size, paths[0]) != "present":
             raise AgentError(
@@ -88,11 +87,14 @@ def accept_uploads(store: Store, request: Request, require_all: bool = True) -> 
     fsync_dir(store.blobs)
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    """Hardlink (shares the inode, so the hash cache already vouches for it), else copy."""
+def _link_or_copy(src: str, dst: str, cache: HashCache) -> None:
+    """Hardlink (shares the inode, so the hash cache already vouches for it: the entry is
+    carried to the ctime the link gives it), else copy."""
     with writing(dst):
         try:
+            before = os.lstat(src)
             os.link(src, dst)
+            cache.carry(before, os.lstat(src))
             return
         except OSError as exc:
             if exc.errno in NO_SPACE_ERRNOS:
@@ -115,7 +117,7 @@ def build_dir(store: Store, request: Request, parent: str, manifest_name: str, f
             dst = os.path.join(staging, entry["path"])
             with writing(dst):
                 os.makedirs(os.path.dirname(dst), exist_ok=True)
-            _link_or_copy(store.blob_path(entry["sha256"]), dst)
+            _link_or_copy(store.blob_path(entry["sha256"]), dst, store.verifier.cache)
         bad = store.verifier.check_all(staging, request.files)
         if bad is not None:
             raise AgentError(E_VERIFY_FAILED, "staged %s file %s failed verification: %s; push "
@@ -143,41 +145,13 @@ def stage(store: Store, request: Request) -> str:
     return name
 
 
-def swap_current(store: Store, target: Optional[str]) -> None:
-    """Point ``current`` at ``target`` (relative, e.g. versions/x) atomically; None removes it."""
-    if target is None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(store.current)
-    else:
-        tmp = os.path.join(store.root, ".current.tmp-" + os.urandom(4).hex())
-        with writing(tmp):
-            os.symlink(target, tmp)
-        try:
-            os.replace(tmp, store.current)
-        except BaseException:
-            remove_tree(tmp)
-            raise
-    fsync_dir(store.root)
-
-
-def commit(store: Store, state: Dict[str, Any], target: str) -> None:
-    """Swap ``current`` then record it; if recording fails, swap back so both still agree."""
-    before = store.current_target()
-    swap_current(store, target)
-    try:
-        store.save_state(state)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            swap_current(store, before)
-        raise
-
-
 def activate(store: Store, request: Request) -> Dict[str, Any]:
+    """Stage, record the intent, smoke-test (not live yet), swap ``current``, commit, prune."""
     from agent import smoke
 
     golden = smoke.golden_of(request.manifest)  # a malformed key is refused before any change
     store.ensure_layout()
-    with store.lock():
+    with store.lock():  # reverts whatever a dead process left pending (agent.journal)
         state = store.load_state()
         previous = store.active(state)
         already = store.is_already_active(request, previous)
@@ -188,21 +162,32 @@ def activate(store: Store, request: Request) -> Dict[str, Any]:
                     "dir": previous["dir"] if previous else None,
                     "verified_files": len(request.files), "pruned": []}
         name = stage(store, request)
+        crash_point("staged")
         rel = "versions/" + name
         entry = {"name": request.name, "version": request.version, "digest": request.digest,
-                 "dir": rel, "activated_at": _now()}
-        state["history"].append(entry)
-        before = store.current_target()
+                 "dir": rel, "activated_at": journal.now()}
         try:
-            commit(store, state, rel)
+            journal.begin(store, state, "activate", entry)
         except BaseException:
-            remove_tree(os.path.join(store.versions, name))
+            state["pending"] = None
+            remove_version_dir(store, os.path.join(store.versions, name))
             raise
+        crash_point("pending")
         data: Dict[str, Any] = {"changed": True, "active": dict(entry),
                                 "previous": _entry_summary(previous), "dir": rel,
                                 "verified_files": len(request.files), "pruned": []}
-        if golden is not None:  # before prune: a rollback needs the previous version's dir
-            data["smoke"] = _smoke_or_undo(store, state, before, previous, name, golden)
+        try:
+            if golden is not None:
+                data["smoke"] = _smoke_or_revert(store, state, previous, name, golden)
+                journal.advance(store, state, "smoke_tested")
+                crash_point("smoke_tested")
+            journal.commit(store, state, state["history"] + [entry], "swapped")
+        except BaseException:
+            if state.get("pending") is not None:  # not committed: nothing of it may stay
+                journal.revert_quietly(store, state)
+                store.verifier.cache.save()
+            raise
+        crash_point("committed")
         try:
             data["pruned"] = prune(store, state)
         except (OSError, AgentError) as exc:
@@ -213,26 +198,23 @@ def activate(store: Store, request: Request) -> Dict[str, Any]:
         return data
 
 
-def _smoke_or_undo(store: Store, state: Dict[str, Any], before: Optional[str],
-                   previous: Optional[Dict[str, Any]], name: str,
-                   golden: Dict[str, Any]) -> Dict[str, Any]:
-    """Smoke-test the version just made current; on failure (or interruption) undo the
-    activation and raise ``smoke_failed`` naming the difference and where the device is now."""
+def _smoke_or_revert(store: Store, state: Dict[str, Any], previous: Optional[Dict[str, Any]],
+                     name: str, golden: Dict[str, Any]) -> Dict[str, Any]:
+    """Smoke-test the staged version before it goes live; on failure revert the pending
+    activation (``current`` never moved) and raise ``smoke_failed`` naming the difference."""
     from agent import smoke
 
-    new = state["history"][-1]
-    try:
-        report = smoke.run_smoke(os.path.join(store.versions, name), golden, store.emit)
-    except BaseException:
-        _undo(store, state, before, name)
-        raise
+    new = state["pending"]["entry"]
+    report = smoke.run_smoke(os.path.join(store.versions, name), golden, store.emit)
     if report["ok"]:
         return {key: report.get(key) for key in ("ok", "outputs", "ms", "load_ms", "run_ms",
                                                  "max_abs", "max_rel", "onnxruntime",
                                                  "heap_reserved_mb")}
-    _undo(store, state, before, name)
+    journal.revert(store, state)
+    store.verifier.cache.save()
     if previous is not None:
-        where = "rolled back to %s@%s" % (previous.get("name"), previous.get("version"))
+        where = "%s stays active (%s@%s never went live)" % (
+            journal.ref(previous), new.get("name"), new.get("version"))
     else:
         where = "nothing is active now (it was the first version on this device)"
     hint = ("if this difference is expected on this hardware, rebuild with a looser "
@@ -250,97 +232,10 @@ def _smoke_or_undo(store: Store, state: Dict[str, Any], before: Optional[str],
     )
 
 
-def _undo(store: Store, state: Dict[str, Any], before: Optional[str], name: str) -> None:
-    """Put ``current`` and state.json back as they were before this activation, then delete
-    the version dir. The hash cache keeps only inodes still in the store: a copied (not
-    hardlinked) file's inode dies with the dir and could be reused by an unrelated file."""
-    state["history"].pop()
-    swap_current(store, before)
-    store.save_state(state)
-    remove_tree(os.path.join(store.versions, name))
-    keep = []
-    for entry in state["history"]:
-        path = store.version_path(entry)
-        if path is not None and os.path.isdir(path):
-            keep.append(os.path.basename(path))
-    store.verifier.cache.retain(_inode_keys(store, keep))
-    store.verifier.cache.save()
-
-
-def _kept_history(history: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    kept: List[Dict[str, Any]] = []
-    seen = set()
-    for entry in reversed(history):
-        digest = entry.get("digest")
-        if digest in seen or len(kept) >= KEEP_VERSIONS:
-            continue
-        seen.add(digest)
-        kept.append(entry)
-    kept.reverse()
-    return kept
-
-
-def prune(store: Store, state: Dict[str, Any]) -> List[str]:
-    """Keep current + 3 previous distinct versions; delete other dirs and unreferenced blobs.
-
-    State is saved before anything is deleted, so a crash mid-prune leaves only orphans that
-    the next prune removes, never a history entry pointing at a deleted dir.
-    """
-    kept = _kept_history(state["history"])
-    if kept != state["history"]:
-        state["history"] = kept
-        store.save_state(state)
-    keep_names = set()
-    for entry in kept:
-        path = store.version_path(entry)
-        if path is not None:
-            keep_names.add(os.path.basename(path))
-    pruned: List[str] = []
-    for name in os.listdir(store.root):
-        if name.startswith((".current.tmp-", ".state.json.tmp-")):  # left by a crash
-            remove_tree(os.path.join(store.root, name))
-    for name in sorted(os.listdir(store.versions)):
-        if name in keep_names:
-            continue
-        remove_tree(os.path.join(store.versions, name))
-        if not name.startswith(STAGING_PREFIX):
-            pruned.append("versions/" + name)
-
-    referenced = set()
-    for name in keep_names:
-        try:
-            with open(os.path.join(store.versions, name, MANIFEST_NAME), "rb") as handle:
-                manifest = parse_manifest_bytes(handle.read())
-            referenced.update(f["sha256"] for f in manifest["files"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return pruned  # cannot tell what is still needed: keep every blob
-    cache = store.verifier.cache
-    for name in os.listdir(store.blobs):
-        if is_sha256(name) and name not in referenced:
-            path = store.blob_path(name)
-            with contextlib.suppress(OSError):
-                if os.lstat(path).st_nlink == 1:  # else a staged dataset still links the inode
-                    cache.forget(path)
-            remove_tree(path)
-    cache.retain(_inode_keys(store, keep_names))
-    return pruned
-
-
-def _inode_keys(store: Store, version_names: Any) -> List[str]:
-    keys: List[str] = []
-    tops = [store.blobs] + [os.path.join(store.versions, n) for n in version_names]
-    tops.append(os.path.join(store.root, "datasets"))  # staged eval datasets (agent.datasets)
-    for top in tops:
-        for dirpath, _dirs, names in os.walk(top):
-            for name in names:
-                with contextlib.suppress(OSError):
-                    st = os.lstat(os.path.join(dirpath, name))
-                    keys.append("%d:%d" % (st.st_dev, st.st_ino))
-    return keys
-
-
 def rollback(store: Store) -> Dict[str, Any]:
-    """Pop the current entry and re-activate the newest earlier one that still verifies."""
+    """Pop the current entry and re-activate the newest earlier one that still verifies (every
+    file re-checked through the hash cache: a file changed since, even with its mtime put back,
+    is hashed again, and a version that fails is skipped, naming the file)."""
     if not os.path.isdir(store.root):
         raise AgentError(E_NOTHING_TO_ROLL_BACK, "nothing to roll back: %s does not exist"
                          % store.root)
@@ -370,9 +265,13 @@ def rollback(store: Store) -> Dict[str, Any]:
                 skipped=skipped,
             )
         target = dict(candidates[-1])
-        target["activated_at"] = _now()
-        candidates[-1] = target
-        state["history"] = candidates
-        commit(store, state, target["dir"])
+        target["activated_at"] = journal.now()
+        journal.begin(store, state, "rollback", target)
+        crash_point("rollback_pending")
+        try:
+            journal.commit(store, state, candidates[:-1] + [target], "rollback_swapped")
+        except BaseException:
+            journal.revert_quietly(store, state)
+            raise
         store.verifier.cache.save()
         return {"active": dict(target), "previous": dict(rolled_from), "skipped": skipped}

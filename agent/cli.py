@@ -82,7 +82,38 @@ def run_command(command: str, root: str, emit: Emit,
 
 def handle(command: str, store: Any, read_input: Callable[[], Any]) -> Dict[str, Any]:
     """Run ``command`` against ``store``; ``read_input`` supplies its JSON input when needed
-    (stdin for a one-shot command, the request's ``input`` inside a session)."""
+    (stdin for a one-shot command, the request's ``input`` inside a session).
+
+    Every result also says what the device runs (``active``, the committed version; or
+    ``state_error``) and what the journal repaired first (``recovered``, also on an error), so
+    the control plane corrects its records from whichever command reaches the device next.
+    """
+    from agent import journal
+
+    state_error = None
+    if command in ("status", "telemetry"):  # no lock of their own (agent.journal)
+        state_error = journal.repair_if_idle(store)
+    try:
+        data = _dispatch(command, store, read_input)
+    except AgentError as exc:
+        recovered = store.take_recovered()
+        if recovered:
+            exc.extra.setdefault("recovered", recovered)
+        raise
+    recovered = store.take_recovered()
+    if recovered:
+        data["recovered"] = recovered
+    if "active" not in data and state_error is None:
+        try:
+            data["active"] = store.active() if os.path.isdir(store.root) else None
+        except AgentError as exc:
+            state_error = exc.message
+    if state_error is not None:
+        data["state_error"] = state_error
+    return data
+
+
+def _dispatch(command: str, store: Any, read_input: Callable[[], Any]) -> Dict[str, Any]:
     from agent.store import parse_request, plan, status
 
     if command == "facts":

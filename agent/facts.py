@@ -127,14 +127,25 @@ def _read(path: str) -> Optional[str]:
 
 
 def _active(root: str) -> Dict[str, Any]:
-    """The active bundle without creating ROOT; a broken state.json is reported, not fatal."""
+    """The active bundle without creating ROOT, after the journal's repair of a change a dead
+    process left pending (agent.journal; reported as ``recovered``); a broken state.json is
+    reported, not fatal."""
+    from agent.journal import repair_if_idle
     from agent.store import Store
 
     store = Store(root, lambda _event: None)
+    problem = repair_if_idle(store)
+    data: Dict[str, Any] = {"active": None}
+    recovered = store.take_recovered()
+    if recovered:
+        data["recovered"] = recovered
     try:
-        return {"active": store.active() if os.path.isdir(root) else None}
+        if problem is not None:
+            raise ValueError(problem)
+        data["active"] = store.active() if os.path.isdir(root) else None
     except Exception as exc:
-        return {"active": None, "state_error": str(exc)}
+        data["state_error"] = str(exc)
+    return data
 
 
 def facts(root: str) -> Dict[str, Any]:

@@ -1,16 +1,26 @@
-"""Verification cache: hash a file once, trust it while its inode, size and mtime are unchanged.
+"""Verification cache: hash a file once, trust it while its inode, size, mtime and ctime hold.
 
 Why: a Pi 3 hashes ~40 MB/s from an SD card, so re-hashing every model file on every ``plan``
 and ``activate`` would dominate a push. Blobs are hardlinked into version dirs, so keying on
 ``dev:ino`` lets a file verified as a blob count as verified in every version that links it.
 
 Rules (see DESIGN: bundles are activated only after every file verifies):
-- an entry is trusted only when size AND mtime_ns match the file's current stat;
-- an entry is persisted only when the file's mtime is older than the moment hashing started by
-  more than ``RACY_WINDOW_NS``. Why: filesystem timestamps are coarse (a kernel tick; 2 s on FAT),
-  so a same-size rewrite within that window would keep the old mtime and fool the cache. Such
-  "racy" entries are kept in memory for the current command only, where nothing else writes to
-  our files (we hold the root lock and the upload has finished).
+- an entry is trusted only when size, mtime_ns AND ctime_ns match the file's current stat.
+  Why ctime: mtime can be put back (``os.utime``; a byte flipped with the mtime restored looked
+  unchanged), ctime cannot: the kernel sets it on every write, chmod, utime, link and rename.
+- our own link/unlink/chmod/rename of a verified file changes its ctime but not its bytes:
+  ``HashCache.carry`` moves the entry to the new ctime (we hold the root lock), so staging a
+  version or pruning one does not force a re-hash of every blob.
+- an entry is persisted only when the file's mtime or ctime is older than the moment hashing
+  started by more than ``RACY_WINDOW_NS``. Why: filesystem timestamps are coarse (a kernel tick;
+  2 s on FAT), so a same-size rewrite within that window would keep the old timestamps and fool
+  the cache. The older of the two is enough: a write after hashing sets mtime to "now", far from
+  an old mtime, and a write with the mtime put back sets ctime to "now", past an old ctime; a
+  received blob is backdated (agent.session.backdate) so its mtime is the old one. What remains
+  is a write whose mtime is put back within one timestamp tick of our own last change of that
+  inode. Such "racy" entries are kept in memory for the current command only, where nothing else
+  writes to our files (we hold the root lock and the upload has finished). Bytes that rot on
+  the medium without any write change no timestamp at all: ``verify`` (no cache) finds those.
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ from agent.protocol import HASH_CHUNK, event, is_sha256
 RACY_WINDOW_NS = 3 * 1000 * 1000 * 1000
 PROGRESS_INTERVAL_S = 0.25
 
-Entry = Tuple[int, int, str]
+Entry = Tuple[int, int, int, str]  # size, mtime_ns, ctime_ns, sha256
 
 
 def cache_key(st: os.stat_result) -> str:
@@ -50,34 +60,54 @@ class HashCache:
             raw = None
         if isinstance(raw, dict):
             for key, value in raw.items():
+                # 3-item entries (no ctime) come from an older agent: hashed again once
                 if (
                     isinstance(value, list)
-                    and len(value) == 3
-                    and isinstance(value[0], int)
-                    and isinstance(value[1], int)
-                    and is_sha256(value[2])
+                    and len(value) == 4
+                    and all(isinstance(v, int) for v in value[:3])
+                    and is_sha256(value[3])
                 ):
-                    self.entries[key] = (value[0], value[1], value[2])
+                    self.entries[key] = (value[0], value[1], value[2], value[3])
 
     def lookup(self, st: os.stat_result) -> Optional[str]:
         """The cached sha256 for this stat, or None when unknown or anything changed."""
         key = cache_key(st)
         for table in (self.memo, self.entries):
             entry = table.get(key)
-            if entry is not None and entry[0] == st.st_size and entry[1] == st.st_mtime_ns:
-                return entry[2]
+            if entry is not None and entry[:3] == _times(st):
+                return entry[3]
         return None
 
     def record(self, st: os.stat_result, sha: str, hash_started_ns: int) -> None:
         key = cache_key(st)
-        entry = (st.st_size, st.st_mtime_ns, sha)
+        entry = _times(st) + (sha,)
         self.memo[key] = entry
-        if st.st_mtime_ns < hash_started_ns - RACY_WINDOW_NS:
+        if min(st.st_mtime_ns, st.st_ctime_ns) < hash_started_ns - RACY_WINDOW_NS:
             self.entries[key] = entry
             self.dirty = True
         elif key in self.entries:
             del self.entries[key]
             self.dirty = True
+
+    def carry(self, before: os.stat_result, after: os.stat_result) -> None:
+        """We linked, unlinked, chmod-ed or renamed a file whose stat was ``before``: if the
+        cache vouched for it then, it vouches for ``after`` (same inode, size and mtime; only
+        the ctime moved). Anything else about it changed: then nothing is carried."""
+        key = cache_key(before)
+        if (cache_key(after) != key or after.st_size != before.st_size
+                or after.st_mtime_ns != before.st_mtime_ns):
+            return
+        sha = self.lookup(before)
+        if sha is None:
+            return
+        persisted = self.entries.get(key, (None,) * 4)[:3] == _times(before)
+        self.memo.pop(key, None)
+        self.entries.pop(key, None)
+        self.dirty = self.dirty or persisted
+        if persisted:
+            self.record(after, sha, time.time_ns())
+        else:
+            self.memo[key] = _times(after) + (sha,)
 
     def forget(self, path: str) -> None:
         """Drop the entry of a file about to be deleted (its inode number will be reused)."""
@@ -186,10 +216,9 @@ def _is_regular(st: os.stat_result) -> bool:
     return stat.S_ISREG(st.st_mode)
 
 
+def _times(st: os.stat_result) -> Tuple[int, int, int]:
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 def _same_file_state(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns) == (
-        b.st_dev,
-        b.st_ino,
-        b.st_size,
-        b.st_mtime_ns,
-    )
+    return (a.st_dev, a.st_ino) + _times(a) == (b.st_dev, b.st_ino) + _times(b)

@@ -122,7 +122,8 @@ def backdate(fd: int, started_ns: int) -> None:
     when hashed (a same-size rewrite within a timestamp tick would keep the old mtime). A blob
     that just arrived is always that young, so the next command (a re-push, or the benchmark
     right after a push) re-hashed it: 0.06 s for 94 MB here, seconds on a Pi's SD card. Any
-    later write sets mtime to the current time, far from this one, so a change is still seen.
+    later write sets mtime to the current time, far from this one, so a change is still seen;
+    a write that puts this mtime back moves the ctime, which the cache also keys on.
     """
     os.utime(fd, ns=(time.time_ns(), started_ns - 2 * RACY_WINDOW_NS))
 

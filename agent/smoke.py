@@ -1,16 +1,16 @@
 """Smoke test of a bundle against its golden outputs (``verify``, in agent/verify.py, reuses it).
 
 The control plane ran the model on fixed inputs at build time and shipped inputs and outputs in
-the bundle (``.edgefleet/golden_*.npz``, manifest key ``golden``, docs/pipeline.md). After
-``activate`` swaps ``current`` the agent runs those inputs here and compares; ``activation``
-rolls back on failure. Hash verification proves the bytes arrived; this proves the device's
-onnxruntime computes with them what the build machine computed.
+the bundle (``.edgefleet/golden_*.npz``, manifest key ``golden``, docs/pipeline.md). ``activate``
+stages the new version, records the intent (agent.journal) and runs those inputs here before
+``current`` is swapped, so a model that fails is never live; ``activation`` drops it. Hash
+verification proves the bytes arrived; this proves the device's onnxruntime computes with them
+what the build machine computed.
 
 Why a fresh child process (started like ``bench``'s, see ``agent.children.child_command``): loading
 a model is where onnxruntime crashes on an unsupported op or a bad build (SIGSEGV, SIGILL on an
 old CPU, the OOM killer); in the agent process that would kill the session half-way through an
-activation with nobody left to swap ``current`` back. In a child, a crash is just a failed
-smoke test, and the parent rolls back.
+activation. In a child, a crash is just a failed smoke test, and the parent drops the version.
 
 Why numpy is imported only inside functions: the agent process imports this module on every
 ``activate``; only the child (and a bundle with golden outputs) needs numpy and onnxruntime.
@@ -29,6 +29,7 @@ import traceback
 from typing import Any, Callable, Dict, List, Optional
 
 from agent.fsutil import AgentError
+from agent.journal import crash_point
 from agent.protocol import (
     E_BAD_INPUT,
     E_INTERNAL,
@@ -154,7 +155,17 @@ def run_smoke(vdir: str, golden: Dict[str, Any], emit: Emit) -> Dict[str, Any]:
     started = time.perf_counter()
     proc = _take_child()
     try:
-        out, err = proc.communicate(json.dumps(spec).encode("utf-8"))
+        # The spec goes first, then the crash point "during the smoke test" (agent.journal):
+        # the child reads to EOF, so it starts when communicate() closes its stdin, or when
+        # this process dies.
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(json.dumps(spec).encode("utf-8"))
+            proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # it died early (a pre-warmed child): its exit status and stderr say why
+        crash_point("smoke")
+        out, err = proc.communicate()
     finally:
         if proc.poll() is None:  # interrupted: never leave a child behind
             proc.kill()

@@ -5,8 +5,9 @@ Layout (see the agent brief / DESIGN "Bundles")::
     blobs/<sha256>                 verified, read-only, content-addressed
     incoming/<sha256>.part         uploads in flight (the control plane writes these over SFTP)
     versions/<digest[:16]>-<ns>/   one dir per activation + .edgefleet-manifest.json
-    current -> versions/<dir>      relative symlink, swapped atomically
-    state.json                     {"history": [...]}, last entry = current
+    current -> versions/<dir>      relative symlink, swapped atomically, follows state.json
+    state.json                     {"history": [...], "pending": ...}: last entry = active,
+                                   pending = a change under way (agent.journal)
     cache/hashes.json              verification cache (agent.hashcache)
 
 Why directory names carry only the digest and a timestamp: bundle names and versions come from
@@ -15,11 +16,12 @@ users and must never reach the filesystem.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import stat
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from agent.fsutil import (
     AgentError,
@@ -137,6 +139,8 @@ class Store:
         self.current = os.path.join(root, "current")
         self.state_path = os.path.join(root, "state.json")
         self._verifier: Optional[Verifier] = None
+        # What agent.journal repaired in this process, not yet reported in a result.
+        self.recovered: List[Dict[str, Any]] = []
 
     # -- layout ----------------------------------------------------------------------------
     def ensure_layout(self) -> None:
@@ -144,8 +148,19 @@ class Store:
                      os.path.join(self.root, "cache")):
             os.makedirs(path, exist_ok=True)
 
-    def lock(self) -> RootLock:
-        return RootLock(self.root, on_wait=lambda p: self.emit(event("waiting_for_lock", path=p)))
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """The root lock, and with it the journal's repair: whatever a dead process left
+        pending is reverted before the caller looks at the state (agent.journal)."""
+        from agent import journal
+
+        with RootLock(self.root, on_wait=lambda p: self.emit(event("waiting_for_lock", path=p))):
+            journal.repair(self)
+            yield
+
+    def take_recovered(self) -> List[Dict[str, Any]]:
+        reports, self.recovered = self.recovered, []
+        return reports
 
     @property
     def verifier(self) -> Verifier:
@@ -311,5 +326,9 @@ def plan(store: Store, request: Request) -> Dict[str, Any]:
 
 
 def status(store: Store) -> Dict[str, Any]:
+    """Active version and history; ``pending`` only while another process is changing them."""
     state = store.load_state() if os.path.isdir(store.root) else {"history": []}
-    return {"active": store.active(state), "history": state["history"], "root": store.root}
+    data = {"active": store.active(state), "history": state["history"], "root": store.root}
+    if state.get("pending") is not None:
+        data["pending"] = state["pending"]
+    return data

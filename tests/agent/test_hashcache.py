@@ -34,17 +34,54 @@ def test_unchanged_file_is_trusted_and_survives_a_restart(tmp_path: Path) -> Non
     v.cache.save()
     on_disk = json.loads((tmp_path / "cache" / "hashes.json").read_text())
     st = f.stat()
-    assert on_disk == {cache_key(st): [3000, st.st_mtime_ns, hashlib.sha256(b"abc" * 1000)
-                                       .hexdigest()]}
+    assert on_disk == {cache_key(st): [3000, st.st_mtime_ns, st.st_ctime_ns,
+                                       hashlib.sha256(b"abc" * 1000).hexdigest()]}
 
     fresh, fresh_events = verifier(tmp_path)
-    assert fresh.sha256(str(f), "blob") == on_disk[cache_key(st)][2]
+    assert fresh.sha256(str(f), "blob") == on_disk[cache_key(st)][3]
     assert fresh.hashed_files == 0 and fresh_events == []
 
     link = tmp_path / "hardlink"
-    os.link(f, link)  # same inode: trusted without hashing
-    assert fresh.sha256(str(link), "link") == on_disk[cache_key(st)][2]
+    before = f.stat()
+    os.link(f, link)  # same inode, new ctime: trusted once the link is carried
+    fresh.cache.carry(before, f.stat())
+    assert fresh.sha256(str(link), "link") == on_disk[cache_key(st)][3]
     assert fresh.hashed_files == 0
+    fresh.cache.save()
+    again, _ = verifier(tmp_path)  # the carried entry was persisted (its mtime is old)
+    assert again.sha256(str(link), "link") == on_disk[cache_key(st)][3]
+    assert again.hashed_files == 0
+
+
+def test_a_rewrite_with_size_and_mtime_put_back_is_hashed_again(tmp_path: Path) -> None:
+    """Bit rot as a test can make it: one byte flipped, the mtime restored with os.utime. Only
+    the ctime (which utime cannot set) tells, and the cache keys on it."""
+    f = aged_file(tmp_path / "blob", b"0123456789" * 100)
+    v, _ = verifier(tmp_path)
+    good = v.sha256(str(f), "blob")
+    v.cache.save()
+    before = f.stat()
+    data = bytearray(f.read_bytes())
+    data[500] ^= 0x01
+    f.write_bytes(bytes(data))
+    os.utime(f, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = f.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert after.st_ctime_ns != before.st_ctime_ns
+    later, _ = verifier(tmp_path)
+    assert later.sha256(str(f), "blob") == hashlib.sha256(bytes(data)).hexdigest() != good
+    assert later.hashed_files == 1
+
+
+def test_entries_of_an_older_agent_without_ctime_are_hashed_again(tmp_path: Path) -> None:
+    f = aged_file(tmp_path / "blob", b"old format")
+    st = f.stat()
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "hashes.json").write_text(json.dumps(
+        {cache_key(st): [st.st_size, st.st_mtime_ns, "0" * 64]}))
+    v, _ = verifier(tmp_path)
+    assert v.sha256(str(f), "blob") == hashlib.sha256(b"old format").hexdigest()
+    assert v.hashed_files == 1
 
 
 def test_size_or_mtime_change_forces_a_rehash(tmp_path: Path) -> None:

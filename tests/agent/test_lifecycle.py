@@ -133,6 +133,7 @@ def test_unexpected_failure_is_an_internal_result_and_changes_nothing(
     v1, v2 = version(1), version(2)
     push(pyz, root, v1, plan=False)
     # sabotage the swap: `current` becomes a real directory, os.replace cannot overwrite it
+    # (the journal finds it where state.json says a symlink should be, and fails putting it back)
     (root / "current").unlink()
     (root / "current").mkdir()
     state_before = (root / "state.json").read_bytes()
@@ -202,3 +203,57 @@ def test_unknown_command_and_bad_arguments(pyz: Path, root: Path) -> None:
     assert "explode" in run.error["message"]
     run = run_agent(pyz, root, "status", argv=[sys.executable, str(pyz)])
     assert run.error["code"] == "bad_input"
+
+
+def test_current_that_disagrees_with_the_state_is_put_back_and_reported(
+        pyz: Path, root: Path) -> None:
+    """What an older agent killed between its swap and its state write left behind: state.json
+    is the record, so ``current`` follows it, and the command says what it found."""
+    v1, v2 = version(1), version(2)
+    first = push(pyz, root, v1, plan=False).data
+    second = push(pyz, root, v2, plan=False).data
+    state = read_state(root)
+    state["history"].pop()  # as if v2's commit had never been written
+    (root / "state.json").write_text(json.dumps(state))
+    status = run_agent(pyz, root, "status").data
+    (report,) = status["recovered"]
+    assert report["action"] == "repaired" and report["current_was"] == second["dir"]
+    assert report["active"]["digest"] == v1.digest
+    assert f"current pointed at {second['dir']}" in report["message"]
+    assert os.readlink(root / "current") == first["dir"]
+    assert status["active"]["digest"] == v1.digest
+    assert "recovered" not in run_agent(pyz, root, "status").data  # reported once
+
+
+def test_a_pending_activation_is_left_alone_while_its_process_holds_the_lock(
+        pyz: Path, root: Path) -> None:
+    v1, v2 = version(1), version(2)
+    first = push(pyz, root, v1, plan=False).data
+    upload(root, v2)
+    killed = subprocess.run([sys.executable, str(pyz), "--root", str(root), "activate"],
+                            input=json.dumps(v2.request).encode(), capture_output=True,
+                            env=agent_env(EDGEFLEET_AGENT_CRASH_AT="pending"), check=False)
+    assert killed.returncode == -signal.SIGKILL
+    assert all(line["type"] == "progress"
+               for line in parse_lines(killed.stdout.decode().splitlines()))
+    pending = read_state(root)["pending"]
+    assert (pending["op"], pending["phase"]) == ("activate", "pending")
+    assert os.readlink(root / "current") == first["dir"]  # the new version never went live
+
+    with open(root / ".lock", "w") as lock:  # as the activation's own process would
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        busy = run_agent(pyz, root, "status").data
+        assert busy["pending"] == pending and "recovered" not in busy
+        assert (root / pending["entry"]["dir"]).is_dir()
+
+    error = run_agent(pyz, root, "rollback").error  # the lock is free: the first command reverts
+    assert error["code"] == "nothing_to_roll_back"
+    (report,) = error["recovered"]
+    assert (report["action"], report["op"], report["phase"]) == ("reverted", "activate",
+                                                                 "pending")
+    assert report["abandoned"]["digest"] == v2.digest
+    assert report["active"]["digest"] == v1.digest
+    assert "before it was smoke-tested and committed" in report["message"]
+    assert read_state(root)["pending"] is None
+    assert not (root / pending["entry"]["dir"]).exists()
+    assert os.readlink(root / "current") == first["dir"]

@@ -112,7 +112,7 @@ def test_cache_trusts_unchanged_blobs_and_plan_deletes_corrupt_ones(pyz: Path, r
     assert len(hashing_runs(first)) == 3  # mtimes changed (backdated): re-hashed, now cached
     cache = json.loads((root / "cache" / "hashes.json").read_text())
     blob_stat = (root / "blobs" / model_sha).stat()
-    assert cache[f"{blob_stat.st_dev}:{blob_stat.st_ino}"][2] == model_sha
+    assert cache[f"{blob_stat.st_dev}:{blob_stat.st_ino}"][3] == model_sha
     second = run_agent(pyz, root, "plan", bundle.request)
     assert hashing_runs(second) == []  # nothing changed: nothing hashed
     assert second.data["already_active"] is True

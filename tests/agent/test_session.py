@@ -77,6 +77,38 @@ def test_a_blob_just_received_is_not_hashed_again_yet_a_rewrite_is_caught(
     assert data_now["missing"] == [bundle.sha_of("model.onnx")]
 
 
+def test_linking_pruning_and_rolling_back_do_not_make_the_cache_forget(
+        pyz: Path, root: Path) -> None:
+    """Linking a blob into a version dir and unlinking it (prune, a dropped version) move the
+    blob's ctime, which the hash cache keys on: the agent carries its own entries across, so
+    none of that makes a later command hash anything again."""
+    def messages(command: str, stream: bytes) -> list[dict[str, Any]]:
+        proc = subprocess.run([sys.executable, str(pyz), f"--root={root}", command],
+                              input=stream, capture_output=True, env=agent_env(), timeout=60,
+                              check=True)
+        return parse_lines(proc.stdout.decode().splitlines())
+
+    def hashed(lines: list[dict[str, Any]]) -> list[str]:
+        return [m["path"] for m in lines if m.get("event") == "verifying"]
+
+    bundles = [make_bundle("m", str(n), {"model.onnx": bytes([n]) * 200_000,
+                                         "shared.txt": b"s" * 1000}) for n in range(1, 7)]
+    for index, bundle in enumerate(bundles):
+        paths = ("model.onnx", "shared.txt") if index == 0 else ("model.onnx",)
+        lines = messages("session", request("plan", bundle.request)
+                         + b"".join(receive(bundle, p) for p in paths)
+                         + request("activate", bundle.request))
+        activated = [m for m in lines if m["type"] == "result"][-1]["data"]
+        assert activated["changed"] is True and activated["hashed_bytes"] == 0
+        assert hashed(lines) == []
+    assert activated["pruned"]  # versions 1 and 2 are gone: their unlinks moved ctimes
+    assert hashed(messages("session", request("plan", bundles[-1].request))) == []
+    rolled = messages("rollback", b"")
+    assert rolled[-1]["data"]["active"]["version"] == "5" and hashed(rolled) == []
+    planned = messages("session", request("plan", bundles[-2].request))
+    assert planned[-1]["data"]["already_active"] is True and hashed(planned) == []
+
+
 def test_corrupted_stream_is_refused_and_session_ends(pyz: Path, root: Path) -> None:
     bundle = make_bundle("m", "1", {"model.onnx": b"good" * 1000})
     stream = (receive(bundle, "model.onnx", data=b"evil" * 1000)

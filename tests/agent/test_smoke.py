@@ -122,8 +122,8 @@ def test_smoke_passes_and_verify_rehashes(pyz: Path, root: Path, tmp_path: Path)
     assert "expected" in broken["files"]["problems"]["model.onnx"]
 
 
-def test_tampered_golden_rolls_back_to_the_previous_version(pyz: Path, root: Path,
-                                                            tmp_path: Path) -> None:
+def test_tampered_golden_never_goes_live_and_the_previous_version_stays(
+        pyz: Path, root: Path, tmp_path: Path) -> None:
     v1 = golden_bundle(tmp_path, "1", seed=0)
     push(pyz, root, v1, plan=False)
     v1_dir = read_state(root)["history"][-1]["dir"]
@@ -136,11 +136,11 @@ def test_tampered_golden_rolls_back_to_the_previous_version(pyz: Path, root: Pat
     logits = next(o for o in error["outputs"] if o["name"] == "logits")
     assert logits["ok"] is False and 0.49 < logits["max_abs"] < 0.51
     assert "output 'logits'" in error["message"] and "max abs 0.5" in error["message"]
-    assert "rolled back to m@1" in error["message"]
+    assert "m@1 stays active (m@2 never went live)" in error["message"]
     assert error["rolled_back_to"]["version"] == "1"
 
     state = read_state(root)
-    assert [e["version"] for e in state["history"]] == ["1"]
+    assert [e["version"] for e in state["history"]] == ["1"] and state["pending"] is None
     assert os.readlink(root / "current") == v1_dir
     assert version_dirs(root) == [v1_dir.split("/")[1]]  # v2's dir is gone, no staging left
     assert cached_inodes(root) <= store_inodes(root)  # no entry for an inode that left the store
