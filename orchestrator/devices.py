@@ -10,7 +10,7 @@ from sqlmodel import Session, col, select
 
 from orchestrator.errors import NotFoundError
 from orchestrator.inventory import Inventory, InventoryHost
-from orchestrator.models import Device
+from orchestrator.models import Deployment, Device
 from orchestrator.patterns import match
 from orchestrator.transport import Target
 
@@ -148,11 +148,59 @@ def record_facts(session: Session, name: str, facts: dict[str, Any],
     device = get_device(session, name)
     device.facts = facts
     device.agent_version = facts.get("agent_version")
-    active = facts.get("active")
-    if active:
-        device.active_bundle = f"{active['name']}@{active['version']}"
-        device.active_digest = active["digest"]
     if agent_python:
         device.agent_python = agent_python
-    device.last_seen = datetime.now(UTC)
+    record_device_report(session, name, facts)
+
+
+@dataclass
+class DeviceReport:
+    """What the results of one contact said about the device (``active``, ``recovered``),
+    gathered across the calls of an agent session for :func:`record_device_report`."""
+
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def note(self, result: dict[str, Any]) -> dict[str, Any]:
+        """Keep what ``result`` (a command's data, or an error's detail) says; returns it."""
+        self.data.setdefault("recovered", []).extend(result.get("recovered") or [])
+        if "active" in result and not result.get("state_error"):
+            self.data["active"] = result["active"]
+        return result
+
+
+def _ref(entry: dict[str, Any]) -> str:
+    return f"{entry.get('name')}@{entry.get('version')}"
+
+
+def record_device_report(session: Session, name: str, report: dict[str, Any]) -> list[str]:
+    """Correct the DB from what a device's agent said about itself in a result (any command:
+    agent.cli.handle adds it): the version it runs (``active``, the committed one, null for
+    none; ignored with ``state_error``) and the interrupted changes its journal reverted first
+    (``recovered``: one Deployment row each, operation ``recover``). Returns their messages.
+
+    Why here and not only after a push: a push whose agent was killed (reboot, power cut, OOM)
+    ends in a transport error, and the device decides what it runs on its next command; the
+    control plane learns it from whichever contact comes next (push, telemetry, facts, bench,
+    eval, verify, rollback)."""
+    device = get_device(session, name)
+    now = datetime.now(UTC)
+    recovered = [r for r in report.get("recovered") or [] if isinstance(r, dict)]
+    if "active" in report:
+        known, active = True, report["active"]
+    elif recovered:  # an error result: its reports still say what is active now
+        known, active = True, recovered[-1].get("active")
+    else:
+        known, active = False, None
+    if known and not report.get("state_error"):
+        device.active_bundle = _ref(active) if active else None
+        device.active_digest = active.get("digest") if active else None
+    for item in recovered:
+        entry = item.get("abandoned") or item.get("active") or {}
+        session.add(Deployment(
+            device_name=name, operation="recover", state=str(item.get("action")),
+            bundle_name=entry.get("name"), bundle_version=entry.get("version"),
+            bundle_digest=entry.get("digest"), error=item.get("message"), started_at=now,
+            finished_at=now))
+    device.last_seen = now
     session.add(device)
+    return [str(item.get("message")) for item in recovered]

@@ -1,5 +1,6 @@
 """One-shot telemetry snapshots: temperature, frequency, throttling (decoded), load, memory,
-disk — read by the agent, stored per device, and reflected on the device row."""
+disk — read by the agent, stored per device, and reflected on the device row, with what the
+device says it runs (and any interrupted change it reverted: devices.record_device_report)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 from orchestrator.agentclient import call_agent
 from orchestrator.config import Settings
 from orchestrator.db import session_scope
-from orchestrator.devices import get_device, to_target
+from orchestrator.devices import get_device, record_device_report, to_target
 from orchestrator.fleet import Outcome, fan_out
 from orchestrator.models import Device, TelemetrySnapshot
 from orchestrator.transport import Target, connect
@@ -34,7 +35,11 @@ def take_snapshots(settings: Settings, devices: Sequence[Device], forks: int = 1
             device.facts = {**(device.facts or {}), "sensors": sensors}
             device.last_seen = now
             session.add(device)
-        return Outcome(target.name, True, "ok", data=snapshot_row(data))
+            recovered = record_device_report(session, target.name, data)
+        row = snapshot_row(data)
+        if recovered:
+            row["recovered"] = recovered
+        return Outcome(target.name, True, "ok", data=row)
 
     return fan_out([to_target(d) for d in devices], step, forks)
 

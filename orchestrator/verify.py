@@ -10,14 +10,13 @@ recorded, so `devices list` matches the device even after a rollback done by han
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from agent.protocol import E_NOTHING_ACTIVE
 from orchestrator.agentclient import call_agent
 from orchestrator.config import Settings
 from orchestrator.db import session_scope
-from orchestrator.devices import get_device, to_target
+from orchestrator.devices import record_device_report, to_target
 from orchestrator.errors import AgentError
 from orchestrator.fleet import Outcome, fan_out
 from orchestrator.leases import leased
@@ -54,12 +53,9 @@ def verify_outcome(device: str, result: dict[str, Any]) -> Outcome:
     return Outcome(device, False, "failed", error, data=data)
 
 
-def _record(settings: Settings, name: str, active: dict[str, Any]) -> None:
+def _record(settings: Settings, name: str, result: dict[str, Any]) -> None:
     with session_scope(settings) as session:
-        device = get_device(session, name)
-        device.active_bundle, device.active_digest = _ref(active), active.get("digest")
-        device.last_seen = datetime.now(UTC)
-        session.add(device)
+        record_device_report(session, name, result)
 
 
 def verify_devices(settings: Settings, devices: Sequence[Device], forks: int = 10,
@@ -76,7 +72,7 @@ def verify_devices(settings: Settings, devices: Sequence[Device], forks: int = 1
             if exc.code == E_NOTHING_ACTIVE:
                 return Outcome(target.name, False, "nothing-active", str(exc))
             raise
-        _record(settings, target.name, result.get("active") or {})
+        _record(settings, target.name, result)
         return verify_outcome(target.name, result)
 
     return fan_out([to_target(d) for d in devices], step, forks)

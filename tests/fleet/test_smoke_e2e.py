@@ -1,5 +1,6 @@
 """Golden-output smoke test end to end over real OpenSSH: a push whose golden outputs are wrong
-rolls the device back and fails with the difference; ``devices verify`` re-checks on demand."""
+never goes live (the previous version stays) and fails with the difference; ``devices verify``
+re-checks on demand."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def tamper_golden_outputs(home: Path, ref: str, shift: float) -> None:
         session.add(bundle)
 
 
-def test_tampered_golden_rolls_back_and_verify_finds_a_changed_file(
+def test_tampered_golden_never_goes_live_and_verify_finds_a_changed_file(
         cli: Cli, sshd_factory, home: Path, tmp_path: Path) -> None:
     host = sshd_factory(1)[0]
     setup_fleet(cli, tmp_path, [host])
@@ -59,15 +60,15 @@ def test_tampered_golden_rolls_back_and_verify_finds_a_changed_file(
     failed = cli("push", "m@2", host.name, "--json", expect=1).json[0]
     assert failed["state"] == "failed"
     assert "output 'logits' differs from the golden output by max abs 0.75" in failed["error"]
-    assert "max rel" in failed["error"] and "rolled back to m@1" in failed["error"]
+    assert "max rel" in failed["error"] and "m@1 stays active" in failed["error"]
     assert failed["smoke"]["reason"] == "mismatch"
     assert failed["smoke"]["rolled_back_to"]["version"] == "1"
-    assert failed["bytes_sent"] > 0  # it was sent and activated, then rolled back
+    assert failed["bytes_sent"] > 0  # it was sent and staged, then dropped
     assert active_manifest(host)["version"] == "1"
     shown = cli("devices", "show", host.name, "--json").json
     assert shown["active_bundle"] == "m@1" and shown["active_digest"] == v1["digest"]
     assert shown["deployments"][0]["state"] == "failed"
-    assert "rolled back to m@1" in shown["deployments"][0]["error"]
+    assert "m@1 stays active (m@2 never went live)" in shown["deployments"][0]["error"]
 
     verified = cli("devices", "verify", host.name, "--json").json[0]
     assert verified["state"] == "verified" and verified["bundle"] == "m@1"
