@@ -2,8 +2,10 @@
 
 Per device: the agent says which blobs it holds (after re-checking them), we refuse early what
 cannot work (old onnxruntime, no disk space), send only the missing blobs to ``.part`` files, and
-the agent verifies every file and the manifest digest before swapping ``current``. Each step is
-recorded as a Deployment row, so the CLI, the API and the web show the same history.
+the agent verifies every file, the manifest digest and the golden outputs before swapping
+``current``. Each step is recorded as a Deployment row, so the CLI, the API and the web show the
+same history; what the device reports about itself on the way (its active version, a change
+its journal reverted after a crash) corrects the DB first (devices.record_device_report).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from orchestrator.blobstore import BlobStore
 from orchestrator.bundles import manifest_of
 from orchestrator.config import Settings
 from orchestrator.db import session_scope
-from orchestrator.devices import get_device, to_target
+from orchestrator.devices import DeviceReport, get_device, record_device_report, to_target
 from orchestrator.errors import AgentError, EdgeFleetError
 from orchestrator.fleet import Outcome, fan_out
 from orchestrator.leases import leased
@@ -59,14 +61,16 @@ def check_runtime(target: Target, plan: dict[str, Any], manifest: dict[str, Any]
 
 
 def push_over(conn: Connection, bundle: Bundle, store: BlobStore, progress: PushProgress,
-              timeout: float | None = None) -> Outcome:
-    """One device's push over an open connection, in one agent session."""
+              timeout: float | None = None, report: DeviceReport | None = None) -> Outcome:
+    """One device's push over an open connection, in one agent session; ``report`` gathers
+    what the agent's results say about the device, even when the push fails."""
     target = conn.target
     manifest = manifest_of(bundle)
     payload = {"manifest": manifest, "digest": bundle.digest}
+    report = report if report is not None else DeviceReport()
     progress.state(target.name, "planning")
     with AgentSession(conn, timeout=timeout) as session:
-        plan = session.call("plan", payload)
+        plan = report.note(session.call("plan", payload))
         check_runtime(target, plan, manifest)
         if plan.get("already_active"):
             progress.start(target.name, 0)
@@ -89,11 +93,12 @@ def push_over(conn: Connection, bundle: Bundle, store: BlobStore, progress: Push
         sent = total
         progress.state(target.name, "verifying")
         try:
-            result = session.call("activate", payload)
+            result = report.note(session.call("activate", payload))
         except AgentError as exc:
+            report.note(exc.detail)
             if exc.code != E_SMOKE_FAILED:
                 raise
-            # The agent already rolled back; the session is intact, so end it normally.
+            # The agent kept the previous version; the session is intact, so end it normally.
             return Outcome(target.name, False, "failed", str(exc), data={
                 "bytes_sent": sent, "smoke": smoke_summary(exc.detail),
                 "smoke_detail": {key: exc.detail.get(key) for key in SMOKE_FIELDS},
@@ -124,7 +129,8 @@ def smoke_summary(smoke: dict[str, Any]) -> str:
 
 
 def rolled_back_active(rolled_back_to: dict[str, Any] | None) -> tuple[str | None, str | None]:
-    """The device's active bundle after a smoke-test rollback (None, None: nothing active)."""
+    """The device's active bundle after a failed smoke test: the version it kept (the new one
+    never went live; the field keeps its old name). (None, None): nothing active."""
     if not rolled_back_to:
         return None, None
     return (f"{rolled_back_to.get('name')}@{rolled_back_to.get('version')}",
@@ -132,10 +138,16 @@ def rolled_back_active(rolled_back_to: dict[str, Any] | None) -> tuple[str | Non
 
 
 def _finish(settings: Settings, deployment_id: int, outcome: Outcome,
-            active: tuple[str | None, str | None] | None) -> None:
+            active: tuple[str | None, str | None] | None,
+            report: DeviceReport | None = None) -> None:
     """Close the Deployment row; ``active`` (when known, even for a failed outcome such as a
-    smoke-test rollback) is what the device runs now; ``(None, None)`` means nothing."""
+    smoke test that kept the previous version) is what the device runs now; ``(None, None)``
+    means nothing. ``report`` (what the device said about itself) is recorded first."""
     with session_scope(settings) as session:
+        if report is not None and report.data:
+            recovered = record_device_report(session, outcome.device, report.data)
+            if recovered:
+                outcome.data["recovered"] = recovered
         row = session.get(Deployment, deployment_id)
         assert row is not None
         row.state = outcome.state
@@ -178,10 +190,11 @@ def push(settings: Settings, bundle: Bundle, devices: Sequence[Device], forks: i
 
     def step(target: Target) -> Outcome:
         started = time.monotonic()
+        report = DeviceReport()
         try:
             with leased(settings, target.name, "push"), \
                     connect(target, settings, timeout) as conn:
-                outcome = push_over(conn, bundle, store, progress, timeout)
+                outcome = push_over(conn, bundle, store, progress, timeout, report)
         except EdgeFleetError as exc:
             outcome = Outcome(target.name, False, "failed", str(exc))
         outcome.duration_s = time.monotonic() - started
@@ -190,7 +203,7 @@ def push(settings: Settings, bundle: Bundle, devices: Sequence[Device], forks: i
         now = active if outcome.ok else (
             rolled_back_active(outcome.data["rolled_back_to"])
             if "rolled_back_to" in outcome.data else None)
-        _finish(settings, row_ids[target.name], outcome, now)
+        _finish(settings, row_ids[target.name], outcome, now, report)
         return outcome
 
     return fan_out([to_target(d) for d in devices], step, forks)
@@ -203,20 +216,22 @@ def rollback(settings: Settings, devices: Sequence[Device], forks: int = 10,
     def step(target: Target) -> Outcome:
         started = time.monotonic()
         active = None
+        report = DeviceReport()
         try:
             with connect(target, settings, timeout) as conn:
-                result = call_agent(conn, "rollback", {})
+                result = report.note(call_agent(conn, "rollback", {}))
             now = result["active"]
             active = (f"{now['name']}@{now['version']}", now["digest"])
             outcome = Outcome(target.name, True, "rolled-back",
                               data={"active": active[0], "from": result.get("previous")})
         except AgentError as exc:
+            report.note(exc.detail)
             state = "nothing-to-roll-back" if exc.code == E_NOTHING_TO_ROLL_BACK else "failed"
             outcome = Outcome(target.name, False, state, str(exc))
         except EdgeFleetError as exc:
             outcome = Outcome(target.name, False, "failed", str(exc))
         outcome.duration_s = time.monotonic() - started
-        _finish(settings, row_ids[target.name], outcome, active)
+        _finish(settings, row_ids[target.name], outcome, active, report)
         return outcome
 
     return fan_out([to_target(d) for d in devices], step, forks)
