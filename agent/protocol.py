@@ -113,10 +113,11 @@ def result_error(command: str, code: str, message: str, **extra: Any) -> Dict[st
             "error": error}
 
 
-def parse_lines(lines: Iterable[str]) -> List[Dict[str, Any]]:
-    """Parse agent stdout; non-JSON lines raise ValueError naming the line."""
+def parse_lines(lines: Iterable[str], first: int = 1) -> List[Dict[str, Any]]:
+    """Parse agent stdout; non-JSON lines raise ValueError naming the line (``first`` is the
+    number of the first one, for readers that parse a line at a time)."""
     out = []
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(lines, first):
         line = line.strip()
         if not line:
             continue

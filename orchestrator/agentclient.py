@@ -49,35 +49,45 @@ def call_agent(
     on_event: EventHandler | None = None,
     timeout: float | None = None,
 ) -> dict[str, Any]:
-    """Run one agent command; return its ``data`` or raise AgentError with the agent's message."""
+    """Run one agent command; return its ``data`` or raise AgentError with the agent's message.
+
+    Lines are parsed as they arrive and only the result is kept: holding every parsed line
+    would let a device turn its output limit (OutputLimits) into many times that in dicts."""
     target = conn.target
     argv = agent_argv(python or target.python, target.agent_path, target.root, command)
+    seen = 0
+    bad: str | None = None  # the first line that is not protocol JSON
+    results: list[dict[str, Any]] = []
 
     def on_line(line: str) -> None:
-        if on_event is None or not line.strip():
+        nonlocal seen, bad
+        seen += 1
+        if bad is not None:
             return
         try:
-            obj = json.loads(line)
-        except ValueError:
+            messages = parse_lines([line], first=seen)
+        except ValueError as exc:
+            bad = str(exc)
             return
-        if isinstance(obj, dict) and obj.get("type") == "progress":
-            on_event(obj)
+        for obj in messages:
+            if obj.get("type") == "result":
+                results[:] = [obj]
+            elif obj.get("type") == "progress" and on_event is not None:
+                on_event(obj)
 
     stdin = json.dumps(payload).encode("utf-8") if payload is not None else None
-    result = conn.run(argv, stdin=stdin, env=dict(target.env), timeout=timeout, on_line=on_line)
-    try:
-        messages = parse_lines(result.stdout.splitlines())
-    except ValueError as exc:
+    result = conn.run(argv, stdin=stdin, env=dict(target.env), timeout=timeout, on_line=on_line,
+                      keep_stdout=False)
+    if bad is not None:
         stderr = result.stderr.strip()[-500:]
-        raise TransportError(f"{target.name}: {exc}; stderr: {stderr}") from None
-    final = [m for m in messages if m.get("type") == "result"]
-    if not final:
+        raise TransportError(f"{target.name}: {bad}; stderr: {stderr}")
+    if not results:
         raise TransportError(
             f"{target.name}: agent {command} gave no result (exit {result.exit_code})"
             f"{_install_hint(result.exit_code, result.stderr, target.name)}: "
             f"{result.stderr.strip()[-500:]}"
         )
-    last = final[-1]
+    last = results[-1]
     if not last.get("ok"):
         error = last.get("error") or {}
         raise AgentError(f"{target.name}: {error.get('message', 'agent error')}",

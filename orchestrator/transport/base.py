@@ -15,6 +15,22 @@ from orchestrator.errors import TransportError
 LineHandler = Callable[[str], None]
 ByteProgress = Callable[[int], None]
 
+MiB = 1 << 20
+# What one device may send us per command. A device is not trusted with our memory: readline
+# would buffer a newline-less flood without end (issue 11: 2.8 GB in 10 s), and the server's
+# telemetry poll reads every device. The largest legitimate agent lines, measured with the real
+# agent: a bench result repeats every thread count's latencies at ~8 bytes per timed run, and
+# the agent caps a thread count at 1,000,000 runs: 7.95 MB per ``measured`` event, 24 MB for
+# the result of the default threads 1,2,4 (at 10,000 runs: 81 KB and 242 KB). An eval entry
+# holds ~150 bytes per sample with 2 classes, ~12 KB with 527 (AudioSet): a 1,000-window
+# AudioSet eval at threads 1,2 has a 24 MB result line. Per command (one exec or one agent
+# session), stdout and stderr together: that bench at its cap sends 48 MB in all.
+MAX_LINE_BYTES = 64 * MiB
+MAX_OUTPUT_BYTES = 256 * MiB
+STDERR_KEEP_BYTES = 64 * 1024  # the tail is what errors show (a traceback ends there)
+LINE_ENV, OUTPUT_ENV = "EDGEFLEET_MAX_LINE_MB", "EDGEFLEET_MAX_OUTPUT_MB"
+_JOIN_LINES = 4096  # Connection.run joins the stdout it keeps every this many lines
+
 
 class RemotePath(str):
     """A path on the device. Only these get ``~/`` expanded (to ``"$HOME"/...``); every other
@@ -43,6 +59,128 @@ class Target:
         from agent.protocol import AGENT_FILENAME
 
         return RemotePath(self.root).join("agent", AGENT_FILENAME)
+
+
+def format_size(size: int) -> str:
+    """``64 MiB``, ``64 KiB`` or ``100 bytes``: how limits are named in errors."""
+    for unit, scale in (("MiB", MiB), ("KiB", 1024)):
+        if size >= scale:
+            return f"{size / scale:g} {unit}"
+    return f"{size} bytes"
+
+
+@dataclass(frozen=True)
+class OutputLimits:
+    """How much one command may send: the longest line (newline included), stdout and stderr
+    together, and how much of stderr is kept (the rest is counted, then dropped)."""
+
+    max_line: int = MAX_LINE_BYTES
+    max_output: int = MAX_OUTPUT_BYTES
+    stderr_keep: int = STDERR_KEEP_BYTES
+
+    @classmethod
+    def from_mb(cls, line_mb: float | None, output_mb: float | None) -> OutputLimits:
+        """Settings' overrides (``EDGEFLEET_MAX_LINE_MB`` / ``_OUTPUT_MB``); None keeps ours."""
+        return cls(
+            max_line=MAX_LINE_BYTES if line_mb is None else max(1, int(line_mb * MiB)),
+            max_output=MAX_OUTPUT_BYTES if output_mb is None else max(1, int(output_mb * MiB)),
+        )
+
+    def line_too_long(self, name: str) -> OutputLimitError:
+        return OutputLimitError(
+            f"{name}: the device sent a line longer than {format_size(self.max_line)} without "
+            "a newline; command abandoned (a broken or hostile agent? a trusted device's "
+            f"limit is raised with {LINE_ENV})")
+
+    def too_much_output(self, name: str) -> OutputLimitError:
+        return OutputLimitError(
+            f"{name}: the device sent more than {format_size(self.max_output)} of output "
+            "(stdout and stderr) for one command; command abandoned (a broken or hostile "
+            f"agent? a trusted device's limit is raised with {OUTPUT_ENV})")
+
+
+class OutputLimitError(TransportError):
+    """A command passed its OutputLimits; the channel stops it before passing this on."""
+
+
+class OutputMeter:
+    """Counts one command's output against ``limits.max_output``; thread-safe, because the
+    local transport drains stderr in a thread of its own while stdout is read."""
+
+    def __init__(self, name: str, limits: OutputLimits) -> None:
+        self.name = name
+        self.limits = limits
+        self.total = 0
+        self._lock = threading.Lock()
+
+    def add(self, size: int) -> None:
+        """Count ``size`` more bytes; OutputLimitError once the total passes the limit."""
+        with self._lock:
+            self.total += size
+            over = self.total > self.limits.max_output
+        if over:
+            raise self.limits.too_much_output(self.name)
+
+
+class LineBuffer:
+    """Stdout bytes as they arrive, cut into lines of at most ``limits.max_line`` bytes.
+
+    Both transports read through one: it never holds more than the line limit plus the last
+    chunk fed, each byte is searched for a newline once (a long line is not rescanned per
+    chunk), and a line costs one copy on the way out."""
+
+    def __init__(self, meter: OutputMeter) -> None:
+        self.meter = meter
+        self._buf = bytearray()
+        self._scanned = 0  # _buf[:_scanned] holds no newline
+
+    def feed(self, data: bytes) -> None:
+        self.meter.add(len(data))
+        self._buf += data
+
+    def next_line(self, eof: bool) -> str | None:
+        """The next line; at ``eof`` the rest ("" when none is left); None: feed more first.
+        OutputLimitError when the line is longer than the limit."""
+        max_line = self.meter.limits.max_line
+        end = self._buf.find(b"\n", self._scanned)
+        if 0 <= end < max_line:
+            return self._take(end + 1)
+        self._scanned = len(self._buf)
+        if end >= 0 or len(self._buf) > max_line:
+            self._buf.clear()
+            raise self.meter.limits.line_too_long(self.meter.name)
+        return self._take(len(self._buf)) if eof else None
+
+    def _take(self, size: int) -> str:
+        with memoryview(self._buf) as view:
+            line = str(view[:size], "utf-8", "replace")
+        del self._buf[:size]
+        self._scanned = 0
+        return line
+
+
+class StderrTail:
+    """The last ``keep`` bytes of stderr and how many came before them: a device writing
+    megabytes of diagnostics costs us ``keep`` bytes, and the text says what was dropped."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.dropped = 0
+        self._tail = bytearray()
+
+    def add(self, data: bytes) -> None:
+        self._tail += data
+        extra = len(self._tail) - self.keep
+        if extra > 0:
+            del self._tail[:extra]
+            self.dropped += extra
+
+    def text(self) -> str:
+        tail = self._tail.decode("utf-8", "replace")
+        if not self.dropped:
+            return tail
+        return (f"[stderr truncated: the first {self.dropped} bytes were dropped, the last "
+                f"{format_size(self.keep)} follow]\n{tail}")
 
 
 @dataclass
@@ -98,7 +236,9 @@ class Channel(ABC):
 
     @abstractmethod
     def readline(self) -> str:
-        """The next stdout line ("" at EOF); TransportError after ``timeout`` s of silence."""
+        """The next stdout line ("" at EOF); TransportError after ``timeout`` s of silence, or
+        once the line or the command's output passes its OutputLimits (the command is then
+        stopped: memory stays bounded while reading, not checked afterwards)."""
 
     @abstractmethod
     def close_input(self) -> None:
@@ -106,7 +246,8 @@ class Channel(ABC):
 
     @abstractmethod
     def finish(self) -> tuple[int, str]:
-        """Close stdin, read stdout to its end, wait for exit; returns (exit code, stderr)."""
+        """Close stdin, read stdout to its end, wait for exit; returns (exit code, stderr's
+        kept tail). Raises TransportError if the output limits were passed."""
 
     @abstractmethod
     def abort(self) -> None:
@@ -116,8 +257,9 @@ class Channel(ABC):
 class Connection(ABC):
     """A live connection to one device, reused for every step of one operation."""
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, limits: OutputLimits | None = None) -> None:
         self.target = target
+        self.limits = limits or OutputLimits()
 
     def run(
         self,
@@ -127,8 +269,10 @@ class Connection(ABC):
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
         on_line: LineHandler | None = None,
+        keep_stdout: bool = True,
     ) -> CommandResult:
-        """Run argv to completion; ``timeout`` bounds silence (no output), not total time."""
+        """Run argv to completion; ``timeout`` bounds silence (no output), not total time.
+        ``keep_stdout=False``: lines only go to ``on_line`` (result.stdout is empty)."""
         channel = self.start(argv, env=env, timeout=timeout)
         def feed() -> None:
             # In a thread: a command that writes while it reads (a filter) would otherwise
@@ -143,19 +287,27 @@ class Connection(ABC):
 
         feeder = threading.Thread(target=feed, daemon=True)
         feeder.start()
+        kept: list[str] = []
         try:
-            lines = []
+            lines: list[str] = []
             while line := channel.readline():
-                lines.append(line)
+                if keep_stdout:
+                    lines.append(line)
+                    if len(lines) >= _JOIN_LINES:
+                        # Joined as they come: a flood of one-byte lines would otherwise cost
+                        # ~60 bytes of str object each, 60x past the byte limit.
+                        kept.append("".join(lines))
+                        lines.clear()
                 if on_line:
                     on_line(line)
+            kept.append("".join(lines))
             code, stderr = channel.finish()
         except BaseException:
             channel.abort()
             raise
         finally:
             feeder.join()
-        return CommandResult(code, "".join(lines), stderr)
+        return CommandResult(code, "".join(kept), stderr)
 
     @abstractmethod
     def start(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,

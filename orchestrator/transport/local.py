@@ -12,16 +12,38 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from orchestrator.errors import TransportError
-from orchestrator.transport.base import ByteProgress, Channel, Connection, render_command
+from orchestrator.transport.base import (
+    ByteProgress,
+    Channel,
+    Connection,
+    LineBuffer,
+    OutputLimitError,
+    OutputLimits,
+    OutputMeter,
+    StderrTail,
+    render_command,
+)
 
 _COPY_CHUNK = 1 << 20
+_READ_CHUNK = 1 << 16
 
 
 class LocalChannel(Channel):
-    def __init__(self, name: str, command: str, timeout: float | None) -> None:
+    """``/bin/sh -c command`` in its own process group. Stdout is read in chunks into a
+    LineBuffer (``readline(limit)`` of a buffered reader peaked at twice the limit: chunks and
+    their join), stderr drained by a thread into a bounded tail; passing a limit kills the
+    group."""
+
+    def __init__(self, name: str, command: str, timeout: float | None,
+                 limits: OutputLimits | None = None) -> None:
         self.name = name
         self.timeout = timeout
         self.timed_out = False
+        self.limits = limits or OutputLimits()
+        self.meter = OutputMeter(name, self.limits)
+        self._lines = LineBuffer(self.meter)
+        self._eof = False
+        self._failure: OutputLimitError | None = None  # the first limit passed, either stream
         self.proc = subprocess.Popen(  # noqa: S603 - fixed argv; the command line is quoted tokens
             ["/bin/sh", "-c", command],
             stdin=subprocess.PIPE,
@@ -31,13 +53,42 @@ class LocalChannel(Channel):
             # killing only /bin/sh left e.g. `sleep` holding stdout open until it finished.
             start_new_session=True,
         )
-        self._stderr: list[bytes] = []
+        self._stderr = StderrTail(self.limits.stderr_keep)
         self._stderr_thread = threading.Thread(target=self._drain_stderr, daemon=True)
         self._stderr_thread.start()
 
     def _drain_stderr(self) -> None:
         assert self.proc.stderr is not None
-        self._stderr.append(self.proc.stderr.read())
+        while chunk := self.proc.stderr.read1(_READ_CHUNK):
+            self._stderr.add(chunk)
+            try:
+                self.meter.add(len(chunk))
+            except OutputLimitError as exc:
+                self._fail(exc)
+                return  # the group is killed; the stdout reader raises the error
+
+    def _fail(self, error: OutputLimitError) -> None:
+        """Remember the first limit passed and stop the command (its whole process group)."""
+        if self._failure is None:
+            self._failure = error
+        self.abort()
+
+    def _next_line(self) -> str:
+        """The next stdout line ("" at EOF) within the limits; past one the command is killed
+        and OutputLimitError raised (also when the stderr thread saw the total passed)."""
+        assert self.proc.stdout is not None
+        try:
+            while (line := self._lines.next_line(self._eof)) is None:
+                data = os.read(self.proc.stdout.fileno(), _READ_CHUNK)
+                if data:
+                    self._lines.feed(data)
+                else:
+                    self._eof = True
+        except OutputLimitError as exc:
+            self._fail(exc)
+        if self._failure is not None:
+            raise OutputLimitError(str(self._failure))
+        return line
 
     def _kill(self) -> None:
         self.timed_out = True
@@ -64,18 +115,17 @@ class LocalChannel(Channel):
                 timer.cancel()
 
     def readline(self) -> str:
-        assert self.proc.stdout is not None
         timer = threading.Timer(self.timeout, self._kill) if self.timeout else None
         if timer:
             timer.start()
         try:
-            line = self.proc.stdout.readline()
+            line = self._next_line()
         finally:
             if timer:
                 timer.cancel()
         if self.timed_out:
             raise TransportError(f"{self.name}: no output for {self.timeout:g}s; command killed")
-        return line.decode("utf-8", "replace")
+        return line
 
     def close_input(self) -> None:
         assert self.proc.stdin is not None
@@ -84,11 +134,13 @@ class LocalChannel(Channel):
 
     def finish(self) -> tuple[int, str]:
         self.close_input()
-        assert self.proc.stdout is not None
-        self.proc.stdout.read()
+        while self._next_line():  # what is left, under the same limits
+            pass
         code = self.proc.wait()
         self._stderr_thread.join()
-        return code, b"".join(self._stderr).decode("utf-8", "replace")
+        if self._failure is not None:
+            raise OutputLimitError(str(self._failure))
+        return code, self._stderr.text()
 
     def abort(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -98,7 +150,7 @@ class LocalChannel(Channel):
 class LocalConnection(Connection):
     def start(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
               timeout: float | None = None) -> Channel:
-        return LocalChannel(self.target.name, render_command(argv, env), timeout)
+        return LocalChannel(self.target.name, render_command(argv, env), timeout, self.limits)
 
     def put(self, local: Path, remote: str, on_bytes: ByteProgress | None = None) -> int:
         dest = os.path.expanduser(remote)

@@ -22,6 +22,11 @@ from orchestrator.transport.base import (
     ByteProgress,
     Channel,
     Connection,
+    LineBuffer,
+    OutputLimitError,
+    OutputLimits,
+    OutputMeter,
+    StderrTail,
     Target,
     render_command,
     sftp_path,
@@ -43,15 +48,26 @@ def gcm_first_transport(*args: Any, **kwargs: Any) -> paramiko.Transport:
 
 
 class SshChannel(Channel):
-    """One exec'd command on a paramiko channel; stdout is read in lines, stderr collected."""
+    """One exec'd command on a paramiko channel; stdout is read in lines, stderr's tail kept.
 
-    def __init__(self, name: str, channel: paramiko.Channel, timeout: float) -> None:
+    Memory stays bounded while reading: the LineBuffer holds at most one line's limit plus one
+    receive, and paramiko itself buffers at most the channel window (the sender waits)."""
+
+    def __init__(self, name: str, channel: paramiko.Channel, timeout: float,
+                 limits: OutputLimits | None = None) -> None:
         self.name = name
         self.channel = channel
         self.timeout = timeout
-        self._out = bytearray()
-        self._err = bytearray()
+        self.limits = limits or OutputLimits()
+        self.meter = OutputMeter(name, self.limits)
+        self._lines = LineBuffer(self.meter)
+        self._err = StderrTail(self.limits.stderr_keep)
         self._eof = False
+
+    def _take_stderr(self) -> None:
+        data = self.channel.recv_stderr(_RECV)
+        self._err.add(data)
+        self.meter.add(len(data))
 
     def write(self, data: bytes) -> None:
         """Send all of ``data``; waiting more than ``timeout`` seconds for the remote command to
@@ -72,12 +88,12 @@ class SshChannel(Channel):
         deadline = time.monotonic() + self.timeout
         while True:
             if channel.recv_stderr_ready():
-                self._err += channel.recv_stderr(_RECV)
+                self._take_stderr()
                 continue
             if channel.recv_ready():
                 data = channel.recv(_RECV)
                 if data:
-                    self._out += data
+                    self._lines.feed(data)
                 else:
                     self._eof = True
                 return
@@ -92,17 +108,12 @@ class SshChannel(Channel):
 
     def readline(self) -> str:
         try:
-            while True:
-                end = self._out.find(b"\n")
-                if end >= 0:
-                    line = bytes(self._out[: end + 1])
-                    del self._out[: end + 1]
-                    return line.decode("utf-8", "replace")
-                if self._eof:
-                    line = bytes(self._out)
-                    self._out.clear()
-                    return line.decode("utf-8", "replace")
+            while (line := self._lines.next_line(self._eof)) is None:
                 self._fill()
+            return line
+        except OutputLimitError:
+            self.abort()  # closing the channel makes sshd close the command's pipes
+            raise
         except (OSError, paramiko.SSHException) as exc:
             raise TransportError(f"{self.name}: reading output failed: {exc}") from None
 
@@ -117,19 +128,24 @@ class SshChannel(Channel):
         if not self.channel.status_event.wait(self.timeout):
             self.abort()
             raise TransportError(f"{self.name}: command did not exit within {self.timeout:g}s")
-        while self.channel.recv_stderr_ready():
-            self._err += self.channel.recv_stderr(_RECV)
+        try:
+            while self.channel.recv_stderr_ready():
+                self._take_stderr()
+        except OutputLimitError:
+            self.abort()
+            raise
         code = self.channel.recv_exit_status()
         self.channel.close()
-        return code, self._err.decode("utf-8", "replace")
+        return code, self._err.text()
 
     def abort(self) -> None:
         self.channel.close()
 
 
 class SshConnection(Connection):
-    def __init__(self, target: Target, known_hosts: Path, timeout: float) -> None:
-        super().__init__(target)
+    def __init__(self, target: Target, known_hosts: Path, timeout: float,
+                 limits: OutputLimits | None = None) -> None:
+        super().__init__(target, limits)
         self.timeout = timeout
         connect_kwargs: dict[str, object] = {
             "banner_timeout": timeout,
@@ -189,7 +205,7 @@ class SshConnection(Connection):
             channel.exec_command(render_command(argv, env))
         except (OSError, paramiko.SSHException) as exc:
             raise TransportError(f"{self.target.name}: command failed to start: {exc}") from None
-        return SshChannel(self.target.name, channel, timeout)
+        return SshChannel(self.target.name, channel, timeout, self.limits)
 
     def sftp(self) -> paramiko.SFTPClient:
         if self._sftp is None:

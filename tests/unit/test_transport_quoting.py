@@ -177,8 +177,12 @@ def test_run_large_stdout_and_stderr_together(local: LocalConnection) -> None:
               'i=$((i+1)); done')
     result = local.run(["sh", "-c", script], stdin=b"unused\n", timeout=20)
     expected = "".join(f"{i:07000d}\n" for i in range(300))
-    assert result.exit_code == 0
-    assert result.stdout == expected and result.stderr == expected
+    assert result.exit_code == 0 and result.stdout == expected
+    # stderr is kept as its last 64 KiB (OutputLimits.stderr_keep), saying what was dropped.
+    keep = 64 * 1024
+    header = (f"[stderr truncated: the first {len(expected) - keep} bytes were dropped, "
+              "the last 64 KiB follow]\n")
+    assert result.stderr == header + expected[-keep:]
 
 
 @pytest.mark.timeout(10)  # a deadlock fails here, not at the 300 s default
