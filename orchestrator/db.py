@@ -18,6 +18,11 @@ from orchestrator.config import Settings, get_settings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
+# Ids are INTEGER primary keys: 64-bit signed in SQLite (BIGINT elsewhere). A larger number
+# cannot even be bound as a query parameter (the driver raises OverflowError), and no row can
+# have it, so the API, the pages and the CLI refuse one at their edge as bad input.
+MAX_ROW_ID = 2**63 - 1
+
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
 

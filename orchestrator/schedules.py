@@ -29,6 +29,23 @@ from orchestrator.models import Job, Schedule
 log = logging.getLogger(__name__)
 
 
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 time (``2030-01-01T03:00:00Z``, ``2030-01-01 03:00``) as an aware UTC
+    datetime; without an offset it is UTC. EdgeFleetError naming the text for anything else,
+    including a time that only its offset pushes before year 1 or past 9999 (OverflowError
+    converting it to UTC). One parser for the API and the pages, so both accept the same."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise EdgeFleetError(f"time {text!r}: use YYYY-MM-DD HH:MM (UTC) or an ISO time such "
+                             "as 2030-01-01T03:00:00Z") from None
+    try:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError:
+        raise EdgeFleetError(f"time {text!r} is out of range: in UTC it falls before year 1 "
+                             "or after 9999") from None
+
+
 def next_fire(cron: str, after: datetime) -> datetime:
     """The first time strictly after ``after`` matching ``cron`` (UTC); EdgeFleetError naming
     the expression if it is not a valid five-field cron expression."""

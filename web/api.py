@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from sqlmodel import col, select
 
 from orchestrator.bundles import bundle_public, get_bundle, list_bundles
@@ -14,9 +15,12 @@ from orchestrator.db import session_scope
 from orchestrator.devices import all_devices, device_public, get_device, select_devices
 from orchestrator.models import Deployment
 from orchestrator.runs import get_run, list_runs, run_public, run_results
+from web.inputs import RowId, StrictJsonRoute
 from web.security import Principal, csrf_protect, require
 
-router = APIRouter(prefix="/api", tags=["api"])
+# StrictJsonRoute: a JSON string that is not valid Unicode is a 422 for every route, before it
+# can reach the DB or an error message (web/inputs.py).
+router = APIRouter(prefix="/api", tags=["api"], route_class=StrictJsonRoute)
 
 Viewer = Annotated[Principal, Depends(require("viewer"))]
 Operator = Annotated[Principal, Depends(require("operator"))]
@@ -60,7 +64,27 @@ class JobIn(BaseModel):
 
 class ScheduleIn(JobIn):
     cron: str | None = Field(None, description="Cron expression, e.g. '0 3 * * *'")
-    run_at: str | None = Field(None, description="ISO time for a one-off run")
+    run_at: datetime | None = Field(None, description="ISO 8601 time for a one-off run, e.g. "
+                                    "2030-01-01T03:00:00Z (no offset: UTC)")
+
+    @field_validator("run_at", mode="before")
+    @classmethod
+    def _iso_time(cls, value: Any) -> Any:
+        """Read as the pages read it (``schedules.parse_time``), not as pydantic would: no
+        numbers as Unix times (a ``0`` here is a mistake, not 1970). A bad time is a 422
+        naming it, never an error in the route."""
+        from orchestrator.errors import EdgeFleetError
+        from orchestrator.schedules import parse_time
+
+        if value is None or isinstance(value, datetime):
+            return value
+        if not isinstance(value, str):
+            raise ValueError(f"run_at {value!r}: give an ISO time as a string, e.g. "
+                             "2030-01-01T03:00:00Z")
+        try:
+            return parse_time(value)
+        except EdgeFleetError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class InventorySyncIn(BaseModel):
@@ -99,20 +123,20 @@ def bundle(ref: str, settings: SettingsDep, _: Viewer) -> dict:
 
 
 @router.get("/runs")
-def runs(settings: SettingsDep, _: Viewer, limit: int = Query(50, le=500)) -> list[dict]:
+def runs(settings: SettingsDep, _: Viewer, limit: int = Query(50, ge=1, le=500)) -> list[dict]:
     with session_scope(settings) as session:
         return [run_public(r) for r in list_runs(session, limit)]
 
 
 @router.get("/runs/{run_id}")
-def run(run_id: int, settings: SettingsDep, _: Viewer, raw: bool = False) -> dict:
+def run(run_id: RowId, settings: SettingsDep, _: Viewer, raw: bool = False) -> dict:
     with session_scope(settings) as session:
         return run_public(get_run(session, run_id),
                           run_results(session, run_id, latencies=raw, samples=raw), raw=raw)
 
 
 @router.get("/compare")
-def compare(a: int, b: int, settings: SettingsDep, _: Viewer,
+def compare(a: RowId, b: RowId, settings: SettingsDep, _: Viewer,
             include_invalid: bool = False) -> list[dict]:
     from orchestrator.stats import compare_runs
 
@@ -133,7 +157,7 @@ def jobs(settings: SettingsDep, _: Viewer, state: str | None = None,
 
 
 @router.get("/jobs/{job_id}")
-def job(job_id: int, settings: SettingsDep, _: Viewer) -> dict:
+def job(job_id: RowId, settings: SettingsDep, _: Viewer) -> dict:
     from orchestrator.jobs import get_job, job_public
 
     with session_scope(settings) as session:
@@ -165,7 +189,7 @@ def submit_job(body: JobIn, request: Request, settings: SettingsDep,
 
 
 @router.post("/jobs/{job_id}/cancel", dependencies=[Csrf])
-def cancel_job(job_id: int, settings: SettingsDep, principal: Operator) -> dict:
+def cancel_job(job_id: RowId, settings: SettingsDep, principal: Operator) -> dict:
     from orchestrator import audit, jobs
 
     cancelled = jobs.cancel(settings, job_id)
@@ -183,20 +207,18 @@ def schedules(settings: SettingsDep, _: Viewer) -> list[dict]:
 
 @router.post("/schedules", status_code=201, dependencies=[Csrf])
 def create_schedule(body: ScheduleIn, settings: SettingsDep, principal: Operator) -> dict:
-    from datetime import datetime
-
     from orchestrator import audit, schedules
 
-    run_at = datetime.fromisoformat(body.run_at) if body.run_at else None
     created = schedules.create(settings, body.kind, body.params, body.targets, cron=body.cron,
-                               run_at=run_at, created_by=principal.name)
+                               run_at=body.run_at, created_by=principal.name)
     audit.record(settings, principal.name, "schedule.create", body.targets,
-                 {"schedule_id": created.id, "cron": body.cron, "run_at": body.run_at})
+                 {"schedule_id": created.id, "cron": body.cron,
+                  "run_at": body.run_at.isoformat() if body.run_at else None})
     return schedules.schedule_public(created)
 
 
 @router.delete("/schedules/{schedule_id}", status_code=204, dependencies=[Csrf])
-def delete_schedule(schedule_id: int, settings: SettingsDep, principal: Operator) -> None:
+def delete_schedule(schedule_id: RowId, settings: SettingsDep, principal: Operator) -> None:
     from orchestrator import audit, schedules
 
     schedules.delete(settings, schedule_id)
@@ -218,7 +240,8 @@ def inventory_sync(body: InventorySyncIn, settings: SettingsDep, principal: Admi
 
 
 @router.get("/audit")
-def audit_log(settings: SettingsDep, _: Admin, limit: int = Query(200, le=1000)) -> list[dict]:
+def audit_log(settings: SettingsDep, _: Admin,
+              limit: int = Query(200, ge=1, le=1000)) -> list[dict]:
     from orchestrator.audit import event_public, list_events
 
     with session_scope(settings) as session:

@@ -24,6 +24,7 @@ from orchestrator.bundles import list_bundles
 from orchestrator.cliparse import parse_constants, parse_shapes
 from orchestrator.db import session_scope
 from orchestrator.errors import EdgeFleetError, NotFoundError
+from web.inputs import RowId
 from web.pages_common import (
     Operator,
     Viewer,
@@ -71,11 +72,7 @@ def _number(text: str, kind: type[int] | type[float]) -> int | float | str:
 
 def parse_at(text: str, now: datetime | None = None) -> datetime:
     """A ``datetime-local`` value (or ISO time) read as UTC unless it carries an offset."""
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise EdgeFleetError(f"time {text!r}: use YYYY-MM-DD HH:MM (UTC)") from None
-    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    moment = schedules.parse_time(text)
     now = now or datetime.now(UTC)
     if moment < now - PAST_GRACE:
         raise EdgeFleetError(f"time {moment:%Y-%m-%d %H:%M} UTC has passed "
@@ -153,7 +150,7 @@ async def schedule_benchmark(request: Request, principal: Operator) -> Response:
 
 @router.post("/benchmarks/schedules/{schedule_id}/delete",
              dependencies=[Depends(csrf_protect)])
-def delete_schedule(request: Request, schedule_id: int, principal: Operator) -> Response:
+def delete_schedule(request: Request, schedule_id: RowId, principal: Operator) -> Response:
     settings = settings_of(request)
     try:
         schedules.delete(settings, schedule_id)

@@ -92,9 +92,11 @@ def bundle_page(request: Request, ref: str, principal: Viewer) -> HTMLResponse:
 
 def _int_or_text(text: str) -> int | str:
     """A form number as an int; anything else is passed on as typed, so ``jobs.submit``
-    names the bad value in its error."""
-    text = text.strip()
-    return int(text) if text.isdigit() else text
+    names the bad value in its error (``isdigit`` is no test: ``int("²")`` fails)."""
+    try:
+        return int(text.strip())
+    except ValueError:
+        return text
 
 
 def _float_or_text(text: str) -> float | str:

@@ -18,6 +18,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from orchestrator.auth import role_allows
 from orchestrator.config import Settings
+from orchestrator.db import MAX_ROW_ID
 from orchestrator.output import human_bytes
 from orchestrator.reports import format_number, format_temp
 from web.pages_view import ago, when
@@ -60,6 +61,17 @@ def _environment() -> Environment:
 
 
 templates = Jinja2Templates(env=_environment())
+
+
+def filter_int(text: str) -> int | None:
+    """A whole number typed into a filter's query string (``?threads=2``), or None (no filter)
+    for anything else: empty, not a number (``isdigit`` is no test: ``int("²")`` fails), or
+    beyond what an SQL INTEGER holds, which could not even be bound as a query parameter."""
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return value if -MAX_ROW_ID - 1 <= value <= MAX_ROW_ID else None
 
 
 def settings_of(request: Request) -> Settings:

@@ -32,8 +32,9 @@ from orchestrator.reports import (
 )
 from orchestrator.runs import get_run, list_runs, run_public, run_results
 from orchestrator.stats import compare_runs
+from web.inputs import RowId
 from web.pages_charts import heatmap, sweep_charts
-from web.pages_common import Viewer, render, settings_of
+from web.pages_common import Viewer, filter_int, render, settings_of
 
 router = APIRouter()
 
@@ -71,8 +72,8 @@ def _export(fmt: str, a: int, b: int, rows: list[dict[str, Any]]) -> Response:
 
 
 @router.get("/runs/compare", response_class=HTMLResponse)
-def compare_page(request: Request, principal: Viewer, a: int | None = None,
-                 b: int | None = None, include_invalid: bool = False, bundle: str = "",
+def compare_page(request: Request, principal: Viewer, a: RowId | None = None,
+                 b: RowId | None = None, include_invalid: bool = False, bundle: str = "",
                  threads: str = "",
                  fmt: Annotated[str, Query(alias="format")] = "") -> Response:
     """Runs mode when ``a`` and ``b`` are given, bundle mode when ``bundle`` is; both forms are
@@ -94,7 +95,7 @@ def compare_page(request: Request, principal: Viewer, a: int | None = None,
             if fmt:
                 return _export(fmt, a, b, rows)
             context |= {"runs": runs, "rows": [_display(row) for row in rows]}
-    thread_count = int(threads) if threads.strip().isdigit() else None
+    thread_count = filter_int(threads)
     with session_scope(settings_of(request)) as session:
         context["choices"] = [run_public(r) for r in list_runs(session, RUNS_LIMIT)]
         context["bundle_names"] = trends.bundle_names(session)

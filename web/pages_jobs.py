@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from orchestrator import audit
 from orchestrator.db import session_scope
 from orchestrator.errors import EdgeFleetError, NotFoundError
+from web.inputs import RowId
 from web.pages_common import Operator, Viewer, not_found, render, settings_of
 from web.pages_view import TERMINAL_JOB_STATES, push_progress
 from web.security import csrf_protect
@@ -56,7 +57,7 @@ def _load(request: Request, job_id: int) -> dict[str, Any]:
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
-def job_page(request: Request, job_id: int, principal: Viewer) -> HTMLResponse:
+def job_page(request: Request, job_id: RowId, principal: Viewer) -> HTMLResponse:
     try:
         job = _load(request, job_id)
     except NotFoundError as exc:
@@ -65,7 +66,7 @@ def job_page(request: Request, job_id: int, principal: Viewer) -> HTMLResponse:
 
 
 @router.get("/jobs/{job_id}/progress", response_class=HTMLResponse)
-def job_progress(request: Request, job_id: int, principal: Viewer) -> HTMLResponse:
+def job_progress(request: Request, job_id: RowId, principal: Viewer) -> HTMLResponse:
     """The live part of the job page, for htmx to swap in every second."""
     try:
         job = _load(request, job_id)
@@ -75,7 +76,7 @@ def job_progress(request: Request, job_id: int, principal: Viewer) -> HTMLRespon
 
 
 @router.post("/jobs/{job_id}/cancel", dependencies=[Depends(csrf_protect)])
-def cancel_job(request: Request, job_id: int, principal: Operator) -> Response:
+def cancel_job(request: Request, job_id: RowId, principal: Operator) -> Response:
     from orchestrator import jobs
 
     settings = settings_of(request)

@@ -12,6 +12,7 @@ from orchestrator.db import session_scope
 from orchestrator.errors import NotFoundError
 from orchestrator.reports import flag_notes, report_rows
 from orchestrator.runs import get_run, list_runs, run_public, run_results
+from web.inputs import RowId
 from web.pages_common import Viewer, not_found, render, settings_of
 from web.pages_eval import eval_context, verdict_context
 from web.pages_view import latency_cdf, latency_histogram, sample_series
@@ -36,7 +37,7 @@ def _chart_data(result: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
-def run_page(request: Request, run_id: int, principal: Viewer) -> HTMLResponse:
+def run_page(request: Request, run_id: RowId, principal: Viewer) -> HTMLResponse:
     with session_scope(settings_of(request)) as session:
         try:
             run = get_run(session, run_id)

@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse
 from orchestrator import trends
 from orchestrator.db import session_scope
 from web.pages_charts import regression_rows, trend_charts
-from web.pages_common import Viewer, render, settings_of
+from web.pages_common import Viewer, filter_int, render, settings_of
 
 router = APIRouter()
 
@@ -24,7 +24,7 @@ def trends_page(request: Request, principal: Viewer, bundle: str = "",
     """``?bundle=NAME`` and ``?threads=N`` narrow it; an unknown value simply matches nothing
     (the selects only offer what exists)."""
     bundle = bundle.strip()
-    thread_count = int(threads) if threads.strip().isdigit() else None
+    thread_count = filter_int(threads)
     with session_scope(settings_of(request)) as session:
         points = trends.trend_points(session, bundle or None, thread_count)
         names = trends.bundle_names(session)

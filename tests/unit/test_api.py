@@ -94,6 +94,39 @@ def test_jobs_and_schedules(world: tuple[Settings, TestClient]) -> None:
     assert {"telemetry", "job.cancel", "schedule.create", "schedule.delete"} <= set(actions)
 
 
+@pytest.mark.parametrize(("run_at", "message"), [
+    ("NIL", "time 'NIL': use YYYY-MM-DD HH:MM (UTC)"),  # fromisoformat's ValueError was a 500
+    (0, "give an ISO time as a string"),  # not 1970 through pydantic's Unix times
+    ("0001-01-01T00:00:00+01:00", "is out of range"),  # OverflowError converting to UTC
+])
+def test_a_schedule_time_that_cannot_be_read_is_a_422_naming_it(
+        world: tuple[Settings, TestClient], run_at: object, message: str) -> None:
+    _, client = world
+    response = client.post("/api/schedules", json={"kind": "telemetry", "run_at": run_at})
+    assert response.status_code == 422
+    assert message in response.json()["detail"][0]["msg"]
+    ok = client.post("/api/schedules", json={"kind": "telemetry",
+                                             "run_at": "2099-01-01T05:00:00+02:00"})
+    assert ok.status_code == 201 and ok.json()["run_at"] == "2099-01-01T03:00:00+00:00"
+    assert client.delete(f"/api/schedules/{ok.json()['id']}").status_code == 204
+
+
+def test_ids_past_64_bits_and_text_that_is_not_unicode_are_422s(
+        world: tuple[Settings, TestClient]) -> None:
+    """The two inputs that made 500s (web/inputs.py); tests/faults/test_api_fuzz.py sweeps
+    every route with them."""
+    _, client = world
+    for url in ("/api/runs/99999999999999999999", "/api/jobs/9223372036854775808",
+                "/api/compare?a=1&b=99999999999999999999"):
+        response = client.get(url)
+        assert response.status_code == 422, url
+        assert "less than or equal to 9223372036854775807" in response.text
+    response = client.post("/api/jobs", content=b'{"kind": "telemetry", "targets": "\\ud800"}',
+                           headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("body.targets: not valid Unicode text")
+
+
 def test_metrics_and_docs(world: tuple[Settings, TestClient]) -> None:
     _, client = world
     text = client.get("/metrics").text

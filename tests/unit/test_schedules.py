@@ -4,6 +4,7 @@ local simulated devices."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -49,6 +50,28 @@ def test_bad_cron_is_refused_naming_the_expression(settings: Settings, cron: str
     assert message in str(info.value)
     with session_scope(settings) as session:
         assert schedules.list_schedules(session) == []
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("2030-01-01T03:00:00Z", datetime(2030, 1, 1, 3, tzinfo=UTC)),
+    ("2030-01-01 03:00", datetime(2030, 1, 1, 3, tzinfo=UTC)),  # no offset: UTC
+    ("2030-01-01T05:00:00+02:00", datetime(2030, 1, 1, 3, tzinfo=UTC)),
+])
+def test_parse_time_reads_iso_times_as_utc(text: str, expected: datetime) -> None:
+    parsed = schedules.parse_time(text)
+    assert parsed == expected and parsed.tzinfo == UTC
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("0", "time '0': use YYYY-MM-DD HH:MM (UTC)"),
+    ("tomorrow", "time 'tomorrow': use YYYY-MM-DD HH:MM (UTC)"),
+    # valid ISO, but in UTC before year 1 / after 9999: an OverflowError (a 500) before
+    ("0001-01-01T00:00:00+01:00", "is out of range: in UTC it falls before year 1 or after"),
+    ("9999-12-31T23:59:59-01:00", "is out of range"),
+])
+def test_parse_time_refuses_what_it_cannot_read_naming_it(text: str, message: str) -> None:
+    with pytest.raises(EdgeFleetError, match=re.escape(message)):
+        schedules.parse_time(text)
 
 
 def test_exactly_one_of_cron_or_run_at(settings: Settings) -> None:
