@@ -19,7 +19,7 @@ from orchestrator.cli import (
     handles_errors,
     settings,
 )
-from orchestrator.cliparse import parse_constants, parse_shapes, parse_threads
+from orchestrator.cliparse import parse_constants, parse_shapes, parse_threads, row_id
 from orchestrator.errors import EdgeFleetError
 
 runs_app = typer.Typer(no_args_is_help=True, help="Benchmark runs: list, show, compare.")
@@ -189,7 +189,7 @@ def runs_list(as_json: JsonOpt = False) -> None:
 @runs_app.command("show")
 @handles_errors
 def runs_show(
-    run_id: int,
+    run_id: Annotated[int, row_id("run", metavar="RUN_ID")],
     fmt: Annotated[str, typer.Option("--format", help="table | md | csv | json")] = "table",
     raw: Annotated[bool, typer.Option(help="With --json: every latency and sample.")] = False,
     as_json: JsonOpt = False,
@@ -212,8 +212,8 @@ def runs_show(
 @runs_app.command("compare")
 @handles_errors
 def runs_compare(
-    run_a: int,
-    run_b: int,
+    run_a: Annotated[int, row_id("run", metavar="RUN_A")],
+    run_b: Annotated[int, row_id("run", metavar="RUN_B")],
     include_invalid: Annotated[bool, typer.Option(help="Compare throttled results too.")]
     = False,
     fmt: Annotated[str, typer.Option("--format", help="table | md | csv | json")] = "table",

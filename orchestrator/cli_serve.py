@@ -15,7 +15,7 @@ from orchestrator.cli import app, handles_errors, settings
 def serve_cmd(
     host: Annotated[str, typer.Option(help="Address to bind. Anything but loopback needs an "
                                            "admin token first.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
     workers: Annotated[int, typer.Option(help="Job worker threads.")] = 2,
 ) -> None:
     """Serve the dashboard and the API (OpenAPI at /docs); run pushes, benchmarks and

@@ -13,6 +13,7 @@ from rich.text import Text
 
 from orchestrator import output
 from orchestrator.cli import JsonOpt, app, handles_errors, settings
+from orchestrator.cliparse import row_id
 
 tokens_app = typer.Typer(no_args_is_help=True,
                          help="API tokens for the web UI and API: create, list, revoke.")
@@ -70,7 +71,8 @@ def tokens_list(as_json: JsonOpt = False) -> None:
 @tokens_app.command("revoke")
 @handles_errors
 def tokens_revoke(
-    token_id: Annotated[int, typer.Argument(metavar="ID", help="From `edgefleet tokens list`.")],
+    token_id: Annotated[int, row_id("token", metavar="ID",
+                                    help="From `edgefleet tokens list`.")],
     force: Annotated[bool, typer.Option(
         "--force", help="Allow revoking the last admin token (auth off, loopback only).")]
     = False,

@@ -10,12 +10,13 @@ import typer
 from orchestrator import output
 from orchestrator.cli import JsonOpt, handles_errors, settings
 from orchestrator.cli_runs import runs_app
+from orchestrator.cliparse import row_id
 
 
 @runs_app.command("verdict")
 @handles_errors
 def runs_verdict(
-    run_id: int,
+    run_id: Annotated[int, row_id("run", metavar="RUN_ID")],
     window: Annotated[float | None, typer.Option(
         "--window", help="Seconds of audio per window (e.g. 10).")] = None,
     hop: Annotated[float | None, typer.Option(

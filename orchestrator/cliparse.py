@@ -1,10 +1,33 @@
-"""Parsing of CLI values shared by several commands (thread lists, shapes, constants)."""
+"""Parsing of CLI values shared by several commands (row ids, thread lists, shapes,
+constants)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import typer
+
+from orchestrator.db import MAX_ROW_ID
 from orchestrator.errors import EdgeFleetError
+
+
+def row_id(what: str, **argument: Any) -> Any:
+    """A ``typer.Argument`` for the id of a ``what`` (run, token...): a whole number from 1 to
+    2^63-1, the range of the DB's INTEGER keys. Anything else is a usage error (exit 2) that
+    names the range, before the command runs: a larger number would otherwise reach the DB
+    driver and end in an OverflowError traceback. ``argument``: metavar, help..."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise typer.BadParameter(f"{text!r} is not a {what} id (a whole number)") from None
+        if not 1 <= value <= MAX_ROW_ID:
+            raise typer.BadParameter(f"{what} id {value} is out of range: {what} ids are 1 to "
+                                     f"{MAX_ROW_ID}")
+        return value
+
+    return typer.Argument(parser=parse, **argument)
 
 
 def parse_threads(text: str) -> list[int]:

@@ -384,3 +384,33 @@ def test_streaming_profile_is_stored_with_the_bundle(cli: Cli, tmp_path: Path) -
     bad = cli("bundle", "build", model, "--name", "fc", "--streaming-profile", profile,
               expect=2)
     assert "hop" in bad.stderr and str(profile) in bad.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ("runs", "show", "{}"), ("runs", "show", "{}", "--json"), ("runs", "compare", "1", "{}"),
+    ("runs", "verdict", "{}"), ("tokens", "revoke", "{}")])
+@pytest.mark.parametrize("value", ["99999999999999999999", "9223372036854775808", "0"])
+def test_an_id_no_row_can_have_is_a_usage_error_not_a_traceback(
+        cli: Cli, args: tuple[str, ...], value: str) -> None:
+    """Ids are 1..2^63-1 (SQLite INTEGER keys): a larger one used to reach the DB driver and
+    print an OverflowError traceback. It is now refused before the command runs, exit 2."""
+    result = cli(*(a.replace("{}", value) for a in args), expect=2)
+    what = "token" if args[0] == "tokens" else "run"
+    text = " ".join(result.stderr.replace("│", " ").split())  # rich boxes and wraps the error
+    assert (f"{what} id {value} is out of range: {what} ids are 1 to 9223372036854775807"
+            in text), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "OverflowError" not in result.stderr + result.stdout
+
+
+def test_an_id_that_is_not_a_number_says_so(cli: Cli) -> None:
+    result = cli("runs", "show", "seven", expect=2)
+    assert "'seven' is not a run id (a whole number)" in result.stderr
+    # in range but absent: the command runs and says which run is missing
+    assert "no run 7" in cli("runs", "show", "7", expect=2).stderr
+
+
+def test_a_port_no_socket_can_bind_is_a_usage_error(cli: Cli) -> None:
+    """uvicorn's bind() raised OverflowError ("port must be 0-65535") as a traceback."""
+    result = cli("serve", "--port", "99999999999999999999", expect=2)
+    assert "'--port'" in result.stderr and "Traceback" not in result.stderr + result.stdout
