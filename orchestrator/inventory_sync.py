@@ -71,6 +71,8 @@ def readable_path(settings: Settings, session: Session, path: str) -> Path:
     path = path.strip()
     if not path:
         raise EdgeFleetError("give the inventory file's path on the server")
+    if "\x00" in path:
+        raise InventoryPathRefused("an inventory path cannot contain a NUL character")
     root = settings.inventory_root.resolve()
     given = Path(path) if Path(path).is_absolute() else root / path
     resolved = given.resolve()

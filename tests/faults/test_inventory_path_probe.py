@@ -40,6 +40,9 @@ def test_files_outside_the_inventory_directory_are_never_read(
             assert "EDGEFLEET_INVENTORY_DIR" in answer.json()["detail"]
         page = server.api("GET", "/fleet/inventory", params={"path": path})
         assert page.status_code == 400 and "s3cr3t" not in page.text and "root:" not in page.text
+    nul = server.api("POST", "/api/inventory/sync", json={"path": "lab\u0000.yml"})
+    assert nul.status_code == 400 and "NUL" in nul.json()["detail"]
+    assert server.api("GET", "/fleet/inventory", params={"path": "x\x00"}).status_code == 400
     assert server.get("/api/devices") == []
     assert server.get("/api/audit") == []
 
