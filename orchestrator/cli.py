@@ -63,14 +63,27 @@ def settings() -> Settings:
     return get_settings()
 
 
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
+
+
+def exit_if_interrupted(interrupted: bool) -> None:
+    """After work a Ctrl-C cancelled (``job_tracker``): what finished is already printed and
+    stored; say so and exit 130."""
+    if interrupted:
+        output.stderr.print("cancelled (Ctrl-C): what finished before is kept")
+        raise typer.Exit(INTERRUPTED_EXIT)
+
+
 def finish(outcomes: list[Outcome], title: str, as_json: bool, extra: tuple[str, ...] = (),
-           payload: Callable[[Outcome], dict[str, Any]] | None = None) -> None:
+           payload: Callable[[Outcome], dict[str, Any]] | None = None,
+           interrupted: bool = False) -> None:
     """The common tail of every fleet operation: table or JSON, summary, exit status."""
     if as_json:
         output.print_json([payload(o) if payload else o.as_dict() for o in outcomes])
     else:
         output.stdout.print(output.outcome_table(title, outcomes, extra))
         output.stdout.print(output.summary_line(outcomes))
+    exit_if_interrupted(interrupted)
     if any(not o.ok for o in outcomes):
         raise typer.Exit(1)
 

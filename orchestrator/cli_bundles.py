@@ -208,7 +208,7 @@ def push_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Send a bundle's missing blobs, verify every file on the device, activate atomically."""
-    from orchestrator import jobs
+    from orchestrator import job_tracker
     from orchestrator.bundles import get_bundle
     from orchestrator.db import session_scope
     from orchestrator.deploy import push
@@ -219,15 +219,17 @@ def push_cmd(
         bundle = get_bundle(session, ref)
     devices = _select(targets)
     name = f"{bundle.name}@{bundle.version}"
-    with jobs.track(cfg, "push", {"bundle": name, "forks": forks, "timeout": timeout},
-                    targets) as job, output.RichPushProgress(enabled=not as_json) as progress:
-        outcomes = push(cfg, bundle, devices, forks, timeout, job.push_progress(progress))
-        done = push_summary(name, outcomes)
+    with job_tracker.track(cfg, "push", {"bundle": name, "forks": forks, "timeout": timeout},
+                           targets) as job, \
+            output.RichPushProgress(enabled=not as_json) as progress:
+        outcomes = push(cfg, bundle, devices, forks, timeout, job.push_progress(progress),
+                        job_id=job.job_id)
+        done = push_summary(name, outcomes, job.stopped(outcomes))
         job.finish(done.state, done.result, done.error)
     for o in outcomes:
         o.data["sent"] = output.human_bytes(o.data.get("bytes_sent", 0))
     finish(outcomes, f"push {bundle.name}@{bundle.version} ({bundle.digest[:12]})", as_json,
-           extra=("sent", "smoke"), payload=_push_payload)
+           extra=("sent", "smoke"), payload=_push_payload, interrupted=job.interrupted)
 
 
 @app.command("rollback")

@@ -16,6 +16,7 @@ from orchestrator.cli import (
     Timeout,
     _select,
     app,
+    exit_if_interrupted,
     handles_errors,
     settings,
 )
@@ -57,7 +58,7 @@ def eval_cmd(
 ) -> None:
     """Accuracy on the device: push DATASET, run it through the bundle on every device and
     thread count, report metrics, confusion matrices and whether the devices agree."""
-    from orchestrator import jobs
+    from orchestrator import job_tracker
     from orchestrator.bundles import get_bundle
     from orchestrator.datasets import get_dataset
     from orchestrator.db import session_scope
@@ -79,14 +80,15 @@ def eval_cmd(
                                  f"{dataset.name}@{dataset.version}", thread_counts, warmup,
                                  positive, threshold, forks, timeout)
     # A job row (origin "cli") so the Jobs page shows this evaluation while it runs here.
-    with jobs.track(cfg, "eval", job_params, targets) as job, \
+    with job_tracker.track(cfg, "eval", job_params, targets) as job, \
             output.MeasureProgress(enabled=not as_json, kind="eval") as progress:
         run, outcomes = evaluate(cfg, bundle, dataset, devices, thread_counts, positive,
                                  threshold, forks, timeout,
                                  job.eval_events(progress.event, len(thread_counts)),
-                                 warmup=warmup, targets=targets)
+                                 warmup=warmup, targets=targets, job_id=job.job_id,
+                                 cancelled=job.context.stopped_any)
         job.outcomes(outcomes)
-        done = eval_summary(run, outcomes)
+        done = eval_summary(run, outcomes, job.stopped(outcomes))
         job.finish(done.state, done.result, done.error, done.run_id)
     with session_scope(cfg) as session:
         public = run_public(get_run(session, run.id), run_results(session, run.id))
@@ -95,5 +97,6 @@ def eval_cmd(
         output.print_json(public)
     else:
         print_eval(public, fmt, threshold_sweep)
+    exit_if_interrupted(job.interrupted)
     if any(not o.ok for o in outcomes):
         raise typer.Exit(1)

@@ -15,6 +15,7 @@ from orchestrator.cli import (
     Timeout,
     _select,
     app,
+    exit_if_interrupted,
     finish,
     handles_errors,
     settings,
@@ -90,7 +91,7 @@ def bench_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Benchmark a bundle per device and thread count, with throttle-aware telemetry."""
-    from orchestrator import jobs
+    from orchestrator import job_tracker
     from orchestrator.bundles import get_bundle
     from orchestrator.db import session_scope
     from orchestrator.job_exec import bench_job_params, bench_summary
@@ -120,17 +121,19 @@ def bench_cmd(
     job_params = bench_job_params(
         f"{bundle.name}@{bundle.version}", params,
         f"{base_bundle.name}@{base_bundle.version}" if base_bundle else None, rounds, forks)
-    with jobs.track(cfg, "bench", job_params, targets) as job, \
+    with job_tracker.track(cfg, "bench", job_params, targets) as job, \
             output.MeasureProgress(enabled=not as_json) as progress:
         runs_done, outcomes = bench(
             cfg, bundles, devices, params, targets, forks, timeout,
             job.bench_events(progress.event, len(params.threads) * rounds * len(bundles)),
-            rounds=rounds)
-        done = bench_summary(runs_done, outcomes)
+            rounds=rounds, job_id=job.job_id, cancelled=job.context.stopped_any)
+        done = bench_summary(runs_done, outcomes, job.stopped(outcomes))
         job.finish(done.state, done.result, done.error, done.run_id)
     public = [_results_public(run.id)[0] for run in runs_done]
     report: dict[str, Any] = {"runs": public}
     failed_gate: list[dict] = []
+    if job.interrupted:  # no gate on a cancelled comparison: show what was measured, stop
+        base_bundle = None
     if base_bundle is not None:
         from orchestrator.stats import compare_runs, gate
 
@@ -154,6 +157,7 @@ def bench_cmd(
             from orchestrator.reports import render_comparison
 
             output.stdout.print(render_comparison(report["comparison"]))
+    exit_if_interrupted(job.interrupted)
     if base_bundle is not None:
         if report["gate"]["compared"] == 0:
             output.stderr.print("gate: no result pair could be compared (all failed or "

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=default_home)
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
     forks: int = 10
+    # A device lease lives this long past its holder's last heartbeat (orchestrator.leases).
+    lease_ttl_s: float = 60.0
     # Where the server may read inventories that a web/API request names
     # (orchestrator.inventory_sync.readable_path); default: ``home``.
     inventory_dir: Path | None = None

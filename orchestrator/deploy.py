@@ -42,6 +42,24 @@ class NoProgress:
     def state(self, device: str, state: str) -> None: ...
 
 
+class CountingProgress:
+    """Passes progress on and counts the bytes one device's push really put on the wire, so a
+    push that fails midway reports them instead of 0."""
+
+    def __init__(self, inner: PushProgress) -> None:
+        self.inner, self.sent = inner, 0
+
+    def start(self, device: str, total_bytes: int) -> None:
+        self.inner.start(device, total_bytes)
+
+    def advance(self, device: str, nbytes: int) -> None:
+        self.sent += nbytes
+        self.inner.advance(device, nbytes)
+
+    def state(self, device: str, state: str) -> None:
+        self.inner.state(device, state)
+
+
 def check_runtime(target: Target, plan: dict[str, Any], manifest: dict[str, Any]) -> None:
     ref = f"{manifest['name']}@{manifest['version']}"
     need = manifest.get("min_onnxruntime") or "0"
@@ -165,14 +183,16 @@ def _finish(settings: Settings, deployment_id: int, outcome: Outcome,
 
 
 def _start_rows(settings: Settings, devices: Sequence[Device], operation: str,
-                bundle: Bundle | None) -> dict[str, int]:
+                bundle: Bundle | None, job_id: int | None = None) -> dict[str, int]:
+    """One pending Deployment per device, named with its job: if the process dies, whoever
+    recovers the job marks them interrupted (``jobs.recover_interrupted``)."""
     with session_scope(settings) as session:
         rows = {
             d.name: Deployment(
                 device_name=d.name, operation=operation, state="pending",
                 bundle_name=bundle.name if bundle else None,
                 bundle_version=bundle.version if bundle else None,
-                bundle_digest=bundle.digest if bundle else None,
+                bundle_digest=bundle.digest if bundle else None, job_id=job_id,
             )
             for d in devices
         }
@@ -182,21 +202,24 @@ def _start_rows(settings: Settings, devices: Sequence[Device], operation: str,
 
 
 def push(settings: Settings, bundle: Bundle, devices: Sequence[Device], forks: int = 10,
-         timeout: float | None = None, progress: PushProgress | None = None) -> list[Outcome]:
+         timeout: float | None = None, progress: PushProgress | None = None, *,
+         job_id: int | None = None) -> list[Outcome]:
     progress = progress or NoProgress()
     store = BlobStore(settings.blob_dir)
-    row_ids = _start_rows(settings, devices, "push", bundle)
+    row_ids = _start_rows(settings, devices, "push", bundle, job_id)
     active = (f"{bundle.name}@{bundle.version}", bundle.digest)
 
     def step(target: Target) -> Outcome:
         started = time.monotonic()
         report = DeviceReport()
+        counted = CountingProgress(progress)
         try:
             with leased(settings, target.name, "push"), \
                     connect(target, settings, timeout) as conn:
-                outcome = push_over(conn, bundle, store, progress, timeout, report)
+                outcome = push_over(conn, bundle, store, counted, timeout, report)
         except EdgeFleetError as exc:
-            outcome = Outcome(target.name, False, "failed", str(exc))
+            outcome = Outcome(target.name, False, "failed", str(exc),
+                              data={"bytes_sent": counted.sent})
         outcome.duration_s = time.monotonic() - started
         outcome.data.setdefault("bytes_sent", 0)
         progress.state(target.name, outcome.state)
@@ -218,7 +241,8 @@ def rollback(settings: Settings, devices: Sequence[Device], forks: int = 10,
         active = None
         report = DeviceReport()
         try:
-            with connect(target, settings, timeout) as conn:
+            with leased(settings, target.name, "rollback"), \
+                    connect(target, settings, timeout) as conn:
                 result = report.note(call_agent(conn, "rollback", {}))
             now = result["active"]
             active = (f"{now['name']}@{now['version']}", now["digest"])

@@ -20,7 +20,6 @@ import getpass
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -32,12 +31,19 @@ from orchestrator.bundles import manifest_of
 from orchestrator.config import Settings
 from orchestrator.datasets import DatasetError, check_labels, manifest_of_dataset, model_labels
 from orchestrator.db import session_scope
-from orchestrator.devices import to_target
+from orchestrator.devices import DeviceReport, record_device_report, to_target
 from orchestrator.errors import AgentError, EdgeFleetError
 from orchestrator.fleet import Outcome, fan_out
 from orchestrator.leases import leased
 from orchestrator.models import Bundle, Dataset, Device, Result, Run
-from orchestrator.runs import _result_row, failure_row, keeping
+from orchestrator.runs import (
+    _result_row,
+    close_runs,
+    failure_row,
+    keeping,
+    open_runs,
+    session_failure,
+)
 from orchestrator.transport import Target, connect
 
 EventHandler = Callable[[str, dict[str, Any]], None]
@@ -124,7 +130,8 @@ def evaluate(settings: Settings, bundle: Bundle, dataset: Dataset, devices: Sequ
              threads: Sequence[int], positive: str | None, threshold: float, forks: int = 10,
              timeout: float | None = None, on_event: EventHandler | None = None,
              created_by: str | None = None, profile: dict[str, Any] | None = None, *,
-             warmup: int = 1, targets: str | None = None) -> tuple[Run, list[Outcome]]:
+             warmup: int = 1, targets: str | None = None, job_id: int | None = None,
+             cancelled: Callable[[], bool] | None = None) -> tuple[Run, list[Outcome]]:
     """Evaluate ``bundle`` (already pushed) on ``dataset`` on every device; one Run."""
     plan = plan_eval(bundle, dataset, positive, threshold)
     with session_scope(settings) as session:
@@ -140,8 +147,7 @@ def evaluate(settings: Settings, bundle: Bundle, dataset: Dataset, devices: Sequ
                           "threshold": threshold, "labels": plan.class_names,
                           "profile": profile},
                   created_by=created_by or getpass.getuser())
-        session.add(run)
-        session.flush()
+        open_runs(session, [run], job_id)
         session.expunge(run)
     simulated = {d.name: d.simulated for d in devices}
     store = BlobStore(settings.blob_dir)
@@ -156,6 +162,7 @@ def evaluate(settings: Settings, bundle: Bundle, dataset: Dataset, devices: Sequ
         relay = (lambda e: on_event(target.name, e)) if on_event else None
         measured: list[tuple[dict[str, Any], dict[str, Any]]] = []  # kept if the call fails
         failure: str | None = None
+        report = DeviceReport()  # what the device says it runs (and reverted): the DB follows
         try:
             with leased(settings, target.name, "eval"), \
                     connect(target, settings, timeout) as conn, \
@@ -163,13 +170,14 @@ def evaluate(settings: Settings, bundle: Bundle, dataset: Dataset, devices: Sequ
                 if relay:
                     relay({"event": "dataset", "phase": "push"})
                 sent = push_dataset(agent, dataset, store, plan.manifest)
-                data = agent.call("eval", request, on_event=keeping(measured, relay))
+                data = report.note(agent.call("eval", request,
+                                              on_event=keeping(measured, relay)))
             measured = [(entry, data) for entry in data.get("results") or []]
         except (AgentError, EdgeFleetError) as exc:
-            failure = str(exc)
-            if isinstance(exc, AgentError) and exc.code == "not_on_device":
-                failure += (f" (push it first: `edgefleet push {bundle.name}@{bundle.version} "
-                            f"{target.name}`)")
+            if isinstance(exc, AgentError):
+                report.note(exc.detail)
+            failure = session_failure(target.name, exc, cancelled,
+                                      f"{bundle.name}@{bundle.version}")
             errors.append(failure)
         for entry, common in measured:
             row = _result_row(run, target, simulated[target.name], bundle.precision,
@@ -189,6 +197,7 @@ def evaluate(settings: Settings, bundle: Bundle, dataset: Dataset, devices: Sequ
                                     simulated[target.name], bundle.precision))
         with session_scope(settings) as session:
             session.add_all(rows)
+            record_device_report(session, target.name, report.data)
         outcome = Outcome(target.name, not errors, "failed" if errors else "done",
                           "; ".join(errors) or None,
                           data={"results": len(rows), "dataset_bytes_sent": sent})
@@ -196,15 +205,7 @@ def evaluate(settings: Settings, bundle: Bundle, dataset: Dataset, devices: Sequ
         return outcome
 
     outcomes = fan_out([to_target(d) for d in devices], step, forks)
-    ok = sum(o.ok for o in outcomes)
-    with session_scope(settings) as session:
-        stored = session.get(Run, run.id)
-        assert stored is not None
-        stored.state = "succeeded" if ok == len(outcomes) else "partial" if ok else "failed"
-        stored.finished_at = datetime.now(UTC)
-        session.add(stored)
-        session.flush()
-        session.expunge(stored)
+    (stored,) = close_runs(settings, [run], outcomes, bool(cancelled and cancelled()))
     return stored, outcomes
 
 

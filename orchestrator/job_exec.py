@@ -61,7 +61,10 @@ class JobContext:
     def __init__(self, settings: Settings, job_id: int, cancel: threading.Event | None = None,
                  interval_s: float = PROGRESS_INTERVAL_S) -> None:
         self.settings, self.job_id, self.interval_s = settings, job_id, interval_s
-        self.cancel = cancel  # None: not cancellable (a CLI job)
+        self.cancel = cancel  # None: not cancellable
+        # Set by a CLI's Ctrl-C: the cancel also aborted sessions in flight, so any device
+        # may have been stopped, not only those that reached a boundary.
+        self.interrupt = False
         self.created_by = ""  # who submitted the job: runs record it as their author
         self.devices: dict[str, dict[str, Any]] = {}
         self.cancelled_devices: set[str] = set()
@@ -106,6 +109,11 @@ class JobContext:
                                 .where(Job.id == self.job_id)).first():
                     self.cancel.set()
         return self.cancel.is_set()
+
+    def stopped_any(self) -> bool:
+        """Whether the cancel stopped a device's work (its run is then "cancelled")."""
+        return bool(self.cancelled_devices) or (self.interrupt and self.cancel is not None
+                                                and self.cancel.is_set())
 
     def check(self, device: str) -> None:
         """At a safe boundary of ``device``'s work: stop it there if the job was cancelled."""
@@ -253,7 +261,7 @@ def run_push(settings: Settings, ctx: JobContext, params: dict[str, Any],
         bundle = get_bundle(session, params["bundle"])
         devices = select_devices(session, targets)
     outcomes = deploy.push(settings, bundle, devices, params.get("forks") or 10,
-                           params.get("timeout"), JobPushProgress(ctx))
+                           params.get("timeout"), JobPushProgress(ctx), job_id=ctx.job_id)
     return push_summary(f"{bundle.name}@{bundle.version}", outcomes, ctx.cancelled_devices)
 
 
@@ -269,7 +277,8 @@ def run_bench(settings: Settings, ctx: JobContext, params: dict[str, Any],
     runs_done, outcomes = runs.bench(settings, bundles, devices, bench_params(params), targets,
                                      params.get("forks") or 10, params.get("timeout"),
                                      bench_events(ctx, steps), rounds=rounds,
-                                     created_by=ctx.created_by or None)
+                                     created_by=ctx.created_by or None, job_id=ctx.job_id,
+                                     cancelled=ctx.stopped_any)
     record_outcomes(ctx, outcomes)
     return bench_summary(runs_done, outcomes, ctx.cancelled_devices)
 
@@ -286,7 +295,8 @@ def run_eval(settings: Settings, ctx: JobContext, params: dict[str, Any],
         settings, bundle, dataset, devices, threads, params.get("positive"),
         params["threshold"], params.get("forks") or 10, params.get("timeout"),
         eval_events(ctx, len(threads)), created_by=ctx.created_by or None,
-        warmup=params["warmup"], targets=targets)
+        warmup=params["warmup"], targets=targets, job_id=ctx.job_id,
+        cancelled=ctx.stopped_any)
     record_outcomes(ctx, outcomes)
     return eval_summary(run, outcomes, ctx.cancelled_devices)
 

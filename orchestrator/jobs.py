@@ -13,7 +13,6 @@ queue. What the kinds do, and where cancellation is honoured, is in ``job_exec``
 
 from __future__ import annotations
 
-import getpass
 import logging
 import os
 import socket
@@ -21,12 +20,10 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import or_, update
 from sqlmodel import Session, col, select
 
 from orchestrator import job_exec
@@ -34,7 +31,7 @@ from orchestrator.config import Settings
 from orchestrator.db import session_scope
 from orchestrator.errors import EdgeFleetError, NotFoundError
 from orchestrator.leases import release_dead_holders
-from orchestrator.models import Device, Job, Run
+from orchestrator.models import Deployment, Device, Job, Run
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +39,10 @@ JOB_KINDS = ("push", "bench", "eval", "telemetry")
 TERMINAL = ("succeeded", "failed", "cancelled", "interrupted")
 STATES = ("queued", "running", *TERMINAL)
 ORIGINS = ("server", "cli", "schedule")
-INTERRUPTED = "server restarted while it was running; results stored before the restart are kept"
+INTERRUPTED = ("the process running it died (killed, crashed or restarted); results stored "
+               "before that are kept")
+INTERRUPTED_DEPLOYMENT = ("interrupted: the process pushing died; the device reports what it "
+                          "runs at the next contact (`edgefleet telemetry`, push or verify)")
 POLLER = "telemetry-poller"  # created_by of the periodic telemetry jobs
 
 # In this process: cancel flags of the jobs being executed, and the live runners (so submit()
@@ -142,7 +142,9 @@ def job_public(job: Job) -> dict[str, Any]:
     }
 
 
-def _finish(settings: Settings, job_id: int, outcome: job_exec.JobOutcome) -> None:
+def finish_job(settings: Settings, job_id: int, outcome: job_exec.JobOutcome) -> None:
+    """A running job's terminal state (a job another process already finalized stays as
+    it is)."""
     with session_scope(settings) as session:
         session.execute(
             update(Job).where(col(Job.id) == job_id, col(Job.state) == "running")
@@ -163,79 +165,6 @@ def record_failed(settings: Settings, kind: str, params: dict[str, Any], targets
         session.add(job)
         session.flush()
     return job
-
-
-# --- CLI-started work ------------------------------------------------------------------------
-
-
-class JobTracker:
-    """The job row of one CLI command; the CLI does the work itself and reports here."""
-
-    def __init__(self, settings: Settings, job_id: int) -> None:
-        self.settings, self.job_id, self.finished = settings, job_id, False
-        # Coarser than a server job's progress: the CLI's own bars are the live view, and a
-        # benchmark on this very machine should share the CPU with as little as possible.
-        self.context = job_exec.JobContext(settings, job_id, interval_s=1.0)
-
-    def progress(self, progress: dict[str, Any]) -> None:
-        with session_scope(self.settings) as session:
-            session.execute(update(Job).where(col(Job.id) == self.job_id)
-                            .values(progress=progress))
-
-    def push_progress(self, inner: Any = None) -> job_exec.JobPushProgress:
-        """A PushProgress recording per-device progress in the job, teeing to ``inner``."""
-        return job_exec.JobPushProgress(self.context, inner)
-
-    def bench_events(self, inner: Any, steps: int) -> Any:
-        """runs.bench's on_event recording per-device progress in the job, teeing to ``inner``."""
-        return job_exec.bench_events(self.context, steps, inner)
-
-    def eval_events(self, inner: Any, steps: int) -> Any:
-        """evals.evaluate's on_event recording per-device progress in the job, teeing to
-        ``inner``; ``steps`` is the number of thread counts."""
-        return job_exec.eval_events(self.context, steps, inner)
-
-    def outcomes(self, outcomes: Any) -> None:
-        """Record each device's final state (fleet Outcomes) in the job's progress."""
-        job_exec.record_outcomes(self.context, outcomes)
-
-    def finish(self, state: str, result: dict[str, Any] | None = None, error: str | None = None,
-               run_id: int | None = None) -> None:
-        if state not in TERMINAL:
-            raise ValueError(f"not a terminal job state: {state!r}")
-        self.context.flush()
-        _finish(self.settings, self.job_id, job_exec.JobOutcome(state, result or {}, error,
-                                                                run_id))
-        self.finished = True
-
-
-@contextmanager
-def track(settings: Settings, kind: str, params: dict[str, Any], targets: str,
-          created_by: str = "") -> Iterator[JobTracker]:
-    """Record CLI work as a running job (origin "cli", worker host:pid) so the UI shows it;
-    finished by the caller, or marked failed if the block raises (cancelled on Ctrl-C)."""
-    now = datetime.now(UTC)
-    with session_scope(settings) as session:
-        job = Job(kind=kind, params=params, targets=targets, origin="cli", state="running",
-                  created_by=created_by or getpass.getuser(), started_at=now,
-                  worker=f"{socket.gethostname()}:{os.getpid()}")
-        session.add(job)
-        session.flush()
-        job_id = job.id
-    assert job_id is not None
-    tracker = JobTracker(settings, job_id)
-    try:
-        yield tracker
-    except KeyboardInterrupt:
-        if not tracker.finished:
-            tracker.finish("cancelled", error="stopped from the CLI (Ctrl-C)")
-        raise
-    except BaseException as exc:
-        if not tracker.finished:
-            tracker.finish("failed", error=str(exc) or type(exc).__name__)
-        raise
-    if not tracker.finished:
-        tracker.finish("succeeded")
 
 
 # --- restart recovery ------------------------------------------------------------------------
@@ -278,12 +207,16 @@ def recover_interrupted(settings: Settings) -> list[int]:
         for job_id in dead:
             session.execute(update(Job).where(col(Job.id) == job_id, col(Job.state) == "running")
                             .values(state="interrupted", error=INTERRUPTED, finished_at=now))
-        # The job's run would otherwise say "running" forever; its finished results are kept.
+        # Its runs and deployments would otherwise say "running"/"pending" forever; finished
+        # results are kept. (Older rows have no job_id, but the job knows its run.)
         run_ids = [j.run_id for j in orphans if j.run_id is not None]
-        if run_ids:
-            session.execute(update(Run).where(col(Run.id).in_(run_ids),
-                                              col(Run.state) == "running")
-                            .values(state="interrupted", finished_at=now))
+        if dead:
+            session.execute(update(Run).where(
+                or_(col(Run.job_id).in_(dead), col(Run.id).in_(run_ids)),
+                col(Run.state) == "running").values(state="interrupted", finished_at=now))
+            session.execute(update(Deployment).where(
+                col(Deployment.job_id).in_(dead), col(Deployment.finished_at).is_(None))
+                .values(state="interrupted", finished_at=now, error=INTERRUPTED_DEPLOYMENT))
     if dead:
         log.warning("marked jobs %s interrupted (their worker process is gone)", dead)
     return [j for j in dead if j is not None]
@@ -352,8 +285,12 @@ class JobRunner:
             self._stopping.wait(self.poll_s)
 
     def tick(self, now: datetime | None = None) -> list[Job]:
-        """One scheduler pass: jobs for due schedules, and the telemetry poll when it is due."""
+        """One scheduler pass: jobs (and their runs, deployments and leases) of processes that
+        died since, jobs for due schedules, and the telemetry poll when it is due."""
         from orchestrator import schedules
+
+        recover_interrupted(self.settings)
+        release_dead_holders(self.settings)
 
         created = schedules.due(self.settings, now or datetime.now(UTC))
         interval = self.telemetry_interval_s
@@ -418,6 +355,6 @@ class JobRunner:
         try:
             ctx.flush()
         finally:
-            _finish(self.settings, job_id, outcome)
+            finish_job(self.settings, job_id, outcome)
         with session_scope(self.settings) as session:
             return get_job(session, job_id)

@@ -110,6 +110,7 @@ class DeploymentBase(SQLModel):
     error: str | None = None
     started_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
+    job_id: int | None = Field(default=None, index=True)  # finalized with it after a crash
 
 
 class Deployment(DeploymentBase, table=True):
@@ -131,9 +132,10 @@ class Run(SQLModel, table=True):
     targets: str
     params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_by: str
-    state: str = "running"  # running | succeeded | partial | failed
+    state: str = "running"  # running | succeeded | partial | failed | cancelled | interrupted
     created_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
+    job_id: int | None = Field(default=None, index=True)  # finalized with it after a crash
 
 
 class Result(SQLModel, table=True):

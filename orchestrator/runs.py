@@ -19,17 +19,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+from sqlalchemy import update
 from sqlalchemy.orm import defer
 from sqlmodel import Session, col, select
 
 from orchestrator.agentclient import AgentSession
 from orchestrator.config import Settings
 from orchestrator.db import session_scope
-from orchestrator.devices import to_target
+from orchestrator.devices import DeviceReport, record_device_report, to_target
 from orchestrator.errors import AgentError, EdgeFleetError, NotFoundError
 from orchestrator.fleet import Outcome, fan_out
 from orchestrator.leases import leased
-from orchestrator.models import Bundle, Device, Result, Run
+from orchestrator.models import Bundle, Device, Job, Result, Run
 from orchestrator.transport import Target, connect
 
 EventHandler = Callable[[str, dict[str, Any]], None]
@@ -172,6 +173,18 @@ def keeping(finished: list[tuple[dict[str, Any], dict[str, Any]]],
     return on_event
 
 
+def session_failure(device: str, exc: EdgeFleetError, cancelled: Callable[[], bool] | None,
+                    bundle_ref: str) -> str:
+    """What a device's failed bench/eval session says: a cancel names itself (the aborted
+    connection's error is only how it showed), a missing bundle says how to push it."""
+    failure = str(exc)
+    if cancelled is not None and cancelled():
+        return f"{device}: stopped, the run was cancelled ({failure})"
+    if isinstance(exc, AgentError) and exc.code == "not_on_device":
+        failure += f" (push it first: `edgefleet push {bundle_ref} {device}`)"
+    return failure
+
+
 def failure_row(run: Run, device: str, failure: str, kept: Iterable[Any], simulated: bool,
                 precision: str | None) -> Result:
     """The row of a device whose session failed (``threads`` null), naming the thread counts
@@ -183,10 +196,43 @@ def failure_row(run: Run, device: str, failure: str, kept: Iterable[Any], simula
                   error=failure + note, simulated=simulated, precision=precision)
 
 
+def open_runs(session: Session, runs: Sequence[Run], job_id: int | None) -> None:
+    """Store new runs with the job that makes them, and link the job to its main (last) run
+    now, not when it ends: whoever finds the job crashed finalizes its runs
+    (``jobs.recover_interrupted``), and its page links the run while it is measured."""
+    for run in runs:
+        run.job_id = job_id
+    session.add_all(runs)
+    session.flush()
+    if job_id is not None:
+        session.execute(update(Job).where(col(Job.id) == job_id).values(run_id=runs[-1].id))
+
+
+def close_runs(settings: Settings, runs: Sequence[Run], outcomes: Sequence[Outcome],
+               cancelled: bool = False) -> list[Run]:
+    """Each run's final state from its devices' outcomes (``cancelled`` wins: a run stopped
+    by its user is neither a success nor a device failure); returns the stored, detached rows."""
+    ok = sum(o.ok for o in outcomes)
+    state = ("cancelled" if cancelled else "succeeded" if ok == len(outcomes)
+             else "partial" if ok else "failed")
+    finished = []
+    with session_scope(settings) as session:
+        for run in runs:
+            stored = session.get(Run, run.id)
+            assert stored is not None
+            stored.state, stored.finished_at = state, datetime.now(UTC)
+            session.add(stored)
+            finished.append(stored)
+        session.flush()
+        session.expunge_all()
+    return finished
+
+
 def bench(settings: Settings, bundles: Sequence[Bundle], devices: Sequence[Device],
           params: BenchParams, targets: str, forks: int = 10, timeout: float | None = None,
           on_event: EventHandler | None = None, rounds: int = 1,
-          created_by: str | None = None) -> tuple[list[Run], list[Outcome]]:
+          created_by: str | None = None, *, job_id: int | None = None,
+          cancelled: Callable[[], bool] | None = None) -> tuple[list[Run], list[Outcome]]:
     """Benchmark each bundle (already pushed) on every device; one Run per bundle.
 
     With several bundles and ``rounds`` > 1 each device alternates them round by round
@@ -200,8 +246,7 @@ def bench(settings: Settings, bundles: Sequence[Bundle], devices: Sequence[Devic
                     bundle_digest=b.digest, targets=targets,
                     params=asdict(params) | {"rounds": rounds}, created_by=author)
                 for b in bundles]
-        session.add_all(runs)
-        session.flush()
+        open_runs(session, runs, job_id)
     simulated = {d.name: d.simulated for d in devices}
     per_round = dataclasses.replace(params, runs=max(1, -(-params.runs // rounds)),
                                     min_seconds=params.min_seconds / rounds)
@@ -217,6 +262,7 @@ def bench(settings: Settings, bundles: Sequence[Bundle], devices: Sequence[Devic
         # Per bundle: (entry, common) of every thread count finished, as the agent reports it
         # (event "measured"), so a failure later in the session loses none of them.
         measured: list[list[tuple[dict[str, Any], dict[str, Any]]]] = [[] for _ in bundles]
+        report = DeviceReport()  # what the device says it runs (and reverted): the DB follows
         try:
             with leased(settings, target.name, "bench"), \
                     connect(target, settings, timeout) as conn, \
@@ -229,15 +275,16 @@ def bench(settings: Settings, bundles: Sequence[Bundle], devices: Sequence[Devic
                         order.reverse()
                     for index in order:
                         mark = len(measured[index])
-                        data = agent.call("bench", per_round.payload(bundles[index].digest),
-                                          on_event=keeping(measured[index], relay(target.name)))
+                        data = report.note(agent.call(
+                            "bench", per_round.payload(bundles[index].digest),
+                            on_event=keeping(measured[index], relay(target.name))))
                         # The result line is authoritative (and all an older agent sends).
                         del measured[index][mark:]
                         measured[index].extend((e, data) for e in data.get("results") or [])
         except (AgentError, EdgeFleetError) as exc:
-            failure = str(exc)
-            if isinstance(exc, AgentError) and exc.code == "not_on_device":
-                failure += f" (push it first: `edgefleet push NAME@VERSION {target.name}`)"
+            if isinstance(exc, AgentError):
+                report.note(exc.detail)
+            failure = session_failure(target.name, exc, cancelled, "NAME@VERSION")
             errors.append(failure)
         for run, bundle, done in zip(runs, bundles, measured, strict=True):
             by_threads: dict[Any, list[dict[str, Any]]] = {}
@@ -258,23 +305,14 @@ def bench(settings: Settings, bundles: Sequence[Bundle], devices: Sequence[Devic
                                         simulated[target.name], bundle.precision))
         with session_scope(settings) as session:
             session.add_all(rows)
+            record_device_report(session, target.name, report.data)
         outcome = Outcome(target.name, not errors, "failed" if errors else "done",
                           "; ".join(errors) or None, data={"results": len(rows)})
         outcome.duration_s = time.monotonic() - started
         return outcome
 
     outcomes = fan_out([to_target(d) for d in devices], step, forks)
-    ok = sum(o.ok for o in outcomes)
-    finished = []
-    with session_scope(settings) as session:
-        for run in runs:
-            stored = session.get(Run, run.id)
-            assert stored is not None
-            stored.state = "succeeded" if ok == len(outcomes) else "partial" if ok else "failed"
-            stored.finished_at = datetime.now(UTC)
-            session.add(stored)
-            finished.append(stored)
-    return finished, outcomes
+    return close_runs(settings, runs, outcomes, bool(cancelled and cancelled())), outcomes
 
 
 # --- reading runs back -----------------------------------------------------------------------

@@ -321,6 +321,11 @@ class Connection(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def abort(self) -> None:
+        """Stop everything in flight on this connection now, from any thread (a Ctrl-C of
+        the command using it): blocked reads and writes end with a TransportError."""
+        self.close()
+
     def __enter__(self) -> Connection:
         return self
 

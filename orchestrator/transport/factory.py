@@ -2,17 +2,56 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import weakref
+
 from orchestrator.config import Settings
+from orchestrator.errors import TransportError
 from orchestrator.transport.base import Connection, OutputLimits, Target
+
+log = logging.getLogger(__name__)
+
+
+# Every connection this process opened (weakly: a closed one just drops out), so that a
+# Ctrl-C can abort them all at once (``abort_all``); after it, no new one opens.
+_open: weakref.WeakSet[Connection] = weakref.WeakSet()
+_aborted = threading.Event()
 
 
 def connect(target: Target, settings: Settings, timeout: float | None = None) -> Connection:
     timeout = timeout or settings.timeout_s
     limits = OutputLimits.from_mb(settings.max_line_mb, settings.max_output_mb)
+    _refuse_if_aborted(target)
+    conn: Connection
     if target.connection == "local":
         from orchestrator.transport.local import LocalConnection
 
-        return LocalConnection(target, limits)
-    from orchestrator.transport.ssh import SshConnection
+        conn = LocalConnection(target, limits)
+    else:
+        from orchestrator.transport.ssh import SshConnection
 
-    return SshConnection(target, settings.known_hosts, timeout, limits)
+        conn = SshConnection(target, settings.known_hosts, timeout, limits)
+    _open.add(conn)
+    if _aborted.is_set():  # opened while abort_all ran
+        conn.abort()
+        _refuse_if_aborted(target)
+    return conn
+
+
+def _refuse_if_aborted(target: Target) -> None:
+    if _aborted.is_set():
+        raise TransportError(f"{target.name}: not contacted: the operation was cancelled")
+
+
+def abort_all() -> None:
+    """Abort every device connection of this process and refuse new ones: the in-flight
+    sessions of a cancelled CLI command end now instead of when their device finishes (the
+    device's agent, its output gone, stops too). For a process doing one operation (the
+    CLI); the server cancels its jobs one by one (job_exec)."""
+    _aborted.set()
+    for conn in list(_open):
+        try:
+            conn.abort()
+        except Exception as exc:  # one device's teardown error must not spare the others
+            log.warning("%s: abort failed: %s", conn.target.name, exc)

@@ -10,6 +10,7 @@ import subprocess
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from orchestrator.errors import TransportError
 from orchestrator.transport.base import (
@@ -148,9 +149,23 @@ class LocalChannel(Channel):
 
 
 class LocalConnection(Connection):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._channels: list[LocalChannel] = []  # for abort(); finished ones are harmless
+
     def start(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
               timeout: float | None = None) -> Channel:
-        return LocalChannel(self.target.name, render_command(argv, env), timeout, self.limits)
+        channel = LocalChannel(self.target.name, render_command(argv, env), timeout,
+                               self.limits)
+        self._channels.append(channel)
+        return channel
+
+    def abort(self) -> None:
+        """Kill every command started here (each is its own process group, so with what it
+        started: an agent's measurement children die with it)."""
+        for channel in list(self._channels):
+            if channel.proc.poll() is None:
+                channel.abort()
 
     def put(self, local: Path, remote: str, on_bytes: ByteProgress | None = None) -> int:
         dest = os.path.expanduser(remote)

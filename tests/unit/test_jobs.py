@@ -14,7 +14,7 @@ import pytest
 import yaml
 from sqlmodel import select
 
-from orchestrator import deploy, jobs, runs
+from orchestrator import deploy, job_tracker, jobs, runs
 from orchestrator.agents import install_agents
 from orchestrator.bundles import build_bundle
 from orchestrator.config import Settings
@@ -294,9 +294,9 @@ def test_cancel_a_running_push_between_devices(tmp_path: Path,
             self.inner.state(device, state)
 
     def push(settings_: Settings, bundle: Any, devices: Any, forks: int, timeout: Any,
-             progress: deploy.PushProgress) -> Any:
+             progress: deploy.PushProgress, **kwargs: Any) -> Any:
         return real_push(settings_, bundle, devices, forks, timeout,
-                         CancelAfterFirstDevice(progress))
+                         CancelAfterFirstDevice(progress), **kwargs)
 
     monkeypatch.setattr(deploy, "push", push)
     done = jobs.JobRunner(settings).run_one()
@@ -455,7 +455,7 @@ def test_cli_push_and_bench_are_recorded_as_cli_jobs(cli: Cli, home: Path,
     assert bench_job.run_id == benched["id"]
     # Running CLI work is stopped in its terminal, not from the UI.
     with pytest.raises(EdgeFleetError, match="CLI"), \
-            jobs.track(settings, "push", {}, "all") as tracker:
+            job_tracker.track(settings, "push", {}, "all") as tracker:
         jobs.cancel(settings, tracker.job_id)
 
 

@@ -1,0 +1,64 @@
+"""SIGKILL of ``edgefleet serve`` while one of its jobs benchmarks a real sshd device.
+
+Before: the Run stayed "running" forever (the job learnt its run only at the end) and the lease
+held the device. Now the run is linked to its job from the start; the restarted server marks
+job and run interrupted, frees the lease at once, and the next bench runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlmodel import select
+
+from orchestrator.config import Settings
+from orchestrator.db import session_scope
+from orchestrator.models import DeviceLease, Result, Run
+from tests.conftest import Cli
+from tests.live_server import Server
+
+from .procs import setup_fleet, small_bundle, wait_until
+
+
+def test_a_killed_server_leaves_no_running_run_and_no_lock(
+        cli: Cli, home: Path, sshd_factory, tmp_path: Path,
+        serve: Callable[..., Server]) -> None:
+    (host,) = sshd_factory(1)
+    setup_fleet(cli, tmp_path, [host])
+    ref = small_bundle(cli, tmp_path)
+    cli("push", ref, "pis", "--json")
+    server = serve()
+    job = server.post("/api/jobs", {"kind": "bench", "targets": "pis", "params": {
+        "bundle": ref, "threads": [1], "warmup": 1, "runs": 10, "min_seconds": 300,
+        "shapes": {"log_mel": [1, 1, 98, 40]}}})
+
+    def timing() -> dict | None:
+        now = server.get(f"/api/jobs/{job['id']}")
+        device = (now.get("progress") or {}).get("devices", {}).get(host.name, {})
+        assert now["state"] in ("queued", "running"), now
+        return now if device.get("phase") == "timed" else None
+
+    running = wait_until(timing, "the bench to be timing runs on the device", 60)
+    assert running["state"] == "running" and running["run_id"] is not None  # linked at once
+    run_id = running["run_id"]
+    server.kill()
+
+    settings = Settings(home=home)
+    with session_scope(settings) as session:
+        run = session.get(Run, run_id)
+        assert run is not None and run.state == "running" and run.job_id == job["id"]
+        assert session.exec(select(DeviceLease)).first() is not None
+
+    restarted = serve()
+    assert restarted.get(f"/api/jobs/{job['id']}")["state"] == "interrupted"
+    assert restarted.get(f"/api/runs/{run_id}")["state"] == "interrupted"
+    with session_scope(settings) as session:
+        assert session.exec(select(DeviceLease)).all() == []
+        assert session.exec(select(Result).where(Result.run_id == run_id)).all() == []
+    again = restarted.post("/api/jobs", {"kind": "bench", "targets": "pis", "params": {
+        "bundle": ref, "threads": [1], "warmup": 1, "runs": 5,
+        "shapes": {"log_mel": [1, 1, 98, 40]}}})
+    done = restarted.wait_job(again["id"], timeout=120)
+    assert done["run_id"] is not None and done["run_id"] != run_id
+    assert restarted.get(f"/api/runs/{done['run_id']}")["state"] == "succeeded"

@@ -1,0 +1,99 @@
+"""A process holding a device lease is frozen (SIGSTOP) or killed (SIGKILL), for real.
+
+Leases are heartbeated: a live holder keeps its device however long it works, a frozen one
+loses it within its TTL (any process, on any host, may then take it), and a killed one on this
+host is detected at once by its pid.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import Settings
+from orchestrator.db import get_engine, session_scope
+from orchestrator.leases import DeviceBusy, acquire, release
+from orchestrator.models import DeviceLease
+
+from .procs import wait_until
+
+HOLDER = """
+import sys
+from orchestrator.config import Settings
+from orchestrator.leases import leased
+with leased(Settings(), "pi1", "bench") as holder:
+    print(holder, flush=True)
+    sys.stdin.read()  # hold until stdin closes (or we are stopped / killed)
+"""
+
+
+@pytest.fixture
+def holder(home: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    get_engine(Settings(home=home))
+    env = dict(os.environ, EDGEFLEET_HOME=str(home), EDGEFLEET_LEASE_TTL_S="1.5")
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    holder_id = proc.stdout.readline().strip()
+    assert holder_id.split(":")[1] == str(proc.pid)
+    yield proc, holder_id
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGCONT)
+        proc.kill()
+    proc.wait(30)
+
+
+def _expiry(settings: Settings):  # type: ignore[no-untyped-def]
+    with session_scope(settings) as session:
+        lease = session.get(DeviceLease, "pi1")
+        return None if lease is None else (lease.holder, lease.expires_at.replace(tzinfo=UTC))
+
+
+def _take(settings: Settings) -> bool:
+    try:
+        acquire(settings, "pi1", "push", "taker:1:x")
+    except DeviceBusy:
+        return False
+    return True
+
+
+def test_a_live_holder_keeps_its_lease_past_the_ttl(home: Path, holder) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings(home=home, lease_ttl_s=1.5)
+    _, holder_id = holder
+    seen = {_expiry(settings)}
+    # Three renewals observed: the lease has outlived two TTLs since it was taken.
+    wait_until(lambda: seen.add(_expiry(settings)) or len(seen) >= 4, "three heartbeats", 30)
+    assert {h for h, _ in seen} == {holder_id}
+    assert not _take(settings)
+
+
+def test_a_frozen_holder_loses_its_lease_within_the_ttl(home: Path, holder) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings(home=home, lease_ttl_s=1.5)
+    proc, holder_id = holder
+    assert not _take(settings)
+    proc.send_signal(signal.SIGSTOP)
+    wait_until(lambda: _take(settings), "the frozen holder's lease to expire", 30)
+    assert _expiry(settings)[0] == "taker:1:x"  # type: ignore[index]
+    # Thawed, the old holder's heartbeat finds the lease gone and does not take it back.
+    proc.send_signal(signal.SIGCONT)
+    proc.stdin.close()  # type: ignore[union-attr]
+    assert proc.wait(30) == 0
+    assert _expiry(settings)[0] == "taker:1:x"  # type: ignore[index]
+    release(settings, "pi1", "taker:1:x")
+
+
+def test_a_killed_holder_on_this_host_is_detected_at_once(home: Path, holder) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings(home=home)  # the default TTL: a minute; nobody waits for it here
+    proc, holder_id = holder
+    assert not _take(settings)
+    proc.kill()
+    proc.wait(30)
+    assert _take(settings)
+    assert _expiry(settings)[0] == "taker:1:x"  # type: ignore[index]
