@@ -35,8 +35,8 @@ def parse_threads(text: str) -> list[int]:
         threads = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise EdgeFleetError(f"--threads {text!r}: give a list like 1,2,4") from None
-    if not threads or any(t < 1 for t in threads):
-        raise EdgeFleetError(f"--threads {text!r}: thread counts must be >= 1")
+    if not threads or any(not 1 <= t <= 256 for t in threads):
+        raise EdgeFleetError(f"--threads {text!r}: thread counts must be from 1 to 256")
     return threads
 
 

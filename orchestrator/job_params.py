@@ -32,12 +32,22 @@ EVAL_DEFAULTS: dict[str, Any] = {"threads": [1], "warmup": 1, "positive": None,
                                  "threshold": 0.5}  # as `edgefleet eval`
 
 
+# Upper bounds, so a job that cannot run is refused when it is submitted, not in a worker
+# later (10^20 runs queued fine and failed storing the result). The agent refuses more than
+# these too (agent.bench.MAX_THREADS / MAX_TIMED_RUNS; tests/unit/test_jobs.py keeps them equal).
+MAX_THREADS = 256
+MAX_RUNS = 1_000_000
+HIGH = {"runs": MAX_RUNS, "warmup": MAX_RUNS, "rounds": 1000, "forks": 1000}
+
+
 def _int(kind: str, params: dict[str, Any], key: str, default: int | None, low: int) -> Any:
     value = params.get(key, default)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise EdgeFleetError(f"{kind} job: {key!r} must be an integer >= {low} (got {value!r})")
+    high = HIGH.get(key, 2**31 - 1)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise EdgeFleetError(f"{kind} job: {key!r} must be an integer from {low} to {high} "
+                             f"(got {value!r})")
     return value
 
 
@@ -69,10 +79,11 @@ def _threads(value: Any, kind: str = "bench") -> list[int]:
             value = [int(t) for t in value]
         except ValueError:
             value = None
-    if not isinstance(value, list) or not value or any(
-            isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in value):
-        raise EdgeFleetError(f"{kind} job: 'threads' must be a list of thread counts >= 1, "
-                             f"e.g. [1, 2, 4] (got {value!r})")
+    if not isinstance(value, list) or not value or len(value) > MAX_THREADS or any(
+            isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= MAX_THREADS
+            for t in value):
+        raise EdgeFleetError(f"{kind} job: 'threads' must be a list of thread counts from 1 "
+                             f"to {MAX_THREADS}, e.g. [1, 2, 4] (got {value!r})")
     return value
 
 

@@ -157,6 +157,24 @@ def records_only(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return make_fleet(tmp_path_factory.mktemp("records"), install=False)
 
 
+def test_job_bounds_are_the_agents() -> None:
+    from agent.bench import MAX_THREADS, MAX_TIMED_RUNS
+    from orchestrator import job_params
+
+    assert (job_params.MAX_THREADS, job_params.MAX_RUNS) == (MAX_THREADS, MAX_TIMED_RUNS)
+
+
+@pytest.mark.parametrize(("kind", "params", "targets", "message"), [
+    ("bench", {"bundle": "fc", "warmup": 2**70}, "all", "'warmup' must be an integer"),
+])
+def test_huge_numbers_are_refused_too(records_only: Settings, kind: str,
+                                      params: dict[str, Any], targets: str,
+                                      message: str) -> None:
+    with pytest.raises(EdgeFleetError, match=message):
+        jobs.submit(records_only, kind, params, targets)
+    assert all_jobs(records_only) == []
+
+
 @pytest.mark.parametrize(("kind", "params", "targets", "message"), [
     ("reboot", {}, "all", "unknown job kind 'reboot'"),
     ("push", {}, "all", "'bundle' must be a bundle reference"),
@@ -166,15 +184,17 @@ def records_only(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     ("push", {"bundle": "fc"}, "pi-zzz", "pi-zzz"),
     ("push", {"bundle": "fc"}, "", "targets must be a pattern"),
     ("bench", {"bundle": "fc", "threads": [0]}, "all", "'threads' must be a list"),
-    ("bench", {"bundle": "fc", "runs": True}, "all", "'runs' must be an integer >= 1"),
+    ("bench", {"bundle": "fc", "runs": True}, "all", "'runs' must be an integer from 1 to"),
+    ("bench", {"bundle": "fc", "runs": 10**20}, "all", "from 1 to 1000000 (got 1000"),
+    ("bench", {"bundle": "fc", "threads": [257]}, "all", "thread counts from 1 to 256"),
     ("bench", {"bundle": "fc", "shapes": {"x": "1x2"}}, "all", "'shapes' must map"),
     ("bench", {"bundle": "fc", "baseline": "old"}, "all", "no bundle old"),
     ("bench", {"bundle": "fc", "graph_optimization": "max"}, "all", "'max'"),
-    ("telemetry", {"forks": 0}, "all", "'forks' must be an integer >= 1"),
+    ("telemetry", {"forks": 0}, "all", "'forks' must be an integer from 1 to 1000"),
     ("eval", {"bundle": "fc"}, "all", "'dataset' must be a dataset reference"),
     ("eval", {"bundle": "fc", "dataset": "nope"}, "all", "no dataset nope"),
     ("eval", {"bundle": "fc", "dataset": "d", "warmup": -1}, "all",
-     "'warmup' must be an integer >= 0"),
+     "'warmup' must be an integer from 0 to"),
 ])
 def test_bad_params_are_refused_before_anything_is_queued(
         records_only: Settings, kind: str, params: dict[str, Any], targets: str,
