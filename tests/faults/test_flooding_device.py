@@ -13,9 +13,7 @@ awaited on a pidfd.
 from __future__ import annotations
 
 import json
-import os
 import re
-import select
 import subprocess
 import sys
 from collections.abc import Callable
@@ -30,6 +28,7 @@ from orchestrator.simulate import create_simulated_device
 from orchestrator.transport.base import MAX_LINE_BYTES, MAX_OUTPUT_BYTES, MiB
 from tests.conftest import Cli
 from tests.fleet.sshd import SshdFactory
+from tests.waiting import process_gone
 
 REPO = Path(__file__).resolve().parents[2]
 LIMIT_MIB = MAX_LINE_BYTES // MiB
@@ -72,14 +71,7 @@ class Flooder:
 
     def ended(self, timeout: float) -> bool:
         """Whether the flooder has exited (waiting up to ``timeout`` s on a pidfd)."""
-        try:
-            fd = os.pidfd_open(int(self.pidfile.read_text()))
-        except ProcessLookupError:
-            return True
-        try:
-            return bool(select.select([fd], [], [], timeout)[0])
-        finally:
-            os.close(fd)
+        return process_gone(int(self.pidfile.read_text()), timeout)
 
 
 def write_flooder(directory: Path, mode: str, size: int) -> Flooder:

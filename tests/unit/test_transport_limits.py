@@ -3,8 +3,6 @@ scenarios over real sshd are in tests/faults/test_flooding_device.py)."""
 
 from __future__ import annotations
 
-import os
-import select
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from orchestrator.transport.base import (
     format_size,
 )
 from orchestrator.transport.local import LocalConnection
+from tests.waiting import process_gone
 
 TARGET = Target("box", "localhost", connection="local")
 
@@ -101,15 +100,6 @@ def test_connect_takes_the_limits_from_settings(tmp_path: Path,
 
 # -- the local transport, for real ------------------------------------------------------------
 
-def _gone(pid: int, timeout: float) -> bool:
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([fd], [], [], timeout)[0])
-    finally:
-        os.close(fd)
 
 
 SMALL = OutputLimits(max_line=MiB, max_output=4 * MiB, stderr_keep=1024)
@@ -128,7 +118,7 @@ def test_a_local_flood_is_stopped_and_killed(tmp_path: Path, flood: str, error: 
     conn = LocalConnection(TARGET, SMALL)
     with pytest.raises(OutputLimitError, match=rf"^box: the device sent {error}"):
         conn.run(["sh", "-c", f'echo $$ > "$1"; {flood}; echo never', "sh", str(pidfile)])
-    assert _gone(int(pidfile.read_text()), 10)
+    assert process_gone(int(pidfile.read_text()), 10)
     assert issubclass(OutputLimitError, TransportError)  # a device's failure, as any other
 
 

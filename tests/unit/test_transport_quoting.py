@@ -4,7 +4,6 @@ transport that runs them."""
 from __future__ import annotations
 
 import os
-import select
 import shlex
 import subprocess
 import threading
@@ -18,6 +17,7 @@ from orchestrator.errors import TransportError
 from orchestrator.transport import RemotePath, Target
 from orchestrator.transport.base import quote_token, render_command, sftp_path
 from orchestrator.transport.local import LocalConnection
+from tests.waiting import process_gone
 
 HOSTILE = [
     "plain",
@@ -232,15 +232,6 @@ def test_on_line_streams_while_the_command_runs(local: LocalConnection, tmp_path
     assert result.stdout == "".join(seen)
 
 
-def _wait_gone(pid: int, timeout: float) -> bool:
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([fd], [], [], timeout)[0])
-    finally:
-        os.close(fd)
 
 
 @pytest.mark.parametrize(
@@ -256,7 +247,7 @@ def test_silence_timeout_kills_the_command(local: LocalConnection, tmp_path: Pat
     with pytest.raises(TransportError, match=r"^this-box: no output for 0.5s; command killed"):
         local.run(wrapped, timeout=0.5)
     assert time.monotonic() - started < 3  # not the 5 s the command wanted
-    assert _wait_gone(int(pidfile.read_text()), 5)
+    assert process_gone(int(pidfile.read_text()), 5)
 
 
 def test_silence_timeout_kills_background_children_too(local: LocalConnection,
@@ -267,7 +258,7 @@ def test_silence_timeout_kills_background_children_too(local: LocalConnection,
         local.run(["sh", "-c", 'sleep 30 & echo $! > "$1"; wait', "sh", str(pidfile)],
                   timeout=0.5)
     assert time.monotonic() - started < 3
-    assert _wait_gone(int(pidfile.read_text()), 5)
+    assert process_gone(int(pidfile.read_text()), 5)
 
 
 def test_timeout_bounds_silence_not_total_time(local: LocalConnection) -> None:
