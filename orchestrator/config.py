@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def default_home() -> Path:
-    """XDG data dir + /edgefleet, as DESIGN.md promises."""
+    """XDG data dir + /edgefleet, as the README's "How it works" says."""
     xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(xdg) / "edgefleet"
 

@@ -1,10 +1,10 @@
 """``edgefleet demo``: the whole flow on a machine with no Pi and no sshd.
 
-Three simulated Pis run as local devices (``ansible_connection: local``) with fake sensors per
-DESIGN.md; one runs hot without a cooler, one had a weak power supply. Everything else is real:
-a first-crack classifier trained (in numpy, seeded) on synthetic roaster audio, its INT8
-variant, a labelled WAV eval set the model never saw, the real agent, hashing, verification,
-activation, smoke tests, benchmarks and on-device evaluation.
+Three simulated Pis run as local devices (``ansible_connection: local``) with fake sensors
+(orchestrator/simulate.py); one runs hot without a cooler, one had a weak power supply.
+Everything else is real: a first-crack classifier trained (in numpy, seeded) on synthetic
+roaster audio, its INT8 variant, a labelled WAV eval set the model never saw, the real agent,
+hashing, verification, activation, smoke tests, benchmarks and on-device evaluation.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Read Ansible YAML inventories into devices EdgeFleet can reach.
 
 Teams already describe their Pis in Ansible's YAML inventory format, so EdgeFleet reads that
-format as-is (DESIGN.md, "Inventory") instead of inventing its own. Differences from Ansible are
+format as-is (README, "Inventory format") instead of inventing its own. Differences from Ansible are
 all on the side of refusing input Ansible would half-accept: a mistake in an inventory decides
 which machine receives a model, so it must fail loudly, with ``file:line`` and a next step.
 

@@ -1,7 +1,8 @@
 """Ansible-style target patterns: which devices a command acts on.
 
 Works on plain ``(host name, groups)`` pairs so the same code serves an inventory file and the
-device rows in the database. The supported subset of Ansible's patterns (DESIGN.md contract):
+device rows in the database. The supported subset of Ansible's patterns (README, "Inventory
+format"):
 
 * a host name, a group name, ``all`` (or ``*``);
 * shell globs (``*``, ``?``, ``[ab]``; case-sensitive) matched against host names *and* group

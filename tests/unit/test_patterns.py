@@ -1,4 +1,5 @@
-"""Target patterns: the Ansible subset from DESIGN.md, evaluated in Ansible's order."""
+"""Target patterns: the Ansible subset of the README's "Inventory format", evaluated in
+Ansible's order."""
 
 from __future__ import annotations
 
