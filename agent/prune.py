@@ -13,6 +13,7 @@ import os
 from typing import Any, Dict, Iterable, List, Tuple
 
 from agent.fsutil import remove_tree
+from agent.parts import sweep
 from agent.protocol import is_sha256
 from agent.store import MANIFEST_NAME, STAGING_PREFIX, Store, parse_manifest_bytes
 
@@ -54,7 +55,9 @@ def _kept_history(history: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 
 def prune(store: Store, state: Dict[str, Any]) -> List[str]:
-    """Keep current + 3 previous distinct versions; delete other dirs and unreferenced blobs.
+    """Keep current + 3 previous distinct versions; delete other dirs and unreferenced blobs,
+    and the uploads nobody owns that were left in incoming/ more than a day ago (agent.parts:
+    a dropped transfer's part stays resumable until then). Returns what went, as paths.
 
     State is saved before anything is deleted, so a crash mid-prune leaves only orphans that
     the next prune removes, never a history entry pointing at a deleted dir. Only called with
@@ -73,6 +76,7 @@ def prune(store: Store, state: Dict[str, Any]) -> List[str]:
     for name in os.listdir(store.root):
         if name.startswith((".current.tmp-", ".state.json.tmp-")):  # left by a crash
             remove_tree(os.path.join(store.root, name))
+    pruned.extend(sweep(store))
     for name in sorted(os.listdir(store.versions)):
         if name in keep_names:
             continue

@@ -9,26 +9,29 @@ and the upload was hashed a second time after it landed. In a session the contro
                                                           -> one result line
     {"v":1,"command":"activate","input":{...}}\\n          -> events, one result line
 
-and closes stdin to end it. ``receive`` hashes while it writes ``incoming/<sha>.part``, fsyncs,
-and only then renames the blob into place; a mismatch deletes the .part and names the file. A
-failed ``receive`` ends the session (the byte stream can no longer be trusted to be in step).
+and closes stdin to end it. ``receive`` hashes while it writes ``incoming/<sha>.<owner>.part``
+(a name of this process's own, agent.parts), fsyncs, and only then renames the blob into place;
+a mismatch deletes the .part and names the file. A link that drops mid-blob keeps the .part:
+the next session's ``plan`` offers its bytes (``resume``) and that ``receive`` carries
+``"offset"``, so only the rest is sent. A failed ``receive`` ends the session (the byte stream
+can no longer be trusted to be in step).
 Requests are answered strictly in order, so the control plane may send several ``receive``s
 before reading their results (orchestrator.agentclient.send_blobs pipelines up to 32).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
 import threading
 import time
-from typing import IO, Any, Callable, Dict, Optional
+from typing import IO, Any, Callable, Dict, Optional, Tuple
 
 from agent.activation import BLOB_MODE
-from agent.fsutil import AgentError, fsync_dir, remove_tree, writing
+from agent.fsutil import AgentError, fsync_dir, writing
 from agent.hashcache import RACY_WINDOW_NS
+from agent.parts import Parts
 from agent.protocol import (
     E_BAD_INPUT,
     E_NO_SPACE,
@@ -134,66 +137,111 @@ def write_all(fd: int, data: memoryview) -> None:
         data = data[os.write(fd, data):]
 
 
-def receive(store: Store, stream: IO[bytes], spec: Any) -> Dict[str, Any]:
-    """Read exactly ``size`` bytes from ``stream`` into the blob store, verifying on the fly."""
+class LinkDropped(AgentError):
+    """The stream ended (or broke) before a blob's last byte: the link dropped."""
+
+
+def _receive_spec(spec: Any) -> Tuple[str, int, int, str]:
+    """(sha256, size, offset, label) of a ``receive`` request; ``offset`` is optional (0)."""
     if not isinstance(spec, dict) or not is_sha256(spec.get("sha256")):
         raise AgentError(E_BAD_INPUT, "receive needs {sha256, size}")
-    sha, size = spec["sha256"], spec.get("size")
-    label = str(spec.get("path") or sha)
-    if not isinstance(size, int) or size < 0:
+    sha, size, offset = spec["sha256"], spec.get("size"), spec.get("offset", 0)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise AgentError(E_BAD_INPUT, "receive: bad size %r" % (size,))
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= size:
+        raise AgentError(E_BAD_INPUT, "receive: bad offset %r for %d bytes" % (offset, size))
+    return sha, size, offset, str(spec.get("path") or sha)
+
+
+def receive(store: Store, stream: IO[bytes], spec: Any) -> Dict[str, Any]:
+    """Read the blob's bytes from ``offset`` on from ``stream`` into a part of our own (see
+    agent.parts), verify the whole blob, and land it in the blob store.
+
+    A dropped link (EOF or a broken stream, SIGTERM/SIGHUP) keeps the part for the next push
+    to resume; anything else (a mismatch, a full disk, a write error) deletes it."""
+    sha, size, offset, label = _receive_spec(spec)
     store.ensure_layout()
-    part = store.part_path(sha)
-    digest = hashlib.sha256()
+    if store.parts is None:
+        store.parts = Parts(store)
+    part = store.parts.for_receive(sha, offset, label)
+    digest = part.digest
     started_ns = time.time_ns()
-    remaining = size
+    remaining = size - offset
     # One buffer for the whole blob: readinto/update/write on views of it copy each byte
     # once (pipe -> buffer) instead of allocating a new bytes object per chunk.
-    view = memoryview(bytearray(min(RECEIVE_CHUNK, size) or 1))
+    view = memoryview(bytearray(min(RECEIVE_CHUNK, remaining) or 1))
     try:
-        with writing(part), open(part, "wb", buffering=0) as out:
-            writeback = Writeback(out.fileno())
+        with writing(part.path):
+            os.ftruncate(part.fd, offset)  # a claimed part holds exactly what was hashed
+            os.lseek(part.fd, offset, os.SEEK_SET)
+            writeback = Writeback(part.fd)
             try:
                 while remaining:
-                    got = stream.readinto(view[:min(len(view), remaining)])  # type: ignore[attr-defined]
+                    try:
+                        got = stream.readinto(view[:min(len(view), remaining)])  # type: ignore[attr-defined]
+                    except OSError as exc:
+                        raise LinkDropped(E_BAD_INPUT, "reading %s: %s" % (label, exc)) from None
                     if not got:
-                        raise AgentError(E_BAD_INPUT, "stream ended %d bytes short of %s"
-                                         % (remaining, label))
+                        raise LinkDropped(E_BAD_INPUT, "stream ended %d bytes short of %s"
+                                          % (remaining, label))
                     chunk = view[:got]
                     digest.update(chunk)
-                    write_all(out.fileno(), chunk)
+                    write_all(part.fd, chunk)
                     writeback.wrote(got)
                     remaining -= got
-                os.fchmod(out.fileno(), BLOB_MODE)
-                backdate(out.fileno(), started_ns)
             finally:
                 writeback.stop()
+            actual = digest.hexdigest()
+            if actual != sha:
+                raise AgentError(
+                    E_VERIFY_FAILED,
+                    "%s arrived corrupted: sha256 %s, expected %s%s; the upload was deleted and "
+                    "nothing was activated, push again"
+                    % (label, actual, sha, " (its first %d bytes were kept from an earlier "
+                       "transfer in %s)" % (offset, part.path) if offset else ""),
+                    path=label, expected=sha, actual=actual, part=part.path, resumed_from=offset,
+                )
+            os.fchmod(part.fd, BLOB_MODE)
+            backdate(part.fd, started_ns)
             writeback.sync()  # the cache will vouch for it after a power cut
-        actual = digest.hexdigest()
-        if actual != sha:
-            raise AgentError(
-                E_VERIFY_FAILED,
-                "%s arrived corrupted: sha256 %s, expected %s; nothing was activated, push again"
-                % (label, actual, sha),
-                path=label, expected=sha, actual=actual,
-            )
-        with store.lock():
-            os.replace(part, store.blob_path(sha))
-            fsync_dir(store.blobs)
-            store.verifier.cache.record(os.stat(store.blob_path(sha)), sha, started_ns)
+        land(store, part.path, sha, size, label, started_ns)
     except BaseException as exc:
-        if os.path.lexists(part):
-            remove_tree(part)
+        kept = size - remaining
+        if (isinstance(exc, LinkDropped) or not isinstance(exc, Exception)) and kept:
+            Parts.release(part)
+            if isinstance(exc, LinkDropped):
+                raise LinkDropped(
+                    E_BAD_INPUT, "%s; the %d bytes that arrived are kept in %s and the next "
+                    "push resumes from there" % (exc.message, kept, part.path),
+                    path=label, part=part.path, kept=kept) from None
+            raise
+        Parts.discard(part)
         if isinstance(exc, AgentError) and exc.code == E_NO_SPACE:
             raise AgentError(
                 E_NO_SPACE,
                 "no space left on the device while receiving %s (%d of %d bytes written to %s); "
                 "the partial upload was deleted and nothing was activated: free space under %s "
-                "and push again" % (label, size - remaining, size, part, store.root),
-                path=label, part=part,
+                "and push again" % (label, kept, size, part.path, store.root),
+                path=label, part=part.path,
             ) from None
         raise
-    return {"sha256": sha, "bytes": size}
+    Parts.release(part)
+    return {"sha256": sha, "bytes": size, "resumed_from": offset}
+
+
+def land(store: Store, part: str, sha: str, size: int, label: str, started_ns: int) -> None:
+    """Rename a verified part into the blob store, under the root lock. Another session may
+    have landed the same blob meanwhile (two control planes pushing it at once): when the one
+    there verifies, ours is an identical copy and is dropped, so a version dir that already
+    links the blob keeps sharing its inode."""
+    blob = store.blob_path(sha)
+    with store.lock():
+        if os.path.lexists(blob) and store.check_blob(sha, size, label) == "present":
+            os.unlink(part)
+            return
+        os.replace(part, blob)
+        fsync_dir(store.blobs)
+        store.verifier.cache.record(os.stat(blob), sha, started_ns)
 
 
 def _prewarm_smoke(request: Any) -> None:
@@ -214,9 +262,11 @@ def serve(store: Store, stream: IO[bytes], emit: Emit, handle: Handler,
     from agent import smoke
 
     enlarge_pipe(stream)
+    store.parts = Parts(store)  # plan offers resumable uploads only to a session
     try:
         return _serve(store, stream, emit, handle, error_for)
     finally:
+        store.parts.close()
         smoke.discard_warm()
 
 

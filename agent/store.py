@@ -3,9 +3,12 @@
 Layout (see the agent brief / DESIGN "Bundles")::
 
     blobs/<sha256>                 verified, read-only, content-addressed
-    incoming/<sha256>.part         uploads in flight (the control plane writes these over SFTP)
+    incoming/<sha256>.<owner>.part uploads in flight, one agent session each; kept when the
+                                   link drops, for the next push to resume (agent.parts)
+    incoming/<sha256>.part         an older control plane's SFTP upload (accept_uploads)
     versions/<digest[:16]>-<ns>/   one dir per activation + .edgefleet-manifest.json
     current -> versions/<dir>      relative symlink, swapped atomically, follows state.json
+    current.moved-<time>/          what was at ``current`` when it was not our symlink (kept)
     state.json                     {"history": [...], "pending": ...}: last entry = active,
                                    pending = a change under way (agent.journal)
     cache/hashes.json              verification cache (agent.hashcache)
@@ -141,6 +144,8 @@ class Store:
         self._verifier: Optional[Verifier] = None
         # What agent.journal repaired in this process, not yet reported in a result.
         self.recovered: List[Dict[str, Any]] = []
+        # The .part files this process owns (agent.parts.Parts); set by a session only.
+        self.parts: Optional[Any] = None
 
     # -- layout ----------------------------------------------------------------------------
     def ensure_layout(self) -> None:
@@ -173,6 +178,7 @@ class Store:
         return os.path.join(self.blobs, sha)
 
     def part_path(self, sha: str) -> str:
+        """Where an older control plane uploads over SFTP (a session writes agent.parts')."""
         return os.path.join(self.incoming, sha + ".part")
 
     def version_path(self, entry: Dict[str, Any]) -> Optional[str]:
@@ -302,7 +308,8 @@ def blob_status(store: Store, request: Request) -> Tuple[List[str], List[str], L
 
 
 def plan(store: Store, request: Request) -> Dict[str, Any]:
-    """What the control plane must upload before ``activate``; deletes corrupt blobs."""
+    """What the control plane must upload before ``activate``; deletes corrupt blobs. In a
+    session, ``resume`` offers the bytes a dropped transfer left of a missing blob."""
     from agent.facts import onnxruntime_version_fast
 
     store.ensure_layout()
@@ -311,6 +318,10 @@ def plan(store: Store, request: Request) -> Dict[str, Any]:
         active = store.active()
         already = store.is_already_active(request, active)
         store.verifier.cache.save()
+    extra: Dict[str, Any] = {}
+    if store.parts is not None and not already:
+        labels = {sha: paths[0] for sha, paths in request.uses.items()}
+        extra["resume"] = store.parts.offers(missing, request.sizes, labels)
     return {
         "root": store.root,
         "incoming": store.incoming,
@@ -322,6 +333,7 @@ def plan(store: Store, request: Request) -> Dict[str, Any]:
         "already_active": already,
         "disk_free_bytes": disk_free_bytes(store.root),
         "onnxruntime": onnxruntime_version_fast(),
+        **extra,
     }
 
 

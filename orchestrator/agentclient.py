@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,16 +15,44 @@ from orchestrator.transport import Connection, RemotePath
 
 EventHandler = Callable[[dict[str, Any]], None]
 BLOBS_IN_FLIGHT = 32  # receive results left unread while sending (~150 bytes each)
+SEND_CHUNK = 256 * 1024
 
 
 @dataclass(frozen=True)
 class BlobUpload:
-    """One file to stream as blob ``sha256``; ``label`` names it in the agent's errors."""
+    """One file to stream as blob ``sha256``; ``label`` names it in the agent's errors.
+    ``offset``: the device already holds that many of its first bytes (a resumed transfer)."""
 
     sha256: str
     size: int
     label: str
     local: Path
+    offset: int = 0
+
+    @property
+    def to_send(self) -> int:
+        return self.size - self.offset
+
+
+def resume_offset(local: Path, size: int, offer: object) -> int:
+    """How many bytes of a blob not to send again: the agent's ``plan`` offered a prefix it
+    kept from a dropped transfer (``{"offset", "sha256"}``); it is taken only if our own copy's
+    first ``offset`` bytes hash the same, so a prefix damaged on the device is sent again in
+    full. Why here and not on the device: only we have the blob to compare with, and the
+    agent cannot take back bytes once we have started sending the rest."""
+    if not isinstance(offer, Mapping):
+        return 0
+    offset, expected = offer.get("offset"), offer.get("sha256")
+    if (not isinstance(offset, int) or isinstance(offset, bool) or not 0 < offset <= size
+            or not isinstance(expected, str)):
+        return 0
+    digest = hashlib.sha256()
+    left = offset
+    with open(local, "rb") as src:
+        while left and (chunk := src.read(min(SEND_CHUNK * 4, left))):
+            digest.update(chunk)
+            left -= len(chunk)
+    return offset if not left and digest.hexdigest() == expected else 0
 
 
 def _install_hint(exit_code: int, stderr: str, name: str) -> str:
@@ -95,8 +124,6 @@ def call_agent(
     return last.get("data") or {}
 
 
-SEND_CHUNK = 256 * 1024
-
 
 class AgentSession:
     """One agent process for a whole operation: requests, streamed blobs, one result each.
@@ -133,11 +160,15 @@ class AgentSession:
             if unread >= BLOBS_IN_FLIGHT:
                 results.append(self._result("receive", None))
                 unread -= 1
-            self._send_request("receive", {"sha256": blob.sha256, "size": blob.size,
-                                           "path": blob.label})
+            spec: dict[str, Any] = {"sha256": blob.sha256, "size": blob.size,
+                                    "path": blob.label}
+            if blob.offset:  # only ever offered by an agent that understands it
+                spec["offset"] = blob.offset
+            self._send_request("receive", spec)
             unread += 1
             try:
                 with open(blob.local, "rb") as src:
+                    src.seek(blob.offset)
                     while chunk := src.read(SEND_CHUNK):
                         self.channel.write(chunk)
                         if on_bytes:

@@ -193,9 +193,12 @@ def bundle_show(ref: Annotated[str, typer.Argument(help="NAME or NAME@VERSION")]
 
 
 def _push_payload(o: Outcome) -> dict[str, Any]:
+    """``resumed_bytes``: what a dropped transfer had left on the device and was not sent
+    again; ``recovered``: what the device repaired first (agent.journal), in its words."""
     return {"device": o.device, "state": o.state, "bytes_sent": o.data.get("bytes_sent", 0),
+            "resumed_bytes": o.data.get("resumed_bytes", 0),
             "duration_s": round(o.duration_s, 3), "error": o.error,
-            "smoke": o.data.get("smoke_detail")}
+            "smoke": o.data.get("smoke_detail"), "recovered": o.data.get("recovered", [])}
 
 
 @app.command("push")

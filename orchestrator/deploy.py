@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from agent.protocol import E_NOTHING_TO_ROLL_BACK, E_SMOKE_FAILED
-from orchestrator.agentclient import AgentSession, BlobUpload, call_agent
+from orchestrator.agentclient import AgentSession, BlobUpload, call_agent, resume_offset
 from orchestrator.blobstore import BlobStore
 from orchestrator.bundles import manifest_of
 from orchestrator.config import Settings
@@ -95,7 +95,14 @@ def push_over(conn: Connection, bundle: Bundle, store: BlobStore, progress: Push
             return Outcome(target.name, True, "unchanged", data={"bytes_sent": 0})
         missing: list[str] = plan.get("missing", [])
         files = {f["sha256"]: f for f in manifest["files"]}
-        total = sum(files[sha]["size"] for sha in missing)
+        resume = plan.get("resume") or {}
+        uploads = []
+        for sha in missing:
+            size, local = files[sha]["size"], store.path(sha)
+            uploads.append(BlobUpload(sha, size, files[sha]["path"], local,
+                                      resume_offset(local, size, resume.get(sha))))
+        total = sum(u.to_send for u in uploads)
+        resumed = sum(u.offset for u in uploads)
         free = plan.get("disk_free_bytes")
         if free is not None and total > free:
             raise EdgeFleetError(
@@ -105,9 +112,7 @@ def push_over(conn: Connection, bundle: Bundle, store: BlobStore, progress: Push
             )
         progress.start(target.name, total)
         progress.state(target.name, "transferring")
-        session.send_blobs(
-            [BlobUpload(sha, files[sha]["size"], files[sha]["path"], store.path(sha))
-             for sha in missing], on_bytes=lambda n: progress.advance(target.name, n))
+        session.send_blobs(uploads, on_bytes=lambda n: progress.advance(target.name, n))
         sent = total
         progress.state(target.name, "verifying")
         try:
@@ -118,13 +123,14 @@ def push_over(conn: Connection, bundle: Bundle, store: BlobStore, progress: Push
                 raise
             # The agent kept the previous version; the session is intact, so end it normally.
             return Outcome(target.name, False, "failed", str(exc), data={
-                "bytes_sent": sent, "smoke": smoke_summary(exc.detail),
+                "bytes_sent": sent, "resumed_bytes": resumed, "smoke": smoke_summary(exc.detail),
                 "smoke_detail": {key: exc.detail.get(key) for key in SMOKE_FIELDS},
                 "rolled_back_to": exc.detail.get("rolled_back_to")})
     state = "active" if result.get("changed", True) else "unchanged"
     smoke = result.get("smoke")
     return Outcome(target.name, True, state, data={
-        "bytes_sent": sent, "previous": result.get("previous"), "smoke_detail": smoke,
+        "bytes_sent": sent, "resumed_bytes": resumed, "previous": result.get("previous"),
+        "smoke_detail": smoke,
         "smoke": smoke_summary(smoke) if smoke else
         "no golden outputs" if state == "active" else None})
 

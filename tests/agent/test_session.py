@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -121,12 +122,22 @@ def test_corrupted_stream_is_refused_and_session_ends(pyz: Path, root: Path) -> 
     assert not list((root / "incoming").iterdir()) and not (root / "current").exists()
 
 
-def test_short_stream_leaves_nothing(pyz: Path, root: Path) -> None:
+def test_short_stream_keeps_what_arrived_and_an_empty_one_leaves_nothing(
+        pyz: Path, root: Path) -> None:
+    """A link that drops mid-blob keeps the bytes that came, in a part of the session's own
+    (tests/agent/test_resume.py resumes it); one that drops before any byte leaves nothing."""
     bundle = make_bundle("m", "1", {"model.onnx": b"x" * 5000})
+    code, results = session(pyz, root, receive(bundle, "model.onnx", data=b""))
+    assert code == 1 and "5000 bytes short of model.onnx" in results[0]["error"]["message"]
+    assert not list((root / "incoming").iterdir())
     code, results = session(pyz, root, receive(bundle, "model.onnx", data=b"x" * 100))
     assert code == 1 and results[0]["error"]["code"] == "bad_input"
-    assert "4900 bytes short of model.onnx" in results[0]["error"]["message"]
-    assert not list((root / "incoming").iterdir())
+    error = results[0]["error"]
+    assert "4900 bytes short of model.onnx" in error["message"] and error["kept"] == 100
+    (part,) = (root / "incoming").iterdir()
+    assert re.fullmatch(bundle.sha_of("model.onnx") + r"\.[0-9a-f]{16}\.part", part.name)
+    assert part.read_bytes() == b"x" * 100 and error["part"] == str(part)
+    assert "the next push resumes from there" in error["message"]
 
 
 def test_bad_requests_are_errors_not_crashes(pyz: Path, root: Path) -> None:
