@@ -87,12 +87,16 @@ def handle(command: str, store: Any, read_input: Callable[[], Any]) -> Dict[str,
     Every result also says what the device runs (``active``, the committed version; or
     ``state_error``) and what the journal repaired first (``recovered``, also on an error), so
     the control plane corrects its records from whichever command reaches the device next.
+    ``status`` and ``telemetry`` also say when ``current`` is not our symlink (``current_error``:
+    they leave it alone, the next command that takes the lock moves it aside).
     """
     from agent import journal
 
-    state_error = None
+    state_error = current_error = None
     if command in ("status", "telemetry"):  # no lock of their own (agent.journal)
         state_error = journal.repair_if_idle(store)
+        if os.path.isdir(store.root) and journal.occupied(store):
+            current_error = journal.occupied_message(store)
     try:
         data = _dispatch(command, store, read_input)
     except AgentError as exc:
@@ -110,6 +114,8 @@ def handle(command: str, store: Any, read_input: Callable[[], Any]) -> Dict[str,
             state_error = exc.message
     if state_error is not None:
         data["state_error"] = state_error
+    if current_error is not None:
+        data["current_error"] = current_error
     return data
 
 

@@ -130,12 +130,14 @@ def _active(root: str) -> Dict[str, Any]:
     """The active bundle without creating ROOT, after the journal's repair of a change a dead
     process left pending (agent.journal; reported as ``recovered``); a broken state.json is
     reported, not fatal."""
-    from agent.journal import repair_if_idle
+    from agent.journal import occupied, occupied_message, repair_if_idle
     from agent.store import Store
 
     store = Store(root, lambda _event: None)
     problem = repair_if_idle(store)
     data: Dict[str, Any] = {"active": None}
+    if os.path.isdir(root) and occupied(store):
+        data["current_error"] = occupied_message(store)
     recovered = store.take_recovered()
     if recovered:
         data["recovered"] = recovered

@@ -25,6 +25,12 @@ when the lock is free (``repair_if_idle``): ``current`` goes back to the last co
 so under ``recovered``. The lock tells a dead activation from a running one: the activating
 process holds it until it ends, and the kernel releases it when the process dies.
 
+A ``current`` that is not a symlink (a directory someone copied there, say) is EdgeFleet's name
+taken by the user's files: the repair under the lock moves it, whole, to
+``current.moved-<UTC time>`` next to it (reported as ``moved_aside``, naming that path; nothing
+is deleted) and points ``current`` where state.json says. ``status``/``telemetry``/``facts``
+never move it: they report it as ``current_error``, saying what the next command will do.
+
 Why revert and never finish: the control plane was told nothing succeeded (its session died
 with the agent), so reverting keeps "a failed push leaves the previous version active" true;
 finishing would mean re-running the smoke test (onnxruntime, the model's load: seconds on a Pi)
@@ -37,8 +43,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import os
 import signal
+import stat
 from typing import Any, Dict, List, Optional
 
 from agent.fsutil import AgentError, fsync_dir, remove_tree, writing
@@ -109,8 +117,10 @@ def swap_current(store: Any, target: Optional[str]) -> None:
             os.symlink(target, tmp)
         try:
             os.replace(tmp, store.current)
-        except BaseException:
+        except BaseException as exc:
             remove_tree(tmp)
+            if isinstance(exc, OSError) and exc.errno in (errno.EISDIR, errno.ENOTEMPTY):
+                raise AgentError(E_INTERNAL, occupied_message(store)) from None
             raise
     fsync_dir(store.root)
 
@@ -184,31 +194,83 @@ def _message(pending: Optional[Dict[str, Any]], was: Optional[str],
         "active" % (what, ref(active))
 
 
+def occupied(store: Any) -> Optional[str]:
+    """Says "a directory" or "a file" when something that is not a symlink is at ``current``."""
+    try:
+        st = os.lstat(store.current)
+    except OSError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        return None
+    return "a directory" if stat.S_ISDIR(st.st_mode) else "a file"
+
+
+def occupied_message(store: Any) -> str:
+    """What a command that leaves such a ``current`` alone says about it."""
+    return ("%s is %s, not the symlink to the active version that EdgeFleet keeps there (were "
+            "files copied there by hand?), so it is not what state.json says is active. The next "
+            "push, rollback, bench, eval or verify on this device moves it, with everything in "
+            "it, to %s and points current at the active version again; or move it away "
+            "yourself" % (store.current, occupied(store) or "not a symlink",
+                          os.path.join(store.root, "current.moved-<time>")))
+
+
+def move_aside(store: Any) -> str:
+    """Rename what sits at ``current`` to a new ``current.moved-<UTC time>[-n]``: the user's
+    files stay, whole, next to it; returns that path."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    base = os.path.join(store.root, "current.moved-" + stamp)
+    path, n = base, 1
+    while os.path.lexists(path):  # under the root lock: nobody else picks names here
+        n += 1
+        path = "%s-%d" % (base, n)
+    os.rename(store.current, path)
+    fsync_dir(store.root)
+    return path
+
+
+def _moved_message(store: Any, kind: str, moved: str, active: Optional[Dict[str, Any]]) -> str:
+    return ("%s was %s, not the symlink EdgeFleet keeps there (were files copied there by "
+            "hand?): it was moved, with everything in it, to %s (nothing was deleted) and "
+            "current points at %s again (%s). To run those files, build and push them as a "
+            "bundle; delete %s when you no longer need it"
+            % (store.current, kind, moved, ref(active),
+               active.get("dir") if active else "nothing is active", moved))
+
+
 def repair(store: Any) -> Optional[Dict[str, Any]]:
     """Under the root lock: revert a pending change (its process is gone, or we would not hold
-    the lock) and point ``current`` where state.json says. Returns the report, also kept in
-    ``store.recovered`` and emitted as a ``recovered`` event; None when all was in order."""
+    the lock), move aside whatever took ``current``'s place, and point ``current`` where
+    state.json says. Returns the report, also kept in ``store.recovered`` and emitted as a
+    ``recovered`` event; None when all was in order."""
     state = store.load_state()
     pending = pending_of(state)
+    kind = occupied(store)
     was = store.current_target()
-    if pending is None and was == committed_dir(state):
+    if pending is None and kind is None and was == committed_dir(state):
         return None
     history = state["history"]
     if history and store.version_path(history[-1]) is None:
         raise AgentError(E_INTERNAL, "state.json's active entry has no valid dir (%r); move the "
                          "file away to start a fresh history" % (history[-1].get("dir"),))
+    moved = move_aside(store) if kind is not None else None
     revert(store, state)
     store.verifier.cache.save()  # the abandoned dir's unlinks moved cache entries
     active = dict(history[-1]) if history else None
     report = {
-        "action": "reverted" if pending is not None else "repaired",
+        "action": "reverted" if pending is not None else
+        "moved_aside" if moved is not None else "repaired",
         "op": pending["op"] if pending is not None else None,
         "phase": pending["phase"] if pending is not None else None,
         "abandoned": dict(pending["entry"]) if pending is not None else None,
         "current_was": was,
+        "moved_to": moved,
         "active": active,
     }
-    report["message"] = _message(pending, was, active)
+    messages = [_moved_message(store, kind, moved, active)] if kind and moved else []
+    if pending is not None or moved is None:
+        messages.append(_message(pending, was, active))
+    report["message"] = "; ".join(messages)
     store.recovered.append(report)
     store.emit(event("recovered", **report))
     return report
@@ -225,8 +287,8 @@ def repair_if_idle(store: Any) -> Optional[str]:
     if not os.path.isdir(store.root):
         return None
     try:
-        if consistent_committed(store):
-            return None
+        if consistent_committed(store) or occupied(store):
+            return None  # occupied: the caller reports it; only a command with the lock moves it
         fd = os.open(os.path.join(store.root, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:

@@ -39,6 +39,9 @@ def take_snapshots(settings: Settings, devices: Sequence[Device], forks: int = 1
         row = snapshot_row(data)
         if recovered:
             row["recovered"] = recovered
+        problems = [data[key] for key in ("current_error", "state_error") if data.get(key)]
+        if problems:  # the snapshot was taken; what is wrong with the bundle store is said
+            row["problem"] = "; ".join(str(p) for p in problems)
         return Outcome(target.name, True, "ok", data=row)
 
     return fan_out([to_target(d) for d in devices], step, forks)

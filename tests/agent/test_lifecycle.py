@@ -132,10 +132,10 @@ def test_unexpected_failure_is_an_internal_result_and_changes_nothing(
 ) -> None:
     v1, v2 = version(1), version(2)
     push(pyz, root, v1, plan=False)
-    # sabotage the swap: `current` becomes a real directory, os.replace cannot overwrite it
-    # (the journal finds it where state.json says a symlink should be, and fails putting it back)
-    (root / "current").unlink()
-    (root / "current").mkdir()
+    # sabotage: a directory squats on the path of v2's model blob, so moving the verified
+    # upload into blobs/ fails with an OSError nobody anticipated (a real directory at
+    # `current` used to serve here; it is now moved aside: test_current_not_a_symlink.py)
+    (root / "blobs" / v2.sha_of("model.onnx")).mkdir()
     state_before = (root / "state.json").read_bytes()
     versions_before = sorted(p.name for p in (root / "versions").iterdir())
     upload(root, v2)
