@@ -22,8 +22,6 @@ from orchestrator import refs
 from orchestrator.blobstore import BlobStore
 from orchestrator.config import Settings
 from orchestrator.errors import BundleError
-from orchestrator.golden import compute_golden, store_golden
-from orchestrator.golden import manifest_key as golden_key
 from orchestrator.models import Bundle
 from orchestrator.onnxinfo import inspect_model, version_tuple
 
@@ -217,6 +215,11 @@ def build_bundle(
     (orchestrator/golden.py) and its inputs/outputs ship as ``.edgefleet/golden_*.npz``; when
     that is impossible (an unresolved dynamic dim) ``note`` on the result says how to fix it.
     """
+    # Here, not at the top: golden imports numpy and onnxruntime (~1 s of start-up), and the
+    # commands that only read bundles from the DB (bundle list, push) never run a model.
+    from orchestrator.golden import compute_golden, store_golden
+    from orchestrator.golden import manifest_key as golden_key
+
     check_name(name)
     if version is not None:
         check_version(version)

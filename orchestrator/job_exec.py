@@ -21,15 +21,14 @@ import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import update
 from sqlmodel import select
 
-from orchestrator import deploy, evals, runs, telemetry
+from orchestrator import deploy, runs, telemetry
 from orchestrator.bundles import get_bundle
 from orchestrator.config import Settings
-from orchestrator.datasets import get_dataset
 from orchestrator.db import session_scope
 from orchestrator.devices import select_devices
 from orchestrator.errors import EdgeFleetError
@@ -42,6 +41,9 @@ from orchestrator.job_params import default_targets as default_targets
 from orchestrator.job_params import eval_job_params as eval_job_params
 from orchestrator.job_params import validate_params as validate_params
 from orchestrator.models import Job, Run
+
+if TYPE_CHECKING:
+    from orchestrator import evals
 
 PROGRESS_INTERVAL_S = 0.25  # at most ~4 progress writes a second per job
 
@@ -285,6 +287,11 @@ def run_bench(settings: Settings, ctx: JobContext, params: dict[str, Any],
 
 def run_eval(settings: Settings, ctx: JobContext, params: dict[str, Any],
              targets: str) -> JobOutcome:
+    # Here, not at the top: evals and datasets import numpy, which every CLI push (a job too,
+    # through job_tracker) would otherwise pay for at start-up.
+    from orchestrator import evals
+    from orchestrator.datasets import get_dataset
+
     with session_scope(settings) as session:
         bundle = get_bundle(session, params["bundle"])
         dataset = get_dataset(session, params["dataset"])

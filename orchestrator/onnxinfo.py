@@ -1,17 +1,21 @@
 """What a bundle needs to know about its ONNX model: I/O signature, opset, precision, and the
-oldest onnxruntime that can load it (so a push to an old Pi is refused before any byte moves)."""
+oldest onnxruntime that can load it (so a push to an old Pi is refused before any byte moves).
+
+``onnx`` and ``onnxruntime`` are imported in the functions that parse a model, not at the top:
+they cost ~1.3 s of CPU to import, and this module is reached by commands that never parse
+one (``push`` and ``bundle list`` need only :func:`version_tuple`)."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import onnx
-import onnxruntime as ort
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import BundleError
+
+if TYPE_CHECKING:
+    import onnx
 
 # ONNX Runtime release that first implemented each default-domain opset (ORT's Versioning.md).
 _ORT_FOR_OPSET: dict[int, str] = {
@@ -46,6 +50,8 @@ def _min_version(table: dict[int, str], key: int) -> str:
         return table[key]
     if key > max(table):
         # Newer than our table knows: the runtime on this machine loaded it, so that's a floor.
+        import onnxruntime as ort  # start-up time: see the module docstring
+
         return ".".join(str(p) for p in version_tuple(ort.__version__)[:2])
     return table[max(k for k in table if k <= key)]
 
@@ -85,6 +91,8 @@ def _shape(shape: Any) -> list[int | str | None]:
 
 
 def _precision(model: onnx.ModelProto) -> str:
+    import onnx  # start-up time: see the module docstring
+
     if any(node.op_type in _INT8_OPS for node in model.graph.node):
         return "int8"
     floats = [t.data_type for t in model.graph.initializer
@@ -96,6 +104,9 @@ def _precision(model: onnx.ModelProto) -> str:
 
 def inspect_model(path: Path, display_name: str) -> ModelInfo:
     """Load with onnx (opset, precision) and with onnxruntime (signature, and proof it loads)."""
+    import onnx  # start-up time: see the module docstring
+    import onnxruntime as ort
+
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError and friends

@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 from sqlalchemy import update
 from sqlalchemy.orm import defer
 from sqlmodel import Session, col, select
@@ -54,12 +53,16 @@ class BenchParams:
 def pack_floats(values: Sequence[float] | None) -> bytes | None:
     if values is None:
         return None
+    import numpy as np  # here, not at the top: `runs list` and `push` start faster without it
+
     return zlib.compress(np.asarray(values, dtype="<f8").tobytes())
 
 
 def unpack_floats(blob: bytes | None) -> list[float] | None:
     if blob is None:
         return None
+    import numpy as np  # start-up time, as in pack_floats
+
     return np.frombuffer(zlib.decompress(blob), dtype="<f8").tolist()
 
 
@@ -120,6 +123,8 @@ def merge_rounds(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
     failed = [e for e in entries if not e.get("ok")]
     if failed:
         return dict(failed[0])
+    import numpy as np  # start-up time, as in pack_floats
+
     latencies = [x for e in entries for x in e.get("latencies_ms") or []]
     arr = np.asarray(latencies, dtype=float)
     tel = [e.get("telemetry") or {} for e in entries]

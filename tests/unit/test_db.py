@@ -18,7 +18,14 @@ from sqlmodel import SQLModel, select
 
 import orchestrator.models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from orchestrator.config import Settings
-from orchestrator.db import MIGRATIONS_DIR, alembic_config, get_engine, session_scope
+from orchestrator.db import (
+    MIGRATIONS_DIR,
+    alembic_config,
+    current_revision,
+    get_engine,
+    session_scope,
+)
+from orchestrator.db import head_revision as cheap_head_revision
 from orchestrator.models import Bundle, Device
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,6 +63,12 @@ def test_migrations_form_one_chain_ending_at_head() -> None:
     assert len(chain) == len(scripts), (chain, scripts)
     assert scripts[-1].startswith(head_revision())
     assert MIGRATIONS_DIR == REPO / "migrations"
+
+
+def test_the_cheap_head_revision_is_alembics() -> None:
+    """get_engine compares the DB's alembic_version with a head read from the scripts' text
+    (importing alembic costs more than the rest of a light command); it must be alembic's."""
+    assert cheap_head_revision() == head_revision()
 
 
 def test_the_db_is_created_by_migrations(settings: Settings) -> None:
@@ -100,6 +113,29 @@ def test_a_new_process_on_an_existing_db_upgrades_nothing_and_keeps_data(
                             text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[('pi5-a', {'cooler': 'none'})]"
+
+
+def test_a_new_process_upgrades_a_db_left_at_an_older_revision(settings: Settings) -> None:
+    """The cheap check sees the older version and alembic upgrades, keeping the data."""
+    with session_scope(settings) as session:
+        session.add(Device(name="pi5-a", address="10.0.0.1"))
+    engine = get_engine(settings)
+    command.downgrade(alembic_config(settings.db_url), "-1")
+    older = current_revision(engine)
+    assert older is not None and older != head_revision()
+    env = dict(os.environ, EDGEFLEET_HOME=str(settings.home))
+    env.pop("DATABASE_URL", None)
+    code = ("from orchestrator.db import session_scope\n"
+            "from orchestrator.models import Device\n"
+            "from sqlmodel import select\n"
+            "with session_scope() as s:\n"
+            "    print([d.name for d in s.exec(select(Device))])\n")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['pi5-a']"
+    assert current_revision(engine) == head_revision()
+    assert schema_diffs(engine, SQLModel.metadata) == []
 
 
 def test_database_url_overrides_the_home_db(tmp_path: Path, settings: Settings) -> None:
