@@ -85,10 +85,15 @@ def plan(store: Store, request: Request) -> Dict[str, Any]:
         if not staged:
             present, missing, corrupt = blob_status(store, request)
         store.verifier.cache.save()
-    return {"already_staged": staged, "missing": missing,
-            "missing_bytes": sum(request.sizes[sha] for sha in missing), "present": present,
-            "corrupt": corrupt, "disk_free_bytes": disk_free_bytes(store.root),
-            "dir": os.path.relpath(dataset_dir(store, request.digest), store.root)}
+    data: Dict[str, Any] = {
+        "already_staged": staged, "missing": missing,
+        "missing_bytes": sum(request.sizes[sha] for sha in missing), "present": present,
+        "corrupt": corrupt, "disk_free_bytes": disk_free_bytes(store.root),
+        "dir": os.path.relpath(dataset_dir(store, request.digest), store.root)}
+    if store.parts is not None and not staged:  # in a session: what dropped transfers kept
+        labels = {sha: paths[0] for sha, paths in request.uses.items()}
+        data["resume"] = store.parts.offers(missing, request.sizes, labels)
+    return data
 
 
 def stage(store: Store, request: Request) -> Dict[str, Any]:

@@ -55,6 +55,19 @@ def resume_offset(local: Path, size: int, offer: object) -> int:
     return offset if not left and digest.hexdigest() == expected else 0
 
 
+def plan_uploads(plan: Mapping[str, Any], files: Mapping[str, Mapping[str, Any]],
+                 local: Callable[[str], Path]) -> list[BlobUpload]:
+    """The blobs an agent's plan (``plan``/``dataset_plan``) says are missing, each from the
+    prefix the device kept of it when that prefix checks out (``resume_offset``)."""
+    resume = plan.get("resume") or {}
+    uploads = []
+    for sha in plan.get("missing") or []:
+        size, path = files[sha]["size"], local(sha)
+        uploads.append(BlobUpload(sha, size, files[sha]["path"], path,
+                                  resume_offset(path, size, resume.get(sha))))
+    return uploads
+
+
 def _install_hint(exit_code: int, stderr: str, name: str) -> str:
     if exit_code == 127:
         return (" (the interpreter or the agent was not found: run "

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from agent.protocol import E_NOTHING_TO_ROLL_BACK, E_SMOKE_FAILED
-from orchestrator.agentclient import AgentSession, BlobUpload, call_agent, resume_offset
+from orchestrator.agentclient import AgentSession, call_agent, plan_uploads
 from orchestrator.blobstore import BlobStore
 from orchestrator.bundles import manifest_of
 from orchestrator.config import Settings
@@ -93,14 +93,8 @@ def push_over(conn: Connection, bundle: Bundle, store: BlobStore, progress: Push
         if plan.get("already_active"):
             progress.start(target.name, 0)
             return Outcome(target.name, True, "unchanged", data={"bytes_sent": 0})
-        missing: list[str] = plan.get("missing", [])
         files = {f["sha256"]: f for f in manifest["files"]}
-        resume = plan.get("resume") or {}
-        uploads = []
-        for sha in missing:
-            size, local = files[sha]["size"], store.path(sha)
-            uploads.append(BlobUpload(sha, size, files[sha]["path"], local,
-                                      resume_offset(local, size, resume.get(sha))))
+        uploads = plan_uploads(plan, files, store.path)
         total = sum(u.to_send for u in uploads)
         resumed = sum(u.offset for u in uploads)
         free = plan.get("disk_free_bytes")

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from orchestrator import evalmetrics
-from orchestrator.agentclient import AgentSession, BlobUpload
+from orchestrator.agentclient import AgentSession, plan_uploads
 from orchestrator.blobstore import BlobStore
 from orchestrator.bundles import manifest_of
 from orchestrator.config import Settings
@@ -92,15 +92,14 @@ def push_dataset(agent: AgentSession, dataset: Dataset, store: BlobStore,
     if plan.get("already_staged"):
         return 0
     files = {f["sha256"]: f for f in manifest["files"]}
-    missing = plan.get("missing") or []
-    total = sum(files[sha]["size"] for sha in missing)
+    uploads = plan_uploads(plan, files, store.path)  # a dropped transfer's prefix is kept
+    total = sum(u.to_send for u in uploads)
     free = plan.get("disk_free_bytes")
     if free is not None and total > free:
         raise EdgeFleetError(f"{agent.name}: not enough disk space for dataset {dataset.name}@"
                              f"{dataset.version}: {total / 1e6:.1f} MB to send, "
                              f"{free / 1e6:.1f} MB free. Nothing was sent.")
-    agent.send_blobs([BlobUpload(sha, files[sha]["size"], files[sha]["path"], store.path(sha))
-                      for sha in missing])
+    agent.send_blobs(uploads)
     agent.call("dataset_stage", payload)
     return total
 

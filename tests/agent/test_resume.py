@@ -17,7 +17,7 @@ from typing import IO, Any
 
 from agent_helpers import Bundle, agent_env, make_bundle
 
-from agent.protocol import parse_lines
+from agent.protocol import manifest_digest, parse_lines
 
 DATA = random.Random(0).randbytes(300_000)
 CUT = 123_457
@@ -222,3 +222,24 @@ def test_two_sessions_landing_the_same_blob_both_succeed(pyz: Path, root: Path) 
     blob = root / "blobs" / sha
     assert hashlib.sha256(blob.read_bytes()).hexdigest() == sha
     assert blob.stat().st_ino == (root / "current" / "model.onnx").stat().st_ino
+
+
+def test_a_dataset_push_resumes_too(pyz: Path, root: Path) -> None:
+    """``dataset_plan`` offers what a dropped dataset transfer kept, like ``plan``."""
+    files = {"samples/0.npy": DATA}
+    bundle = make_bundle("ds", "1", files)
+    bundle.manifest["kind"] = "dataset"
+    digest = manifest_digest(bundle.manifest)
+    dataset = {"manifest": bundle.manifest, "digest": digest}
+    sha = bundle.sha_of("samples/0.npy")
+    code, results = one_shot(pyz, root, request("dataset_plan", dataset)
+                             + receive_header(bundle, "samples/0.npy") + DATA[:CUT])
+    assert code == 1 and results[-1]["error"]["kept"] == CUT
+    code, results = one_shot(pyz, root, request("dataset_plan", dataset)
+                             + receive_header(bundle, "samples/0.npy", CUT) + DATA[CUT:]
+                             + request("dataset_stage", dataset))
+    assert code == 0 and all(r["ok"] for r in results), results
+    assert results[0]["data"]["resume"][sha]["offset"] == CUT
+    assert results[1]["data"]["resumed_from"] == CUT
+    staged = root / results[0]["data"]["dir"] / "samples" / "0.npy"
+    assert staged.read_bytes() == DATA and parts(root) == []
