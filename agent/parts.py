@@ -93,16 +93,17 @@ class Parts:
             raise
         return Part(self.path(sha), fd, 0, hashlib.sha256())
 
-    def claim(self, sha: str, size: int, label: str) -> Optional[Part]:
+    def claim(self, sha: str, size: int, label: str,
+              names: Optional[List[str]] = None) -> Optional[Part]:
         """Take over the largest dead part of ``sha`` that can be a prefix of it (at most
         ``size`` bytes, not empty), renamed to ours and its bytes hashed; the other dead parts
-        of ``sha`` are deleted (only one can be resumed). None when there is none."""
+        of ``sha`` are deleted (only one can be resumed). None when there is none. ``names``:
+        the part names in incoming/ by sha, when the caller listed them already."""
         if sha in self.held:
             return self.held[sha]
         locked = []
-        for name in _names(self.store.incoming):
-            match = PART_RE.fullmatch(name)
-            if match is None or match.group(1) != sha or match.group(2) == self.owner:
+        for name in (names if names is not None else _parts_by_sha(self.store).get(sha, [])):
+            if name.split(".")[1] == self.owner:  # <sha>.<owner>.part
                 continue
             path = os.path.join(self.store.incoming, name)
             fd = lock_existing(path, os.O_RDWR)
@@ -135,8 +136,9 @@ class Parts:
                labels: Dict[str, str]) -> Dict[str, Dict[str, Any]]:
         """``plan``'s ``resume``: {sha: {"offset", "sha256" of those bytes}} per claimed part."""
         offered: Dict[str, Dict[str, Any]] = {}
+        by_sha = _parts_by_sha(self.store)  # one listing, however many blobs are missing
         for sha in shas:
-            part = self.claim(sha, sizes[sha], labels.get(sha, sha))
+            part = self.claim(sha, sizes[sha], labels.get(sha, sha), by_sha.get(sha, []))
             if part is not None:
                 offered[sha] = {"offset": part.offset, "sha256": part.digest.hexdigest()}
         return offered
@@ -180,6 +182,16 @@ def _names(directory: str) -> List[str]:
         return os.listdir(directory)
     except FileNotFoundError:
         return []
+
+
+def _parts_by_sha(store: Any) -> Dict[str, List[str]]:
+    """The part names in incoming/ (``<sha>.<owner>.part``), by sha."""
+    found: Dict[str, List[str]] = {}
+    for name in _names(store.incoming):
+        match = PART_RE.fullmatch(name)
+        if match is not None:
+            found.setdefault(match.group(1), []).append(name)
+    return found
 
 
 def _unlink_and_close(path: str, fd: int) -> None:
