@@ -22,6 +22,8 @@ from orchestrator import refs
 from orchestrator.blobstore import BlobStore
 from orchestrator.config import Settings
 from orchestrator.errors import BundleError
+from orchestrator.listings import bundle_public as bundle_public
+from orchestrator.listings import manifest_of as manifest_of
 from orchestrator.models import Bundle
 from orchestrator.onnxinfo import inspect_model, version_tuple
 
@@ -306,27 +308,3 @@ def get_bundle(session: Session, ref: str) -> Bundle:
 
 def list_bundles(session: Session) -> list[Bundle]:
     return list(session.exec(select(Bundle).order_by(col(Bundle.name), col(Bundle.id))).all())
-
-
-def manifest_of(bundle: Bundle) -> dict[str, Any]:
-    return json.loads(bundle.manifest_json)
-
-
-def bundle_public(bundle: Bundle) -> dict[str, Any]:
-    """The JSON shape the CLI and API print for one bundle."""
-    manifest = manifest_of(bundle)
-    return {
-        "name": bundle.name,
-        "version": bundle.version,
-        "digest": bundle.digest,
-        "size_bytes": bundle.size_bytes,
-        "precision": bundle.precision,
-        "created_at": bundle.created_at.isoformat(),
-        "min_onnxruntime": manifest.get("min_onnxruntime"),
-        "model": manifest.get("model"),
-        "files": manifest.get("files"),
-        "source": manifest.get("source"),
-        # Issue 5 keys (docs/pipeline.md); None when the bundle has none.
-        **{key: manifest.get(key) for key in (
-            "labels", "preprocessing", "golden", "parent", "quantization", "streaming")},
-    }

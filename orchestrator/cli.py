@@ -8,15 +8,17 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.text import Text
 
 from orchestrator import output
-from orchestrator.config import Settings, get_settings
 from orchestrator.errors import EdgeFleetError
 from orchestrator.fleet import Outcome
+
+if TYPE_CHECKING:
+    from orchestrator.config import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Push hash-verified ONNX bundles to a fleet of Pis and watch them run.")
@@ -60,6 +62,10 @@ def handles_errors(func: F) -> F:
 
 
 def settings() -> Settings:
+    # Imported here: pydantic-settings is for the commands that use the ORM; `devices list` and
+    # `bundle list` start without it (orchestrator.listings, issue 12).
+    from orchestrator.config import get_settings
+
     return get_settings()
 
 
@@ -142,9 +148,11 @@ def _select(pattern: str) -> list[Any]:
 @handles_errors
 def devices_list(targets: Targets = "all", as_json: JsonOpt = False) -> None:
     """Every device (or those matching TARGETS) with what we last learned from it."""
-    from orchestrator.devices import device_public
+    from orchestrator import listings
 
-    devices = [device_public(d) for d in _select(targets)]
+    devices = listings.devices(targets)  # sqlite3 alone, when the DB is a current SQLite file
+    if devices is None:
+        devices = [listings.device_public(d) for d in _select(targets)]
     if as_json:
         output.print_json(devices)
         return

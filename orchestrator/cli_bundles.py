@@ -162,11 +162,15 @@ def _source_text(source: dict[str, Any]) -> str | None:
 @handles_errors
 def bundle_list(as_json: JsonOpt = False) -> None:
     """Every bundle version."""
-    from orchestrator.bundles import bundle_public, list_bundles
-    from orchestrator.db import session_scope
+    from orchestrator import listings
 
-    with session_scope(settings()) as session:
-        bundles = [bundle_public(b) for b in list_bundles(session)]
+    bundles = listings.bundles()  # sqlite3 alone, when the DB is a current SQLite file
+    if bundles is None:
+        from orchestrator.bundles import list_bundles
+        from orchestrator.db import session_scope
+
+        with session_scope(settings()) as session:
+            bundles = [listings.bundle_public(b) for b in list_bundles(session)]
     if as_json:
         output.print_json(bundles)
         return

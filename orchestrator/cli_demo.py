@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from orchestrator import output
 from orchestrator.cli import AGENT_COLUMNS, JsonOpt, app, handles_errors
-from orchestrator.config import Settings
+
+if TYPE_CHECKING:  # imported in the command: every command's start-up would pay for pydantic
+    from orchestrator.config import Settings
 
 
 def _say(as_json: bool, command: str) -> None:
@@ -32,6 +34,7 @@ def demo_cmd(
     from orchestrator import demo
     from orchestrator.agents import install_agents
     from orchestrator.bundles import build_bundle, bundle_public
+    from orchestrator.config import Settings
     from orchestrator.db import session_scope
     from orchestrator.deploy import push
     from orchestrator.devices import all_devices, device_public, sync_inventory

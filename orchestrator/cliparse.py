@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from orchestrator.db import MAX_ROW_ID
+from orchestrator.dbfile import MAX_ROW_ID
 from orchestrator.errors import EdgeFleetError
 
 

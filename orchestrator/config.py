@@ -6,18 +6,13 @@ be kept apart by pointing one variable somewhere else.
 
 from __future__ import annotations
 
-import os
 from functools import cached_property
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
-def default_home() -> Path:
-    """XDG data dir + /edgefleet, as the README's "How it works" says."""
-    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(xdg) / "edgefleet"
+from orchestrator.dbfile import default_home
 
 
 class Settings(BaseSettings):

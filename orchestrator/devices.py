@@ -10,8 +10,9 @@ from sqlmodel import Session, col, select
 
 from orchestrator.errors import NotFoundError
 from orchestrator.inventory import Inventory, InventoryHost
+from orchestrator.listings import device_public as device_public
+from orchestrator.listings import select_by_pattern
 from orchestrator.models import Deployment, Device
-from orchestrator.patterns import match
 from orchestrator.transport import Target
 
 # Inventory-owned fields; anything else on a Device (facts, active bundle) is learned from it.
@@ -92,12 +93,7 @@ def all_devices(session: Session) -> list[Device]:
 
 
 def select_devices(session: Session, pattern: str) -> list[Device]:
-    devices = all_devices(session)
-    if not devices:
-        raise NotFoundError("no devices yet: run `edgefleet inventory sync FILE` first")
-    names = match(pattern, [(d.name, d.groups) for d in devices])
-    by_name = {d.name: d for d in devices}
-    return [by_name[name] for name in names]
+    return select_by_pattern(all_devices(session), pattern, lambda d: (d.name, d.groups))
 
 
 def get_device(session: Session, name: str) -> Device:
@@ -113,34 +109,6 @@ def to_target(device: Device) -> Target:
         key_file=device.key_file, connection=device.connection, root=device.root,
         python=device.agent_python or device.python, env=dict(device.env),
     )
-
-
-def device_public(device: Device) -> dict[str, Any]:
-    """The JSON shape for one device: no key paths, no environment values."""
-    facts = device.facts or {}
-    sensors = facts.get("sensors") or {}
-    return {
-        "name": device.name,
-        "address": device.address,
-        "port": device.port,
-        "connection": device.connection,
-        "groups": device.groups,
-        "labels": device.labels,
-        "simulated": device.simulated,
-        "agent_version": device.agent_version,
-        "active_bundle": device.active_bundle,
-        "active_digest": device.active_digest,
-        "last_seen": device.last_seen.isoformat() if device.last_seen else None,
-        "pi_model": facts.get("pi_model"),
-        "arch": facts.get("arch"),
-        "cores": facts.get("cores"),
-        "ram_mb": facts.get("ram_mb"),
-        "onnxruntime": (facts.get("onnxruntime") or {}).get("version"),
-        "temp_c": sensors.get("temp_c"),
-        "throttled_hex": sensors.get("throttled_hex"),
-        "throttle_flags": sensors.get("throttle_flags"),
-        "source": device.source,
-    }
 
 
 def record_facts(session: Session, name: str, facts: dict[str, Any],

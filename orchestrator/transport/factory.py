@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from typing import TYPE_CHECKING
 
-from orchestrator.config import Settings
 from orchestrator.errors import TransportError
 from orchestrator.transport.base import Connection, OutputLimits, Target
+
+if TYPE_CHECKING:  # pydantic-settings: no light command should import it to reach a Target
+    from orchestrator.config import Settings
 
 log = logging.getLogger(__name__)
 
