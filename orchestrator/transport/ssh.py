@@ -47,6 +47,15 @@ def gcm_first_transport(*args: Any, **kwargs: Any) -> paramiko.Transport:
     return transport
 
 
+def _wait_readable(channel: paramiko.Channel, timeout: float) -> None:
+    """Until ``channel`` has something to read, at most ``timeout`` s. poll, not select:
+    select refuses descriptors >= 1024, which a control plane talking to hundreds of devices
+    at once (a socket and a pipe per channel) soon has."""
+    poller = select.poll()
+    poller.register(channel.fileno(), select.POLLIN)
+    poller.poll(max(0.0, timeout) * 1000)
+
+
 class SshChannel(Channel):
     """One exec'd command on a paramiko channel; stdout is read in lines, stderr's tail kept.
 
@@ -104,7 +113,7 @@ class SshChannel(Channel):
             if remaining <= 0:
                 raise TransportError(
                     f"{self.name}: no output for {self.timeout:g}s; command abandoned")
-            select.select([channel], [], [], remaining)
+            _wait_readable(channel, remaining)
 
     def readline(self) -> str:
         try:

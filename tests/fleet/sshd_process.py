@@ -65,16 +65,24 @@ def _terminate_pids(pids: Iterable[int], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         pending = list(fds)
         while pending and (left := deadline - time.monotonic()) > 0:
-            ready, _, _ = select.select(pending, [], [], left)
+            ready = {fd for fd, _ in _poll(pending, left)}
             pending = [fd for fd in pending if fd not in ready]
         for fd in pending:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(fd, signal.SIGKILL)
         if pending:
-            select.select(pending, [], [], timeout)
+            _poll(pending, timeout)
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def _poll(fds: list[int], timeout: float) -> list[tuple[int, int]]:
+    """select.poll over ``fds`` (select refuses descriptors >= 1024)."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return poller.poll(timeout * 1000)
 
 
 class SshdProcess:
