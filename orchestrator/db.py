@@ -9,6 +9,7 @@ command when it ran on every start)."""
 
 from __future__ import annotations
 
+import atexit
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -72,6 +73,14 @@ def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
     cursor.close()
 
 
+def _dispose_engines() -> None:
+    """At exit: close the pooled connections (SQLite checkpoints its WAL and removes the -wal
+    and -shm files when the last one closes) instead of leaving that to the garbage collector,
+    which the CLI skips at exit (cli.main)."""
+    for engine in list(_engines.values()):
+        engine.dispose()
+
+
 def get_engine(settings: Settings | None = None) -> Engine:
     """One engine per URL per process, brought to head the first time it is asked for."""
     settings = settings or get_settings()
@@ -86,6 +95,8 @@ def get_engine(settings: Settings | None = None) -> Engine:
             else:
                 engine = create_engine(url, pool_pre_ping=True)
             ensure_schema(engine, url)
+            if not _engines:
+                atexit.register(_dispose_engines)
             _engines[url] = engine
     return engine
 
