@@ -44,6 +44,7 @@ from orchestrator.deploy import push  # noqa: E402
 from orchestrator.devices import all_devices, sync_inventory  # noqa: E402
 from orchestrator.hostkeys import trust  # noqa: E402
 from orchestrator.inventory import load_inventory  # noqa: E402
+from orchestrator.models import Bundle, Device  # noqa: E402
 from tests.fleet.sshd import SshdHost, UserKey, generate_user_key, write_inventory  # noqa: E402
 
 LAN_RATE = "940mbit"
@@ -108,9 +109,12 @@ class PhaseClock:
                                                   strict=True)}
 
 
-def measure(label: str, host: SshdHost, key: UserKey, model: Path, base: Path,
-            repeats: int) -> None:
-    tag = label.split()[0]  # file names: the label has spaces
+def prepare(tag: str, host: SshdHost, key: UserKey, model: Path,
+            base: Path) -> tuple[Settings, list[Device], Bundle, list[str]]:
+    """A home (``base/home-TAG``) with ``host`` trusted, synced and its agent installed, and a
+    bundle ``big`` of ``model``'s folder; plus the scp command line that copies the same file
+    to the same host (as the same user, key checked the same way) into ``base/scp-copy``.
+    Shared with bench/cli_startup.py."""
     settings = Settings(home=base / f"home-{tag}", database_url=None)
     inventory = write_inventory(base / f"inventory-{tag}.yml", [host])
     trust(host.name, host.address, host.port, settings.known_hosts, 10.0)
@@ -125,6 +129,13 @@ def measure(label: str, host: SshdHost, key: UserKey, model: Path, base: Path,
     scp_argv = ["scp", "-q", "-o", f"UserKnownHostsFile={known_hosts}",
                 "-o", "StrictHostKeyChecking=yes", "-i", str(key.private_key),
                 "-P", str(host.port), str(model), f"{host.user}@{host.address}:{base}/scp-copy"]
+    return settings, devices, bundle, scp_argv
+
+
+def measure(label: str, host: SshdHost, key: UserKey, model: Path, base: Path,
+            repeats: int) -> None:
+    tag = label.split()[0]  # file names: the label has spaces
+    settings, devices, bundle, scp_argv = prepare(tag, host, key, model, base)
 
     scp_s, push_s, smoke_s = [], [], []
     phases: dict[str, list[float]] = {name: [] for name in PhaseClock.PHASES}

@@ -1,0 +1,161 @@
+"""The CLI as a user runs it: `edgefleet push` end to end vs scp, and the CPU of light commands.
+
+    python bench/cli_startup.py [--mb 90] [--repeats 5] [--link loopback|lan|both]
+                                [--baseline OTHER_CHECKOUT]
+
+Issue 12 asks for a CLI that starts at once. bench/push.py times ``deploy.push`` inside one
+Python process; here every push is a fresh ``edgefleet push BUNDLE DEVICE --json`` process,
+timed from its start to its exit (interpreter start, imports, schema check, the push with its
+on-device smoke test, output), alternating with ``scp`` of the same model file to the same sshd
+host and with an in-process ``deploy.push`` (so start-up cost = CLI - in-process). The device
+is emptied of the bundle before each push: every byte travels. Then the CPU time (user + sys,
+from ``os.wait4``) of ``edgefleet devices list`` and ``edgefleet bundle list`` on that home.
+
+Goals (issue 12): push >= 0.9x the speed of scp end to end; devices list and bundle list
+<= 0.4 s of CPU each. The sshd host, the scp command line and the links (loopback, a 940 Mbit/s
+veth pair in a network namespace, root only) are bench/push.py's. The console script next to
+this interpreter is run, not a pyenv shim (a shim adds ~0.1 s of bash before Python starts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.push import LAN_RATE, STOCK_SFTP_SERVER, empty_device, lan_namespace, prepare  # noqa: E402
+from orchestrator.demo_model import make_large_model  # noqa: E402
+from orchestrator.deploy import push  # noqa: E402
+from tests.fleet.sshd import SshdHost, UserKey, generate_user_key  # noqa: E402
+
+CPU_GOAL_S = 0.4
+PUSH_GOAL = 0.9
+
+
+@dataclass
+class Child:
+    wall_s: float
+    cpu_s: float  # user + sys of the process (and of any children it waited for)
+    stdout: bytes
+
+
+def run_child(argv: list[str], env: dict[str, str] | None = None) -> Child:
+    """Run to completion; wall time from spawn to exit, CPU from the kernel's rusage."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,  # noqa: S603
+                            stderr=subprocess.DEVNULL)
+    stdout = proc.stdout.read() if proc.stdout else b""
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait for it again
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}")
+    return Child(wall, usage.ru_utime + usage.ru_stime, stdout)
+
+
+def edgefleet_script() -> str:
+    script = Path(sys.executable).parent / "edgefleet"
+    return str(script) if script.is_file() else shutil.which("edgefleet") or "edgefleet"
+
+
+def measure(label: str, host: SshdHost, key: UserKey, model: Path, base: Path,
+            repeats: int, baseline: Path | None) -> None:
+    tag = label.split()[0]
+    settings, devices, bundle, scp_argv = prepare(tag, host, key, model, base)
+    env = dict(os.environ, EDGEFLEET_HOME=str(settings.home))
+    env.pop("DATABASE_URL", None)
+    trees = {"this tree": env}
+    if baseline is not None:  # the same console script, importing the other checkout's code
+        trees[f"baseline {baseline}"] = dict(env, PYTHONPATH=str(baseline))
+    edgefleet = edgefleet_script()
+    push_argv = [edgefleet, "push", f"{bundle.name}@{bundle.version}", devices[0].name, "--json"]
+
+    scp_s: list[float] = []
+    inproc_s: list[float] = []
+    cli_s: dict[str, list[float]] = {tree: [] for tree in trees}
+    cli_cpu_s: dict[str, list[float]] = {tree: [] for tree in trees}
+    for _ in range(repeats):
+        (base / "scp-copy").unlink(missing_ok=True)
+        scp_s.append(run_child(scp_argv).wall_s)
+        for tree, tree_env in trees.items():
+            empty_device(host.root)
+            child = run_child(push_argv, tree_env)
+            result = json.loads(child.stdout)[0]
+            assert result["state"] == "active", result
+            assert result["bytes_sent"] == bundle.size_bytes, result
+            assert (result.get("smoke") or {}).get("ok"), result
+            cli_s[tree].append(child.wall_s)
+            cli_cpu_s[tree].append(child.cpu_s)
+        empty_device(host.root)
+        started = time.perf_counter()
+        outcome = push(settings, bundle, devices)[0]
+        inproc_s.append(time.perf_counter() - started)
+        assert outcome.ok and outcome.data["bytes_sent"] == bundle.size_bytes, outcome
+
+    light: dict[tuple[str, str], list[Child]] = {}
+    for _ in range(repeats):
+        for command in ("devices list", "bundle list"):
+            for tree, tree_env in trees.items():
+                light.setdefault((command, tree), []).append(
+                    run_child([edgefleet, *command.split()], tree_env))
+
+    mb = bundle.size_bytes / 1e6
+    scp_med, inproc_med = statistics.median(scp_s), statistics.median(inproc_s)
+    print(f"\n[{label}] {mb:.1f} MB model, {repeats} alternating repeats, medians "
+          f"({edgefleet})")
+    print(f"  scp                           {scp_med:6.2f} s")
+    print(f"  deploy.push in-process        {inproc_med:6.2f} s  (warm: no start-up, no exit)")
+    for tree in trees:
+        cli_med = statistics.median(cli_s[tree])
+        print(f"  edgefleet push, {tree}: {cli_med:.2f} s start to exit, smoke test "
+              f"included (CPU {statistics.median(cli_cpu_s[tree]):.2f} s; start-up + exit "
+              f"{cli_med - inproc_med:+.2f} s over in-process)")
+        print(f"    push/scp speed ratio, end to end: {scp_med / cli_med:.2f}x  (goal >= "
+              f"{PUSH_GOAL}x; each run: " + ", ".join(
+                  f"{s / c:.2f}" for s, c in zip(scp_s, cli_s[tree], strict=True)) + ")")
+    for (command, tree), runs in light.items():
+        cpu = [r.cpu_s for r in runs]
+        print(f"  edgefleet {command}, {tree}: CPU {statistics.median(cpu):.3f} s (min "
+              f"{min(cpu):.3f}), wall {statistics.median(r.wall_s for r in runs):.3f} s  "
+              f"(goal <= {CPU_GOAL_S} s CPU)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mb", type=float, default=90.0)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--link", choices=("loopback", "lan", "both"), default="loopback")
+    parser.add_argument("--baseline", type=Path, help="another checkout (e.g. `git worktree add "
+                        "/tmp/old HEAD~3`) whose code the CLI also runs, alternating: a change "
+                        "measured side by side; it must have the same migrations")
+    args = parser.parse_args()
+    baseline = args.baseline.resolve() if args.baseline else None
+
+    base = Path(tempfile.mkdtemp(prefix="edgefleet-bench-cli-"))
+    try:
+        key = generate_user_key(base)
+        model = make_large_model(base / "model" / "model.onnx", args.mb)
+        if args.link in ("loopback", "both"):
+            with SshdHost("bench-loopback", base, key, sftp_server=STOCK_SFTP_SERVER) as host:
+                measure("loopback", host, key, model, base, args.repeats, baseline)
+        if args.link in ("lan", "both"):
+            with lan_namespace() as (ns, address), \
+                    SshdHost("bench-lan", base, key, address=address, netns=ns,
+                             sftp_server=STOCK_SFTP_SERVER) as host:
+                measure(f"lan {LAN_RATE}", host, key, model, base, args.repeats, baseline)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
