@@ -1,26 +1,48 @@
 """The audit log: who did what to which part of the fleet, and when.
 
 A control plane that can push models to devices needs an answer to "who pushed this?" that does
-not depend on shell history. Each state-changing operation records one ``AuditEvent``. Callers
-record their own actions, with these names (the web, the API and the CLI use the same ones, so a
-log reads the same whichever door an action came through):
+not depend on shell history. Each operation below records one ``AuditEvent``, written by the
+service that makes the change, in the change's own transaction (``add_event`` takes the
+service's session): a job, schedule, token or inventory change is never committed without its
+event, nor an event without its change. Routes and CLI commands only say who is acting, so the
+web pages, the API and the CLI record the same action, target and detail for the same operation.
 
-=================== ==========================================================================
-``push``            a bundle pushed to targets (target: the pattern; detail: bundle, job id)
-``bench``           a benchmark started (target: the pattern; detail: bundle, params, job id)
-``rollback``        devices rolled back (target: the pattern)
-``inventory.sync``  the inventory applied to the DB (target: the file; detail: counts)
-``job.cancel``      a queued or running job cancelled (target: ``job:<id>``)
-``schedule.create`` a schedule created (target: ``schedule:<id>``; detail: kind, cron/run_at)
-``schedule.delete`` a schedule deleted (target: ``schedule:<id>``)
-``token.create``    an API token created (target: ``token:<id>``; detail: name, role, prefix)
-``token.revoke``    an API token revoked (target: ``token:<id>``; detail: name, role, prefix)
-=================== ==========================================================================
+=================== ===================== =====================================================
+action              target                detail
+=================== ===================== =====================================================
+``push``            ``job:<id>``          ``targets`` (the pattern), ``params``, ``origin``
+``bench``           ``job:<id>``          (``server``: queued from the web or API; ``cli``:
+``eval``            ``job:<id>``          run by the CLI itself, which also makes a job row)
+``rollback``        ``devices:<pattern>`` ``devices``: the names the pattern selected
+``inventory.sync``  the file's absolute   ``added``, ``changed``, ``removed``, ``unchanged``
+                    path                  (environment values redacted)
+``job.cancel``      ``job:<id>``          ``kind``, ``targets``, ``state`` (when cancelled)
+``schedule.create`` ``schedule:<id>``     ``kind``, ``targets``, ``cron``, ``run_at``,
+                                          ``params``
+``schedule.delete`` ``schedule:<id>``     ``kind``, ``targets``, ``cron``, ``run_at``
+``token.create``    ``token:<id>``        ``name``, ``role``, ``prefix``
+``token.revoke``    ``token:<id>``        ``name``, ``role``, ``prefix``
+=================== ===================== =====================================================
+
+A target names its kind, so one column reads unambiguously: a row (``job:``, ``schedule:``,
+``token:``), the devices a pattern selected (``devices:``; patterns contain colons, so only the
+first one separates), or an inventory file (an absolute path: a relative one would mean another
+file to the CLI, run in some directory, than to the server, which reads relative to
+``EDGEFLEET_INVENTORY_DIR``). Push, bench and eval point at their job because the job is the same
+from every door and its page has what happened on each device; an event says what was asked and
+started, not how it ended.
+
+Not audited: what the control plane starts by itself (a schedule firing — its
+``schedule.create`` was —, the periodic telemetry poll), telemetry jobs and reads (``verify``,
+listings: they change nothing on a device), dry runs and previews; and, not yet, the CLI's
+``devices trust``, ``agent install``, ``bundle build`` and ``dataset build`` (nor ``demo``, which
+works in its own EDGEFLEET_HOME). ``ACTIONS`` is the whole vocabulary: ``add_event`` refuses
+anything else.
 
 ``actor`` is the token's name for web/API requests, the OS user for the CLI and for a server
 without tokens (see ``local_actor``). ``detail`` must never carry secrets: anything under a key
 that names a secret, and anything that looks like an EdgeFleet token, is replaced by
-``"[redacted]"`` before it is stored, as a safety net for callers that pass request bodies.
+``"[redacted]"`` before it is stored, as a safety net for params that carry user input.
 """
 
 from __future__ import annotations
@@ -33,12 +55,11 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from orchestrator.config import Settings
-from orchestrator.db import session_scope
-from orchestrator.models import AuditEvent
+from orchestrator.models import AuditEvent, Job
 
-ACTIONS = ("push", "bench", "rollback", "inventory.sync", "job.cancel", "schedule.create",
-           "schedule.delete", "token.create", "token.revoke")
+ACTIONS = ("push", "bench", "eval", "rollback", "inventory.sync", "job.cancel",
+           "schedule.create", "schedule.delete", "token.create", "token.revoke")
+JOB_ACTIONS = ("push", "bench", "eval")  # the job kinds that are audited (not telemetry)
 
 REDACTED = "[redacted]"
 _SECRET_KEYS = re.compile(r"secret|password|passphrase|private_key|token_hash|api_key",
@@ -67,8 +88,11 @@ def _scrub(value: Any) -> Any:
 
 def add_event(session: Session, actor: str, action: str, target: str = "",
               detail: dict[str, Any] | None = None) -> AuditEvent:
-    """Add an event to ``session`` without committing, so that a change and its audit record
-    are one transaction (a token is never created without its ``token.create`` event)."""
+    """Add an event to ``session`` without committing: the caller's change and its event are
+    one transaction (a token is never created without its ``token.create`` event, nor the
+    event left behind when the change fails). ValueError for an action not in ``ACTIONS``."""
+    if action not in ACTIONS:
+        raise ValueError(f"audit action {action!r} is not one of {', '.join(ACTIONS)}")
     event = AuditEvent(actor=actor or local_actor(), action=action, target=target,
                        detail=_scrub(dict(detail or {})))
     session.add(event)
@@ -76,11 +100,14 @@ def add_event(session: Session, actor: str, action: str, target: str = "",
     return event
 
 
-def record(settings: Settings, actor: str, action: str, target: str = "",
-           detail: dict[str, Any] | None = None) -> AuditEvent:
-    """Write one event in its own transaction (for callers that have no session at hand)."""
-    with session_scope(settings) as session:
-        return add_event(session, actor, action, target, detail)
+def add_job_event(session: Session, actor: str, job: Job) -> AuditEvent | None:
+    """The event of a push, bench or eval job just added to ``session`` (flushed: it has its
+    id) — the same whether the server queued it or the CLI runs it (``jobs.submit``,
+    ``job_tracker.track``). None for a kind that is not audited (telemetry)."""
+    if job.kind not in JOB_ACTIONS:
+        return None
+    return add_event(session, actor, job.kind, f"job:{job.id}",
+                     {"targets": job.targets, "params": job.params, "origin": job.origin})
 
 
 def list_events(session: Session, limit: int = 200) -> list[AuditEvent]:

@@ -107,17 +107,14 @@ def inventory_sync(
     as_json: JsonOpt = False,
 ) -> None:
     """Make the DB's devices match FILE (default $EDGEFLEET_INVENTORY or ./inventory.yml)."""
-    from orchestrator.db import session_scope
-    from orchestrator.devices import sync_inventory
-    from orchestrator.inventory import load_inventory
+    from orchestrator.audit import local_actor
+    from orchestrator.inventory_sync import sync_file
 
     path = file or Path(os.environ.get("EDGEFLEET_INVENTORY", "inventory.yml"))
     if not path.is_file():
         raise EdgeFleetError(f"{path}: no such inventory file; pass one: "
                              "`edgefleet inventory sync inventory/example.yml`")
-    inventory = load_inventory(path)
-    with session_scope(settings()) as session:
-        report = sync_inventory(session, inventory, apply=not dry_run)
+    report = sync_file(settings(), path, actor=local_actor(), dry_run=dry_run)
     if as_json:
         output.print_json(dict(report.as_dict(), file=str(path), applied=not dry_run))
         return

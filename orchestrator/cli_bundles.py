@@ -244,7 +244,9 @@ def push_cmd(
 def rollback_cmd(targets: Targets, forks: Forks = 10, timeout: Timeout = None,
                  as_json: JsonOpt = False) -> None:
     """Swap each device back to the bundle it ran before."""
+    from orchestrator.audit import local_actor
     from orchestrator.deploy import rollback
 
-    outcomes = rollback(settings(), _select(targets), forks, timeout)
+    outcomes = rollback(settings(), _select(targets), forks, timeout, actor=local_actor(),
+                        targets=targets)
     finish(outcomes, "rollback", as_json, extra=("active",))

@@ -120,7 +120,8 @@ def bench_cmd(
     rounds = (rounds or 5) if base_bundle else 1
     job_params = bench_job_params(
         f"{bundle.name}@{bundle.version}", params,
-        f"{base_bundle.name}@{base_bundle.version}" if base_bundle else None, rounds, forks)
+        f"{base_bundle.name}@{base_bundle.version}" if base_bundle else None, rounds, forks,
+        timeout)
     with job_tracker.track(cfg, "bench", job_params, targets) as job, \
             output.MeasureProgress(enabled=not as_json) as progress:
         runs_done, outcomes = bench(

@@ -15,7 +15,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from sqlmodel import Session
+
 from agent.protocol import E_NOTHING_TO_ROLL_BACK, E_SMOKE_FAILED
+from orchestrator import audit
 from orchestrator.agentclient import AgentSession, call_agent, plan_uploads
 from orchestrator.blobstore import BlobStore
 from orchestrator.bundles import manifest_of
@@ -182,23 +185,28 @@ def _finish(settings: Settings, deployment_id: int, outcome: Outcome,
             session.add(device)
 
 
-def _start_rows(settings: Settings, devices: Sequence[Device], operation: str,
-                bundle: Bundle | None, job_id: int | None = None) -> dict[str, int]:
+def _add_rows(session: Session, devices: Sequence[Device], operation: str,
+              bundle: Bundle | None, job_id: int | None = None) -> dict[str, int]:
     """One pending Deployment per device, named with its job: if the process dies, whoever
     recovers the job marks them interrupted (``jobs.recover_interrupted``)."""
+    rows = {
+        d.name: Deployment(
+            device_name=d.name, operation=operation, state="pending",
+            bundle_name=bundle.name if bundle else None,
+            bundle_version=bundle.version if bundle else None,
+            bundle_digest=bundle.digest if bundle else None, job_id=job_id,
+        )
+        for d in devices
+    }
+    session.add_all(rows.values())
+    session.flush()
+    return {name: row.id for name, row in rows.items()}  # type: ignore[misc]
+
+
+def _start_rows(settings: Settings, devices: Sequence[Device], operation: str,
+                bundle: Bundle | None, job_id: int | None = None) -> dict[str, int]:
     with session_scope(settings) as session:
-        rows = {
-            d.name: Deployment(
-                device_name=d.name, operation=operation, state="pending",
-                bundle_name=bundle.name if bundle else None,
-                bundle_version=bundle.version if bundle else None,
-                bundle_digest=bundle.digest if bundle else None, job_id=job_id,
-            )
-            for d in devices
-        }
-        session.add_all(rows.values())
-        session.flush()
-        return {name: row.id for name, row in rows.items()}  # type: ignore[misc]
+        return _add_rows(session, devices, operation, bundle, job_id)
 
 
 def push(settings: Settings, bundle: Bundle, devices: Sequence[Device], forks: int = 10,
@@ -233,8 +241,14 @@ def push(settings: Settings, bundle: Bundle, devices: Sequence[Device], forks: i
 
 
 def rollback(settings: Settings, devices: Sequence[Device], forks: int = 10,
-             timeout: float | None = None) -> list[Outcome]:
-    row_ids = _start_rows(settings, devices, "rollback", None)
+             timeout: float | None = None, *, actor: str, targets: str) -> list[Outcome]:
+    """Swap each device back to the bundle it ran before. One ``rollback`` event for the
+    operation (``devices:<targets>``, the pattern ``devices`` were selected with), committed
+    with the Deployment rows it starts: it says who asked, the rows say how each device ended."""
+    with session_scope(settings) as session:
+        row_ids = _add_rows(session, devices, "rollback", None)
+        audit.add_event(session, actor, "rollback", f"devices:{targets}",
+                        {"devices": [d.name for d in devices]})
 
     def step(target: Target) -> Outcome:
         started = time.monotonic()

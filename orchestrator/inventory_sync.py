@@ -88,9 +88,9 @@ def readable_path(settings: Settings, session: Session, path: str) -> Path:
 
 
 def default_path(session: Session) -> str:
-    """Where the form starts: ``$EDGEFLEET_INVENTORY``; else the file of the last web/API
-    reload (its audit record); else the file most devices were loaded from (their ``source``
-    is ``file:line``, also set by the CLI); else ``inventory.yml`` as the CLI would."""
+    """Where the form starts: ``$EDGEFLEET_INVENTORY``; else the file of the last sync, from
+    the web, the API or the CLI (its audit record); else the file most devices were loaded
+    from (their ``source`` is ``file:line``); else ``inventory.yml`` as the CLI would."""
     configured = os.environ.get(ENV_VAR, "").strip()
     if configured:
         return configured
@@ -122,17 +122,35 @@ def preview(settings: Settings, session: Session, path: str) -> Preview:
 
 
 def apply(settings: Settings, path: str, digest: str | None, actor: str) -> SyncReport:
-    """Apply ``path`` (if ``digest`` is given, only while the file still has the previewed
-    digest, else InventoryChanged) and audit ``inventory.sync`` in the same transaction as the
-    change."""
+    """Apply ``path`` for a web/API request (only a ``readable_path``; if ``digest`` is given,
+    only while the file still has the previewed digest, else InventoryChanged)."""
     path = path.strip()
     with session_scope(settings) as session:
         readable = readable_path(settings, session, path)
     if digest is not None and _digest(str(readable)) != digest:
         raise InventoryChanged(f"{path} changed since the preview; review the new diff below "
                                "before applying it")
-    inventory = load_inventory(readable)
+    return _sync(settings, readable, actor)
+
+
+def sync_file(settings: Settings, path: Path, *, actor: str,
+              dry_run: bool = False) -> SyncReport:
+    """``edgefleet inventory sync``: any file the shell user can read (no ``readable_path``:
+    whoever has a shell here may point the control plane anywhere), the same event as a
+    web/API reload; a dry run only reports, and is not audited."""
+    if dry_run:
+        with session_scope(settings) as session:
+            return sync_inventory(session, load_inventory(path), apply=False)
+    return _sync(settings, path, actor)
+
+
+def _sync(settings: Settings, path: Path, actor: str) -> SyncReport:
+    """Apply the file and audit ``inventory.sync`` (target: its resolved absolute path, the
+    same file whichever door and working directory it came from) in the change's
+    transaction."""
+    inventory = load_inventory(path)  # as given: its hosts' ``source`` names it so
     with session_scope(settings) as session:
         report = sync_inventory(session, inventory, apply=True)
-        audit.add_event(session, actor, "inventory.sync", path, report.as_dict())
+        audit.add_event(session, actor, "inventory.sync", str(path.resolve()),
+                        report.as_dict())
     return report

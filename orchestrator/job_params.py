@@ -204,10 +204,11 @@ def bench_params(params: dict[str, Any]) -> runs.BenchParams:
 
 
 def bench_job_params(bundle: str, params: runs.BenchParams, baseline: str | None,
-                     rounds: int, forks: int) -> dict[str, Any]:
+                     rounds: int, forks: int, timeout: float | None = None) -> dict[str, Any]:
     """The job params for a bench started from the CLI: what a server job with the same
-    effect would carry, so both look alike in the UI."""
-    out = {"bundle": bundle, **asdict(params), "rounds": rounds, "forks": forks}
+    effect would carry (the same keys), so both look alike in the UI and the audit log."""
+    out = {"bundle": bundle, **asdict(params), "rounds": rounds, "forks": forks,
+           "timeout": timeout}
     if baseline:
         out["baseline"] = baseline
     return out

@@ -7,7 +7,6 @@ records a job that is already running in this process.
 
 from __future__ import annotations
 
-import getpass
 import logging
 import os
 import signal
@@ -21,7 +20,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlmodel import col
 
-from orchestrator import job_exec
+from orchestrator import audit, job_exec
 from orchestrator.config import Settings
 from orchestrator.db import session_scope
 from orchestrator.jobs import TERMINAL, finish_job, recover_interrupted
@@ -117,19 +116,23 @@ class JobTracker:
 
 
 @contextmanager
-def track(settings: Settings, kind: str, params: dict[str, Any], targets: str,
-          created_by: str = "") -> Iterator[JobTracker]:
+def track(settings: Settings, kind: str, params: dict[str, Any], targets: str, *,
+          actor: str = "") -> Iterator[JobTracker]:
     """Record CLI work as a running job (origin "cli", worker host:pid) so the UI shows it;
     finished by the caller, or marked failed if the block raises (cancelled on Ctrl-C).
+    ``actor`` (default: the OS user) is its ``created_by``; the row and its audit event
+    (push, bench or eval, as the server's queue records them) are one transaction.
     First, what earlier processes on this host left running when they died is finalized."""
     recover_interrupted(settings)
+    actor = actor or audit.local_actor()
     now = datetime.now(UTC)
     with session_scope(settings) as session:
         job = Job(kind=kind, params=params, targets=targets, origin="cli", state="running",
-                  created_by=created_by or getpass.getuser(), started_at=now,
+                  created_by=actor, started_at=now,
                   worker=f"{socket.gethostname()}:{os.getpid()}")
         session.add(job)
         session.flush()
+        audit.add_job_event(session, actor, job)
         job_id = job.id
     assert job_id is not None
     tracker = JobTracker(settings, job_id)

@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import or_, update
 from sqlmodel import Session, col, select
 
-from orchestrator import job_exec
+from orchestrator import audit, job_exec
 from orchestrator.config import Settings
 from orchestrator.db import session_scope
 from orchestrator.errors import EdgeFleetError, NotFoundError
@@ -64,27 +64,37 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def submit(settings: Settings, kind: str, params: dict[str, Any] | None, targets: str, *,
-           origin: str = "server", created_by: str = "", schedule_id: int | None = None) -> Job:
+           actor: str | None, origin: str = "server", created_by: str | None = None,
+           schedule_id: int | None = None) -> Job:
     """Queue a job after checking its params (EdgeFleetError naming the problem, nothing
-    queued); workers in this process are woken at once."""
+    queued); workers in this process are woken at once.
+
+    ``actor`` is who asked (the job's ``created_by`` unless that is given): a push, bench or
+    eval is audited under that name in the job's own transaction. ``None`` is the control plane
+    acting by itself (a schedule firing, whose creation was audited; the telemetry poller):
+    no event. Required, so that a new caller cannot forget to say which it is."""
     if origin not in ORIGINS:
         raise EdgeFleetError(f"job origin {origin!r}: choose one of {', '.join(ORIGINS)}")
     targets = job_exec.default_targets(kind, targets)
     with session_scope(settings) as session:
         checked = job_exec.validate_params(session, kind, params, targets)
         job = Job(kind=kind, params=checked, targets=targets, origin=origin,
-                  created_by=created_by, schedule_id=schedule_id)
+                  created_by=(actor or "") if created_by is None else created_by,
+                  schedule_id=schedule_id)
         session.add(job)
         session.flush()
+        if actor is not None:
+            audit.add_job_event(session, actor, job)
     for runner in list(_runners):
         if runner.settings.db_url == settings.db_url:
             runner.wake()
     return job
 
 
-def cancel(settings: Settings, job_id: int) -> Job:
+def cancel(settings: Settings, job_id: int, *, actor: str) -> Job:
     """A queued job is cancelled at once; a running one is asked to stop (honoured at the
-    executor's next safe boundary, see job_exec); a finished one is an error."""
+    executor's next safe boundary, see job_exec); a finished one is an error. Audited as
+    ``job.cancel`` by ``actor`` in the same transaction as the request to stop."""
     now = datetime.now(UTC)
     with session_scope(settings) as session:
         job = get_job(session, job_id)
@@ -98,9 +108,14 @@ def cancel(settings: Settings, job_id: int) -> Job:
             .values(state="cancelled", cancel_requested=True, finished_at=now,
                     error="cancelled before it started")).rowcount
         if not taken:  # running (or claimed just now): ask the worker
-            session.execute(update(Job).where(col(Job.id) == job_id,
-                                              col(Job.state) == "running")
-                            .values(cancel_requested=True))
+            asked = session.execute(update(Job).where(col(Job.id) == job_id,
+                                                      col(Job.state) == "running")
+                                    .values(cancel_requested=True)).rowcount
+            if not asked:  # it finished between the read and the update
+                raise EdgeFleetError(f"job {job_id} already finished; nothing to cancel")
+        audit.add_event(session, actor, "job.cancel", f"job:{job_id}",
+                        {"kind": job.kind, "targets": job.targets,
+                         "state": "queued" if taken else "running"})
     flag = _cancel_flags.get(job_id)
     if flag is not None:
         flag.set()
@@ -313,7 +328,7 @@ class JobRunner:
                 Job.kind == "telemetry", col(Job.state).in_(("queued", "running")))).first()
         if busy is not None:
             return None
-        return submit(self.settings, "telemetry", {}, "all", created_by=POLLER)
+        return submit(self.settings, "telemetry", {}, "all", actor=None, created_by=POLLER)
 
     def _claim(self) -> int | None:
         with session_scope(self.settings) as session:

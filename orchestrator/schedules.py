@@ -20,7 +20,7 @@ from croniter import CroniterError, croniter
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from orchestrator import job_exec, jobs
+from orchestrator import audit, job_exec, jobs
 from orchestrator.config import Settings
 from orchestrator.db import session_scope
 from orchestrator.errors import EdgeFleetError, NotFoundError
@@ -62,10 +62,11 @@ def next_fire(cron: str, after: datetime) -> datetime:
 
 
 def create(settings: Settings, kind: str, params: dict[str, Any] | None, targets: str, *,
-           cron: str | None = None, run_at: datetime | None = None,
-           created_by: str = "") -> Schedule:
+           actor: str, cron: str | None = None, run_at: datetime | None = None) -> Schedule:
     """A schedule firing once at ``run_at`` (naive means UTC) or on ``cron``; params are checked
-    now, like a job's, so a typo fails here rather than at 3 a.m."""
+    now, like a job's, so a typo fails here rather than at 3 a.m. Created by ``actor`` (its
+    ``created_by``, under which its jobs run) and audited as ``schedule.create`` in the same
+    transaction; the jobs it fires later are not audited again."""
     if (cron is None) == (run_at is None):
         raise EdgeFleetError("a schedule needs exactly one of cron (repeating) or run_at (once)")
     now = datetime.now(UTC)
@@ -80,10 +81,20 @@ def create(settings: Settings, kind: str, params: dict[str, Any] | None, targets
     with session_scope(settings) as session:
         checked = job_exec.validate_params(session, kind, params, targets)
         schedule = Schedule(kind=kind, params=checked, targets=targets, cron=cron,
-                            run_at=run_at, next_run_at=first, created_by=created_by)
+                            run_at=run_at, next_run_at=first, created_by=actor)
         session.add(schedule)
         session.flush()
+        audit.add_event(session, actor, "schedule.create", f"schedule:{schedule.id}",
+                        _described(schedule) | {"params": schedule.params})
     return schedule
+
+
+def _described(schedule: Schedule) -> dict[str, Any]:
+    """What an audit event says about a schedule (the rest of the row is in the log already
+    for ``schedule.create``, and gone after ``schedule.delete``)."""
+    run_at = jobs.utc(schedule.run_at)
+    return {"kind": schedule.kind, "targets": schedule.targets, "cron": schedule.cron,
+            "run_at": run_at.isoformat() if run_at else None}
 
 
 def list_schedules(session: Session) -> list[Schedule]:
@@ -97,11 +108,14 @@ def get_schedule(session: Session, schedule_id: int) -> Schedule:
     return schedule
 
 
-def delete(settings: Settings, schedule_id: int) -> None:
-    """Remove a schedule; the jobs it created stay (their schedule_id then names a deleted
-    schedule)."""
+def delete(settings: Settings, schedule_id: int, *, actor: str) -> None:
+    """Remove a schedule, audited as ``schedule.delete`` by ``actor`` in the same transaction;
+    the jobs it created stay (their schedule_id then names a deleted schedule)."""
     with session_scope(settings) as session:
-        session.delete(get_schedule(session, schedule_id))
+        schedule = get_schedule(session, schedule_id)
+        audit.add_event(session, actor, "schedule.delete", f"schedule:{schedule_id}",
+                        _described(schedule))
+        session.delete(schedule)
 
 
 def schedule_public(s: Schedule) -> dict[str, Any]:
@@ -135,7 +149,7 @@ def due(settings: Settings, now: datetime) -> list[Job]:
             continue
         try:
             job = jobs.submit(settings, schedule.kind, schedule.params, schedule.targets,
-                              origin="schedule", created_by=schedule.created_by,
+                              actor=None, origin="schedule", created_by=schedule.created_by,
                               schedule_id=schedule.id)
         except EdgeFleetError as exc:
             log.warning("schedule %s could not start a job: %s", schedule.id, exc)

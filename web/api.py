@@ -1,4 +1,5 @@
-"""JSON API under /api. Thin: each route calls one service function; OpenAPI at /docs."""
+"""JSON API under /api. Thin: each route calls one service function, which also records the
+audit event (routes pass who is acting); OpenAPI at /docs."""
 
 from __future__ import annotations
 
@@ -172,16 +173,14 @@ def submit_job(body: JobIn, request: Request, settings: SettingsDep,
                principal: Operator) -> dict:
     """Queue a push, bench, eval or telemetry job; workers start it at once. Its progress
     is ``GET /api/jobs/{id}``; a bench or eval job links its results as ``run_id``."""
-    from orchestrator import audit, jobs
+    from orchestrator import jobs
     from orchestrator.errors import EdgeFleetError
 
     try:
         created = jobs.submit(settings, body.kind, body.params, body.targets,
-                              created_by=principal.name)
+                              actor=principal.name)
     except EdgeFleetError as exc:  # the request's content, not a missing URL: 422 even for
         raise HTTPException(422, str(exc)) from None  # a bundle or dataset that is not there
-    audit.record(settings, principal.name, body.kind, body.targets,
-                 {"job_id": created.id, "params": body.params})
     runner = getattr(request.app.state, "runner", None)
     if runner is not None:
         runner.wake()
@@ -190,11 +189,9 @@ def submit_job(body: JobIn, request: Request, settings: SettingsDep,
 
 @router.post("/jobs/{job_id}/cancel", dependencies=[Csrf])
 def cancel_job(job_id: RowId, settings: SettingsDep, principal: Operator) -> dict:
-    from orchestrator import audit, jobs
+    from orchestrator import jobs
 
-    cancelled = jobs.cancel(settings, job_id)
-    audit.record(settings, principal.name, "job.cancel", str(job_id))
-    return jobs.job_public(cancelled)
+    return jobs.job_public(jobs.cancel(settings, job_id, actor=principal.name))
 
 
 @router.get("/schedules")
@@ -207,22 +204,18 @@ def schedules(settings: SettingsDep, _: Viewer) -> list[dict]:
 
 @router.post("/schedules", status_code=201, dependencies=[Csrf])
 def create_schedule(body: ScheduleIn, settings: SettingsDep, principal: Operator) -> dict:
-    from orchestrator import audit, schedules
+    from orchestrator import schedules
 
-    created = schedules.create(settings, body.kind, body.params, body.targets, cron=body.cron,
-                               run_at=body.run_at, created_by=principal.name)
-    audit.record(settings, principal.name, "schedule.create", body.targets,
-                 {"schedule_id": created.id, "cron": body.cron,
-                  "run_at": body.run_at.isoformat() if body.run_at else None})
+    created = schedules.create(settings, body.kind, body.params, body.targets,
+                               actor=principal.name, cron=body.cron, run_at=body.run_at)
     return schedules.schedule_public(created)
 
 
 @router.delete("/schedules/{schedule_id}", status_code=204, dependencies=[Csrf])
 def delete_schedule(schedule_id: RowId, settings: SettingsDep, principal: Operator) -> None:
-    from orchestrator import audit, schedules
+    from orchestrator import schedules
 
-    schedules.delete(settings, schedule_id)
-    audit.record(settings, principal.name, "schedule.delete", str(schedule_id))
+    schedules.delete(settings, schedule_id, actor=principal.name)
 
 
 @router.post("/inventory/sync", dependencies=[Csrf])

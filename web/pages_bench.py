@@ -2,8 +2,8 @@
 given time, and the schedules (benchmarks, and evaluations from a bundle's page, which shares
 ``schedule_or_submit``) with their delete buttons.
 
-Everything goes through the services the API uses: "now" is ``jobs.submit`` (through
-``submit_job``, which audits it), "cron"/"at" is ``schedules.create``. Both validate the params
+Everything goes through the services the API uses, which also audit: "now" is ``jobs.submit``
+(through ``submit_job``), "cron"/"at" is ``schedules.create``. Both validate the params
 and the targets before storing anything, so a bad form queues nothing and comes back with the
 reason (400). The form fields mirror ``edgefleet bench``: shapes are ``NAME=1x512`` lines
 (``--shape``), inputs ``NAME=VALUE`` lines (``--input``).
@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from orchestrator import audit, schedules
+from orchestrator import schedules
 from orchestrator.auth import role_allows
 from orchestrator.bundles import list_bundles
 from orchestrator.cliparse import parse_constants, parse_shapes
@@ -125,12 +125,8 @@ def schedule_or_submit(request: Request, principal: Any, kind: str, params: dict
     run_at = parse_at(form.get("at", "")) if when == "at" else None
     if when == "cron" and not cron:
         raise EdgeFleetError("give a cron expression (five fields, UTC), e.g. '0 3 * * *'")
-    settings = settings_of(request)
-    schedule = schedules.create(settings, kind, params, targets, cron=cron, run_at=run_at,
-                                created_by=principal.name)
-    audit.record(settings, principal.name, "schedule.create", f"schedule:{schedule.id}",
-                 {"kind": kind, "targets": targets, "cron": cron,
-                  "run_at": run_at.isoformat() if run_at else None, "params": schedule.params})
+    schedules.create(settings_of(request), kind, params, targets, actor=principal.name,
+                     cron=cron, run_at=run_at)
     return RedirectResponse("/benchmarks?notice=schedule_created", status_code=303)
 
 
@@ -151,10 +147,8 @@ async def schedule_benchmark(request: Request, principal: Operator) -> Response:
 @router.post("/benchmarks/schedules/{schedule_id}/delete",
              dependencies=[Depends(csrf_protect)])
 def delete_schedule(request: Request, schedule_id: RowId, principal: Operator) -> Response:
-    settings = settings_of(request)
     try:
-        schedules.delete(settings, schedule_id)
+        schedules.delete(settings_of(request), schedule_id, actor=principal.name)
     except NotFoundError as exc:
         return not_found(request, str(exc), principal)
-    audit.record(settings, principal.name, "schedule.delete", f"schedule:{schedule_id}")
     return RedirectResponse("/benchmarks?notice=schedule_deleted", status_code=303)

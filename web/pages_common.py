@@ -120,11 +120,8 @@ async def form_fields(request: Request) -> dict[str, str]:
 
 def submit_job(request: Request, kind: str, params: dict[str, Any], targets: str,
                principal: Principal) -> Any:
-    """Queue a job as the API does, with an audit record. ``jobs.submit`` checks the targets
-    and params first (EdgeFleetError, nothing queued), so a typo is an error on the form."""
-    from orchestrator import audit, jobs
+    """Queue a job as the API does (``jobs.submit`` audits it). It checks the targets and
+    params first (EdgeFleetError, nothing queued), so a typo is an error on the form."""
+    from orchestrator import jobs
 
-    settings = settings_of(request)
-    job = jobs.submit(settings, kind, params, targets, created_by=principal.name)
-    audit.record(settings, principal.name, kind, targets, {"job_id": job.id, "params": params})
-    return job
+    return jobs.submit(settings_of(request), kind, params, targets, actor=principal.name)

@@ -12,7 +12,6 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from orchestrator import audit
 from orchestrator.db import session_scope
 from orchestrator.errors import EdgeFleetError, NotFoundError
 from web.inputs import RowId
@@ -81,12 +80,11 @@ def cancel_job(request: Request, job_id: RowId, principal: Operator) -> Response
 
     settings = settings_of(request)
     try:
-        jobs.cancel(settings, job_id)
+        jobs.cancel(settings, job_id, actor=principal.name)
     except NotFoundError as exc:
         return not_found(request, str(exc), principal)
     except EdgeFleetError as exc:
         job = _load(request, job_id)
         return render(request, "job.html", {"section": "jobs", "job": job, "error": str(exc)},
                       principal, status_code=409)
-    audit.record(settings, principal.name, "job.cancel", str(job_id))
     return RedirectResponse(f"/jobs/{job_id}?notice=cancel_requested", status_code=303)

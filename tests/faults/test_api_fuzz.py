@@ -83,8 +83,8 @@ def _seed(settings: Settings, base: Path) -> None:
         session.add(Result(run_id=run.id, device_name="pi-fuzz", threads=1, ok=True,
                            simulated=True, n=30, p50_ms=1.0, valid=True,
                            telemetry_status="clean", precision="fp32", created_at=now))
-    jobs.submit(settings, "telemetry", {}, "all", created_by="fuzz")
-    schedules.create(settings, "telemetry", {}, "all", cron="0 3 * * *", created_by="fuzz")
+    jobs.submit(settings, "telemetry", {}, "all", actor="fuzz")
+    schedules.create(settings, "telemetry", {}, "all", cron="0 3 * * *", actor="fuzz")
 
 
 @pytest.fixture(scope="module")

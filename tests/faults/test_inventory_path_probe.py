@@ -54,4 +54,5 @@ def test_an_inventory_in_the_directory_is_synced_and_audited(
     report = server.post("/api/inventory/sync", {"path": "lab.yml"}, status=200)
     assert report["added"] == ["here"] and report["applied"] is True
     (event,) = server.get("/api/audit")
-    assert (event["action"], event["target"]) == ("inventory.sync", "lab.yml")
+    assert (event["action"], event["target"]) == ("inventory.sync",
+                                                  str((home / "lab.yml").resolve()))

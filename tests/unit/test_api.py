@@ -90,8 +90,12 @@ def test_jobs_and_schedules(world: tuple[Settings, TestClient]) -> None:
     assert client.post("/api/schedules", json={"kind": "telemetry",
                                                "cron": "every tuesday"}).status_code == 400
     assert client.delete(f"/api/schedules/{schedule.json()['id']}").status_code == 204
-    actions = [e["action"] for e in client.get("/api/audit").json()]
-    assert {"telemetry", "job.cancel", "schedule.create", "schedule.delete"} <= set(actions)
+    sid = schedule.json()["id"]
+    audited = [(e["action"], e["target"]) for e in client.get("/api/audit").json()]
+    assert audited[:3] == [("schedule.delete", f"schedule:{sid}"),
+                           ("schedule.create", f"schedule:{sid}"),
+                           ("job.cancel", f"job:{job_id}")]
+    assert all(action != "telemetry" for action, _ in audited)  # a telemetry job only reads
 
 
 @pytest.mark.parametrize(("run_at", "message"), [

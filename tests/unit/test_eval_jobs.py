@@ -208,7 +208,7 @@ def test_evaluate_form_queues_a_job_and_bad_input_queues_nothing(site: Site) -> 
             ("eval", "queued", "pi-a", "operator")
         assert job.params | {"bundle": "crack@1", "dataset": "set@1", "threads": [1, 2],
                              "threshold": 0.7} == job.params
-    jobs.cancel(site.settings, job_id)  # leave nothing queued for the other tests
+    jobs.cancel(site.settings, job_id, actor="tester")  # leave nothing queued for the other tests
 
 
 def test_evaluate_form_schedules_an_eval_listed_with_the_benchmarks(site: Site) -> None:
@@ -244,14 +244,15 @@ def test_evaluate_form_schedules_an_eval_listed_with_the_benchmarks(site: Site) 
     page = site.call("viewer", "GET", "/benchmarks?notice=schedule_created").text
     assert "It queues its job at its next time" in page
     assert "crack@1" in page and "on set@1" in page and "<code>30 2 * * *</code>" in page
-    schedules.delete(site.settings, row["id"])  # leave nothing scheduled for the other tests
+    # Leave nothing scheduled for the other tests.
+    schedules.delete(site.settings, row["id"], actor="tester")
 
 
 def test_cancel_a_running_eval_stops_before_the_next_device_step(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = labelled_fleet(tmp_path)
     job = jobs.submit(settings, "eval", {"bundle": "crack", "dataset": "set",
-                                         "threads": [1, 2], "forks": 1}, "all")
+                                         "threads": [1, 2], "forks": 1}, "all", actor="tester")
     seen: list[tuple[str, Any]] = []  # (device, threads) of each thread count begun
     real = evals.evaluate
 
@@ -262,7 +263,7 @@ def test_cancel_a_running_eval_stops_before_the_next_device_step(
             if event.get("phase") == "load" and event.get("done") == 0:
                 seen.append((device, event.get("threads")))
             if event.get("phase") == "samples" and len(seen) == 1:
-                jobs.cancel(settings, job.id)  # type: ignore[arg-type]
+                jobs.cancel(settings, job.id, actor="tester")  # type: ignore[arg-type]
             on_event(device, event)
 
         return real(*args[:9], spy, *args[10:], **kwargs)
@@ -316,10 +317,10 @@ def test_a_scheduled_eval_fires_and_runs_to_a_scored_run(tmp_path: Path) -> None
     settings = labelled_fleet(tmp_path)
     with pytest.raises(EdgeFleetError, match="no dataset nope"):
         schedules.create(settings, "eval", {"bundle": "crack", "dataset": "nope"}, "all",
-                         cron="0 3 * * *")
+                         cron="0 3 * * *", actor="tester")
     created = schedules.create(settings, "eval", {"bundle": "crack", "dataset": "set",
                                                   "threads": [1], "threshold": 0.6}, "all",
-                               run_at=datetime.now(UTC) - timedelta(seconds=1))
+                               run_at=datetime.now(UTC) - timedelta(seconds=1), actor="tester")
     # The schedule keeps the names: each firing evaluates the newest versions at run time.
     assert created.params["bundle"] == "crack" and created.params["dataset"] == "set"
     runner = jobs.JobRunner(settings, telemetry_interval_s=None)

@@ -59,7 +59,7 @@ def make_fleet(base: Path, names: tuple[str, ...] = ("pi-a", "pi-b"),
 
 
 def run(settings: Settings, kind: str, params: dict[str, Any], targets: str = "all") -> Job:
-    queued = jobs.submit(settings, kind, params, targets, created_by="tester")
+    queued = jobs.submit(settings, kind, params, targets, actor="tester")
     assert queued.state == "queued"
     done = jobs.JobRunner(settings, telemetry_interval_s=None).run_one()
     assert done is not None and done.id == queued.id
@@ -171,7 +171,7 @@ def test_huge_numbers_are_refused_too(records_only: Settings, kind: str,
                                       params: dict[str, Any], targets: str,
                                       message: str) -> None:
     with pytest.raises(EdgeFleetError, match=message):
-        jobs.submit(records_only, kind, params, targets)
+        jobs.submit(records_only, kind, params, targets, actor="tester")
     assert all_jobs(records_only) == []
 
 
@@ -201,7 +201,7 @@ def test_bad_params_are_refused_before_anything_is_queued(
         message: str) -> None:
     settings = records_only
     with pytest.raises(EdgeFleetError) as info:
-        jobs.submit(settings, kind, params, targets)
+        jobs.submit(settings, kind, params, targets, actor="tester")
     assert message in str(info.value)
     assert all_jobs(settings) == []
 
@@ -211,14 +211,14 @@ def test_bad_params_are_refused_before_anything_is_queued(
 
 def test_cancel_a_queued_job(tmp_path: Path) -> None:
     settings = make_fleet(tmp_path, install=False)
-    job = jobs.submit(settings, "telemetry", {}, "all")
-    cancelled = jobs.cancel(settings, job.id)  # type: ignore[arg-type]
+    job = jobs.submit(settings, "telemetry", {}, "all", actor="tester")
+    cancelled = jobs.cancel(settings, job.id, actor="tester")  # type: ignore[arg-type]
     assert cancelled.state == "cancelled" and cancelled.finished_at is not None
     assert jobs.JobRunner(settings).run_one() is None  # nothing left to run
     with pytest.raises(EdgeFleetError, match="already finished"):
-        jobs.cancel(settings, job.id)  # type: ignore[arg-type]
+        jobs.cancel(settings, job.id, actor="tester")  # type: ignore[arg-type]
     with pytest.raises(EdgeFleetError, match="no job 999"):
-        jobs.cancel(settings, 999)
+        jobs.cancel(settings, 999, actor="tester")
 
 
 def test_cancel_a_running_bench_stops_before_the_next_measurement(
@@ -226,7 +226,8 @@ def test_cancel_a_running_bench_stops_before_the_next_measurement(
     settings = make_fleet(tmp_path)
     assert run(settings, "push", {"bundle": "fc"}).state == "succeeded"
     job = jobs.submit(settings, "bench", {"bundle": "fc", "threads": [1, 2], "rounds": 2,
-                                          "forks": 1, "warmup": 0, "runs": 2}, "all")
+                                          "forks": 1, "warmup": 0, "runs": 2}, "all",
+                      actor="tester")
     started: list[tuple[str, int]] = []  # (device, thread count) of each measurement begun
     real_bench = runs.bench
 
@@ -237,7 +238,7 @@ def test_cancel_a_running_bench_stops_before_the_next_measurement(
             if event.get("phase") == "load" and event.get("done") == 0:
                 started.append((device, event["threads"]))
             if event.get("phase") == "timed" and len(started) == 1:
-                jobs.cancel(settings, job.id)  # type: ignore[arg-type]
+                jobs.cancel(settings, job.id, actor="tester")  # type: ignore[arg-type]
             on_event(device, event)
 
         if "on_event" in kwargs:
@@ -266,7 +267,7 @@ def test_a_cancelled_bench_keeps_the_thread_counts_finished_before_it(
     settings = make_fleet(tmp_path)
     assert run(settings, "push", {"bundle": "fc"}).state == "succeeded"
     job = jobs.submit(settings, "bench", {"bundle": "fc", "threads": [1, 2], "forks": 1,
-                                          "warmup": 0, "runs": 2}, "pi-a")
+                                          "warmup": 0, "runs": 2}, "pi-a", actor="tester")
     real_bench = runs.bench
 
     def bench_cancelling_when_threads_2_loads(*args: Any, **kwargs: Any) -> Any:
@@ -274,7 +275,7 @@ def test_a_cancelled_bench_keeps_the_thread_counts_finished_before_it(
 
         def spy(device: str, event: dict[str, Any]) -> None:
             if event.get("phase") == "load" and event.get("threads") == 2:
-                jobs.cancel(settings, job.id)  # type: ignore[arg-type]
+                jobs.cancel(settings, job.id, actor="tester")  # type: ignore[arg-type]
             on_event(device, event)
 
         return real_bench(*args[:7], spy, *args[8:], **kwargs)
@@ -295,7 +296,7 @@ def test_a_cancelled_bench_keeps_the_thread_counts_finished_before_it(
 def test_cancel_a_running_push_between_devices(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     settings = make_fleet(tmp_path)
-    job = jobs.submit(settings, "push", {"bundle": "fc", "forks": 1}, "all")
+    job = jobs.submit(settings, "push", {"bundle": "fc", "forks": 1}, "all", actor="tester")
     real_push = deploy.push
 
     class CancelAfterFirstDevice:
@@ -310,7 +311,7 @@ def test_cancel_a_running_push_between_devices(tmp_path: Path,
 
         def state(self, device: str, state: str) -> None:
             if state == "active":
-                jobs.cancel(settings, job.id)  # type: ignore[arg-type]
+                jobs.cancel(settings, job.id, actor="tester")  # type: ignore[arg-type]
             self.inner.state(device, state)
 
     def push(settings_: Settings, bundle: Any, devices: Any, forks: int, timeout: Any,
@@ -377,7 +378,7 @@ def test_restart_marks_only_jobs_of_dead_processes_interrupted(tmp_path: Path) -
 
 def test_two_runners_race_for_one_job_and_exactly_one_runs_it(tmp_path: Path) -> None:
     settings = make_fleet(tmp_path)
-    job = jobs.submit(settings, "telemetry", {}, "all")
+    job = jobs.submit(settings, "telemetry", {}, "all", actor="tester")
     runners = [jobs.JobRunner(settings, telemetry_interval_s=None) for _ in range(2)]
     barrier = threading.Barrier(2)
     got: list[Job | None] = [None, None]
@@ -416,7 +417,7 @@ def test_runner_threads_pick_up_a_submitted_job_at_once(tmp_path: Path) -> None:
     runner = jobs.JobRunner(settings, workers=2, poll_s=30.0, telemetry_interval_s=None)
     runner.start()
     try:
-        job = jobs.submit(settings, "telemetry", {}, "all")
+        job = jobs.submit(settings, "telemetry", {}, "all", actor="tester")
         finished = wait_for(settings, job.id, jobs.TERMINAL)  # type: ignore[arg-type]
     finally:
         runner.stop(timeout=10)
@@ -438,9 +439,9 @@ def test_telemetry_poller(tmp_path: Path) -> None:
 
 def test_list_and_filter_jobs(tmp_path: Path) -> None:
     settings = make_fleet(tmp_path, install=False)
-    first = jobs.submit(settings, "telemetry", {}, "all")
-    second = jobs.submit(settings, "push", {"bundle": "fc"}, "pi-a")
-    jobs.cancel(settings, first.id)  # type: ignore[arg-type]
+    first = jobs.submit(settings, "telemetry", {}, "all", actor="tester")
+    second = jobs.submit(settings, "push", {"bundle": "fc"}, "pi-a", actor="tester")
+    jobs.cancel(settings, first.id, actor="tester")  # type: ignore[arg-type]
     with session_scope(settings) as session:
         assert [j.id for j in jobs.list_jobs(session)] == [second.id, first.id]
         assert [j.id for j in jobs.list_jobs(session, state="cancelled")] == [first.id]
@@ -476,7 +477,7 @@ def test_cli_push_and_bench_are_recorded_as_cli_jobs(cli: Cli, home: Path,
     # Running CLI work is stopped in its terminal, not from the UI.
     with pytest.raises(EdgeFleetError, match="CLI"), \
             job_tracker.track(settings, "push", {}, "all") as tracker:
-        jobs.cancel(settings, tracker.job_id)
+        jobs.cancel(settings, tracker.job_id, actor="tester")
 
 
 def test_cli_push_failure_marks_the_job_failed(cli: Cli, home: Path, tmp_path: Path) -> None:

@@ -299,7 +299,7 @@ def test_push_form_with_bad_input_queues_nothing(site: Site) -> None:
 
 def test_job_progress_partial_shows_per_device_bytes(site: Site) -> None:
     job = jobs.submit(site.settings, "push", {"bundle": "first-crack@1"}, "all",
-                      created_by="test")
+                      actor="test")
     with session_scope(site.settings) as session:
         row = jobs.get_job(session, job.id)
         row.state = "running"
@@ -311,7 +311,7 @@ def test_job_progress_partial_shows_per_device_bytes(site: Site) -> None:
     assert "transferring" in hot and "500 B / 2.0 kB" in hot
     assert ("progress", {"max": "100", "value": "25.0"}) in page.tags
     assert "every 1s" in get(site, f"/jobs/{job.id}/progress")
-    jobs.cancel(site.settings, job.id)
+    jobs.cancel(site.settings, job.id, actor="tester")
 
 
 def test_bench_form_queues_a_job_that_a_worker_runs_to_a_new_run(site: Site) -> None:

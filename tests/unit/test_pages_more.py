@@ -130,7 +130,7 @@ def test_bench_now_becomes_a_queued_job_with_the_form_params(seeded: Seeded) -> 
     assert (params["warmup"], params["runs"], params["min_seconds"]) == (1, 3, 0.5)
     assert params["shapes"] == {"log_mel": [1, 1, 98, 40]}
     assert params["constants"] == {"gain": 0.5} and "baseline" not in params
-    jobs.cancel(site.settings, job["id"])
+    jobs.cancel(site.settings, job["id"], actor="tester")
 
 
 @pytest.mark.parametrize(("change", "words"), [
@@ -202,7 +202,7 @@ def test_one_off_schedule_at_a_time_in_utc(seeded: Seeded) -> None:
     with session_scope(site.settings) as session:
         (one,) = [s for s in schedules.list_schedules(session) if s.run_at is not None]
         assert jobs.utc(one.run_at) == when and jobs.utc(one.next_run_at) == when
-        schedules.delete(site.settings, one.id)  # type: ignore[arg-type]
+        schedules.delete(site.settings, one.id, actor="tester")  # type: ignore[arg-type]
 
 
 # --- trends ---------------------------------------------------------------------------------
@@ -332,12 +332,14 @@ def test_compare_two_runs_exports_csv_and_markdown(seeded: Seeded) -> None:
 
 def test_audit_page_lists_events_newest_first(seeded: Seeded) -> None:
     site = seeded.site
-    audit.record(site.settings, "ada", "push", "roastery", {"job_id": 1})
-    audit.record(site.settings, "<b>eve</b>", "job.cancel", "1", {"password": "hunter2"})
+    with session_scope(site.settings) as session:
+        audit.add_event(session, "ada", "push", "job:1", {"targets": "roastery"})
+    with session_scope(site.settings) as session:
+        audit.add_event(session, "<b>eve</b>", "job.cancel", "job:1", {"password": "hunter2"})
     html = get(site, "/audit")
     rows = parse(html).tables["audit"][1:]
-    assert rows[0]["cells"][1:4] == ["<b>eve</b>", "job.cancel", "1"]
-    assert rows[1]["cells"][1:4] == ["ada", "push", "roastery"]
+    assert rows[0]["cells"][1:4] == ["<b>eve</b>", "job.cancel", "job:1"]
+    assert rows[1]["cells"][1:4] == ["ada", "push", "job:1"]
     assert "&lt;b&gt;eve&lt;/b&gt;" in html and "hunter2" not in html
     assert any(r["cells"][2] == "bench" for r in rows)  # the page-submitted bench
     assert 'href="/audit"' in html  # in the nav, for an admin (the local user)
@@ -392,10 +394,10 @@ def test_inventory_reload_previews_the_diff_then_applies_it(
     with session_scope(settings) as session:
         assert [d.name for d in all_devices(session)] == ["fresh", "keep"]
         (event_,) = [e for e in audit.list_events(session) if e.action == "inventory.sync"]
-    assert event_.target == str(second) and event_.detail["added"] == ["fresh"]
+    assert event_.target == str(second.resolve()) and event_.detail["added"] == ["fresh"]
     assert "new-secret-2" not in json.dumps(event_.detail)
     monkeypatch.delenv("EDGEFLEET_INVENTORY")
-    assert f'value="{second}"' in client.get("/fleet/inventory").text  # the last one used
+    assert f'value="{second.resolve()}"' in client.get("/fleet/inventory").text  # the last
 
     # The file changed after the preview: nothing applied, the new diff shown instead.
     stale = dict(hidden)

@@ -46,7 +46,7 @@ def schedule_jobs(settings: Settings) -> list[Job]:
 def test_bad_cron_is_refused_naming_the_expression(settings: Settings, cron: str,
                                                    message: str) -> None:
     with pytest.raises(EdgeFleetError) as info:
-        schedules.create(settings, "telemetry", {}, "all", cron=cron)
+        schedules.create(settings, "telemetry", {}, "all", cron=cron, actor="tester")
     assert message in str(info.value)
     with session_scope(settings) as session:
         assert schedules.list_schedules(session) == []
@@ -77,12 +77,13 @@ def test_parse_time_refuses_what_it_cannot_read_naming_it(text: str, message: st
 def test_exactly_one_of_cron_or_run_at(settings: Settings) -> None:
     for kwargs in ({}, {"cron": "* * * * *", "run_at": T0}):
         with pytest.raises(EdgeFleetError, match="exactly one of cron"):
-            schedules.create(settings, "telemetry", {}, "all", **kwargs)  # type: ignore[arg-type]
+            schedules.create(settings, "telemetry", {}, "all", actor="tester", **kwargs)  # type: ignore[arg-type]
 
 
 def test_params_are_checked_at_creation(settings: Settings) -> None:
     with pytest.raises(EdgeFleetError, match="no bundle nope"):
-        schedules.create(settings, "push", {"bundle": "nope"}, "all", cron="0 3 * * *")
+        schedules.create(settings, "push", {"bundle": "nope"}, "all", cron="0 3 * * *",
+                         actor="tester")
 
 
 def test_next_fire_is_utc_and_strictly_after() -> None:
@@ -96,7 +97,7 @@ def test_next_fire_is_utc_and_strictly_after() -> None:
 
 def test_cron_schedule_fires_once_per_due_time_and_advances(settings: Settings) -> None:
     created = schedules.create(settings, "push", {"bundle": "fc"}, "pi-a", cron="0 3 * * *",
-                               created_by="alice")
+                               actor="alice")
     now = datetime.now(UTC)
     first = jobs.utc(created.next_run_at)
     assert first is not None and now < first <= now + timedelta(days=1)
@@ -120,7 +121,7 @@ def test_cron_schedule_fires_once_per_due_time_and_advances(settings: Settings) 
 
 def test_one_off_fires_once_then_disables(settings: Settings) -> None:
     naive = datetime(2026, 12, 1, 12, 0)  # naive means UTC
-    created = schedules.create(settings, "telemetry", {}, "", run_at=naive)
+    created = schedules.create(settings, "telemetry", {}, "", run_at=naive, actor="tester")
     assert jobs.utc(created.next_run_at) == naive.replace(tzinfo=UTC)
     assert created.targets == "all"
     assert schedules.due(settings, naive.replace(tzinfo=UTC) - timedelta(minutes=1)) == []
@@ -132,7 +133,8 @@ def test_one_off_fires_once_then_disables(settings: Settings) -> None:
 
 
 def test_a_schedule_that_can_no_longer_start_records_a_failed_job(settings: Settings) -> None:
-    created = schedules.create(settings, "push", {"bundle": "fc@1"}, "all", run_at=T0)
+    created = schedules.create(settings, "push", {"bundle": "fc@1"}, "all", run_at=T0,
+                               actor="tester")
     with session_scope(settings) as session:  # the bundle goes away before the schedule fires
         session.delete(session.exec(select(Bundle)).one())
     (job,) = schedules.due(settings, T0)
@@ -143,22 +145,22 @@ def test_a_schedule_that_can_no_longer_start_records_a_failed_job(settings: Sett
 
 
 def test_delete(settings: Settings) -> None:
-    keep = schedules.create(settings, "telemetry", {}, "all", cron="*/5 * * * *")
+    keep = schedules.create(settings, "telemetry", {}, "all", cron="*/5 * * * *", actor="tester")
     now = datetime.now(UTC)
-    gone = schedules.create(settings, "telemetry", {}, "all", run_at=now)
+    gone = schedules.create(settings, "telemetry", {}, "all", run_at=now, actor="tester")
     (job,) = schedules.due(settings, now)  # the cron one is not due yet
-    schedules.delete(settings, gone.id)  # type: ignore[arg-type]
+    schedules.delete(settings, gone.id, actor="tester")  # type: ignore[arg-type]
     with session_scope(settings) as session:
         assert [s.id for s in schedules.list_schedules(session)] == [keep.id]
         assert session.get(Job, job.id) is not None  # its jobs stay
     with pytest.raises(NotFoundError, match=f"no schedule {gone.id}"):
-        schedules.delete(settings, gone.id)  # type: ignore[arg-type]
+        schedules.delete(settings, gone.id, actor="tester")  # type: ignore[arg-type]
 
 
 def test_runner_tick_fires_a_due_schedule_and_runs_it(tmp_path: Path) -> None:
     settings = make_fleet(tmp_path)
     created = schedules.create(settings, "telemetry", {}, "all",
-                               run_at=datetime.now(UTC) - timedelta(seconds=1))
+                               run_at=datetime.now(UTC) - timedelta(seconds=1), actor="tester")
     runner = jobs.JobRunner(settings, telemetry_interval_s=None)
     (queued,) = runner.tick()
     done = runner.run_one()
