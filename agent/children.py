@@ -29,6 +29,7 @@ from agent.protocol import (
     E_INTERNAL,
     E_MISSING_DEPENDENCY,
     event,
+    private_stdout,
     result_error,
     result_ok,
 )
@@ -202,9 +203,7 @@ def sampled(entry: Dict[str, Any], spec: Dict[str, Any],
 
 def serve_child(name: str, measure_fn: Callable[[Dict[str, Any], Emit], Dict[str, Any]]) -> int:
     """A measurement child's main: spec on stdin, progress events and one result line out."""
-    from agent.cli import _private_stdout
-
-    out = _private_stdout()  # a native library writing to fd 1 must not break the protocol
+    out = private_stdout()  # a native library writing to fd 1 must not break the protocol
 
     def emit(obj: Dict[str, Any]) -> None:
         out.write(json.dumps(obj) + "\n")

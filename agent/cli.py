@@ -18,6 +18,7 @@ import sys
 import traceback
 from typing import IO, Any, Callable, Dict, List, Optional
 
+from agent import protocol
 from agent.fsutil import NO_SPACE_ERRNOS, AgentError, no_space_error
 from agent.protocol import E_BAD_INPUT, E_INTERNAL, result_error, result_ok
 
@@ -171,15 +172,6 @@ def run_session(root: str, emit: Emit) -> int:
                  _error_for)
 
 
-def _private_stdout() -> IO[str]:
-    """A stream on the real stdout for protocol lines; fd 1 and sys.stdout now go to stderr."""
-    sys.stdout.flush()
-    fd = os.dup(1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    return os.fdopen(fd, "w", encoding="utf-8", newline="\n")
-
-
 def _error_for(exc: BaseException) -> Dict[str, Any]:
     if isinstance(exc, AgentError):
         return dict({"code": exc.code, "message": exc.message}, **exc.extra)
@@ -195,7 +187,7 @@ def main(argv: Optional[List[str]] = None, private_stdout: bool = True) -> int:
     """Run one command; returns the exit status (0 iff the result is ok)."""
     if not private_stdout:
         return _run(sys.stdout, argv)
-    out = _private_stdout()
+    out = protocol.private_stdout()
     try:
         return _run(out, argv)
     finally:

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
-from typing import Any, Dict, Iterable, List
+import sys
+from typing import IO, Any, Dict, Iterable, List
 
 PROTOCOL_VERSION = 1
 MANIFEST_SCHEMA = "edgefleet.bundle/v1"
@@ -132,3 +134,17 @@ def parse_lines(lines: Iterable[str], first: int = 1) -> List[Dict[str, Any]]:
             )
         out.append(obj)
     return out
+
+
+def private_stdout() -> IO[str]:
+    """A stream on the real stdout for protocol lines; fd 1 and sys.stdout now go to stderr.
+
+    Here because every agent process that speaks the protocol (the CLI, the smoke-test and
+    measurement children) needs it: a native library writing to fd 1 or a stray print must not
+    break the stream the control plane parses.
+    """
+    sys.stdout.flush()
+    fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return os.fdopen(fd, "w", encoding="utf-8", newline="\n")

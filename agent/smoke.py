@@ -35,6 +35,7 @@ from agent.protocol import (
     E_INTERNAL,
     check_relative_path,
     event,
+    private_stdout,
     result_error,
     result_ok,
 )
@@ -332,9 +333,7 @@ def check(spec: Dict[str, Any]) -> Dict[str, Any]:
 
 def child_main() -> int:
     """Entry point of the smoke-test child: spec on stdin, one result line."""
-    from agent.cli import _private_stdout
-
-    out = _private_stdout()  # a native library writing to fd 1 must not break the protocol
+    out = private_stdout()  # a native library writing to fd 1 must not break the protocol
     with contextlib.suppress(Exception):  # an import failure is reported by check()
         import onnxruntime  # noqa: F401 - before waiting for the spec (see prewarm)
     from agent import heap
