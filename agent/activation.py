@@ -20,6 +20,7 @@ from agent import journal
 from agent.fsutil import (
     NO_SPACE_ERRNOS,
     AgentError,
+    disk_free_bytes,
     fsync_dir,
     fsync_file,
     remove_tree,
@@ -35,7 +36,7 @@ from agent.protocol import (
     canonical_json,
 )
 from agent.prune import prune, remove_version_dir
-from agent.store import MANIFEST_NAME, STAGING_PREFIX, Request, Store
+from agent.store import MANIFEST_NAME, STAGING_PREFIX, Request, Store, blob_status
 
 BLOB_MODE = 0o444  # read-only: a write through current/ must not corrupt a shared blob
 
@@ -151,7 +152,7 @@ def activate(store: Store, request: Request) -> Dict[str, Any]:
 
     golden = smoke.golden_of(request.manifest)  # a malformed key is refused before any change
     store.ensure_layout()
-    with store.lock():  # reverts whatever a dead process left pending (agent.journal)
+    with journal.locked(store):  # reverts whatever a dead process left pending (agent.journal)
         state = store.load_state()
         previous = store.active(state)
         already = store.is_already_active(request, previous)
@@ -239,7 +240,7 @@ def rollback(store: Store) -> Dict[str, Any]:
     if not os.path.isdir(store.root):
         raise AgentError(E_NOTHING_TO_ROLL_BACK, "nothing to roll back: %s does not exist"
                          % store.root)
-    with store.lock():
+    with journal.locked(store):
         state = store.load_state()
         history = state["history"]
         if len(history) < 2:
@@ -275,3 +276,33 @@ def rollback(store: Store) -> Dict[str, Any]:
             raise
         store.verifier.cache.save()
         return {"active": dict(target), "previous": dict(rolled_from), "skipped": skipped}
+
+
+def plan(store: Store, request: Request) -> Dict[str, Any]:
+    """What the control plane must upload before ``activate``; deletes corrupt blobs. In a
+    session, ``resume`` offers the bytes a dropped transfer left of a missing blob."""
+    from agent.facts import onnxruntime_version_fast  # only plan needs facts (and its imports)
+
+    store.ensure_layout()
+    with journal.locked(store):
+        present, missing, corrupt = blob_status(store, request)
+        active = store.active()
+        already = store.is_already_active(request, active)
+        store.verifier.cache.save()
+    extra: Dict[str, Any] = {}
+    if store.parts is not None and not already:
+        labels = {sha: paths[0] for sha, paths in request.uses.items()}
+        extra["resume"] = store.parts.offers(missing, request.sizes, labels)
+    return {
+        "root": store.root,
+        "incoming": store.incoming,
+        "missing": missing,
+        "missing_bytes": sum(request.sizes[sha] for sha in missing),
+        "present": present,
+        "corrupt": corrupt,
+        "active": active,
+        "already_active": already,
+        "disk_free_bytes": disk_free_bytes(store.root),
+        "onnxruntime": onnxruntime_version_fast(),
+        **extra,
+    }

@@ -22,6 +22,7 @@ import os
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from agent import journal
 from agent.children import (
     emit_measured,
     failed_entry,
@@ -123,7 +124,7 @@ def bench(store: Store, doc: Any) -> Dict[str, Any]:
     req = parse_request(doc)
     entry, vdir = find_version(store, req["digest"])
     label = "%s@%s" % (entry.get("name"), entry.get("version"))
-    with store.lock():
+    with journal.locked(store):
         problem = store.version_problem(entry)
         store.verifier.cache.save()
     if problem is not None:

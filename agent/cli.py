@@ -121,7 +121,8 @@ def handle(command: str, store: Any, read_input: Callable[[], Any]) -> Dict[str,
 
 
 def _dispatch(command: str, store: Any, read_input: Callable[[], Any]) -> Dict[str, Any]:
-    from agent.store import parse_request, plan, status
+    from agent.activation import plan
+    from agent.store import parse_request, status
 
     if command == "facts":
         from agent.facts import facts

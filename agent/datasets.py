@@ -22,6 +22,7 @@ import re
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
+from agent import journal
 from agent.fsutil import AgentError, disk_free_bytes, remove_tree
 from agent.protocol import E_BAD_INPUT, is_sha256
 from agent.store import STAGING_PREFIX, Request, Store, blob_status, parse_manifest_bytes
@@ -77,7 +78,7 @@ def staged_problem(store: Store, digest: str,
 def plan(store: Store, request: Request) -> Dict[str, Any]:
     """What to upload before ``dataset_stage``: nothing when the dataset is staged and intact."""
     store.ensure_layout()
-    with store.lock():
+    with journal.locked(store):
         staged = staged_problem(store, request.digest, request.files) is None
         present: List[str] = list(request.uses)
         missing: List[str] = []
@@ -102,7 +103,7 @@ def stage(store: Store, request: Request) -> Dict[str, Any]:
 
     store.ensure_layout()
     rel = os.path.relpath(dataset_dir(store, request.digest), store.root)
-    with store.lock():
+    with journal.locked(store):
         if staged_problem(store, request.digest, request.files) is None:
             store.verifier.cache.save()
             return {"changed": False, "dir": rel, "files": len(request.files),

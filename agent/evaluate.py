@@ -30,6 +30,7 @@ import os
 import time
 from typing import Any, Callable, Dict, List
 
+from agent import journal
 from agent.bench import E_NOT_ON_DEVICE, MAX_THREADS, find_version, latency_stats, read_rss_mb
 from agent.children import (
     child_command,
@@ -139,7 +140,7 @@ def evaluate(store: Store, doc: Any) -> Dict[str, Any]:
             exc.message = exc.message.replace("then bench it", "then evaluate it")
         raise
     label = "%s@%s" % (entry.get("name"), entry.get("version"))
-    with store.lock():
+    with journal.locked(store):
         problem = store.version_problem(entry)
         store.verifier.cache.save()
     if problem is not None:

@@ -118,7 +118,9 @@ def parse_os_release(text: str) -> Optional[str]:
     return None
 
 
-def _read(path: str) -> Optional[str]:
+def read_text(path: str) -> Optional[str]:
+    """A small /proc or /etc file as text, or None when it cannot be read: facts and telemetry
+    report what the device has, and a missing file (another OS, a container) is not an error."""
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
             return handle.read()
@@ -152,8 +154,8 @@ def _active(root: str) -> Dict[str, Any]:
 
 def facts(root: str) -> Dict[str, Any]:
     sysfs = sysfs_root()
-    meminfo = _read("/proc/meminfo")
-    os_release = _read("/etc/os-release")
+    meminfo = read_text("/proc/meminfo")
+    os_release = read_text("/etc/os-release")
     import_errors: Dict[str, str] = {}
     data: Dict[str, Any] = {
         "agent_version": agent.__version__,

@@ -19,7 +19,7 @@ the pair obeys the invariant ``consistent`` checks:
 - a pending change: ``current`` -> that dir or the pending entry's dir.
 
 Recovery: a pending change whose process is gone is reverted by the next command that takes
-the root lock (``repair``, called by ``Store.lock``), and by ``status``/``telemetry``/``facts``
+the root lock (``repair``, called by ``locked``), and by ``status``/``telemetry``/``facts``
 when the lock is free (``repair_if_idle``): ``current`` goes back to the last committed version,
 ``pending`` is dropped, an abandoned new version dir is deleted, and the command's result says
 so under ``recovered``. The lock tells a dead activation from a running one: the activating
@@ -47,7 +47,7 @@ import errno
 import os
 import signal
 import stat
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from agent.fsutil import AgentError, fsync_dir, remove_tree, writing
 from agent.protocol import E_INTERNAL, event
@@ -236,6 +236,16 @@ def _moved_message(store: Any, kind: str, moved: str, active: Optional[Dict[str,
             "bundle; delete %s when you no longer need it"
             % (store.current, kind, moved, ref(active),
                active.get("dir") if active else "nothing is active", moved))
+
+
+@contextlib.contextmanager
+def locked(store: Any) -> Iterator[None]:
+    """The root lock, and with it the journal's repair: whatever a dead process left pending is
+    reverted before the caller looks at the state. Every command that reads or changes the
+    store's state takes the lock this way (``Store.root_lock`` alone skips the repair)."""
+    with store.root_lock():
+        repair(store)
+        yield
 
 
 def repair(store: Any) -> Optional[Dict[str, Any]]:

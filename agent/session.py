@@ -28,6 +28,7 @@ import threading
 import time
 from typing import IO, Any, Callable, Dict, Optional, Tuple
 
+from agent import journal
 from agent.activation import BLOB_MODE
 from agent.fsutil import AgentError, fsync_dir, writing
 from agent.hashcache import RACY_WINDOW_NS
@@ -235,7 +236,7 @@ def land(store: Store, part: str, sha: str, size: int, label: str, started_ns: i
     there verifies, ours is an identical copy and is dropped, so a version dir that already
     links the blob keeps sharing its inode."""
     blob = store.blob_path(sha)
-    with store.lock():
+    with journal.locked(store):
         if os.path.lexists(blob) and store.check_blob(sha, size, label) == "present":
             os.unlink(part)
             return

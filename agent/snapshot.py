@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Optional
 
-from agent.facts import _read, parse_meminfo_mb
+from agent.facts import parse_meminfo_mb, read_text
 from agent.fsutil import disk_free_bytes
 from agent.sensors import is_simulated, snapshot
 
@@ -22,7 +22,7 @@ def parse_uptime_s(text: Optional[str]) -> Optional[float]:
 
 
 def telemetry(root: str) -> Dict[str, Any]:
-    meminfo = _read("/proc/meminfo") or ""
+    meminfo = read_text("/proc/meminfo") or ""
     try:
         load: Any = [round(x, 2) for x in os.getloadavg()]
     except OSError:
@@ -35,5 +35,5 @@ def telemetry(root: str) -> Dict[str, Any]:
         "mem_total_mb": parse_meminfo_mb(meminfo, "MemTotal"),
         "mem_available_mb": parse_meminfo_mb(meminfo, "MemAvailable"),
         "disk_free_bytes": disk_free_bytes(root),
-        "uptime_s": parse_uptime_s(_read("/proc/uptime")),
+        "uptime_s": parse_uptime_s(read_text("/proc/uptime")),
     }

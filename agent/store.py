@@ -30,7 +30,6 @@ from agent.fsutil import (
     AgentError,
     RootLock,
     atomic_write_json,
-    disk_free_bytes,
     read_json,
     remove_tree,
 )
@@ -154,13 +153,11 @@ class Store:
             os.makedirs(path, exist_ok=True)
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """The root lock, and with it the journal's repair: whatever a dead process left
-        pending is reverted before the caller looks at the state (agent.journal)."""
-        from agent import journal
-
+    def root_lock(self) -> Iterator[None]:
+        """The root lock alone. Commands take it through ``agent.journal.locked``, which also
+        reverts whatever a dead process left pending: the journal sits above the store, so the
+        store does not call it."""
         with RootLock(self.root, on_wait=lambda p: self.emit(event("waiting_for_lock", path=p))):
-            journal.repair(self)
             yield
 
     def take_recovered(self) -> List[Dict[str, Any]]:
@@ -305,36 +302,6 @@ def blob_status(store: Store, request: Request) -> Tuple[List[str], List[str], L
             if status == "corrupt":
                 corrupt.append(sha)
     return present, missing, corrupt
-
-
-def plan(store: Store, request: Request) -> Dict[str, Any]:
-    """What the control plane must upload before ``activate``; deletes corrupt blobs. In a
-    session, ``resume`` offers the bytes a dropped transfer left of a missing blob."""
-    from agent.facts import onnxruntime_version_fast
-
-    store.ensure_layout()
-    with store.lock():
-        present, missing, corrupt = blob_status(store, request)
-        active = store.active()
-        already = store.is_already_active(request, active)
-        store.verifier.cache.save()
-    extra: Dict[str, Any] = {}
-    if store.parts is not None and not already:
-        labels = {sha: paths[0] for sha, paths in request.uses.items()}
-        extra["resume"] = store.parts.offers(missing, request.sizes, labels)
-    return {
-        "root": store.root,
-        "incoming": store.incoming,
-        "missing": missing,
-        "missing_bytes": sum(request.sizes[sha] for sha in missing),
-        "present": present,
-        "corrupt": corrupt,
-        "active": active,
-        "already_active": already,
-        "disk_free_bytes": disk_free_bytes(store.root),
-        "onnxruntime": onnxruntime_version_fast(),
-        **extra,
-    }
 
 
 def status(store: Store) -> Dict[str, Any]:

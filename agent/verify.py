@@ -11,6 +11,7 @@ import hashlib
 import os
 from typing import Any, Dict, List, Optional
 
+from agent import journal
 from agent.fsutil import AgentError
 from agent.protocol import (
     E_NOTHING_ACTIVE,
@@ -61,7 +62,7 @@ def verify(store: Any) -> Dict[str, Any]:
                          "(edgefleet push NAME TARGETS)" % store.root)
     if not os.path.isdir(store.root):
         raise missing
-    with store.lock():
+    with journal.locked(store):
         state = store.load_state()
         entry = store.active(state)
         if entry is None:
