@@ -24,9 +24,12 @@ predictions of several devices (or device x thread-count results) on the same da
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from orchestrator.models import Result, Run
 
 SWEEP_THRESHOLDS: tuple[float, ...] = tuple(round(0.50 + 0.05 * i, 2) for i in range(10))
 
@@ -288,3 +291,29 @@ def agreement_from_results(results: Sequence[Mapping[str, Any]],
     out = agreement(per_key, ids, class_names, labels)
     out["compared"] = len(ids)
     return out
+
+
+# -- reading back --------------------------------------------------------------------------
+# Here, not in orchestrator.evals, because runs.result_public/run_public show them: runs is
+# below evals (evals stores its results with runs' helpers), so these must be below runs.
+
+
+def eval_public(result: Result) -> dict[str, Any] | None:
+    """The ``eval`` block of ``runs.result_public`` for one eval result (None if unscored)."""
+    detail = result.detail or {}
+    if "eval" not in detail:
+        return None
+    return {"metrics": detail["eval"], "preprocessing_ms": detail.get("preprocessing_ms"),
+            "preprocessing_stats": detail.get("preprocessing_stats"),
+            "samples": detail.get("samples") or [], "output": detail.get("output"),
+            "energy": detail.get("energy")}
+
+
+def run_agreement(run: Run, results: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Cross-device agreement over a run's scored results (``result_public`` dicts)."""
+    names = (run.params or {}).get("labels")
+    scored = [{"device": r["device"], "threads": r["threads"],
+               "samples": r["eval"]["samples"]} for r in results if r.get("eval")]
+    if not names or not scored:
+        return None
+    return agreement_from_results(scored, names)

@@ -37,11 +37,11 @@ from orchestrator.fleet import Outcome, fan_out
 from orchestrator.leases import leased
 from orchestrator.models import Bundle, Dataset, Device, Result, Run
 from orchestrator.runs import (
-    _result_row,
     close_runs,
     failure_row,
     keeping,
     open_runs,
+    result_row,
     session_failure,
 )
 from orchestrator.transport import Target, connect
@@ -179,7 +179,7 @@ def evaluate(settings: Settings, bundle: Bundle, dataset: Dataset, devices: Sequ
                                       f"{bundle.name}@{bundle.version}")
             errors.append(failure)
         for entry, common in measured:
-            row = _result_row(run, target, simulated[target.name], bundle.precision,
+            row = result_row(run, target, simulated[target.name], bundle.precision,
                               entry, common)
             if entry.get("ok"):
                 try:
@@ -206,27 +206,3 @@ def evaluate(settings: Settings, bundle: Bundle, dataset: Dataset, devices: Sequ
     outcomes = fan_out([to_target(d) for d in devices], step, forks)
     (stored,) = close_runs(settings, [run], outcomes, bool(cancelled and cancelled()))
     return stored, outcomes
-
-
-# --- reading back -------------------------------------------------------------------------
-
-
-def eval_public(result: Result) -> dict[str, Any] | None:
-    """The ``eval`` block of ``runs.result_public`` for one eval result (None if unscored)."""
-    detail = result.detail or {}
-    if "eval" not in detail:
-        return None
-    return {"metrics": detail["eval"], "preprocessing_ms": detail.get("preprocessing_ms"),
-            "preprocessing_stats": detail.get("preprocessing_stats"),
-            "samples": detail.get("samples") or [], "output": detail.get("output"),
-            "energy": detail.get("energy")}
-
-
-def run_agreement(run: Run, results: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """Cross-device agreement over a run's scored results (``result_public`` dicts)."""
-    names = (run.params or {}).get("labels")
-    scored = [{"device": r["device"], "threads": r["threads"],
-               "samples": r["eval"]["samples"]} for r in results if r.get("eval")]
-    if not names or not scored:
-        return None
-    return evalmetrics.agreement_from_results(scored, names)

@@ -13,15 +13,15 @@ queue. What the kinds do, and where cancellation is honoured, is in ``job_exec``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import threading
-import time
-import uuid
 import weakref
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import or_, update
 from sqlmodel import Session, col, select
@@ -30,8 +30,7 @@ from orchestrator import audit, job_exec
 from orchestrator.config import Settings
 from orchestrator.db import session_scope
 from orchestrator.errors import EdgeFleetError, NotFoundError
-from orchestrator.leases import release_dead_holders
-from orchestrator.models import Deployment, Device, Job, Run
+from orchestrator.models import Deployment, Job, Run
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +44,38 @@ INTERRUPTED_DEPLOYMENT = ("interrupted: the process pushing died; the device rep
                           "runs at the next contact (`edgefleet telemetry`, push or verify)")
 POLLER = "telemetry-poller"  # created_by of the periodic telemetry jobs
 
+
+
+class Runner(Protocol):
+    """What this module needs of a live runner (orchestrator.job_runner.JobRunner, which sits
+    above this module: it runs the jobs and fires the schedules, and schedules create jobs)."""
+
+    settings: Settings
+    token: str
+
+    def wake(self) -> None: ...
+
+
 # In this process: cancel flags of the jobs being executed, and the live runners (so submit()
 # wakes them, and restart recovery never mistakes a sibling runner's job for a dead one's).
 _cancel_flags: dict[int, threading.Event] = {}
-_runners: weakref.WeakSet[JobRunner] = weakref.WeakSet()
+_runners: weakref.WeakSet[Runner] = weakref.WeakSet()
+
+
+def register_runner(runner: Runner) -> None:
+    """Make a runner known to submit() (which wakes it) and to restart recovery (whose jobs are
+    alive); held weakly, so a runner that is gone is forgotten."""
+    _runners.add(runner)
+
+
+@contextlib.contextmanager
+def cancel_flag(job_id: int) -> Iterator[threading.Event]:
+    """The flag cancel() sets while ``job_id`` runs in this process, for the executor to poll."""
+    flag = _cancel_flags[job_id] = threading.Event()
+    try:
+        yield flag
+    finally:
+        _cancel_flags.pop(job_id, None)
 
 
 def utc(value: datetime | None) -> datetime | None:
@@ -235,141 +262,3 @@ def recover_interrupted(settings: Settings) -> list[int]:
     if dead:
         log.warning("marked jobs %s interrupted (their worker process is gone)", dead)
     return [j for j in dead if j is not None]
-
-
-# --- the runner ------------------------------------------------------------------------------
-
-
-class JobRunner:
-    """Worker threads taking queued jobs, and a scheduler thread creating them (due schedules,
-    and a telemetry poll of "all" every ``telemetry_interval_s``)."""
-
-    def __init__(self, settings: Settings, workers: int = 2, poll_s: float = 1.0,
-                 telemetry_interval_s: float | None = 60.0) -> None:
-        self.settings, self.workers, self.poll_s = settings, workers, poll_s
-        self.telemetry_interval_s = telemetry_interval_s
-        self.token = uuid.uuid4().hex[:8]
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{self.token}"
-        self._wakeup = threading.Event()
-        self._stopping = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._last_poll: float | None = None
-        _runners.add(self)
-
-    def start(self) -> None:
-        recover_interrupted(self.settings)
-        release_dead_holders(self.settings)
-        self._stopping.clear()
-        self._threads = [threading.Thread(target=self._work, name=f"edgefleet-job-{i}",
-                                          daemon=True) for i in range(self.workers)]
-        self._threads.append(threading.Thread(target=self._schedule, daemon=True,
-                                              name="edgefleet-scheduler"))
-        for thread in self._threads:
-            thread.start()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Take no more jobs; wait up to ``timeout`` s for running ones (a job still running
-        then is left to its daemon thread, and found interrupted by the next start)."""
-        self._stopping.set()
-        self._wakeup.set()
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        self._threads = [t for t in self._threads if t.is_alive()]
-
-    def wake(self) -> None:
-        self._wakeup.set()
-
-    def _work(self) -> None:
-        while not self._stopping.is_set():
-            self._wakeup.clear()
-            try:
-                job = self.run_one()
-            except Exception:  # the DB went away for a moment: keep the thread alive
-                log.exception("job worker failed; retrying in %.1fs", self.poll_s)
-                job = None
-            if job is None:
-                self._wakeup.wait(self.poll_s)
-
-    def _schedule(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                self.tick()
-            except Exception:
-                log.exception("scheduler tick failed")
-            self._stopping.wait(self.poll_s)
-
-    def tick(self, now: datetime | None = None) -> list[Job]:
-        """One scheduler pass: jobs (and their runs, deployments and leases) of processes that
-        died since, jobs for due schedules, and the telemetry poll when it is due."""
-        from orchestrator import schedules
-
-        recover_interrupted(self.settings)
-        release_dead_holders(self.settings)
-
-        created = schedules.due(self.settings, now or datetime.now(UTC))
-        interval = self.telemetry_interval_s
-        if interval is not None and (self._last_poll is None
-                                     or time.monotonic() - self._last_poll >= interval):
-            self._last_poll = time.monotonic()
-            polled = self.poll_telemetry()
-            if polled is not None:
-                created.append(polled)
-        if created:
-            self.wake()
-        return created
-
-    def poll_telemetry(self) -> Job | None:
-        """A telemetry job for "all", unless one is queued or running or there are no devices."""
-        with session_scope(self.settings) as session:
-            if session.exec(select(Device.id).limit(1)).first() is None:
-                return None
-            busy = session.exec(select(Job.id).where(
-                Job.kind == "telemetry", col(Job.state).in_(("queued", "running")))).first()
-        if busy is not None:
-            return None
-        return submit(self.settings, "telemetry", {}, "all", actor=None, created_by=POLLER)
-
-    def _claim(self) -> int | None:
-        with session_scope(self.settings) as session:
-            ids = session.exec(select(Job.id).where(Job.state == "queued")
-                               .order_by(col(Job.id)).limit(20)).all()
-        for job_id in ids:
-            with session_scope(self.settings) as session:
-                taken = session.execute(
-                    update(Job).where(col(Job.id) == job_id, col(Job.state) == "queued")
-                    .values(state="running", worker=self.worker_id,
-                            started_at=datetime.now(UTC))).rowcount
-            if taken:
-                return job_id
-        return None
-
-    def run_one(self) -> Job | None:
-        """Claim the oldest queued job and run it here; None if there was none to claim."""
-        job_id = self._claim()
-        if job_id is None:
-            return None
-        flag = _cancel_flags[job_id] = threading.Event()
-        ctx = job_exec.JobContext(self.settings, job_id, flag)
-        try:
-            with session_scope(self.settings) as session:
-                job = get_job(session, job_id)
-            ctx.created_by = job.created_by
-            if ctx.cancelled():
-                outcome = job_exec.JobOutcome("cancelled", error="cancelled before it started")
-            else:
-                outcome = job_exec.EXECUTORS[job.kind](self.settings, ctx, dict(job.params),
-                                                       job.targets)
-        except EdgeFleetError as exc:
-            outcome = job_exec.JobOutcome("failed", error=str(exc))
-        except Exception as exc:  # a bug: the job says so instead of staying "running" forever
-            log.exception("job %s failed", job_id)
-            outcome = job_exec.JobOutcome("failed", error=f"{type(exc).__name__}: {exc}")
-        finally:
-            _cancel_flags.pop(job_id, None)
-        try:
-            ctx.flush()
-        finally:
-            finish_job(self.settings, job_id, outcome)
-        with session_scope(self.settings) as session:
-            return get_job(session, job_id)

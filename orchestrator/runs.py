@@ -66,8 +66,10 @@ def unpack_floats(blob: bytes | None) -> list[float] | None:
     return np.frombuffer(zlib.decompress(blob), dtype="<f8").tolist()
 
 
-def _result_row(run: Run, device: Device | Target, simulated: bool, precision: str | None,
-                entry: dict[str, Any], common: dict[str, Any]) -> Result:
+def result_row(run: Run, device: Device | Target, simulated: bool, precision: str | None,
+               entry: dict[str, Any], common: dict[str, Any]) -> Result:
+    """The Result row of one agent result entry (one thread count); bench and eval runs both
+    store their results through it, so the columns mean the same in both."""
     stats = entry.get("latency_ms") or {}
     telemetry = entry.get("telemetry") or {}
     samples = telemetry.get("samples")
@@ -300,7 +302,7 @@ def bench(settings: Settings, bundles: Sequence[Bundle], devices: Sequence[Devic
             kept = {t: e for t, e in by_threads.items() if len(e) == rounds or failure is None}
             for entries in kept.values():
                 entry = merge_rounds(entries)
-                rows.append(_result_row(run, target, simulated[target.name],
+                rows.append(result_row(run, target, simulated[target.name],
                                         bundle.precision, entry, done[0][1]))
                 if not entry.get("ok"):
                     errors.append(f"{bundle.name}@{bundle.version} threads="
@@ -383,7 +385,7 @@ def result_public(result: Result, run: Run, raw: bool = False, *,
         "energy": (result.detail or {}).get("energy"),
     }
     if run.kind == "eval":
-        from orchestrator.evals import eval_public
+        from orchestrator.evalmetrics import eval_public  # numpy: only for eval runs
 
         out["eval"] = eval_public(result)
     if latencies:
@@ -406,7 +408,7 @@ def run_public(run: Run, results: Sequence[Result] | None = None, raw: bool = Fa
         out["results"] = [result_public(r, run, raw, latencies=latencies, samples=samples)
                           for r in results]
         if run.kind == "eval":
-            from orchestrator.evals import run_agreement
+            from orchestrator.evalmetrics import run_agreement
 
             out["agreement"] = run_agreement(run, out["results"])
     return out

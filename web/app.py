@@ -31,7 +31,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runner = None
         if run_jobs:
-            from orchestrator.jobs import JobRunner
+            from orchestrator.job_runner import JobRunner
 
             runner = JobRunner(settings, workers=workers)
             runner.start()

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import select
 
-from orchestrator import evals, jobs, schedules
+from orchestrator import evals, job_runner, jobs, schedules
 from orchestrator.auth import create_token
 from orchestrator.bundles import build_bundle
 from orchestrator.config import Settings
@@ -75,7 +75,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
 
 
 def run_next(settings: Settings) -> Job:
-    done = jobs.JobRunner(settings, telemetry_interval_s=None).run_one()
+    done = job_runner.JobRunner(settings, telemetry_interval_s=None).run_one()
     assert done is not None
     return done
 
@@ -323,7 +323,7 @@ def test_a_scheduled_eval_fires_and_runs_to_a_scored_run(tmp_path: Path) -> None
                                run_at=datetime.now(UTC) - timedelta(seconds=1), actor="tester")
     # The schedule keeps the names: each firing evaluates the newest versions at run time.
     assert created.params["bundle"] == "crack" and created.params["dataset"] == "set"
-    runner = jobs.JobRunner(settings, telemetry_interval_s=None)
+    runner = job_runner.JobRunner(settings, telemetry_interval_s=None)
     (queued,) = runner.tick()
     assert queued.kind == "eval" and queued.schedule_id == created.id
     done = runner.run_one()

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from sqlmodel import select
 
-from orchestrator import deploy, job_tracker, jobs, runs
+from orchestrator import deploy, job_runner, job_tracker, jobs, runs
 from orchestrator.agents import install_agents
 from orchestrator.bundles import build_bundle
 from orchestrator.config import Settings
@@ -61,7 +61,7 @@ def make_fleet(base: Path, names: tuple[str, ...] = ("pi-a", "pi-b"),
 def run(settings: Settings, kind: str, params: dict[str, Any], targets: str = "all") -> Job:
     queued = jobs.submit(settings, kind, params, targets, actor="tester")
     assert queued.state == "queued"
-    done = jobs.JobRunner(settings, telemetry_interval_s=None).run_one()
+    done = job_runner.JobRunner(settings, telemetry_interval_s=None).run_one()
     assert done is not None and done.id == queued.id
     return done
 
@@ -214,7 +214,7 @@ def test_cancel_a_queued_job(tmp_path: Path) -> None:
     job = jobs.submit(settings, "telemetry", {}, "all", actor="tester")
     cancelled = jobs.cancel(settings, job.id, actor="tester")  # type: ignore[arg-type]
     assert cancelled.state == "cancelled" and cancelled.finished_at is not None
-    assert jobs.JobRunner(settings).run_one() is None  # nothing left to run
+    assert job_runner.JobRunner(settings).run_one() is None  # nothing left to run
     with pytest.raises(EdgeFleetError, match="already finished"):
         jobs.cancel(settings, job.id, actor="tester")  # type: ignore[arg-type]
     with pytest.raises(EdgeFleetError, match="no job 999"):
@@ -248,7 +248,7 @@ def test_cancel_a_running_bench_stops_before_the_next_measurement(
         return real_bench(*args, **kwargs)
 
     monkeypatch.setattr(runs, "bench", bench_cancelling_on_first_timed_event)
-    done = jobs.JobRunner(settings).run_one()
+    done = job_runner.JobRunner(settings).run_one()
     assert done is not None and done.state == "cancelled" and done.cancel_requested
     # pi-a finished its first measurement, then stopped at its second; pi-b never measured.
     assert started == [("pi-a", 1), ("pi-a", 2), ("pi-b", 1)]  # of 4 per device
@@ -281,7 +281,7 @@ def test_a_cancelled_bench_keeps_the_thread_counts_finished_before_it(
         return real_bench(*args[:7], spy, *args[8:], **kwargs)
 
     monkeypatch.setattr(runs, "bench", bench_cancelling_when_threads_2_loads)
-    done = jobs.JobRunner(settings).run_one()
+    done = job_runner.JobRunner(settings).run_one()
     assert done is not None and done.state == "cancelled"
     with session_scope(settings) as session:
         results = session.exec(select(Result).where(Result.run_id == done.run_id)).all()
@@ -320,7 +320,7 @@ def test_cancel_a_running_push_between_devices(tmp_path: Path,
                          CancelAfterFirstDevice(progress), **kwargs)
 
     monkeypatch.setattr(deploy, "push", push)
-    done = jobs.JobRunner(settings).run_one()
+    done = job_runner.JobRunner(settings).run_one()
     assert done is not None and done.state == "cancelled"
     states = {d["device"]: d["state"] for d in done.result["devices"]}
     assert states == {"pi-a": "active", "pi-b": "failed"}
@@ -356,7 +356,7 @@ def test_restart_marks_only_jobs_of_dead_processes_interrupted(tmp_path: Path) -
         session.add_all(rows.values())
         session.flush()
         ids = {key: job.id for key, job in rows.items()}
-    runner = jobs.JobRunner(settings, workers=0, telemetry_interval_s=None)
+    runner = job_runner.JobRunner(settings, workers=0, telemetry_interval_s=None)
     runner.start()
     runner.stop()
     with session_scope(settings) as session:
@@ -379,7 +379,7 @@ def test_restart_marks_only_jobs_of_dead_processes_interrupted(tmp_path: Path) -
 def test_two_runners_race_for_one_job_and_exactly_one_runs_it(tmp_path: Path) -> None:
     settings = make_fleet(tmp_path)
     job = jobs.submit(settings, "telemetry", {}, "all", actor="tester")
-    runners = [jobs.JobRunner(settings, telemetry_interval_s=None) for _ in range(2)]
+    runners = [job_runner.JobRunner(settings, telemetry_interval_s=None) for _ in range(2)]
     barrier = threading.Barrier(2)
     got: list[Job | None] = [None, None]
 
@@ -414,7 +414,7 @@ def wait_for(settings: Settings, job_id: int, states: tuple[str, ...],
 def test_runner_threads_pick_up_a_submitted_job_at_once(tmp_path: Path) -> None:
     settings = make_fleet(tmp_path)
     # A long poll: only submit()'s wake-up can make this quick.
-    runner = jobs.JobRunner(settings, workers=2, poll_s=30.0, telemetry_interval_s=None)
+    runner = job_runner.JobRunner(settings, workers=2, poll_s=30.0, telemetry_interval_s=None)
     runner.start()
     try:
         job = jobs.submit(settings, "telemetry", {}, "all", actor="tester")
@@ -428,13 +428,14 @@ def test_runner_threads_pick_up_a_submitted_job_at_once(tmp_path: Path) -> None:
 
 def test_telemetry_poller(tmp_path: Path) -> None:
     empty = Settings(home=tmp_path / "empty", database_url=None)
-    assert jobs.JobRunner(empty, telemetry_interval_s=60).tick() == []  # no devices: quiet
+    assert job_runner.JobRunner(empty, telemetry_interval_s=60).tick() == []  # no devices: quiet
     settings = make_fleet(tmp_path, install=False)
-    runner = jobs.JobRunner(settings, telemetry_interval_s=60)
+    runner = job_runner.JobRunner(settings, telemetry_interval_s=60)
     (polled,) = runner.tick()
     assert (polled.kind, polled.targets, polled.created_by) == ("telemetry", "all", jobs.POLLER)
     assert runner.tick() == []  # not due yet
-    assert jobs.JobRunner(settings, telemetry_interval_s=60).tick() == []  # one already queued
+    again = job_runner.JobRunner(settings, telemetry_interval_s=60)
+    assert again.tick() == []  # one already queued
 
 
 def test_list_and_filter_jobs(tmp_path: Path) -> None:

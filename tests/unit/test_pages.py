@@ -21,7 +21,7 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from orchestrator import jobs
+from orchestrator import job_runner, jobs
 from orchestrator.agents import install_agents
 from orchestrator.auth import create_token
 from orchestrator.bundles import build_bundle, bundle_public
@@ -323,7 +323,7 @@ def test_bench_form_queues_a_job_that_a_worker_runs_to_a_new_run(site: Site) -> 
     with session_scope(site.settings) as session:
         params = jobs.get_job(session, job_id).params
     assert params["threads"] == [1] and params["runs"] == 3 and params["warmup"] == 1
-    done = jobs.JobRunner(site.settings).run_one()
+    done = job_runner.JobRunner(site.settings).run_one()
     assert done is not None and done.id == job_id
     partial = parse(get(site, f"/jobs/{job_id}/progress"))
     text = " ".join(text_of(r) for rows in partial.tables.values() for r in rows)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
-from orchestrator import jobs, schedules
+from orchestrator import job_runner, jobs, schedules
 from orchestrator.config import Settings
 from orchestrator.db import session_scope
 from orchestrator.errors import EdgeFleetError, NotFoundError
@@ -161,7 +161,7 @@ def test_runner_tick_fires_a_due_schedule_and_runs_it(tmp_path: Path) -> None:
     settings = make_fleet(tmp_path)
     created = schedules.create(settings, "telemetry", {}, "all",
                                run_at=datetime.now(UTC) - timedelta(seconds=1), actor="tester")
-    runner = jobs.JobRunner(settings, telemetry_interval_s=None)
+    runner = job_runner.JobRunner(settings, telemetry_interval_s=None)
     (queued,) = runner.tick()
     done = runner.run_one()
     assert done is not None and done.id == queued.id and done.schedule_id == created.id
