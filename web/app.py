@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True,
     from fastapi.responses import JSONResponse
 
     from orchestrator.errors import EdgeFleetError, NotFoundError
-    from web import api, metrics, security
+    from web import api, login, metrics
     from web.local_mode import LocalModeGuard
 
     @app.exception_handler(EdgeFleetError)
@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True,
     app.add_middleware(LocalModeGuard, settings=settings)
     app.include_router(api.router)
     app.include_router(metrics.router)
-    app.include_router(security.router)
+    app.include_router(login.router)
     try:
         from web import pages
     except ImportError:  # pages arrive separately; the API stands alone

@@ -1,6 +1,6 @@
 """Who is asking, may they, and did their browser really mean to: FastAPI dependencies for
-authentication (bearer tokens, signed session cookies), roles, and CSRF protection; the login
-and logout routes.
+authentication (bearer tokens, signed session cookies), roles, and CSRF protection. The login
+and logout routes are in web.login (they render a page, so they sit above web.pages_common).
 
 Routes opt in by depending on ``require(role)`` (or ``get_principal``); mutating routes add
 ``csrf_protect``. A router can do it for all its routes at once:
@@ -28,19 +28,16 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import html
 import importlib.util
 import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi import Depends, HTTPException, Request
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from orchestrator import audit, auth
@@ -95,22 +92,24 @@ def secret_key(settings: Settings) -> bytes:
     return path.read_bytes().strip()
 
 
-def _serializer(settings: Settings) -> URLSafeTimedSerializer:
+def serializer(settings: Settings) -> URLSafeTimedSerializer:
+    """Signs and checks session cookies (``POST /login`` in web.login signs them)."""
     return URLSafeTimedSerializer(secret_key(settings), salt=_SALT)
 
 
-def _settings(request: Request) -> Settings:
+def request_settings(request: Request) -> Settings:
+    """The app's settings, as the app factory stored them (web.app)."""
     return request.app.state.settings
 
 
-def _load_session(request: Request) -> dict[str, Any] | None:
+def load_session(request: Request) -> dict[str, Any] | None:
     """The cookie's payload if its signature and age check out, else None (tampered, expired,
     signed with a deleted key)."""
     raw = request.cookies.get(COOKIE)
     if not raw:
         return None
     try:
-        data = _serializer(_settings(request)).loads(raw, max_age=SESSION_MAX_AGE)
+        data = serializer(request_settings(request)).loads(raw, max_age=SESSION_MAX_AGE)
     except BadSignature:  # SignatureExpired is a BadSignature
         return None
     if (not isinstance(data, dict) or not isinstance(data.get("sid"), str)
@@ -139,8 +138,15 @@ def _unauthenticated(request: Request, detail: str) -> HTTPException:
     return HTTPException(303, detail, headers={"Location": _login_url(target)})
 
 
+def safe_next(target: str | None) -> str:
+    """Only a path on this site: never ``//evil.example`` or ``https://...`` (open redirect)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target if not urlsplit(target).scheme and not urlsplit(target).netloc else "/"
+
+
 def _login_url(next_: str) -> str:
-    return f"/login?next={quote(_safe_next(next_), safe='')}"
+    return f"/login?next={quote(safe_next(next_), safe='')}"
 
 
 def get_principal(request: Request) -> Principal:
@@ -150,7 +156,7 @@ def get_principal(request: Request) -> Principal:
     if cached is not None:
         return cached
     header = request.headers.get("Authorization", "")
-    with session_scope(_settings(request)) as session:
+    with session_scope(request_settings(request)) as session:
         if not auth.auth_configured(session):
             principal = Principal(audit.local_actor(), "admin", "local")
         elif header:
@@ -161,7 +167,7 @@ def get_principal(request: Request) -> Principal:
                 raise _unauthenticated(request, "invalid or revoked token")
             principal = Principal(token.name, token.role, "bearer", token.id)
         else:
-            data = _load_session(request) or {}
+            data = load_session(request) or {}
             token = auth.browser_session_token(session, data["sid"]) if data else None
             if token is None:
                 raise _unauthenticated(
@@ -192,7 +198,9 @@ def require(role: str) -> Callable[..., Principal]:
 # --- CSRF --------------------------------------------------------------------------------------
 
 
-async def _form_fields(request: Request) -> dict[str, str]:
+async def form_fields(request: Request) -> dict[str, str]:
+    """The string fields of a form body ({} for any other body), for CSRF checks and the login
+    form; parsed without python-multipart when it is not installed."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in ("application/x-www-form-urlencoded", "multipart/form-data"):
         return {}
@@ -230,7 +238,7 @@ async def csrf_protect(request: Request, principal: CurrentPrincipal) -> None:
             raise HTTPException(403, "cross-origin request refused")
         return
     expected = getattr(request.state, "csrf", "")
-    given = request.headers.get(CSRF_HEADER) or (await _form_fields(request)).get(CSRF_FIELD, "")
+    given = request.headers.get(CSRF_HEADER) or (await form_fields(request)).get(CSRF_FIELD, "")
     if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
         raise HTTPException(403, "CSRF token missing or wrong: reload the page and try again")
 
@@ -241,98 +249,5 @@ def csrf_token(request: Request) -> str:
     cached = getattr(request.state, "csrf", None)
     if cached:
         return cached
-    data = _load_session(request)
+    data = load_session(request)
     return data["csrf"] if data else ""
-
-
-# --- login / logout ----------------------------------------------------------------------------
-
-router = APIRouter(include_in_schema=False)
-
-_FORM = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>EdgeFleet — log in</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"></head>
-<body><main style="max-width:28rem;margin:4rem auto;font-family:sans-serif">
-<h1>EdgeFleet</h1>{note}{error}
-<form method="post" action="/login">
-<input type="hidden" name="next" value="{next}">
-<label>API token<br><input type="password" name="token" autocomplete="current-password"
- required autofocus style="width:100%"></label>
-<p><button type="submit">Log in</button></p></form>
-<p><small>Create a token on the server: <code>edgefleet tokens create --role viewer</code>
-</small></p></main></body></html>"""
-
-
-def _safe_next(target: str | None) -> str:
-    """Only a path on this site: never ``//evil.example`` or ``https://...`` (open redirect)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return "/"
-    return target if not urlsplit(target).scheme and not urlsplit(target).netloc else "/"
-
-
-_LOGIN_CSP = ("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-              "base-uri 'none'; frame-ancestors 'none'")
-
-
-def _login_page(request: Request, next_: str, error: str = "",
-                status_code: int = 200) -> Response:
-    """``web/templates/login.html`` through the pages' ``render`` when both exist (their
-    layout, headers and filters); otherwise a self-contained form."""
-    with session_scope(_settings(request)) as session:
-        configured = auth.auth_configured(session)
-    if (WEB_DIR / "templates" / "login.html").is_file():
-        try:
-            from web.pages_common import render
-        except ImportError:
-            render = None  # type: ignore[assignment]
-        if render is not None:
-            return render(request, "login.html",
-                          {"title": "Log in", "next": next_, "error": error or None,
-                           "auth_configured": configured}, None, status_code=status_code)
-    note = "" if configured else ("<p>No admin token exists yet: this server serves only this "
-                                  "machine and you are its admin. <a href=\"/\">Continue</a></p>")
-    err = f'<p role="alert" style="color:#b00">{html.escape(error)}</p>' if error else ""
-    return HTMLResponse(_FORM.format(note=note, error=err, next=html.escape(next_)),
-                        status_code=status_code,
-                        headers={"Content-Security-Policy": _LOGIN_CSP,
-                                 "X-Content-Type-Options": "nosniff"})
-
-
-@router.get("/login")
-def login_form(request: Request,
-               next_: Annotated[str, Query(alias="next")] = "/") -> Response:
-    return _login_page(request, _safe_next(next_))
-
-
-@router.post("/login")
-async def login(request: Request) -> Response:
-    """Exchange a token for a session cookie. CSRF-exempt: there is no session to ride yet."""
-    fields = await _form_fields(request)
-    next_ = _safe_next(fields.get("next"))
-    secret = fields.get("token", "").strip()
-    with session_scope(_settings(request)) as session:
-        token = auth.verify_token(session, secret)
-        sid = auth.start_browser_session(session, token.id, timedelta(seconds=SESSION_MAX_AGE)) \
-            if token is not None and token.id is not None else None
-    if sid is None:
-        return _login_page(request, next_, "That token is not valid (wrong, or revoked).", 401)
-    value = _serializer(_settings(request)).dumps({"sid": sid, "csrf": secrets.token_urlsafe(32)})
-    response = RedirectResponse(next_, status_code=303)
-    response.set_cookie(COOKIE, value, max_age=SESSION_MAX_AGE, path="/", httponly=True,
-                        samesite="lax", secure=request.url.scheme == "https")
-    return response
-
-
-@router.post("/logout")
-def logout(request: Request) -> Response:
-    """End the session on the server (a copy of the cookie stops working too) and clear the
-    cookie. Needs no auth or CSRF token: it only ends the session whose cookie came with the
-    request (a forged logout is a nuisance, not a breach)."""
-    data = _load_session(request)
-    if data is not None:
-        with session_scope(_settings(request)) as session:
-            auth.end_browser_session(session, data["sid"])
-    response = RedirectResponse("/login", status_code=303)
-    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="lax",
-                           secure=request.url.scheme == "https")
-    return response
