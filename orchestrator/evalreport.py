@@ -18,7 +18,7 @@ from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.reports import _csv, _markdown, format_number
+from orchestrator.reports import csv_text, format_number, markdown_table
 
 COLUMNS = [("device", "device"), ("threads", "threads"), ("accuracy", "accuracy"),
            ("precision", "precision"), ("recall", "recall"), ("f1", "F1"),
@@ -206,20 +206,20 @@ def render_eval(run: dict[str, Any], sweep: bool = False) -> list[RenderableType
 def eval_markdown(run: dict[str, Any], sweep: bool = False) -> str:
     rows = eval_rows(run.get("results") or [])
     parts = [f"**{_title(run)}**\n",
-             _markdown([h for _, h in COLUMNS], [k not in _LEFT for k, _ in COLUMNS],
+             markdown_table([h for _, h in COLUMNS], [k not in _LEFT for k, _ in COLUMNS],
                        ([row[k] for k, _ in COLUMNS] for row in rows))]
     for name, m in metric_groups(rows, sweep):
         parts.append(f"\nConfusion matrix, {name}:\n\n")
-        parts.append(_markdown(["true \\ predicted", *m["classes"]],
+        parts.append(markdown_table(["true \\ predicted", *m["classes"]],
                                [False] + [True] * len(m["classes"]),
                                ([c, *counts] for c, counts in
                                 zip(m["classes"], m["confusion_matrix"], strict=True))))
         parts.append(f"\nPer-class report, {name}:\n\n")
-        parts.append(_markdown(PER_CLASS_HEADINGS, [False, True, True, True, True],
+        parts.append(markdown_table(PER_CLASS_HEADINGS, [False, True, True, True, True],
                                per_class_rows(m)))
         if sweep and m.get("sweep"):
             parts.append(f"\nThreshold sweep, {name}: {recommendation(m)}\n\n")
-            parts.append(_markdown(SWEEP_HEADINGS, [True] * 8, sweep_rows(m)))
+            parts.append(markdown_table(SWEEP_HEADINGS, [True] * 8, sweep_rows(m)))
     parts.append("\n" + "\n".join(agreement_lines(run.get("agreement"))) + "\n")
     return "".join(parts)
 
@@ -242,4 +242,4 @@ def eval_csv(run: dict[str, Any]) -> str:
                     "p50_pre_ms": _median((r.get("eval") or {}).get("preprocessing_ms")),
                     "p50_infer_ms": (r.get("latency_ms") or {}).get("p50"),
                     "valid": r.get("valid"), "error": r.get("error")})
-    return _csv(CSV_FIELDS, out)
+    return csv_text(CSV_FIELDS, out)

@@ -211,8 +211,11 @@ def _md_escape(value: Any) -> str:
     return " ".join(text.splitlines())
 
 
-def _markdown(headings: Sequence[str], right: Sequence[bool],
-              rows: Iterable[Sequence[Any]]) -> str:
+def markdown_table(headings: Sequence[str], right: Sequence[bool],
+                   rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub-flavoured Markdown table (``right``: right-align that column), cells escaped;
+    shared by the bench, comparison and eval reports (orchestrator.evalreport) so all export
+    the same way."""
     lines = ["| " + " | ".join(_md_escape(h) for h in headings) + " |",
              "| " + " | ".join("---:" if r else "---" for r in right) + " |"]
     lines += ["| " + " | ".join(_md_escape(v) for v in row) + " |" for row in rows]
@@ -222,7 +225,7 @@ def _markdown(headings: Sequence[str], right: Sequence[bool],
 def to_markdown(results: Sequence[Result]) -> str:
     """The report as a GitHub-flavoured Markdown table (numbers right-aligned)."""
     columns = _columns(results)
-    return _markdown([h for _, h in columns], [k in _NUMERIC for k, _ in columns],
+    return markdown_table([h for _, h in columns], [k in _NUMERIC for k, _ in columns],
                      ([row[k] for k, _ in columns] for row in report_rows(results)))
 
 
@@ -231,8 +234,9 @@ CSV_FIELDS = ["run_id", "model", "device", "simulated", "precision", "threads", 
               "telemetry", "flags", "error"]
 
 
-def _csv(fields: Sequence[str], rows: Iterable[dict[str, Any]]) -> str:
-    """Header row, then rows; None is empty, booleans lowercase, ``\\n`` line ends."""
+def csv_text(fields: Sequence[str], rows: Iterable[dict[str, Any]]) -> str:
+    """Header row, then rows; None is empty, booleans lowercase, ``\\n`` line ends. Shared by
+    every CSV export (bench, comparison, eval) so spreadsheets read them alike."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(fields), lineterminator="\n")
     writer.writeheader()
@@ -266,7 +270,7 @@ def to_csv(results: Sequence[Result]) -> str:
             "flags": ";".join(str(f) for f in r.get("flags") or []), "error": r.get("error"),
             **measured,
         }
-    return _csv(CSV_FIELDS + (ENERGY_CSV_FIELDS if energy else []), (row(r) for r in results))
+    return csv_text(CSV_FIELDS + (ENERGY_CSV_FIELDS if energy else []), (row(r) for r in results))
 
 
 # -- comparisons (rows from stats.compare_runs) ----------------------------------------------
@@ -308,7 +312,7 @@ def render_comparison(rows: Sequence[dict[str, Any]], title: str | None = None) 
 
 def comparison_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """``compare_runs`` rows as a GitHub Markdown table."""
-    return _markdown(COMPARISON_HEADINGS, _COMPARISON_RIGHT,
+    return markdown_table(COMPARISON_HEADINGS, _COMPARISON_RIGHT,
                      ([*_comparison_values(row), _verdict_text(row)] for row in rows))
 
 
@@ -319,16 +323,19 @@ COMPARISON_FIELDS = ["device", "threads", "simulated", "bundle_a", "bundle_b", "
 
 def comparison_csv(rows: Sequence[dict[str, Any]]) -> str:
     """``compare_runs`` rows as CSV, raw numbers."""
-    return _csv(COMPARISON_FIELDS, ({k: row.get(k) for k in COMPARISON_FIELDS} for row in rows))
+    return csv_text(COMPARISON_FIELDS, ({k: row.get(k) for k in COMPARISON_FIELDS} for row in rows))
 
 
 # -- deployment verdicts (rows from verdicts.verdicts_for_run) -----------------------------
 VERDICT_HEADINGS = ["device", "threads", "p50 ms", "p99 window ms", "hop s", "keeps up",
                     "headroom", "RTF", "worst-case delay s", "W", "mJ/window", "valid"]
-_VERDICT_RIGHT = [False, True, True, True, True, False, True, True, True, True, True, False]
+# Which verdict columns are right-aligned (numbers), for the terminal table and the web page.
+VERDICT_RIGHT = [False, True, True, True, True, False, True, True, True, True, True, False]
 
 
-def _verdict_values(row: dict[str, Any]) -> list[Any]:
+def verdict_values(row: dict[str, Any]) -> list[Any]:
+    """One verdict row's cells in VERDICT_HEADINGS order, formatted; the terminal table and the
+    web page (web.pages_eval) show the same cells."""
     device = str(row["device"]) + (" (sim)" if row.get("simulated") else "")
     energy = row.get("energy") or {}
     watts = format_number(energy.get("mean_w")) if energy.get("available") else None
@@ -373,12 +380,12 @@ def render_verdicts(report: dict[str, Any]) -> Table:
     table = Table(title=Text(title), title_justify="left", header_style="bold", box=None,
                   pad_edge=False, caption=Text("\n".join(caption), style="dim"),
                   caption_justify="left")
-    for heading, right in zip(VERDICT_HEADINGS, _VERDICT_RIGHT, strict=True):
+    for heading, right in zip(VERDICT_HEADINGS, VERDICT_RIGHT, strict=True):
         table.add_column(heading, justify="right" if right else "left")
     for row in report["rows"]:
         style = ("red" if not row.get("ok") or not row.get("keeps_up") else
                  "yellow" if row.get("valid") is False else "")
-        table.add_row(*(_cell(v) for v in _verdict_values(row)), style=style)
+        table.add_row(*(_cell(v) for v in verdict_values(row)), style=style)
     return table
 
 

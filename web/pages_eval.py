@@ -21,7 +21,12 @@ from orchestrator.evalreport import (
     per_class_rows,
     recommendation,
 )
-from orchestrator.reports import _VERDICT_RIGHT, VERDICT_HEADINGS, _verdict_values, verdict_caption
+from orchestrator.reports import (
+    VERDICT_HEADINGS,
+    VERDICT_RIGHT,
+    verdict_caption,
+    verdict_values,
+)
 from orchestrator.runs import get_run
 from orchestrator.verdicts import ProfileError, stored_profile, verdicts_for_run
 
@@ -85,10 +90,10 @@ def verdict_context(session: Session, run_id: int) -> dict[str, Any]:
         report = verdicts_for_run(session, run_id)
     except ProfileError as exc:
         return {"error": str(exc)}
-    rows = [{"values": _verdict_values(row), "status": _row_status(row)}
+    rows = [{"values": verdict_values(row), "status": _row_status(row)}
             for row in report["rows"]]
     recommended = [{"device": device, "threads": rec["threads"], "reason": rec["reason"]}
                    for device, rec in report["recommended"].items()]
-    return {"headings": list(zip(VERDICT_HEADINGS, _VERDICT_RIGHT, strict=True)),
+    return {"headings": list(zip(VERDICT_HEADINGS, VERDICT_RIGHT, strict=True)),
             "rows": rows, "recommended": recommended, "caption": verdict_caption(report),
             "min_headroom_pct": report["min_headroom_pct"]}
