@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the tests need (OpenSSH server for the real-sshd test
 # fleet, chromium for the browser tests, the package with its test extras), then lints and runs
-# the whole suite.
+# the whole suite. lint-imports checks the import contracts in pyproject.toml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,4 +21,5 @@ fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 ruff check .
+lint-imports
 python3 -m pytest -q "$@"
