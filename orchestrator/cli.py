@@ -1,100 +1,44 @@
 """The ``edgefleet`` command. Thin: parse, call a service, render. ``--json`` everywhere prints
-machine-readable output on stdout; exit status 1 when any device failed, 2 on bad input."""
+machine-readable output on stdout; exit status 1 when any device failed, 2 on bad input.
+
+This module holds the inventory, devices and agent commands and ``main``; the app and what
+commands share are in orchestrator.cli_app (re-exported here for callers of the old names), the
+other commands in cli_*.
+"""
 
 from __future__ import annotations
 
 import atexit
-import functools
 import gc
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.text import Text
 
 from orchestrator import output
+from orchestrator.cli_app import (  # noqa: F401 - re-exported: app, get_app's callers, tests
+    AGENT_COLUMNS,
+    INTERRUPTED_EXIT,
+    Forks,
+    JsonOpt,
+    Targets,
+    Timeout,
+    agent_app,
+    agent_payload,
+    app,
+    bundle_app,
+    devices_app,
+    exit_if_interrupted,
+    finish,
+    handles_errors,
+    inventory_app,
+    select,
+    settings,
+)
 from orchestrator.errors import EdgeFleetError
 from orchestrator.fleet import Outcome
-
-if TYPE_CHECKING:
-    from orchestrator.config import Settings
-
-app = typer.Typer(no_args_is_help=True, add_completion=False,
-                  help="Push hash-verified ONNX bundles to a fleet of Pis and watch them run.")
-inventory_app = typer.Typer(no_args_is_help=True, help="Read inventory files into the DB.")
-devices_app = typer.Typer(no_args_is_help=True, help="Devices: list, show, trust host keys.")
-agent_app = typer.Typer(no_args_is_help=True, help="The on-device agent.")
-bundle_app = typer.Typer(no_args_is_help=True, help="Build and inspect model bundles.")
-app.add_typer(inventory_app, name="inventory")
-app.add_typer(devices_app, name="devices")
-app.add_typer(agent_app, name="agent")
-app.add_typer(bundle_app, name="bundle")
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
-Targets = Annotated[str, typer.Argument(help="Target pattern: names, groups, globs, a:b, !x, &y.")]
-Forks = Annotated[int, typer.Option("--forks", "-f", help="Devices worked on at once.")]
-Timeout = Annotated[
-    float | None, typer.Option("--timeout", help="Per-host seconds of silence before giving up.")
-]
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def handles_errors(func: F) -> F:
-    """Show EdgeFleetError as one clear line (or JSON) and exit 2, never a traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except EdgeFleetError as exc:
-            if kwargs.get("as_json"):
-                output.print_json({"error": str(exc)})
-            else:
-                # A Text, not markup: the message carries user input ("[/red]" in a path must
-                # be shown, not parsed). soft_wrap: no hard wrap at the console width (80 when
-                # piped), which would split a path or file:line in two.
-                output.stderr.print(Text.assemble(("error:", "red"), f" {exc}"), soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def settings() -> Settings:
-    # Imported here: pydantic-settings is for the commands that use the ORM; `devices list` and
-    # `bundle list` start without it (orchestrator.listings, issue 12).
-    from orchestrator.config import get_settings
-
-    return get_settings()
-
-
-INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
-
-
-def exit_if_interrupted(interrupted: bool) -> None:
-    """After work a Ctrl-C cancelled (``job_tracker``): what finished is already printed and
-    stored; say so and exit 130."""
-    if interrupted:
-        output.stderr.print("cancelled (Ctrl-C): what finished before is kept")
-        raise typer.Exit(INTERRUPTED_EXIT)
-
-
-def finish(outcomes: list[Outcome], title: str, as_json: bool, extra: tuple[str, ...] = (),
-           payload: Callable[[Outcome], dict[str, Any]] | None = None,
-           interrupted: bool = False) -> None:
-    """The common tail of every fleet operation: table or JSON, summary, exit status."""
-    if as_json:
-        output.print_json([payload(o) if payload else o.as_dict() for o in outcomes])
-    else:
-        output.stdout.print(output.outcome_table(title, outcomes, extra))
-        output.stdout.print(output.summary_line(outcomes))
-    exit_if_interrupted(interrupted)
-    if any(not o.ok for o in outcomes):
-        raise typer.Exit(1)
-
 
 # --- inventory -------------------------------------------------------------------------------
 
@@ -135,14 +79,6 @@ def inventory_sync(
 # --- devices ---------------------------------------------------------------------------------
 
 
-def _select(pattern: str) -> list[Any]:
-    from orchestrator.db import session_scope
-    from orchestrator.devices import select_devices
-
-    with session_scope(settings()) as session:
-        return select_devices(session, pattern)
-
-
 @devices_app.command("list")
 @handles_errors
 def devices_list(targets: Targets = "all", as_json: JsonOpt = False) -> None:
@@ -151,7 +87,7 @@ def devices_list(targets: Targets = "all", as_json: JsonOpt = False) -> None:
 
     devices = listings.devices(targets)  # sqlite3 alone, when the DB is a current SQLite file
     if devices is None:
-        devices = [listings.device_public(d) for d in _select(targets)]
+        devices = [listings.device_public(d) for d in select(targets)]
     if as_json:
         output.print_json(devices)
         return
@@ -228,7 +164,7 @@ def devices_trust(
                        data={"key_type": result.key_type, "fingerprint": result.fingerprint,
                              "previous_fingerprint": result.previous_fingerprint})
 
-    outcomes = fan_out([to_target(d) for d in _select(targets)], step, forks)
+    outcomes = fan_out([to_target(d) for d in select(targets)], step, forks)
     finish(outcomes, "host keys", as_json, extra=("key_type", "fingerprint"))
 
 
@@ -240,7 +176,7 @@ def devices_verify(targets: Targets, forks: Forks = 10, timeout: Timeout = None,
     exit 1 if any device fails."""
     from orchestrator.verify import verify_devices
 
-    outcomes = verify_devices(settings(), _select(targets), forks, timeout)
+    outcomes = verify_devices(settings(), select(targets), forks, timeout)
     if not as_json:
         for o in outcomes:
             for key in ("max_abs", "max_rel"):
@@ -267,18 +203,9 @@ def agent_install(
     """Upload the agent zipapp, check Python/numpy/onnxruntime, record the device's facts."""
     from orchestrator.agents import install_agents
 
-    package, outcomes = install_agents(settings(), _select(targets), with_deps, forks, timeout)
+    package, outcomes = install_agents(settings(), select(targets), with_deps, forks, timeout)
     finish(outcomes, f"agent {package.version} ({package.sha256[:12]})", as_json,
            extra=AGENT_COLUMNS, payload=agent_payload)
-
-
-AGENT_COLUMNS = ("model", "python_version", "onnxruntime")
-
-
-def agent_payload(o: Outcome) -> dict[str, Any]:
-    data = o.as_dict()
-    data.pop("python", None)
-    return data
 
 
 def get_app() -> typer.Typer:

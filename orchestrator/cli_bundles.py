@@ -9,16 +9,16 @@ import typer
 from rich.text import Text
 
 from orchestrator import output
-from orchestrator.cli import (
+from orchestrator.cli_app import (
     Forks,
     JsonOpt,
     Targets,
     Timeout,
-    _select,
     app,
     bundle_app,
     finish,
     handles_errors,
+    select,
     settings,
 )
 from orchestrator.fleet import Outcome
@@ -224,7 +224,7 @@ def push_cmd(
     cfg = settings()
     with session_scope(cfg) as session:
         bundle = get_bundle(session, ref)
-    devices = _select(targets)
+    devices = select(targets)
     name = f"{bundle.name}@{bundle.version}"
     with job_tracker.track(cfg, "push", {"bundle": name, "forks": forks, "timeout": timeout},
                            targets) as job, \
@@ -247,6 +247,6 @@ def rollback_cmd(targets: Targets, forks: Forks = 10, timeout: Timeout = None,
     from orchestrator.audit import local_actor
     from orchestrator.deploy import rollback
 
-    outcomes = rollback(settings(), _select(targets), forks, timeout, actor=local_actor(),
+    outcomes = rollback(settings(), select(targets), forks, timeout, actor=local_actor(),
                         targets=targets)
     finish(outcomes, "rollback", as_json, extra=("active",))

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from orchestrator import output
-from orchestrator.cli import JsonOpt, app, handles_errors, settings
+from orchestrator.cli_app import JsonOpt, app, handles_errors, settings
 
 dataset_app = typer.Typer(no_args_is_help=True, help="Evaluation datasets: build, list, show.")
 app.add_typer(dataset_app, name="dataset")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from orchestrator import output
-from orchestrator.cli import AGENT_COLUMNS, JsonOpt, app, handles_errors
+from orchestrator.cli_app import AGENT_COLUMNS, JsonOpt, app, handles_errors
 
 if TYPE_CHECKING:  # imported in the command: every command's start-up would pay for pydantic
     from orchestrator.config import Settings

@@ -9,15 +9,15 @@ from typing import Annotated, Any
 import typer
 
 from orchestrator import output
-from orchestrator.cli import (
+from orchestrator.cli_app import (
     Forks,
     JsonOpt,
     Targets,
     Timeout,
-    _select,
     app,
     exit_if_interrupted,
     handles_errors,
+    select,
     settings,
 )
 from orchestrator.cliparse import parse_threads
@@ -74,7 +74,7 @@ def eval_cmd(
         bundle = get_bundle(session, ref)
         dataset = get_dataset(session, dataset_ref)
         session.expunge_all()
-    devices = _select(targets)
+    devices = select(targets)
     thread_counts = parse_threads(threads)
     job_params = eval_job_params(f"{bundle.name}@{bundle.version}",
                                  f"{dataset.name}@{dataset.version}", thread_counts, warmup,

@@ -8,16 +8,16 @@ from typing import Annotated, Any
 import typer
 
 from orchestrator import output
-from orchestrator.cli import (
+from orchestrator.cli_app import (
     Forks,
     JsonOpt,
     Targets,
     Timeout,
-    _select,
     app,
     exit_if_interrupted,
     finish,
     handles_errors,
+    select,
     settings,
 )
 from orchestrator.cliparse import parse_constants, parse_shapes, parse_threads, row_id
@@ -114,7 +114,7 @@ def bench_cmd(
     with session_scope(cfg) as session:
         bundle = get_bundle(session, ref)
         base_bundle = get_bundle(session, baseline) if baseline else None
-    devices = _select(targets)
+    devices = select(targets)
     as_json = as_json or fmt == "json"
     bundles = [base_bundle, bundle] if base_bundle else [bundle]
     rounds = (rounds or 5) if base_bundle else 1
@@ -250,7 +250,7 @@ def telemetry_cmd(targets: Targets, forks: Forks = 10, timeout: Timeout = None,
     stored in the DB."""
     from orchestrator.telemetry import take_snapshots
 
-    outcomes = take_snapshots(settings(), _select(targets), forks, timeout)
+    outcomes = take_snapshots(settings(), select(targets), forks, timeout)
     for o in outcomes:
         o.data["throttled"] = " ".join(filter(None, [
             o.data.get("throttled_hex"), ", ".join(o.data.get("throttle_now") or []),

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from orchestrator import output
-from orchestrator.cli import app, handles_errors, settings
+from orchestrator.cli_app import app, handles_errors, settings
 
 
 @app.command("serve")

@@ -12,7 +12,7 @@ import typer
 from rich.text import Text
 
 from orchestrator import output
-from orchestrator.cli import JsonOpt, app, handles_errors, settings
+from orchestrator.cli_app import JsonOpt, app, handles_errors, settings
 from orchestrator.cliparse import row_id
 
 tokens_app = typer.Typer(no_args_is_help=True,

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from orchestrator import output
-from orchestrator.cli import JsonOpt, handles_errors, settings
+from orchestrator.cli_app import JsonOpt, handles_errors, settings
 from orchestrator.cli_runs import runs_app
 from orchestrator.cliparse import row_id
 
