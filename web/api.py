@@ -1,5 +1,7 @@
 """JSON API under /api. Thin: each route calls one service function, which also records the
-audit event (routes pass who is acting); OpenAPI at /docs."""
+audit event (routes pass who is acting); OpenAPI at /docs. The services build the response
+dicts; each route declares their shape (``response_model``, web/schemas.py) so /docs and
+/openapi.json show every response's schema and the shape cannot drift unnoticed."""
 
 from __future__ import annotations
 
@@ -17,6 +19,18 @@ from orchestrator.devices import all_devices, device_public, get_device, select_
 from orchestrator.models import Deployment
 from orchestrator.runs import get_run, list_runs, run_public, run_results
 from web.inputs import RowId, StrictJsonRoute
+from web.schemas import (
+    AuditEventPublic,
+    BundlePublic,
+    CompareRow,
+    DeviceDetail,
+    DevicePublic,
+    InventorySyncOut,
+    JobPublic,
+    RunDetail,
+    RunPublic,
+    SchedulePublic,
+)
 from web.security import Principal, csrf_protect, require
 
 # StrictJsonRoute: a JSON string that is not valid Unicode is a 422 for every route, before it
@@ -34,6 +48,8 @@ def settings_of(request: Request) -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(settings_of)]
+# What the services return; ``response_model`` on each route says (and checks) its shape.
+Json = dict[str, Any]
 
 
 class JobIn(BaseModel):
@@ -93,15 +109,15 @@ class InventorySyncIn(BaseModel):
     dry_run: bool = False
 
 
-@router.get("/devices")
-def devices(settings: SettingsDep, _: Viewer, pattern: str | None = None) -> list[dict]:
+@router.get("/devices", response_model=list[DevicePublic])
+def devices(settings: SettingsDep, _: Viewer, pattern: str | None = None) -> list[Json]:
     with session_scope(settings) as session:
         found = select_devices(session, pattern) if pattern else all_devices(session)
         return [device_public(d) for d in found]
 
 
-@router.get("/devices/{name}")
-def device(name: str, settings: SettingsDep, _: Viewer) -> dict:
+@router.get("/devices/{name}", response_model=DeviceDetail)
+def device(name: str, settings: SettingsDep, _: Viewer) -> Json:
     with session_scope(settings) as session:
         row = get_device(session, name)
         out = device_public(row) | {"facts": row.facts}
@@ -111,34 +127,36 @@ def device(name: str, settings: SettingsDep, _: Viewer) -> dict:
         return out
 
 
-@router.get("/bundles")
-def bundles(settings: SettingsDep, _: Viewer) -> list[dict]:
+@router.get("/bundles", response_model=list[BundlePublic])
+def bundles(settings: SettingsDep, _: Viewer) -> list[Json]:
     with session_scope(settings) as session:
         return [bundle_public(b) for b in list_bundles(session)]
 
 
-@router.get("/bundles/{ref}")
-def bundle(ref: str, settings: SettingsDep, _: Viewer) -> dict:
+@router.get("/bundles/{ref}", response_model=BundlePublic)
+def bundle(ref: str, settings: SettingsDep, _: Viewer) -> Json:
     with session_scope(settings) as session:
         return bundle_public(get_bundle(session, ref))
 
 
-@router.get("/runs")
-def runs(settings: SettingsDep, _: Viewer, limit: int = Query(50, ge=1, le=500)) -> list[dict]:
+@router.get("/runs", response_model=list[RunPublic])
+def runs(settings: SettingsDep, _: Viewer, limit: int = Query(50, ge=1, le=500)) -> list[Json]:
     with session_scope(settings) as session:
         return [run_public(r) for r in list_runs(session, limit)]
 
 
-@router.get("/runs/{run_id}")
-def run(run_id: RowId, settings: SettingsDep, _: Viewer, raw: bool = False) -> dict:
+# exclude_unset: a bench run has no "agreement", a result no "eval" or "latencies_ms"
+# unless asked for; absent keys stay absent rather than becoming nulls.
+@router.get("/runs/{run_id}", response_model=RunDetail, response_model_exclude_unset=True)
+def run(run_id: RowId, settings: SettingsDep, _: Viewer, raw: bool = False) -> Json:
     with session_scope(settings) as session:
         return run_public(get_run(session, run_id),
                           run_results(session, run_id, latencies=raw, samples=raw), raw=raw)
 
 
-@router.get("/compare")
+@router.get("/compare", response_model=list[CompareRow])
 def compare(a: RowId, b: RowId, settings: SettingsDep, _: Viewer,
-            include_invalid: bool = False) -> list[dict]:
+            include_invalid: bool = False) -> list[Json]:
     from orchestrator.stats import compare_runs
 
     with session_scope(settings) as session:
@@ -148,29 +166,29 @@ def compare(a: RowId, b: RowId, settings: SettingsDep, _: Viewer,
     return compare_runs(first, second, include_invalid=include_invalid)
 
 
-@router.get("/jobs")
+@router.get("/jobs", response_model=list[JobPublic])
 def jobs(settings: SettingsDep, _: Viewer, state: str | None = None,
-         kind: str | None = None) -> list[dict]:
+         kind: str | None = None) -> list[Json]:
     from orchestrator.jobs import job_public, list_jobs
 
     with session_scope(settings) as session:
         return [job_public(j) for j in list_jobs(session, 100, state=state, kind=kind)]
 
 
-@router.get("/jobs/{job_id}")
-def job(job_id: RowId, settings: SettingsDep, _: Viewer) -> dict:
+@router.get("/jobs/{job_id}", response_model=JobPublic)
+def job(job_id: RowId, settings: SettingsDep, _: Viewer) -> Json:
     from orchestrator.jobs import get_job, job_public
 
     with session_scope(settings) as session:
         return job_public(get_job(session, job_id))
 
 
-@router.post("/jobs", status_code=201, dependencies=[Csrf], responses={
+@router.post("/jobs", status_code=201, dependencies=[Csrf], response_model=JobPublic, responses={
     422: {"description": "The job was refused and nothing was queued; ``detail`` names the "
                          "problem (unknown kind or parameter, a bundle, dataset or target "
                          "pattern that does not exist, labels the model lacks)"}})
 def submit_job(body: JobIn, request: Request, settings: SettingsDep,
-               principal: Operator) -> dict:
+               principal: Operator) -> Json:
     """Queue a push, bench, eval or telemetry job; workers start it at once. Its progress
     is ``GET /api/jobs/{id}``; a bench or eval job links its results as ``run_id``."""
     from orchestrator import jobs
@@ -187,23 +205,24 @@ def submit_job(body: JobIn, request: Request, settings: SettingsDep,
     return jobs.job_public(created)
 
 
-@router.post("/jobs/{job_id}/cancel", dependencies=[Csrf])
-def cancel_job(job_id: RowId, settings: SettingsDep, principal: Operator) -> dict:
+@router.post("/jobs/{job_id}/cancel", dependencies=[Csrf], response_model=JobPublic)
+def cancel_job(job_id: RowId, settings: SettingsDep, principal: Operator) -> Json:
     from orchestrator import jobs
 
     return jobs.job_public(jobs.cancel(settings, job_id, actor=principal.name))
 
 
-@router.get("/schedules")
-def schedules(settings: SettingsDep, _: Viewer) -> list[dict]:
+@router.get("/schedules", response_model=list[SchedulePublic])
+def schedules(settings: SettingsDep, _: Viewer) -> list[Json]:
     from orchestrator.schedules import list_schedules, schedule_public
 
     with session_scope(settings) as session:
         return [schedule_public(s) for s in list_schedules(session)]
 
 
-@router.post("/schedules", status_code=201, dependencies=[Csrf])
-def create_schedule(body: ScheduleIn, settings: SettingsDep, principal: Operator) -> dict:
+@router.post("/schedules", status_code=201, dependencies=[Csrf],
+             response_model=SchedulePublic)
+def create_schedule(body: ScheduleIn, settings: SettingsDep, principal: Operator) -> Json:
     from orchestrator import schedules
 
     created = schedules.create(settings, body.kind, body.params, body.targets,
@@ -218,8 +237,8 @@ def delete_schedule(schedule_id: RowId, settings: SettingsDep, principal: Operat
     schedules.delete(settings, schedule_id, actor=principal.name)
 
 
-@router.post("/inventory/sync", dependencies=[Csrf])
-def inventory_sync(body: InventorySyncIn, settings: SettingsDep, principal: Admin) -> dict:
+@router.post("/inventory/sync", dependencies=[Csrf], response_model=InventorySyncOut)
+def inventory_sync(body: InventorySyncIn, settings: SettingsDep, principal: Admin) -> Json:
     """Only files under EDGEFLEET_INVENTORY_DIR (default EDGEFLEET_HOME) or already synced by
     the CLI are read (``inventory_sync.readable_path``)."""
     from orchestrator import inventory_sync as sync
@@ -232,9 +251,9 @@ def inventory_sync(body: InventorySyncIn, settings: SettingsDep, principal: Admi
     return report.as_dict() | {"applied": not body.dry_run}
 
 
-@router.get("/audit")
+@router.get("/audit", response_model=list[AuditEventPublic])
 def audit_log(settings: SettingsDep, _: Admin,
-              limit: int = Query(200, ge=1, le=1000)) -> list[dict]:
+              limit: int = Query(200, ge=1, le=1000)) -> list[Json]:
     from orchestrator.audit import event_public, list_events
 
     with session_scope(settings) as session:
