@@ -50,7 +50,6 @@ from __future__ import annotations
 import getpass
 import os
 import re
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -119,13 +118,6 @@ def list_events(session: Session, limit: int = 200) -> list[AuditEvent]:
     ).all())
 
 
-def _iso(at: datetime | None) -> str | None:
-    """SQLite hands datetimes back naive; they were written in UTC, so say so."""
-    if at is None:
-        return None
-    return (at if at.tzinfo else at.replace(tzinfo=UTC)).isoformat()
-
-
 def event_public(e: AuditEvent) -> dict[str, Any]:
-    return {"id": e.id, "at": _iso(e.at), "actor": e.actor,
+    return {"id": e.id, "at": e.at.isoformat(), "actor": e.actor,
             "action": e.action, "target": e.target, "detail": e.detail}

@@ -40,13 +40,6 @@ NAME_MAX = 100
 TOUCH_EVERY = timedelta(minutes=1)  # last_used_at is a hint, not a per-request write
 
 
-def _utc(at: datetime | None) -> datetime | None:
-    """SQLite returns naive datetimes; every one we write is UTC."""
-    if at is None:
-        return None
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
-
-
 def role_allows(role: str, needed: str) -> bool:
     """True when ``role`` is at least ``needed``. An unknown role allows nothing; an unknown
     ``needed`` is a programming error (a typo must not silently open or close a route)."""
@@ -91,7 +84,7 @@ def create_token(settings: Settings, name: str, role: str, *,
 
 def _touch(token: ApiToken) -> None:
     now = datetime.now(UTC)
-    last = _utc(token.last_used_at)
+    last = token.last_used_at
     if last is None or now - last >= TOUCH_EVERY:
         token.last_used_at = now
 
@@ -135,7 +128,7 @@ def browser_session_token(session: Session, sid: str) -> ApiToken | None:
     """The active token behind a live browser session, or None (logged out, expired, token
     revoked)."""
     row = session.get(BrowserSession, hash_token(sid)) if sid else None
-    if row is None or _utc(row.expires_at) <= datetime.now(UTC):
+    if row is None or row.expires_at <= datetime.now(UTC):
         return None
     return active_token(session, row.token_id)
 
@@ -184,9 +177,9 @@ def list_tokens(session: Session) -> list[ApiToken]:
 
 def token_public(t: ApiToken) -> dict[str, Any]:
     """What may be shown of a token: never the hash (nor, of course, the secret)."""
-    last = _utc(t.last_used_at)
+    last = t.last_used_at
     return {"id": t.id, "name": t.name, "role": t.role, "prefix": t.prefix,
-            "created_at": _utc(t.created_at).isoformat() if t.created_at else None,
+            "created_at": t.created_at.isoformat() if t.created_at else None,
             "last_used_at": last.isoformat() if last else None, "revoked": t.revoked}
 
 

@@ -78,15 +78,7 @@ def cancel_flag(job_id: int) -> Iterator[threading.Event]:
         _cancel_flags.pop(job_id, None)
 
 
-def utc(value: datetime | None) -> datetime | None:
-    """SQLite hands datetimes back naive; they were stored as UTC."""
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _iso(value: datetime | None) -> str | None:
-    value = utc(value)
     return value.isoformat() if value else None
 
 

@@ -8,7 +8,8 @@ is a SQLite file at the newest migration (``dbfile.open_current``), and return N
 `devices list` and `bundle list` must start at once (issue 12: <= 0.4 s of CPU), and importing
 SQLAlchemy, SQLModel and pydantic alone costs more than that here. Column values are converted
 by their declared SQL type as the ORM's types do (JSON, BOOLEAN, DATETIME stored as naive
-UTC); tests/unit/test_listings.py compares both ways on one DB.
+UTC, read by ``utc.parse_utc``: the rule ``models.UTCDateTime`` reads it by);
+tests/unit/test_listings.py compares both ways on one DB.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from orchestrator.dbfile import open_current
 from orchestrator.errors import NotFoundError
 from orchestrator.patterns import match
+from orchestrator.utc import parse_utc
 
 if TYPE_CHECKING:
     from orchestrator.models import Bundle, Device
@@ -92,13 +93,8 @@ def select_by_pattern(devices: Sequence[T], pattern: str,
     return [by_name[name] for name in names]
 
 
-def _utc(text: str) -> datetime:
-    value = datetime.fromisoformat(text)
-    return value.replace(tzinfo=UTC) if value.utcoffset() is None else value.astimezone(UTC)
-
-
 _CONVERT: dict[str, Callable[[Any], Any]] = {"JSON": json.loads, "BOOLEAN": bool,
-                                             "DATETIME": _utc}
+                                             "DATETIME": parse_utc}
 
 
 def _rows(conn: sqlite3.Connection, table: str, order: str) -> list[SimpleNamespace]:

@@ -10,11 +10,36 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import DateTime, TypeDecorator
 from sqlmodel import Field, SQLModel
 
+from orchestrator.utc import as_utc, utcnow
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """The type of every datetime column (orchestrator.utc says why): stored as UTC, read back
+    aware in UTC, a naive datetime refused on write (ValueError) rather than guessed at.
+
+    Its impl is the ``DateTime(timezone=True)`` the migrations create, so the schema is
+    unchanged and alembic's type comparison (tests/unit/test_db.py) sees no difference.
+    Declared on each column, not left to SQLModel's default for ``datetime`` fields, which
+    differs between SQLModel versions (older ones give a naive ``DateTime``).
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value.isoformat()} for a UTC column: make it "
+                             "aware (orchestrator.utc.as_utc reads a naive input as UTC)")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else as_utc(value)
 
 
 class DeviceBase(SQLModel):
@@ -28,7 +53,7 @@ class DeviceBase(SQLModel):
     agent_version: str | None = None
     active_bundle: str | None = None  # "name@version"
     active_digest: str | None = None
-    last_seen: datetime | None = None
+    last_seen: datetime | None = Field(sa_type=UTCDateTime, default=None)
 
 
 class Device(DeviceBase, table=True):
@@ -41,8 +66,8 @@ class Device(DeviceBase, table=True):
     env: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     facts: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     source: str | None = None  # inventory file:line
-    created_at: datetime = Field(default_factory=utcnow)
-    updated_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
+    updated_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
 
 
 class DevicePublic(DeviceBase):
@@ -58,7 +83,7 @@ class BundleBase(SQLModel):
     digest: str = Field(index=True, unique=True)
     size_bytes: int
     precision: str | None = None
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
 
 
 class Bundle(BundleBase, table=True):
@@ -84,7 +109,7 @@ class DatasetBase(SQLModel):
     samples: int
     labels: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     size_bytes: int
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
 
 
 class Dataset(DatasetBase, table=True):
@@ -108,8 +133,8 @@ class DeploymentBase(SQLModel):
     bytes_sent: int = 0
     duration_s: float | None = None
     error: str | None = None
-    started_at: datetime = Field(default_factory=utcnow)
-    finished_at: datetime | None = None
+    started_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
+    finished_at: datetime | None = Field(sa_type=UTCDateTime, default=None)
     job_id: int | None = Field(default=None, index=True)  # finalized with it after a crash
 
 
@@ -133,8 +158,8 @@ class Run(SQLModel, table=True):
     params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_by: str
     state: str = "running"  # running | succeeded | partial | failed | cancelled | interrupted
-    created_at: datetime = Field(default_factory=utcnow)
-    finished_at: datetime | None = None
+    created_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
+    finished_at: datetime | None = Field(sa_type=UTCDateTime, default=None)
     job_id: int | None = Field(default=None, index=True)  # finalized with it after a crash
 
 
@@ -178,7 +203,7 @@ class Result(SQLModel, table=True):
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     latencies: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
     telemetry_samples: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
 
 
 class DeviceLease(SQLModel, table=True):
@@ -187,14 +212,14 @@ class DeviceLease(SQLModel, table=True):
     device_name: str = Field(primary_key=True)
     holder: str
     operation: str
-    acquired_at: datetime = Field(default_factory=utcnow)
-    expires_at: datetime
+    acquired_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
 
 
 class TelemetrySnapshot(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     device_name: str = Field(index=True)
-    taken_at: datetime = Field(default_factory=utcnow, index=True)
+    taken_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow, index=True)
     temp_c: float | None = None
     freq_mhz: float | None = None
     throttled_bits: int | None = None
@@ -227,9 +252,9 @@ class Job(SQLModel, table=True):
     schedule_id: int | None = None
     cancel_requested: bool = False
     worker: str | None = None  # host:pid of the process running it
-    created_at: datetime = Field(default_factory=utcnow, index=True)
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+    created_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow, index=True)
+    started_at: datetime | None = Field(sa_type=UTCDateTime, default=None)
+    finished_at: datetime | None = Field(sa_type=UTCDateTime, default=None)
 
 
 class Schedule(SQLModel, table=True):
@@ -240,11 +265,11 @@ class Schedule(SQLModel, table=True):
     params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     targets: str = ""
     cron: str | None = None
-    run_at: datetime | None = None
-    next_run_at: datetime | None = Field(default=None, index=True)
+    run_at: datetime | None = Field(sa_type=UTCDateTime, default=None)
+    next_run_at: datetime | None = Field(sa_type=UTCDateTime, default=None, index=True)
     enabled: bool = True
     created_by: str = ""
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
     last_job_id: int | None = None
 
 
@@ -256,8 +281,8 @@ class ApiToken(SQLModel, table=True):
     role: str  # viewer | operator | admin
     token_hash: str = Field(index=True, unique=True)
     prefix: str  # first characters, to recognise a token in lists
-    created_at: datetime = Field(default_factory=utcnow)
-    last_used_at: datetime | None = None
+    created_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
+    last_used_at: datetime | None = Field(sa_type=UTCDateTime, default=None)
     revoked: bool = False
 
 
@@ -268,13 +293,13 @@ class BrowserSession(SQLModel, table=True):
 
     id_hash: str = Field(primary_key=True)
     token_id: int = Field(index=True)
-    created_at: datetime = Field(default_factory=utcnow)
-    expires_at: datetime
+    created_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
 
 
 class AuditEvent(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
-    at: datetime = Field(default_factory=utcnow, index=True)
+    at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow, index=True)
     actor: str  # token name, or the OS user for the CLI
     action: str  # push | bench | inventory.sync | token.create | ...
     target: str = ""

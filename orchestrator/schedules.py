@@ -25,6 +25,7 @@ from orchestrator.config import Settings
 from orchestrator.db import session_scope
 from orchestrator.errors import EdgeFleetError, NotFoundError
 from orchestrator.models import Job, Schedule
+from orchestrator.utc import as_utc
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def parse_time(text: str) -> datetime:
         raise EdgeFleetError(f"time {text!r}: use YYYY-MM-DD HH:MM (UTC) or an ISO time such "
                              "as 2030-01-01T03:00:00Z") from None
     try:
-        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        return as_utc(moment)
     except OverflowError:
         raise EdgeFleetError(f"time {text!r} is out of range: in UTC it falls before year 1 "
                              "or after 9999") from None
@@ -75,8 +76,7 @@ def create(settings: Settings, kind: str, params: dict[str, Any] | None, targets
         first = next_fire(cron, now)
     else:
         assert run_at is not None
-        run_at = jobs.utc(run_at)
-        first = run_at
+        run_at = first = as_utc(run_at)  # an input: naive means UTC
     targets = job_exec.default_targets(kind, targets)
     with session_scope(settings) as session:
         checked = job_exec.validate_params(session, kind, params, targets)
@@ -92,7 +92,7 @@ def create(settings: Settings, kind: str, params: dict[str, Any] | None, targets
 def _described(schedule: Schedule) -> dict[str, Any]:
     """What an audit event says about a schedule (the rest of the row is in the log already
     for ``schedule.create``, and gone after ``schedule.delete``)."""
-    run_at = jobs.utc(schedule.run_at)
+    run_at = schedule.run_at
     return {"kind": schedule.kind, "targets": schedule.targets, "cron": schedule.cron,
             "run_at": run_at.isoformat() if run_at else None}
 
@@ -122,9 +122,9 @@ def schedule_public(s: Schedule) -> dict[str, Any]:
     iso = (lambda v: v.isoformat() if v else None)  # noqa: E731
     return {
         "id": s.id, "kind": s.kind, "params": s.params, "targets": s.targets, "cron": s.cron,
-        "run_at": iso(jobs.utc(s.run_at)), "next_run_at": iso(jobs.utc(s.next_run_at)),
+        "run_at": iso(s.run_at), "next_run_at": iso(s.next_run_at),
         "enabled": s.enabled, "created_by": s.created_by,
-        "created_at": iso(jobs.utc(s.created_at)), "last_job_id": s.last_job_id,
+        "created_at": iso(s.created_at), "last_job_id": s.last_job_id,
     }
 
 
@@ -132,7 +132,7 @@ def due(settings: Settings, now: datetime) -> list[Job]:
     """Submit a job (origin "schedule") for every enabled schedule whose time has come; advance
     cron schedules past ``now``, disable one-offs. A job that cannot be submitted (its bundle
     was deleted, its targets match nothing any more) is recorded as a failed job."""
-    now = jobs.utc(now) or datetime.now(UTC)
+    now = as_utc(now)
     with session_scope(settings) as session:
         ready = session.exec(select(Schedule).where(
             col(Schedule.enabled), col(Schedule.next_run_at) <= now)

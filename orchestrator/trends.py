@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import case, false, func
@@ -69,11 +69,6 @@ class MatrixCell:
     valid_runs: int
     invalid_ms: float | None
     invalid_runs: int
-
-
-def _utc(value: datetime) -> datetime:
-    """SQLite hands datetimes back naive; they were written in UTC (models.utcnow)."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _split_p50() -> tuple[Any, Any, Any, Any]:
@@ -123,7 +118,7 @@ def trend_points(session: Session, bundle: str | None = None, threads: int | Non
             session.exec(query).all():
         for p50, count, valid in ((v_avg, v_n, True), (i_avg, i_n, False)):
             if count:
-                points.append(TrendPoint(device, name, version, n_threads, run_id, _utc(at),
+                points.append(TrendPoint(device, name, version, n_threads, run_id, at,
                                          float(p50), valid, int(count)))
     return mark_regressions(points)
 

@@ -51,8 +51,7 @@ class FleetCollector(Collector):
                     bits.add_metric([device.name], sensors["throttled"])
                 seen = device.last_seen
                 online.add_metric([device.name], float(
-                    seen is not None and now - seen.replace(tzinfo=seen.tzinfo or UTC)
-                    < ONLINE_WINDOW))
+                    seen is not None and now - seen < ONLINE_WINDOW))
             latest = (select(Result.device_name, Run.bundle_name, Run.bundle_version,
                              Result.threads, Result.p50_ms)
                       .join(Run, col(Run.id) == col(Result.run_id))

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.utc import parse_utc
+
 ONLINE_WINDOW = timedelta(minutes=3)
 TEMP_LIMIT_C = 80.0  # where Pi firmware starts soft throttling (agent/sampler.py TEMP_LIMIT_C)
 NOW_MASK = 0xF  # get_throttled "now" bits (DESIGN: bits 0-3)
@@ -31,18 +33,15 @@ THROTTLE_WORDS: dict[str, tuple[str, str]] = {
 HOT_HINT = "add active cooling"
 
 
-def as_utc(value: datetime | str | None) -> datetime | None:
-    """SQLite hands datetimes back naive; they were written in UTC (models.utcnow)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+def _moment(value: datetime | str | None) -> datetime | None:
+    """A row's datetime (aware UTC: models.UTCDateTime) or the ISO text of one in a JSON
+    shape such as ``device_public``, as an aware UTC datetime."""
+    return parse_utc(value) if isinstance(value, str) else value
 
 
 def ago(value: datetime | str | None, now: datetime | None = None) -> str:
     """"5 min ago": people compare last-seen times at a glance, not timestamps."""
-    when = as_utc(value)
+    when = _moment(value)
     if when is None:
         return "never"
     seconds = ((now or datetime.now(UTC)) - when).total_seconds()
@@ -59,12 +58,12 @@ def ago(value: datetime | str | None, now: datetime | None = None) -> str:
 
 def when(value: datetime | str | None) -> str:
     """A timestamp to the minute, in UTC, labelled: what a log or a colleague would quote."""
-    moment = as_utc(value)
-    return "–" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    moment = _moment(value)
+    return "–" if moment is None else moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def is_online(last_seen: datetime | str | None, now: datetime | None = None) -> bool:
-    when = as_utc(last_seen)
+    when = _moment(last_seen)
     return when is not None and (now or datetime.now(UTC)) - when <= ONLINE_WINDOW
 
 
@@ -110,7 +109,7 @@ def device_row(public: dict[str, Any], now: datetime | None = None) -> dict[str,
 
 
 def _epoch(value: datetime | str | None) -> float | None:
-    when = as_utc(value)
+    when = _moment(value)
     return None if when is None else when.timestamp()
 
 

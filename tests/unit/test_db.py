@@ -6,6 +6,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from orchestrator.db import (
     session_scope,
 )
 from orchestrator.db import head_revision as cheap_head_revision
-from orchestrator.models import Bundle, Device
+from orchestrator.models import Bundle, Device, UTCDateTime
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -194,3 +195,30 @@ def test_constraints_from_the_migration_hold(settings: Settings) -> None:
     with session_scope(settings) as session:
         assert [b.digest for b in session.exec(select(Bundle))] == ["a" * 64]
         assert list(session.exec(select(Device))) == []
+
+
+def test_every_datetime_column_is_utc(settings: Settings) -> None:
+    """One column type for time (orchestrator.utc): a new datetime column left to SQLModel's
+    default would hand back naive values on older SQLModel versions, and code would start
+    patching tzinfo again. Its impl is the migrations' DateTime(timezone=True)."""
+    datetime_columns = [c for t in SQLModel.metadata.tables.values() for c in t.columns
+                        if isinstance(getattr(c.type, "impl", c.type), sa.DateTime)]
+    assert len(datetime_columns) >= 20
+    for column in datetime_columns:
+        assert isinstance(column.type, UTCDateTime), column
+        assert isinstance(column.type.impl, sa.DateTime) and column.type.impl.timezone
+
+
+def test_datetimes_come_back_aware_in_utc_and_naive_ones_are_refused(
+        settings: Settings) -> None:
+    cet = datetime(2026, 11, 21, 10, 30, tzinfo=timezone(timedelta(hours=1)))
+    with session_scope(settings) as session:
+        session.add(Device(name="pi", address="a", last_seen=cet))
+    with session_scope(settings) as session:
+        device = session.exec(select(Device)).one()
+        assert device.last_seen == cet and device.last_seen.tzinfo is UTC
+        assert device.created_at.tzinfo is UTC
+        assert session.exec(select(Device).where(Device.last_seen == cet)).one() is device
+    with pytest.raises(sa.exc.StatementError, match="naive datetime"), \
+            session_scope(settings) as session:
+        session.add(Device(name="pi2", address="b", last_seen=datetime(2026, 11, 21, 9, 30)))

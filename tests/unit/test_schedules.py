@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
-from orchestrator import job_runner, jobs, schedules
+from orchestrator import job_runner, schedules
 from orchestrator.config import Settings
 from orchestrator.db import session_scope
 from orchestrator.errors import EdgeFleetError, NotFoundError
@@ -99,7 +99,7 @@ def test_cron_schedule_fires_once_per_due_time_and_advances(settings: Settings) 
     created = schedules.create(settings, "push", {"bundle": "fc"}, "pi-a", cron="0 3 * * *",
                                actor="alice")
     now = datetime.now(UTC)
-    first = jobs.utc(created.next_run_at)
+    first = created.next_run_at
     assert first is not None and now < first <= now + timedelta(days=1)
     assert (first.hour, first.minute, first.second) == (3, 0, 0)
     public = schedules.schedule_public(created)
@@ -114,7 +114,7 @@ def test_cron_schedule_fires_once_per_due_time_and_advances(settings: Settings) 
         ("push", "queued", "schedule", created.id, "alice", "pi-a")
     after = stored(settings, created.id)  # type: ignore[arg-type]
     assert after.enabled and after.last_job_id == job.id
-    assert jobs.utc(after.next_run_at) == (first + timedelta(days=4))
+    assert after.next_run_at == (first + timedelta(days=4))
     assert schedules.due(settings, late) == []  # fired already
     assert len(schedule_jobs(settings)) == 1
 
@@ -122,7 +122,7 @@ def test_cron_schedule_fires_once_per_due_time_and_advances(settings: Settings) 
 def test_one_off_fires_once_then_disables(settings: Settings) -> None:
     naive = datetime(2026, 12, 1, 12, 0)  # naive means UTC
     created = schedules.create(settings, "telemetry", {}, "", run_at=naive, actor="tester")
-    assert jobs.utc(created.next_run_at) == naive.replace(tzinfo=UTC)
+    assert created.next_run_at == naive.replace(tzinfo=UTC)
     assert created.targets == "all"
     assert schedules.due(settings, naive.replace(tzinfo=UTC) - timedelta(minutes=1)) == []
     (job,) = schedules.due(settings, naive.replace(tzinfo=UTC) + timedelta(minutes=1))
