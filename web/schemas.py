@@ -63,7 +63,9 @@ class DevicePublic(Out):
 
 
 class DeploymentRow(Out):
-    """One push or rollback of a device (the ``Deployment`` table row as JSON)."""
+    """One push or rollback of a device (the ``Deployment`` table row as JSON). Its keys now
+    come in this, the table's, order; ``model_dump`` of a loaded row gave them in the order
+    SQLAlchemy happened to set the attributes, which varied between processes."""
 
     device_name: str
     operation: str = Field(description="push | rollback")
