@@ -98,21 +98,15 @@ def devices_list(targets: Targets = "all", as_json: JsonOpt = False) -> None:
 @handles_errors
 def devices_show(name: str, as_json: JsonOpt = False) -> None:
     """One device: inventory settings, facts, recent deployments."""
-    from sqlmodel import col, select
-
     from orchestrator.db import session_scope
-    from orchestrator.devices import device_public, get_device
-    from orchestrator.models import Deployment
+    from orchestrator.devices import device_public, get_device, recent_deployments
 
     with session_scope(settings()) as session:
         device = get_device(session, name)
         public = device_public(device)
         public["root"] = device.root
         public["facts"] = device.facts
-        deployments = session.exec(
-            select(Deployment).where(Deployment.device_name == name)
-            .order_by(col(Deployment.id).desc()).limit(10)
-        ).all()
+        deployments = recent_deployments(session, name)
         public["deployments"] = [d.model_dump(mode="json", exclude={"id"}) for d in deployments]
     if as_json:
         output.print_json(public)

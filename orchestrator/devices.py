@@ -172,3 +172,18 @@ def record_device_report(session: Session, name: str, report: dict[str, Any]) ->
     device.last_seen = now
     session.add(device)
     return [str(item.get("message")) for item in recovered]
+
+
+RECENT_DEPLOYMENTS = 20  # a device's history at a glance: a page, not an archive
+
+
+def recent_deployments(session: Session, device: str | None = None,
+                       limit: int = RECENT_DEPLOYMENTS) -> list[Deployment]:
+    """The newest deployments (push, rollback, recover), newest first; of one device when
+    ``device`` is given. One query and one default bound for `devices show`, the API's device
+    view and the device page, which used to run three copies with three limits."""
+    query = select(Deployment)
+    if device is not None:
+        query = query.where(Deployment.device_name == device)
+    return list(session.exec(query.order_by(col(Deployment.id).desc())
+                             .limit(max(1, int(limit)))).all())

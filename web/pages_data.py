@@ -1,4 +1,5 @@
-"""Read-only queries the pages need that the services do not offer yet (per-device history).
+"""Read-only queries the pages need that the services do not offer yet (per-device history;
+a device's deployments are ``devices.recent_deployments``, shared with the CLI and the API).
 
 Kept out of the route functions so routes stay "read, shape, render", and kept small: plain
 SELECTs over the service-owned tables, newest first, bounded. If the CLI or API ever needs the
@@ -12,7 +13,7 @@ from typing import Any
 from sqlalchemy.orm import defer
 from sqlmodel import Session, col, select
 
-from orchestrator.models import Deployment, Result, Run, TelemetrySnapshot
+from orchestrator.models import Result, Run, TelemetrySnapshot
 from orchestrator.runs import result_public
 
 TELEMETRY_LIMIT = 500  # a few days of minute polls: enough to see a hot afternoon
@@ -27,12 +28,6 @@ def device_telemetry(session: Session, name: str,
                                   col(TelemetrySnapshot.id).desc())
                         .limit(limit)).all()
     return list(reversed(rows))
-
-
-def device_deployments(session: Session, name: str,
-                       limit: int = HISTORY_LIMIT) -> list[Deployment]:
-    return list(session.exec(select(Deployment).where(Deployment.device_name == name)
-                             .order_by(col(Deployment.id).desc()).limit(limit)).all())
 
 
 def device_results(session: Session, name: str, limit: int = HISTORY_LIMIT

@@ -8,12 +8,18 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from orchestrator.db import session_scope
-from orchestrator.devices import all_devices, device_public, get_device, select_devices
+from orchestrator.devices import (
+    all_devices,
+    device_public,
+    get_device,
+    recent_deployments,
+    select_devices,
+)
 from orchestrator.errors import EdgeFleetError, NotFoundError
 from orchestrator.output import human_bytes
 from orchestrator.reports import flag_notes, report_rows
 from web.pages_common import Viewer, not_found, render, settings_of
-from web.pages_data import device_deployments, device_results, device_telemetry
+from web.pages_data import device_results, device_telemetry
 from web.pages_view import device_row, telemetry_series
 
 router = APIRouter()
@@ -71,7 +77,7 @@ def device_page(request: Request, name: str,
         public = device_public(device)
         facts = _facts(public, device.facts or {})
         telemetry = telemetry_series(device_telemetry(session, name))
-        deployments = device_deployments(session, name)
+        deployments = recent_deployments(session, name)
         results = device_results(session, name)
     rows = [row | {"run_id": r["run_id"], "reasons": r.get("reasons") or []}
             for row, r in zip(report_rows(results), results, strict=True)]

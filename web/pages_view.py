@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.utc import parse_utc
+from orchestrator.utc import as_utc, parse_utc
 
 ONLINE_WINDOW = timedelta(minutes=3)
 TEMP_LIMIT_C = 80.0  # where Pi firmware starts soft throttling (agent/sampler.py TEMP_LIMIT_C)
@@ -34,9 +34,12 @@ HOT_HINT = "add active cooling"
 
 
 def _moment(value: datetime | str | None) -> datetime | None:
-    """A row's datetime (aware UTC: models.UTCDateTime) or the ISO text of one in a JSON
-    shape such as ``device_public``, as an aware UTC datetime."""
-    return parse_utc(value) if isinstance(value, str) else value
+    """A template's time as an aware UTC datetime. Rows' datetimes are aware already
+    (models.UTCDateTime); these filters also take ISO text from JSON shapes such as
+    ``device_public``, and read any naive input as UTC by the one rule (orchestrator.utc)."""
+    if value is None:
+        return None
+    return parse_utc(value) if isinstance(value, str) else as_utc(value)
 
 
 def ago(value: datetime | str | None, now: datetime | None = None) -> str:
