@@ -1,7 +1,7 @@
 """SQLModel tables. The schema changes only through alembic migrations in migrations/.
 
-Models follow the Base / table / Public split so API responses never carry more than they should
-(no key paths or environment values leave through ``*Public``).
+What leaves through the API is declared in web/schemas.py (response models), built by the
+services' ``*_public`` functions, so no key path or environment value leaves by accident.
 """
 
 from __future__ import annotations
@@ -70,13 +70,6 @@ class Device(DeviceBase, table=True):
     updated_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
 
 
-class DevicePublic(DeviceBase):
-    id: int
-    root: str
-    facts: dict[str, Any]
-    source: str | None
-
-
 class BundleBase(SQLModel):
     name: str = Field(index=True)
     version: str
@@ -90,11 +83,6 @@ class Bundle(BundleBase, table=True):
     __table_args__ = (UniqueConstraint("name", "version", name="uq_bundle_name_version"),)
     id: int | None = Field(default=None, primary_key=True)
     manifest_json: str  # canonical manifest bytes (utf-8); sha256 of these is ``digest``
-
-
-class BundlePublic(BundleBase):
-    id: int
-    manifest: dict[str, Any]
 
 
 class DatasetBase(SQLModel):
@@ -118,18 +106,14 @@ class Dataset(DatasetBase, table=True):
     manifest_json: str  # canonical manifest bytes (utf-8); sha256 of these is ``digest``
 
 
-class DatasetPublic(DatasetBase):
-    id: int
-    manifest: dict[str, Any]
-
-
 class DeploymentBase(SQLModel):
     device_name: str = Field(index=True)
-    operation: str = "push"  # push | rollback
+    operation: str = "push"  # push | rollback | recover (a change the device's journal reverted)
     bundle_name: str | None = None
     bundle_version: str | None = None
     bundle_digest: str | None = None
-    state: str = "pending"  # pending | transferring | verifying | active | unchanged | failed
+    # pending | active | unchanged | failed | interrupted; recover rows: reverted | repaired
+    state: str = "pending"
     bytes_sent: int = 0
     duration_s: float | None = None
     error: str | None = None
@@ -140,10 +124,6 @@ class DeploymentBase(SQLModel):
 
 class Deployment(DeploymentBase, table=True):
     id: int | None = Field(default=None, primary_key=True)
-
-
-class DeploymentPublic(DeploymentBase):
-    id: int
 
 
 class Run(SQLModel, table=True):

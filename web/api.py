@@ -10,13 +10,17 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field, field_validator
-from sqlmodel import col, select
 
 from orchestrator.bundles import bundle_public, get_bundle, list_bundles
 from orchestrator.config import Settings
 from orchestrator.db import session_scope
-from orchestrator.devices import all_devices, device_public, get_device, select_devices
-from orchestrator.models import Deployment
+from orchestrator.devices import (
+    all_devices,
+    device_public,
+    get_device,
+    recent_deployments,
+    select_devices,
+)
 from orchestrator.runs import get_run, list_runs, run_public, run_results
 from web.inputs import RowId, StrictJsonRoute
 from web.schemas import (
@@ -121,8 +125,7 @@ def device(name: str, settings: SettingsDep, _: Viewer) -> Json:
     with session_scope(settings) as session:
         row = get_device(session, name)
         out = device_public(row) | {"facts": row.facts}
-        deployments = session.exec(select(Deployment).where(Deployment.device_name == name)
-                                   .order_by(col(Deployment.id).desc()).limit(20)).all()
+        deployments = recent_deployments(session, name)
         out["deployments"] = [d.model_dump(mode="json") for d in deployments]
         return out
 
