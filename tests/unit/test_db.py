@@ -98,22 +98,29 @@ def test_second_get_engine_on_the_same_url(settings: Settings) -> None:
         session.add(Device(name="pi5-a", address="10.0.0.1"))
 
 
-def test_a_new_process_on_an_existing_db_upgrades_nothing_and_keeps_data(
-    settings: Settings,
-) -> None:
-    with session_scope(settings) as session:
-        session.add(Device(name="pi5-a", address="10.0.0.1", labels={"cooler": "none"}))
+def _devices_seen_by_a_new_process(settings: Settings, expression: str) -> str:
+    """What a fresh interpreter on this home prints for ``[expression for d in devices]``
+    (it opens the DB as any command does: the version check, an upgrade if needed)."""
     env = dict(os.environ, EDGEFLEET_HOME=str(settings.home))
     env.pop("DATABASE_URL", None)
     code = ("from orchestrator.db import session_scope\n"
             "from orchestrator.models import Device\n"
             "from sqlmodel import select\n"
             "with session_scope() as s:\n"
-            "    print([(d.name, d.labels) for d in s.exec(select(Device))])\n")
+            f"    print([{expression} for d in s.exec(select(Device))])\n")
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                             text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[('pi5-a', {'cooler': 'none'})]"
+    return result.stdout.strip()
+
+
+def test_a_new_process_on_an_existing_db_upgrades_nothing_and_keeps_data(
+    settings: Settings,
+) -> None:
+    with session_scope(settings) as session:
+        session.add(Device(name="pi5-a", address="10.0.0.1", labels={"cooler": "none"}))
+    assert _devices_seen_by_a_new_process(settings, "(d.name, d.labels)") == \
+        "[('pi5-a', {'cooler': 'none'})]"
 
 
 def test_a_new_process_upgrades_a_db_left_at_an_older_revision(settings: Settings) -> None:
@@ -124,17 +131,7 @@ def test_a_new_process_upgrades_a_db_left_at_an_older_revision(settings: Setting
     command.downgrade(alembic_config(settings.db_url), "-1")
     older = current_revision(engine)
     assert older is not None and older != head_revision()
-    env = dict(os.environ, EDGEFLEET_HOME=str(settings.home))
-    env.pop("DATABASE_URL", None)
-    code = ("from orchestrator.db import session_scope\n"
-            "from orchestrator.models import Device\n"
-            "from sqlmodel import select\n"
-            "with session_scope() as s:\n"
-            "    print([d.name for d in s.exec(select(Device))])\n")
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                            text=True, timeout=60, check=False)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "['pi5-a']"
+    assert _devices_seen_by_a_new_process(settings, "d.name") == "['pi5-a']"
     assert current_revision(engine) == head_revision()
     assert schema_diffs(engine, SQLModel.metadata) == []
 
