@@ -1,16 +1,24 @@
 """JSON API under /api. Thin: each route calls one service function, which also records the
-audit event (routes pass who is acting); OpenAPI at /docs. The services build the response
+audit event (routes pass who is acting); read routes get their DB session as a dependency
+(``SessionDep``), write routes the settings (their service owns the transaction); OpenAPI at
+/docs. The services build the response
 dicts; each route declares their shape (``response_model``, web/schemas.py) so /docs and
 /openapi.json show every response's schema and the shape cannot drift unnoticed."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field, field_validator
+from sqlmodel import Session
 
+from orchestrator import inventory_sync as inventory_service
+from orchestrator import jobs as job_service
+from orchestrator import schedules as schedule_service
+from orchestrator.audit import event_public, list_events
 from orchestrator.bundles import bundle_public, get_bundle, list_bundles
 from orchestrator.config import Settings
 from orchestrator.db import session_scope
@@ -21,7 +29,10 @@ from orchestrator.devices import (
     recent_deployments,
     select_devices,
 )
+from orchestrator.errors import EdgeFleetError
 from orchestrator.runs import get_run, list_runs, run_public, run_results
+from orchestrator.schedules import parse_time
+from orchestrator.stats import compare_runs
 from web.inputs import RowId, StrictJsonRoute
 from web.schemas import (
     AuditEventPublic,
@@ -52,6 +63,16 @@ def settings_of(request: Request) -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(settings_of)]
+
+
+def db_session(settings: SettingsDep) -> Iterator[Session]:
+    """One DB session for a read route (writes go through services that own their
+    transaction and their audit event, so they take the settings instead)."""
+    with session_scope(settings) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(db_session)]
 # What the services return; ``response_model`` on each route says (and checks) its shape.
 Json = dict[str, Any]
 
@@ -94,9 +115,6 @@ class ScheduleIn(JobIn):
         """Read as the pages read it (``schedules.parse_time``), not as pydantic would: no
         numbers as Unix times (a ``0`` here is a mistake, not 1970). A bad time is a 422
         naming it, never an error in the route."""
-        from orchestrator.errors import EdgeFleetError
-        from orchestrator.schedules import parse_time
-
         if value is None or isinstance(value, datetime):
             return value
         if not isinstance(value, str):
@@ -114,76 +132,62 @@ class InventorySyncIn(BaseModel):
 
 
 @router.get("/devices", response_model=list[DevicePublic])
-def devices(settings: SettingsDep, _: Viewer, pattern: str | None = None) -> list[Json]:
-    with session_scope(settings) as session:
-        found = select_devices(session, pattern) if pattern else all_devices(session)
-        return [device_public(d) for d in found]
+def devices(session: SessionDep, _: Viewer, pattern: str | None = None) -> list[Json]:
+    found = select_devices(session, pattern) if pattern else all_devices(session)
+    return [device_public(d) for d in found]
 
 
 @router.get("/devices/{name}", response_model=DeviceDetail)
-def device(name: str, settings: SettingsDep, _: Viewer) -> Json:
-    with session_scope(settings) as session:
-        row = get_device(session, name)
-        out = device_public(row) | {"facts": row.facts}
-        deployments = recent_deployments(session, name)
-        out["deployments"] = [d.model_dump(mode="json") for d in deployments]
-        return out
+def device(name: str, session: SessionDep, _: Viewer) -> Json:
+    row = get_device(session, name)
+    out = device_public(row) | {"facts": row.facts}
+    deployments = recent_deployments(session, name)
+    out["deployments"] = [d.model_dump(mode="json") for d in deployments]
+    return out
 
 
 @router.get("/bundles", response_model=list[BundlePublic])
-def bundles(settings: SettingsDep, _: Viewer) -> list[Json]:
-    with session_scope(settings) as session:
-        return [bundle_public(b) for b in list_bundles(session)]
+def bundles(session: SessionDep, _: Viewer) -> list[Json]:
+    return [bundle_public(b) for b in list_bundles(session)]
 
 
 @router.get("/bundles/{ref}", response_model=BundlePublic)
-def bundle(ref: str, settings: SettingsDep, _: Viewer) -> Json:
-    with session_scope(settings) as session:
-        return bundle_public(get_bundle(session, ref))
+def bundle(ref: str, session: SessionDep, _: Viewer) -> Json:
+    return bundle_public(get_bundle(session, ref))
 
 
 @router.get("/runs", response_model=list[RunPublic])
-def runs(settings: SettingsDep, _: Viewer, limit: int = Query(50, ge=1, le=500)) -> list[Json]:
-    with session_scope(settings) as session:
-        return [run_public(r) for r in list_runs(session, limit)]
+def runs(session: SessionDep, _: Viewer, limit: int = Query(50, ge=1, le=500)) -> list[Json]:
+    return [run_public(r) for r in list_runs(session, limit)]
 
 
 # exclude_unset: a bench run has no "agreement", a result no "eval" or "latencies_ms"
 # unless asked for; absent keys stay absent rather than becoming nulls.
 @router.get("/runs/{run_id}", response_model=RunDetail, response_model_exclude_unset=True)
-def run(run_id: RowId, settings: SettingsDep, _: Viewer, raw: bool = False) -> Json:
-    with session_scope(settings) as session:
-        return run_public(get_run(session, run_id),
-                          run_results(session, run_id, latencies=raw, samples=raw), raw=raw)
+def run(run_id: RowId, session: SessionDep, _: Viewer, raw: bool = False) -> Json:
+    return run_public(get_run(session, run_id),
+                      run_results(session, run_id, latencies=raw, samples=raw), raw=raw)
 
 
 @router.get("/compare", response_model=list[CompareRow])
-def compare(a: RowId, b: RowId, settings: SettingsDep, _: Viewer,
+def compare(a: RowId, b: RowId, session: SessionDep, _: Viewer,
             include_invalid: bool = False) -> list[Json]:
-    from orchestrator.stats import compare_runs
-
-    with session_scope(settings) as session:
-        first, second = (run_public(get_run(session, run_id),
-                                    run_results(session, run_id, latencies=True),
-                                    latencies=True)["results"] for run_id in (a, b))
+    first, second = (run_public(get_run(session, run_id),
+                                run_results(session, run_id, latencies=True),
+                                latencies=True)["results"] for run_id in (a, b))
     return compare_runs(first, second, include_invalid=include_invalid)
 
 
 @router.get("/jobs", response_model=list[JobPublic])
-def jobs(settings: SettingsDep, _: Viewer, state: str | None = None,
+def jobs(session: SessionDep, _: Viewer, state: str | None = None,
          kind: str | None = None) -> list[Json]:
-    from orchestrator.jobs import job_public, list_jobs
-
-    with session_scope(settings) as session:
-        return [job_public(j) for j in list_jobs(session, 100, state=state, kind=kind)]
+    return [job_service.job_public(j)
+            for j in job_service.list_jobs(session, 100, state=state, kind=kind)]
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic)
-def job(job_id: RowId, settings: SettingsDep, _: Viewer) -> Json:
-    from orchestrator.jobs import get_job, job_public
-
-    with session_scope(settings) as session:
-        return job_public(get_job(session, job_id))
+def job(job_id: RowId, session: SessionDep, _: Viewer) -> Json:
+    return job_service.job_public(job_service.get_job(session, job_id))
 
 
 @router.post("/jobs", status_code=201, dependencies=[Csrf], response_model=JobPublic, responses={
@@ -194,70 +198,54 @@ def submit_job(body: JobIn, request: Request, settings: SettingsDep,
                principal: Operator) -> Json:
     """Queue a push, bench, eval or telemetry job; workers start it at once. Its progress
     is ``GET /api/jobs/{id}``; a bench or eval job links its results as ``run_id``."""
-    from orchestrator import jobs
-    from orchestrator.errors import EdgeFleetError
-
     try:
-        created = jobs.submit(settings, body.kind, body.params, body.targets,
-                              actor=principal.name)
+        created = job_service.submit(settings, body.kind, body.params, body.targets,
+                                     actor=principal.name)
     except EdgeFleetError as exc:  # the request's content, not a missing URL: 422 even for
         raise HTTPException(422, str(exc)) from None  # a bundle or dataset that is not there
     runner = getattr(request.app.state, "runner", None)
     if runner is not None:
         runner.wake()
-    return jobs.job_public(created)
+    return job_service.job_public(created)
 
 
 @router.post("/jobs/{job_id}/cancel", dependencies=[Csrf], response_model=JobPublic)
 def cancel_job(job_id: RowId, settings: SettingsDep, principal: Operator) -> Json:
-    from orchestrator import jobs
-
-    return jobs.job_public(jobs.cancel(settings, job_id, actor=principal.name))
+    return job_service.job_public(job_service.cancel(settings, job_id, actor=principal.name))
 
 
 @router.get("/schedules", response_model=list[SchedulePublic])
-def schedules(settings: SettingsDep, _: Viewer) -> list[Json]:
-    from orchestrator.schedules import list_schedules, schedule_public
-
-    with session_scope(settings) as session:
-        return [schedule_public(s) for s in list_schedules(session)]
+def schedules(session: SessionDep, _: Viewer) -> list[Json]:
+    return [schedule_service.schedule_public(s)
+            for s in schedule_service.list_schedules(session)]
 
 
 @router.post("/schedules", status_code=201, dependencies=[Csrf],
              response_model=SchedulePublic)
 def create_schedule(body: ScheduleIn, settings: SettingsDep, principal: Operator) -> Json:
-    from orchestrator import schedules
-
-    created = schedules.create(settings, body.kind, body.params, body.targets,
-                               actor=principal.name, cron=body.cron, run_at=body.run_at)
-    return schedules.schedule_public(created)
+    created = schedule_service.create(settings, body.kind, body.params, body.targets,
+                                      actor=principal.name, cron=body.cron, run_at=body.run_at)
+    return schedule_service.schedule_public(created)
 
 
 @router.delete("/schedules/{schedule_id}", status_code=204, dependencies=[Csrf])
 def delete_schedule(schedule_id: RowId, settings: SettingsDep, principal: Operator) -> None:
-    from orchestrator import schedules
-
-    schedules.delete(settings, schedule_id, actor=principal.name)
+    schedule_service.delete(settings, schedule_id, actor=principal.name)
 
 
 @router.post("/inventory/sync", dependencies=[Csrf], response_model=InventorySyncOut)
 def inventory_sync(body: InventorySyncIn, settings: SettingsDep, principal: Admin) -> Json:
     """Only files under EDGEFLEET_INVENTORY_DIR (default EDGEFLEET_HOME) or already synced by
     the CLI are read (``inventory_sync.readable_path``)."""
-    from orchestrator import inventory_sync as sync
-
     if body.dry_run:
         with session_scope(settings) as session:
-            report = sync.preview(settings, session, body.path).report
+            report = inventory_service.preview(settings, session, body.path).report
     else:
-        report = sync.apply(settings, body.path, None, principal.name)
+        report = inventory_service.apply(settings, body.path, None, principal.name)
     return report.as_dict() | {"applied": not body.dry_run}
 
 
 @router.get("/audit", response_model=list[AuditEventPublic])
-def audit_log(settings: SettingsDep, _: Admin,
+def audit_log(session: SessionDep, _: Admin,
               limit: int = Query(200, ge=1, le=1000)) -> list[Json]:
-    from orchestrator.audit import event_public, list_events
-
-    with session_scope(settings) as session:
-        return [event_public(e) for e in list_events(session, limit)]
+    return [event_public(e) for e in list_events(session, limit)]
