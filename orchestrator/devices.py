@@ -15,10 +15,6 @@ from orchestrator.listings import select_by_pattern
 from orchestrator.models import Deployment, Device
 from orchestrator.transport import Target
 
-# Inventory-owned fields; anything else on a Device (facts, active bundle) is learned from it.
-SYNCED_FIELDS = ("address", "port", "user", "key_file", "connection", "root", "python", "env",
-                 "labels", "groups")
-
 
 @dataclass
 class SyncReport:

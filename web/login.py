@@ -7,13 +7,12 @@ both. How sessions and cookies work is in web.security's docstring.
 
 from __future__ import annotations
 
-import html
 import secrets
 from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response
 
 from orchestrator import auth
 from orchestrator.db import session_scope
@@ -21,7 +20,6 @@ from web.pages_common import render
 from web.security import (
     COOKIE,
     SESSION_MAX_AGE,
-    WEB_DIR,
     form_fields,
     load_session,
     request_settings,
@@ -31,41 +29,14 @@ from web.security import (
 
 router = APIRouter(include_in_schema=False)
 
-_FORM = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>EdgeFleet — log in</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"></head>
-<body><main style="max-width:28rem;margin:4rem auto;font-family:sans-serif">
-<h1>EdgeFleet</h1>{note}{error}
-<form method="post" action="/login">
-<input type="hidden" name="next" value="{next}">
-<label>API token<br><input type="password" name="token" autocomplete="current-password"
- required autofocus style="width:100%"></label>
-<p><button type="submit">Log in</button></p></form>
-<p><small>Create a token on the server: <code>edgefleet tokens create --role viewer</code>
-</small></p></main></body></html>"""
-
-
-_LOGIN_CSP = ("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-              "base-uri 'none'; frame-ancestors 'none'")
-
-
 def _login_page(request: Request, next_: str, error: str = "",
                 status_code: int = 200) -> Response:
-    """``web/templates/login.html`` through the pages' ``render`` when both exist (their
-    layout, headers and filters); otherwise a self-contained form."""
+    """``web/templates/login.html`` with the pages' layout, headers and filters."""
     with session_scope(request_settings(request)) as session:
         configured = auth.auth_configured(session)
-    if (WEB_DIR / "templates" / "login.html").is_file():
-        return render(request, "login.html",
-                      {"title": "Log in", "next": next_, "error": error or None,
-                       "auth_configured": configured}, None, status_code=status_code)
-    note = "" if configured else ("<p>No admin token exists yet: this server serves only this "
-                                  "machine and you are its admin. <a href=\"/\">Continue</a></p>")
-    err = f'<p role="alert" style="color:#b00">{html.escape(error)}</p>' if error else ""
-    return HTMLResponse(_FORM.format(note=note, error=err, next=html.escape(next_)),
-                        status_code=status_code,
-                        headers={"Content-Security-Policy": _LOGIN_CSP,
-                                 "X-Content-Type-Options": "nosniff"})
+    return render(request, "login.html",
+                  {"title": "Log in", "next": next_, "error": error or None,
+                   "auth_configured": configured}, None, status_code=status_code)
 
 
 @router.get("/login")

@@ -33,7 +33,6 @@ import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -53,7 +52,6 @@ CSRF_FIELD = "csrf_token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 MAX_FORM_BYTES = 64 * 1024
 _SALT = "edgefleet.session.v1"
-WEB_DIR = Path(__file__).resolve().parent
 # Starlette parses forms only with python-multipart; without it we read url-encoded bodies
 # ourselves (and then no route can use Form(), so nobody else consumes the body first).
 _HAVE_MULTIPART = any(importlib.util.find_spec(m) for m in ("python_multipart", "multipart"))

@@ -270,10 +270,8 @@ def test_login_with_a_bad_token_shows_the_form_again(client: TestClient,
     assert security.COOKIE not in r.headers.get("set-cookie", "")
 
 
-def test_the_login_form_stands_alone_without_the_pages_template(
-        client: TestClient, tokens: dict[str, str], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(security, "WEB_DIR", tmp_path)  # no templates/login.html there
+def test_the_login_form_escapes_next_and_forbids_framing(
+        client: TestClient, tokens: dict[str, str]) -> None:
     r = client.get('/login?next=/runs/"><script>')
     assert r.status_code == 200 and 'name="token"' in r.text and "<script>" not in r.text
     assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
