@@ -36,14 +36,14 @@ from orchestrator.errors import AgentError, EdgeFleetError
 from orchestrator.fleet import Outcome, fan_out
 from orchestrator.leases import leased
 from orchestrator.models import Bundle, Dataset, Device, Result, Run
-from orchestrator.runs import (
+from orchestrator.run_lifecycle import (
     close_runs,
     failure_row,
     keeping,
     open_runs,
-    result_row,
     session_failure,
 )
+from orchestrator.runs import result_row
 from orchestrator.transport import Target, connect
 
 EventHandler = Callable[[str, dict[str, Any]], None]
