@@ -186,13 +186,18 @@ def test_compare_and_gate(cli: Cli, sshd_factory, tmp_path: Path) -> None:
     suite = ET.parse(junit).getroot()
     assert suite.find(".//failure") is not None
 
-    # The same bundle against itself, interleaved ABBA on the device: no verdict, gate passes.
+    # The same bundle against itself, interleaved ABBA on the device: the gate passes and the
+    # two arms agree within the noise. (Not "no significant change" at any price: a rank test
+    # at a fixed alpha calls an A/A run different by design now and then, and this shared
+    # 2-core machine drifts by several percent; CI once saw 0.90-0.99 here, "faster".)
     same = cli("bench", "big", "pis", "--threads", "1", "--warmup", "3", "--runs", "60",
                "--rounds", "6", "--baseline", "big", "--json").json
-    assert same["comparison"][0]["verdict"] == "no significant change", same["comparison"]
+    (aa,) = same["comparison"]
+    assert aa["verdict"] != "slower" or aa["ratio"] < 1.05, aa
+    assert 0.8 < aa["ratio"] < 1.25 and aa["ci_low"] < 1.1 and aa["ci_high"] > 0.9, aa
     assert not same["gate"]["failed"]
     a, b = (run["id"] for run in same["runs"])
-    assert "no significant change" in cli("runs", "compare", str(a), str(b)).stdout
+    assert aa["verdict"] in cli("runs", "compare", str(a), str(b)).stdout
 
 
 def test_provider_and_graph_optimization_reach_the_device(cli: Cli, sshd_factory,
