@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import atexit
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -79,6 +79,22 @@ def _dispose_engines() -> None:
     which the CLI skips at exit (cli.main)."""
     for engine in list(_engines.values()):
         engine.dispose()
+
+
+def engine_urls() -> set[str]:
+    """The URLs this process holds an engine for."""
+    with _lock:
+        return set(_engines)
+
+
+def forget_engines(keep: Collection[str] = ()) -> None:
+    """Close and forget every engine but those of the URLs in ``keep`` (the next
+    ``get_engine`` makes a new one). For a process that opens many databases one after the
+    other, such as the test session: each engine pools a few connections (three descriptors
+    each with SQLite's WAL), which otherwise stay open until exit."""
+    with _lock:
+        for url in [u for u in _engines if u not in keep]:
+            _engines.pop(url).dispose()
 
 
 def get_engine(settings: Settings | None = None) -> Engine:

@@ -70,3 +70,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"report_{report.when}", report)
+
+
+@pytest.fixture(autouse=True)
+def _close_test_databases() -> Iterator[None]:
+    """Each test's databases are closed after it (their engines' pooled connections would
+    otherwise pile up: over 1024 descriptors by the end of the suite). Engines that existed
+    before the test (a module-scoped fixture's) are kept."""
+    from orchestrator import db
+
+    before = db.engine_urls()
+    yield
+    db.forget_engines(keep=before)
