@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from orchestrator.demo_model import make_large_model
 from tests.conftest import Cli
@@ -76,13 +79,28 @@ def drop_link_mid_blob(home: Path, host: SshdHost, model: dict[str, Any],
     return part
 
 
-def test_the_next_push_sends_only_the_rest_of_the_blob(cli: Cli, home: Path, sshd_factory,
-                                                      tmp_path: Path) -> None:
+@dataclass
+class Dropped:
+    """A fleet of one whose push of ``bundle`` lost its link mid-``model``, ``part`` kept."""
+
+    host: SshdHost
+    bundle: dict[str, Any]
+    model: dict[str, Any]
+    part: Path
+
+
+@pytest.fixture
+def dropped(cli: Cli, home: Path, sshd_factory, tmp_path: Path) -> Dropped:  # type: ignore[no-untyped-def]
     (host,) = sshd_factory(1)
     setup_fleet(cli, tmp_path, [host])
     bundle = big_bundle(cli, tmp_path)
     model = model_of(bundle)
-    part = drop_link_mid_blob(home, host, model, tmp_path)
+    return Dropped(host, bundle, model, drop_link_mid_blob(home, host, model, tmp_path))
+
+
+def test_the_next_push_sends_only_the_rest_of_the_blob(cli: Cli, home: Path,
+                                                      dropped: Dropped) -> None:
+    host, bundle, model, part = dropped.host, dropped.bundle, dropped.model, dropped.part
     kept = part.stat().st_size
     assert sha256(part) == hashlib.sha256(
         (home / "blobs" / model["sha256"][:2] / model["sha256"]).read_bytes()[:kept]).hexdigest()
@@ -96,13 +114,8 @@ def test_the_next_push_sends_only_the_rest_of_the_blob(cli: Cli, home: Path, ssh
     assert part_files(host) == []
 
 
-def test_a_damaged_kept_prefix_is_sent_again_in_full(cli: Cli, home: Path, sshd_factory,
-                                                    tmp_path: Path) -> None:
-    (host,) = sshd_factory(1)
-    setup_fleet(cli, tmp_path, [host])
-    bundle = big_bundle(cli, tmp_path)
-    model = model_of(bundle)
-    part = drop_link_mid_blob(home, host, model, tmp_path)
+def test_a_damaged_kept_prefix_is_sent_again_in_full(cli: Cli, dropped: Dropped) -> None:
+    host, bundle, model, part = dropped.host, dropped.bundle, dropped.model, dropped.part
     with part.open("r+b") as handle:  # one bit flipped in the middle of what arrived
         handle.seek(part.stat().st_size // 2)
         byte = handle.read(1)
