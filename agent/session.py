@@ -16,7 +16,7 @@ the next session's ``plan`` offers its bytes (``resume``) and that ``receive`` c
 ``"offset"``, so only the rest is sent. A failed ``receive`` ends the session (the byte stream
 can no longer be trusted to be in step).
 Requests are answered strictly in order, so the control plane may send several ``receive``s
-before reading their results (orchestrator.agentclient.send_blobs pipelines up to 32).
+before reading their results (orchestrator.fleet.agentclient.send_blobs pipelines up to 32).
 """
 
 from __future__ import annotations

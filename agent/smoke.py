@@ -278,7 +278,7 @@ def _load_npz(path: str) -> Dict[str, Any]:
 
 
 def golden_session_options(ort: Any) -> Any:
-    """Session options of the golden run, at build time (orchestrator/golden.py) and here.
+    """Session options of the golden run, at build time (orchestrator/artifacts/golden.py) and here.
 
     One thread, as for a reference. No weight prepacking: it re-lays out every MatMul/Conv
     weight at load so that *repeated* runs go faster, and a golden run is a single run; on a

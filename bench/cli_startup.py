@@ -34,8 +34,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.push import LAN_RATE, STOCK_SFTP_SERVER, empty_device, lan_namespace, prepare  # noqa: E402
-from orchestrator.demo_model import make_large_model  # noqa: E402
-from orchestrator.deploy import push  # noqa: E402
+from orchestrator.demo.model import make_large_model  # noqa: E402
+from orchestrator.fleet.deploy import push  # noqa: E402
 from tests.fleet.sshd import SshdHost, UserKey, generate_user_key  # noqa: E402
 
 CPU_GOAL_S = 0.4

@@ -56,10 +56,10 @@ from fastapi.testclient import TestClient  # noqa: E402
 from sqlalchemy import event, insert  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 
-from orchestrator.config import Settings  # noqa: E402
-from orchestrator.db import get_engine  # noqa: E402
-from orchestrator.models import Device, Result, Run, TelemetrySnapshot  # noqa: E402
-from orchestrator.runs import pack_floats  # noqa: E402
+from orchestrator.core.config import Settings  # noqa: E402
+from orchestrator.core.db import get_engine  # noqa: E402
+from orchestrator.core.models import Device, Result, Run, TelemetrySnapshot  # noqa: E402
+from orchestrator.measure.runs import pack_floats  # noqa: E402
 from web.app import create_app  # noqa: E402
 
 GOAL_MS = 150.0

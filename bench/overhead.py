@@ -42,15 +42,15 @@ import yaml  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from orchestrator.agentclient import call_agent  # noqa: E402
-from orchestrator.agents import install_agents  # noqa: E402
-from orchestrator.bundles import build_bundle  # noqa: E402
-from orchestrator.config import Settings  # noqa: E402
-from orchestrator.db import session_scope  # noqa: E402
-from orchestrator.deploy import push  # noqa: E402
-from orchestrator.devices import all_devices, sync_inventory, to_target  # noqa: E402
-from orchestrator.inventory import load_inventory  # noqa: E402
-from orchestrator.simulate import create_simulated_device  # noqa: E402
+from orchestrator.artifacts.bundles import build_bundle  # noqa: E402
+from orchestrator.core.config import Settings  # noqa: E402
+from orchestrator.core.db import session_scope  # noqa: E402
+from orchestrator.demo.simulate import create_simulated_device  # noqa: E402
+from orchestrator.fleet.agentclient import call_agent  # noqa: E402
+from orchestrator.fleet.agents import install_agents  # noqa: E402
+from orchestrator.fleet.deploy import push  # noqa: E402
+from orchestrator.inventory.devices import all_devices, sync_inventory, to_target  # noqa: E402
+from orchestrator.inventory.reader import load_inventory  # noqa: E402
 from orchestrator.transport import connect  # noqa: E402
 
 BARE = textwrap.dedent("""

@@ -35,16 +35,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator.agents import install_agents  # noqa: E402
-from orchestrator.bundles import build_bundle  # noqa: E402
-from orchestrator.config import Settings  # noqa: E402
-from orchestrator.db import session_scope  # noqa: E402
-from orchestrator.demo_model import make_large_model  # noqa: E402
-from orchestrator.deploy import push  # noqa: E402
-from orchestrator.devices import all_devices, sync_inventory  # noqa: E402
-from orchestrator.hostkeys import trust  # noqa: E402
-from orchestrator.inventory import load_inventory  # noqa: E402
-from orchestrator.models import Bundle, Device  # noqa: E402
+from orchestrator.artifacts.bundles import build_bundle  # noqa: E402
+from orchestrator.core.config import Settings  # noqa: E402
+from orchestrator.core.db import session_scope  # noqa: E402
+from orchestrator.core.models import Bundle, Device  # noqa: E402
+from orchestrator.demo.model import make_large_model  # noqa: E402
+from orchestrator.fleet.agents import install_agents  # noqa: E402
+from orchestrator.fleet.deploy import push  # noqa: E402
+from orchestrator.inventory.devices import all_devices, sync_inventory  # noqa: E402
+from orchestrator.inventory.reader import load_inventory  # noqa: E402
+from orchestrator.transport.hostkeys import trust  # noqa: E402
 from tests.fleet.sshd import SshdHost, UserKey, generate_user_key, write_inventory  # noqa: E402
 
 LAN_RATE = "940mbit"

@@ -6,7 +6,7 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 from sqlmodel import SQLModel
 
-import orchestrator.models  # noqa: F401  (registers tables on SQLModel.metadata)
+import orchestrator.core.models  # noqa: F401  (registers tables on SQLModel.metadata)
 
 config = context.config
 target_metadata = SQLModel.metadata

@@ -1,5 +1,5 @@
 """``python -m orchestrator`` = the ``edgefleet`` command."""
 
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 
 main()

@@ -2,7 +2,7 @@
 """Generate the demo first-crack bundle folder and its labelled WAV eval set, and (``--check``)
 measure how well the FP32 model and a dynamic-INT8 copy classify that eval set.
 
-Why a script: the demo builds these itself (orchestrator/demo_model.py), but when changing the
+Why a script: the demo builds these itself (orchestrator/demo/model.py), but when changing the
 synthetic audio or the network you want the numbers at once, without a fleet:
 
     python scripts/make_demo_model.py /tmp/fc --check
@@ -28,14 +28,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.features import load_feature_extractor  # noqa: E402
-from orchestrator.demo_audio import (  # noqa: E402
+from orchestrator.demo.audio import (  # noqa: E402
     DEMO_EVAL_SEED,
     DEMO_EVAL_WINDOWS,
     LABELS,
     WINDOW_S,
     write_eval_set,
 )
-from orchestrator.demo_model import make_trained_classifier  # noqa: E402
+from orchestrator.demo.model import make_trained_classifier  # noqa: E402
 
 
 def _features(model_dir: Path, wavs: list[Path]) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from orchestrator.cli import get_app
+from orchestrator.cli.main import get_app
 
 
 @dataclass
@@ -77,7 +77,7 @@ def _close_test_databases() -> Iterator[None]:
     """Each test's databases are closed after it (their engines' pooled connections would
     otherwise pile up: over 1024 descriptors by the end of the suite). Engines that existed
     before the test (a module-scoped fixture's) are kept."""
-    from orchestrator import db
+    from orchestrator.core import db
 
     before = db.engine_urls()
     yield

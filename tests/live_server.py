@@ -34,9 +34,9 @@ def failed(request: pytest.FixtureRequest) -> bool:
                for when in ("setup", "call"))
 
 
-# ``python -m orchestrator.cli`` would run cli.py as ``__main__``, a second copy of the module
+# ``python -m orchestrator.cli.main`` would run cli.py as ``__main__``, a second copy of the module
 # that the serve/tokens/bundle commands do not register on; call the entry point instead.
-SERVE_ARGV = [sys.executable, "-c", "from orchestrator.cli import main; main()", "serve"]
+SERVE_ARGV = [sys.executable, "-c", "from orchestrator.cli.main import main; main()", "serve"]
 
 
 class Server:

@@ -1,2 +1,6 @@
-"""Web control plane (Jinja2 pages, vendored static assets). The pages arrive with the web issue;
-they will call the same services in orchestrator/ as the CLI does."""
+"""The web control plane: the FastAPI app (``app``), JSON API (``api``, typed by ``schemas``),
+HTML pages (``pages/``), tokens/roles/CSRF (``security``), the tokenless loopback gate
+(``local_mode``), login, metrics, edge input validation (``inputs``), vendored ``static/``.
+
+May import: ``orchestrator`` services (never ``orchestrator.cli`` or ``orchestrator.demo``).
+"""

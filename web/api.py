@@ -15,24 +15,24 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field, field_validator
 from sqlmodel import Session
 
-from orchestrator import inventory_sync as inventory_service
-from orchestrator import jobs as job_service
-from orchestrator import schedules as schedule_service
-from orchestrator.audit import event_public, list_events
-from orchestrator.bundles import bundle_public, get_bundle, list_bundles
-from orchestrator.config import Settings
-from orchestrator.db import session_scope
-from orchestrator.devices import (
+from orchestrator.access.audit import event_public, list_events
+from orchestrator.artifacts.bundles import bundle_public, get_bundle, list_bundles
+from orchestrator.core.config import Settings
+from orchestrator.core.db import session_scope
+from orchestrator.core.errors import EdgeFleetError
+from orchestrator.inventory import sync as inventory_service
+from orchestrator.inventory.devices import (
     all_devices,
     device_public,
     get_device,
     recent_deployments,
     select_devices,
 )
-from orchestrator.errors import EdgeFleetError
-from orchestrator.runs import get_run, list_runs, run_public, run_results
-from orchestrator.schedules import parse_time
-from orchestrator.stats import compare_runs
+from orchestrator.jobs import queue as job_service
+from orchestrator.jobs import schedules as schedule_service
+from orchestrator.jobs.schedules import parse_time
+from orchestrator.measure.runs import get_run, list_runs, run_public, run_results
+from orchestrator.measure.stats import compare_runs
 from web.inputs import RowId, StrictJsonRoute
 from web.schemas import (
     AuditEventPublic,
@@ -236,7 +236,7 @@ def delete_schedule(schedule_id: RowId, settings: SettingsDep, principal: Operat
 @router.post("/inventory/sync", dependencies=[Csrf], response_model=InventorySyncOut)
 def inventory_sync(body: InventorySyncIn, settings: SettingsDep, principal: Admin) -> Json:
     """Only files under EDGEFLEET_INVENTORY_DIR (default EDGEFLEET_HOME) or already synced by
-    the CLI are read (``inventory_sync.readable_path``)."""
+    the CLI are read (``inventory.sync.readable_path``)."""
     if body.dry_run:
         with session_scope(settings) as session:
             report = inventory_service.preview(settings, session, body.path).report

@@ -15,8 +15,8 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from orchestrator import __version__
-from orchestrator.config import Settings, get_settings
-from orchestrator.db import get_engine
+from orchestrator.core.config import Settings, get_settings
+from orchestrator.core.db import get_engine
 
 WEB_DIR = Path(__file__).resolve().parent
 
@@ -31,7 +31,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runner = None
         if run_jobs:
-            from orchestrator.job_runner import JobRunner
+            from orchestrator.jobs.runner import JobRunner
 
             runner = JobRunner(settings, workers=workers)
             runner.start()
@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True,
     app.state.settings = settings
     from fastapi.responses import JSONResponse
 
-    from orchestrator.errors import EdgeFleetError, NotFoundError
+    from orchestrator.core.errors import EdgeFleetError, NotFoundError
     from web import api, login, metrics
     from web.local_mode import LocalModeGuard
 

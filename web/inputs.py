@@ -22,7 +22,7 @@ from fastapi import HTTPException, Request, Response
 from fastapi.routing import APIRoute
 from pydantic import Field
 
-from orchestrator.db import MAX_ROW_ID
+from orchestrator.core.db import MAX_ROW_ID
 
 RowId = Annotated[int, Field(ge=1, le=MAX_ROW_ID)]
 """A row id (run, job, schedule, token...) as a path or query parameter."""

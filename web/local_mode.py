@@ -30,9 +30,9 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from orchestrator import auth
-from orchestrator.config import Settings
-from orchestrator.db import session_scope
+from orchestrator.access import auth
+from orchestrator.core.config import Settings
+from orchestrator.core.db import session_scope
 
 PROC_NET = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
 LOOPBACK_NAMES = "localhost, 127.0.0.1 or [::1]"

@@ -1,6 +1,6 @@
 """The login and logout routes: a bearer token exchanged for a signed session cookie.
 
-Why not in web.security: the login form is a page (``render`` from web.pages_common, with the
+Why not in web.security: the login form is a page (``render`` from web.pages.common, with the
 pages' layout and headers), and every page depends on web.security; the routes here sit above
 both. How sessions and cookies work is in web.security's docstring.
 """
@@ -14,9 +14,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
-from orchestrator import auth
-from orchestrator.db import session_scope
-from web.pages_common import render
+from orchestrator.access import auth
+from orchestrator.core.db import session_scope
+from web.pages.common import render
 from web.security import (
     COOKIE,
     SESSION_MAX_AGE,

@@ -16,9 +16,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from orchestrator.config import Settings
-from orchestrator.db import session_scope
-from orchestrator.models import Device, Job, Result, Run
+from orchestrator.core.config import Settings
+from orchestrator.core.db import session_scope
+from orchestrator.core.models import Device, Job, Result, Run
 
 ONLINE_WINDOW = timedelta(minutes=3)
 

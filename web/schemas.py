@@ -2,7 +2,7 @@
 
 They describe the dicts the service functions already build (``listings.device_public``,
 ``runs.run_public``, ``jobs.job_public``, ...), field for field and in the same order, so that
-declaring them changes no response byte. Rules that keep it so (tests/unit/test_api_schema.py
+declaring them changes no response byte. Rules that keep it so (tests/unit/web/test_api_schema.py
 checks them against real responses):
 
 - Timestamps are ``str``, not ``datetime``: the services already format them (``+00:00``;

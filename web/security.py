@@ -1,6 +1,6 @@
 """Who is asking, may they, and did their browser really mean to: FastAPI dependencies for
 authentication (bearer tokens, signed session cookies), roles, and CSRF protection. The login
-and logout routes are in web.login (they render a page, so they sit above web.pages_common).
+and logout routes are in web.login (they render a page, so they sit above web.pages.common).
 
 Routes opt in by depending on ``require(role)`` (or ``get_principal``); mutating routes add
 ``csrf_protect``. A router can do it for all its routes at once:
@@ -39,9 +39,9 @@ from urllib.parse import parse_qs, quote, urlsplit
 from fastapi import Depends, HTTPException, Request
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from orchestrator import audit, auth
-from orchestrator.config import Settings
-from orchestrator.db import session_scope
+from orchestrator.access import audit, auth
+from orchestrator.core.config import Settings
+from orchestrator.core.db import session_scope
 
 # Paths served without credentials (see the module docstring for why each is safe).
 OPEN_PATHS = ("/static", "/login", "/logout", "/docs", "/redoc", "/openapi.json", "/metrics")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from orchestrator.errors import TransportError
+from orchestrator.core.errors import TransportError
 
 LineHandler = Callable[[str], None]
 ByteProgress = Callable[[int], None]

@@ -7,11 +7,11 @@ import threading
 import weakref
 from typing import TYPE_CHECKING
 
-from orchestrator.errors import TransportError
+from orchestrator.core.errors import TransportError
 from orchestrator.transport.base import Connection, OutputLimits, Target
 
 if TYPE_CHECKING:  # pydantic-settings: no light command should import it to reach a Target
-    from orchestrator.config import Settings
+    from orchestrator.core.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def abort_all() -> None:
     """Abort every device connection of this process and refuse new ones: the in-flight
     sessions of a cancelled CLI command end now instead of when their device finishes (the
     device's agent, its output gone, stops too). For a process doing one operation (the
-    CLI); the server cancels its jobs one by one (job_exec)."""
+    CLI); the server cancels its jobs one by one (jobs.execute)."""
     _aborted.set()
     for conn in list(_open):
         try:

@@ -16,8 +16,7 @@ from typing import Any
 import fabric
 import paramiko
 
-from orchestrator.errors import HostKeyError, TransportError
-from orchestrator.hostkeys import RefuseUnknownHostKey, changed_key_error, load_known
+from orchestrator.core.errors import HostKeyError, TransportError
 from orchestrator.transport.base import (
     ByteProgress,
     Channel,
@@ -31,6 +30,7 @@ from orchestrator.transport.base import (
     render_command,
     sftp_path,
 )
+from orchestrator.transport.hostkeys import RefuseUnknownHostKey, changed_key_error, load_known
 
 _RECV = 1 << 16
 _SFTP_WRITE = 255 * 1024

@@ -10,10 +10,11 @@ import pytest
 
 from agent.sampler import Sampler, energy_summary, summarize
 from agent.sensors import SensorReader, parse_pmic_read_adc, pmic_power_w
-from orchestrator.simulate import create_simulated_device
+from orchestrator.demo.simulate import create_simulated_device
 
 # Text in the layout a Raspberry Pi 5 prints (right-aligned names, channel numbers, currents
-# before volts; orchestrator/simulate.py writes the same), a few rails with illustrative values,
+# before volts; orchestrator/demo/simulate.py writes the same), a few rails with illustrative
+# values,
 # plus a voltage-only rail and a line of noise: neither may enter the power sum.
 RECORDED = """\
    3V7_WL_SW_A current(0)=0.00390372A

@@ -20,8 +20,8 @@ from test_session import receive, request
 
 from agent import heap
 from agent.protocol import manifest_digest, parse_lines
-from orchestrator.demo_model import make_large_model
-from orchestrator.golden import compute_golden
+from orchestrator.artifacts.golden import compute_golden
+from orchestrator.demo.model import make_large_model
 
 MIB = 1 << 20
 REPO = Path(__file__).resolve().parents[2]

@@ -127,7 +127,7 @@ def test_a_dropped_transfer_resumes_from_the_bytes_that_arrived(pyz: Path, root:
 def test_a_kept_prefix_that_changed_fails_the_final_check_and_is_deleted(
         pyz: Path, root: Path) -> None:
     """The control plane sends the rest only when its own prefix hashes like the offer (so a
-    damaged part is normally sent again in full, orchestrator.agentclient.resume_offset); a
+    damaged part is normally sent again in full, orchestrator.fleet.agentclient.resume_offset); a
     control plane that resumed anyway still cannot get a wrong blob installed."""
     bundle = model_bundle()
     sha = bundle.sha_of("model.onnx")

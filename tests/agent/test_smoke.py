@@ -1,9 +1,10 @@
 """The smoke test after ``activate`` and ``verify``, through the real zipapp with real
 onnxruntime sessions on tiny real ONNX models.
 
-Golden files are made by the control plane's own code (orchestrator.golden), the way ``bundle
-build`` makes them; a failing case is a bundle whose files all verify (hashes consistent with the
-manifest) but whose golden outputs are wrong, or whose model onnxruntime cannot load.
+Golden files are made by the control plane's own code (orchestrator.artifacts.golden), the way
+``bundle build`` makes them; a failing case is a bundle whose files all verify (hashes
+consistent with the manifest) but whose golden outputs are wrong, or whose model onnxruntime
+cannot load.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from agent_helpers import Bundle, make_bundle, push, read_state, run_agent, uplo
 from onnx import TensorProto, helper, numpy_helper
 
 from agent.protocol import manifest_digest
-from orchestrator.golden import compute_golden, npz_bytes
+from orchestrator.artifacts.golden import compute_golden, npz_bytes
 
 
 def linear_model(seed: int) -> bytes:
@@ -47,8 +48,9 @@ SIGNATURE = [{"name": "x", "dtype": "float", "shape": [1, 4]}]
 
 def golden_bundle(tmp_path: Path, version: str, seed: int = 0, *, logits_shift: float = 0.0,
                   device_model: bytes | None = None) -> Bundle:
-    """A bundle as ``bundle build`` makes it (golden from orchestrator.golden); ``logits_shift``
-    tampers the golden logits, ``device_model`` ships other model bytes than the golden's."""
+    """A bundle as ``bundle build`` makes it (golden from orchestrator.artifacts.golden);
+    ``logits_shift`` tampers the golden logits, ``device_model`` ships other model bytes than the
+    golden's."""
     model = linear_model(seed)
     path = tmp_path / f"golden-{version}.onnx"
     path.write_bytes(model)

@@ -17,18 +17,18 @@ from typing import Any
 from playwright.sync_api import expect
 from sqlmodel import col, select
 
-from orchestrator import demo
-from orchestrator.agents import install_agents
-from orchestrator.bundles import build_bundle
-from orchestrator.config import Settings
-from orchestrator.datasets import build_dataset
-from orchestrator.db import session_scope
-from orchestrator.deploy import push
-from orchestrator.devices import all_devices, sync_inventory
-from orchestrator.evals import evaluate
-from orchestrator.inventory import load_inventory
-from orchestrator.models import Result
-from orchestrator.verdicts import load_profile_file
+from orchestrator.artifacts.bundles import build_bundle
+from orchestrator.artifacts.datasets import build_dataset
+from orchestrator.core.config import Settings
+from orchestrator.core.db import session_scope
+from orchestrator.core.models import Result
+from orchestrator.demo import scenario
+from orchestrator.fleet.agents import install_agents
+from orchestrator.fleet.deploy import push
+from orchestrator.inventory.devices import all_devices, sync_inventory
+from orchestrator.inventory.reader import load_inventory
+from orchestrator.measure.evals import evaluate
+from orchestrator.measure.verdicts import load_profile_file
 
 from .conftest import login, save_screenshot
 from .test_ui import JOB_URL, wait_job_succeeded
@@ -38,26 +38,26 @@ def demo_pushed(home: Path, work: Path, model_cache: Path) -> tuple[Any, Any, li
     """The demo's FP32 bundle pushed to its three simulated Pis and its dataset built:
     (bundle, dataset, devices)."""
     cfg = Settings(home=home, database_url=None)
-    files = demo.prepare(work, model_cache)
+    files = scenario.prepare(work, model_cache)
     with session_scope(cfg) as session:
         sync_inventory(session, load_inventory(files.inventory))
         devices = all_devices(session)
-        bundle = build_bundle(session, cfg, files.model_dir, demo.DEMO_BUNDLE,
-                              input_shapes=demo.INPUT_SHAPES,
+        bundle = build_bundle(session, cfg, files.model_dir, scenario.DEMO_BUNDLE,
+                              input_shapes=scenario.INPUT_SHAPES,
                               extra={"streaming": load_profile_file(files.profile).to_dict()}
                               ).bundle
         session.expunge_all()
     assert all(o.ok for o in install_agents(cfg, devices)[1])
     assert all(o.ok for o in push(cfg, bundle, devices))
     with session_scope(cfg) as session:
-        dataset = build_dataset(session, cfg, files.eval_dir, demo.DEMO_DATASET,
+        dataset = build_dataset(session, cfg, files.eval_dir, scenario.DEMO_DATASET,
                                 bundle=bundle).dataset
         session.expunge_all()
     return bundle, dataset, devices
 
 
 def demo_eval_run(home: Path, work: Path, model_cache: Path) -> int:
-    """The demo's eval run (``orchestrator/cli_demo.py``), minus the benchmarks and the INT8
+    """The demo's eval run (``orchestrator/cli/demo.py``), minus the benchmarks and the INT8
     variant the page does not need; returns its id."""
     cfg = Settings(home=home, database_url=None)
     bundle, dataset, devices = demo_pushed(home, work, model_cache)
@@ -118,7 +118,7 @@ def test_eval_run_page_agreement_matrix_verdicts(home: Path, tmp_path: Path, ser
         expect(row.locator("td").nth(1)).to_have_text(str(result.threads))
     recommended = page.locator("#recommended li")
     expect(recommended).to_have_count(3)
-    for device, li in zip(sorted(d.name for d in demo.DEVICES), recommended.all(), strict=True):
+    for device, li in zip(sorted(d.name for d in scenario.DEVICES), recommended.all(), strict=True):
         expect(li.locator("strong")).to_have_text(device)
     # The demo's hot Pi 5 without a cooler throttles: no thread count qualifies there.
     expect(page.locator("#recommended li", has_text="pi5-roaster")).to_contain_text(

@@ -17,9 +17,9 @@ from typing import Any
 
 from sqlmodel import col, select
 
-from orchestrator.config import get_settings
-from orchestrator.db import session_scope
-from orchestrator.models import DeviceLease, Result
+from orchestrator.core.config import get_settings
+from orchestrator.core.db import session_scope
+from orchestrator.core.models import DeviceLease, Result
 
 from ..conftest import Cli
 from ..fleet.test_push_e2e import model_folder, setup_fleet

@@ -15,7 +15,7 @@ from tests.conftest import Cli
 from tests.fleet.sshd import SshdHost, write_inventory
 
 REPO = Path(__file__).resolve().parents[2]
-CLI_ARGV = [sys.executable, "-c", "from orchestrator.cli import main; main()"]
+CLI_ARGV = [sys.executable, "-c", "from orchestrator.cli.main import main; main()"]
 T = TypeVar("T")
 
 
@@ -65,7 +65,7 @@ def small_bundle(cli: Cli, tmp_path: Path, name: str = "clf") -> str:
     """Build the demo classifier (a few KB, golden outputs included) as ``name@1``."""
     import json
 
-    from orchestrator.demo_model import make_demo_classifier
+    from orchestrator.demo.model import make_demo_classifier
 
     folder = tmp_path / f"{name}-model"
     folder.mkdir()

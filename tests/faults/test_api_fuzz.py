@@ -39,16 +39,16 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
-from orchestrator import jobs, schedules
-from orchestrator.auth import create_token
-from orchestrator.bundles import build_bundle
-from orchestrator.config import Settings
-from orchestrator.db import session_scope
-from orchestrator.demo_model import make_demo_classifier
-from orchestrator.devices import sync_inventory
-from orchestrator.inventory import load_inventory
-from orchestrator.models import Result, Run
-from orchestrator.simulate import create_simulated_device
+from orchestrator.access.auth import create_token
+from orchestrator.artifacts.bundles import build_bundle
+from orchestrator.core.config import Settings
+from orchestrator.core.db import session_scope
+from orchestrator.core.models import Result, Run
+from orchestrator.demo.model import make_demo_classifier
+from orchestrator.demo.simulate import create_simulated_device
+from orchestrator.inventory.devices import sync_inventory
+from orchestrator.inventory.reader import load_inventory
+from orchestrator.jobs import queue, schedules
 from web.app import create_app
 
 MAX_EXAMPLES = 30  # per operation; ~25 s for the 16 operations on a 2-core CI VM
@@ -83,7 +83,7 @@ def _seed(settings: Settings, base: Path) -> None:
         session.add(Result(run_id=run.id, device_name="pi-fuzz", threads=1, ok=True,
                            simulated=True, n=30, p50_ms=1.0, valid=True,
                            telemetry_status="clean", precision="fp32", created_at=now))
-    jobs.submit(settings, "telemetry", {}, "all", actor="fuzz")
+    queue.submit(settings, "telemetry", {}, "all", actor="fuzz")
     schedules.create(settings, "telemetry", {}, "all", cron="0 3 * * *", actor="fuzz")
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from sqlmodel import select
 
-from orchestrator.config import Settings
-from orchestrator.db import session_scope
-from orchestrator.models import DeviceLease, Job, Result, Run
+from orchestrator.core.config import Settings
+from orchestrator.core.db import session_scope
+from orchestrator.core.models import DeviceLease, Job, Result, Run
 from tests.conftest import Cli
 
 from .procs import processes_under, setup_fleet, small_bundle, spawn_cli, wait_until

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from sqlmodel import select
 
-from orchestrator.config import Settings
-from orchestrator.db import session_scope
-from orchestrator.models import Deployment
+from orchestrator.core.config import Settings
+from orchestrator.core.db import session_scope
+from orchestrator.core.models import Deployment
 from tests.conftest import Cli, CliResult
 from tests.fleet.sshd import SshdHost
 from tests.fleet.test_push_e2e import active_manifest, model_folder, setup_fleet

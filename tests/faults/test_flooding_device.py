@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.simulate import create_simulated_device
+from orchestrator.demo.simulate import create_simulated_device
 from orchestrator.transport.base import MAX_LINE_BYTES, MAX_OUTPUT_BYTES, MiB
 from tests.conftest import Cli
 from tests.fleet.sshd import SshdFactory
@@ -165,7 +165,7 @@ def test_a_flooding_device_fails_alone(
 DRIVER = r'''
 import json, sys
 from typer.testing import CliRunner
-from orchestrator.cli import get_app
+from orchestrator.cli.main import get_app
 
 def status():
     with open("/proc/self/status") as handle:

@@ -15,9 +15,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config import Settings
-from orchestrator.db import session_scope
-from orchestrator.devices import get_device
+from orchestrator.core.config import Settings
+from orchestrator.core.db import session_scope
+from orchestrator.inventory.devices import get_device
 from tests.conftest import Cli
 from tests.fleet.sshd import SshdHost
 from tests.fleet.test_push_e2e import model_folder, setup_fleet

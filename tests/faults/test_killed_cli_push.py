@@ -12,10 +12,10 @@ from pathlib import Path
 
 from sqlmodel import select
 
-from orchestrator.config import Settings
-from orchestrator.db import session_scope
-from orchestrator.demo_model import make_large_model
-from orchestrator.models import Deployment, DeviceLease, Job
+from orchestrator.core.config import Settings
+from orchestrator.core.db import session_scope
+from orchestrator.core.models import Deployment, DeviceLease, Job
+from orchestrator.demo.model import make_large_model
 from tests.conftest import Cli
 
 from .procs import part_files, setup_fleet, spawn_cli, wait_until

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from sqlmodel import select
 
-from orchestrator.config import Settings
-from orchestrator.db import session_scope
-from orchestrator.models import DeviceLease, Result, Run
+from orchestrator.core.config import Settings
+from orchestrator.core.db import session_scope
+from orchestrator.core.models import DeviceLease, Result, Run
 from tests.conftest import Cli
 from tests.live_server import Server
 

@@ -17,17 +17,17 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import Settings
-from orchestrator.db import get_engine, session_scope
-from orchestrator.leases import DeviceBusy, acquire, release
-from orchestrator.models import DeviceLease
+from orchestrator.core.config import Settings
+from orchestrator.core.db import get_engine, session_scope
+from orchestrator.core.models import DeviceLease
+from orchestrator.fleet.leases import DeviceBusy, acquire, release
 
 from .procs import wait_until
 
 HOLDER = """
 import sys
-from orchestrator.config import Settings
-from orchestrator.leases import leased
+from orchestrator.core.config import Settings
+from orchestrator.fleet.leases import leased
 with leased(Settings(), "pi1", "bench") as holder:
     print(holder, flush=True)
     sys.stdin.read()  # hold until stdin closes (or we are stopped / killed)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import Settings
+from orchestrator.core.config import Settings
 from orchestrator.transport import connect
 from orchestrator.transport.base import Target
 from tests.conftest import Cli

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.demo_model import make_large_model
+from orchestrator.demo.model import make_large_model
 from tests.conftest import Cli
 from tests.fleet.sshd import SshdHost
 

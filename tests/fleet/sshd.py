@@ -2,7 +2,7 @@
 
 Each :class:`SshdHost` has its own port on 127.0.0.1, its own ed25519 host key, its own
 AuthorizedKeysFile (holding the session's user key), its own ``edgefleet_root`` directory and a
-:class:`~orchestrator.simulate.SimulatedDevice`. Logins are as the current user (root included)
+:class:`~orchestrator.demo.simulate.SimulatedDevice`. Logins are as the current user (root included)
 with public keys only.
 
 Startup is synchronised on sshd's own log line ``Server listening on 127.0.0.1 port N`` (read
@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.simulate import SimulatedDevice, create_simulated_device
+from orchestrator.demo.simulate import SimulatedDevice, create_simulated_device
 
 from .sshd_process import PortTaken, SshdProcess
 

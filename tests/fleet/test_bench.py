@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from orchestrator.bundles import get_bundle
-from orchestrator.config import get_settings
-from orchestrator.db import session_scope
-from orchestrator.demo_model import make_large_model
-from orchestrator.devices import select_devices
-from orchestrator.runs import BenchParams, bench, get_run, run_public, run_results
+from orchestrator.artifacts.bundles import get_bundle
+from orchestrator.core.config import get_settings
+from orchestrator.core.db import session_scope
+from orchestrator.demo.model import make_large_model
+from orchestrator.inventory.devices import select_devices
+from orchestrator.measure.runs import BenchParams, bench, get_run, run_public, run_results
 
 from ..conftest import Cli
 from .models import make_multi_input_model

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.demo_model import make_large_model
+from orchestrator.demo.model import make_large_model
 
 from ..conftest import Cli
 from .test_push_e2e import active_manifest, model_folder, setup_fleet

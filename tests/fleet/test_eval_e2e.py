@@ -20,8 +20,8 @@ from sklearn.metrics import (
 )
 
 from agent.features import load_feature_extractor
-from orchestrator.demo_audio import write_eval_set
-from orchestrator.demo_model import make_trained_classifier
+from orchestrator.demo.audio import write_eval_set
+from orchestrator.demo.model import make_trained_classifier
 
 from ..conftest import Cli
 from .test_push_e2e import setup_fleet

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import yaml
 
-from orchestrator.agentclient import BLOBS_IN_FLIGHT
-from orchestrator.demo_model import make_demo_classifier
-from orchestrator.simulate import create_simulated_device
+from orchestrator.demo.model import make_demo_classifier
+from orchestrator.demo.simulate import create_simulated_device
+from orchestrator.fleet.agentclient import BLOBS_IN_FLIGHT
 
 from ..conftest import Cli
 from .sshd import SshdHost, write_inventory

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from agent.protocol import canonical_json, manifest_digest
-from orchestrator.blobstore import BlobStore
-from orchestrator.bundles import get_bundle, manifest_of
-from orchestrator.config import Settings
-from orchestrator.db import session_scope
-from orchestrator.golden import npz_bytes
+from orchestrator.artifacts.blobstore import BlobStore
+from orchestrator.artifacts.bundles import get_bundle, manifest_of
+from orchestrator.artifacts.golden import npz_bytes
+from orchestrator.core.config import Settings
+from orchestrator.core.db import session_scope
 
 from ..conftest import Cli
 from .test_push_e2e import active_manifest, model_folder, setup_fleet

@@ -193,7 +193,7 @@ def test_a_remote_command_that_reads_none_of_its_input_is_abandoned(
         sshd_factory: SshdFactory, tmp_path: Path) -> None:
     """Over real SSH: once the channel window and sshd's pipe are full, a write waits for the
     remote command; after ``timeout`` seconds without progress it fails instead of hanging."""
-    from orchestrator.errors import TransportError
+    from orchestrator.core.errors import TransportError
     from orchestrator.transport.base import Target
     from orchestrator.transport.ssh import SshConnection
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import get_settings
-from orchestrator.leases import DeviceBusy, acquire, holder_id, release
+from orchestrator.core.config import get_settings
+from orchestrator.fleet.leases import DeviceBusy, acquire, holder_id, release
 
 from ..conftest import Cli
 from .test_push_e2e import model_folder, setup_fleet
@@ -68,7 +68,7 @@ def test_leases_of_dead_processes_are_freed(home: Path) -> None:
     import os
     import socket
 
-    from orchestrator.leases import release_dead_holders
+    from orchestrator.fleet.leases import release_dead_holders
 
     settings = get_settings()
     host = socket.gethostname()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.demo_model import make_large_model
+from orchestrator.demo.model import make_large_model
 
 from ..conftest import Cli
 from .test_bench import build_and_push

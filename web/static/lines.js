@@ -3,7 +3,7 @@
  * Like app.js, data never reaches code as text: the server writes it into
  * <script type="application/json" id="ID"> (escaped) and this file JSON.parses it. An element
  *   <div class="chart" data-lines="ID" data-index="N">
- * draws chart N of that block (shape: web/pages_charts.py). Its own attribute (not data-chart)
+ * draws chart N of that block (shape: web/pages/charts.py). Its own attribute (not data-chart)
  * keeps app.js's renderers out of it.
  *
  * Series kinds: "line" (valid points joined across gaps), "invalid" (hollow markers, no line:

@@ -1,0 +1,252 @@
+"""CLI commands for bundles and deployments: bundle build/list/show, push, rollback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.text import Text
+
+from orchestrator.cli.app import (
+    Forks,
+    JsonOpt,
+    Targets,
+    Timeout,
+    app,
+    bundle_app,
+    finish,
+    handles_errors,
+    select,
+    settings,
+)
+from orchestrator.fleet.fanout import Outcome
+from orchestrator.present import output
+
+
+@bundle_app.command("build")
+@handles_errors
+def bundle_build(
+    path: Annotated[str, typer.Argument(
+        help="An .onnx file, a folder with one and its side files, or a Hugging Face repo: "
+             "hf://OWNER/REPO/SUBFOLDER@REVISION (subfolder and revision optional).")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Bundle name.")],
+    version: Annotated[str | None, typer.Option(help="Version (default: next number).")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="Which .onnx in the folder (or Hub subfolder) is the model.")] = None,
+    shape: Annotated[list[str], typer.Option(
+        help="NAME=1x1024x128: the shape benchmarks use for an input with dynamic dims.")]
+    = [],  # noqa: B006
+    quantize: Annotated[str | None, typer.Option(
+        help="Also build an INT8 variant N@V-int8 (dynamic) or N@V-int8-static (static QDQ, "
+             "needs --calibration).", metavar="int8|int8-static")] = None,
+    calibration: Annotated[Path | None, typer.Option(
+        help="For int8-static: a folder of .npz files, arrays keyed by input name, first axis "
+             "= samples.")] = None,
+    golden_rtol: Annotated[float | None, typer.Option(
+        help="Relative tolerance of the golden-output check (default: by precision).")] = None,
+    golden_atol: Annotated[float | None, typer.Option(
+        help="Absolute tolerance of the golden-output check (default: by precision).")] = None,
+    streaming_profile: Annotated[Path | None, typer.Option(
+        help="YAML/JSON streaming profile (window_s, hop_s or overlap, threshold, min_positive, "
+             "confirm_windows) stored with the bundle for `runs verdict`.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Inspect the model, hash every file into the blob store, register a new version (and its
+    INT8 variant with --quantize)."""
+    from orchestrator.artifacts.bundles import build_bundle, bundle_public
+    from orchestrator.artifacts.hub import fetch, is_hub_spec
+    from orchestrator.artifacts.quantize import check_request, make_variant
+    from orchestrator.core.db import session_scope
+    from orchestrator.present.cliparse import parse_shapes
+
+    check_request(quantize, calibration)
+    cfg = settings()
+    shapes = parse_shapes(shape)
+    build_opts: dict[str, Any] = {"golden_rtol": golden_rtol, "golden_atol": golden_atol}
+    if streaming_profile is not None:
+        from orchestrator.measure.verdicts import load_profile_file
+
+        build_opts["extra"] = {"streaming": load_profile_file(streaming_profile).to_dict()}
+    with session_scope(cfg) as session:
+        if is_hub_spec(path):
+            snap = fetch(path, model)
+            result = build_bundle(session, cfg, snap.folder, name, version, snap.model,
+                                  input_shapes=shapes, source=snap.source, files=snap.files,
+                                  **build_opts)
+        else:
+            result = build_bundle(session, cfg, Path(path), name, version, model,
+                                  input_shapes=shapes, **build_opts)
+        made = ([make_variant(session, cfg, result.bundle, quantize, calibration,
+                              golden_rtol=golden_rtol, golden_atol=golden_atol)]
+                if quantize else [])
+        public = bundle_public(result.bundle) | {"created": result.created}
+        variants = [bundle_public(v.bundle) | {"created": v.created} for v in made]
+    notes = [n for n in [result.note, *(v.note for v in made)] if n]
+    if as_json:
+        output.print_json({"bundle": public, "variants": variants} if quantize else public)
+        return
+    _show_bundle(public)
+    _built_line(public, result.created)
+    for variant in variants:
+        output.stdout.print()
+        _show_bundle(variant)
+        _built_line(variant, variant["created"])
+    for note in notes:
+        output.stderr.print(Text.assemble(("note:", "yellow"), f" {note}"), soft_wrap=True)
+
+
+def _built_line(public: dict[str, Any], created: bool) -> None:
+    ref = f"{public['name']}@{public['version']}"
+    ratio = (public.get("quantization") or {}).get("size_ratio")
+    size = f" ({output.human_bytes(public['size_bytes'])}, {_ratio_text(ratio)})" if ratio else ""
+    if created:
+        line = f"built {ref}  digest {public['digest']}{size}"
+    elif public.get("parent"):
+        parent = public["parent"]
+        line = f"unchanged: {ref} was already made from {parent['name']}@{parent['version']}"
+    else:
+        line = f"unchanged: {ref} already has exactly these files"
+    output.stdout.print(Text(line))
+
+
+def _show_bundle(public: dict[str, Any]) -> None:
+    model = public["model"] or {}
+    rows = [
+        ("bundle", f"{public['name']}@{public['version']}"),
+        ("digest", public["digest"]),
+        ("size", output.human_bytes(public["size_bytes"])),
+        ("precision", public["precision"]),
+        ("model", f"{model.get('path')} (opset {model.get('opset')}, "
+                  f"IR {model.get('ir_version')})"),
+        ("needs", f"onnxruntime >= {public['min_onnxruntime']}"),
+        ("created", public["created_at"]),
+        ("source", _source_text(public.get("source") or {})),
+    ]
+    parent, quant = public.get("parent"), public.get("quantization")
+    if parent:
+        rows.append(("parent", f"{parent['name']}@{parent['version']} ({parent['digest'][:16]}, "
+                               f"{output.human_bytes(parent['size_bytes'])})"))
+    if quant:
+        how = " ".join(str(quant[k]) for k in ("method", "weight_type", "format") if k in quant)
+        calib = (quant.get("calibration") or {}).get("samples")
+        rows.append(("quantization", f"{how}; {_ratio_text(quant['size_ratio'])}"
+                                     + (f"; calibrated on {calib} samples" if calib else "")))
+    if public.get("golden"):
+        rows.append(("golden", f"rtol {public['golden']['rtol']:g}, "
+                               f"atol {public['golden']['atol']:g}"))
+    output.stdout.print(output.table(None, ["", ""], rows))
+    io_rows = [(kind, t["name"], t["dtype"], "x".join(str(d) if d is not None else "?"
+                                                     for d in t["shape"]) or "scalar")
+               for kind in ("inputs", "outputs") for t in model.get(kind, [])]
+    output.stdout.print(output.table("signature", ["", "name", "dtype", "shape"], io_rows))
+    output.stdout.print(output.table(
+        "files", ["path", "size", "sha256"],
+        [(f["path"], output.human_bytes(f["size"]), f["sha256"][:16]) for f in public["files"]]))
+
+
+def _ratio_text(ratio: float) -> str:
+    """FP32 model bytes / variant model bytes, said the way round that reads (a model too small
+    for its weights to dominate can grow)."""
+    return f"model {ratio:.1f}x smaller" if ratio >= 1 else f"model {1 / ratio:.1f}x larger"
+
+
+def _source_text(source: dict[str, Any]) -> str | None:
+    if source.get("type") == "hf":
+        sub = f"/{source['subfolder']}" if source.get("subfolder") else ""
+        return f"hf://{source['repo']}{sub}@{source['revision']} (commit {source['commit']})"
+    return source.get("path")
+
+
+@bundle_app.command("list")
+@handles_errors
+def bundle_list(as_json: JsonOpt = False) -> None:
+    """Every bundle version."""
+    from orchestrator.core import listings
+
+    bundles = listings.bundles()  # sqlite3 alone, when the DB is a current SQLite file
+    if bundles is None:
+        from orchestrator.artifacts.bundles import list_bundles
+        from orchestrator.core.db import session_scope
+
+        with session_scope(settings()) as session:
+            bundles = [listings.bundle_public(b) for b in list_bundles(session)]
+    if as_json:
+        output.print_json(bundles)
+        return
+    output.stdout.print(output.table(
+        None, ["bundle", "precision", "size", "opset", "digest", "created"],
+        [(f"{b['name']}@{b['version']}", b["precision"], output.human_bytes(b["size_bytes"]),
+          (b["model"] or {}).get("opset"), b["digest"][:16], b["created_at"]) for b in bundles]))
+
+
+@bundle_app.command("show")
+@handles_errors
+def bundle_show(ref: Annotated[str, typer.Argument(help="NAME or NAME@VERSION")],
+                as_json: JsonOpt = False) -> None:
+    """A bundle's manifest: files, signature, requirements."""
+    from orchestrator.artifacts.bundles import bundle_public, get_bundle
+    from orchestrator.core.db import session_scope
+
+    with session_scope(settings()) as session:
+        public = bundle_public(get_bundle(session, ref))
+    if as_json:
+        output.print_json(public)
+    else:
+        _show_bundle(public)
+
+
+def _push_payload(o: Outcome) -> dict[str, Any]:
+    """``resumed_bytes``: what a dropped transfer had left on the device and was not sent
+    again; ``recovered``: what the device repaired first (agent.journal), in its words."""
+    return {"device": o.device, "state": o.state, "bytes_sent": o.data.get("bytes_sent", 0),
+            "resumed_bytes": o.data.get("resumed_bytes", 0),
+            "duration_s": round(o.duration_s, 3), "error": o.error,
+            "smoke": o.data.get("smoke_detail"), "recovered": o.data.get("recovered", [])}
+
+
+@app.command("push")
+@handles_errors
+def push_cmd(
+    ref: Annotated[str, typer.Argument(help="NAME or NAME@VERSION (default: latest)")],
+    targets: Targets,
+    forks: Forks = 10,
+    timeout: Timeout = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Send a bundle's missing blobs, verify every file on the device, activate atomically."""
+    from orchestrator.artifacts.bundles import get_bundle
+    from orchestrator.core.db import session_scope
+    from orchestrator.fleet.deploy import push
+    from orchestrator.jobs import tracker
+    from orchestrator.jobs.execute import push_summary
+
+    cfg = settings()
+    with session_scope(cfg) as session:
+        bundle = get_bundle(session, ref)
+    devices = select(targets)
+    name = f"{bundle.name}@{bundle.version}"
+    with tracker.track(cfg, "push", {"bundle": name, "forks": forks, "timeout": timeout},
+                           targets) as job, \
+            output.RichPushProgress(enabled=not as_json) as progress:
+        outcomes = push(cfg, bundle, devices, forks, timeout, job.push_progress(progress),
+                        job_id=job.job_id)
+        done = push_summary(name, outcomes, job.stopped(outcomes))
+        job.finish(done.state, done.result, done.error)
+    for o in outcomes:
+        o.data["sent"] = output.human_bytes(o.data.get("bytes_sent", 0))
+    finish(outcomes, f"push {bundle.name}@{bundle.version} ({bundle.digest[:12]})", as_json,
+           extra=("sent", "smoke"), payload=_push_payload, interrupted=job.interrupted)
+
+
+@app.command("rollback")
+@handles_errors
+def rollback_cmd(targets: Targets, forks: Forks = 10, timeout: Timeout = None,
+                 as_json: JsonOpt = False) -> None:
+    """Swap each device back to the bundle it ran before."""
+    from orchestrator.access.audit import local_actor
+    from orchestrator.fleet.deploy import rollback
+
+    outcomes = rollback(settings(), select(targets), forks, timeout, actor=local_actor(),
+                        targets=targets)
+    finish(outcomes, "rollback", as_json, extra=("active",))

@@ -1,0 +1,261 @@
+"""CLI: bench, runs list/show/compare, telemetry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from orchestrator.cli.app import (
+    Forks,
+    JsonOpt,
+    Targets,
+    Timeout,
+    app,
+    exit_if_interrupted,
+    finish,
+    handles_errors,
+    select,
+    settings,
+)
+from orchestrator.core.errors import EdgeFleetError
+from orchestrator.present import output
+from orchestrator.present.cliparse import parse_constants, parse_shapes, parse_threads, row_id
+
+runs_app = typer.Typer(no_args_is_help=True, help="Benchmark runs: list, show, compare.")
+app.add_typer(runs_app, name="runs")
+
+FORMATS = ("table", "md", "csv", "json")
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise EdgeFleetError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+
+
+def _results_public(run_id: int, latencies: bool = False, samples: bool = False,
+                    ) -> tuple[dict[str, Any], list[dict]]:
+    """A run and its results; with the raw latencies and/or sampler rows when asked for (a
+    comparison needs the latencies only)."""
+    from orchestrator.core.db import session_scope
+    from orchestrator.measure.runs import get_run, run_public, run_results
+
+    with session_scope(settings()) as session:
+        run = get_run(session, run_id)
+        public = run_public(run, run_results(session, run_id, latencies=latencies,
+                                             samples=samples),
+                            latencies=latencies, samples=samples)
+    return public, public["results"]
+
+
+def _print_results(results: list[dict], title: str, fmt: str) -> None:
+    from orchestrator.measure import reports
+
+    if fmt == "md":
+        output.print_text(reports.to_markdown(results))
+    elif fmt == "csv":
+        output.print_text(reports.to_csv(results))
+    else:
+        output.stdout.print(reports.render_table(results, title))
+
+
+@app.command("bench")
+@handles_errors
+def bench_cmd(
+    ref: Annotated[str, typer.Argument(help="NAME or NAME@VERSION, already pushed to TARGETS")],
+    targets: Targets,
+    threads: Annotated[str, typer.Option(help="Thread counts, e.g. 1,2,4.")] = "1,2,4",
+    warmup: Annotated[int, typer.Option(min=0)] = 5,
+    runs: Annotated[int, typer.Option(min=1, help="Timed runs (at least).")] = 30,
+    min_seconds: Annotated[float, typer.Option(min=0, help="Time the loop for at least S s.")]
+    = 0.0,
+    shape: Annotated[list[str], typer.Option(help="NAME=1x1024x128 for dynamic dims.")] = [],  # noqa: B006
+    input: Annotated[list[str], typer.Option(help="NAME=VALUE: a constant input.")] = [],  # noqa: B006
+    provider: Annotated[list[str], typer.Option(
+        help="onnxruntime execution provider(s), in order.")] = ["CPUExecutionProvider"],  # noqa: B006
+    graph_optimization: Annotated[str, typer.Option(
+        help="all | extended | basic | disabled")] = "all",
+    baseline: Annotated[str | None, typer.Option(help="Bench N@V too and compare.")] = None,
+    max_regression: Annotated[str, typer.Option(help="Gate: fail if slower by more.")] = "5%",
+    junit: Annotated[Path | None, typer.Option(help="Write the comparison as JUnit XML.")]
+    = None,
+    include_invalid: Annotated[bool, typer.Option(help="Compare throttled results too.")]
+    = False,
+    rounds: Annotated[int | None, typer.Option(
+        min=1, help="With --baseline: alternate baseline and candidate this many times per "
+        "device (default 5), so machine drift hits both.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table | md | csv | json")] = "table",
+    forks: Forks = 10,
+    timeout: Timeout = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Benchmark a bundle per device and thread count, with throttle-aware telemetry."""
+    from orchestrator.artifacts.bundles import get_bundle
+    from orchestrator.core.db import session_scope
+    from orchestrator.jobs import tracker
+    from orchestrator.jobs.execute import bench_job_params, bench_summary
+    from orchestrator.measure.runs import BenchParams, bench
+
+    _check_format(fmt)
+    cfg = settings()
+    params = BenchParams(threads=parse_threads(threads), warmup=warmup, runs=runs,
+                         min_seconds=min_seconds, shapes=parse_shapes(shape),
+                         constants=parse_constants(input), providers=list(provider),
+                         graph_optimization=graph_optimization)
+    gate_bound = None
+    if baseline:
+        from orchestrator.measure.stats import parse_percent
+
+        try:
+            gate_bound = parse_percent(max_regression)
+        except ValueError as exc:
+            raise EdgeFleetError(f"--max-regression: {exc}") from None
+    with session_scope(cfg) as session:
+        bundle = get_bundle(session, ref)
+        base_bundle = get_bundle(session, baseline) if baseline else None
+    devices = select(targets)
+    as_json = as_json or fmt == "json"
+    bundles = [base_bundle, bundle] if base_bundle else [bundle]
+    rounds = (rounds or 5) if base_bundle else 1
+    job_params = bench_job_params(
+        f"{bundle.name}@{bundle.version}", params,
+        f"{base_bundle.name}@{base_bundle.version}" if base_bundle else None, rounds, forks,
+        timeout)
+    with tracker.track(cfg, "bench", job_params, targets) as job, \
+            output.MeasureProgress(enabled=not as_json) as progress:
+        runs_done, outcomes = bench(
+            cfg, bundles, devices, params, targets, forks, timeout,
+            job.bench_events(progress.event, len(params.threads) * rounds * len(bundles)),
+            rounds=rounds, job_id=job.job_id, cancelled=job.context.stopped_any)
+        done = bench_summary(runs_done, outcomes, job.stopped(outcomes))
+        job.finish(done.state, done.result, done.error, done.run_id)
+    public = [_results_public(run.id)[0] for run in runs_done]
+    report: dict[str, Any] = {"runs": public}
+    failed_gate: list[dict] = []
+    if job.interrupted:  # no gate on a cancelled comparison: show what was measured, stop
+        base_bundle = None
+    if base_bundle is not None:
+        from orchestrator.measure.stats import compare_runs, gate
+
+        base_run, new_run = (_results_public(r.id, latencies=True)[1] for r in runs_done)
+        rows = compare_runs(base_run, new_run, include_invalid=include_invalid)
+        failed_gate = gate(rows, gate_bound or 0.0)
+        report["comparison"] = rows
+        report["gate"] = {"max_regression": gate_bound, "failed": failed_gate,
+                          "compared": sum(1 for r in rows if not r.get("excluded"))}
+        if junit:
+            from orchestrator.measure.junit import write_junit
+
+            write_junit(junit, rows, gate_bound or 0.0)
+    if as_json:
+        output.print_json(report if base_bundle else public[-1])
+    else:
+        for run in public:
+            _print_results(run["results"], f"run {run['id']}: {run['bundle']['name']}@"
+                           f"{run['bundle']['version']}", fmt)
+        if base_bundle is not None:
+            from orchestrator.measure.reports import render_comparison
+
+            output.stdout.print(render_comparison(report["comparison"]))
+    exit_if_interrupted(job.interrupted)
+    if base_bundle is not None:
+        if report["gate"]["compared"] == 0:
+            output.stderr.print("gate: no result pair could be compared (all failed or "
+                                "throttled); not passing a regression check blind")
+            raise typer.Exit(1)
+        if failed_gate:
+            output.stderr.print(f"gate: {len(failed_gate)} device/thread pairs slower than "
+                                f"{baseline} by more than {max_regression}")
+            raise typer.Exit(1)
+    if any(not o.ok for o in outcomes):
+        raise typer.Exit(1)
+
+
+@runs_app.command("list")
+@handles_errors
+def runs_list(as_json: JsonOpt = False) -> None:
+    """Recent runs, newest first."""
+    from orchestrator.core.db import session_scope
+    from orchestrator.measure.runs import list_runs, run_public
+
+    with session_scope(settings()) as session:
+        runs = [run_public(r) for r in list_runs(session)]
+    if as_json:
+        output.print_json(runs)
+        return
+    output.stdout.print(output.table(None, ["run", "kind", "bundle", "targets", "state", "by",
+                                            "created"],
+                                     [(r["id"], r["kind"], f"{r['bundle']['name']}@"
+                                       f"{r['bundle']['version']}", r["targets"], r["state"],
+                                       r["created_by"], r["created_at"][:19]) for r in runs]))
+
+
+@runs_app.command("show")
+@handles_errors
+def runs_show(
+    run_id: Annotated[int, row_id("run", metavar="RUN_ID")],
+    fmt: Annotated[str, typer.Option("--format", help="table | md | csv | json")] = "table",
+    raw: Annotated[bool, typer.Option(help="With --json: every latency and sample.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """One run as the table edge-ML write-ups publish (or Markdown / CSV / JSON)."""
+    _check_format(fmt)
+    public, results = _results_public(run_id, latencies=raw, samples=raw)
+    if as_json or fmt == "json":
+        output.print_json(public)
+        return
+    if public["kind"] == "eval":
+        from orchestrator.cli.evaluate import print_eval
+
+        print_eval(public, fmt, sweep=True)
+        return
+    _print_results(results, f"run {run_id}: {public['bundle']['name']}@"
+                   f"{public['bundle']['version']} ({public['state']})", fmt)
+
+
+@runs_app.command("compare")
+@handles_errors
+def runs_compare(
+    run_a: Annotated[int, row_id("run", metavar="RUN_A")],
+    run_b: Annotated[int, row_id("run", metavar="RUN_B")],
+    include_invalid: Annotated[bool, typer.Option(help="Compare throttled results too.")]
+    = False,
+    fmt: Annotated[str, typer.Option("--format", help="table | md | csv | json")] = "table",
+    as_json: JsonOpt = False,
+) -> None:
+    """B relative to A per device and thread count: ratio of medians, 95% CI, p, verdict."""
+    from orchestrator.measure import reports
+    from orchestrator.measure.stats import compare_runs
+
+    _check_format(fmt)
+    rows = compare_runs(_results_public(run_a, latencies=True)[1],
+                        _results_public(run_b, latencies=True)[1],
+                        include_invalid=include_invalid)
+    if as_json or fmt == "json":
+        output.print_json(rows)
+    elif fmt == "md":
+        output.print_text(reports.comparison_markdown(rows))
+    elif fmt == "csv":
+        output.print_text(reports.comparison_csv(rows))
+    else:
+        output.stdout.print(reports.render_comparison(rows))
+
+
+@app.command("telemetry")
+@handles_errors
+def telemetry_cmd(targets: Targets, forks: Forks = 10, timeout: Timeout = None,
+                  as_json: JsonOpt = False) -> None:
+    """A one-shot snapshot per device (temperature, frequency, throttling, load, memory, disk),
+    stored in the DB."""
+    from orchestrator.fleet.telemetry import take_snapshots
+
+    outcomes = take_snapshots(settings(), select(targets), forks, timeout)
+    for o in outcomes:
+        o.data["throttled"] = " ".join(filter(None, [
+            o.data.get("throttled_hex"), ", ".join(o.data.get("throttle_now") or []),
+            f"(since boot: {', '.join(o.data['throttle_since_boot'])})"
+            if o.data.get("throttle_since_boot") else ""])) or None
+        o.data["disk_free"] = output.human_bytes(o.data.get("disk_free_bytes"))
+    finish(outcomes, "telemetry", as_json,
+           extra=("temp_c", "freq_mhz", "throttled", "load_1m", "mem_available_mb", "disk_free"))

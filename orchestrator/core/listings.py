@@ -1,0 +1,134 @@
+"""The JSON shapes of devices and bundles, and the fast way to list them.
+
+``device_public`` and ``bundle_public`` are what the CLI and the API print for a device or a
+bundle; they read attributes only, so they take ORM rows and the rows read here alike.
+``devices`` and ``bundles`` list the DB's rows with the standard library's sqlite3 when the DB
+is a SQLite file at the newest migration (``dbfile.open_current``), and return None otherwise
+(the caller takes the ORM path, which also creates and migrates). Why a second way to read:
+`devices list` and `bundle list` must start at once (issue 12: <= 0.4 s of CPU), and importing
+SQLAlchemy, SQLModel and pydantic alone costs more than that here. Column values are converted
+by their declared SQL type as the ORM's types do (JSON, BOOLEAN, DATETIME stored as naive
+UTC, read by ``utc.parse_utc``: the rule ``models.UTCDateTime`` reads it by);
+tests/unit/core/test_listings.py compares both ways on one DB.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from orchestrator.core.dbfile import open_current
+from orchestrator.core.errors import NotFoundError
+from orchestrator.core.patterns import match
+from orchestrator.core.utc import parse_utc
+
+if TYPE_CHECKING:
+    from orchestrator.core.models import Bundle, Device
+
+T = TypeVar("T")
+
+
+def device_public(device: Device | SimpleNamespace) -> dict[str, Any]:
+    """The JSON shape for one device: no key paths, no environment values."""
+    facts = device.facts or {}
+    sensors = facts.get("sensors") or {}
+    return {
+        "name": device.name,
+        "address": device.address,
+        "port": device.port,
+        "connection": device.connection,
+        "groups": device.groups,
+        "labels": device.labels,
+        "simulated": device.simulated,
+        "agent_version": device.agent_version,
+        "active_bundle": device.active_bundle,
+        "active_digest": device.active_digest,
+        "last_seen": device.last_seen.isoformat() if device.last_seen else None,
+        "pi_model": facts.get("pi_model"),
+        "arch": facts.get("arch"),
+        "cores": facts.get("cores"),
+        "ram_mb": facts.get("ram_mb"),
+        "onnxruntime": (facts.get("onnxruntime") or {}).get("version"),
+        "temp_c": sensors.get("temp_c"),
+        "throttled_hex": sensors.get("throttled_hex"),
+        "throttle_flags": sensors.get("throttle_flags"),
+        "source": device.source,
+    }
+
+
+def manifest_of(bundle: Bundle | SimpleNamespace) -> dict[str, Any]:
+    return json.loads(bundle.manifest_json)
+
+
+def bundle_public(bundle: Bundle | SimpleNamespace) -> dict[str, Any]:
+    """The JSON shape the CLI and API print for one bundle."""
+    manifest = manifest_of(bundle)
+    return {
+        "name": bundle.name,
+        "version": bundle.version,
+        "digest": bundle.digest,
+        "size_bytes": bundle.size_bytes,
+        "precision": bundle.precision,
+        "created_at": bundle.created_at.isoformat(),
+        "min_onnxruntime": manifest.get("min_onnxruntime"),
+        "model": manifest.get("model"),
+        "files": manifest.get("files"),
+        "source": manifest.get("source"),
+        # Issue 5 keys (docs/pipeline.md); None when the bundle has none.
+        **{key: manifest.get(key) for key in (
+            "labels", "preprocessing", "golden", "parent", "quantization", "streaming")},
+    }
+
+
+def select_by_pattern(devices: Sequence[T], pattern: str,
+                      name_groups: Callable[[T], tuple[str, list[str]]]) -> list[T]:
+    """The devices a target pattern selects, in pattern order (``devices.select_devices``)."""
+    if not devices:
+        raise NotFoundError("no devices yet: run `edgefleet inventory sync FILE` first")
+    names = match(pattern, [name_groups(d) for d in devices])
+    by_name = {name_groups(d)[0]: d for d in devices}
+    return [by_name[name] for name in names]
+
+
+_CONVERT: dict[str, Callable[[Any], Any]] = {"JSON": json.loads, "BOOLEAN": bool,
+                                             "DATETIME": parse_utc}
+
+
+def _rows(conn: sqlite3.Connection, table: str, order: str) -> list[SimpleNamespace]:
+    """Every row of ``table`` (a name of ours, never user input), values converted by the
+    column's declared type as the ORM's column types convert them."""
+    types = {row[1]: str(row[2]).upper() for row in conn.execute(f"PRAGMA table_info({table})")}
+    cursor = conn.execute(f"SELECT * FROM {table} ORDER BY {order}")  # noqa: S608
+    names = [d[0] for d in cursor.description]
+    convert = [_CONVERT.get(types.get(name, "")) for name in names]
+    return [SimpleNamespace(**{name: value if fn is None or value is None else fn(value)
+                               for name, fn, value in zip(names, convert, row, strict=True)})
+            for row in cursor]
+
+
+def devices(pattern: str) -> list[dict[str, Any]] | None:
+    """``device_public`` of the devices ``pattern`` selects; None: take the ORM path."""
+    conn = open_current()
+    if conn is None:
+        return None
+    try:
+        rows = _rows(conn, "device", "name")
+    finally:
+        conn.close()
+    return [device_public(d) for d in select_by_pattern(rows, pattern,
+                                                        lambda d: (d.name, d.groups))]
+
+
+def bundles() -> list[dict[str, Any]] | None:
+    """``bundle_public`` of every bundle, by name then age; None: take the ORM path."""
+    conn = open_current()
+    if conn is None:
+        return None
+    try:
+        rows = _rows(conn, "bundle", "name, id")
+    finally:
+        conn.close()
+    return [bundle_public(b) for b in rows]

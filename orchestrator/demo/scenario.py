@@ -1,0 +1,94 @@
+"""``edgefleet demo``: the whole flow on a machine with no Pi and no sshd.
+
+Three simulated Pis run as local devices (``ansible_connection: local``) with fake sensors
+(orchestrator/demo/simulate.py); one runs hot without a cooler, one had a weak power supply.
+Everything else is real: a first-crack classifier trained (in numpy, seeded) on synthetic
+roaster audio, its INT8 variant, a labelled WAV eval set the model never saw, the real agent,
+hashing, verification, activation, smoke tests, benchmarks and on-device evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from orchestrator.demo.audio import write_eval_set
+from orchestrator.demo.model import (
+    TRAINED_FRAMES,
+    TRAINED_MELS,
+    TRAINED_STREAMING_PROFILE,
+    make_trained_classifier,
+)
+from orchestrator.demo.simulate import SimulatedDevice, create_simulated_device
+
+DEMO_BUNDLE = "first-crack"
+DEMO_DATASET = "roast-windows"
+# One 2 s window per inference: benchmarks and golden outputs use batch 1.
+INPUT_SHAPES = {"input_values": [1, TRAINED_FRAMES, TRAINED_MELS]}
+
+
+@dataclass(frozen=True)
+class DemoDevice:
+    name: str
+    group: str
+    model: str
+    temp_c: float
+    throttled: int
+    labels: dict[str, str]
+
+
+DEVICES = (
+    DemoDevice("pi5-roaster", "roastery", "Raspberry Pi 5 Model B Rev 1.0", 82.5, 0xE0008,
+               {"cooler": "none", "psu": "official 27W", "location": "roaster"}),
+    DemoDevice("pi5-bench", "roastery", "Raspberry Pi 5 Model B Rev 1.0", 51.0, 0x0,
+               {"cooler": "active", "psu": "official 27W", "location": "bench"}),
+    DemoDevice("pi4-lab", "lab", "Raspberry Pi 4 Model B Rev 1.5", 58.0, 0x50000,
+               {"cooler": "heatsink", "psu": "phone charger", "location": "lab"}),
+)
+
+
+@dataclass
+class DemoFiles:
+    home: Path
+    inventory: Path
+    model_dir: Path
+    eval_dir: Path
+    profile: Path
+    sims: dict[str, SimulatedDevice]
+
+
+def prepare(home: Path, model_cache: Path | None = None) -> DemoFiles:
+    """Write the simulated devices, their inventory and the model folder (idempotent).
+
+    ``model_cache``: where the trained model is kept between runs (default: ``home/cache``;
+    tests share one across the session: training takes ~10 s)."""
+    home.mkdir(parents=True, exist_ok=True)
+    sims: dict[str, SimulatedDevice] = {}
+    groups: dict[str, dict[str, dict]] = {}
+    for spec in DEVICES:
+        device_dir = home / "devices" / spec.name
+        sim = create_simulated_device(device_dir / "hw", model=spec.model, temp_c=spec.temp_c,
+                                      throttled=spec.throttled,
+                                      freq_mhz=1500.0 if spec.temp_c > 80 else 2400.0)
+        sims[spec.name] = sim
+        host_vars = sim.local_host_vars(device_dir / "root") | spec.labels
+        groups.setdefault(spec.group, {})[spec.name] = host_vars
+    inventory = {"all": {"vars": {"site": "demo"},
+                         "children": {g: {"hosts": hosts} for g, hosts in groups.items()}}}
+    inventory_path = home / "inventory.yml"
+    inventory_path.write_text(yaml.safe_dump(inventory, sort_keys=False))
+    model_dir = make_trained_classifier(home / "models" / DEMO_BUNDLE,
+                                        cache_dir=model_cache or home / "cache")
+    eval_dir = home / "eval" / DEMO_DATASET
+    if not eval_dir.is_dir():  # written once, whole or not at all (then hashed into a dataset)
+        staging = eval_dir.with_name(f".{DEMO_DATASET}.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        write_eval_set(staging)
+        staging.rename(eval_dir)
+    profile = home / "models" / f"{DEMO_BUNDLE}.profile.json"
+    profile.write_text(json.dumps(TRAINED_STREAMING_PROFILE, indent=2) + "\n")
+    return DemoFiles(home, inventory_path, model_dir, eval_dir, profile, sims)

@@ -1,0 +1,275 @@
+"""Push, verify, activate, roll back.
+
+Per device: the agent says which blobs it holds (after re-checking them), we refuse early what
+cannot work (old onnxruntime, no disk space), send only the missing blobs to ``.part`` files, and
+the agent verifies every file, the manifest digest and the golden outputs before swapping
+``current``. Each step is recorded as a Deployment row, so the CLI, the API and the web show the
+same history; what the device reports about itself on the way (its active version, a change
+its journal reverted after a crash) corrects the DB first (devices.record_device_report).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from sqlmodel import Session
+
+from agent.protocol import E_NOTHING_TO_ROLL_BACK, E_SMOKE_FAILED
+from orchestrator.access import audit
+from orchestrator.artifacts.blobstore import BlobStore
+from orchestrator.artifacts.bundles import manifest_of
+from orchestrator.artifacts.onnxinfo import version_tuple
+from orchestrator.core.config import Settings
+from orchestrator.core.db import session_scope
+from orchestrator.core.errors import AgentError, EdgeFleetError
+from orchestrator.core.models import Bundle, Deployment, Device
+from orchestrator.fleet.agentclient import AgentSession, call_agent, plan_uploads
+from orchestrator.fleet.fanout import Outcome, fan_out
+from orchestrator.fleet.leases import leased
+from orchestrator.inventory.devices import DeviceReport, get_device, record_device_report, to_target
+from orchestrator.transport import Connection, Target, connect
+
+
+class PushProgress(Protocol):
+    def start(self, device: str, total_bytes: int) -> None: ...
+    def advance(self, device: str, nbytes: int) -> None: ...
+    def state(self, device: str, state: str) -> None: ...
+
+
+class NoProgress:
+    def start(self, device: str, total_bytes: int) -> None: ...
+    def advance(self, device: str, nbytes: int) -> None: ...
+    def state(self, device: str, state: str) -> None: ...
+
+
+class CountingProgress:
+    """Passes progress on and counts the bytes one device's push really put on the wire, so a
+    push that fails midway reports them instead of 0."""
+
+    def __init__(self, inner: PushProgress) -> None:
+        self.inner, self.sent = inner, 0
+
+    def start(self, device: str, total_bytes: int) -> None:
+        self.inner.start(device, total_bytes)
+
+    def advance(self, device: str, nbytes: int) -> None:
+        self.sent += nbytes
+        self.inner.advance(device, nbytes)
+
+    def state(self, device: str, state: str) -> None:
+        self.inner.state(device, state)
+
+
+def check_runtime(target: Target, plan: dict[str, Any], manifest: dict[str, Any]) -> None:
+    ref = f"{manifest['name']}@{manifest['version']}"
+    need = manifest.get("min_onnxruntime") or "0"
+    have = plan.get("onnxruntime")
+    if not have:
+        raise EdgeFleetError(
+            f"{target.name}: onnxruntime is not importable on the device; "
+            f"run `edgefleet agent install {target.name} --with-deps`"
+        )
+    if version_tuple(have) < version_tuple(need):
+        model = manifest.get("model", {})
+        raise EdgeFleetError(
+            f"{target.name}: has onnxruntime {have} but {ref} needs onnxruntime >= {need} "
+            f"(opset {model.get('opset')}, IR {model.get('ir_version')}); upgrade onnxruntime "
+            "on the device or export the model with a lower opset. Nothing was sent."
+        )
+
+
+def push_over(conn: Connection, bundle: Bundle, store: BlobStore, progress: PushProgress,
+              timeout: float | None = None, report: DeviceReport | None = None) -> Outcome:
+    """One device's push over an open connection, in one agent session; ``report`` gathers
+    what the agent's results say about the device, even when the push fails."""
+    target = conn.target
+    manifest = manifest_of(bundle)
+    payload = {"manifest": manifest, "digest": bundle.digest}
+    report = report if report is not None else DeviceReport()
+    progress.state(target.name, "planning")
+    with AgentSession(conn, timeout=timeout) as session:
+        plan = report.note(session.call("plan", payload))
+        check_runtime(target, plan, manifest)
+        if plan.get("already_active"):
+            progress.start(target.name, 0)
+            return Outcome(target.name, True, "unchanged", data={"bytes_sent": 0})
+        files = {f["sha256"]: f for f in manifest["files"]}
+        uploads = plan_uploads(plan, files, store.path)
+        total = sum(u.to_send for u in uploads)
+        resumed = sum(u.offset for u in uploads)
+        free = plan.get("disk_free_bytes")
+        if free is not None and total > free:
+            raise EdgeFleetError(
+                f"{target.name}: not enough disk space: {total / 1e6:.1f} MB to send, "
+                f"{free / 1e6:.1f} MB free under {target.root}. Free space on the device "
+                "(old bundles are pruned after each activation). Nothing was sent."
+            )
+        progress.start(target.name, total)
+        progress.state(target.name, "transferring")
+        session.send_blobs(uploads, on_bytes=lambda n: progress.advance(target.name, n))
+        sent = total
+        progress.state(target.name, "verifying")
+        try:
+            result = report.note(session.call("activate", payload))
+        except AgentError as exc:
+            report.note(exc.detail)
+            if exc.code != E_SMOKE_FAILED:
+                raise
+            # The agent kept the previous version; the session is intact, so end it normally.
+            return Outcome(target.name, False, "failed", str(exc), data={
+                "bytes_sent": sent, "resumed_bytes": resumed, "smoke": smoke_summary(exc.detail),
+                "smoke_detail": {key: exc.detail.get(key) for key in SMOKE_FIELDS},
+                "rolled_back_to": exc.detail.get("rolled_back_to")})
+    state = "active" if result.get("changed", True) else "unchanged"
+    smoke = result.get("smoke")
+    return Outcome(target.name, True, state, data={
+        "bytes_sent": sent, "resumed_bytes": resumed, "previous": result.get("previous"),
+        "smoke_detail": smoke,
+        "smoke": smoke_summary(smoke) if smoke else
+        "no golden outputs" if state == "active" else None})
+
+
+SMOKE_FIELDS = ("reason", "outputs", "max_abs", "max_rel", "error", "ms", "rolled_back_to")
+
+
+def smoke_summary(smoke: dict[str, Any]) -> str:
+    """One cell for the push table: passed/failed, worst differences, time it took."""
+    if smoke.get("ok"):
+        head = "passed"
+    elif smoke.get("reason") == "load_failed":
+        return "failed: model did not load"
+    else:
+        head = "failed"
+    diffs = ("" if smoke.get("max_abs") is None else
+             f", max abs {smoke['max_abs']:.2g}, max rel {smoke['max_rel']:.2g}")
+    took = f", {smoke['ms']:.0f} ms" if smoke.get("ms") is not None else ""
+    return f"{head}{diffs}{took}"
+
+
+def rolled_back_active(rolled_back_to: dict[str, Any] | None) -> tuple[str | None, str | None]:
+    """The device's active bundle after a failed smoke test: the version it kept (the new one
+    never went live; the field keeps its old name). (None, None): nothing active."""
+    if not rolled_back_to:
+        return None, None
+    return (f"{rolled_back_to.get('name')}@{rolled_back_to.get('version')}",
+            rolled_back_to.get("digest"))
+
+
+def _finish(settings: Settings, deployment_id: int, outcome: Outcome,
+            active: tuple[str | None, str | None] | None,
+            report: DeviceReport | None = None) -> None:
+    """Close the Deployment row; ``active`` (when known, even for a failed outcome such as a
+    smoke test that kept the previous version) is what the device runs now; ``(None, None)``
+    means nothing. ``report`` (what the device said about itself) is recorded first."""
+    with session_scope(settings) as session:
+        if report is not None and report.data:
+            recovered = record_device_report(session, outcome.device, report.data)
+            if recovered:
+                outcome.data["recovered"] = recovered
+        row = session.get(Deployment, deployment_id)
+        assert row is not None
+        row.state = outcome.state
+        row.bytes_sent = int(outcome.data.get("bytes_sent", 0))
+        row.duration_s = round(outcome.duration_s, 3)
+        row.error = outcome.error
+        row.finished_at = datetime.now(UTC)
+        session.add(row)
+        if outcome.ok or active is not None:
+            device = get_device(session, outcome.device)
+            if active:
+                device.active_bundle, device.active_digest = active
+            device.last_seen = row.finished_at
+            session.add(device)
+
+
+def _add_rows(session: Session, devices: Sequence[Device], operation: str,
+              bundle: Bundle | None, job_id: int | None = None) -> dict[str, int]:
+    """One pending Deployment per device, named with its job: if the process dies, whoever
+    recovers the job marks them interrupted (``jobs.recover_interrupted``)."""
+    rows = {
+        d.name: Deployment(
+            device_name=d.name, operation=operation, state="pending",
+            bundle_name=bundle.name if bundle else None,
+            bundle_version=bundle.version if bundle else None,
+            bundle_digest=bundle.digest if bundle else None, job_id=job_id,
+        )
+        for d in devices
+    }
+    session.add_all(rows.values())
+    session.flush()
+    return {name: row.id for name, row in rows.items()}  # type: ignore[misc]
+
+
+def _start_rows(settings: Settings, devices: Sequence[Device], operation: str,
+                bundle: Bundle | None, job_id: int | None = None) -> dict[str, int]:
+    with session_scope(settings) as session:
+        return _add_rows(session, devices, operation, bundle, job_id)
+
+
+def push(settings: Settings, bundle: Bundle, devices: Sequence[Device], forks: int = 10,
+         timeout: float | None = None, progress: PushProgress | None = None, *,
+         job_id: int | None = None) -> list[Outcome]:
+    progress = progress or NoProgress()
+    store = BlobStore(settings.blob_dir)
+    row_ids = _start_rows(settings, devices, "push", bundle, job_id)
+    active = (f"{bundle.name}@{bundle.version}", bundle.digest)
+
+    def step(target: Target) -> Outcome:
+        started = time.monotonic()
+        report = DeviceReport()
+        counted = CountingProgress(progress)
+        try:
+            with leased(settings, target.name, "push"), \
+                    connect(target, settings, timeout) as conn:
+                outcome = push_over(conn, bundle, store, counted, timeout, report)
+        except EdgeFleetError as exc:
+            outcome = Outcome(target.name, False, "failed", str(exc),
+                              data={"bytes_sent": counted.sent})
+        outcome.duration_s = time.monotonic() - started
+        outcome.data.setdefault("bytes_sent", 0)
+        progress.state(target.name, outcome.state)
+        now = active if outcome.ok else (
+            rolled_back_active(outcome.data["rolled_back_to"])
+            if "rolled_back_to" in outcome.data else None)
+        _finish(settings, row_ids[target.name], outcome, now, report)
+        return outcome
+
+    return fan_out([to_target(d) for d in devices], step, forks)
+
+
+def rollback(settings: Settings, devices: Sequence[Device], forks: int = 10,
+             timeout: float | None = None, *, actor: str, targets: str) -> list[Outcome]:
+    """Swap each device back to the bundle it ran before. One ``rollback`` event for the
+    operation (``devices:<targets>``, the pattern ``devices`` were selected with), committed
+    with the Deployment rows it starts: it says who asked, the rows say how each device ended."""
+    with session_scope(settings) as session:
+        row_ids = _add_rows(session, devices, "rollback", None)
+        audit.add_event(session, actor, "rollback", f"devices:{targets}",
+                        {"devices": [d.name for d in devices]})
+
+    def step(target: Target) -> Outcome:
+        started = time.monotonic()
+        active = None
+        report = DeviceReport()
+        try:
+            with leased(settings, target.name, "rollback"), \
+                    connect(target, settings, timeout) as conn:
+                result = report.note(call_agent(conn, "rollback", {}))
+            now = result["active"]
+            active = (f"{now['name']}@{now['version']}", now["digest"])
+            outcome = Outcome(target.name, True, "rolled-back",
+                              data={"active": active[0], "from": result.get("previous")})
+        except AgentError as exc:
+            report.note(exc.detail)
+            state = "nothing-to-roll-back" if exc.code == E_NOTHING_TO_ROLL_BACK else "failed"
+            outcome = Outcome(target.name, False, state, str(exc))
+        except EdgeFleetError as exc:
+            outcome = Outcome(target.name, False, "failed", str(exc))
+        outcome.duration_s = time.monotonic() - started
+        _finish(settings, row_ids[target.name], outcome, active, report)
+        return outcome
+
+    return fan_out([to_target(d) for d in devices], step, forks)

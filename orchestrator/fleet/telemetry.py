@@ -1,0 +1,66 @@
+"""One-shot telemetry snapshots: temperature, frequency, throttling (decoded), load, memory,
+disk — read by the agent, stored per device, and reflected on the device row, with what the
+device says it runs (and any interrupted change it reverted: devices.record_device_report)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from orchestrator.core.config import Settings
+from orchestrator.core.db import session_scope
+from orchestrator.core.models import Device, TelemetrySnapshot
+from orchestrator.fleet.agentclient import call_agent
+from orchestrator.fleet.fanout import Outcome, fan_out
+from orchestrator.inventory.devices import get_device, record_device_report, to_target
+from orchestrator.transport import Target, connect
+
+
+def take_snapshots(settings: Settings, devices: Sequence[Device], forks: int = 10,
+                   timeout: float | None = None) -> list[Outcome]:
+    def step(target: Target) -> Outcome:
+        with connect(target, settings, timeout) as conn:
+            data = call_agent(conn, "telemetry")
+        sensors = data.get("sensors") or {}
+        now = datetime.now(UTC)
+        with session_scope(settings) as session:
+            session.add(TelemetrySnapshot(
+                device_name=target.name, taken_at=now, temp_c=sensors.get("temp_c"),
+                freq_mhz=sensors.get("freq_mhz"), throttled_bits=sensors.get("throttled"),
+                throttle_flags=sensors.get("throttle_flags") or {},
+                load_1m=data.get("load_1m"), mem_available_mb=data.get("mem_available_mb"),
+                disk_free_bytes=data.get("disk_free_bytes")))
+            device = get_device(session, target.name)
+            device.facts = {**(device.facts or {}), "sensors": sensors}
+            device.last_seen = now
+            session.add(device)
+            recovered = record_device_report(session, target.name, data)
+        row = snapshot_row(data)
+        if recovered:
+            row["recovered"] = recovered
+        problems = [data[key] for key in ("current_error", "state_error") if data.get(key)]
+        if problems:  # the snapshot was taken; what is wrong with the bundle store is said
+            row["problem"] = "; ".join(str(p) for p in problems)
+        return Outcome(target.name, True, "ok", data=row)
+
+    return fan_out([to_target(d) for d in devices], step, forks)
+
+
+def snapshot_row(data: dict[str, Any]) -> dict[str, Any]:
+    """Flat fields for tables and --json."""
+    sensors = data.get("sensors") or {}
+    flags = sensors.get("throttle_flags") or {}
+    return {
+        "temp_c": sensors.get("temp_c"),
+        "freq_mhz": sensors.get("freq_mhz"),
+        "throttled_hex": sensors.get("throttled_hex"),
+        "throttle_now": flags.get("now"),
+        "throttle_since_boot": flags.get("since_boot"),
+        "load_1m": data.get("load_1m"),
+        "cores": data.get("cores"),
+        "mem_available_mb": data.get("mem_available_mb"),
+        "mem_total_mb": data.get("mem_total_mb"),
+        "disk_free_bytes": data.get("disk_free_bytes"),
+        "simulated": data.get("simulated"),
+    }

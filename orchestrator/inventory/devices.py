@@ -1,0 +1,185 @@
+"""Devices in the DB: sync from an inventory, select by pattern, turn into transport Targets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from orchestrator.core.errors import NotFoundError
+from orchestrator.core.listings import device_public as device_public
+from orchestrator.core.listings import select_by_pattern
+from orchestrator.core.models import Deployment, Device
+from orchestrator.inventory.reader import Inventory, InventoryHost
+from orchestrator.transport import Target
+
+
+@dataclass
+class SyncReport:
+    added: list[str] = field(default_factory=list)
+    # device name -> field -> [old, new]
+    changed: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"added": self.added, "changed": self.changed, "removed": self.removed,
+                "unchanged": self.unchanged}
+
+
+def _fields(host: InventoryHost) -> dict[str, Any]:
+    return {
+        "address": host.address, "port": host.port, "user": host.user,
+        "key_file": host.key_file, "connection": host.connection, "root": host.root,
+        "python": host.python, "env": dict(host.env), "labels": dict(host.labels),
+        "groups": list(host.groups),
+    }
+
+
+def _redacted(key: str, old_new: list[Any]) -> list[Any]:
+    """``edgefleet_env`` may carry tokens: a diff names the variables, never their values."""
+    if key != "env":
+        return old_new
+    return [{name: "<redacted>" for name in side} for side in old_new]
+
+
+def is_simulated(env: dict[str, str]) -> bool:
+    return env.get("EDGEFLEET_SYSFS", "/sys") not in ("", "/sys")
+
+
+def sync_inventory(session: Session, inventory: Inventory, apply: bool = True) -> SyncReport:
+    """Make the DB's devices match the inventory; idempotent. ``apply=False`` only reports."""
+    report = SyncReport()
+    existing = {d.name: d for d in session.exec(select(Device)).all()}
+    now = datetime.now(UTC)
+    for name, host in inventory.hosts.items():
+        wanted = _fields(host)
+        device = existing.pop(name, None)
+        if device is None:
+            report.added.append(name)
+            if apply:
+                session.add(Device(name=name, source=host.source,
+                                   simulated=is_simulated(wanted["env"]), **wanted))
+            continue
+        diff = {key: _redacted(key, [getattr(device, key), value])
+                for key, value in wanted.items() if getattr(device, key) != value}
+        if not diff:
+            report.unchanged.append(name)
+        else:
+            report.changed[name] = diff
+        if apply:
+            for key, value in wanted.items():
+                setattr(device, key, value)
+            device.source = host.source
+            device.simulated = is_simulated(wanted["env"])
+            if diff:
+                device.updated_at = now
+            session.add(device)
+    for name, device in existing.items():
+        report.removed.append(name)
+        if apply:
+            session.delete(device)
+    return report
+
+
+def all_devices(session: Session) -> list[Device]:
+    return list(session.exec(select(Device).order_by(col(Device.name))).all())
+
+
+def select_devices(session: Session, pattern: str) -> list[Device]:
+    return select_by_pattern(all_devices(session), pattern, lambda d: (d.name, d.groups))
+
+
+def get_device(session: Session, name: str) -> Device:
+    device = session.exec(select(Device).where(Device.name == name)).first()
+    if device is None:
+        raise NotFoundError(f"no device named {name!r}; see `edgefleet devices list`")
+    return device
+
+
+def to_target(device: Device) -> Target:
+    return Target(
+        name=device.name, address=device.address, port=device.port, user=device.user,
+        key_file=device.key_file, connection=device.connection, root=device.root,
+        python=device.agent_python or device.python, env=dict(device.env),
+    )
+
+
+def record_facts(session: Session, name: str, facts: dict[str, Any],
+                 agent_python: str | None = None) -> None:
+    device = get_device(session, name)
+    device.facts = facts
+    device.agent_version = facts.get("agent_version")
+    if agent_python:
+        device.agent_python = agent_python
+    record_device_report(session, name, facts)
+
+
+@dataclass
+class DeviceReport:
+    """What the results of one contact said about the device (``active``, ``recovered``),
+    gathered across the calls of an agent session for :func:`record_device_report`."""
+
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def note(self, result: dict[str, Any]) -> dict[str, Any]:
+        """Keep what ``result`` (a command's data, or an error's detail) says; returns it."""
+        self.data.setdefault("recovered", []).extend(result.get("recovered") or [])
+        if "active" in result and not result.get("state_error"):
+            self.data["active"] = result["active"]
+        return result
+
+
+def _ref(entry: dict[str, Any]) -> str:
+    return f"{entry.get('name')}@{entry.get('version')}"
+
+
+def record_device_report(session: Session, name: str, report: dict[str, Any]) -> list[str]:
+    """Correct the DB from what a device's agent said about itself in a result (any command:
+    agent.cli.handle adds it): the version it runs (``active``, the committed one, null for
+    none; ignored with ``state_error``) and the interrupted changes its journal reverted first
+    (``recovered``: one Deployment row each, operation ``recover``). Returns their messages.
+
+    Why here and not only after a push: a push whose agent was killed (reboot, power cut, OOM)
+    ends in a transport error, and the device decides what it runs on its next command; the
+    control plane learns it from whichever contact comes next (push, telemetry, facts, bench,
+    eval, verify, rollback)."""
+    device = get_device(session, name)
+    now = datetime.now(UTC)
+    recovered = [r for r in report.get("recovered") or [] if isinstance(r, dict)]
+    if "active" in report:
+        known, active = True, report["active"]
+    elif recovered:  # an error result: its reports still say what is active now
+        known, active = True, recovered[-1].get("active")
+    else:
+        known, active = False, None
+    if known and not report.get("state_error"):
+        device.active_bundle = _ref(active) if active else None
+        device.active_digest = active.get("digest") if active else None
+    for item in recovered:
+        entry = item.get("abandoned") or item.get("active") or {}
+        session.add(Deployment(
+            device_name=name, operation="recover", state=str(item.get("action")),
+            bundle_name=entry.get("name"), bundle_version=entry.get("version"),
+            bundle_digest=entry.get("digest"), error=item.get("message"), started_at=now,
+            finished_at=now))
+    device.last_seen = now
+    session.add(device)
+    return [str(item.get("message")) for item in recovered]
+
+
+RECENT_DEPLOYMENTS = 20  # a device's history at a glance: a page, not an archive
+
+
+def recent_deployments(session: Session, device: str | None = None,
+                       limit: int = RECENT_DEPLOYMENTS) -> list[Deployment]:
+    """The newest deployments (push, rollback, recover), newest first; of one device when
+    ``device`` is given. One query and one default bound for `devices show`, the API's device
+    view and the device page, which used to run three copies with three limits."""
+    query = select(Deployment)
+    if device is not None:
+        query = query.where(Deployment.device_name == device)
+    return list(session.exec(query.order_by(col(Deployment.id).desc())
+                             .limit(max(1, int(limit)))).all())

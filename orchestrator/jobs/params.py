@@ -1,0 +1,223 @@
+"""What a job may be asked to do: the parameters of each job kind, checked before it is queued.
+
+Split from ``jobs.execute`` (which runs jobs) because the checks are what the API, the pages, the
+schedules and the CLI share, and because a typo must never become a job that fails minutes
+later: every reference (targets, bundles, datasets) is resolved here, and an eval's dataset is
+matched against the model's labels (``evals.plan_eval``) before anything is queued.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from sqlmodel import Session
+
+from orchestrator.artifacts.bundles import get_bundle
+from orchestrator.core.errors import EdgeFleetError
+from orchestrator.inventory.devices import select_devices
+from orchestrator.measure import runs
+
+GRAPH_OPTIMIZATIONS = ("all", "extended", "basic", "disabled")
+
+ALLOWED = {
+    "push": {"bundle", "forks", "timeout"},
+    "bench": {"bundle", "threads", "warmup", "runs", "min_seconds", "shapes", "constants",
+              "providers", "graph_optimization", "baseline", "rounds", "forks", "timeout"},
+    "eval": {"bundle", "dataset", "threads", "warmup", "positive", "threshold", "forks",
+             "timeout"},
+    "telemetry": {"forks", "timeout"},
+}
+EVAL_DEFAULTS: dict[str, Any] = {"threads": [1], "warmup": 1, "positive": None,
+                                 "threshold": 0.5}  # as `edgefleet eval`
+
+
+# Upper bounds, so a job that cannot run is refused when it is submitted, not in a worker
+# later (10^20 runs queued fine and failed storing the result). The agent refuses more than
+# these too (agent.bench.MAX_THREADS / MAX_TIMED_RUNS; tests/unit/jobs/test_jobs.py keeps them
+# equal).
+MAX_THREADS = 256
+MAX_RUNS = 1_000_000
+HIGH = {"runs": MAX_RUNS, "warmup": MAX_RUNS, "rounds": 1000, "forks": 1000}
+
+
+def _int(kind: str, params: dict[str, Any], key: str, default: int | None, low: int) -> Any:
+    value = params.get(key, default)
+    if value is None:
+        return None
+    high = HIGH.get(key, 2**31 - 1)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise EdgeFleetError(f"{kind} job: {key!r} must be an integer from {low} to {high} "
+                             f"(got {value!r})")
+    return value
+
+
+def _number(kind: str, params: dict[str, Any], key: str, default: float | None,
+            positive: bool = False) -> Any:
+    value = params.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 \
+            or (positive and value == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise EdgeFleetError(f"{kind} job: {key!r} must be a number {bound} (got {value!r})")
+    return float(value)
+
+
+def _bundle_ref(session: Session, kind: str, params: dict[str, Any], key: str) -> str:
+    ref = params.get(key)
+    if not isinstance(ref, str) or not ref.strip():
+        raise EdgeFleetError(f"{kind} job: {key!r} must be a bundle reference like "
+                             f"'first-crack' or 'first-crack@3' (got {ref!r})")
+    get_bundle(session, ref.strip())  # unknown bundle -> NotFoundError naming it
+    return ref.strip()
+
+
+def _threads(value: Any, kind: str = "bench") -> list[int]:
+    if isinstance(value, str):
+        value = [t.strip() for t in value.split(",") if t.strip()]
+        try:
+            value = [int(t) for t in value]
+        except ValueError:
+            value = None
+    if not isinstance(value, list) or not value or len(value) > MAX_THREADS or any(
+            isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= MAX_THREADS
+            for t in value):
+        raise EdgeFleetError(f"{kind} job: 'threads' must be a list of thread counts from 1 "
+                             f"to {MAX_THREADS}, e.g. [1, 2, 4] (got {value!r})")
+    return value
+
+
+def _shapes(value: Any) -> dict[str, list[int]]:
+    ok = isinstance(value, dict) and all(
+        isinstance(k, str) and k and isinstance(dims, list) and all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims)
+        for k, dims in value.items())
+    if not ok:
+        raise EdgeFleetError("bench job: 'shapes' must map input names to dimension lists, "
+                             f"e.g. {{\"audio\": [1, 16000]}} (got {value!r})")
+    return value
+
+
+def _constants(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and k and isinstance(v, int | float | bool)
+            for k, v in value.items()):
+        raise EdgeFleetError("bench job: 'constants' must map input names to numbers or "
+                             f"true/false, e.g. {{\"sampling_rate\": 16000}} (got {value!r})")
+    return value
+
+
+def default_targets(kind: str, targets: str | None) -> str:
+    """A telemetry job without targets polls the whole fleet."""
+    targets = (targets or "").strip()
+    return targets or ("all" if kind == "telemetry" else "")
+
+
+def _bench(session: Session, params: dict[str, Any], out: dict[str, Any]) -> None:
+    defaults, kind = runs.BenchParams(), "bench"
+    out["bundle"] = _bundle_ref(session, kind, params, "bundle")
+    out["threads"] = _threads(params.get("threads", defaults.threads))
+    out["warmup"] = _int(kind, params, "warmup", defaults.warmup, 0)
+    out["runs"] = _int(kind, params, "runs", defaults.runs, 1)
+    out["min_seconds"] = _number(kind, params, "min_seconds", defaults.min_seconds)
+    out["shapes"] = _shapes(params.get("shapes", {}))
+    out["constants"] = _constants(params.get("constants", {}))
+    providers = params.get("providers", defaults.providers)
+    if not isinstance(providers, list) or not providers or not all(
+            isinstance(p, str) and p for p in providers):
+        raise EdgeFleetError(f"bench job: 'providers' must be a list of onnxruntime "
+                             f"execution providers (got {providers!r})")
+    out["providers"] = providers
+    graph = params.get("graph_optimization", defaults.graph_optimization)
+    if graph not in GRAPH_OPTIMIZATIONS:
+        raise EdgeFleetError(f"bench job: 'graph_optimization' {graph!r}: choose one of "
+                             f"{', '.join(GRAPH_OPTIMIZATIONS)}")
+    out["graph_optimization"] = graph
+    if params.get("baseline") is not None:
+        out["baseline"] = _bundle_ref(session, kind, params, "baseline")
+    out["rounds"] = _int(kind, params, "rounds", 5 if "baseline" in out else 1, 1)
+
+
+def _eval(session: Session, params: dict[str, Any], out: dict[str, Any]) -> None:
+    """An eval job's params; the dataset must exist and fit the model (``plan_eval``: labels
+    the model lacks, another sampling rate, an unknown positive class are refused here)."""
+    from orchestrator.artifacts.datasets import get_dataset
+    from orchestrator.measure.evals import plan_eval
+
+    kind = "eval"
+    out["bundle"] = _bundle_ref(session, kind, params, "bundle")
+    ref = params.get("dataset")
+    if not isinstance(ref, str) or not ref.strip():
+        raise EdgeFleetError(f"eval job: 'dataset' must be a dataset reference like "
+                             f"'roaster-eval' or 'roaster-eval@2' (got {ref!r}); see "
+                             "`edgefleet dataset list`")
+    out["dataset"] = ref.strip()
+    out["threads"] = _threads(params.get("threads", EVAL_DEFAULTS["threads"]), kind)
+    out["warmup"] = _int(kind, params, "warmup", EVAL_DEFAULTS["warmup"], 0)
+    positive = params.get("positive")
+    if isinstance(positive, str):
+        positive = positive.strip() or None
+    if positive is not None and not isinstance(positive, str):
+        raise EdgeFleetError(f"eval job: 'positive' must be a class label of the model "
+                             f"(got {positive!r})")
+    out["positive"] = positive
+    threshold = _number(kind, params, "threshold", EVAL_DEFAULTS["threshold"])
+    if threshold > 1.0:
+        raise EdgeFleetError(f"eval job: 'threshold' must be within [0, 1] (got {threshold!r})")
+    out["threshold"] = threshold
+    dataset = get_dataset(session, out["dataset"])  # unknown -> NotFoundError naming it
+    plan_eval(get_bundle(session, out["bundle"]), dataset, positive, threshold)
+
+
+def validate_params(session: Session, kind: str, params: dict[str, Any] | None,
+                    targets: str) -> dict[str, Any]:
+    """The params a job of ``kind`` will run with, defaults filled in; EdgeFleetError naming the
+    first problem otherwise. Checked before anything is queued, so a typo never becomes a job
+    that fails minutes later (the targets must select devices and the bundles must exist)."""
+    if kind not in ALLOWED:
+        raise EdgeFleetError(f"unknown job kind {kind!r}; choose one of {', '.join(ALLOWED)}")
+    params = dict(params or {})
+    unknown = sorted(set(params) - ALLOWED[kind])
+    if unknown:
+        raise EdgeFleetError(f"{kind} job: unknown parameter(s) {', '.join(map(repr, unknown))}; "
+                             f"allowed: {', '.join(sorted(ALLOWED[kind]))}")
+    if not isinstance(targets, str) or not targets.strip():
+        raise EdgeFleetError(f"{kind} job: targets must be a pattern such as 'all' or 'pi5-*'")
+    select_devices(session, targets)  # PatternError / NotFoundError name the problem
+    out: dict[str, Any] = {"forks": _int(kind, params, "forks", 10, 1),
+                           "timeout": _number(kind, params, "timeout", None, positive=True)}
+    if kind == "push":
+        out["bundle"] = _bundle_ref(session, kind, params, "bundle")
+    elif kind == "bench":
+        _bench(session, params, out)
+    elif kind == "eval":
+        _eval(session, params, out)
+    return out
+
+
+def bench_params(params: dict[str, Any]) -> runs.BenchParams:
+    return runs.BenchParams(
+        threads=list(params["threads"]), warmup=params["warmup"], runs=params["runs"],
+        min_seconds=params["min_seconds"], shapes=dict(params["shapes"]),
+        constants=dict(params["constants"]), providers=list(params["providers"]),
+        graph_optimization=params["graph_optimization"])
+
+
+def bench_job_params(bundle: str, params: runs.BenchParams, baseline: str | None,
+                     rounds: int, forks: int, timeout: float | None = None) -> dict[str, Any]:
+    """The job params for a bench started from the CLI: what a server job with the same
+    effect would carry (the same keys), so both look alike in the UI and the audit log."""
+    out = {"bundle": bundle, **asdict(params), "rounds": rounds, "forks": forks,
+           "timeout": timeout}
+    if baseline:
+        out["baseline"] = baseline
+    return out
+
+
+def eval_job_params(bundle: str, dataset: str, threads: list[int], warmup: int,
+                    positive: str | None, threshold: float, forks: int,
+                    timeout: float | None) -> dict[str, Any]:
+    """The job params for an eval started from the CLI, shaped like a server eval job's."""
+    return {"bundle": bundle, "dataset": dataset, "threads": list(threads), "warmup": warmup,
+            "positive": positive, "threshold": threshold, "forks": forks, "timeout": timeout}

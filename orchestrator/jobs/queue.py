@@ -1,0 +1,257 @@
+"""Jobs: pushes, benchmarks, evaluations and telemetry polls as DB rows, run by server workers.
+
+Why rows and not an in-memory queue: the UI shows every job — including work started from the
+CLI in another process — and a server restart must find what it was doing. A job left
+``running`` by a process that is gone is marked ``interrupted`` (never silently re-run: a
+half-done push or bench is for a human to look at); what it stored before is kept.
+
+States: queued -> running -> succeeded | failed | cancelled | interrupted (queued -> cancelled
+directly). A worker takes a job with a conditional UPDATE (``WHERE state='queued'``) and owns it
+only if that changed a row, so any number of worker threads and server processes can share one
+queue. What the kinds do, and where cancellation is honoured, is in ``jobs.execute``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import weakref
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from sqlalchemy import or_, update
+from sqlmodel import Session, col, select
+
+from orchestrator.access import audit
+from orchestrator.core.config import Settings
+from orchestrator.core.db import session_scope
+from orchestrator.core.errors import EdgeFleetError, NotFoundError
+from orchestrator.core.models import Deployment, Job, Run
+from orchestrator.jobs import execute
+
+log = logging.getLogger(__name__)
+
+JOB_KINDS = ("push", "bench", "eval", "telemetry")
+TERMINAL = ("succeeded", "failed", "cancelled", "interrupted")
+STATES = ("queued", "running", *TERMINAL)
+ORIGINS = ("server", "cli", "schedule")
+INTERRUPTED = ("the process running it died (killed, crashed or restarted); results stored "
+               "before that are kept")
+INTERRUPTED_DEPLOYMENT = ("interrupted: the process pushing died; the device reports what it "
+                          "runs at the next contact (`edgefleet telemetry`, push or verify)")
+POLLER = "telemetry-poller"  # created_by of the periodic telemetry jobs
+
+
+
+class Runner(Protocol):
+    """What this module needs of a live runner (orchestrator.jobs.runner.JobRunner, which sits
+    above this module: it runs the jobs and fires the schedules, and schedules create jobs)."""
+
+    settings: Settings
+    token: str
+
+    def wake(self) -> None: ...
+
+
+# In this process: cancel flags of the jobs being executed, and the live runners (so submit()
+# wakes them, and restart recovery never mistakes a sibling runner's job for a dead one's).
+_cancel_flags: dict[int, threading.Event] = {}
+_runners: weakref.WeakSet[Runner] = weakref.WeakSet()
+
+
+def register_runner(runner: Runner) -> None:
+    """Make a runner known to submit() (which wakes it) and to restart recovery (whose jobs are
+    alive); held weakly, so a runner that is gone is forgotten."""
+    _runners.add(runner)
+
+
+@contextlib.contextmanager
+def cancel_flag(job_id: int) -> Iterator[threading.Event]:
+    """The flag cancel() sets while ``job_id`` runs in this process, for the executor to poll."""
+    flag = _cancel_flags[job_id] = threading.Event()
+    try:
+        yield flag
+    finally:
+        _cancel_flags.pop(job_id, None)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def submit(settings: Settings, kind: str, params: dict[str, Any] | None, targets: str, *,
+           actor: str | None, origin: str = "server", created_by: str | None = None,
+           schedule_id: int | None = None) -> Job:
+    """Queue a job after checking its params (EdgeFleetError naming the problem, nothing
+    queued); workers in this process are woken at once.
+
+    ``actor`` is who asked (the job's ``created_by`` unless that is given): a push, bench or
+    eval is audited under that name in the job's own transaction. ``None`` is the control plane
+    acting by itself (a schedule firing, whose creation was audited; the telemetry poller):
+    no event. Required, so that a new caller cannot forget to say which it is."""
+    if origin not in ORIGINS:
+        raise EdgeFleetError(f"job origin {origin!r}: choose one of {', '.join(ORIGINS)}")
+    targets = execute.default_targets(kind, targets)
+    with session_scope(settings) as session:
+        checked = execute.validate_params(session, kind, params, targets)
+        job = Job(kind=kind, params=checked, targets=targets, origin=origin,
+                  created_by=(actor or "") if created_by is None else created_by,
+                  schedule_id=schedule_id)
+        session.add(job)
+        session.flush()
+        if actor is not None:
+            audit.add_job_event(session, actor, job)
+    for runner in list(_runners):
+        if runner.settings.db_url == settings.db_url:
+            runner.wake()
+    return job
+
+
+def cancel(settings: Settings, job_id: int, *, actor: str) -> Job:
+    """A queued job is cancelled at once; a running one is asked to stop (honoured at the
+    executor's next safe boundary, see jobs.execute); a finished one is an error. Audited as
+    ``job.cancel`` by ``actor`` in the same transaction as the request to stop."""
+    now = datetime.now(UTC)
+    with session_scope(settings) as session:
+        job = get_job(session, job_id)
+        if job.state in TERMINAL:
+            raise EdgeFleetError(f"job {job_id} already finished ({job.state}); nothing to cancel")
+        if job.state == "running" and job.origin == "cli":
+            raise EdgeFleetError(f"job {job_id} runs in a CLI process ({job.worker}); stop it "
+                                 "there (Ctrl-C)")
+        taken = session.execute(
+            update(Job).where(col(Job.id) == job_id, col(Job.state) == "queued")
+            .values(state="cancelled", cancel_requested=True, finished_at=now,
+                    error="cancelled before it started")).rowcount
+        if not taken:  # running (or claimed just now): ask the worker
+            asked = session.execute(update(Job).where(col(Job.id) == job_id,
+                                                      col(Job.state) == "running")
+                                    .values(cancel_requested=True)).rowcount
+            if not asked:  # it finished between the read and the update
+                raise EdgeFleetError(f"job {job_id} already finished; nothing to cancel")
+        audit.add_event(session, actor, "job.cancel", f"job:{job_id}",
+                        {"kind": job.kind, "targets": job.targets,
+                         "state": "queued" if taken else "running"})
+    flag = _cancel_flags.get(job_id)
+    if flag is not None:
+        flag.set()
+    with session_scope(settings) as session:
+        return get_job(session, job_id)
+
+
+def get_job(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFoundError(f"no job {job_id}")
+    return job
+
+
+def list_jobs(session: Session, limit: int = 100, state: str | None = None,
+              kind: str | None = None) -> list[Job]:
+    """Newest first."""
+    query = select(Job).order_by(col(Job.id).desc()).limit(limit)
+    if state is not None:
+        if state not in STATES:
+            raise EdgeFleetError(f"job state {state!r}: choose one of {', '.join(STATES)}")
+        query = query.where(Job.state == state)
+    if kind is not None:
+        if kind not in JOB_KINDS:
+            raise EdgeFleetError(f"job kind {kind!r}: choose one of {', '.join(JOB_KINDS)}")
+        query = query.where(Job.kind == kind)
+    return list(session.exec(query).all())
+
+
+def job_public(job: Job) -> dict[str, Any]:
+    """The JSON shape of a job for the API and the pages (the worker id stays internal)."""
+    return {
+        "id": job.id, "kind": job.kind, "state": job.state, "params": job.params,
+        "targets": job.targets, "origin": job.origin, "created_by": job.created_by,
+        "progress": job.progress, "result": job.result, "error": job.error,
+        "run_id": job.run_id, "schedule_id": job.schedule_id,
+        "cancel_requested": job.cancel_requested, "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at), "finished_at": _iso(job.finished_at),
+    }
+
+
+def finish_job(settings: Settings, job_id: int, outcome: execute.JobOutcome) -> None:
+    """A running job's terminal state (a job another process already finalized stays as
+    it is)."""
+    with session_scope(settings) as session:
+        session.execute(
+            update(Job).where(col(Job.id) == job_id, col(Job.state) == "running")
+            .values(state=outcome.state, result=outcome.result, error=outcome.error,
+                    run_id=outcome.run_id, finished_at=datetime.now(UTC)))
+
+
+def record_failed(settings: Settings, kind: str, params: dict[str, Any], targets: str,
+                  error: str, *, origin: str, created_by: str = "",
+                  schedule_id: int | None = None) -> Job:
+    """A job that could not even start (a schedule firing with a bundle since deleted): kept
+    as a failed row so the UI shows why nothing ran."""
+    now = datetime.now(UTC)
+    with session_scope(settings) as session:
+        job = Job(kind=kind, params=params, targets=targets, origin=origin,
+                  created_by=created_by, schedule_id=schedule_id, state="failed", error=error,
+                  started_at=now, finished_at=now)
+        session.add(job)
+        session.flush()
+    return job
+
+
+# --- restart recovery ------------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _orphaned(worker: str | None, host: str) -> bool:
+    """Whether the process named by ``worker`` (host:pid[:runner]) is gone. Only this host's
+    processes can be checked; a job of another host is never touched from here."""
+    parts = (worker or "").split(":")
+    if len(parts) < 2 or parts[0] != host or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid != os.getpid():
+        return not _pid_alive(pid)
+    # Our own pid: a runner token from an earlier server run in this pid (a container restarts
+    # as pid 1 again) is dead; no token is CLI work of this very process; live runners are alive.
+    return len(parts) > 2 and parts[2] not in {r.token for r in list(_runners)}
+
+
+def recover_interrupted(settings: Settings) -> list[int]:
+    """Mark jobs whose worker process is gone as interrupted; returns their ids."""
+    host = socket.gethostname()
+    with session_scope(settings) as session:
+        running = session.exec(select(Job).where(Job.state == "running")).all()
+        orphans = [j for j in running if _orphaned(j.worker, host)]
+        dead = [j.id for j in orphans]
+        now = datetime.now(UTC)
+        for job_id in dead:
+            session.execute(update(Job).where(col(Job.id) == job_id, col(Job.state) == "running")
+                            .values(state="interrupted", error=INTERRUPTED, finished_at=now))
+        # Its runs and deployments would otherwise say "running"/"pending" forever; finished
+        # results are kept. (Older rows have no job_id, but the job knows its run.)
+        run_ids = [j.run_id for j in orphans if j.run_id is not None]
+        if dead:
+            session.execute(update(Run).where(
+                or_(col(Run.job_id).in_(dead), col(Run.id).in_(run_ids)),
+                col(Run.state) == "running").values(state="interrupted", finished_at=now))
+            session.execute(update(Deployment).where(
+                col(Deployment.job_id).in_(dead), col(Deployment.finished_at).is_(None))
+                .values(state="interrupted", finished_at=now, error=INTERRUPTED_DEPLOYMENT))
+    if dead:
+        log.warning("marked jobs %s interrupted (their worker process is gone)", dead)
+    return [j for j in dead if j is not None]

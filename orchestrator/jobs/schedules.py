@@ -1,0 +1,165 @@
+"""Schedules: a job to create later — once at ``run_at``, or on a cron expression (UTC).
+
+Why cron through croniter: next-fire times of "every weekday at 03:00" expressions are easy to
+get subtly wrong by hand (day-of-month vs day-of-week, month lengths). Expressions are the
+classic five fields (minute hour day-of-month month day-of-week) in UTC.
+
+The server's scheduler thread calls ``due()`` every poll. A schedule fires at most once per
+pass: one that was due several times while the server was down fires once, then moves to its
+next time after now (a missed nightly bench is run once, not replayed N times). Firing is claimed
+with a conditional UPDATE on ``next_run_at``, so two server processes never fire it twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from croniter import CroniterError, croniter
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from orchestrator.access import audit
+from orchestrator.core.config import Settings
+from orchestrator.core.db import session_scope
+from orchestrator.core.errors import EdgeFleetError, NotFoundError
+from orchestrator.core.models import Job, Schedule
+from orchestrator.core.utc import as_utc
+from orchestrator.jobs import execute, queue
+
+log = logging.getLogger(__name__)
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 time (``2030-01-01T03:00:00Z``, ``2030-01-01 03:00``) as an aware UTC
+    datetime; without an offset it is UTC. EdgeFleetError naming the text for anything else,
+    including a time that only its offset pushes before year 1 or past 9999 (OverflowError
+    converting it to UTC). One parser for the API and the pages, so both accept the same."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise EdgeFleetError(f"time {text!r}: use YYYY-MM-DD HH:MM (UTC) or an ISO time such "
+                             "as 2030-01-01T03:00:00Z") from None
+    try:
+        return as_utc(moment)
+    except OverflowError:
+        raise EdgeFleetError(f"time {text!r} is out of range: in UTC it falls before year 1 "
+                             "or after 9999") from None
+
+
+def next_fire(cron: str, after: datetime) -> datetime:
+    """The first time strictly after ``after`` matching ``cron`` (UTC); EdgeFleetError naming
+    the expression if it is not a valid five-field cron expression."""
+    expr = " ".join(cron.split())
+    hint = ("use five fields: minute hour day-of-month month day-of-week (UTC), "
+            "e.g. '0 3 * * 1-5'")
+    if len(expr.split()) != 5:
+        raise EdgeFleetError(f"cron expression {cron!r} has {len(expr.split())} field(s); {hint}")
+    try:
+        fire = croniter(expr, after.astimezone(UTC)).get_next(datetime)
+    except (CroniterError, ValueError, KeyError) as exc:
+        raise EdgeFleetError(f"cron expression {cron!r} is not valid ({exc}); {hint}") from None
+    return fire.astimezone(UTC)
+
+
+def create(settings: Settings, kind: str, params: dict[str, Any] | None, targets: str, *,
+           actor: str, cron: str | None = None, run_at: datetime | None = None) -> Schedule:
+    """A schedule firing once at ``run_at`` (naive means UTC) or on ``cron``; params are checked
+    now, like a job's, so a typo fails here rather than at 3 a.m. Created by ``actor`` (its
+    ``created_by``, under which its jobs run) and audited as ``schedule.create`` in the same
+    transaction; the jobs it fires later are not audited again."""
+    if (cron is None) == (run_at is None):
+        raise EdgeFleetError("a schedule needs exactly one of cron (repeating) or run_at (once)")
+    now = datetime.now(UTC)
+    if cron is not None:
+        cron = " ".join(cron.split())
+        first = next_fire(cron, now)
+    else:
+        assert run_at is not None
+        run_at = first = as_utc(run_at)  # an input: naive means UTC
+    targets = execute.default_targets(kind, targets)
+    with session_scope(settings) as session:
+        checked = execute.validate_params(session, kind, params, targets)
+        schedule = Schedule(kind=kind, params=checked, targets=targets, cron=cron,
+                            run_at=run_at, next_run_at=first, created_by=actor)
+        session.add(schedule)
+        session.flush()
+        audit.add_event(session, actor, "schedule.create", f"schedule:{schedule.id}",
+                        _described(schedule) | {"params": schedule.params})
+    return schedule
+
+
+def _described(schedule: Schedule) -> dict[str, Any]:
+    """What an audit event says about a schedule (the rest of the row is in the log already
+    for ``schedule.create``, and gone after ``schedule.delete``)."""
+    run_at = schedule.run_at
+    return {"kind": schedule.kind, "targets": schedule.targets, "cron": schedule.cron,
+            "run_at": run_at.isoformat() if run_at else None}
+
+
+def list_schedules(session: Session) -> list[Schedule]:
+    return list(session.exec(select(Schedule).order_by(col(Schedule.id))).all())
+
+
+def get_schedule(session: Session, schedule_id: int) -> Schedule:
+    schedule = session.get(Schedule, schedule_id)
+    if schedule is None:
+        raise NotFoundError(f"no schedule {schedule_id}")
+    return schedule
+
+
+def delete(settings: Settings, schedule_id: int, *, actor: str) -> None:
+    """Remove a schedule, audited as ``schedule.delete`` by ``actor`` in the same transaction;
+    the jobs it created stay (their schedule_id then names a deleted schedule)."""
+    with session_scope(settings) as session:
+        schedule = get_schedule(session, schedule_id)
+        audit.add_event(session, actor, "schedule.delete", f"schedule:{schedule_id}",
+                        _described(schedule))
+        session.delete(schedule)
+
+
+def schedule_public(s: Schedule) -> dict[str, Any]:
+    iso = (lambda v: v.isoformat() if v else None)  # noqa: E731
+    return {
+        "id": s.id, "kind": s.kind, "params": s.params, "targets": s.targets, "cron": s.cron,
+        "run_at": iso(s.run_at), "next_run_at": iso(s.next_run_at),
+        "enabled": s.enabled, "created_by": s.created_by,
+        "created_at": iso(s.created_at), "last_job_id": s.last_job_id,
+    }
+
+
+def due(settings: Settings, now: datetime) -> list[Job]:
+    """Submit a job (origin "schedule") for every enabled schedule whose time has come; advance
+    cron schedules past ``now``, disable one-offs. A job that cannot be submitted (its bundle
+    was deleted, its targets match nothing any more) is recorded as a failed job."""
+    now = as_utc(now)
+    with session_scope(settings) as session:
+        ready = session.exec(select(Schedule).where(
+            col(Schedule.enabled), col(Schedule.next_run_at) <= now)
+            .order_by(col(Schedule.next_run_at))).all()
+    created: list[Job] = []
+    for schedule in ready:
+        following = next_fire(schedule.cron, now) if schedule.cron else None
+        with session_scope(settings) as session:
+            claimed = session.execute(
+                update(Schedule).where(col(Schedule.id) == schedule.id, col(Schedule.enabled),
+                                       col(Schedule.next_run_at) == schedule.next_run_at)
+                .values(next_run_at=following, enabled=following is not None)).rowcount
+        if not claimed:  # another process fired it, or it was deleted or changed meanwhile
+            continue
+        try:
+            job = queue.submit(settings, schedule.kind, schedule.params, schedule.targets,
+                              actor=None, origin="schedule", created_by=schedule.created_by,
+                              schedule_id=schedule.id)
+        except EdgeFleetError as exc:
+            log.warning("schedule %s could not start a job: %s", schedule.id, exc)
+            job = queue.record_failed(settings, schedule.kind, schedule.params, schedule.targets,
+                                     f"schedule {schedule.id} could not start: {exc}",
+                                     origin="schedule", created_by=schedule.created_by,
+                                     schedule_id=schedule.id)
+        with session_scope(settings) as session:
+            session.execute(update(Schedule).where(col(Schedule.id) == schedule.id)
+                            .values(last_job_id=job.id))
+        created.append(job)
+    return created

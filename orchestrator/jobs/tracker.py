@@ -1,0 +1,154 @@
+"""The job row of work the CLI does itself (push, bench, eval): shown on the Jobs page while
+it runs here, finalized when it ends, cancelled cleanly on Ctrl-C.
+
+Split from ``jobs`` (the queue the server's workers take from): this side never queues, it
+records a job that is already running in this process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import update
+from sqlmodel import col
+
+from orchestrator.access import audit
+from orchestrator.core.config import Settings
+from orchestrator.core.db import session_scope
+from orchestrator.core.models import Job
+from orchestrator.jobs import execute
+from orchestrator.jobs.queue import TERMINAL, finish_job, recover_interrupted
+
+log = logging.getLogger(__name__)
+
+
+class JobTracker:
+    """The job row of one CLI command; the CLI does the work itself and reports here.
+
+    Ctrl-C (or SIGTERM) while it runs cancels the work instead of tearing the process down:
+    the cancel flag stops devices at their next boundary and every open device connection of
+    this process is aborted (``transport.abort_all``), so the command ends within a second or
+    two with what finished kept, the job and its runs "cancelled" (the previous behaviour, a
+    KeyboardInterrupt, waited ~20 s for the fan-out and left the run "running"). A second
+    Ctrl-C interrupts at once."""
+
+    def __init__(self, settings: Settings, job_id: int) -> None:
+        self.settings, self.job_id, self.finished = settings, job_id, False
+        # Coarser than a server job's progress: the CLI's own bars are the live view, and a
+        # benchmark on this very machine should share the CPU with as little as possible.
+        self.context = execute.JobContext(settings, job_id, threading.Event(), interval_s=1.0)
+
+    @property
+    def interrupted(self) -> bool:
+        return self.context.interrupt
+
+    def interrupt(self) -> None:
+        from orchestrator.transport import abort_all
+
+        self.context.interrupt = True
+        self.context.cancel.set()  # type: ignore[union-attr]
+        abort_all()
+
+    def stopped(self, outcomes: Any) -> set[str]:
+        """The devices the cancel stopped: at a boundary, or (after Ctrl-C) mid-session."""
+        if not self.interrupted:
+            return set(self.context.cancelled_devices)
+        return set(self.context.cancelled_devices) | {o.device for o in outcomes if not o.ok}
+
+    @contextmanager
+    def signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM -> :meth:`interrupt` while the block runs (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handle(signum: int, frame: Any) -> None:
+            if self.interrupted:
+                raise KeyboardInterrupt
+            name = signal.Signals(signum).name
+            log.warning("%s: cancelling job %s (again to stop at once)", name, self.job_id)
+            self.interrupt()
+
+        previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def progress(self, progress: dict[str, Any]) -> None:
+        with session_scope(self.settings) as session:
+            session.execute(update(Job).where(col(Job.id) == self.job_id)
+                            .values(progress=progress))
+
+    def push_progress(self, inner: Any = None) -> execute.JobPushProgress:
+        """A PushProgress recording per-device progress in the job, teeing to ``inner``."""
+        return execute.JobPushProgress(self.context, inner)
+
+    def bench_events(self, inner: Any, steps: int) -> Any:
+        """runs.bench's on_event recording per-device progress in the job, teeing to ``inner``."""
+        return execute.bench_events(self.context, steps, inner)
+
+    def eval_events(self, inner: Any, steps: int) -> Any:
+        """evals.evaluate's on_event recording per-device progress in the job, teeing to
+        ``inner``; ``steps`` is the number of thread counts."""
+        return execute.eval_events(self.context, steps, inner)
+
+    def outcomes(self, outcomes: Any) -> None:
+        """Record each device's final state (fleet Outcomes) in the job's progress."""
+        execute.record_outcomes(self.context, outcomes)
+
+    def finish(self, state: str, result: dict[str, Any] | None = None, error: str | None = None,
+               run_id: int | None = None) -> None:
+        if state not in TERMINAL:
+            raise ValueError(f"not a terminal job state: {state!r}")
+        self.context.flush()
+        finish_job(self.settings, self.job_id, execute.JobOutcome(state, result or {}, error,
+                                                                run_id))
+        self.finished = True
+
+
+@contextmanager
+def track(settings: Settings, kind: str, params: dict[str, Any], targets: str, *,
+          actor: str = "") -> Iterator[JobTracker]:
+    """Record CLI work as a running job (origin "cli", worker host:pid) so the UI shows it;
+    finished by the caller, or marked failed if the block raises (cancelled on Ctrl-C).
+    ``actor`` (default: the OS user) is its ``created_by``; the row and its audit event
+    (push, bench or eval, as the server's queue records them) are one transaction.
+    First, what earlier processes on this host left running when they died is finalized."""
+    recover_interrupted(settings)
+    actor = actor or audit.local_actor()
+    now = datetime.now(UTC)
+    with session_scope(settings) as session:
+        job = Job(kind=kind, params=params, targets=targets, origin="cli", state="running",
+                  created_by=actor, started_at=now,
+                  worker=f"{socket.gethostname()}:{os.getpid()}")
+        session.add(job)
+        session.flush()
+        audit.add_job_event(session, actor, job)
+        job_id = job.id
+    assert job_id is not None
+    tracker = JobTracker(settings, job_id)
+    try:
+        with tracker.signals():
+            yield tracker
+    except KeyboardInterrupt:
+        if not tracker.finished:
+            tracker.finish("cancelled", error="stopped from the CLI (Ctrl-C)")
+        raise
+    except BaseException as exc:
+        if not tracker.finished:
+            tracker.finish("failed", error=str(exc) or type(exc).__name__)
+        raise
+    if not tracker.finished:
+        tracker.finish("succeeded")
+
+

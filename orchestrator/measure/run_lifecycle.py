@@ -1,0 +1,89 @@
+"""What bench and eval both do around a device session: open their runs with the job that makes
+them, keep each thread count a device finishes, word and record a device's failure, close
+the runs with their final state.
+
+Split from ``runs`` so that ``evals`` shares these without going through the bench module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import update
+from sqlmodel import Session, col
+
+from orchestrator.core.config import Settings
+from orchestrator.core.db import session_scope
+from orchestrator.core.errors import AgentError, EdgeFleetError
+from orchestrator.core.models import Job, Result, Run
+from orchestrator.fleet.fanout import Outcome
+
+
+def keeping(finished: list[tuple[dict[str, Any], dict[str, Any]]],
+            inner: Callable[[dict[str, Any]], None] | None) -> Callable[[dict[str, Any]], None]:
+    """An agent event handler that keeps each finished thread count's ``(entry, common)``
+    (event ``measured``) and passes every other event on to ``inner``."""
+    def on_event(event: dict[str, Any]) -> None:
+        if event.get("event") == "measured" and isinstance(event.get("entry"), dict):
+            finished.append((event["entry"], event.get("common") or {}))
+        elif inner is not None:
+            inner(event)
+
+    return on_event
+
+
+def session_failure(device: str, exc: EdgeFleetError, cancelled: Callable[[], bool] | None,
+                    bundle_ref: str) -> str:
+    """What a device's failed bench/eval session says: a cancel names itself (the aborted
+    connection's error is only how it showed), a missing bundle says how to push it."""
+    failure = str(exc)
+    if cancelled is not None and cancelled():
+        return f"{device}: stopped, the run was cancelled ({failure})"
+    if isinstance(exc, AgentError) and exc.code == "not_on_device":
+        failure += f" (push it first: `edgefleet push {bundle_ref} {device}`)"
+    return failure
+
+
+def failure_row(run: Run, device: str, failure: str, kept: Iterable[Any], simulated: bool,
+                precision: str | None) -> Result:
+    """The row of a device whose session failed (``threads`` null), naming the thread counts
+    it finished before, whose results are stored next to it."""
+    done = sorted(kept)
+    note = (f" (results of threads {', '.join(map(str, done))}, finished before this, are "
+            "kept)") if done else ""
+    return Result(run_id=run.id, device_name=device, threads=None, ok=False,
+                  error=failure + note, simulated=simulated, precision=precision)
+
+
+def open_runs(session: Session, runs: Sequence[Run], job_id: int | None) -> None:
+    """Store new runs with the job that makes them, and link the job to its main (last) run
+    now, not when it ends: whoever finds the job crashed finalizes its runs
+    (``jobs.recover_interrupted``), and its page links the run while it is measured."""
+    for run in runs:
+        run.job_id = job_id
+    session.add_all(runs)
+    session.flush()
+    if job_id is not None:
+        session.execute(update(Job).where(col(Job.id) == job_id).values(run_id=runs[-1].id))
+
+
+def close_runs(settings: Settings, runs: Sequence[Run], outcomes: Sequence[Outcome],
+               cancelled: bool = False) -> list[Run]:
+    """Each run's final state from its devices' outcomes (``cancelled`` wins: a run stopped
+    by its user is neither a success nor a device failure); returns the stored, detached rows."""
+    ok = sum(o.ok for o in outcomes)
+    state = ("cancelled" if cancelled else "succeeded" if ok == len(outcomes)
+             else "partial" if ok else "failed")
+    finished = []
+    with session_scope(settings) as session:
+        for run in runs:
+            stored = session.get(Run, run.id)
+            assert stored is not None
+            stored.state, stored.finished_at = state, datetime.now(UTC)
+            session.add(stored)
+            finished.append(stored)
+        session.flush()
+        session.expunge_all()
+    return finished

@@ -1,0 +1,351 @@
+"""Benchmark runs: fan out to devices (bounded, one lease per device), run the agent's ``bench``
+in one session per device, store one Result per device x thread count.
+
+A device that fails or goes silent gets a failed Result with the reason; the others complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import getpass
+import json
+import operator
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import defer
+from sqlmodel import Session, col, select
+
+from orchestrator.core.config import Settings
+from orchestrator.core.db import session_scope
+from orchestrator.core.errors import AgentError, EdgeFleetError, NotFoundError
+from orchestrator.core.models import Bundle, Device, Result, Run
+from orchestrator.fleet.agentclient import AgentSession
+from orchestrator.fleet.fanout import Outcome, fan_out
+from orchestrator.fleet.leases import leased
+from orchestrator.inventory.devices import DeviceReport, record_device_report, to_target
+from orchestrator.measure.run_lifecycle import (
+    close_runs,
+    failure_row,
+    keeping,
+    open_runs,
+    session_failure,
+)
+from orchestrator.transport import Target, connect
+
+EventHandler = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class BenchParams:
+    threads: list[int] = field(default_factory=lambda: [1, 2, 4])
+    warmup: int = 5
+    runs: int = 30
+    min_seconds: float = 0.0
+    shapes: dict[str, list[int]] = field(default_factory=dict)
+    constants: dict[str, Any] = field(default_factory=dict)
+    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    graph_optimization: str = "all"
+
+    def payload(self, digest: str) -> dict[str, Any]:
+        return {"digest": digest, **asdict(self)}
+
+
+def pack_floats(values: Sequence[float] | None) -> bytes | None:
+    if values is None:
+        return None
+    import numpy as np  # here, not at the top: `runs list` and `push` start faster without it
+
+    return zlib.compress(np.asarray(values, dtype="<f8").tobytes())
+
+
+def unpack_floats(blob: bytes | None) -> list[float] | None:
+    if blob is None:
+        return None
+    import numpy as np  # start-up time, as in pack_floats
+
+    return np.frombuffer(zlib.decompress(blob), dtype="<f8").tolist()
+
+
+def result_row(run: Run, device: Device | Target, simulated: bool, precision: str | None,
+               entry: dict[str, Any], common: dict[str, Any]) -> Result:
+    """The Result row of one agent result entry (one thread count); bench and eval runs both
+    store their results through it, so the columns mean the same in both."""
+    stats = entry.get("latency_ms") or {}
+    telemetry = entry.get("telemetry") or {}
+    samples = telemetry.get("samples")
+    return Result(
+        run_id=run.id, device_name=device.name, threads=entry.get("threads"),
+        ok=bool(entry.get("ok")), error=entry.get("error"), simulated=simulated,
+        precision=precision,
+        n=stats.get("n"), mean_ms=stats.get("mean"), std_ms=stats.get("std"),
+        min_ms=stats.get("min"), max_ms=stats.get("max"), p50_ms=stats.get("p50"),
+        p90_ms=stats.get("p90"), p95_ms=stats.get("p95"), p99_ms=stats.get("p99"),
+        load_ms=entry.get("load_ms"), first_inference_ms=entry.get("first_inference_ms"),
+        peak_rss_mb=entry.get("peak_rss_mb"), steady_rss_mb=entry.get("steady_rss_mb"),
+        model_size_mb=common.get("model_size_mb"),
+        telemetry_status=telemetry.get("status"),
+        temp_c_min=telemetry.get("temp_c_min"), temp_c_max=telemetry.get("temp_c_max"),
+        freq_mhz_min=telemetry.get("freq_mhz_min"), freq_mhz_max=telemetry.get("freq_mhz_max"),
+        throttled_bits=telemetry.get("throttled_bits"),
+        throttle_flags=telemetry.get("throttle_flags") or {},
+        valid=entry.get("valid") if entry.get("ok") else None,
+        flags=list(entry.get("flags") or []), reasons=list(entry.get("reasons") or []),
+        detail={k: common.get(k) for k in ("inputs", "providers", "onnxruntime")}
+        | {"warmup": entry.get("warmup"), "wall_s": entry.get("wall_s"),
+           "interval_s": telemetry.get("interval_s"), "round_sizes": entry.get("round_sizes"),
+           "energy": entry.get("energy") or telemetry.get("energy")},
+        latencies=pack_floats(entry.get("latencies_ms")),
+        telemetry_samples=zlib.compress(json.dumps(samples).encode()) if samples else None,
+    )
+
+
+def merge_energy(entries: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """One energy summary from several rounds: mean W weighted by each round's timed seconds,
+    mJ per inference by its runs; unavailable if any round's is (the first reason)."""
+    energies = [e.get("energy") for e in entries]
+    if any(not (x or {}).get("available") for x in energies):
+        return next((x for x in energies if x and not x.get("available")), None)
+    walls = [e.get("wall_s") or 0.0 for e in entries]
+    runs = [e.get("runs") or 0 for e in entries]
+    if not sum(walls) or not sum(runs):
+        return energies[0]
+    mean_w = sum(x["mean_w"] * w for x, w in zip(energies, walls, strict=True)) / sum(walls)
+    mj = [x.get("mj_per_inference") for x in energies]
+    return {**energies[0], "mean_w": mean_w,
+            "mj_per_inference": None if None in mj else
+            sum(m * n for m, n in zip(mj, runs, strict=True)) / sum(runs),
+            "samples": sum(x.get("samples") or 0 for x in energies)}
+
+
+def merge_rounds(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One result from several rounds of the same thread count (an interleaved A/B/A/B gate):
+    latencies pooled and re-summarised, the worst telemetry kept, every flag kept."""
+    if len(entries) == 1:
+        return dict(entries[0])
+    failed = [e for e in entries if not e.get("ok")]
+    if failed:
+        return dict(failed[0])
+    import numpy as np  # start-up time, as in pack_floats
+
+    latencies = [x for e in entries for x in e.get("latencies_ms") or []]
+    arr = np.asarray(latencies, dtype=float)
+    tel = [e.get("telemetry") or {} for e in entries]
+
+    def pick(key: str, fn: Callable[..., Any]) -> Any:
+        values = [t.get(key) for t in tel if t.get(key) is not None]
+        return fn(values) if values else None
+
+    bits = [t.get("throttled_bits") for t in tel if t.get("throttled_bits") is not None]
+    statuses = [t.get("status") for t in tel]
+    merged = dict(entries[0])
+    merged.update(
+        runs=len(latencies), latencies_ms=latencies,
+        round_sizes=[len(e.get("latencies_ms") or []) for e in entries],
+        latency_ms={"n": int(arr.size), "mean": float(arr.mean()),
+                    "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
+                    "min": float(arr.min()), "max": float(arr.max()),
+                    **{f"p{q}": float(np.percentile(arr, q)) for q in (50, 90, 95, 99)}},
+        peak_rss_mb=max(e.get("peak_rss_mb") or 0 for e in entries) or None,
+        steady_rss_mb=entries[-1].get("steady_rss_mb"),
+        wall_s=sum(e.get("wall_s") or 0 for e in entries),
+        flags=sorted({f for e in entries for f in e.get("flags") or []}),
+        reasons=[r for e in entries for r in e.get("reasons") or []],
+        valid=all(e.get("valid") for e in entries), energy=merge_energy(entries),
+        telemetry={
+            "status": "throttled" if "throttled" in statuses else
+                      "unknown" if "unknown" in statuses else "clean",
+            "interval_s": tel[0].get("interval_s"),
+            "samples": [s for t in tel for s in t.get("samples") or []],
+            "temp_c_min": pick("temp_c_min", min), "temp_c_max": pick("temp_c_max", max),
+            "freq_mhz_min": pick("freq_mhz_min", min), "freq_mhz_max": pick("freq_mhz_max", max),
+            "throttled_bits": functools.reduce(operator.or_, bits) if bits else None,
+            "throttle_flags": {
+                key: sorted({w for t in tel for w in (t.get("throttle_flags") or {}).get(key, [])})
+                for key in ("now", "new_since_start")},
+        },
+    )
+    return merged
+
+
+def bench(settings: Settings, bundles: Sequence[Bundle], devices: Sequence[Device],
+          params: BenchParams, targets: str, forks: int = 10, timeout: float | None = None,
+          on_event: EventHandler | None = None, rounds: int = 1,
+          created_by: str | None = None, *, job_id: int | None = None,
+          cancelled: Callable[[], bool] | None = None) -> tuple[list[Run], list[Outcome]]:
+    """Benchmark each bundle (already pushed) on every device; one Run per bundle.
+
+    With several bundles and ``rounds`` > 1 each device alternates them round by round
+    (A B B A A B ...: ``params.runs`` split over the rounds), so slow drift of the machine —
+    heat, other load — and order effects fall on both sides of a comparison instead of on
+    whichever ran second.
+    """
+    author = created_by or getpass.getuser()
+    with session_scope(settings) as session:
+        runs = [Run(kind="bench", bundle_name=b.name, bundle_version=b.version,
+                    bundle_digest=b.digest, targets=targets,
+                    params=asdict(params) | {"rounds": rounds}, created_by=author)
+                for b in bundles]
+        open_runs(session, runs, job_id)
+    simulated = {d.name: d.simulated for d in devices}
+    per_round = dataclasses.replace(params, runs=max(1, -(-params.runs // rounds)),
+                                    min_seconds=params.min_seconds / rounds)
+
+    def relay(device: str) -> Callable[[dict[str, Any]], None] | None:
+        return (lambda event: on_event(device, event)) if on_event else None
+
+    def step(target: Target) -> Outcome:
+        started = time.monotonic()
+        rows: list[Result] = []
+        errors: list[str] = []
+        failure: str | None = None
+        # Per bundle: (entry, common) of every thread count finished, as the agent reports it
+        # (event "measured"), so a failure later in the session loses none of them.
+        measured: list[list[tuple[dict[str, Any], dict[str, Any]]]] = [[] for _ in bundles]
+        report = DeviceReport()  # what the device says it runs (and reverted): the DB follows
+        try:
+            with leased(settings, target.name, "bench"), \
+                    connect(target, settings, timeout) as conn, \
+                    AgentSession(conn, timeout=timeout) as agent:
+                for round_index in range(rounds):
+                    # A B, then B A (ABBA...): whatever the first of a pair does to the second
+                    # (warm caches, a clock ramping up) falls on both sides equally.
+                    order = list(range(len(bundles)))
+                    if round_index % 2:
+                        order.reverse()
+                    for index in order:
+                        mark = len(measured[index])
+                        data = report.note(agent.call(
+                            "bench", per_round.payload(bundles[index].digest),
+                            on_event=keeping(measured[index], relay(target.name))))
+                        # The result line is authoritative (and all an older agent sends).
+                        del measured[index][mark:]
+                        measured[index].extend((e, data) for e in data.get("results") or [])
+        except (AgentError, EdgeFleetError) as exc:
+            if isinstance(exc, AgentError):
+                report.note(exc.detail)
+            failure = session_failure(target.name, exc, cancelled, "NAME@VERSION")
+            errors.append(failure)
+        for run, bundle, done in zip(runs, bundles, measured, strict=True):
+            by_threads: dict[Any, list[dict[str, Any]]] = {}
+            for entry, _ in done:
+                by_threads.setdefault(entry.get("threads"), []).append(entry)
+            # After a failure, a thread count with only some of its rounds is dropped: it
+            # would be an unbalanced A/B comparison.
+            kept = {t: e for t, e in by_threads.items() if len(e) == rounds or failure is None}
+            for entries in kept.values():
+                entry = merge_rounds(entries)
+                rows.append(result_row(run, target, simulated[target.name],
+                                        bundle.precision, entry, done[0][1]))
+                if not entry.get("ok"):
+                    errors.append(f"{bundle.name}@{bundle.version} threads="
+                                  f"{entry.get('threads')}: {entry.get('error')}")
+            if failure is not None:
+                rows.append(failure_row(run, target.name, failure, kept,
+                                        simulated[target.name], bundle.precision))
+        with session_scope(settings) as session:
+            session.add_all(rows)
+            record_device_report(session, target.name, report.data)
+        outcome = Outcome(target.name, not errors, "failed" if errors else "done",
+                          "; ".join(errors) or None, data={"results": len(rows)})
+        outcome.duration_s = time.monotonic() - started
+        return outcome
+
+    outcomes = fan_out([to_target(d) for d in devices], step, forks)
+    return close_runs(settings, runs, outcomes, bool(cancelled and cancelled())), outcomes
+
+
+# --- reading runs back -----------------------------------------------------------------------
+
+
+def get_run(session: Session, run_id: int) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFoundError(f"no run {run_id}; see `edgefleet runs list`")
+    return run
+
+
+def run_results(session: Session, run_id: int, *, latencies: bool = False,
+                samples: bool = False) -> list[Result]:
+    """A run's results by device and thread count. The raw blobs (``latencies``, the
+    telemetry ``samples``) are loaded only when asked for: they are most of a row's bytes and
+    a table of summaries draws neither. Not asked for, they are deferred with ``raiseload``,
+    so reading one is an error, never a query per row."""
+    query = (select(Result).where(Result.run_id == run_id)
+             .order_by(col(Result.device_name), col(Result.threads)))
+    skipped = [column for column, wanted in ((Result.latencies, latencies),
+                                             (Result.telemetry_samples, samples)) if not wanted]
+    if skipped:
+        query = query.options(*(defer(column, raiseload=True) for column in skipped))
+    return list(session.exec(query).all())
+
+
+def list_runs(session: Session, limit: int = 50) -> list[Run]:
+    return list(session.exec(select(Run).order_by(col(Run.id).desc()).limit(limit)).all())
+
+
+def result_public(result: Result, run: Run, raw: bool = False, *,
+                  latencies: bool | None = None, samples: bool | None = None,
+                  ) -> dict[str, Any]:
+    """The JSON shape of one result (the CLI, the API and the reports use it).
+
+    ``raw`` adds ``latencies_ms`` and ``telemetry.samples``; ``latencies``/``samples`` choose
+    one of them alone (a comparison needs the latencies, not the sampler rows). Each must have
+    been loaded (``run_results(..., latencies=True, samples=True)``)."""
+    latencies = raw if latencies is None else latencies
+    samples = raw if samples is None else samples
+    out: dict[str, Any] = {
+        "run_id": run.id, "device": result.device_name, "simulated": result.simulated,
+        "bundle": {"name": run.bundle_name, "version": run.bundle_version,
+                   "digest": run.bundle_digest},
+        "precision": result.precision, "threads": result.threads, "ok": result.ok,
+        "error": result.error,
+        "latency_ms": None if result.n is None else {
+            "n": result.n, "mean": result.mean_ms, "std": result.std_ms, "min": result.min_ms,
+            "max": result.max_ms, "p50": result.p50_ms, "p90": result.p90_ms,
+            "p95": result.p95_ms, "p99": result.p99_ms},
+        "load_ms": result.load_ms, "first_inference_ms": result.first_inference_ms,
+        "peak_rss_mb": result.peak_rss_mb, "steady_rss_mb": result.steady_rss_mb,
+        "model_size_mb": result.model_size_mb,
+        "telemetry": {
+            "status": result.telemetry_status, "temp_c_min": result.temp_c_min,
+            "temp_c_max": result.temp_c_max, "freq_mhz_min": result.freq_mhz_min,
+            "freq_mhz_max": result.freq_mhz_max, "throttled_bits": result.throttled_bits,
+            "throttle_flags": result.throttle_flags},
+        "valid": result.valid, "flags": result.flags, "reasons": result.reasons,
+        "inputs": (result.detail or {}).get("inputs"),
+        "round_sizes": (result.detail or {}).get("round_sizes"),
+        "energy": (result.detail or {}).get("energy"),
+    }
+    if run.kind == "eval":
+        from orchestrator.measure.evalmetrics import eval_public  # numpy: only for eval runs
+
+        out["eval"] = eval_public(result)
+    if latencies:
+        out["latencies_ms"] = unpack_floats(result.latencies)
+    if samples:
+        blob = result.telemetry_samples
+        out["telemetry"]["samples"] = json.loads(zlib.decompress(blob)) if blob else []
+    return out
+
+
+def run_public(run: Run, results: Sequence[Result] | None = None, raw: bool = False, *,
+               latencies: bool | None = None, samples: bool | None = None) -> dict[str, Any]:
+    out = {"id": run.id, "kind": run.kind, "state": run.state,
+           "bundle": {"name": run.bundle_name, "version": run.bundle_version,
+                      "digest": run.bundle_digest},
+           "targets": run.targets, "params": run.params, "created_by": run.created_by,
+           "created_at": run.created_at.isoformat(),
+           "finished_at": run.finished_at.isoformat() if run.finished_at else None}
+    if results is not None:
+        out["results"] = [result_public(r, run, raw, latencies=latencies, samples=samples)
+                          for r in results]
+        if run.kind == "eval":
+            from orchestrator.measure.evalmetrics import run_agreement
+
+            out["agreement"] = run_agreement(run, out["results"])
+    return out

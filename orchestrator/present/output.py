@@ -1,0 +1,186 @@
+"""Rendering for the CLI: rich tables on stdout, progress on stderr, JSON when asked.
+
+Everything user-controlled (device names, labels, paths) goes into tables as ``Text`` so that a
+hostile name like ``[red]x`` is shown, not interpreted as markup.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from orchestrator.fleet.fanout import Outcome
+
+# Piped output gets a wide fixed width so tables are not squeezed into 80 columns.
+stdout = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 160)
+stderr = Console(stderr=True, highlight=False)
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def print_text(text: str) -> None:
+    """Plain text (Markdown, CSV) on stdout, byte for byte: no rich wrapping or markup."""
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()
+
+
+def cell(value: Any) -> Text:
+    if value is None or value == "":
+        return Text("-", style="dim")
+    if isinstance(value, bool):
+        return Text("yes" if value else "no")
+    if isinstance(value, dict):
+        return Text(", ".join(f"{k}={v}" for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return Text(", ".join(str(v) for v in value))
+    return Text(str(value))
+
+
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
+    out = Table(title=title, title_justify="left", header_style="bold", box=None,
+                pad_edge=False)
+    for column in columns:
+        out.add_column(column)
+    for row in rows:
+        out.add_row(*(value if isinstance(value, Text) else cell(value) for value in row))
+    return out
+
+
+STATE_STYLES = {"failed": "red", "active": "green", "installed": "green", "unchanged": "cyan",
+                "rolled-back": "yellow", "missing-deps": "red", "nothing-to-roll-back": "yellow"}
+
+
+def outcome_table(title: str, outcomes: Sequence[Outcome], extra: Sequence[str] = ()) -> Table:
+    columns = ["device", "state", *extra, "time", "error"]
+    rows = []
+    for o in outcomes:
+        state = Text(o.state, style=STATE_STYLES.get(o.state, ""))
+        rows.append([o.device, state, *(o.data.get(key) for key in extra),
+                     f"{o.duration_s:.2f}s", o.error])
+    return table(title, columns, rows)
+
+
+def summary_line(outcomes: Sequence[Outcome]) -> str:
+    failed = sum(1 for o in outcomes if not o.ok)
+    return f"{len(outcomes) - failed} ok, {failed} failed, {len(outcomes)} devices"
+
+
+def devices_table(devices: Sequence[dict[str, Any]]) -> Table:
+    """The fleet at a glance, from ``devices.device_public`` dicts."""
+    columns = ["device", "address", "groups", "model", "temp °C", "throttled", "bundle",
+               "agent", "labels"]
+    rows = []
+    for d in devices:
+        name = d["name"] + (" (sim)" if d["simulated"] else "")
+        address = "local" if d["connection"] == "local" else f"{d['address']}:{d['port']}"
+        flags = d.get("throttle_flags") or {}
+        now, past = flags.get("now", []), flags.get("since_boot", [])
+        throttled = None
+        if d.get("throttled_hex"):
+            words = ", ".join(now) + (f" (since boot: {', '.join(past)})" if past else "")
+            throttled = Text(f"{d['throttled_hex']} {words}".strip(),
+                             style="red" if now else "yellow" if past else "")
+        temp = d.get("temp_c")
+        temp_cell = Text(f"{temp:.1f}", style="red" if temp >= 80 else "") if temp else None
+        model = (d["pi_model"] or "").removeprefix("Raspberry ") or None
+        rows.append([name, address, d["groups"], model, temp_cell, throttled,
+                     d["active_bundle"], d["agent_version"], d["labels"]])
+    return table(None, columns, rows)
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+class RichPushProgress:
+    """One bar per device: bytes sent, then the device's state."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.progress = Progress(
+            TextColumn("{task.fields[device]}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TextColumn("{task.fields[state]}"),
+            console=stderr,
+            disable=not enabled,
+            transient=False,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> RichPushProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def _task(self, device: str) -> Any:
+        if device not in self.tasks:
+            self.tasks[device] = self.progress.add_task(
+                "", total=None, device=Text(device), state="connecting")
+        return self.tasks[device]
+
+    def start(self, device: str, total_bytes: int) -> None:
+        self.progress.update(self._task(device), total=total_bytes, completed=0)
+
+    def advance(self, device: str, nbytes: int) -> None:
+        self.progress.advance(self._task(device), nbytes)
+
+    def state(self, device: str, state: str) -> None:
+        self.progress.update(self._task(device), state=state)
+
+
+class MeasureProgress:
+    """One line per device: which thread count, which phase, how many runs (``bench``) or
+    samples (``eval``) done; for an eval, the dataset push before that."""
+
+    def __init__(self, enabled: bool = True, kind: str = "bench") -> None:
+        self.kind = kind
+        self.progress = Progress(
+            TextColumn("{task.fields[device]}"), BarColumn(), TextColumn("{task.fields[what]}"),
+            console=stderr, disable=not enabled)
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> MeasureProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def event(self, device: str, event: dict[str, Any]) -> None:
+        if event.get("event") not in (self.kind, "dataset"):
+            return
+        if device not in self.tasks:
+            self.tasks[device] = self.progress.add_task("", total=None, device=Text(device),
+                                                        what="")
+        if event.get("event") == "dataset":
+            self.progress.update(self.tasks[device], what="pushing the dataset")
+            return
+        done, total = event.get("done"), event.get("total")
+        self.progress.update(self.tasks[device], total=total or None, completed=done or 0,
+                             what=f"threads={event.get('threads')} {event.get('phase')} "
+                                  f"{done}/{total}")

@@ -1,0 +1,73 @@
+"""``edgefleet demo`` (the README's first command) works with no Pi and no sshd, and is
+idempotent: a second run re-sends nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.conftest import Cli
+
+
+def test_demo_end_to_end_and_again(cli: Cli, tmp_path: Path) -> None:
+    home = tmp_path / "demo"
+    report = cli("demo", "--home", home, "--json").json
+    assert report["bundle"]["created"] and report["bundle"]["name"] == "first-crack"
+    assert report["bundle"]["model"]["inputs"][0]["shape"] == ["batch", 198, 64]
+    assert report["bundle"]["labels"] == ["no_first_crack", "first_crack"]
+    assert report["bundle"]["streaming"]["hop_s"] == 1.0
+    variant = report["variant"]
+    assert variant["version"] == "1-int8" and variant["precision"] == "int8"
+    assert variant["parent"]["digest"] == report["bundle"]["digest"]
+    assert variant["golden"] and variant["streaming"] == report["bundle"]["streaming"]
+    assert [p["bundle"] for p in report["push"]] == ["first-crack@1", "first-crack@1-int8"]
+    for pushed in report["push"]:
+        assert [o["state"] for o in pushed["outcomes"]] == ["active"] * 3
+        assert all(o["smoke"].startswith("passed") for o in pushed["outcomes"])
+    devices = {d["name"]: d for d in report["devices"]}
+    assert set(devices) == {"pi5-roaster", "pi5-bench", "pi4-lab"}
+    assert all(d["simulated"] and d["active_bundle"] == "first-crack@1-int8"
+               for d in devices.values())
+    hot = devices["pi5-roaster"]
+    assert hot["temp_c"] > 80 and "soft_temp_limit" in hot["throttle_flags"]["now"]
+    assert devices["pi5-bench"]["throttle_flags"] == {"now": [], "since_boot": []}
+    assert "under_voltage" in devices["pi4-lab"]["throttle_flags"]["since_boot"]
+    for name in devices:
+        assert (home / "devices" / name / "root" / "current" / "model.onnx").is_file()
+
+    assert [b["bundle"] for b in report["bench"]] == ["first-crack@1", "first-crack@1-int8"]
+    for run in report["bench"]:
+        bench = {(r["device"], r["threads"]): r for r in run["results"]}
+        assert set(bench) == {(name, t) for name in devices for t in (1, 2)}
+        assert all(r["ok"] and r["latency_ms"]["p50"] > 0 for r in bench.values())
+        assert bench[("pi5-roaster", 1)]["valid"] is False
+        assert {"soft_temp_limit", "temp_over_80c"} <= set(bench[("pi5-roaster", 2)]["flags"])
+        assert bench[("pi5-bench", 1)]["valid"] is True
+        # pi4-lab's under-voltage happened before the run (sticky bits only): noted, not flagged.
+        assert bench[("pi4-lab", 1)]["valid"] is True
+        assert bench[("pi5-bench", 1)]["energy"]["available"] is True
+        assert bench[("pi4-lab", 1)]["energy"]["available"] is False
+
+    # Eval: the trained model on 64 unseen WAV windows, the same on every device.
+    assert report["dataset"]["samples"] == 64
+    assert report["dataset"]["per_label"]["first_crack"] == 16
+    results = report["eval"]["results"]
+    assert len(results) == 6 and all(r["ok"] for r in results)
+    accuracies = {r["eval"]["metrics"]["accuracy"] for r in results}
+    assert len(accuracies) == 1 and 0.85 <= accuracies.pop() < 1.0
+    assert report["eval"]["agreement"]["same_confusion"] is True
+    verdict = report["verdict"]
+    assert {row["device"] for row in verdict["rows"]} == set(devices)
+    assert verdict["recommended"]["pi5-roaster"]["threads"] is None  # throttled: no advice
+    assert verdict["recommended"]["pi5-bench"]["threads"] in (1, 2)
+
+    again = cli("demo", "--home", home, "--json").json
+    assert not again["bundle"]["created"] and not again["variant"]["created"]
+    assert not again["dataset"]["created"]
+    assert all(o["bytes_sent"] == 0 for p in again["push"] for o in p["outcomes"])
+
+    human = cli("demo", "--home", home).stdout
+    assert "$ edgefleet push first-crack@1-int8 all" in human and "pi5-roaster (sim)" in human
+    assert "temp_over_80c" in human and "$ edgefleet bench first-crack@1 all" in human
+    assert "confusion matrix: all 6 results" in human and "recommended threshold" in human
+    assert "per-class report: all 6 results" in human and "support" in human
+    assert "$ edgefleet runs verdict" in human and "keeps up" in human

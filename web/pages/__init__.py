@@ -1,0 +1,26 @@
+"""The HTML pages: fleet, devices, bundles, runs, compare, jobs, benchmarks and schedules,
+trends, audit, inventory reload. ``web.app`` includes ``router``.
+
+Each page reads through the same services as the CLI and the API (orchestrator/), and every
+change goes through ``orchestrator.jobs.queue.submit`` — so a push started here is the same job,
+audited the same way, as one started from the API. The routes live in one module per section;
+``common`` holds the shared Jinja2 environment (``templates``), the page dependencies and
+helpers, ``charts``/``view``/``data`` what several sections render.
+
+May import: ``orchestrator`` services, ``web.security``, ``web.inputs``.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from web.pages import admin, bench, bundles, compare, fleet, jobs, runs, trends
+from web.pages.common import templates
+
+__all__ = ["router", "templates"]
+
+router = APIRouter(include_in_schema=False)
+# compare before runs: ``/runs/{run_id}`` would otherwise claim ``/runs/compare``.
+for _section in (fleet, bundles, compare, runs, jobs, bench,
+                 trends, admin):
+    router.include_router(_section.router)

@@ -1,0 +1,99 @@
+"""Admin pages: the audit log, and reloading the inventory (preview the diff, then apply).
+
+Admin only, like the API's ``/api/audit`` and ``/api/inventory/sync``: the audit log names who
+did what, and the inventory decides which machines the server will SSH into. The reload reads a
+path *on the server*; the preview is a GET (it changes nothing), the apply a POST with CSRF that
+carries the previewed file's digest (``orchestrator.inventory.sync``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from orchestrator.access.audit import event_public, list_events
+from orchestrator.core.db import session_scope
+from orchestrator.core.errors import EdgeFleetError
+from orchestrator.inventory import sync
+from orchestrator.inventory.devices import SyncReport
+from web.pages.common import Admin, form_fields, render, settings_of
+from web.security import csrf_protect
+
+router = APIRouter()
+
+AUDIT_LIMIT = 200
+
+
+@router.get("/audit", response_class=HTMLResponse)
+def audit_page(request: Request, principal: Admin,
+               limit: int = Query(AUDIT_LIMIT, ge=1, le=1000)) -> HTMLResponse:
+    """Newest first. ``detail`` was scrubbed of secrets when recorded; shown as JSON text."""
+    with session_scope(settings_of(request)) as session:
+        events = [event_public(e) for e in list_events(session, limit)]
+    for event in events:
+        event["detail_text"] = json.dumps(event["detail"], sort_keys=True) \
+            if event["detail"] else ""
+    return render(request, "audit.html", {"section": "audit", "events": events,
+                                          "limit": limit}, principal)
+
+
+def _show(value: Any) -> str:
+    """One side of a changed field, as the CLI's diff prints it (env values arrive redacted)."""
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else repr(value)
+
+
+def _diff_rows(report: SyncReport) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = [{"device": n, "change": "added", "fields": []}
+                                  for n in report.added]
+    rows += [{"device": name, "change": "changed",
+              "fields": [(key, _show(old), _show(new)) for key, (old, new) in diff.items()]}
+             for name, diff in report.changed.items()]
+    rows += [{"device": n, "change": "removed", "fields": []} for n in report.removed]
+    return rows
+
+
+def _inventory_page(request: Request, principal: Any, path: str, error: str | None = None,
+                    status_code: int = 200) -> HTMLResponse:
+    """The form, and the diff when ``path`` reads as an inventory (else its file:line error)."""
+    context: dict[str, Any] = {"section": "fleet", "path": path, "preview": None, "rows": [],
+                               "error": error}
+    if path:
+        with session_scope(settings_of(request)) as session:
+            try:
+                preview = sync.preview(settings_of(request), session, path)
+            except EdgeFleetError as exc:  # e.g. "inventory.yml:7: duplicate host ..."
+                preview = None
+                context["error"] = error or str(exc)
+                status_code = status_code if error else 400
+        if preview is not None:
+            context |= {"preview": preview, "rows": _diff_rows(preview.report)}
+    return render(request, "inventory.html", context, principal, status_code=status_code)
+
+
+@router.get("/fleet/inventory", response_class=HTMLResponse)
+def inventory_page(request: Request, principal: Admin, path: str | None = None
+                   ) -> HTMLResponse:
+    """Without ``?path=`` the form starts at the default (``inventory.sync.default_path``) and
+    previews nothing: reading a file is the admin's explicit choice."""
+    if path is None:
+        with session_scope(settings_of(request)) as session:
+            default = sync.default_path(session)
+        context = {"section": "fleet", "path": default, "preview": None, "rows": []}
+        return render(request, "inventory.html", context, principal)
+    return _inventory_page(request, principal, path.strip())
+
+
+@router.post("/fleet/inventory/apply", dependencies=[Depends(csrf_protect)])
+async def apply_inventory(request: Request, principal: Admin) -> Response:
+    fields = await form_fields(request)
+    path, digest = fields.get("path", "").strip(), fields.get("digest", "")
+    try:
+        sync.apply(settings_of(request), path, digest, principal.name)
+    except sync.InventoryChanged as exc:
+        return _inventory_page(request, principal, path, str(exc), status_code=409)
+    except EdgeFleetError as exc:
+        return _inventory_page(request, principal, path, str(exc), status_code=400)
+    return RedirectResponse("/?notice=inventory_applied", status_code=303)

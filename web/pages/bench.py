@@ -1,0 +1,154 @@
+"""Benchmarks page: one form to benchmark a bundle now, on a cron expression (UTC) or once at a
+given time, and the schedules (benchmarks, and evaluations from a bundle's page, which shares
+``schedule_or_submit``) with their delete buttons.
+
+Everything goes through the services the API uses, which also audit: "now" is ``jobs.submit``
+(through ``submit_job``), "cron"/"at" is ``schedules.create``. Both validate the params
+and the targets before storing anything, so a bad form queues nothing and comes back with the
+reason (400). The form fields mirror ``edgefleet bench``: shapes are ``NAME=1x512`` lines
+(``--shape``), inputs ``NAME=VALUE`` lines (``--input``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from orchestrator.access.auth import role_allows
+from orchestrator.artifacts.bundles import list_bundles
+from orchestrator.core.db import session_scope
+from orchestrator.core.errors import EdgeFleetError, NotFoundError
+from orchestrator.jobs import schedules
+from orchestrator.present.cliparse import parse_constants, parse_shapes
+from web.inputs import RowId
+from web.pages.common import (
+    Operator,
+    Viewer,
+    form_fields,
+    not_found,
+    render,
+    settings_of,
+    submit_job,
+)
+from web.security import csrf_protect
+
+router = APIRouter()
+
+WHEN = ("now", "cron", "at")
+PAST_GRACE = timedelta(minutes=1)  # an "at" time this far back is a typo, not "right now"
+FORM_DEFAULTS = {"bundle": "", "baseline": "", "targets": "", "threads": "1,2,4",
+                 "warmup": "5", "runs": "30", "min_seconds": "", "shapes": "", "inputs": "",
+                 "when": "now", "cron": "0 3 * * *", "at": ""}
+
+
+def _lines(text: str, what: str, example: str,
+           parse: Callable[[list[str]], dict[str, Any]]) -> dict[str, Any]:
+    """One ``NAME=...`` per line (blank lines and ``#`` comments skipped); an error names the
+    field and line, as a user reading the form would count them."""
+    out: dict[str, Any] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            out.update(parse([line]))
+        except EdgeFleetError:
+            raise EdgeFleetError(f"{what}, line {number}: {line!r}: use {example}") from None
+    return out
+
+
+def _number(text: str, kind: type[int] | type[float]) -> int | float | str:
+    """A form number; anything unparseable is passed on as typed, so the job validation names
+    the bad value in its own words."""
+    try:
+        return kind(text)
+    except ValueError:
+        return text
+
+
+def parse_at(text: str, now: datetime | None = None) -> datetime:
+    """A ``datetime-local`` value (or ISO time) read as UTC unless it carries an offset."""
+    moment = schedules.parse_time(text)
+    now = now or datetime.now(UTC)
+    if moment < now - PAST_GRACE:
+        raise EdgeFleetError(f"time {moment:%Y-%m-%d %H:%M} UTC has passed "
+                             f"(it is {now:%Y-%m-%d %H:%M} UTC now)")
+    return moment
+
+
+def bench_request(form: dict[str, str]) -> tuple[str, dict[str, Any]]:
+    """(targets, bench job params) from the form; EdgeFleetError for what only the form can
+    get wrong (shape and input lines). Empty optional fields take the job defaults."""
+    params: dict[str, Any] = {"bundle": form["bundle"].strip(),
+                              "threads": form["threads"].strip() or "1"}
+    if form["baseline"].strip():
+        params["baseline"] = form["baseline"].strip()
+    for key, kind in (("warmup", int), ("runs", int), ("min_seconds", float)):
+        if form[key].strip():
+            params[key] = _number(form[key].strip(), kind)
+    params["shapes"] = _lines(form["shapes"], "shapes", "NAME=1x512", parse_shapes)
+    params["constants"] = _lines(form["inputs"], "inputs", "NAME=VALUE, e.g. sampling_rate=16000",
+                                 parse_constants)
+    return form["targets"].strip(), params
+
+
+def _context(request: Request, principal: Any, form: dict[str, str]) -> dict[str, Any]:
+    with session_scope(settings_of(request)) as session:
+        refs = [f"{b.name}@{b.version}" for b in reversed(list_bundles(session))]
+        rows = [schedules.schedule_public(s) for s in schedules.list_schedules(session)]
+    return {"section": "benchmarks", "bundles": refs, "schedules": rows, "form": form,
+            "when_choices": WHEN,
+            "can_operate": principal is not None and role_allows(principal.role, "operator")}
+
+
+@router.get("/benchmarks", response_class=HTMLResponse)
+def benchmarks_page(request: Request, principal: Viewer) -> HTMLResponse:
+    return render(request, "benchmarks.html", _context(request, principal, dict(FORM_DEFAULTS)),
+                  principal)
+
+
+def schedule_or_submit(request: Request, principal: Any, kind: str, params: dict[str, Any],
+                       targets: str, form: dict[str, str]) -> Response:
+    """The "When" of a job form (partials/when.html): queue the job now (-> its page), or
+    create a cron / one-off schedule (-> this page, which lists them all). Raises
+    EdgeFleetError, with nothing stored, for a bad time or what the job validation refuses."""
+    when = form.get("when", "now")
+    when = when if when in WHEN else "now"
+    if when == "now":
+        job = submit_job(request, kind, params, targets, principal)
+        return RedirectResponse(f"/jobs/{job.id}?notice=queued", status_code=303)
+    cron = form.get("cron", "").strip() if when == "cron" else None
+    run_at = parse_at(form.get("at", "")) if when == "at" else None
+    if when == "cron" and not cron:
+        raise EdgeFleetError("give a cron expression (five fields, UTC), e.g. '0 3 * * *'")
+    schedules.create(settings_of(request), kind, params, targets, actor=principal.name,
+                     cron=cron, run_at=run_at)
+    return RedirectResponse("/benchmarks?notice=schedule_created", status_code=303)
+
+
+@router.post("/benchmarks", dependencies=[Depends(csrf_protect)])
+async def schedule_benchmark(request: Request, principal: Operator) -> Response:
+    """Run now (-> the job's page), or create a cron / one-off schedule (-> this page)."""
+    fields = await form_fields(request)
+    form = FORM_DEFAULTS | {key: fields[key] for key in FORM_DEFAULTS if key in fields}
+    try:
+        targets, params = bench_request(form)
+        return schedule_or_submit(request, principal, "bench", params, targets, form)
+    except EdgeFleetError as exc:
+        return render(request, "benchmarks.html",
+                      _context(request, principal, form) | {"error": str(exc)}, principal,
+                      status_code=400)
+
+
+@router.post("/benchmarks/schedules/{schedule_id}/delete",
+             dependencies=[Depends(csrf_protect)])
+def delete_schedule(request: Request, schedule_id: RowId, principal: Operator) -> Response:
+    try:
+        schedules.delete(settings_of(request), schedule_id, actor=principal.name)
+    except NotFoundError as exc:
+        return not_found(request, str(exc), principal)
+    return RedirectResponse("/benchmarks?notice=schedule_deleted", status_code=303)

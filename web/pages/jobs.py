@@ -1,0 +1,90 @@
+"""Job pages: the queue, one job with live per-device progress (htmx polls a partial), cancel.
+
+Polling stops by itself: the progress partial replaces its own element (``outerHTML``), and a
+terminal job renders it without ``hx-trigger``, so the browser polls exactly until the job
+ends, with no script of ours involved.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from orchestrator.core.db import session_scope
+from orchestrator.core.errors import EdgeFleetError, NotFoundError
+from web.inputs import RowId
+from web.pages.common import Operator, Viewer, not_found, render, settings_of
+from web.pages.view import TERMINAL_JOB_STATES, push_progress
+from web.security import csrf_protect
+
+router = APIRouter()
+
+JOBS_LIMIT = 100
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
+JOB_KINDS = ("push", "bench", "eval", "telemetry")
+
+
+def _job_view(job: Any) -> dict[str, Any]:
+    from orchestrator.jobs.queue import job_public
+
+    public = job_public(job)
+    return public | {"terminal": public.get("state") in TERMINAL_JOB_STATES,
+                     "devices": push_progress(public.get("progress"))}
+
+
+@router.get("/jobs", response_class=HTMLResponse)
+def jobs_page(request: Request, principal: Viewer, state: str = "",
+              kind: str = "") -> HTMLResponse:
+    from orchestrator.jobs.queue import list_jobs
+
+    with session_scope(settings_of(request)) as session:
+        rows = [_job_view(job) for job in list_jobs(
+            session, JOBS_LIMIT, state=state if state in JOB_STATES else None,
+            kind=kind if kind in JOB_KINDS else None)]
+    return render(request, "jobs.html", {
+        "section": "jobs", "jobs": rows, "state": state, "kind": kind,
+        "states": JOB_STATES, "kinds": JOB_KINDS}, principal)
+
+
+def _load(request: Request, job_id: int) -> dict[str, Any]:
+    from orchestrator.jobs.queue import get_job
+
+    with session_scope(settings_of(request)) as session:
+        return _job_view(get_job(session, job_id))
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(request: Request, job_id: RowId, principal: Viewer) -> HTMLResponse:
+    try:
+        job = _load(request, job_id)
+    except NotFoundError as exc:
+        return not_found(request, str(exc), principal)
+    return render(request, "job.html", {"section": "jobs", "job": job}, principal)
+
+
+@router.get("/jobs/{job_id}/progress", response_class=HTMLResponse)
+def job_progress(request: Request, job_id: RowId, principal: Viewer) -> HTMLResponse:
+    """The live part of the job page, for htmx to swap in every second."""
+    try:
+        job = _load(request, job_id)
+    except NotFoundError as exc:
+        return not_found(request, str(exc), principal)
+    return render(request, "partials/progress.html", {"job": job}, principal)
+
+
+@router.post("/jobs/{job_id}/cancel", dependencies=[Depends(csrf_protect)])
+def cancel_job(request: Request, job_id: RowId, principal: Operator) -> Response:
+    from orchestrator.jobs import queue
+
+    settings = settings_of(request)
+    try:
+        queue.cancel(settings, job_id, actor=principal.name)
+    except NotFoundError as exc:
+        return not_found(request, str(exc), principal)
+    except EdgeFleetError as exc:
+        job = _load(request, job_id)
+        return render(request, "job.html", {"section": "jobs", "job": job, "error": str(exc)},
+                      principal, status_code=409)
+    return RedirectResponse(f"/jobs/{job_id}?notice=cancel_requested", status_code=303)

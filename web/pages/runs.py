@@ -1,0 +1,66 @@
+"""Benchmark pages: the runs list, and one run as the published table with its charts. The
+comparison of runs and of a bundle's versions is in ``compare``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+
+from orchestrator.core.db import session_scope
+from orchestrator.core.errors import NotFoundError
+from orchestrator.measure.reports import flag_notes, report_rows
+from orchestrator.measure.runs import get_run, list_runs, run_public, run_results
+from web.inputs import RowId
+from web.pages.common import Viewer, not_found, render, settings_of
+from web.pages.evals import eval_context, verdict_context
+from web.pages.view import latency_cdf, latency_histogram, sample_series
+
+router = APIRouter()
+
+RUNS_LIMIT = 200
+
+
+@router.get("/runs", response_class=HTMLResponse)
+def runs_page(request: Request, principal: Viewer) -> HTMLResponse:
+    with session_scope(settings_of(request)) as session:
+        runs = [run_public(r) for r in list_runs(session, RUNS_LIMIT)]
+    return render(request, "runs.html", {"section": "runs", "runs": runs}, principal)
+
+
+def _chart_data(result: dict[str, Any]) -> dict[str, Any]:
+    """What the run page draws for one result; built from ``result_public(raw=True)``."""
+    latencies = result.get("latencies_ms") or []
+    return {"hist": latency_histogram(latencies), "cdf": latency_cdf(latencies),
+            "telemetry": sample_series((result.get("telemetry") or {}).get("samples"))}
+
+
+@router.get("/runs/{run_id}", response_class=HTMLResponse)
+def run_page(request: Request, run_id: RowId, principal: Viewer) -> HTMLResponse:
+    with session_scope(settings_of(request)) as session:
+        try:
+            run = get_run(session, run_id)
+        except NotFoundError as exc:
+            return not_found(request, str(exc), principal)
+        public = run_public(run, run_results(session, run_id, latencies=True, samples=True),
+                            raw=True)
+        verdict = (verdict_context(session, run_id) if public["kind"] in ("eval", "bench")
+                   else None)
+    results = public.pop("results")
+    evaluation = eval_context(public, results) if public["kind"] == "eval" else None
+    rows = []
+    for index, (row, result) in enumerate(zip(report_rows(results), results, strict=True)):
+        rows.append(row | {"index": index, "reasons": result.get("reasons") or [],
+                           "device_name": result["device"], "error": result.get("error"),
+                           "telemetry_status": (result.get("telemetry") or {}).get("status"),
+                           "n": (result.get("latency_ms") or {}).get("n")})
+    charts = [_chart_data(r) | {"title": f"{row['device']} · {row['threads']} threads"}
+              for row, r in zip(rows, results, strict=True)]
+    return render(request, "run.html", {
+        "section": "runs", "run": public, "rows": rows, "charts": charts,
+        "notes": flag_notes(results),
+        "invalid": any(row["status"] == "invalid" for row in rows),
+        "failed": any(row["status"] == "failed" for row in rows),
+        "evaluation": evaluation, "verdict": verdict,
+    }, principal)
