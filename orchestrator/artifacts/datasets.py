@@ -37,6 +37,7 @@ from orchestrator.artifacts.blobstore import BlobStore
 from orchestrator.artifacts.bundles import manifest_of
 from orchestrator.core.config import Settings
 from orchestrator.core.errors import EdgeFleetError
+from orchestrator.core.listings import dataset_public as dataset_public
 from orchestrator.core.models import Bundle, Dataset
 
 SCHEMA = "edgefleet.dataset/v1"
@@ -321,19 +322,3 @@ def manifest_of_dataset(dataset: Dataset) -> dict[str, Any]:
     return json.loads(dataset.manifest_json)
 
 
-def dataset_public(dataset: Dataset, samples: bool = False) -> dict[str, Any]:
-    """The JSON shape the CLI prints for one dataset (``samples``: every sample too)."""
-    manifest = manifest_of_dataset(dataset)
-    counts: dict[str, int] = {}
-    for sample in manifest.get("samples", []):
-        counts[sample["label"]] = counts.get(sample["label"], 0) + 1
-    out = {"name": dataset.name, "version": dataset.version, "digest": dataset.digest,
-           "format": dataset.format, "sampling_rate": dataset.sampling_rate,
-           "samples": dataset.samples, "labels": dataset.labels,
-           "per_label": {label: counts.get(label, 0) for label in dataset.labels},
-           "size_bytes": dataset.size_bytes, "created_at": dataset.created_at.isoformat(),
-           "source": manifest.get("source"), "for": manifest.get("for"),
-           "files": len(manifest.get("files", []))}
-    if samples:
-        out["sample_list"] = manifest.get("samples", [])
-    return out

@@ -68,11 +68,15 @@ def _show(public: dict[str, Any]) -> None:
 @handles_errors
 def dataset_list(as_json: JsonOpt = False) -> None:
     """Every dataset version."""
-    from orchestrator.artifacts.datasets import dataset_public, list_datasets
-    from orchestrator.core.db import session_scope
+    from orchestrator.core import listings
 
-    with session_scope(settings()) as session:
-        datasets = [dataset_public(d) for d in list_datasets(session)]
+    datasets = listings.datasets()  # sqlite3 alone, when the DB is a current SQLite file
+    if datasets is None:
+        from orchestrator.artifacts.datasets import list_datasets
+        from orchestrator.core.db import session_scope
+
+        with session_scope(settings()) as session:
+            datasets = [listings.dataset_public(d) for d in list_datasets(session)]
     if as_json:
         output.print_json(datasets)
         return

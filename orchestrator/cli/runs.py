@@ -176,11 +176,15 @@ def bench_cmd(
 @handles_errors
 def runs_list(as_json: JsonOpt = False) -> None:
     """Recent runs, newest first."""
-    from orchestrator.core.db import session_scope
-    from orchestrator.measure.runs import list_runs, run_public
+    from orchestrator.core import listings
 
-    with session_scope(settings()) as session:
-        runs = [run_public(r) for r in list_runs(session)]
+    runs = listings.runs()  # sqlite3 alone, when the DB is a current SQLite file
+    if runs is None:
+        from orchestrator.core.db import session_scope
+        from orchestrator.measure.runs import list_runs
+
+        with session_scope(settings()) as session:
+            runs = [listings.run_row_public(r) for r in list_runs(session)]
     if as_json:
         output.print_json(runs)
         return

@@ -1,12 +1,13 @@
-"""The JSON shapes of devices and bundles, and the fast way to list them.
+"""The JSON shapes of devices, bundles, runs and datasets, and the fast way to list them.
 
-``device_public`` and ``bundle_public`` are what the CLI and the API print for a device or a
-bundle; they read attributes only, so they take ORM rows and the rows read here alike.
-``devices`` and ``bundles`` list the DB's rows with the standard library's sqlite3 when the DB
-is a SQLite file at the newest migration (``dbfile.open_current``), and return None otherwise
-(the caller takes the ORM path, which also creates and migrates). Why a second way to read:
-`devices list` and `bundle list` must start at once (issue 12: <= 0.4 s of CPU), and importing
-SQLAlchemy, SQLModel and pydantic alone costs more than that here. Column values are converted
+``device_public``, ``bundle_public``, ``run_row_public`` and ``dataset_public`` are what the CLI
+and the API print for one row; they read attributes only, so they take ORM rows and the rows
+read here alike. ``devices``, ``bundles``, ``runs`` and ``datasets`` list the DB's rows with the
+standard library's sqlite3 when the DB is a SQLite file at the newest migration
+(``dbfile.open_current``), and return None otherwise (the caller takes the ORM path, which also
+creates and migrates). Why a second way to read: the list commands must start at once (issue
+12: <= 0.4 s of CPU), and importing SQLAlchemy, SQLModel and pydantic alone costs more than that
+here. Column values are converted
 by their declared SQL type as the ORM's types do (JSON, BOOLEAN, DATETIME stored as naive
 UTC, read by ``utc.parse_utc``: the rule ``models.UTCDateTime`` reads it by);
 tests/unit/core/test_listings.py compares both ways on one DB.
@@ -26,7 +27,7 @@ from orchestrator.core.patterns import match
 from orchestrator.core.utc import parse_utc
 
 if TYPE_CHECKING:
-    from orchestrator.core.models import Bundle, Device
+    from orchestrator.core.models import Bundle, Dataset, Device, Run
 
 T = TypeVar("T")
 
@@ -83,6 +84,34 @@ def bundle_public(bundle: Bundle | SimpleNamespace) -> dict[str, Any]:
     }
 
 
+def run_row_public(run: Run | SimpleNamespace) -> dict[str, Any]:
+    """The JSON shape of a run without its results (``runs.run_public`` adds them)."""
+    return {"id": run.id, "kind": run.kind, "state": run.state,
+            "bundle": {"name": run.bundle_name, "version": run.bundle_version,
+                       "digest": run.bundle_digest},
+            "targets": run.targets, "params": run.params, "created_by": run.created_by,
+            "created_at": run.created_at.isoformat(),
+            "finished_at": run.finished_at.isoformat() if run.finished_at else None}
+
+
+def dataset_public(dataset: Dataset | SimpleNamespace, samples: bool = False) -> dict[str, Any]:
+    """The JSON shape the CLI prints for one dataset (``samples``: every sample too)."""
+    manifest = json.loads(dataset.manifest_json)
+    counts: dict[str, int] = {}
+    for sample in manifest.get("samples", []):
+        counts[sample["label"]] = counts.get(sample["label"], 0) + 1
+    out = {"name": dataset.name, "version": dataset.version, "digest": dataset.digest,
+           "format": dataset.format, "sampling_rate": dataset.sampling_rate,
+           "samples": dataset.samples, "labels": dataset.labels,
+           "per_label": {label: counts.get(label, 0) for label in dataset.labels},
+           "size_bytes": dataset.size_bytes, "created_at": dataset.created_at.isoformat(),
+           "source": manifest.get("source"), "for": manifest.get("for"),
+           "files": len(manifest.get("files", []))}
+    if samples:
+        out["sample_list"] = manifest.get("samples", [])
+    return out
+
+
 def select_by_pattern(devices: Sequence[T], pattern: str,
                       name_groups: Callable[[T], tuple[str, list[str]]]) -> list[T]:
     """The devices a target pattern selects, in pattern order (``devices.select_devices``)."""
@@ -132,3 +161,25 @@ def bundles() -> list[dict[str, Any]] | None:
     finally:
         conn.close()
     return [bundle_public(b) for b in rows]
+
+
+def runs(limit: int = 50) -> list[dict[str, Any]] | None:
+    """``run_row_public`` of the newest ``limit`` runs; None: take the ORM path."""
+    rows = _read("run", f"id DESC LIMIT {int(limit)}")
+    return None if rows is None else [run_row_public(r) for r in rows]
+
+
+def datasets() -> list[dict[str, Any]] | None:
+    """``dataset_public`` of every dataset, by name then age; None: take the ORM path."""
+    rows = _read("dataset", "name, id")
+    return None if rows is None else [dataset_public(d) for d in rows]
+
+
+def _read(table: str, order: str) -> list[SimpleNamespace] | None:
+    conn = open_current()
+    if conn is None:
+        return None
+    try:
+        return _rows(conn, table, order)
+    finally:
+        conn.close()

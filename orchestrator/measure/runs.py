@@ -23,6 +23,7 @@ from sqlmodel import Session, col, select
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.errors import AgentError, EdgeFleetError, NotFoundError
+from orchestrator.core.listings import run_row_public
 from orchestrator.core.models import Bundle, Device, Result, Run
 from orchestrator.fleet.agentclient import AgentSession
 from orchestrator.fleet.fanout import Outcome, fan_out
@@ -335,12 +336,7 @@ def result_public(result: Result, run: Run, raw: bool = False, *,
 
 def run_public(run: Run, results: Sequence[Result] | None = None, raw: bool = False, *,
                latencies: bool | None = None, samples: bool | None = None) -> dict[str, Any]:
-    out = {"id": run.id, "kind": run.kind, "state": run.state,
-           "bundle": {"name": run.bundle_name, "version": run.bundle_version,
-                      "digest": run.bundle_digest},
-           "targets": run.targets, "params": run.params, "created_by": run.created_by,
-           "created_at": run.created_at.isoformat(),
-           "finished_at": run.finished_at.isoformat() if run.finished_at else None}
+    out = run_row_public(run)
     if results is not None:
         out["results"] = [result_public(r, run, raw, latencies=latencies, samples=samples)
                           for r in results]

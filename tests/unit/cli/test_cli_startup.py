@@ -20,7 +20,7 @@ import pytest
 
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
-from orchestrator.core.models import Run
+from orchestrator.core.models import Dataset, Run
 from orchestrator.demo.model import make_demo_classifier
 from tests.conftest import Cli
 
@@ -68,12 +68,14 @@ def fleet(cli: Cli, home: Path, tmp_path: Path) -> Path:
     with session_scope(Settings(home=home)) as session:
         session.add(Run(bundle_name="fc", bundle_version="1", bundle_digest="0" * 64,
                         targets="all", created_by="test", state="succeeded"))
+        session.add(Dataset(name="eval", version="1", digest="d" * 64, format="audio",
+                            samples=1, labels=["no"], size_bytes=10,
+                            manifest_json='{"samples": [{"label": "no"}]}'))
     return home
 
 
-# ... and the listings read SQLite with the stdlib (orchestrator.core.listings), without the ORM
-# and
-# its settings (pydantic itself is imported by typer >= 0.2x to coerce parameters).
+# ... and the listings read SQLite with the stdlib (orchestrator.core.listings), without the
+# ORM and its settings (pydantic itself is imported by typer >= 0.2x to coerce parameters).
 ORM = {"sqlalchemy", "sqlmodel", "pydantic_settings", "yaml"}
 
 
@@ -82,7 +84,9 @@ ORM = {"sqlalchemy", "sqlmodel", "pydantic_settings", "yaml"}
     (("devices", "list", "roastery"), HEAVY | ORM),
     (("bundle", "list", "--json"), HEAVY | ORM),
     (("bundle", "list"), HEAVY | ORM),
-    (("runs", "list", "--json"), HEAVY),
+    (("runs", "list", "--json"), HEAVY | ORM),
+    (("runs", "list"), HEAVY | ORM),
+    (("dataset", "list", "--json"), HEAVY | ORM),
     (("bundle", "show", "fc", "--json"), HEAVY),
 ])
 def test_light_commands_import_no_heavy_library(fleet: Path, tmp_path: Path,

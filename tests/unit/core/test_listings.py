@@ -16,13 +16,15 @@ from alembic import command
 from sqlmodel import select
 
 from orchestrator.artifacts.bundles import list_bundles
+from orchestrator.artifacts.datasets import list_datasets
 from orchestrator.core import listings
 from orchestrator.core.config import Settings
 from orchestrator.core.db import alembic_config, current_revision, get_engine, session_scope
 from orchestrator.core.dbfile import env_db_url, head_revision, open_current, sqlite_file
 from orchestrator.core.errors import NotFoundError
-from orchestrator.core.models import Bundle, Device
+from orchestrator.core.models import Bundle, Dataset, Device, Run
 from orchestrator.inventory.devices import device_public, select_devices
+from orchestrator.measure.runs import list_runs
 
 FACTS = {"pi_model": "Raspberry Pi 5 Model B Rev 1.0", "arch": "aarch64", "cores": 4,
          "ram_mb": 8064, "onnxruntime": {"version": "1.20.1"},
@@ -53,6 +55,20 @@ def populate(settings: Settings) -> None:
                                                                                           "0"),
                                size_bytes=123, precision="int8" if extra else "fp32",
                                manifest_json=json.dumps(manifest)))
+        for run_id, kind, finished in ((1, "bench", seen), (2, "eval", None)):
+            session.add(Run(id=run_id, kind=kind, bundle_name="fc", bundle_version="2",
+                            bundle_digest="b" * 64, targets="roastery", created_by="ana",
+                            state="succeeded" if finished else "running",
+                            params={"threads": [1, 2], "shapes": {}}, finished_at=finished))
+        for name, version in (("roaster-eval", "2"), ("asr-eval", "1"), ("roaster-eval", "1")):
+            samples = [{"path": f"s{i}.wav", "label": "crack" if i % 3 else "none"}
+                       for i in range(5)]
+            session.add(Dataset(name=name, version=version, digest=f"d{name}{version}".ljust(64,
+                                                                                           "0"),
+                                format="audio", sampling_rate=16000, samples=5,
+                                labels=["none", "crack"], size_bytes=4096,
+                                manifest_json=json.dumps({"samples": samples, "files": [],
+                                                          "source": {"type": "folder"}})))
 
 
 @pytest.fixture
@@ -81,6 +97,19 @@ def test_bundles_are_read_as_the_orm_reads_them(settings: Settings) -> None:
         orm = [listings.bundle_public(b) for b in list_bundles(session)]
     assert fast is not None and len(fast) == 4
     assert json.dumps(fast) == json.dumps(orm)
+
+
+def test_runs_and_datasets_are_read_as_the_orm_reads_them(settings: Settings) -> None:
+    fast_runs, fast_datasets = listings.runs(), listings.datasets()
+    with session_scope(settings) as session:
+        orm_runs = [listings.run_row_public(r) for r in list_runs(session)]
+        orm_datasets = [listings.dataset_public(d) for d in list_datasets(session)]
+    assert fast_runs is not None and [r["id"] for r in fast_runs] == [2, 1]  # newest first
+    assert json.dumps(fast_runs) == json.dumps(orm_runs)
+    assert fast_datasets is not None and len(fast_datasets) == 3
+    assert fast_datasets[0]["per_label"] == {"none": 2, "crack": 3}
+    assert json.dumps(fast_datasets) == json.dumps(orm_datasets)
+    assert listings.runs(limit=1) == fast_runs[:1]
 
 
 def test_no_devices_and_a_bad_pattern_fail_the_same_way(home: Path) -> None:
