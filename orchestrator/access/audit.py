@@ -22,27 +22,34 @@ action              target                detail
 ``schedule.delete`` ``schedule:<id>``     ``kind``, ``targets``, ``cron``, ``run_at``
 ``token.create``    ``token:<id>``        ``name``, ``role``, ``prefix``
 ``token.revoke``    ``token:<id>``        ``name``, ``role``, ``prefix``
+``devices.trust``   ``devices:<pattern>`` ``replace``; ``devices``: each one's ``status``
+                                          (added, unchanged, replaced), key type, fingerprint
+``agent.install``   ``devices:<pattern>`` ``devices`` selected, ``with_deps``, the agent's
+                                          ``version`` and ``sha256``
+``bundle.build``    ``bundle:<N@V>``      ``digest``, ``precision``, ``source`` (new versions
+                                          only: an unchanged rebuild changes nothing)
+``dataset.build``   ``dataset:<N@V>``     ``digest``, ``samples``, ``labels``, ``for``
 =================== ===================== =====================================================
 
 A target names its kind, so one column reads unambiguously: a row (``job:``, ``schedule:``,
-``token:``), the devices a pattern selected (``devices:``; patterns contain colons, so only the
-first one separates), or an inventory file (an absolute path: a relative one would mean another
-file to the CLI, run in some directory, than to the server, which reads relative to
-``EDGEFLEET_INVENTORY_DIR``). Push, bench and eval point at their job because the job is the same
-from every door and its page has what happened on each device; an event says what was asked and
-started, not how it ended.
+``token:``, ``bundle:``, ``dataset:``), the devices a pattern selected (``devices:``; patterns
+contain colons, so only the first one separates), or an inventory file (an absolute path: a
+relative one would mean another file to the CLI, run in some directory, than to the server,
+which reads relative to ``EDGEFLEET_INVENTORY_DIR``). Push, bench and eval point at their job
+because the job is the same from every door and its page has what happened on each device; an
+event says what was asked and started, not how it ended.
 
 Not audited: what the control plane starts by itself (a schedule firing — its
 ``schedule.create`` was —, the periodic telemetry poll), telemetry jobs and reads (``verify``,
-listings: they change nothing on a device), dry runs and previews; and, not yet, the CLI's
-``devices trust``, ``agent install``, ``bundle build`` and ``dataset build`` (nor ``demo``, which
-works in its own EDGEFLEET_HOME). ``ACTIONS`` is the whole vocabulary: ``add_event`` refuses
-anything else.
+listings: they change nothing on a device), dry runs and previews. ``ACTIONS`` is the whole
+vocabulary: ``add_event`` refuses anything else.
 
 ``actor`` is the token's name for web/API requests, the OS user for the CLI and for a server
-without tokens (see ``local_actor``). ``detail`` must never carry secrets: anything under a key
-that names a secret, and anything that looks like an EdgeFleet token, is replaced by
-``"[redacted]"`` before it is stored, as a safety net for params that carry user input.
+without tokens (see ``local_actor``).
+
+``detail`` must never carry secrets: anything under a key that names a secret, and anything that
+looks like an EdgeFleet token, is replaced by ``"[redacted]"`` before it is stored, as a safety
+net for params that carry user input.
 """
 
 from __future__ import annotations
@@ -57,7 +64,8 @@ from sqlmodel import Session, col, select
 from orchestrator.core.models import AuditEvent, Job
 
 ACTIONS = ("push", "bench", "eval", "rollback", "inventory.sync", "job.cancel",
-           "schedule.create", "schedule.delete", "token.create", "token.revoke")
+           "schedule.create", "schedule.delete", "token.create", "token.revoke",
+           "devices.trust", "agent.install", "bundle.build", "dataset.build")
 JOB_ACTIONS = ("push", "bench", "eval")  # the job kinds that are audited (not telemetry)
 
 REDACTED = "[redacted]"

@@ -18,6 +18,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from agent.protocol import MANIFEST_SCHEMA, canonical_json, check_relative_path, manifest_digest
+from orchestrator.access import audit
 from orchestrator.artifacts import refs
 from orchestrator.artifacts.blobstore import BlobStore
 from orchestrator.artifacts.onnxinfo import inspect_model, version_tuple
@@ -204,6 +205,7 @@ def build_bundle(
     files: list[tuple[str, Path]] | None = None,
     golden_rtol: float | None = None,
     golden_atol: float | None = None,
+    actor: str = "",
 ) -> BuildResult:
     """Inspect, hash into the blob store, write the manifest, register the version.
 
@@ -299,6 +301,11 @@ def build_bundle(
     )
     session.add(bundle)
     session.flush()
+    # Who registered this version, in the registration's transaction (``actor``: default the
+    # OS user). An unchanged rebuild registers nothing and is not audited.
+    audit.add_event(session, actor, "bundle.build", f"bundle:{bundle.name}@{bundle.version}",
+                    {"digest": bundle.digest, "precision": bundle.precision,
+                     "source": manifest.get("source")})
     return BuildResult(bundle=bundle, created=True, note=checked.note)
 
 

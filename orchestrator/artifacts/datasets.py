@@ -32,6 +32,7 @@ import numpy as np
 from sqlmodel import Session, col, select
 
 from agent.protocol import canonical_json, manifest_digest
+from orchestrator.access import audit
 from orchestrator.artifacts import refs
 from orchestrator.artifacts.blobstore import BlobStore
 from orchestrator.artifacts.bundles import manifest_of
@@ -246,7 +247,8 @@ def latest(session: Session, name: str) -> Dataset | None:
 def build_dataset(session: Session, settings: Settings, source: Path, name: str,
                   version: str | None = None, bundle: Bundle | None = None,
                   sampling_rate: int | None = None,
-                  on_file: Callable[[str, int], None] | None = None) -> DatasetBuild:
+                  on_file: Callable[[str, int], None] | None = None,
+                  actor: str = "") -> DatasetBuild:
     """Convert, hash into the blob store, write the manifest, register the version.
 
     ``bundle`` (``--for``) gives the sampling rate (its preprocessing) and the labels every
@@ -303,6 +305,9 @@ def build_dataset(session: Session, settings: Settings, source: Path, name: str,
                       manifest_json=canonical_json(manifest).decode("utf-8"))
     session.add(dataset)
     session.flush()
+    audit.add_event(session, actor, "dataset.build", f"dataset:{name}@{version}",
+                    {"digest": dataset.digest, "samples": dataset.samples,
+                     "labels": class_names, "for": manifest.get("for")})
     return DatasetBuild(dataset, created=True)
 
 

@@ -37,7 +37,6 @@ from orchestrator.cli.app import (  # noqa: F401 - re-exported: app, get_app's c
     settings,
 )
 from orchestrator.core.errors import EdgeFleetError
-from orchestrator.fleet.fanout import Outcome
 from orchestrator.present import output
 
 # --- inventory -------------------------------------------------------------------------------
@@ -138,27 +137,11 @@ def devices_trust(
     as_json: JsonOpt = False,
 ) -> None:
     """Record the devices' SSH host keys in EdgeFleet's known_hosts and print fingerprints."""
-    from orchestrator.fleet.fanout import fan_out
-    from orchestrator.inventory.devices import to_target
-    from orchestrator.transport import Target
-    from orchestrator.transport.hostkeys import trust
+    from orchestrator.access.audit import local_actor
+    from orchestrator.fleet.trust import trust_devices
 
-    cfg = settings()
-
-    def step(target: Target) -> Outcome:
-        if target.connection == "local":
-            return Outcome(target.name, True, "local", data={"fingerprint": None})
-        try:
-            result = trust(target.name, target.address, target.port, cfg.known_hosts,
-                           timeout or cfg.timeout_s, replace=replace)
-        except OSError as exc:
-            raise EdgeFleetError(
-                f"{target.name}: cannot reach {target.address}:{target.port}: {exc}") from None
-        return Outcome(target.name, True, result.status,
-                       data={"key_type": result.key_type, "fingerprint": result.fingerprint,
-                             "previous_fingerprint": result.previous_fingerprint})
-
-    outcomes = fan_out([to_target(d) for d in select(targets)], step, forks)
+    outcomes = trust_devices(settings(), select(targets), forks, timeout, replace,
+                             actor=local_actor(), targets=targets)
     finish(outcomes, "host keys", as_json, extra=("key_type", "fingerprint"))
 
 
@@ -195,9 +178,11 @@ def agent_install(
     as_json: JsonOpt = False,
 ) -> None:
     """Upload the agent zipapp, check Python/numpy/onnxruntime, record the device's facts."""
+    from orchestrator.access.audit import local_actor
     from orchestrator.fleet.agents import install_agents
 
-    package, outcomes = install_agents(settings(), select(targets), with_deps, forks, timeout)
+    package, outcomes = install_agents(settings(), select(targets), with_deps, forks, timeout,
+                                       actor=local_actor(), targets=targets)
     finish(outcomes, f"agent {package.version} ({package.sha256[:12]})", as_json,
            extra=AGENT_COLUMNS, payload=agent_payload)
 

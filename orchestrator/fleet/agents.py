@@ -15,6 +15,7 @@ from typing import Any
 
 from agent.build import build_zipapp
 from agent.protocol import AGENT_FILENAME
+from orchestrator.access import audit
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.errors import AgentError, TransportError
@@ -103,10 +104,17 @@ def install_on(conn: Connection, package: AgentPackage, with_deps: bool) -> Outc
 
 
 def install_agents(settings: Settings, devices: Sequence[Device], with_deps: bool = False,
-                   forks: int = 10, timeout: float | None = None,
-                   ) -> tuple[AgentPackage, list[Outcome]]:
-    """Install on every device (bounded fan-out) and store each device's facts."""
+                   forks: int = 10, timeout: float | None = None, *, actor: str = "",
+                   targets: str = "") -> tuple[AgentPackage, list[Outcome]]:
+    """Install on every device (bounded fan-out) and store each device's facts. Audited as
+    ``agent.install`` (what was asked, before any device is touched: the code that will run
+    there); each device's outcome is in its facts."""
     package = build_agent(settings.home)
+    with session_scope(settings) as session:
+        audit.add_event(session, actor, "agent.install",
+                        f"devices:{targets or ','.join(d.name for d in devices)}",
+                        {"devices": [d.name for d in devices], "with_deps": with_deps,
+                         "version": package.version, "sha256": package.sha256})
 
     def step(target: Target) -> Outcome:
         with connect(target, settings, timeout) as conn:

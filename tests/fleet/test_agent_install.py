@@ -66,3 +66,37 @@ def test_missing_interpreter_is_named(cli: Cli, sshd_factory, tmp_path: Path) ->
     failed = cli("agent", "install", "all", "--json", expect=1).json[0]
     assert failed["state"] == "failed"
     assert "/opt/nowhere/python3" in failed["error"]
+
+
+def test_trusting_keys_and_installing_agents_are_audited(cli: Cli, home: Path, sshd_factory,
+                                                        tmp_path: Path) -> None:
+    """The two steps that decide what EdgeFleet trusts and what code runs on a device leave an
+    event naming who did it: a replaced host key with both fingerprints, the agent's sha256."""
+    from orchestrator.access.audit import list_events, local_actor
+    from orchestrator.core.config import Settings
+    from orchestrator.core.db import session_scope
+
+    host = sshd_factory(1)[0]
+    cli("inventory", "sync", write_inventory(tmp_path / "inv.yml", [host]))
+    cli("devices", "trust", "all")
+    old = host.host_key_fingerprint
+    new = host.regenerate_host_key()
+    cli("devices", "trust", "all", expect=1)  # a changed key is refused ...
+    cli("devices", "trust", "all", "--replace")  # ... until the user says it is expected
+    installed = cli("agent", "install", "all", "--json").json[0]
+    with session_scope(Settings(home=home)) as session:
+        made = [e for e in reversed(list_events(session))
+                if e.action in ("devices.trust", "agent.install")]
+    assert [(e.action, e.target, e.actor) for e in made] == [
+        ("devices.trust", "devices:all", local_actor())] * 3 + [
+        ("agent.install", "devices:all", local_actor())]
+    first, refused, replaced, install = (e.detail for e in made)
+    assert first["devices"][0] | {"name": host.name} == {
+        "name": host.name, "status": "added", "key_type": "ssh-ed25519", "fingerprint": old,
+        "previous_fingerprint": None}
+    assert refused["devices"][0]["status"] == "failed"
+    assert (replaced["replace"], replaced["devices"][0]["status"]) == (True, "replaced")
+    assert (replaced["devices"][0]["fingerprint"],
+            replaced["devices"][0]["previous_fingerprint"]) == (new, old)
+    assert install["devices"] == [host.name] and install["with_deps"] is False
+    assert len(install["sha256"]) == 64 and installed["state"] == "installed"

@@ -93,6 +93,30 @@ def test_cli_token_actions_are_audited_under_the_os_user(cli: Cli, home: Path) -
     assert {e["actor"] for e in listed} == {audit.local_actor()}
 
 
+def test_bundle_and_dataset_builds_are_audited_once_per_new_version(cli: Cli, home: Path,
+                                                                   tmp_path: Path) -> None:
+    import numpy as np
+
+    from orchestrator.demo.model import make_demo_classifier
+
+    make_demo_classifier(tmp_path / "model" / "model.onnx")
+    (tmp_path / "model" / "config.json").write_text('{"id2label": {"0": "no", "1": "yes"}}')
+    built = cli("bundle", "build", tmp_path / "model", "--name", "fc", "--json").json
+    cli("bundle", "build", tmp_path / "model", "--name", "fc", "--json")  # unchanged: no event
+    np.savez(tmp_path / "eval.npz", log_mel=np.zeros((2, 1, 98, 40), np.float32),
+             labels=np.array(["no", "yes"]))
+    data = cli("dataset", "build", tmp_path / "eval.npz", "--name", "ev", "--for", "fc",
+               "--json").json
+    made = [e for e in events(Settings(home=home)) if e["action"].endswith(".build")]
+    assert [(e["action"], e["target"], e["actor"]) for e in made] == [
+        ("dataset.build", "dataset:ev@1", audit.local_actor()),
+        ("bundle.build", "bundle:fc@1", audit.local_actor())]
+    assert made[1]["detail"]["digest"] == built["digest"]
+    assert made[1]["detail"]["source"]["type"] == "folder"
+    assert made[0]["detail"]["digest"] == data["digest"]
+    assert made[0]["detail"]["for"]["name"] == "fc" and made[0]["detail"]["samples"] == 2
+
+
 def test_the_audit_api_is_for_admins(settings: Settings) -> None:
     _, admin = auth.create_token(settings, "boss", "admin")
     _, viewer = auth.create_token(settings, "wall", "viewer")
