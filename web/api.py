@@ -83,10 +83,14 @@ class JobIn(BaseModel):
     - push: ``bundle`` (N or N@V), ``forks``, ``timeout``
     - bench: ``bundle``, ``threads`` ([1, 2, 4]), ``warmup``, ``runs``, ``min_seconds``,
       ``shapes``, ``constants``, ``providers``, ``graph_optimization``, ``baseline``,
-      ``rounds``, ``forks``, ``timeout``
+      ``rounds``, ``forks``, ``timeout``; with a baseline, the gate: ``max_regression`` (a
+      fraction, 0.05 default: the job fails when the candidate is significantly slower by
+      more) and ``include_invalid`` (compare throttled results too; false)
     - eval: ``bundle`` (already pushed to the targets), ``dataset`` (D or D@V),
       ``threads`` ([1] default), ``warmup`` (1), ``positive`` (a class label; binary default:
       class 1), ``threshold`` (0.5, within [0, 1]), ``forks``, ``timeout``
+    - rollback: ``forks``, ``timeout`` (each device back to the version it ran before)
+    - verify: ``forks``, ``timeout`` (re-hash the active bundle, re-run its golden outputs)
     - telemetry: ``forks``, ``timeout`` (targets default to all)
     """
 
@@ -98,7 +102,7 @@ class JobIn(BaseModel):
          "params": {"bundle": "first-crack", "threads": [1, 2, 4]}},
     ]}}
 
-    kind: str = Field(description="push | bench | eval | telemetry")
+    kind: str = Field(description="push | bench | eval | rollback | verify | telemetry")
     targets: str = Field("all", description="Target pattern, e.g. roastery:!pi5-b")
     params: dict[str, Any] = Field(default_factory=dict,
                                    description="The kind's parameters, see above")

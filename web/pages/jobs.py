@@ -23,7 +23,7 @@ router = APIRouter()
 
 JOBS_LIMIT = 100
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
-JOB_KINDS = ("push", "bench", "eval", "telemetry")
+JOB_KINDS = ("push", "bench", "eval", "rollback", "verify", "telemetry")
 
 
 def _job_view(job: Any) -> dict[str, Any]:
