@@ -1,10 +1,10 @@
 """The typer app of the ``edgefleet`` command and what its command modules share: options,
 error handling, settings, the fleet-operation tail (``finish``), device selection.
 
-Why a module of its own: the command modules (orchestrator.cli.main and cli_*) register on ``app``
-and orchestrator.cli.main imports them all to build the full command; with ``app`` in cli.py that
-was an import circle. Light on purpose: every command's start-up imports it (no pydantic, ORM
-or web stack at the top; tests/unit/cli/test_cli_startup.py).
+Why a module of its own: the command modules (``main`` and the others in this package) register
+on ``app`` and ``main`` imports them all to build the full command; with ``app`` in ``main``
+that would be an import circle. Light on purpose: every command's start-up imports it (no
+pydantic, ORM or web stack at the top; tests/unit/cli/test_cli_startup.py).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 machine-readable output on stdout; exit status 1 when any device failed, 2 on bad input.
 
 This module holds the inventory, devices and agent commands and ``main``; the app and what
-commands share are in orchestrator.cli.app (re-exported here for callers of the old names), the
-other commands in cli_*.
+commands share are in ``cli.app`` (re-exported here for tests and scripts), the other commands
+in this package's other modules.
 """
 
 from __future__ import annotations
@@ -206,7 +206,18 @@ def agent_install(
 
 
 def get_app() -> typer.Typer:
-    """The app with every command registered (the other cli_* modules add theirs on import)."""
+    """The app with every command registered (the other command modules add theirs on
+    import)."""
+    from orchestrator.cli import (  # noqa: F401
+        bundles,
+        datasets,
+        demo,
+        evaluate,
+        runs,
+        serve,
+        tokens,
+        verdicts,
+    )
 
     return app
 
@@ -221,7 +232,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    # `python -m orchestrator.cli.main`: this file runs as __main__, but the other cli_* modules
+    # `python -m orchestrator.cli.main`: this file runs as __main__, but the other command modules
     # register their commands on `orchestrator.cli.main`; run that module's app, not this copy's.
     from orchestrator.cli.main import main as _main
 
