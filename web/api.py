@@ -1,23 +1,21 @@
 """JSON API under /api. Thin: each route calls one service function, which also records the
 audit event (routes pass who is acting); read routes get their DB session as a dependency
-(``SessionDep``), write routes the settings (their service owns the transaction); OpenAPI at
-/docs. The services build the response
-dicts; each route declares their shape (``response_model``, web/schemas.py) so /docs and
-/openapi.json show every response's schema and the shape cannot drift unnoticed."""
+(``SessionDep``), write routes the settings (their service owns the transaction); both, and
+the role aliases, come from web.deps, shared with the pages. OpenAPI at /docs. The services
+build the response dicts; each route declares their shape (``response_model``, web/schemas.py)
+so /docs and /openapi.json show every response's schema and the shape cannot drift
+unnoticed."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, Field, field_validator
-from sqlmodel import Session
 
 from orchestrator.access.audit import event_public, list_events
 from orchestrator.artifacts.bundles import bundle_public, get_bundle, list_bundles
-from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.errors import EdgeFleetError
 from orchestrator.inventory import sync as inventory_service
@@ -33,6 +31,7 @@ from orchestrator.jobs import schedules as schedule_service
 from orchestrator.jobs.schedules import parse_time
 from orchestrator.measure.runs import get_run, list_runs, run_public, run_results
 from orchestrator.measure.stats import compare_runs
+from web.deps import Admin, Csrf, Operator, SessionDep, SettingsDep, Viewer
 from web.inputs import RowId, StrictJsonRoute
 from web.schemas import (
     AuditEventPublic,
@@ -46,33 +45,11 @@ from web.schemas import (
     RunPublic,
     SchedulePublic,
 )
-from web.security import Principal, csrf_protect, require
 
 # StrictJsonRoute: a JSON string that is not valid Unicode is a 422 for every route, before it
 # can reach the DB or an error message (web/inputs.py).
 router = APIRouter(prefix="/api", tags=["api"], route_class=StrictJsonRoute)
 
-Viewer = Annotated[Principal, Depends(require("viewer"))]
-Operator = Annotated[Principal, Depends(require("operator"))]
-Admin = Annotated[Principal, Depends(require("admin"))]
-Csrf = Depends(csrf_protect)
-
-
-def settings_of(request: Request) -> Settings:
-    return request.app.state.settings
-
-
-SettingsDep = Annotated[Settings, Depends(settings_of)]
-
-
-def db_session(settings: SettingsDep) -> Iterator[Session]:
-    """One DB session for a read route (writes go through services that own their
-    transaction and their audit event, so they take the settings instead)."""
-    with session_scope(settings) as session:
-        yield session
-
-
-SessionDep = Annotated[Session, Depends(db_session)]
 # What the services return; ``response_model`` on each route says (and checks) its shape.
 Json = dict[str, Any]
 
@@ -83,10 +60,14 @@ class JobIn(BaseModel):
     - push: ``bundle`` (N or N@V), ``forks``, ``timeout``
     - bench: ``bundle``, ``threads`` ([1, 2, 4]), ``warmup``, ``runs``, ``min_seconds``,
       ``shapes``, ``constants``, ``providers``, ``graph_optimization``, ``baseline``,
-      ``rounds``, ``forks``, ``timeout``
+      ``rounds``, ``forks``, ``timeout``; with a baseline, the gate: ``max_regression`` (a
+      fraction, 0.05 default: the job fails when the candidate is significantly slower by
+      more) and ``include_invalid`` (compare throttled results too; false)
     - eval: ``bundle`` (already pushed to the targets), ``dataset`` (D or D@V),
       ``threads`` ([1] default), ``warmup`` (1), ``positive`` (a class label; binary default:
       class 1), ``threshold`` (0.5, within [0, 1]), ``forks``, ``timeout``
+    - rollback: ``forks``, ``timeout`` (each device back to the version it ran before)
+    - verify: ``forks``, ``timeout`` (re-hash the active bundle, re-run its golden outputs)
     - telemetry: ``forks``, ``timeout`` (targets default to all)
     """
 
@@ -98,7 +79,7 @@ class JobIn(BaseModel):
          "params": {"bundle": "first-crack", "threads": [1, 2, 4]}},
     ]}}
 
-    kind: str = Field(description="push | bench | eval | telemetry")
+    kind: str = Field(description="push | bench | eval | rollback | verify | telemetry")
     targets: str = Field("all", description="Target pattern, e.g. roastery:!pi5-b")
     params: dict[str, Any] = Field(default_factory=dict,
                                    description="The kind's parameters, see above")
@@ -132,13 +113,13 @@ class InventorySyncIn(BaseModel):
 
 
 @router.get("/devices", response_model=list[DevicePublic])
-def devices(session: SessionDep, _: Viewer, pattern: str | None = None) -> list[Json]:
+def devices(_: Viewer, session: SessionDep, pattern: str | None = None) -> list[Json]:
     found = select_devices(session, pattern) if pattern else all_devices(session)
     return [device_public(d) for d in found]
 
 
 @router.get("/devices/{name}", response_model=DeviceDetail)
-def device(name: str, session: SessionDep, _: Viewer) -> Json:
+def device(name: str, _: Viewer, session: SessionDep) -> Json:
     row = get_device(session, name)
     out = device_public(row) | {"facts": row.facts}
     deployments = recent_deployments(session, name)
@@ -147,30 +128,30 @@ def device(name: str, session: SessionDep, _: Viewer) -> Json:
 
 
 @router.get("/bundles", response_model=list[BundlePublic])
-def bundles(session: SessionDep, _: Viewer) -> list[Json]:
+def bundles(_: Viewer, session: SessionDep) -> list[Json]:
     return [bundle_public(b) for b in list_bundles(session)]
 
 
 @router.get("/bundles/{ref}", response_model=BundlePublic)
-def bundle(ref: str, session: SessionDep, _: Viewer) -> Json:
+def bundle(ref: str, _: Viewer, session: SessionDep) -> Json:
     return bundle_public(get_bundle(session, ref))
 
 
 @router.get("/runs", response_model=list[RunPublic])
-def runs(session: SessionDep, _: Viewer, limit: int = Query(50, ge=1, le=500)) -> list[Json]:
+def runs(_: Viewer, session: SessionDep, limit: int = Query(50, ge=1, le=500)) -> list[Json]:
     return [run_public(r) for r in list_runs(session, limit)]
 
 
 # exclude_unset: a bench run has no "agreement", a result no "eval" or "latencies_ms"
 # unless asked for; absent keys stay absent rather than becoming nulls.
 @router.get("/runs/{run_id}", response_model=RunDetail, response_model_exclude_unset=True)
-def run(run_id: RowId, session: SessionDep, _: Viewer, raw: bool = False) -> Json:
+def run(run_id: RowId, _: Viewer, session: SessionDep, raw: bool = False) -> Json:
     return run_public(get_run(session, run_id),
                       run_results(session, run_id, latencies=raw, samples=raw), raw=raw)
 
 
 @router.get("/compare", response_model=list[CompareRow])
-def compare(a: RowId, b: RowId, session: SessionDep, _: Viewer,
+def compare(a: RowId, b: RowId, _: Viewer, session: SessionDep,
             include_invalid: bool = False) -> list[Json]:
     first, second = (run_public(get_run(session, run_id),
                                 run_results(session, run_id, latencies=True),
@@ -179,14 +160,14 @@ def compare(a: RowId, b: RowId, session: SessionDep, _: Viewer,
 
 
 @router.get("/jobs", response_model=list[JobPublic])
-def jobs(session: SessionDep, _: Viewer, state: str | None = None,
+def jobs(_: Viewer, session: SessionDep, state: str | None = None,
          kind: str | None = None) -> list[Json]:
     return [job_service.job_public(j)
             for j in job_service.list_jobs(session, 100, state=state, kind=kind)]
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic)
-def job(job_id: RowId, session: SessionDep, _: Viewer) -> Json:
+def job(job_id: RowId, _: Viewer, session: SessionDep) -> Json:
     return job_service.job_public(job_service.get_job(session, job_id))
 
 
@@ -215,7 +196,7 @@ def cancel_job(job_id: RowId, settings: SettingsDep, principal: Operator) -> Jso
 
 
 @router.get("/schedules", response_model=list[SchedulePublic])
-def schedules(session: SessionDep, _: Viewer) -> list[Json]:
+def schedules(_: Viewer, session: SessionDep) -> list[Json]:
     return [schedule_service.schedule_public(s)
             for s in schedule_service.list_schedules(session)]
 
@@ -246,6 +227,6 @@ def inventory_sync(body: InventorySyncIn, settings: SettingsDep, principal: Admi
 
 
 @router.get("/audit", response_model=list[AuditEventPublic])
-def audit_log(session: SessionDep, _: Admin,
+def audit_log(_: Admin, session: SessionDep,
               limit: int = Query(200, ge=1, le=1000)) -> list[Json]:
     return [event_public(e) for e in list_events(session, limit)]

@@ -225,7 +225,7 @@ class JobPublic(Out):
     """``jobs.job_public`` (the worker id stays internal)."""
 
     id: int
-    kind: str = Field(description="push | bench | eval | telemetry")
+    kind: str = Field(description="push | bench | eval | rollback | verify | telemetry")
     state: str = Field(description="queued | running | succeeded | failed | cancelled | "
                                    "interrupted")
     params: dict[str, Any]

@@ -13,7 +13,7 @@ action              target                detail
 ``push``            ``job:<id>``          ``targets`` (the pattern), ``params``, ``origin``
 ``bench``           ``job:<id>``          (``server``: queued from the web or API; ``cli``:
 ``eval``            ``job:<id>``          run by the CLI itself, which also makes a job row)
-``rollback``        ``devices:<pattern>`` ``devices``: the names the pattern selected
+``rollback``        ``job:<id>``
 ``inventory.sync``  the file's absolute   ``added``, ``changed``, ``removed``, ``unchanged``
                     path                  (environment values redacted)
 ``job.cancel``      ``job:<id>``          ``kind``, ``targets``, ``state`` (when cancelled)
@@ -35,13 +35,14 @@ A target names its kind, so one column reads unambiguously: a row (``job:``, ``s
 ``token:``, ``bundle:``, ``dataset:``), the devices a pattern selected (``devices:``; patterns
 contain colons, so only the first one separates), or an inventory file (an absolute path: a
 relative one would mean another file to the CLI, run in some directory, than to the server,
-which reads relative to ``EDGEFLEET_INVENTORY_DIR``). Push, bench and eval point at their job
-because the job is the same from every door and its page has what happened on each device; an
-event says what was asked and started, not how it ended.
+which reads relative to ``EDGEFLEET_INVENTORY_DIR``). Push, bench, eval and rollback point at
+their job because the job is the same from every door (``jobs.execute`` runs them all) and its
+page has what happened on each device; an event says what was asked and started, not how it
+ended.
 
 Not audited: what the control plane starts by itself (a schedule firing — its
-``schedule.create`` was —, the periodic telemetry poll), telemetry jobs and reads (``verify``,
-listings: they change nothing on a device), dry runs and previews. ``ACTIONS`` is the whole
+``schedule.create`` was —, the periodic telemetry poll), telemetry and verify jobs and reads
+(listings: they change nothing on a device), dry runs and previews. ``ACTIONS`` is the whole
 vocabulary: ``add_event`` refuses anything else.
 
 ``actor`` is the token's name for web/API requests, the OS user for the CLI and for a server
@@ -66,7 +67,9 @@ from orchestrator.core.models import AuditEvent, Job
 ACTIONS = ("push", "bench", "eval", "rollback", "inventory.sync", "job.cancel",
            "schedule.create", "schedule.delete", "token.create", "token.revoke",
            "devices.trust", "agent.install", "bundle.build", "dataset.build")
-JOB_ACTIONS = ("push", "bench", "eval")  # the job kinds that are audited (not telemetry)
+# The job kinds that are audited: those that change a device or measure on it (not the
+# read-only verify and telemetry).
+JOB_ACTIONS = ("push", "bench", "eval", "rollback")
 
 REDACTED = "[redacted]"
 _SECRET_KEYS = re.compile(r"secret|password|passphrase|private_key|token_hash|api_key",
@@ -108,9 +111,9 @@ def add_event(session: Session, actor: str, action: str, target: str = "",
 
 
 def add_job_event(session: Session, actor: str, job: Job) -> AuditEvent | None:
-    """The event of a push, bench or eval job just added to ``session`` (flushed: it has its
-    id) — the same whether the server queued it or the CLI runs it (``jobs.submit``,
-    ``jobs.tracker.track``). None for a kind that is not audited (telemetry)."""
+    """The event of a push, bench, eval or rollback job just added to ``session`` (flushed: it
+    has its id) — the same whether the server queued it or the CLI runs it (``jobs.submit``,
+    ``jobs.tracker.track``). None for a kind that is not audited (verify, telemetry)."""
     if job.kind not in JOB_ACTIONS:
         return None
     return add_event(session, actor, job.kind, f"job:{job.id}",

@@ -17,7 +17,6 @@ from orchestrator.cli.app import (
     bundle_app,
     finish,
     handles_errors,
-    select,
     settings,
 )
 from orchestrator.fleet.fanout import Outcome
@@ -217,25 +216,19 @@ def push_cmd(
     """Send a bundle's missing blobs, verify every file on the device, activate atomically."""
     from orchestrator.artifacts.bundles import get_bundle
     from orchestrator.core.db import session_scope
-    from orchestrator.fleet.deploy import push
     from orchestrator.jobs import tracker
-    from orchestrator.jobs.execute import push_summary
 
     cfg = settings()
     with session_scope(cfg) as session:
         bundle = get_bundle(session, ref)
-    devices = select(targets)
-    name = f"{bundle.name}@{bundle.version}"
+        name, digest = f"{bundle.name}@{bundle.version}", bundle.digest
     with tracker.track(cfg, "push", {"bundle": name, "forks": forks, "timeout": timeout},
-                           targets) as job, \
+                       targets) as job, \
             output.RichPushProgress(enabled=not as_json) as progress:
-        outcomes = push(cfg, bundle, devices, forks, timeout, job.push_progress(progress),
-                        job_id=job.job_id)
-        done = push_summary(name, outcomes, job.stopped(outcomes))
-        job.finish(done.state, done.result, done.error)
-    for o in outcomes:
+        done = job.run(push_view=progress)
+    for o in done.outcomes:
         o.data["sent"] = output.human_bytes(o.data.get("bytes_sent", 0))
-    finish(outcomes, f"push {bundle.name}@{bundle.version} ({bundle.digest[:12]})", as_json,
+    finish(done.outcomes, f"push {name} ({digest[:12]})", as_json,
            extra=("sent", "smoke"), payload=_push_payload, interrupted=job.interrupted)
 
 
@@ -244,9 +237,9 @@ def push_cmd(
 def rollback_cmd(targets: Targets, forks: Forks = 10, timeout: Timeout = None,
                  as_json: JsonOpt = False) -> None:
     """Swap each device back to the bundle it ran before."""
-    from orchestrator.access.audit import local_actor
-    from orchestrator.fleet.deploy import rollback
+    from orchestrator.jobs import tracker
 
-    outcomes = rollback(settings(), select(targets), forks, timeout, actor=local_actor(),
-                        targets=targets)
-    finish(outcomes, "rollback", as_json, extra=("active",))
+    cfg = settings()
+    with tracker.track(cfg, "rollback", {"forks": forks, "timeout": timeout}, targets) as job:
+        done = job.run()
+    finish(done.outcomes, "rollback", as_json, extra=("active",), interrupted=job.interrupted)

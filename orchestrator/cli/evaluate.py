@@ -17,7 +17,6 @@ from orchestrator.cli.app import (
     app,
     exit_if_interrupted,
     handles_errors,
-    select,
     settings,
 )
 from orchestrator.core.errors import EdgeFleetError
@@ -63,8 +62,7 @@ def eval_cmd(
     from orchestrator.artifacts.datasets import get_dataset
     from orchestrator.core.db import session_scope
     from orchestrator.jobs import tracker
-    from orchestrator.jobs.execute import eval_job_params, eval_summary
-    from orchestrator.measure.evals import evaluate
+    from orchestrator.jobs.execute import eval_job_params
     from orchestrator.measure.runs import get_run, run_public, run_results
 
     if fmt not in FORMATS:
@@ -74,25 +72,18 @@ def eval_cmd(
     with session_scope(cfg) as session:
         bundle = get_bundle(session, ref)
         dataset = get_dataset(session, dataset_ref)
-        session.expunge_all()
-    devices = select(targets)
-    thread_counts = parse_threads(threads)
-    job_params = eval_job_params(f"{bundle.name}@{bundle.version}",
-                                 f"{dataset.name}@{dataset.version}", thread_counts, warmup,
-                                 positive, threshold, forks, timeout)
-    # A job row (origin "cli") so the Jobs page shows this evaluation while it runs here.
+        job_params = eval_job_params(f"{bundle.name}@{bundle.version}",
+                                     f"{dataset.name}@{dataset.version}", parse_threads(threads),
+                                     warmup, positive, threshold, forks, timeout)
+    # The same job a server would run (jobs.execute.run_eval); the Jobs page shows it.
     with tracker.track(cfg, "eval", job_params, targets) as job, \
             output.MeasureProgress(enabled=not as_json, kind="eval") as progress:
-        run, outcomes = evaluate(cfg, bundle, dataset, devices, thread_counts, positive,
-                                 threshold, forks, timeout,
-                                 job.eval_events(progress.event, len(thread_counts)),
-                                 warmup=warmup, targets=targets, job_id=job.job_id,
-                                 cancelled=job.context.stopped_any)
-        job.outcomes(outcomes)
-        done = eval_summary(run, outcomes, job.stopped(outcomes))
-        job.finish(done.state, done.result, done.error, done.run_id)
+        done = job.run(event_view=progress.event)
+    outcomes = done.outcomes
+    run_id = done.run_id
+    assert run_id is not None
     with session_scope(cfg) as session:
-        public = run_public(get_run(session, run.id), run_results(session, run.id))
+        public = run_public(get_run(session, run_id), run_results(session, run_id))
     public["outcomes"] = [o.as_dict() for o in outcomes]
     if as_json:
         output.print_json(public)

@@ -151,16 +151,19 @@ def devices_verify(targets: Targets, forks: Forks = 10, timeout: Timeout = None,
                    as_json: JsonOpt = False) -> None:
     """Re-hash every file of the active bundle and re-run its golden outputs on each device;
     exit 1 if any device fails."""
-    from orchestrator.fleet.verify import verify_devices
+    from orchestrator.jobs import tracker
 
-    outcomes = verify_devices(settings(), select(targets), forks, timeout)
+    with tracker.track(settings(), "verify", {"forks": forks, "timeout": timeout},
+                       targets) as job:
+        outcomes = job.run().outcomes
     if not as_json:
         for o in outcomes:
             for key in ("max_abs", "max_rel"):
                 if isinstance(o.data.get(key), float):
                     o.data[key] = f"{o.data[key]:.3g}"
     finish(outcomes, "verify", as_json, extra=("bundle", "files_checked", "failed_files",
-                                               "smoke", "max_abs", "max_rel"))
+                                               "smoke", "max_abs", "max_rel"),
+           interrupted=job.interrupted)
 
 
 # --- agent -----------------------------------------------------------------------------------

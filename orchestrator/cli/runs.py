@@ -94,8 +94,8 @@ def bench_cmd(
     from orchestrator.artifacts.bundles import get_bundle
     from orchestrator.core.db import session_scope
     from orchestrator.jobs import tracker
-    from orchestrator.jobs.execute import bench_job_params, bench_summary
-    from orchestrator.measure.runs import BenchParams, bench
+    from orchestrator.jobs.execute import bench_job_params
+    from orchestrator.measure.runs import BenchParams
 
     _check_format(fmt)
     cfg = settings()
@@ -114,61 +114,43 @@ def bench_cmd(
     with session_scope(cfg) as session:
         bundle = get_bundle(session, ref)
         base_bundle = get_bundle(session, baseline) if baseline else None
-    devices = select(targets)
+        candidate = f"{bundle.name}@{bundle.version}"
+        base_ref = f"{base_bundle.name}@{base_bundle.version}" if base_bundle else None
     as_json = as_json or fmt == "json"
-    bundles = [base_bundle, bundle] if base_bundle else [bundle]
-    rounds = (rounds or 5) if base_bundle else 1
-    job_params = bench_job_params(
-        f"{bundle.name}@{bundle.version}", params,
-        f"{base_bundle.name}@{base_bundle.version}" if base_bundle else None, rounds, forks,
-        timeout)
+    # The same job a server would run (jobs.execute.run_bench, gate included); only JUnit and
+    # the terminal rendering are the CLI's.
+    job_params = bench_job_params(candidate, params, base_ref,
+                                  (rounds or 5) if base_ref else 1, forks, timeout,
+                                  gate_bound, include_invalid)
     with tracker.track(cfg, "bench", job_params, targets) as job, \
             output.MeasureProgress(enabled=not as_json) as progress:
-        runs_done, outcomes = bench(
-            cfg, bundles, devices, params, targets, forks, timeout,
-            job.bench_events(progress.event, len(params.threads) * rounds * len(bundles)),
-            rounds=rounds, job_id=job.job_id, cancelled=job.context.stopped_any)
-        done = bench_summary(runs_done, outcomes, job.stopped(outcomes))
-        job.finish(done.state, done.result, done.error, done.run_id)
-    public = [_results_public(run.id)[0] for run in runs_done]
+        done = job.run(event_view=progress.event)
+    public = [_results_public(run_id)[0] for run_id in done.result["run_ids"]]
     report: dict[str, Any] = {"runs": public}
-    failed_gate: list[dict] = []
-    if job.interrupted:  # no gate on a cancelled comparison: show what was measured, stop
-        base_bundle = None
-    if base_bundle is not None:
-        from orchestrator.measure.stats import compare_runs, gate
-
-        base_run, new_run = (_results_public(r.id, latencies=True)[1] for r in runs_done)
-        rows = compare_runs(base_run, new_run, include_invalid=include_invalid)
-        failed_gate = gate(rows, gate_bound or 0.0)
-        report["comparison"] = rows
-        report["gate"] = {"max_regression": gate_bound, "failed": failed_gate,
-                          "compared": sum(1 for r in rows if not r.get("excluded"))}
+    gated = "gate" in done.result
+    if gated:
+        report["comparison"] = done.result["comparison"]
+        report["gate"] = {k: v for k, v in done.result["gate"].items()
+                          if k in ("max_regression", "failed", "compared")}
         if junit:
             from orchestrator.measure.junit import write_junit
 
-            write_junit(junit, rows, gate_bound or 0.0)
+            write_junit(junit, report["comparison"], gate_bound or 0.0)
     if as_json:
-        output.print_json(report if base_bundle else public[-1])
+        output.print_json(report if gated else public[-1])
     else:
         for run in public:
             _print_results(run["results"], f"run {run['id']}: {run['bundle']['name']}@"
                            f"{run['bundle']['version']}", fmt)
-        if base_bundle is not None:
+        if gated:
             from orchestrator.measure.reports import render_comparison
 
             output.stdout.print(render_comparison(report["comparison"]))
     exit_if_interrupted(job.interrupted)
-    if base_bundle is not None:
-        if report["gate"]["compared"] == 0:
-            output.stderr.print("gate: no result pair could be compared (all failed or "
-                                "throttled); not passing a regression check blind")
-            raise typer.Exit(1)
-        if failed_gate:
-            output.stderr.print(f"gate: {len(failed_gate)} device/thread pairs slower than "
-                                f"{baseline} by more than {max_regression}")
-            raise typer.Exit(1)
-    if any(not o.ok for o in outcomes):
+    if gated and done.result["gate"]["error"]:
+        output.stderr.print(done.result["gate"]["error"])
+        raise typer.Exit(1)
+    if any(not o.ok for o in done.outcomes):
         raise typer.Exit(1)
 
 

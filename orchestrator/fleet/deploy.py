@@ -11,14 +11,13 @@ its journal reverted after a crash) corrects the DB first (devices.record_device
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sqlmodel import Session
 
 from agent.protocol import E_NOTHING_TO_ROLL_BACK, E_SMOKE_FAILED
-from orchestrator.access import audit
 from orchestrator.artifacts.blobstore import BlobStore
 from orchestrator.artifacts.bundles import manifest_of
 from orchestrator.artifacts.onnxinfo import version_tuple
@@ -241,20 +240,21 @@ def push(settings: Settings, bundle: Bundle, devices: Sequence[Device], forks: i
 
 
 def rollback(settings: Settings, devices: Sequence[Device], forks: int = 10,
-             timeout: float | None = None, *, actor: str, targets: str) -> list[Outcome]:
-    """Swap each device back to the bundle it ran before. One ``rollback`` event for the
-    operation (``devices:<targets>``, the pattern ``devices`` were selected with), committed
-    with the Deployment rows it starts: it says who asked, the rows say how each device ended."""
-    with session_scope(settings) as session:
-        row_ids = _add_rows(session, devices, "rollback", None)
-        audit.add_event(session, actor, "rollback", f"devices:{targets}",
-                        {"devices": [d.name for d in devices]})
+             timeout: float | None = None, *, job_id: int | None = None,
+             before: Callable[[str], None] | None = None) -> list[Outcome]:
+    """Swap each device back to the bundle it ran before. Run as a ``rollback`` job
+    (``jobs.execute.run_rollback``), whose audit event says who asked; the Deployment rows,
+    named with the job, say how each device ended. ``before(device)`` runs first on each
+    device and may raise to stop it there (a cancelled job)."""
+    row_ids = _start_rows(settings, devices, "rollback", None, job_id)
 
     def step(target: Target) -> Outcome:
         started = time.monotonic()
         active = None
         report = DeviceReport()
         try:
+            if before is not None:
+                before(target.name)
             with leased(settings, target.name, "rollback"), \
                     connect(target, settings, timeout) as conn:
                 result = report.note(call_agent(conn, "rollback", {}))

@@ -9,7 +9,7 @@ recorded, so `devices list` matches the device even after a rollback done by han
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from agent.protocol import E_NOTHING_ACTIVE
@@ -59,10 +59,14 @@ def _record(settings: Settings, name: str, result: dict[str, Any]) -> None:
 
 
 def verify_devices(settings: Settings, devices: Sequence[Device], forks: int = 10,
-                   timeout: float | None = None) -> list[Outcome]:
-    """One outcome per device: ``verified``, ``failed`` (with details) or ``nothing-active``."""
+                   timeout: float | None = None,
+                   before: Callable[[str], None] | None = None) -> list[Outcome]:
+    """One outcome per device: ``verified``, ``failed`` (with details) or ``nothing-active``.
+    ``before(device)`` runs first on each device and may raise to stop it (a cancelled job)."""
 
     def step(target: Target) -> Outcome:
+        if before is not None:
+            before(target.name)
         try:
             # Leased: the smoke test loads the model, which would disturb a benchmark.
             with leased(settings, target.name, "verify"), \

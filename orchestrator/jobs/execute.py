@@ -1,8 +1,16 @@
-"""What a job does: the push / bench / eval / telemetry executors, their progress and cancel.
+"""What a job does: the push / bench / eval / rollback / verify / telemetry executors, their
+progress and cancel.
 
-Split from ``jobs.py`` (the queue, its states and the runner) so that the executors — the part
-that talks to devices through deploy, runs and telemetry — read on their own. Executors never
-add a locking layer: ``deploy.push`` and ``runs.bench`` already lease each device.
+Every one of these operations runs through here, whoever started it: a server worker takes the
+job from the queue (``jobs.runner``), the CLI runs its own job in-process (``jobs.tracker``).
+So a CLI push is on the Jobs page and can be cancelled from the web, and a baseline bench gates
+(``measure.gate``) the same whether typed, clicked or scheduled. What the CLI shows while it
+waits comes in through the context (``push_view``, ``event_view``) and the Outcomes the
+JobOutcome carries back.
+
+Split from ``jobs.queue`` (the queue, its states) so that the executors — the part that talks
+to devices through deploy, runs and telemetry — read on their own. Executors never add a
+locking layer: ``deploy.push`` and ``runs.bench`` already lease each device.
 
 Cancellation is cooperative and lands on boundaries where stopping leaves nothing half done:
 a push stops before a device's agent session starts (a device already transferring finishes and
@@ -31,7 +39,7 @@ from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.errors import EdgeFleetError
 from orchestrator.core.models import Job, Run
-from orchestrator.fleet import deploy, telemetry
+from orchestrator.fleet import deploy, telemetry, verify
 from orchestrator.fleet.fanout import Outcome
 from orchestrator.inventory.devices import select_devices
 from orchestrator.jobs.params import ALLOWED as ALLOWED
@@ -69,6 +77,9 @@ class JobContext:
         # may have been stopped, not only those that reached a boundary.
         self.interrupt = False
         self.created_by = ""  # who submitted the job: runs record it as their author
+        # What the CLI shows while it runs a job itself (rich bars); the server has none.
+        self.push_view: deploy.PushProgress | None = None
+        self.event_view: runs.EventHandler | None = None
         self.devices: dict[str, dict[str, Any]] = {}
         self.cancelled_devices: set[str] = set()
         self._lock = threading.Lock()
@@ -112,6 +123,14 @@ class JobContext:
                                 .where(Job.id == self.job_id)).first():
                     self.cancel.set()
         return self.cancel.is_set()
+
+    def stopped(self, outcomes: Sequence[Outcome]) -> set[str]:
+        """The devices the cancel stopped: at a boundary, or (after a CLI's Ctrl-C, which also
+        aborts sessions in flight) any device that did not finish."""
+        stopped = set(self.cancelled_devices)
+        if self.interrupt and self.cancel is not None and self.cancel.is_set():
+            stopped |= {o.device for o in outcomes if not o.ok}
+        return stopped
 
     def stopped_any(self) -> bool:
         """Whether the cancel stopped a device's work (its run is then "cancelled")."""
@@ -202,29 +221,33 @@ class JobOutcome:
     result: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     run_id: int | None = None
+    # Each device's Outcome, for a CLI rendering its table; not stored (``result`` is).
+    outcomes: list[Outcome] = field(default_factory=list, repr=False, compare=False)
 
 
 def _summary(verb: str, outcomes: Sequence[Outcome], cancelled: set[str],
              result: dict[str, Any], run_id: int | None = None) -> JobOutcome:
     failed = [o for o in outcomes if not o.ok and o.device not in cancelled]
+    kept = list(outcomes)
     if cancelled:
         done = len(outcomes) - len(cancelled)
         return JobOutcome("cancelled", result, f"cancelled: {verb} stopped on "
                           f"{', '.join(sorted(cancelled))}; {done} of {len(outcomes)} device(s) "
-                          "finished before that and keep their results", run_id)
+                          "finished before that and keep their results", run_id, kept)
     if failed:
         names = "; ".join(o.error or f"{o.device}: failed" for o in failed)
         return JobOutcome("failed", result, f"{verb} failed on {len(failed)} of {len(outcomes)} "
-                          f"device(s): {names}", run_id)
-    return JobOutcome("succeeded", result, None, run_id)
+                          f"device(s): {names}", run_id, kept)
+    return JobOutcome("succeeded", result, None, run_id, kept)
 
 
-def push_summary(bundle: str, outcomes: Sequence[Outcome],
-                 cancelled: Collection[str] = ()) -> JobOutcome:
+def push_summary(bundle: str, outcomes: Sequence[Outcome], cancelled: Collection[str] = (),
+                 digest: str | None = None) -> JobOutcome:
     devices = [{"device": o.device, "state": o.state,
                 "bytes_sent": int(o.data.get("bytes_sent", 0)),
                 "duration_s": round(o.duration_s, 3), "error": o.error} for o in outcomes]
-    return _summary("push", outcomes, set(cancelled), {"bundle": bundle, "devices": devices})
+    return _summary("push", outcomes, set(cancelled),
+                    {"bundle": bundle, "digest": digest, "devices": devices})
 
 
 def bench_summary(runs_done: Sequence[Run], outcomes: Sequence[Outcome],
@@ -264,8 +287,10 @@ def run_push(settings: Settings, ctx: JobContext, params: dict[str, Any],
         bundle = get_bundle(session, params["bundle"])
         devices = select_devices(session, targets)
     outcomes = deploy.push(settings, bundle, devices, params.get("forks") or 10,
-                           params.get("timeout"), JobPushProgress(ctx), job_id=ctx.job_id)
-    return push_summary(f"{bundle.name}@{bundle.version}", outcomes, ctx.cancelled_devices)
+                           params.get("timeout"), JobPushProgress(ctx, ctx.push_view),
+                           job_id=ctx.job_id)
+    return push_summary(f"{bundle.name}@{bundle.version}", outcomes, ctx.stopped(outcomes),
+                        bundle.digest)
 
 
 def run_bench(settings: Settings, ctx: JobContext, params: dict[str, Any],
@@ -279,11 +304,25 @@ def run_bench(settings: Settings, ctx: JobContext, params: dict[str, Any],
     steps = len(params["threads"]) * rounds * len(bundles)
     runs_done, outcomes = runs.bench(settings, bundles, devices, bench_params(params), targets,
                                      params.get("forks") or 10, params.get("timeout"),
-                                     bench_events(ctx, steps), rounds=rounds,
+                                     bench_events(ctx, steps, ctx.event_view), rounds=rounds,
                                      created_by=ctx.created_by or None, job_id=ctx.job_id,
                                      cancelled=ctx.stopped_any)
     record_outcomes(ctx, outcomes)
-    return bench_summary(runs_done, outcomes, ctx.cancelled_devices)
+    done = bench_summary(runs_done, outcomes, ctx.stopped(outcomes))
+    if base is not None and len(runs_done) == 2 and done.state != "cancelled":
+        from orchestrator.measure import gate
+
+        bound = params.get("max_regression")
+        checked = gate.check(settings, runs_done[0].id, runs_done[1].id,  # type: ignore[arg-type]
+                             f"{base.name}@{base.version}",
+                             gate.DEFAULT_MAX_REGRESSION if bound is None else bound,
+                             bool(params.get("include_invalid")))
+        done.result.update(checked)
+        error = checked["gate"]["error"]
+        if error:
+            done.state = "failed"
+            done.error = f"{done.error}; {error}" if done.error else error
+    return done
 
 
 def run_eval(settings: Settings, ctx: JobContext, params: dict[str, Any],
@@ -302,11 +341,35 @@ def run_eval(settings: Settings, ctx: JobContext, params: dict[str, Any],
     run, outcomes = evals.evaluate(
         settings, bundle, dataset, devices, threads, params.get("positive"),
         params["threshold"], params.get("forks") or 10, params.get("timeout"),
-        eval_events(ctx, len(threads)), created_by=ctx.created_by or None,
+        eval_events(ctx, len(threads), ctx.event_view), created_by=ctx.created_by or None,
         warmup=params["warmup"], targets=targets, job_id=ctx.job_id,
         cancelled=ctx.stopped_any)
     record_outcomes(ctx, outcomes)
-    return eval_summary(run, outcomes, ctx.cancelled_devices)
+    return eval_summary(run, outcomes, ctx.stopped(outcomes))
+
+
+def run_rollback(settings: Settings, ctx: JobContext, params: dict[str, Any],
+                 targets: str) -> JobOutcome:
+    """Each device back to the bundle it ran before (audited as the job's ``rollback`` event)."""
+    with session_scope(settings) as session:
+        devices = select_devices(session, targets)
+    outcomes = deploy.rollback(settings, devices, params.get("forks") or 10,
+                               params.get("timeout"), job_id=ctx.job_id, before=ctx.check)
+    record_outcomes(ctx, outcomes)
+    return _summary("rollback", outcomes, ctx.stopped(outcomes),
+                    {"devices": [o.as_dict() for o in outcomes]})
+
+
+def run_verify(settings: Settings, ctx: JobContext, params: dict[str, Any],
+               targets: str) -> JobOutcome:
+    """Re-hash each device's active bundle and re-run its golden outputs."""
+    with session_scope(settings) as session:
+        devices = select_devices(session, targets)
+    outcomes = verify.verify_devices(settings, devices, params.get("forks") or 10,
+                                     params.get("timeout"), before=ctx.check)
+    record_outcomes(ctx, outcomes)
+    return _summary("verify", outcomes, ctx.stopped(outcomes),
+                    {"devices": [o.as_dict() for o in outcomes]})
 
 
 def run_telemetry(settings: Settings, ctx: JobContext, params: dict[str, Any],
@@ -323,4 +386,5 @@ def run_telemetry(settings: Settings, ctx: JobContext, params: dict[str, Any],
 
 Executor = Callable[[Settings, JobContext, dict[str, Any], str], JobOutcome]
 EXECUTORS: dict[str, Executor] = {"push": run_push, "bench": run_bench, "eval": run_eval,
+                                  "rollback": run_rollback, "verify": run_verify,
                                   "telemetry": run_telemetry}

@@ -23,9 +23,12 @@ GRAPH_OPTIMIZATIONS = ("all", "extended", "basic", "disabled")
 ALLOWED = {
     "push": {"bundle", "forks", "timeout"},
     "bench": {"bundle", "threads", "warmup", "runs", "min_seconds", "shapes", "constants",
-              "providers", "graph_optimization", "baseline", "rounds", "forks", "timeout"},
+              "providers", "graph_optimization", "baseline", "rounds", "max_regression",
+              "include_invalid", "forks", "timeout"},
     "eval": {"bundle", "dataset", "threads", "warmup", "positive", "threshold", "forks",
              "timeout"},
+    "rollback": {"forks", "timeout"},
+    "verify": {"forks", "timeout"},
     "telemetry": {"forks", "timeout"},
 }
 EVAL_DEFAULTS: dict[str, Any] = {"threads": [1], "warmup": 1, "positive": None,
@@ -137,6 +140,18 @@ def _bench(session: Session, params: dict[str, Any], out: dict[str, Any]) -> Non
     if params.get("baseline") is not None:
         out["baseline"] = _bundle_ref(session, kind, params, "baseline")
     out["rounds"] = _int(kind, params, "rounds", 5 if "baseline" in out else 1, 1)
+    gate_keys = sorted({"max_regression", "include_invalid"} & set(params))
+    if gate_keys and "baseline" not in out:
+        raise EdgeFleetError(f"bench job: {', '.join(map(repr, gate_keys))} gate(s) a comparison "
+                             "with a baseline: give 'baseline' too (a bundle reference)")
+    if "baseline" in out:
+        # The gate (measure.gate): fail the job when the candidate is slower by more than this.
+        out["max_regression"] = _number(kind, params, "max_regression", 0.05)
+        include = params.get("include_invalid", False)
+        if not isinstance(include, bool):
+            raise EdgeFleetError(f"bench job: 'include_invalid' must be true or false "
+                                 f"(got {include!r})")
+        out["include_invalid"] = include
 
 
 def _eval(session: Session, params: dict[str, Any], out: dict[str, Any]) -> None:
@@ -205,13 +220,18 @@ def bench_params(params: dict[str, Any]) -> runs.BenchParams:
 
 
 def bench_job_params(bundle: str, params: runs.BenchParams, baseline: str | None,
-                     rounds: int, forks: int, timeout: float | None = None) -> dict[str, Any]:
+                     rounds: int, forks: int, timeout: float | None = None,
+                     max_regression: float | None = None,
+                     include_invalid: bool = False) -> dict[str, Any]:
     """The job params for a bench started from the CLI: what a server job with the same
     effect would carry (the same keys), so both look alike in the UI and the audit log."""
     out = {"bundle": bundle, **asdict(params), "rounds": rounds, "forks": forks,
            "timeout": timeout}
     if baseline:
         out["baseline"] = baseline
+        out["include_invalid"] = include_invalid
+        if max_regression is not None:
+            out["max_regression"] = max_regression
     return out
 
 

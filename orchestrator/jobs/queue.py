@@ -113,16 +113,14 @@ def submit(settings: Settings, kind: str, params: dict[str, Any] | None, targets
 
 def cancel(settings: Settings, job_id: int, *, actor: str) -> Job:
     """A queued job is cancelled at once; a running one is asked to stop (honoured at the
-    executor's next safe boundary, see jobs.execute); a finished one is an error. Audited as
+    executor's next safe boundary, see jobs.execute, whether a server worker or a CLI process
+    runs it: both poll the request); a finished one is an error. Audited as
     ``job.cancel`` by ``actor`` in the same transaction as the request to stop."""
     now = datetime.now(UTC)
     with session_scope(settings) as session:
         job = get_job(session, job_id)
         if job.state in TERMINAL:
             raise EdgeFleetError(f"job {job_id} already finished ({job.state}); nothing to cancel")
-        if job.state == "running" and job.origin == "cli":
-            raise EdgeFleetError(f"job {job_id} runs in a CLI process ({job.worker}); stop it "
-                                 "there (Ctrl-C)")
         taken = session.execute(
             update(Job).where(col(Job.id) == job_id, col(Job.state) == "queued")
             .values(state="cancelled", cancel_requested=True, finished_at=now,

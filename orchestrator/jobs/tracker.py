@@ -1,5 +1,6 @@
-"""The job row of work the CLI does itself (push, bench, eval): shown on the Jobs page while
-it runs here, finalized when it ends, cancelled cleanly on Ctrl-C.
+"""The job row of work the CLI does itself (push, bench, eval, rollback, verify): shown on the
+Jobs page while it runs here, done by the same executor as a queued job (``JobTracker.run``),
+finalized when it ends, cancelled cleanly on Ctrl-C or from the web.
 
 Split from ``jobs`` (the queue the server's workers take from): this side never queues, it
 records a job that is already running in this process.
@@ -16,9 +17,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
-
-from sqlalchemy import update
-from sqlmodel import col
 
 from orchestrator.access import audit
 from orchestrator.core.config import Settings
@@ -40,8 +38,10 @@ class JobTracker:
     KeyboardInterrupt, waited ~20 s for the fan-out and left the run "running"). A second
     Ctrl-C interrupts at once."""
 
-    def __init__(self, settings: Settings, job_id: int) -> None:
+    def __init__(self, settings: Settings, job_id: int, kind: str = "",
+                 params: dict[str, Any] | None = None, targets: str = "") -> None:
         self.settings, self.job_id, self.finished = settings, job_id, False
+        self.kind, self.params, self.targets = kind, dict(params or {}), targets
         # Coarser than a server job's progress: the CLI's own bars are the live view, and a
         # benchmark on this very machine should share the CPU with as little as possible.
         self.context = execute.JobContext(settings, job_id, threading.Event(), interval_s=1.0)
@@ -56,12 +56,6 @@ class JobTracker:
         self.context.interrupt = True
         self.context.cancel.set()  # type: ignore[union-attr]
         abort_all()
-
-    def stopped(self, outcomes: Any) -> set[str]:
-        """The devices the cancel stopped: at a boundary, or (after Ctrl-C) mid-session."""
-        if not self.interrupted:
-            return set(self.context.cancelled_devices)
-        return set(self.context.cancelled_devices) | {o.device for o in outcomes if not o.ok}
 
     @contextmanager
     def signals(self) -> Iterator[None]:
@@ -84,27 +78,16 @@ class JobTracker:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
-    def progress(self, progress: dict[str, Any]) -> None:
-        with session_scope(self.settings) as session:
-            session.execute(update(Job).where(col(Job.id) == self.job_id)
-                            .values(progress=progress))
-
-    def push_progress(self, inner: Any = None) -> execute.JobPushProgress:
-        """A PushProgress recording per-device progress in the job, teeing to ``inner``."""
-        return execute.JobPushProgress(self.context, inner)
-
-    def bench_events(self, inner: Any, steps: int) -> Any:
-        """runs.bench's on_event recording per-device progress in the job, teeing to ``inner``."""
-        return execute.bench_events(self.context, steps, inner)
-
-    def eval_events(self, inner: Any, steps: int) -> Any:
-        """evals.evaluate's on_event recording per-device progress in the job, teeing to
-        ``inner``; ``steps`` is the number of thread counts."""
-        return execute.eval_events(self.context, steps, inner)
-
-    def outcomes(self, outcomes: Any) -> None:
-        """Record each device's final state (fleet Outcomes) in the job's progress."""
-        execute.record_outcomes(self.context, outcomes)
+    def run(self, *, push_view: Any = None, event_view: Any = None) -> execute.JobOutcome:
+        """Do this job's work here, through the executor a server worker would use
+        (``execute.EXECUTORS``), and finish the job with its outcome. ``push_view`` (a
+        PushProgress) and ``event_view`` (a bench/eval event handler) are what the terminal
+        shows; the job's own progress is recorded either way."""
+        self.context.push_view, self.context.event_view = push_view, event_view
+        outcome = execute.EXECUTORS[self.kind](self.settings, self.context, self.params,
+                                               self.targets)
+        self.finish(outcome.state, outcome.result, outcome.error, outcome.run_id)
+        return outcome
 
     def finish(self, state: str, result: dict[str, Any] | None = None, error: str | None = None,
                run_id: int | None = None) -> None:
@@ -128,6 +111,8 @@ def track(settings: Settings, kind: str, params: dict[str, Any], targets: str, *
     actor = actor or audit.local_actor()
     now = datetime.now(UTC)
     with session_scope(settings) as session:
+        # The checks and defaults of a queued job: the same params run the same way.
+        params = execute.validate_params(session, kind, params, targets)
         job = Job(kind=kind, params=params, targets=targets, origin="cli", state="running",
                   created_by=actor, started_at=now,
                   worker=f"{socket.gethostname()}:{os.getpid()}")
@@ -136,7 +121,7 @@ def track(settings: Settings, kind: str, params: dict[str, Any], targets: str, *
         audit.add_job_event(session, actor, job)
         job_id = job.id
     assert job_id is not None
-    tracker = JobTracker(settings, job_id)
+    tracker = JobTracker(settings, job_id, kind, params, targets)
     try:
         with tracker.signals():
             yield tracker

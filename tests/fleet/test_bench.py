@@ -14,6 +14,7 @@ import pytest
 from orchestrator.artifacts.bundles import get_bundle
 from orchestrator.core.config import get_settings
 from orchestrator.core.db import session_scope
+from orchestrator.core.errors import EdgeFleetError
 from orchestrator.demo.model import make_large_model
 from orchestrator.inventory.devices import select_devices
 from orchestrator.measure.runs import BenchParams, bench, get_run, run_public, run_results
@@ -200,6 +201,55 @@ def test_compare_and_gate(cli: Cli, sshd_factory, tmp_path: Path) -> None:
     assert aa["verdict"] in cli("runs", "compare", str(a), str(b)).stdout
 
 
+def test_a_queued_baseline_bench_gates_like_the_cli(cli: Cli, sshd_factory,
+                                                   tmp_path: Path) -> None:
+    """The gate lives in the bench executor (measure.gate), not in the CLI: a job queued from
+    the API, the pages or a schedule fails the way `edgefleet bench --baseline` exits 1, and
+    the CLI's own job records the same failure."""
+    from orchestrator.core.models import Job
+    from orchestrator.jobs import queue
+    from orchestrator.jobs.runner import JobRunner
+
+    host = sshd_factory(1)[0]
+    setup_fleet(cli, tmp_path, [host])
+    build_and_push(cli, tmp_path, "small", lambda p: make_large_model(p, 4), "pis",
+                   "--shape", "x=1x16384")
+    build_and_push(cli, tmp_path, "big", lambda p: make_large_model(p, 64), "pis",
+                   "--shape", "x=1x262144")
+    settings = get_settings()
+    params = {"bundle": "big", "baseline": "small", "threads": [1], "warmup": 3, "runs": 30,
+              "max_regression": 0.05}  # rounds: 5 by default with a baseline, as the CLI
+    queued = queue.submit(settings, "bench", params, "pis", actor="tester")
+    ran = JobRunner(settings, telemetry_interval_s=None).run_one()
+    assert ran is not None and ran.id == queued.id
+    with session_scope(settings) as session:
+        job = session.get(Job, queued.id)
+        assert job is not None
+        assert job.state == "failed", (job.state, job.error, job.result.get("gate"))
+        assert job.error and job.error.startswith("gate: 1 device/thread pair slower than small@1")
+        assert job.result["gate"]["failed"] and job.result["comparison"][0]["verdict"] == "slower"
+    # A lax enough bound passes the same comparison.
+    lax = queue.submit(settings, "bench", dict(params, max_regression=1000.0), "pis",
+                       actor="tester")
+    JobRunner(settings, telemetry_interval_s=None).run_one()
+    with session_scope(settings) as session:
+        job = session.get(Job, lax.id)
+        assert job is not None and job.state == "succeeded", job.error
+        assert job.result["gate"]["passed"] and job.result["gate"]["compared"] == 1
+
+    cli("bench", "big", "pis", "--threads", "1", "--warmup", "3", "--runs", "30",
+        "--baseline", "small", "--json", expect=1)
+    with session_scope(settings) as session:
+        (last,) = queue.list_jobs(session, limit=1)
+        assert (last.origin, last.state) == ("cli", "failed")
+        assert last.error and "gate:" in last.error
+
+    # A gate without a baseline is refused before anything is queued.
+    with pytest.raises(EdgeFleetError, match="baseline"):
+        queue.submit(settings, "bench", {"bundle": "big", "max_regression": 0.1}, "pis",
+                     actor="tester")
+
+
 def test_provider_and_graph_optimization_reach_the_device(cli: Cli, sshd_factory,
                                                           tmp_path: Path) -> None:
     host = sshd_factory(1)[0]
@@ -209,8 +259,9 @@ def test_provider_and_graph_optimization_reach_the_device(cli: Cli, sshd_factory
     ok = cli("bench", "m", "pis", "--threads", "1", "--runs", "3", "--graph-optimization",
              "disabled", "--json").json
     assert ok["results"][0]["ok"] and ok["params"]["graph_optimization"] == "disabled"
+    # Refused before anything runs, as a queued job would be (the job's checks).
     bad_level = cli("bench", "m", "pis", "--runs", "3", "--graph-optimization", "turbo",
-                    "--json", expect=1).json["results"][0]
+                    "--json", expect=2).json
     assert "graph_optimization" in bad_level["error"] and "turbo" in bad_level["error"]
     bad_provider = cli("bench", "m", "pis", "--runs", "3", "--provider", "NoSuchProvider",
                        "--json", expect=1).json["results"][0]

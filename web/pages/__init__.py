@@ -4,10 +4,12 @@ trends, audit, inventory reload. ``web.app`` includes ``router``.
 Each page reads through the same services as the CLI and the API (orchestrator/), and every
 change goes through ``orchestrator.jobs.queue.submit`` — so a push started here is the same job,
 audited the same way, as one started from the API. The routes live in one module per section;
-``common`` holds the shared Jinja2 environment (``templates``), the page dependencies and
-helpers, ``charts``/``view``/``data`` what several sections render.
+``common`` holds the shared Jinja2 environment (``templates``) and helpers,
+``charts``/``view``/``data`` what several sections render. The route parameters (settings, the
+read session, the role aliases, CSRF) come from ``web.deps``, as for the API: read routes take a
+``SessionDep``, write routes the settings for the service that owns the transaction.
 
-May import: ``orchestrator`` services, ``web.security``, ``web.inputs``.
+May import: ``orchestrator`` services, ``web.deps``, ``web.security``, ``web.inputs``.
 """
 
 from __future__ import annotations

@@ -11,16 +11,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlmodel import Session
 
 from orchestrator.access.audit import event_public, list_events
+from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.errors import EdgeFleetError
 from orchestrator.inventory import sync
 from orchestrator.inventory.devices import SyncReport
-from web.pages.common import Admin, form_fields, render, settings_of
-from web.security import csrf_protect
+from web.deps import Admin, Csrf, SessionDep, SettingsDep
+from web.pages.common import form_fields, render
 
 router = APIRouter()
 
@@ -28,11 +30,10 @@ AUDIT_LIMIT = 200
 
 
 @router.get("/audit", response_class=HTMLResponse)
-def audit_page(request: Request, principal: Admin,
+def audit_page(request: Request, principal: Admin, session: SessionDep,
                limit: int = Query(AUDIT_LIMIT, ge=1, le=1000)) -> HTMLResponse:
     """Newest first. ``detail`` was scrubbed of secrets when recorded; shown as JSON text."""
-    with session_scope(settings_of(request)) as session:
-        events = [event_public(e) for e in list_events(session, limit)]
+    events = [event_public(e) for e in list_events(session, limit)]
     for event in events:
         event["detail_text"] = json.dumps(event["detail"], sort_keys=True) \
             if event["detail"] else ""
@@ -55,45 +56,48 @@ def _diff_rows(report: SyncReport) -> list[dict[str, Any]]:
     return rows
 
 
-def _inventory_page(request: Request, principal: Any, path: str, error: str | None = None,
-                    status_code: int = 200) -> HTMLResponse:
+def _inventory_page(request: Request, principal: Any, settings: Settings, session: Session,
+                    path: str, error: str | None = None, status_code: int = 200
+                    ) -> HTMLResponse:
     """The form, and the diff when ``path`` reads as an inventory (else its file:line error)."""
     context: dict[str, Any] = {"section": "fleet", "path": path, "preview": None, "rows": [],
                                "error": error}
     if path:
-        with session_scope(settings_of(request)) as session:
-            try:
-                preview = sync.preview(settings_of(request), session, path)
-            except EdgeFleetError as exc:  # e.g. "inventory.yml:7: duplicate host ..."
-                preview = None
-                context["error"] = error or str(exc)
-                status_code = status_code if error else 400
+        try:
+            preview = sync.preview(settings, session, path)
+        except EdgeFleetError as exc:  # e.g. "inventory.yml:7: duplicate host ..."
+            preview = None
+            context["error"] = error or str(exc)
+            status_code = status_code if error else 400
         if preview is not None:
             context |= {"preview": preview, "rows": _diff_rows(preview.report)}
     return render(request, "inventory.html", context, principal, status_code=status_code)
 
 
 @router.get("/fleet/inventory", response_class=HTMLResponse)
-def inventory_page(request: Request, principal: Admin, path: str | None = None
-                   ) -> HTMLResponse:
+def inventory_page(request: Request, principal: Admin, settings: SettingsDep,
+                   session: SessionDep, path: str | None = None) -> HTMLResponse:
     """Without ``?path=`` the form starts at the default (``inventory.sync.default_path``) and
     previews nothing: reading a file is the admin's explicit choice."""
     if path is None:
-        with session_scope(settings_of(request)) as session:
-            default = sync.default_path(session)
-        context = {"section": "fleet", "path": default, "preview": None, "rows": []}
+        context = {"section": "fleet", "path": sync.default_path(session), "preview": None,
+                   "rows": []}
         return render(request, "inventory.html", context, principal)
-    return _inventory_page(request, principal, path.strip())
+    return _inventory_page(request, principal, settings, session, path.strip())
 
 
-@router.post("/fleet/inventory/apply", dependencies=[Depends(csrf_protect)])
-async def apply_inventory(request: Request, principal: Admin) -> Response:
+@router.post("/fleet/inventory/apply", dependencies=[Csrf])
+async def apply_inventory(request: Request, principal: Admin, settings: SettingsDep
+                          ) -> Response:
+    """``sync.apply`` owns the transaction (the devices and the audit event). When it refuses,
+    the form comes back with a fresh preview, read in a session of its own after the attempt."""
     fields = await form_fields(request)
     path, digest = fields.get("path", "").strip(), fields.get("digest", "")
     try:
-        sync.apply(settings_of(request), path, digest, principal.name)
-    except sync.InventoryChanged as exc:
-        return _inventory_page(request, principal, path, str(exc), status_code=409)
+        sync.apply(settings, path, digest, principal.name)
     except EdgeFleetError as exc:
-        return _inventory_page(request, principal, path, str(exc), status_code=400)
+        status_code = 409 if isinstance(exc, sync.InventoryChanged) else 400
+        with session_scope(settings) as session:
+            return _inventory_page(request, principal, settings, session, path, str(exc),
+                                   status_code=status_code)
     return RedirectResponse("/?notice=inventory_applied", status_code=303)

@@ -15,26 +15,20 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlmodel import Session
 
 from orchestrator.access.auth import role_allows
 from orchestrator.artifacts.bundles import list_bundles
+from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.errors import EdgeFleetError, NotFoundError
 from orchestrator.jobs import schedules
 from orchestrator.present.cliparse import parse_constants, parse_shapes
+from web.deps import Csrf, Operator, SessionDep, SettingsDep, Viewer
 from web.inputs import RowId
-from web.pages.common import (
-    Operator,
-    Viewer,
-    form_fields,
-    not_found,
-    render,
-    settings_of,
-    submit_job,
-)
-from web.security import csrf_protect
+from web.pages.common import form_fields, not_found, render, submit_job
 
 router = APIRouter()
 
@@ -96,22 +90,21 @@ def bench_request(form: dict[str, str]) -> tuple[str, dict[str, Any]]:
     return form["targets"].strip(), params
 
 
-def _context(request: Request, principal: Any, form: dict[str, str]) -> dict[str, Any]:
-    with session_scope(settings_of(request)) as session:
-        refs = [f"{b.name}@{b.version}" for b in reversed(list_bundles(session))]
-        rows = [schedules.schedule_public(s) for s in schedules.list_schedules(session)]
+def _context(session: Session, principal: Any, form: dict[str, str]) -> dict[str, Any]:
+    refs = [f"{b.name}@{b.version}" for b in reversed(list_bundles(session))]
+    rows = [schedules.schedule_public(s) for s in schedules.list_schedules(session)]
     return {"section": "benchmarks", "bundles": refs, "schedules": rows, "form": form,
             "when_choices": WHEN,
             "can_operate": principal is not None and role_allows(principal.role, "operator")}
 
 
 @router.get("/benchmarks", response_class=HTMLResponse)
-def benchmarks_page(request: Request, principal: Viewer) -> HTMLResponse:
-    return render(request, "benchmarks.html", _context(request, principal, dict(FORM_DEFAULTS)),
+def benchmarks_page(request: Request, principal: Viewer, session: SessionDep) -> HTMLResponse:
+    return render(request, "benchmarks.html", _context(session, principal, dict(FORM_DEFAULTS)),
                   principal)
 
 
-def schedule_or_submit(request: Request, principal: Any, kind: str, params: dict[str, Any],
+def schedule_or_submit(settings: Settings, principal: Any, kind: str, params: dict[str, Any],
                        targets: str, form: dict[str, str]) -> Response:
     """The "When" of a job form (partials/when.html): queue the job now (-> its page), or
     create a cron / one-off schedule (-> this page, which lists them all). Raises
@@ -119,36 +112,40 @@ def schedule_or_submit(request: Request, principal: Any, kind: str, params: dict
     when = form.get("when", "now")
     when = when if when in WHEN else "now"
     if when == "now":
-        job = submit_job(request, kind, params, targets, principal)
+        job = submit_job(settings, kind, params, targets, principal)
         return RedirectResponse(f"/jobs/{job.id}?notice=queued", status_code=303)
     cron = form.get("cron", "").strip() if when == "cron" else None
     run_at = parse_at(form.get("at", "")) if when == "at" else None
     if when == "cron" and not cron:
         raise EdgeFleetError("give a cron expression (five fields, UTC), e.g. '0 3 * * *'")
-    schedules.create(settings_of(request), kind, params, targets, actor=principal.name,
+    schedules.create(settings, kind, params, targets, actor=principal.name,
                      cron=cron, run_at=run_at)
     return RedirectResponse("/benchmarks?notice=schedule_created", status_code=303)
 
 
-@router.post("/benchmarks", dependencies=[Depends(csrf_protect)])
-async def schedule_benchmark(request: Request, principal: Operator) -> Response:
-    """Run now (-> the job's page), or create a cron / one-off schedule (-> this page)."""
+@router.post("/benchmarks", dependencies=[Csrf])
+async def schedule_benchmark(request: Request, principal: Operator, settings: SettingsDep
+                             ) -> Response:
+    """Run now (-> the job's page), or create a cron / one-off schedule (-> this page). A
+    refused form comes back with the reason; the page around it is read after the attempt, in
+    a session of its own (the services own the write's transaction)."""
     fields = await form_fields(request)
     form = FORM_DEFAULTS | {key: fields[key] for key in FORM_DEFAULTS if key in fields}
     try:
         targets, params = bench_request(form)
-        return schedule_or_submit(request, principal, "bench", params, targets, form)
+        return schedule_or_submit(settings, principal, "bench", params, targets, form)
     except EdgeFleetError as exc:
-        return render(request, "benchmarks.html",
-                      _context(request, principal, form) | {"error": str(exc)}, principal,
+        with session_scope(settings) as session:
+            context = _context(session, principal, form)
+        return render(request, "benchmarks.html", context | {"error": str(exc)}, principal,
                       status_code=400)
 
 
-@router.post("/benchmarks/schedules/{schedule_id}/delete",
-             dependencies=[Depends(csrf_protect)])
-def delete_schedule(request: Request, schedule_id: RowId, principal: Operator) -> Response:
+@router.post("/benchmarks/schedules/{schedule_id}/delete", dependencies=[Csrf])
+def delete_schedule(request: Request, schedule_id: RowId, principal: Operator,
+                    settings: SettingsDep) -> Response:
     try:
-        schedules.delete(settings_of(request), schedule_id, actor=principal.name)
+        schedules.delete(settings, schedule_id, actor=principal.name)
     except NotFoundError as exc:
         return not_found(request, str(exc), principal)
     return RedirectResponse("/benchmarks?notice=schedule_deleted", status_code=303)

@@ -5,24 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
+from sqlmodel import Session
 
 from orchestrator.artifacts.bundles import bundle_public, get_bundle, list_bundles
 from orchestrator.artifacts.datasets import list_datasets, manifest_of_dataset
+from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.errors import EdgeFleetError
 from orchestrator.inventory.devices import all_devices
+from web.deps import Csrf, Operator, SessionDep, SettingsDep, Viewer
 from web.pages.bench import schedule_or_submit
-from web.pages.common import (
-    Operator,
-    Viewer,
-    form_fields,
-    not_found,
-    render,
-    settings_of,
-)
-from web.security import csrf_protect
+from web.pages.common import form_fields, not_found, render
 
 router = APIRouter()
 
@@ -37,21 +32,20 @@ def _running(devices: list[Any]) -> dict[str, list[str]]:
 
 
 @router.get("/bundles", response_class=HTMLResponse)
-def bundles_page(request: Request, principal: Viewer) -> HTMLResponse:
-    with session_scope(settings_of(request)) as session:
-        running = _running(all_devices(session))
-        groups: dict[str, list[dict[str, Any]]] = {}
-        for bundle in list_bundles(session):
-            groups.setdefault(bundle.name, []).append({
-                "version": bundle.version, "digest": bundle.digest,
-                "size_bytes": bundle.size_bytes, "precision": bundle.precision,
-                "created_at": bundle.created_at, "devices": running.get(bundle.digest, [])})
+def bundles_page(request: Request, principal: Viewer, session: SessionDep) -> HTMLResponse:
+    running = _running(all_devices(session))
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for bundle in list_bundles(session):
+        groups.setdefault(bundle.name, []).append({
+            "version": bundle.version, "digest": bundle.digest,
+            "size_bytes": bundle.size_bytes, "precision": bundle.precision,
+            "created_at": bundle.created_at, "devices": running.get(bundle.digest, [])})
     for versions in groups.values():
         versions.reverse()  # newest first
     return render(request, "bundles.html", {"section": "bundles", "groups": groups}, principal)
 
 
-def _datasets(session: Any, bundle_name: str) -> tuple[list[dict[str, Any]], str]:
+def _datasets(session: Session, bundle_name: str) -> tuple[list[dict[str, Any]], str]:
     """The eval form's dataset choices (newest first) and the one preselected: the newest
     built ``--for`` this bundle's name, else the newest of all."""
     rows = sorted(list_datasets(session), key=lambda d: d.created_at, reverse=True)
@@ -63,15 +57,13 @@ def _datasets(session: Any, bundle_name: str) -> tuple[list[dict[str, Any]], str
     return choices, chosen
 
 
-def _bundle_context(request: Request, ref: str) -> dict[str, Any]:
+def _bundle_context(settings: Settings, session: Session, ref: str) -> dict[str, Any]:
     """Everything bundle.html shows; raises NotFoundError / BundleError for a bad ref."""
-    settings = settings_of(request)
-    with session_scope(settings) as session:
-        bundle = get_bundle(session, ref)
-        public = bundle_public(bundle)
-        siblings = [b.version for b in list_bundles(session) if b.name == bundle.name]
-        running = _running(all_devices(session)).get(bundle.digest, [])
-        datasets, dataset = _datasets(session, bundle.name)
+    bundle = get_bundle(session, ref)
+    public = bundle_public(bundle)
+    siblings = [b.version for b in list_bundles(session) if b.name == bundle.name]
+    running = _running(all_devices(session)).get(bundle.digest, [])
+    datasets, dataset = _datasets(session, bundle.name)
     return {"section": "bundles", "bundle": public, "versions": siblings[::-1],
             "running": running, "ref": f"{public['name']}@{public['version']}",
             "datasets": datasets,
@@ -81,10 +73,11 @@ def _bundle_context(request: Request, ref: str) -> dict[str, Any]:
 
 
 @router.get("/bundles/{ref}", response_class=HTMLResponse)
-def bundle_page(request: Request, ref: str, principal: Viewer) -> HTMLResponse:
+def bundle_page(request: Request, ref: str, principal: Viewer, settings: SettingsDep,
+                session: SessionDep) -> HTMLResponse:
     """``/bundles/NAME@VERSION``, or ``/bundles/NAME`` for the latest version."""
     try:
-        context = _bundle_context(request, ref)
+        context = _bundle_context(settings, session, ref)
     except EdgeFleetError as exc:
         return not_found(request, str(exc), principal)
     return render(request, "bundle.html", context, principal)
@@ -107,12 +100,15 @@ def _float_or_text(text: str) -> float | str:
         return text
 
 
-async def _queue(request: Request, ref: str, principal: Any, kind: str) -> Response:
+async def _queue(request: Request, settings: Settings, ref: str, principal: Any, kind: str
+                 ) -> Response:
     """Queue a push, bench or eval job from the bundle page's forms and go to the job's page;
-    bad input re-renders the page with the reason (and queues nothing)."""
+    bad input re-renders the page with the reason (and queues nothing). The page's data is read
+    in a session of its own, closed before the service queues the job in its transaction."""
     fields = await form_fields(request)
     try:
-        context = _bundle_context(request, ref)
+        with session_scope(settings) as session:
+            context = _bundle_context(settings, session, ref)
     except EdgeFleetError as exc:
         return not_found(request, str(exc), principal)
     targets = fields.get("targets", "").strip()
@@ -130,25 +126,28 @@ async def _queue(request: Request, ref: str, principal: Any, kind: str) -> Respo
     context["form"] = context["form"] | {k: str(v) for k, v in fields.items()
                                          if k != "csrf_token"}
     try:  # the evaluate form can also schedule (partials/when.html); the others run now
-        return schedule_or_submit(request, principal, kind, params, targets, context["form"])
+        return schedule_or_submit(settings, principal, kind, params, targets, context["form"])
     except EdgeFleetError as exc:
         return render(request, "bundle.html", context | {"error": str(exc), "failed_form": kind},
                       principal, status_code=400)
 
 
-@router.post("/bundles/{ref}/push", dependencies=[Depends(csrf_protect)])
-async def push_bundle(request: Request, ref: str, principal: Operator) -> Response:
+@router.post("/bundles/{ref}/push", dependencies=[Csrf])
+async def push_bundle(request: Request, ref: str, principal: Operator, settings: SettingsDep
+                      ) -> Response:
     """Queue a push: only missing blobs travel, each device verifies, then activates."""
-    return await _queue(request, ref, principal, "push")
+    return await _queue(request, settings, ref, principal, "push")
 
 
-@router.post("/bundles/{ref}/bench", dependencies=[Depends(csrf_protect)])
-async def bench_bundle(request: Request, ref: str, principal: Operator) -> Response:
+@router.post("/bundles/{ref}/bench", dependencies=[Csrf])
+async def bench_bundle(request: Request, ref: str, principal: Operator, settings: SettingsDep
+                       ) -> Response:
     """Queue a benchmark of this bundle (it must already be on the devices)."""
-    return await _queue(request, ref, principal, "bench")
+    return await _queue(request, settings, ref, principal, "bench")
 
 
-@router.post("/bundles/{ref}/eval", dependencies=[Depends(csrf_protect)])
-async def eval_bundle(request: Request, ref: str, principal: Operator) -> Response:
+@router.post("/bundles/{ref}/eval", dependencies=[Csrf])
+async def eval_bundle(request: Request, ref: str, principal: Operator, settings: SettingsDep
+                      ) -> Response:
     """Queue an evaluation of this bundle (already on the devices) on a dataset."""
-    return await _queue(request, ref, principal, "eval")
+    return await _queue(request, settings, ref, principal, "eval")

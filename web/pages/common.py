@@ -1,4 +1,6 @@
-"""What every page route shares: the Jinja2 environment, ``render``, settings, form reading.
+"""What every page route shares: the Jinja2 environment, ``render``, form reading. The route
+parameters (settings, the read session, the role aliases, CSRF) come from ``web.deps``, shared
+with the API.
 
 Autoescaping is on for every template (device names, labels, paths and error messages all come
 from users or devices); data for charts goes into ``<script type="application/json">`` through
@@ -8,10 +10,10 @@ from users or devices); data for charts goes into ``<script type="application/js
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import parse_qs
 
-from fastapi import Depends, Request
+from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -22,14 +24,9 @@ from orchestrator.core.db import MAX_ROW_ID
 from orchestrator.measure.reports import format_number, format_temp
 from orchestrator.present.output import human_bytes
 from web.pages.view import ago, when
-from web.security import Principal, csrf_token, require
+from web.security import Principal, csrf_token
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
-
-# Route parameters: reading needs a viewer, changing anything an operator (plus CSRF).
-Viewer = Annotated[Principal, Depends(require("viewer"))]
-Operator = Annotated[Principal, Depends(require("operator"))]
-Admin = Annotated[Principal, Depends(require("admin"))]
 
 # Pages load scripts and styles from /static only; inline <script> never runs. Styles may be
 # inline because uPlot and htmx set element styles. Chart data sits in JSON script blocks,
@@ -74,10 +71,6 @@ def filter_int(text: str) -> int | None:
     return value if -MAX_ROW_ID - 1 <= value <= MAX_ROW_ID else None
 
 
-def settings_of(request: Request) -> Settings:
-    return request.app.state.settings
-
-
 def render(request: Request, name: str, context: dict[str, Any], principal: Any = None,
            status_code: int = 200) -> HTMLResponse:
     """Render a page with what base.html needs (principal, CSRF token, notice)."""
@@ -118,10 +111,10 @@ async def form_fields(request: Request) -> dict[str, str]:
             for key, values in parse_qs(body.decode("utf-8", "replace")).items()}
 
 
-def submit_job(request: Request, kind: str, params: dict[str, Any], targets: str,
+def submit_job(settings: Settings, kind: str, params: dict[str, Any], targets: str,
                principal: Principal) -> Any:
     """Queue a job as the API does (``jobs.submit`` audits it). It checks the targets and
     params first (EdgeFleetError, nothing queued), so a typo is an error on the form."""
     from orchestrator.jobs import queue
 
-    return queue.submit(settings_of(request), kind, params, targets, actor=principal.name)
+    return queue.submit(settings, kind, params, targets, actor=principal.name)

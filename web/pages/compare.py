@@ -17,8 +17,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
+from sqlmodel import Session
 
-from orchestrator.core.db import session_scope
 from orchestrator.core.errors import NotFoundError
 from orchestrator.measure import trends
 from orchestrator.measure.reports import (
@@ -32,9 +32,10 @@ from orchestrator.measure.reports import (
 )
 from orchestrator.measure.runs import get_run, list_runs, run_public, run_results
 from orchestrator.measure.stats import compare_runs
+from web.deps import SessionDep, Viewer
 from web.inputs import RowId
 from web.pages.charts import heatmap, sweep_charts
-from web.pages.common import Viewer, filter_int, render, settings_of
+from web.pages.common import filter_int, render
 
 router = APIRouter()
 
@@ -43,14 +44,13 @@ EXPORTS = {"csv": ("text/csv; charset=utf-8", comparison_csv),
            "md": ("text/markdown; charset=utf-8", comparison_markdown)}
 
 
-def _compare(request: Request, a: int, b: int, include_invalid: bool
+def _compare(session: Session, a: int, b: int, include_invalid: bool
              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(the two runs without their results, compare_runs rows); NotFoundError for a bad id."""
     runs: dict[str, Any] = {}
-    with session_scope(settings_of(request)) as session:
-        for key, run_id in (("a", a), ("b", b)):
-            runs[key] = run_public(get_run(session, run_id),
-                                   run_results(session, run_id, latencies=True), latencies=True)
+    for key, run_id in (("a", a), ("b", b)):
+        runs[key] = run_public(get_run(session, run_id),
+                               run_results(session, run_id, latencies=True), latencies=True)
     rows = compare_runs(runs["a"].pop("results"), runs["b"].pop("results"),
                         include_invalid=include_invalid)
     return runs, rows
@@ -72,7 +72,8 @@ def _export(fmt: str, a: int, b: int, rows: list[dict[str, Any]]) -> Response:
 
 
 @router.get("/runs/compare", response_class=HTMLResponse)
-def compare_page(request: Request, principal: Viewer, a: RowId | None = None,
+def compare_page(request: Request, principal: Viewer, session: SessionDep,
+                 a: RowId | None = None,
                  b: RowId | None = None, include_invalid: bool = False, bundle: str = "",
                  threads: str = "",
                  fmt: Annotated[str, Query(alias="format")] = "") -> Response:
@@ -88,7 +89,7 @@ def compare_page(request: Request, principal: Viewer, a: RowId | None = None,
         status = 400
     elif a is not None and b is not None:
         try:
-            runs, rows = _compare(request, a, b, include_invalid)
+            runs, rows = _compare(session, a, b, include_invalid)
         except NotFoundError as exc:
             context["error"], status = str(exc), 404
         else:
@@ -96,12 +97,11 @@ def compare_page(request: Request, principal: Viewer, a: RowId | None = None,
                 return _export(fmt, a, b, rows)
             context |= {"runs": runs, "rows": [_display(row) for row in rows]}
     thread_count = filter_int(threads)
-    with session_scope(settings_of(request)) as session:
-        context["choices"] = [run_public(r) for r in list_runs(session, RUNS_LIMIT)]
-        context["bundle_names"] = trends.bundle_names(session)
-        context["thread_counts"] = trends.thread_counts(session)
-        cells = (trends.version_matrix(session, context["bundle"], thread_count)
-                 if context["bundle"] else [])
+    context["choices"] = [run_public(r) for r in list_runs(session, RUNS_LIMIT)]
+    context["bundle_names"] = trends.bundle_names(session)
+    context["thread_counts"] = trends.thread_counts(session)
+    cells = (trends.version_matrix(session, context["bundle"], thread_count)
+             if context["bundle"] else [])
     context |= {"threads": thread_count, "heatmap": heatmap(cells),
                 "sweeps": sweep_charts(cells)}
     return render(request, "compare.html", context, principal, status_code=status)

@@ -7,7 +7,6 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from orchestrator.core.db import session_scope
 from orchestrator.core.errors import EdgeFleetError, NotFoundError
 from orchestrator.inventory.devices import (
     all_devices,
@@ -18,7 +17,8 @@ from orchestrator.inventory.devices import (
 )
 from orchestrator.measure.reports import flag_notes, report_rows
 from orchestrator.present.output import human_bytes
-from web.pages.common import Viewer, not_found, render, settings_of
+from web.deps import SessionDep, Viewer
+from web.pages.common import not_found, render
 from web.pages.data import device_results, device_telemetry
 from web.pages.view import device_row, telemetry_series
 
@@ -26,20 +26,20 @@ router = APIRouter()
 
 
 @router.get("/", response_class=HTMLResponse)
-def fleet_page(request: Request, principal: Viewer, pattern: str = "") -> HTMLResponse:
+def fleet_page(request: Request, principal: Viewer, session: SessionDep,
+               pattern: str = "") -> HTMLResponse:
     """Every device; ``?pattern=`` narrows it with the CLI's target patterns. A bad pattern is
     shown as the CLI would say it, above the whole fleet (so the names to fix it are there)."""
     pattern = pattern.strip()
     error = None
-    with session_scope(settings_of(request)) as session:
-        devices = all_devices(session)
-        shown = devices
-        if pattern and devices:
-            try:
-                shown = select_devices(session, pattern)
-            except EdgeFleetError as exc:
-                error = f"pattern {pattern!r}: {exc}"
-        rows = [device_row(device_public(d)) for d in shown]
+    devices = all_devices(session)
+    shown = devices
+    if pattern and devices:
+        try:
+            shown = select_devices(session, pattern)
+        except EdgeFleetError as exc:
+            error = f"pattern {pattern!r}: {exc}"
+    rows = [device_row(device_public(d)) for d in shown]
     return render(request, "fleet.html", {
         "section": "fleet", "devices": rows, "pattern": pattern, "error": error,
         "total": len(devices), "filtered": bool(pattern) and error is None,
@@ -67,18 +67,17 @@ def _facts(public: dict[str, Any], facts: dict[str, Any]) -> list[tuple[str, Any
 
 
 @router.get("/devices/{name}", response_class=HTMLResponse)
-def device_page(request: Request, name: str,
-                principal: Viewer) -> HTMLResponse:
-    with session_scope(settings_of(request)) as session:
-        try:
-            device = get_device(session, name)
-        except NotFoundError as exc:
-            return not_found(request, str(exc), principal)
-        public = device_public(device)
-        facts = _facts(public, device.facts or {})
-        telemetry = telemetry_series(device_telemetry(session, name))
-        deployments = recent_deployments(session, name)
-        results = device_results(session, name)
+def device_page(request: Request, name: str, principal: Viewer,
+                session: SessionDep) -> HTMLResponse:
+    try:
+        device = get_device(session, name)
+    except NotFoundError as exc:
+        return not_found(request, str(exc), principal)
+    public = device_public(device)
+    facts = _facts(public, device.facts or {})
+    telemetry = telemetry_series(device_telemetry(session, name))
+    deployments = recent_deployments(session, name)
+    results = device_results(session, name)
     rows = [row | {"run_id": r["run_id"], "reasons": r.get("reasons") or []}
             for row, r in zip(report_rows(results), results, strict=True)]
     return render(request, "device.html", {

@@ -9,21 +9,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlmodel import Session
 
 from orchestrator.core.db import session_scope
 from orchestrator.core.errors import EdgeFleetError, NotFoundError
+from web.deps import Csrf, Operator, SessionDep, SettingsDep, Viewer
 from web.inputs import RowId
-from web.pages.common import Operator, Viewer, not_found, render, settings_of
+from web.pages.common import not_found, render
 from web.pages.view import TERMINAL_JOB_STATES, push_progress
-from web.security import csrf_protect
 
 router = APIRouter()
 
 JOBS_LIMIT = 100
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
-JOB_KINDS = ("push", "bench", "eval", "telemetry")
+JOB_KINDS = ("push", "bench", "eval", "rollback", "verify", "telemetry")
 
 
 def _job_view(job: Any) -> dict[str, Any]:
@@ -35,56 +36,59 @@ def _job_view(job: Any) -> dict[str, Any]:
 
 
 @router.get("/jobs", response_class=HTMLResponse)
-def jobs_page(request: Request, principal: Viewer, state: str = "",
+def jobs_page(request: Request, principal: Viewer, session: SessionDep, state: str = "",
               kind: str = "") -> HTMLResponse:
     from orchestrator.jobs.queue import list_jobs
 
-    with session_scope(settings_of(request)) as session:
-        rows = [_job_view(job) for job in list_jobs(
-            session, JOBS_LIMIT, state=state if state in JOB_STATES else None,
-            kind=kind if kind in JOB_KINDS else None)]
+    rows = [_job_view(job) for job in list_jobs(
+        session, JOBS_LIMIT, state=state if state in JOB_STATES else None,
+        kind=kind if kind in JOB_KINDS else None)]
     return render(request, "jobs.html", {
         "section": "jobs", "jobs": rows, "state": state, "kind": kind,
         "states": JOB_STATES, "kinds": JOB_KINDS}, principal)
 
 
-def _load(request: Request, job_id: int) -> dict[str, Any]:
+def _load(session: Session, job_id: int) -> dict[str, Any]:
     from orchestrator.jobs.queue import get_job
 
-    with session_scope(settings_of(request)) as session:
-        return _job_view(get_job(session, job_id))
+    return _job_view(get_job(session, job_id))
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
-def job_page(request: Request, job_id: RowId, principal: Viewer) -> HTMLResponse:
+def job_page(request: Request, job_id: RowId, principal: Viewer,
+             session: SessionDep) -> HTMLResponse:
     try:
-        job = _load(request, job_id)
+        job = _load(session, job_id)
     except NotFoundError as exc:
         return not_found(request, str(exc), principal)
     return render(request, "job.html", {"section": "jobs", "job": job}, principal)
 
 
 @router.get("/jobs/{job_id}/progress", response_class=HTMLResponse)
-def job_progress(request: Request, job_id: RowId, principal: Viewer) -> HTMLResponse:
+def job_progress(request: Request, job_id: RowId, principal: Viewer,
+                 session: SessionDep) -> HTMLResponse:
     """The live part of the job page, for htmx to swap in every second."""
     try:
-        job = _load(request, job_id)
+        job = _load(session, job_id)
     except NotFoundError as exc:
         return not_found(request, str(exc), principal)
     return render(request, "partials/progress.html", {"job": job}, principal)
 
 
-@router.post("/jobs/{job_id}/cancel", dependencies=[Depends(csrf_protect)])
-def cancel_job(request: Request, job_id: RowId, principal: Operator) -> Response:
+@router.post("/jobs/{job_id}/cancel", dependencies=[Csrf])
+def cancel_job(request: Request, job_id: RowId, principal: Operator,
+               settings: SettingsDep) -> Response:
+    """``queue.cancel`` owns the transaction (the request to stop and its audit event); a job
+    that cannot be cancelled is shown as it is now, read after the attempt."""
     from orchestrator.jobs import queue
 
-    settings = settings_of(request)
     try:
         queue.cancel(settings, job_id, actor=principal.name)
     except NotFoundError as exc:
         return not_found(request, str(exc), principal)
     except EdgeFleetError as exc:
-        job = _load(request, job_id)
+        with session_scope(settings) as session:
+            job = _load(session, job_id)
         return render(request, "job.html", {"section": "jobs", "job": job, "error": str(exc)},
                       principal, status_code=409)
     return RedirectResponse(f"/jobs/{job_id}?notice=cancel_requested", status_code=303)

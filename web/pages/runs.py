@@ -8,12 +8,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from orchestrator.core.db import session_scope
 from orchestrator.core.errors import NotFoundError
 from orchestrator.measure.reports import flag_notes, report_rows
 from orchestrator.measure.runs import get_run, list_runs, run_public, run_results
+from web.deps import SessionDep, Viewer
 from web.inputs import RowId
-from web.pages.common import Viewer, not_found, render, settings_of
+from web.pages.common import not_found, render
 from web.pages.evals import eval_context, verdict_context
 from web.pages.view import latency_cdf, latency_histogram, sample_series
 
@@ -23,9 +23,8 @@ RUNS_LIMIT = 200
 
 
 @router.get("/runs", response_class=HTMLResponse)
-def runs_page(request: Request, principal: Viewer) -> HTMLResponse:
-    with session_scope(settings_of(request)) as session:
-        runs = [run_public(r) for r in list_runs(session, RUNS_LIMIT)]
+def runs_page(request: Request, principal: Viewer, session: SessionDep) -> HTMLResponse:
+    runs = [run_public(r) for r in list_runs(session, RUNS_LIMIT)]
     return render(request, "runs.html", {"section": "runs", "runs": runs}, principal)
 
 
@@ -37,16 +36,16 @@ def _chart_data(result: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
-def run_page(request: Request, run_id: RowId, principal: Viewer) -> HTMLResponse:
-    with session_scope(settings_of(request)) as session:
-        try:
-            run = get_run(session, run_id)
-        except NotFoundError as exc:
-            return not_found(request, str(exc), principal)
-        public = run_public(run, run_results(session, run_id, latencies=True, samples=True),
-                            raw=True)
-        verdict = (verdict_context(session, run_id) if public["kind"] in ("eval", "bench")
-                   else None)
+def run_page(request: Request, run_id: RowId, principal: Viewer,
+             session: SessionDep) -> HTMLResponse:
+    try:
+        run = get_run(session, run_id)
+    except NotFoundError as exc:
+        return not_found(request, str(exc), principal)
+    public = run_public(run, run_results(session, run_id, latencies=True, samples=True),
+                        raw=True)
+    verdict = (verdict_context(session, run_id) if public["kind"] in ("eval", "bench")
+               else None)
     results = public.pop("results")
     evaluation = eval_context(public, results) if public["kind"] == "eval" else None
     rows = []

@@ -10,25 +10,24 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from orchestrator.core.db import session_scope
 from orchestrator.measure import trends
+from web.deps import SessionDep, Viewer
 from web.pages.charts import regression_rows, trend_charts
-from web.pages.common import Viewer, filter_int, render, settings_of
+from web.pages.common import filter_int, render
 
 router = APIRouter()
 
 
 @router.get("/trends", response_class=HTMLResponse)
-def trends_page(request: Request, principal: Viewer, bundle: str = "",
+def trends_page(request: Request, principal: Viewer, session: SessionDep, bundle: str = "",
                 threads: str = "") -> HTMLResponse:
     """``?bundle=NAME`` and ``?threads=N`` narrow it; an unknown value simply matches nothing
     (the selects only offer what exists)."""
     bundle = bundle.strip()
     thread_count = filter_int(threads)
-    with session_scope(settings_of(request)) as session:
-        points = trends.trend_points(session, bundle or None, thread_count)
-        names = trends.bundle_names(session)
-        counts = trends.thread_counts(session)
+    points = trends.trend_points(session, bundle or None, thread_count)
+    names = trends.bundle_names(session)
+    counts = trends.thread_counts(session)
     return render(request, "trends.html", {
         "section": "trends", "charts": trend_charts(points),
         "regressions": regression_rows(points), "bundle": bundle, "threads": thread_count,

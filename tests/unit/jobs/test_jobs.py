@@ -478,10 +478,11 @@ def test_cli_push_and_bench_are_recorded_as_cli_jobs(cli: Cli, home: Path,
     assert push_job.progress["devices"]["pi-b"]["state"] == "active"
     assert (bench_job.kind, bench_job.origin, bench_job.state) == ("bench", "cli", "succeeded")
     assert bench_job.run_id == benched["id"]
-    # Running CLI work is stopped in its terminal, not from the UI.
-    with pytest.raises(EdgeFleetError, match="CLI"), \
-            job_tracker.track(settings, "push", {}, "all") as tracker:
-        queue.cancel(settings, tracker.job_id, actor="tester")
+    # A CLI job is validated like a queued one: nothing is recorded for a bad request.
+    with pytest.raises(EdgeFleetError, match="bundle"), \
+            job_tracker.track(settings, "push", {}, "all"):
+        pass
+    assert len(all_jobs(settings)) == 2
 
 
 def test_cli_push_failure_marks_the_job_failed(cli: Cli, home: Path, tmp_path: Path) -> None:
