@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlmodel import Session, col, select
+
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.models import Device, TelemetrySnapshot
@@ -64,3 +66,16 @@ def snapshot_row(data: dict[str, Any]) -> dict[str, Any]:
         "disk_free_bytes": data.get("disk_free_bytes"),
         "simulated": data.get("simulated"),
     }
+
+
+HISTORY_LIMIT = 500  # a few days of minute polls: enough to see a hot afternoon
+
+
+def device_history(session: Session, name: str,
+                   limit: int = HISTORY_LIMIT) -> list[TelemetrySnapshot]:
+    """The latest ``limit`` snapshots of one device, oldest first (for a time axis)."""
+    rows = session.exec(select(TelemetrySnapshot).where(TelemetrySnapshot.device_name == name)
+                        .order_by(col(TelemetrySnapshot.taken_at).desc(),
+                                  col(TelemetrySnapshot.id).desc())
+                        .limit(limit)).all()
+    return list(reversed(rows))

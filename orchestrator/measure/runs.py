@@ -289,6 +289,17 @@ def list_runs(session: Session, limit: int = 50) -> list[Run]:
     return list(session.exec(select(Run).order_by(col(Run.id).desc()).limit(limit)).all())
 
 
+def device_results(session: Session, name: str, limit: int = 50) -> list[dict[str, Any]]:
+    """Benchmark results on one device, newest run first, in ``result_public`` shape (summaries
+    only: the raw latencies are not drawn from here, so they are not loaded)."""
+    pairs = session.exec(select(Result, Run).join(Run, col(Result.run_id) == col(Run.id))
+                         .where(Result.device_name == name)
+                         .options(defer(Result.latencies), defer(Result.telemetry_samples))
+                         .order_by(col(Result.run_id).desc(), col(Result.threads))
+                         .limit(limit)).all()
+    return [result_public(result, run) for result, run in pairs]
+
+
 def result_public(result: Result, run: Run, raw: bool = False, *,
                   latencies: bool | None = None, samples: bool | None = None,
                   ) -> dict[str, Any]:

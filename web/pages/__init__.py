@@ -5,7 +5,7 @@ Each page reads through the same services as the CLI and the API (orchestrator/)
 change goes through ``orchestrator.jobs.queue.submit`` — so a push started here is the same job,
 audited the same way, as one started from the API. The routes live in one module per section;
 ``common`` holds the shared Jinja2 environment (``templates``) and helpers,
-``charts``/``view``/``data`` what several sections render. The route parameters (settings, the
+``charts``/``view`` what several sections render. The route parameters (settings, the
 read session, the role aliases, CSRF) come from ``web.deps``, as for the API: read routes take a
 ``SessionDep``, write routes the settings for the service that owns the transaction.
 

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from orchestrator.core.errors import EdgeFleetError, NotFoundError
+from orchestrator.fleet.telemetry import device_history
 from orchestrator.inventory.devices import (
     all_devices,
     device_public,
@@ -16,10 +17,10 @@ from orchestrator.inventory.devices import (
     select_devices,
 )
 from orchestrator.measure.reports import flag_notes, report_rows
+from orchestrator.measure.runs import device_results
 from orchestrator.present.output import human_bytes
 from web.deps import SessionDep, Viewer
 from web.pages.common import not_found, render
-from web.pages.data import device_results, device_telemetry
 from web.pages.view import device_row, telemetry_series
 
 router = APIRouter()
@@ -75,7 +76,7 @@ def device_page(request: Request, name: str, principal: Viewer,
         return not_found(request, str(exc), principal)
     public = device_public(device)
     facts = _facts(public, device.facts or {})
-    telemetry = telemetry_series(device_telemetry(session, name))
+    telemetry = telemetry_series(device_history(session, name))
     deployments = recent_deployments(session, name)
     results = device_results(session, name)
     rows = [row | {"run_id": r["run_id"], "reasons": r.get("reasons") or []}
