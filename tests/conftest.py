@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli.main import get_app
+from tests.webhook_receiver import receiver  # noqa: F401 - a real webhook receiver, by name
 
 
 @dataclass

@@ -18,6 +18,7 @@ from orchestrator.access.audit import event_public, list_events
 from orchestrator.artifacts.bundles import bundle_public, get_bundle, list_bundles
 from orchestrator.core.db import session_scope
 from orchestrator.core.errors import EdgeFleetError
+from orchestrator.fleet import alerts as alert_service
 from orchestrator.inventory import sync as inventory_service
 from orchestrator.inventory.devices import (
     all_devices,
@@ -34,6 +35,7 @@ from orchestrator.measure.stats import compare_runs
 from web.deps import Admin, Csrf, Operator, SessionDep, SettingsDep, Viewer
 from web.inputs import RowId, StrictJsonRoute
 from web.schemas import (
+    AlertPublic,
     AuditEventPublic,
     BundlePublic,
     CompareRow,
@@ -230,3 +232,11 @@ def inventory_sync(body: InventorySyncIn, settings: SettingsDep, principal: Admi
 def audit_log(_: Admin, session: SessionDep,
               limit: int = Query(200, ge=1, le=1000)) -> list[Json]:
     return [event_public(e) for e in list_events(session, limit)]
+
+
+@router.get("/alerts", response_model=list[AlertPublic])
+def alerts(session: SessionDep, _: Viewer, kind: str | None = None,
+           limit: int = Query(100, ge=1, le=1000)) -> list[Json]:
+    """Recent alerts, newest first, with their webhook delivery state."""
+    return [alert_service.alert_public(a)
+            for a in alert_service.list_alerts(session, limit, kind=kind)]

@@ -279,3 +279,21 @@ class AuditEventPublic(Out):
     action: str
     target: str
     detail: dict[str, Any]
+
+
+class AlertPublic(Out):
+    """``alerts.alert_public``: an alert and how its webhook delivery went (no URL, no
+    secret: neither is stored)."""
+
+    id: int
+    kind: str = Field(description="regression | device_offline | device_throttled | "
+                                  "job_failed")
+    subject: str = Field(description="The device, job:<id>, or the series of a change point")
+    summary: str
+    state: str = Field(description="pending | delivered | failed | off (no webhook for the "
+                                   "kind)")
+    attempts: int
+    last_error: str | None
+    created_at: Timestamp | None
+    delivered_at: Timestamp | None
+    payload: dict[str, Any] = Field(description="The JSON body POSTed (README: Alerts)")

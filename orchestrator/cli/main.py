@@ -194,6 +194,7 @@ def get_app() -> typer.Typer:
     """The app with every command registered (the other command modules add theirs on
     import)."""
     from orchestrator.cli import (  # noqa: F401
+        alerts,
         bundles,
         datasets,
         demo,

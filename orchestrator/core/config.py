@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator.core.dbfile import default_home
@@ -33,6 +33,29 @@ class Settings(BaseSettings):
     # all (orchestrator.transport.base.OutputLimits); None keeps the defaults defined there.
     max_line_mb: float | None = Field(default=None, gt=0)
     max_output_mb: float | None = Field(default=None, gt=0)
+
+    # Alerts (orchestrator.fleet.alerts, delivered by orchestrator.notify.webhooks; README
+    # "Alerts"): the webhook of every event kind, a kind's own URL overriding it ("" or "off"
+    # turns that kind off). URLs are not validated here: an error naming a bad value would print
+    # it, and a URL may carry a token; delivery refuses one that is not http(s) without
+    # repeating it.
+    webhook_url: str | None = None
+    webhook_url_regression: str | None = None
+    webhook_url_device_offline: str | None = None
+    webhook_url_device_throttled: str | None = None
+    webhook_url_job_failed: str | None = None
+    # The HMAC-SHA256 key of the X-EdgeFleet-Signature header: read from here only, never
+    # stored in the DB, never printed (SecretStr shows as '**********').
+    webhook_secret: SecretStr | None = None
+    webhook_timeout_s: float = Field(default=5.0, gt=0)  # per socket operation of a POST
+    webhook_attempts: int = Field(default=5, ge=1)  # a delivery's tries in all
+    webhook_backoff_s: float = Field(default=2.0, ge=0)  # the first retry's delay; doubles
+    # How long a CLI command waits at exit for alerts still being delivered; the rest stay
+    # pending for `edgefleet serve` to deliver.
+    webhook_exit_wait_s: float = Field(default=5.0, ge=0)
+    alert_offline_minutes: float = Field(default=10.0, ge=0)
+    # The same throttle condition on the same device alerts at most once in this window.
+    alert_throttle_repeat_minutes: float = Field(default=60.0, ge=0)
 
     @cached_property
     def db_url(self) -> str:

@@ -284,3 +284,28 @@ class AuditEvent(SQLModel, table=True):
     action: str  # push | bench | inventory.sync | token.create | ...
     target: str = ""
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class Alert(SQLModel, table=True):
+    """An event worth telling someone about (orchestrator.fleet.alerts) and its webhook delivery
+    (orchestrator.notify.webhooks). ``dedupe_key`` is unique: the same outage, transition,
+    failed job or change point is recorded, and sent, once, whichever process notices it
+    first. Neither the URL (it may carry a token) nor the signing secret is stored."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(index=True)  # regression | device_offline | device_throttled | job_failed
+    subject: str = ""  # the device, "job:<id>", or the series of a change point
+    dedupe_key: str = Field(index=True, unique=True)
+    summary: str
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # pending | delivered | failed | off (no webhook configured for the kind when it happened)
+    state: str = Field(default="pending", index=True)
+    attempts: int = 0
+    last_error: str | None = None
+    created_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow, index=True)
+    next_attempt_at: datetime | None = Field(sa_type=UTCDateTime, default=None)
+    # The process delivering it (webhooks.CLAIM), until when: another process takes over a
+    # pending alert only once that has passed (its deliverer died or exited).
+    claimed_by: str | None = None
+    claimed_until: datetime | None = Field(sa_type=UTCDateTime, default=None)
+    delivered_at: datetime | None = Field(sa_type=UTCDateTime, default=None)

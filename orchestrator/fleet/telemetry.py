@@ -13,6 +13,7 @@ from sqlmodel import Session, col, select
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.models import Device, TelemetrySnapshot
+from orchestrator.fleet import alerts
 from orchestrator.fleet.agentclient import call_agent
 from orchestrator.fleet.fanout import Outcome, fan_out
 from orchestrator.inventory.devices import get_device, record_device_report, to_target
@@ -46,7 +47,9 @@ def take_snapshots(settings: Settings, devices: Sequence[Device], forks: int = 1
             row["problem"] = "; ".join(str(p) for p in problems)
         return Outcome(target.name, True, "ok", data=row)
 
-    return fan_out([to_target(d) for d in devices], step, forks)
+    outcomes = fan_out([to_target(d) for d in devices], step, forks)
+    alerts.after_telemetry(settings, outcomes)  # newly throttled, offline too long
+    return outcomes
 
 
 def snapshot_row(data: dict[str, Any]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.errors import EdgeFleetError, NotFoundError
 from orchestrator.core.models import Deployment, Job, Run
+from orchestrator.fleet import alerts
 from orchestrator.jobs import execute
 
 log = logging.getLogger(__name__)
@@ -179,10 +180,12 @@ def finish_job(settings: Settings, job_id: int, outcome: execute.JobOutcome) -> 
     """A running job's terminal state (a job another process already finalized stays as
     it is)."""
     with session_scope(settings) as session:
-        session.execute(
+        finished = session.execute(
             update(Job).where(col(Job.id) == job_id, col(Job.state) == "running")
             .values(state=outcome.state, result=outcome.result, error=outcome.error,
-                    run_id=outcome.run_id, finished_at=datetime.now(UTC)))
+                    run_id=outcome.run_id, finished_at=datetime.now(UTC))).rowcount
+    if finished and outcome.state == "failed":
+        alerts.job_failed(settings, job_id)
 
 
 def record_failed(settings: Settings, kind: str, params: dict[str, Any], targets: str,
@@ -197,6 +200,7 @@ def record_failed(settings: Settings, kind: str, params: dict[str, Any], targets
                   started_at=now, finished_at=now)
         session.add(job)
         session.flush()
+    alerts.job_failed(settings, job.id)
     return job
 
 

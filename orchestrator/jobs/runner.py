@@ -26,6 +26,7 @@ from orchestrator.core.models import Device, Job
 from orchestrator.fleet.leases import release_dead_holders
 from orchestrator.jobs import execute, queue, schedules
 from orchestrator.jobs.queue import POLLER, finish_job, get_job, recover_interrupted, submit
+from orchestrator.notify import webhooks
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class JobRunner:
         died since, jobs for due schedules, and the telemetry poll when it is due."""
         recover_interrupted(self.settings)
         release_dead_holders(self.settings)
+        webhooks.sweep(self.settings)  # alerts a CLI or an earlier server left undelivered
 
         created = schedules.due(self.settings, now or datetime.now(UTC))
         interval = self.telemetry_interval_s

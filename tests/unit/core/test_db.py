@@ -54,7 +54,7 @@ def settings(tmp_path: Path) -> Settings:
 
 TABLES = {"alembic_version", "device", "bundle", "deployment", "run", "result", "devicelease",
           "telemetrysnapshot", "job", "schedule", "apitoken", "auditevent", "dataset",
-          "browsersession"}
+          "browsersession", "alert"}
 
 
 def test_migrations_form_one_chain_ending_at_head() -> None:

@@ -1,0 +1,5 @@
+"""Telling people outside EdgeFleet: signed webhook delivery, retried in the background
+(``webhooks``). What raises an alert is decided where the facts are (``fleet.alerts``).
+
+May import: ``core``.
+"""
