@@ -143,8 +143,15 @@ def bench(store: Store, doc: Any) -> Dict[str, Any]:
         raise AgentError(E_BAD_INPUT, "%s's manifest names no model file (model.path); rebuild "
                          "it with `edgefleet bundle build`" % label)
     npz_rel = find_sample_npz(files)
-    plan = plan_inputs(model.get("inputs"), shapes=req["shapes"], constants=req["constants"],
+    # Constants recorded at build (``bundle build --input sr=16000``) are this bundle's
+    # defaults; the request's own win.
+    constants = req["constants"]
+    recorded_constants = manifest.get("input_constants")
+    if isinstance(constants, dict) and isinstance(recorded_constants, dict):
+        constants = dict(recorded_constants, **constants)
+    plan = plan_inputs(model.get("inputs"), shapes=req["shapes"], constants=constants,
                        recorded=manifest.get("input_shapes"),
+                       recorded_assumed=manifest.get("shape_defaults"),
                        npz=(os.path.join(vdir, npz_rel), npz_rel) if npz_rel else None)
     spec = {key: req[key] for key in ("warmup", "runs", "min_seconds", "providers",
                                       "graph_optimization", "sample_hz")}
@@ -210,13 +217,22 @@ class Progress:
     def __init__(self, emit: Emit, threads: int) -> None:
         self.emit, self.threads, self.phase, self.last = emit, threads, "", 0
 
-    def update(self, phase: str, done: int, total: int, now: int = 0, force: bool = False) -> None:
+    def update(self, phase: str, done: int, total: int, now: int = 0, force: bool = False,
+               seconds: Optional[float] = None, min_seconds: float = 0) -> None:
+        """``done``/``total``: runs of the phase done and asked for. When ``min_seconds`` also
+        decides how long the timed loop lasts, ``done`` may pass ``total`` (a tiny model does
+        thousands of runs in the seconds asked for): the event then also carries ``seconds``
+        (timed so far) and ``min_seconds``, so a reader shows both conditions against their
+        own totals instead of a count past its total."""
         now = now or time.perf_counter_ns()
         if not force and phase == self.phase and now - self.last < PROGRESS_INTERVAL_NS:
             return
         self.phase, self.last = phase, now
+        fields: Dict[str, Any] = {}
+        if min_seconds and seconds is not None:
+            fields = {"seconds": round(seconds, 2), "min_seconds": min_seconds}
         self.emit(event("bench", threads=self.threads, phase=phase, done=done, total=total,
-                        pid=os.getpid()))
+                        pid=os.getpid(), **fields))
 
 
 def _timed(ort: Any, spec: Dict[str, Any], feeds: Dict[str, Any], sampler: Sampler,
@@ -245,7 +261,8 @@ def _timed(ort: Any, spec: Dict[str, Any], feeds: Dict[str, Any], sampler: Sampl
         run(None, feeds)
         progress.update("warmup", done, warmup, force=done == warmup)
     sampler.mark("timed_start")
-    progress.update("timed", 0, runs, force=True)
+    min_s = spec["min_seconds"]
+    progress.update("timed", 0, runs, force=True, seconds=0.0, min_seconds=min_s)
     latencies: List[int] = []
     began = end = clock()
     while (len(latencies) < runs or end - began < min_ns) and len(latencies) < MAX_TIMED_RUNS:
@@ -253,9 +270,11 @@ def _timed(ort: Any, spec: Dict[str, Any], feeds: Dict[str, Any], sampler: Sampl
         run(None, feeds)
         end = clock()
         latencies.append(end - start)
-        progress.update("timed", len(latencies), runs, now=end)
+        progress.update("timed", len(latencies), runs, now=end, seconds=(end - began) / 1e9,
+                        min_seconds=min_s)
     gc.enable()
-    progress.update("timed", len(latencies), runs, force=True)
+    progress.update("timed", len(latencies), runs, force=True, seconds=(end - began) / 1e9,
+                    min_seconds=min_s)
     rss = read_rss_mb()
     latencies_ms = [round(ns / 1e6, 4) for ns in latencies]
     return {

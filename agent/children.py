@@ -119,8 +119,8 @@ def run_child(spec: Dict[str, Any], emit: Emit, runtime: Dict[str, Any],
         error = result.get("error") or {}
         if error.get("code") in FATAL_CHILD_CODES:
             raise AgentError(error["code"], str(error.get("message")))
-        return failed_entry(threads, "measurement for %d thread(s) failed: %s"
-                            % (threads, error.get("message")))
+        return failed_entry(threads, "measurement for %s failed: %s"
+                            % (_threads(threads), error.get("message")))
     if returncode < 0:
         name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else "?"
         how = "was killed by signal %d (%s)" % (-returncode, name)
@@ -128,9 +128,14 @@ def run_child(spec: Dict[str, Any], emit: Emit, runtime: Dict[str, Any],
             how += "; the kernel's out-of-memory killer sends this when memory runs out"
     else:
         how = "exited with status %d without a result" % returncode
-    return failed_entry(threads, "measurement process for %d thread(s) %s; %s" % (
-        threads, how, "last stderr lines:\n" + "\n".join(tail) if tail
+    return failed_entry(threads, "measurement process for %s %s; %s" % (
+        _threads(threads), how, "last stderr lines:\n" + "\n".join(tail) if tail
         else "it wrote nothing on stderr"))
+
+
+def _threads(count: int) -> str:
+    """``"1 thread"``, ``"2 threads"``."""
+    return "%d thread%s" % (count, "" if count == 1 else "s")
 
 
 def emit_measured(emit: Emit, command: str, entry: Dict[str, Any], common: Dict[str, Any],
@@ -211,8 +216,8 @@ def serve_child(name: str, measure_fn: Callable[[Dict[str, Any], Emit], Dict[str
 
     try:
         spec = json.loads(sys.stdin.buffer.read().decode("utf-8"))
-        sys.stderr.write("edgefleet-agent %s: measuring %d thread(s) in pid %d\n"
-                         % (name, spec["threads"], os.getpid()))
+        sys.stderr.write("edgefleet-agent %s: measuring %s in pid %d\n"
+                         % (name, _threads(spec["threads"]), os.getpid()))
         sys.stderr.flush()
         emit(result_ok(name, measure_fn(spec, emit)))
         return 0

@@ -10,7 +10,11 @@ Generator seeded by the input's name, so results are reproducible across runs an
 Where a dynamic dimension (named string or null) gets its size, first match wins: the input's
 ``shapes`` entry, the input's array in the .npz, the manifest's ``input_shapes`` recorded at
 build time, then the same named dimension resolved on another input (``batch`` is usually
-shared). Explicit ``constants`` win over the .npz: the user asked for them on this run.
+shared), then 1 for a dimension named like a batch (``batch``, ``batch_size``, ``N``...), as
+onnxruntime_perf_test and TFLite's benchmark_model do. A size given that way is *assumed*, and
+the plan says so (``assumed``, also passed on from the manifest's ``shape_defaults`` when the
+recorded shape was itself assumed at build time), so every result and report can state it.
+Explicit ``constants`` win over the .npz: the user asked for them on this run.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from agent.dims import BATCH_DEFAULT, BATCH_REASON, assumed_dim, is_batch_dim
 from agent.fsutil import AgentError
 from agent.protocol import E_BAD_INPUT
 
@@ -36,7 +41,6 @@ SEED = 0
 GENERATED_INT_HIGH = 10  # ints are drawn from 0..9: valid indices/lengths for most models
 
 Plan = List[Dict[str, Any]]
-
 
 def _bad(message: str, **extra: Any) -> AgentError:
     return AgentError(E_BAD_INPUT, message, **extra)
@@ -124,6 +128,17 @@ def _check_constant(name: str, dtype: str, value: Any) -> Any:
     return float(value)
 
 
+def check_constants(signature: Any, constants: Dict[str, Any]) -> Dict[str, Any]:
+    """``constants`` (input name -> value) checked against the model's inputs and their
+    dtypes, values converted (an int64 input's 16000.0 -> 16000); ``bad_input`` naming the
+    input otherwise. What ``bundle build --input`` records in the manifest."""
+    inputs = _check_signature(signature)
+    names = [item["name"] for item in inputs]
+    _unknown_keys("--input", constants, names)
+    dtypes = {item["name"]: item["dtype"] for item in inputs}
+    return {name: _check_constant(name, dtypes[name], value) for name, value in constants.items()}
+
+
 def _unknown_keys(what: str, keys: Any, names: Sequence[str]) -> None:
     if not isinstance(keys, dict):
         raise _bad("%s must be an object {input name: ...}, got %r" % (what, keys))
@@ -164,11 +179,15 @@ def _check_array(name: str, dtype: str, model: Sequence[Any], array: Any, rel: s
 def plan_inputs(signature: Any, *, shapes: Optional[Dict[str, Any]] = None,
                 constants: Optional[Dict[str, Any]] = None,
                 recorded: Optional[Dict[str, Any]] = None,
-                npz: Optional[Tuple[str, str]] = None) -> Plan:
-    """One ``{name, dtype, shape, source[, value | npz]}`` per model input, all dims resolved.
+                npz: Optional[Tuple[str, str]] = None,
+                recorded_assumed: Optional[Dict[str, Any]] = None) -> Plan:
+    """One ``{name, dtype, shape, source[, value | npz][, assumed]}`` per model input, all dims
+    resolved.
 
-    ``recorded`` is the manifest's ``input_shapes``; ``npz`` is (absolute path, bundle path).
-    Raises ``bad_input`` naming the input (and dimension) for anything it cannot resolve.
+    ``recorded`` is the manifest's ``input_shapes``, ``recorded_assumed`` its
+    ``shape_defaults`` (which of those recorded sizes were assumed at build, and why); ``npz``
+    is (absolute path, bundle path). Raises ``bad_input`` naming the input (and dimension) for
+    anything it cannot resolve.
     """
     inputs = _check_signature(signature)
     names = [item["name"] for item in inputs]
@@ -199,6 +218,10 @@ def plan_inputs(signature: Any, *, shapes: Optional[Dict[str, Any]] = None,
         elif name in recorded:
             entry["shape"] = _check_shape(name, model, recorded[name],
                                           "the bundle's recorded input_shapes")
+            said = (recorded_assumed or {}).get(name) if isinstance(recorded_assumed,
+                                                                    dict) else None
+            if isinstance(said, list) and said:
+                entry["assumed"] = [dict(a) for a in said if isinstance(a, dict)]
         elif all(_size(d, {}) is not None for d in model):
             entry["shape"] = list(model)
         if entry["shape"] is not None:
@@ -206,14 +229,21 @@ def plan_inputs(signature: Any, *, shapes: Optional[Dict[str, Any]] = None,
                 if isinstance(dim, str):
                     resolved.setdefault(dim, entry["shape"][index])
         plan.append(entry)
+    defaulted = set()  # type: set  # named dims set to 1 as batches, so another input sharing one says so
     for position, entry in enumerate(plan):
         item = inputs[position]
         if entry["shape"] is not None:
             continue
         model = item["shape"]
         shape = []
+        assumed = []
         for index, dim in enumerate(model):
             size = _size(dim, resolved)
+            if size is None and is_batch_dim(dim):
+                size = resolved[dim] = BATCH_DEFAULT
+                defaulted.add(dim)
+            if isinstance(dim, str) and dim in defaulted:  # here, or on an earlier input
+                assumed.append(assumed_dim(index, dim, BATCH_DEFAULT, BATCH_REASON))
             if size is None:
                 example = [_size(d, resolved) or 1 for d in model]
                 raise _bad("input '%s' %s has %s with no size: pass it, e.g. %s (any size for "
@@ -223,6 +253,8 @@ def plan_inputs(signature: Any, *, shapes: Optional[Dict[str, Any]] = None,
                            input=item["name"], dimension=index)
             shape.append(size)
         entry["shape"] = shape
+        if assumed:
+            entry["assumed"] = assumed
     return plan
 
 
@@ -268,5 +300,11 @@ def build_inputs(plan: Plan, seed: int = SEED) -> Dict[str, Any]:
 
 def describe(plan: Plan) -> List[Dict[str, Any]]:
     """The public ``inputs`` list of a bench result (no file paths, no values)."""
-    return [{"name": e["name"], "dtype": e["dtype"], "shape": list(e["shape"]),
-             "source": e["source"]} for e in plan]
+    out = []
+    for e in plan:
+        public = {"name": e["name"], "dtype": e["dtype"], "shape": list(e["shape"]),
+                  "source": e["source"]}
+        if e.get("assumed"):  # sizes nobody gave: a batch of 1, a preprocessor's dims
+            public["assumed"] = [dict(a) for a in e["assumed"]]
+        out.append(public)
+    return out

@@ -109,6 +109,14 @@ class BundlePublic(Out):
     parent: Open
     quantization: Open
     streaming: Open
+    input_shapes: dict[str, list[int]] | None = Field(
+        None, description="Shapes benchmarks and golden inputs use: --shape, or assumed")
+    shape_defaults: dict[str, list[dict[str, Any]]] | None = Field(
+        None, description="Per input, the sizes assumed at build ({dimension, name, size, "
+                          "from}): a batch of 1, a preprocessor_config's feature dims")
+    input_constants: dict[str, Any] | None = Field(
+        None, description="Constant inputs (bundle build --input NAME=VALUE): golden inputs "
+                          "and bench's default")
 
 
 class BundleRef(Out):
@@ -184,7 +192,12 @@ class RunPublic(Out):
 
     id: int
     kind: str = Field(description="bench | eval")
-    state: str
+    state: str = Field(description="running | succeeded | partial | failed | interrupted "
+                                   "(cancelled, or its process died: results finished "
+                                   "before that are kept, and it gets no verdict)")
+    state_reason: str | None = Field(description="Why an interrupted run stopped (its job's "
+                                                 "error); null otherwise")
+    job_id: int | None = Field(description="The job that made the run")
     bundle: BundleRef
     targets: str
     params: dict[str, Any]

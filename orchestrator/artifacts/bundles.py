@@ -10,7 +10,7 @@ import json
 import os
 import posixpath
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from sqlmodel import Session, col, select
 
 from agent.protocol import MANIFEST_SCHEMA, canonical_json, check_relative_path, manifest_digest
 from orchestrator.access import audit
-from orchestrator.artifacts import refs
+from orchestrator.artifacts import input_defaults, refs
 from orchestrator.artifacts.blobstore import BlobStore
 from orchestrator.artifacts.onnxinfo import inspect_model, version_tuple
 from orchestrator.core.config import Settings
@@ -34,6 +34,9 @@ class BuildResult:
     bundle: Bundle
     created: bool  # False when the latest version already had exactly these files
     note: str | None = None  # e.g. why the bundle has no golden outputs and how to get them
+    # Input sizes nobody gave, decided by orchestrator.artifacts.input_defaults, one line per input
+    # ("input_values: batch_size = 1 (named like a batch dimension ...)").
+    assumed: list[str] = field(default_factory=list)
 
 
 def check_name(name: str) -> str:
@@ -129,6 +132,21 @@ def check_input_shapes(inputs: list[dict[str, Any]],
     return dict(shapes)
 
 
+def check_input_constants(inputs: list[dict[str, Any]],
+                          constants: dict[str, Any]) -> dict[str, Any]:
+    """``--input NAME=VALUE`` constants: each names a model input and fits its dtype (values
+    converted: 16000.0 for an int64 input is 16000)."""
+    if not constants:
+        return {}
+    from agent.fsutil import AgentError
+    from agent.inputs import check_constants
+
+    try:
+        return check_constants(inputs, constants)
+    except AgentError as exc:
+        raise BundleError(exc.message) from None
+
+
 def _side_json(files: dict[str, Path], rel: str) -> dict[str, Any] | None:
     if rel not in files:
         return None
@@ -205,6 +223,7 @@ def build_bundle(
     files: list[tuple[str, Path]] | None = None,
     golden_rtol: float | None = None,
     golden_atol: float | None = None,
+    input_constants: dict[str, Any] | None = None,
     actor: str = "",
 ) -> BuildResult:
     """Inspect, hash into the blob store, write the manifest, register the version.
@@ -214,11 +233,15 @@ def build_bundle(
     services (``parent``/``quantization`` for INT8 variants, ``streaming`` profiles), and is part
     of the identity: the same files with a different profile are a different bundle.
     ``files`` replaces walking ``path`` (a Hub snapshot is symlinks into the cache's blobs/, and
-    only the chosen model goes in). ``golden_rtol``/``golden_atol`` override the tolerances of
-    the golden-output smoke test (docs/pipeline.md): the model is run once here
+    only the chosen model goes in). ``golden_rtol``/``golden_atol`` override the tolerances of the
+    golden-output smoke test (docs/pipeline.md): the model is run once here
     (orchestrator/artifacts/golden.py) and its inputs/outputs ship as ``.edgefleet/golden_*.npz``;
-    when
-    that is impossible (an unresolved dynamic dim) ``note`` on the result says how to fix it.
+    when that is impossible (an unresolved dynamic dim) ``note`` on the result says how to fix it.
+    Dynamic dims nobody gave get sizes from ``orchestrator.artifacts.input_defaults`` (a batch of
+    1, an AST/Whisper preprocessor_config's feature dims), recorded as ``input_shapes`` with why in
+    ``shape_defaults``; ``input_constants`` (``--input NAME=VALUE``: silero-vad's ``sr``) are
+    checked against the inputs' dtypes, feed the golden inputs, are recorded as
+    ``input_constants`` and are bench's default for those inputs.
     """
     # Here, not at the top: golden imports numpy and onnxruntime (~1 s of start-up), and the
     # commands that only read bundles from the DB (bundle list, push) never run a model.
@@ -237,8 +260,13 @@ def build_bundle(
     model_rel = _pick_model(files, model, path)
     model_path = dict(files)[model_rel]
     info = inspect_model(model_path, f"{path}:{model_rel}" if path.is_dir() else str(path))
-    shapes = check_input_shapes(info.inputs, input_shapes or {})
+    given = check_input_shapes(info.inputs, input_shapes or {})
+    constants = check_input_constants(info.inputs, input_constants or {})
     side = read_side_files(dict(files), model_rel)
+    preprocessor = _side_json(dict(files), posixpath.join(posixpath.dirname(model_rel),
+                                                          input_defaults.PREPROCESSOR_CONFIG))
+    defaulted, assumed, _ = input_defaults.resolve(info.inputs, given, preprocessor)
+    shapes = {**defaulted, **given}
 
     own = [rel for rel, _ in files if rel.split("/", 1)[0] == ".edgefleet"]
     if own:
@@ -247,7 +275,8 @@ def build_bundle(
     # Before anything is stored: a model that does not run is refused, not shipped.
     checked = compute_golden(model_path, f"{path}:{model_rel}" if path.is_dir() else str(path),
                              info.inputs, files, shapes, info.precision, golden_rtol,
-                             golden_atol)
+                             golden_atol, constants)
+    said = input_defaults.describe(assumed)
 
     store = BlobStore(settings.blob_dir)
     entries = []
@@ -266,8 +295,10 @@ def build_bundle(
         same_extra = all(old.get(key) == value for key, value in (extra or {}).items())
         if (old["files"] == entries and old["model"]["path"] == model_rel
                 and old.get("input_shapes", {}) == shapes and same_extra
+                and old.get("shape_defaults", {}) == assumed
+                and old.get("input_constants", {}) == constants
                 and old.get("golden") == golden):
-            return BuildResult(bundle=previous, created=False, note=checked.note)
+            return BuildResult(bundle=previous, created=False, note=checked.note, assumed=said)
 
     version = version or next_version(session, name)
     manifest: dict[str, Any] = {
@@ -284,6 +315,10 @@ def build_bundle(
     }
     if shapes:
         manifest["input_shapes"] = shapes
+    if assumed:
+        manifest["shape_defaults"] = assumed
+    if constants:
+        manifest["input_constants"] = constants
     if golden:
         manifest["golden"] = golden
     manifest.update(side)
@@ -306,7 +341,7 @@ def build_bundle(
     audit.add_event(session, actor, "bundle.build", f"bundle:{bundle.name}@{bundle.version}",
                     {"digest": bundle.digest, "precision": bundle.precision,
                      "source": manifest.get("source")})
-    return BuildResult(bundle=bundle, created=True, note=checked.note)
+    return BuildResult(bundle=bundle, created=True, note=checked.note, assumed=said)
 
 
 def get_bundle(session: Session, ref: str) -> Bundle:

@@ -156,6 +156,17 @@ def model_labels(bundle: Bundle) -> list[str]:
     return [str(label) for label in labels]
 
 
+def class_id_names(names: list[str], labels: list[str], what: str) -> dict[str, str]:
+    """Class ids ("0", "1": integer labels of an .npz built without ``--for``) -> the model's
+    label names (its id2label), or DatasetError naming the ids it does not have."""
+    bad = sorted((n for n in names if not n.isdigit() or int(n) >= len(labels)),
+                 key=lambda n: (len(n), n))
+    if bad:
+        raise DatasetError(f"{what}: class id(s) {', '.join(bad)} are outside the model's "
+                           f"0..{len(labels) - 1} ({', '.join(labels)})")
+    return {n: labels[int(n)] for n in names}
+
+
 def check_labels(names: list[str], labels: list[str], what: str) -> None:
     unknown = sorted(set(names) - set(labels))
     if unknown:
@@ -197,7 +208,9 @@ def _audio_entries(source: Path, store: BlobStore, rate: int | None,
 
 def _tensor_entries(source: Path, store: BlobStore, bundle: Bundle | None,
                     labels: list[str] | None,
-                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
+    """Files, samples, and whether the labels are class ids left for eval to name (integer
+    labels built without ``--for``: numpy's and scikit-learn's convention)."""
     try:
         with np.load(source, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
@@ -222,7 +235,9 @@ def _tensor_entries(source: Path, store: BlobStore, bundle: Bundle | None,
             raise DatasetError(f"{source}: arrays {sorted(arrays)} do not match "
                                f"{bundle.name}@{bundle.version}'s inputs {inputs}")
     if raw.dtype.kind in "iu":
-        if labels is not None and (raw.min() < 0 or raw.max() >= len(labels)):
+        if raw.min() < 0:
+            raise DatasetError(f"{source}: class ids must be >= 0, got {int(raw.min())}")
+        if labels is not None and raw.max() >= len(labels):
             raise DatasetError(f"{source}: class ids {sorted(set(raw.tolist()))} are outside "
                                f"the model's 0..{len(labels) - 1} ({', '.join(labels)})")
         names = [labels[int(i)] if labels is not None else str(int(i)) for i in raw]
@@ -232,7 +247,7 @@ def _tensor_entries(source: Path, store: BlobStore, bundle: Bundle | None,
     files = [{"path": TENSORS_PATH, "sha256": sha, "size": size}]
     samples = [{"id": f"#{i}", "path": TENSORS_PATH, "label": name}
                for i, name in enumerate(names)]
-    return files, samples
+    return files, samples, raw.dtype.kind in "iu" and labels is None
 
 
 def next_version(session: Session, name: str) -> str:
@@ -267,26 +282,31 @@ def build_dataset(session: Session, settings: Settings, source: Path, name: str,
     labels = model_labels(bundle) if bundle is not None else None
     store = BlobStore(settings.blob_dir)
     rate: int | None = None
+    label_ids = False
     if source.is_dir():
         fmt = "audio"
         wanted = sampling_rate or (model_rate(bundle) if bundle is not None else None)
         files, samples, rate = _audio_entries(source, store, wanted, on_file)
     elif source.suffix.lower() == ".npz":
         fmt = "tensors"
-        files, samples = _tensor_entries(source, store, bundle, labels)
+        files, samples, label_ids = _tensor_entries(source, store, bundle, labels)
     else:
         raise DatasetError(f"{source}: give a folder of <label>/*.wav files or an .npz of "
                            "input tensors with a 'labels' array")
-    names = sorted({s["label"] for s in samples})
+    names = sorted({s["label"] for s in samples}, key=lambda n: (len(n), n) if label_ids
+                   else (0, n))  # class ids in numeric order: "2" before "10"
     if labels is not None:
         check_labels(names, labels, str(source))
     class_names = labels if labels is not None else names
-    body = {"format": fmt, "sampling_rate": rate, "labels": class_names, "files": files,
-            "samples": samples}
+    body: dict[str, Any] = {"format": fmt, "sampling_rate": rate, "labels": class_names,
+                            "files": files, "samples": samples}
+    if label_ids:  # named at eval time through the model's id2label (evals.plan_eval)
+        body["label_ids"] = True
     previous = latest(session, name)
     if version is None and previous is not None:
         old = manifest_of_dataset(previous)
-        if all(old.get(key) == value for key, value in body.items()):
+        if all(old.get(key) == value for key, value in body.items()) and \
+                old.get("label_ids") == body.get("label_ids"):
             return DatasetBuild(previous, created=False)
     version = version or next_version(session, name)
     manifest: dict[str, Any] = {

@@ -81,7 +81,9 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
         for name in sorted(arrays):
             member = io.BytesIO()
-            np.lib.format.write_array(member, np.ascontiguousarray(arrays[name]),
+            # asarray(order="C"), not ascontiguousarray: that one turns a 0-d array (a
+            # scalar input such as a sample rate) into shape (1,), which is not the model's.
+            np.lib.format.write_array(member, np.asarray(arrays[name], order="C"),
                                       allow_pickle=False)
             info = zipfile.ZipInfo(name + ".npy", date_time=ZIP_EPOCH)
             info.compress_type = zipfile.ZIP_STORED
@@ -120,9 +122,11 @@ def compute_golden(
     precision: str | None,
     rtol: float | None = None,
     atol: float | None = None,
+    constants: dict[str, Any] | None = None,
 ) -> GoldenResult:
-    """Run the model once on the bundle's sample inputs (or generated ones) and keep the
-    outputs; a model that does not run raises BundleError naming it and onnxruntime's error."""
+    """Run the model once on the bundle's sample inputs (or generated ones, with
+    ``constants``: ``bundle build --input sr=16000``) and keep the outputs; a model that does
+    not run raises BundleError naming it and onnxruntime's error."""
     default_rtol, default_atol = default_tolerances(precision)
     rtol = default_rtol if rtol is None else _check_tolerance("--golden-rtol", rtol)
     atol = default_atol if atol is None else _check_tolerance("--golden-atol", atol)
@@ -131,6 +135,7 @@ def compute_golden(
     try:
         plan = plan_inputs(signature, recorded=input_shapes if npz_rel else
                            with_batch_of_one(signature, input_shapes),
+                           constants=constants or {},
                            npz=(str(paths[npz_rel]), npz_rel) if npz_rel else None)
     except AgentError as exc:
         if "path" in exc.extra:  # the bundle's own sample inputs do not fit the model
@@ -148,8 +153,9 @@ def compute_golden(
         run_options.log_severity_level = 3  # the error is in the exception; keep stderr clean
         values = session.run(None, feeds, run_options)
     except Exception as exc:
+        hint = _constant_hint(signature, feeds, constants or {})
         raise BundleError(f"{display_name} does not run in onnxruntime {ort.__version__} on "
-                          f"its golden inputs ({_describe(feeds)}): {exc}") from None
+                          f"its golden inputs ({_describe(feeds)}): {exc}{hint}") from None
     outputs: dict[str, np.ndarray] = {}
     for name, value in zip(names, values, strict=True):
         if not isinstance(value, np.ndarray):
@@ -158,6 +164,20 @@ def compute_golden(
                                 "compared on the device")
         outputs[name] = value
     return GoldenResult(Golden(npz_bytes(feeds), npz_bytes(outputs), rtol, atol))
+
+
+def _constant_hint(signature: list[dict[str, Any]], feeds: dict[str, np.ndarray],
+                   constants: dict[str, Any]) -> str:
+    """For a model that fails on generated inputs: the scalars that were generated (a sample
+    rate, a length) are likely what it checks, and ``--input NAME=VALUE`` sets them."""
+    scalars = [s["name"] for s in signature
+               if not s.get("shape") and s["name"] not in constants and s["name"] in feeds]
+    if not scalars:
+        return ""
+    values = ", ".join(f"{n}={feeds[n].item()!r}" for n in scalars)
+    return (f" (generated scalar input(s) {values}: give the value the model expects with "
+            f"`bundle build --input NAME=VALUE`, e.g. --input {scalars[0]}=16000 for a sample "
+            "rate)")
 
 
 def _describe(feeds: dict[str, np.ndarray]) -> str:

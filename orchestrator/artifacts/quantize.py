@@ -262,8 +262,13 @@ def make_variant(session: Session, settings: Settings, parent: Bundle, mode: str
             "quantization": record,
         }
         extra.update({k: manifest[k] for k in INHERITED_KEYS if k in manifest})
+        # The parent's assumed sizes are assumed again (same files, same reasons), not passed
+        # as if given; its constants feed the variant's golden inputs too.
+        given = {name: shape for name, shape in (manifest.get("input_shapes") or {}).items()
+                 if name not in (manifest.get("shape_defaults") or {})}
         result = build_bundle(
             session, settings, work, parent.name, version, model_rel,
-            input_shapes=manifest.get("input_shapes") or None, source=manifest.get("source"),
-            extra=extra, files=files, golden_rtol=golden_rtol, golden_atol=golden_atol)
+            input_shapes=given or None, source=manifest.get("source"),
+            extra=extra, files=files, golden_rtol=golden_rtol, golden_atol=golden_atol,
+            input_constants=manifest.get("input_constants") or None)
     return VariantResult(bundle=result.bundle, created=True, note=result.note)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
+from orchestrator.artifacts import input_defaults
 from orchestrator.cli.app import (
     Forks,
     JsonOpt,
@@ -34,8 +35,12 @@ def bundle_build(
     model: Annotated[str | None, typer.Option(
         help="Which .onnx in the folder (or Hub subfolder) is the model.")] = None,
     shape: Annotated[list[str], typer.Option(
-        help="NAME=1x1024x128: the shape benchmarks use for an input with dynamic dims.")]
+        help="NAME=1x1024x128: the shape benchmarks use for an input with dynamic dims "
+             "(default: 1 for a batch dim, an AST/Whisper preprocessor_config's feature dims).")]
     = [],  # noqa: B006
+    input: Annotated[list[str], typer.Option(
+        "--input", help="NAME=VALUE: a constant input (e.g. sr=16000) for the golden outputs "
+                        "and as bench's default.")] = [],  # noqa: B006
     quantize: Annotated[str | None, typer.Option(
         help="Also build an INT8 variant N@V-int8 (dynamic) or N@V-int8-static (static QDQ, "
              "needs --calibration).", metavar="int8|int8-static")] = None,
@@ -57,12 +62,13 @@ def bundle_build(
     from orchestrator.artifacts.hub import fetch, is_hub_spec
     from orchestrator.artifacts.quantize import check_request, make_variant
     from orchestrator.core.db import session_scope
-    from orchestrator.present.cliparse import parse_shapes
+    from orchestrator.present.cliparse import parse_constants, parse_shapes
 
     check_request(quantize, calibration)
     cfg = settings()
     shapes = parse_shapes(shape)
-    build_opts: dict[str, Any] = {"golden_rtol": golden_rtol, "golden_atol": golden_atol}
+    build_opts: dict[str, Any] = {"golden_rtol": golden_rtol, "golden_atol": golden_atol,
+                                  "input_constants": parse_constants(input)}
     if streaming_profile is not None:
         from orchestrator.measure.verdicts import load_profile_file
 
@@ -82,6 +88,7 @@ def bundle_build(
         public = bundle_public(result.bundle) | {"created": result.created}
         variants = [bundle_public(v.bundle) | {"created": v.created} for v in made]
     notes = [n for n in [result.note, *(v.note for v in made)] if n]
+    assumed = [f"assumed {line}" for line in result.assumed]
     if as_json:
         output.print_json({"bundle": public, "variants": variants} if quantize else public)
         return
@@ -91,7 +98,7 @@ def bundle_build(
         output.stdout.print()
         _show_bundle(variant)
         _built_line(variant, variant["created"])
-    for note in notes:
+    for note in [*assumed, *notes]:
         output.stderr.print(Text.assemble(("note:", "yellow"), f" {note}"), soft_wrap=True)
 
 
@@ -134,6 +141,13 @@ def _show_bundle(public: dict[str, Any]) -> None:
     if public.get("golden"):
         rows.append(("golden", f"rtol {public['golden']['rtol']:g}, "
                                f"atol {public['golden']['atol']:g}"))
+    for name, shape in (public.get("input_shapes") or {}).items():
+        why = input_defaults.describe({name: (public.get("shape_defaults") or {})[name]}) \
+            if name in (public.get("shape_defaults") or {}) else []
+        rows.append(("input shape", f"{name} {'x'.join(map(str, shape))}"
+                     + (f" — assumed {why[0].split(': ', 1)[1]}" if why else " (--shape)")))
+    for name, value in (public.get("input_constants") or {}).items():
+        rows.append(("input constant", f"{name} = {value} (bench's default)"))
     output.stdout.print(output.table(None, ["", ""], rows))
     io_rows = [(kind, t["name"], t["dtype"], "x".join(str(d) if d is not None else "?"
                                                      for d in t["shape"]) or "scalar")

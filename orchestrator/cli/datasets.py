@@ -58,6 +58,9 @@ def _show(public: dict[str, Any]) -> None:
             ("for", f"{made_for['name']}@{made_for['version']}" if made_for else None),
             ("created", public["created_at"]),
             ("source", (public.get("source") or {}).get("path"))]
+    if public.get("label_ids"):
+        rows.append(("labels", "class ids (integers): named through the model's id2label when "
+                               "evaluated"))
     output.stdout.print(output.table(None, ["", ""], rows))
     output.stdout.print(output.table("labels", ["class", "label", "samples"],
                                      [(i, label, public["per_label"].get(label, 0))

@@ -27,15 +27,22 @@ FORMATS = ("table", "md", "csv", "json")
 
 
 def print_eval(public: dict[str, Any], fmt: str, sweep: bool) -> None:
-    from orchestrator.measure import evalreport
+    from rich.text import Text
 
+    from orchestrator.measure import evalreport
+    from orchestrator.measure.reports import state_note
+
+    note = state_note(public)
     if fmt == "md":
-        output.print_text(evalreport.eval_markdown(public, sweep))
+        output.print_text((f"**{note}**\n\n" if note else "")
+                          + evalreport.eval_markdown(public, sweep))
     elif fmt == "csv":
         output.print_text(evalreport.eval_csv(public))
     else:
         for part in evalreport.render_eval(public, sweep):
             output.stdout.print(part)
+        if note:
+            output.stdout.print(Text(note, style="yellow"), soft_wrap=True)
 
 
 @app.command("eval")

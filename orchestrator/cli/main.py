@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import gc
-import json
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -37,7 +36,7 @@ from orchestrator.cli.app import (  # noqa: F401 - re-exported: app, get_app's c
     settings,
 )
 from orchestrator.core.errors import EdgeFleetError
-from orchestrator.present import output
+from orchestrator.present import advice, output
 
 # --- inventory -------------------------------------------------------------------------------
 
@@ -112,11 +111,17 @@ def devices_show(name: str, as_json: JsonOpt = False) -> None:
         return
     facts = public.pop("facts") or {}
     deployments_rows = public.pop("deployments")
-    output.stdout.print(output.table(name, ["field", "value"], list(public.items())))
+    rows = list(public.items())
+    flags = public.get("throttle_flags") or {}
+    fixes = list(dict.fromkeys(
+        fix for word in [*(flags.get("now") or []), *(flags.get("since_boot") or [])]
+        if (fix := advice.fix_for(str(word), public.get("pi_model")))))
+    if fixes:  # what to do about it, for this board (a Pi 4's supply is not a Pi 5's)
+        rows.append(("advice", "; ".join(fixes)))
+    output.stdout.print(output.table(name, ["field", "value"], rows))
     if facts:
         output.stdout.print(output.table("facts", ["fact", "value"],
-                                         [(k, json.dumps(v) if isinstance(v, dict) else v)
-                                          for k, v in facts.items()]))
+                                         [(k, output.plain(v)) for k, v in facts.items()]))
     if deployments_rows:
         output.stdout.print(output.table(
             "deployments", ["when", "op", "bundle", "state", "bytes", "error"],

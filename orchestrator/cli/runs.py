@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
 from orchestrator.cli.app import (
     Forks,
@@ -39,9 +40,12 @@ def _results_public(run_id: int, latencies: bool = False, samples: bool = False,
     """A run and its results; with the raw latencies and/or sampler rows when asked for (a
     comparison needs the latencies only)."""
     from orchestrator.core.db import session_scope
+    from orchestrator.jobs.queue import recover_interrupted
     from orchestrator.measure.runs import get_run, run_public, run_results
 
-    with session_scope(settings()) as session:
+    cfg = settings()
+    recover_interrupted(cfg)  # a run whose process died says so, not "running"
+    with session_scope(cfg) as session:
         run = get_run(session, run_id)
         public = run_public(run, run_results(session, run_id, latencies=latencies,
                                              samples=samples),
@@ -160,13 +164,18 @@ def runs_list(as_json: JsonOpt = False) -> None:
     """Recent runs, newest first."""
     from orchestrator.core import listings
 
+    # A run whose process died says so, not "running" (the fast path cannot tell: it recovers
+    # only when a run is still running, which the fast path reports as None to take this way).
     runs = listings.runs()  # sqlite3 alone, when the DB is a current SQLite file
-    if runs is None:
+    if runs is None or any(r["state"] == "running" for r in runs):
         from orchestrator.core.db import session_scope
-        from orchestrator.measure.runs import list_runs
+        from orchestrator.jobs.queue import recover_interrupted
+        from orchestrator.measure.runs import list_runs, run_public
 
-        with session_scope(settings()) as session:
-            runs = [listings.run_row_public(r) for r in list_runs(session)]
+        cfg = settings()
+        recover_interrupted(cfg)
+        with session_scope(cfg) as session:
+            runs = [run_public(r) for r in list_runs(session)]
     if as_json:
         output.print_json(runs)
         return
@@ -196,8 +205,16 @@ def runs_show(
 
         print_eval(public, fmt, sweep=True)
         return
+    from orchestrator.measure.reports import state_note
+
+    note = state_note(public)
+    if note and fmt == "md":
+        output.print_text(f"**{note}**\n")
     _print_results(results, f"run {run_id}: {public['bundle']['name']}@"
                    f"{public['bundle']['version']} ({public['state']})", fmt)
+    if note and fmt == "table":
+        output.stdout.print(Text(note, style="yellow"), soft_wrap=True)
+
 
 
 @runs_app.command("compare")

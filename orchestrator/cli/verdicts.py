@@ -37,12 +37,15 @@ def runs_verdict(
     The streaming profile comes from the options, else the run, else the bundle's
     (`bundle build --streaming-profile`); options override a stored profile's values."""
     from orchestrator.core.db import session_scope
+    from orchestrator.jobs.queue import recover_interrupted
     from orchestrator.measure.reports import recommendation_lines, render_verdicts
     from orchestrator.measure.verdicts import verdicts_for_run
 
     overrides = {"window_s": window, "hop_s": hop, "overlap": overlap, "threshold": threshold,
                  "min_positive": min_positive, "confirm_windows": confirm_windows}
-    with session_scope(settings()) as session:
+    cfg = settings()
+    recover_interrupted(cfg)  # a run whose process died is interrupted: no verdict on it
+    with session_scope(cfg) as session:
         report = verdicts_for_run(session, run_id, overrides=overrides)
     if as_json:
         output.print_json(report)

@@ -81,13 +81,35 @@ def bundle_public(bundle: Bundle | SimpleNamespace) -> dict[str, Any]:
         # Issue 5 keys (docs/pipeline.md); None when the bundle has none.
         **{key: manifest.get(key) for key in (
             "labels", "preprocessing", "golden", "parent", "quantization", "streaming")},
+        # Issue 13: input sizes (given or assumed, and why) and constants bench defaults to.
+        **{key: manifest.get(key) for key in (
+            "input_shapes", "shape_defaults", "input_constants")},
     }
 
 
-def run_row_public(run: Run | SimpleNamespace) -> dict[str, Any]:
-    """The JSON shape of a run without its results (``runs.run_public`` adds them)."""
-    return {"id": run.id, "kind": run.kind, "state": run.state,
-            "bundle": {"name": run.bundle_name, "version": run.bundle_version,
+NO_JOB_REASON = ("it stopped before it finished (no job records why); results stored before "
+                 "that are kept")
+
+
+def interrupted_reason(state: str, job: Any) -> str | None:
+    """Why a run in ``state`` stopped, from the job that made it (a row with ``id``, ``state``
+    and ``error``, or None): who cancelled it, or which process died. None unless
+    interrupted."""
+    if state != "interrupted":
+        return None
+    if job is None:
+        return NO_JOB_REASON
+    if job.error and job.state in ("cancelled", "interrupted", "failed"):
+        return f"job {job.id}: {job.error}"
+    return f"job {job.id} ended {job.state} before the run finished"
+
+
+def run_row_public(run: Run | SimpleNamespace, state_reason: str | None = None
+                   ) -> dict[str, Any]:
+    """The JSON shape of a run without its results (``runs.run_public`` adds them);
+    ``state_reason``: ``interrupted_reason`` of an interrupted run."""
+    return {"id": run.id, "kind": run.kind, "state": run.state, "state_reason": state_reason,
+            "job_id": run.job_id, "bundle": {"name": run.bundle_name, "version": run.bundle_version,
                        "digest": run.bundle_digest},
             "targets": run.targets, "params": run.params, "created_by": run.created_by,
             "created_at": run.created_at.isoformat(),
@@ -106,6 +128,7 @@ def dataset_public(dataset: Dataset | SimpleNamespace, samples: bool = False) ->
            "per_label": {label: counts.get(label, 0) for label in dataset.labels},
            "size_bytes": dataset.size_bytes, "created_at": dataset.created_at.isoformat(),
            "source": manifest.get("source"), "for": manifest.get("for"),
+           "label_ids": bool(manifest.get("label_ids")),
            "files": len(manifest.get("files", []))}
     if samples:
         out["sample_list"] = manifest.get("samples", [])
@@ -166,7 +189,11 @@ def bundles() -> list[dict[str, Any]] | None:
 def runs(limit: int = 50) -> list[dict[str, Any]] | None:
     """``run_row_public`` of the newest ``limit`` runs; None: take the ORM path."""
     rows = _read("run", f"id DESC LIMIT {int(limit)}")
-    return None if rows is None else [run_row_public(r) for r in rows]
+    if rows is None:
+        return None
+    stopped = {r.job_id for r in rows if r.state == "interrupted" and r.job_id}
+    jobs = {j.id: j for j in (_read("job", "id") or []) if j.id in stopped} if stopped else {}
+    return [run_row_public(r, interrupted_reason(r.state, jobs.get(r.job_id))) for r in rows]
 
 
 def datasets() -> list[dict[str, Any]] | None:

@@ -50,6 +50,8 @@ from orchestrator.jobs.params import default_targets as default_targets
 from orchestrator.jobs.params import eval_job_params as eval_job_params
 from orchestrator.jobs.params import validate_params as validate_params
 from orchestrator.measure import runs
+from orchestrator.present import wording
+from orchestrator.present.wording import plural
 
 if TYPE_CHECKING:
     from orchestrator.measure import evals
@@ -187,8 +189,12 @@ def measurement_events(ctx: JobContext, steps: int, kind: str,
         if event.get("phase") == "load" and event.get("done") == 0:
             ctx.check(device)
             counts[device] = counts.get(device, 0) + 1
+        # seconds/min_seconds: set when --min-seconds decides the timed loop's length too
+        # (orchestrator.present.progress_words shows both against their totals); None otherwise, so
+        # a phase without them does not keep the previous phase's.
         ctx.device(device, state="running", threads=event.get("threads"),
                    phase=event.get("phase"), done=event.get("done"), total=event.get("total"),
+                   seconds=event.get("seconds"), min_seconds=event.get("min_seconds"),
                    step=counts.get(device, 0), steps=steps)
 
     return on_event
@@ -231,13 +237,15 @@ def _summary(verb: str, outcomes: Sequence[Outcome], cancelled: set[str],
     kept = list(outcomes)
     if cancelled:
         done = len(outcomes) - len(cancelled)
+        # "cancelled:" is completed with who asked by jobs.finish_job / JobTracker.finish.
         return JobOutcome("cancelled", result, f"cancelled: {verb} stopped on "
-                          f"{', '.join(sorted(cancelled))}; {done} of {len(outcomes)} device(s) "
-                          "finished before that and keep their results", run_id, kept)
+                          f"{', '.join(sorted(cancelled))}; {done} of "
+                          f"{plural(len(outcomes), 'device')} finished before that and "
+                          f"{wording.verb(done, 'keeps its', 'keep their')} results", run_id, kept)
     if failed:
         names = "; ".join(o.error or f"{o.device}: failed" for o in failed)
-        return JobOutcome("failed", result, f"{verb} failed on {len(failed)} of {len(outcomes)} "
-                          f"device(s): {names}", run_id, kept)
+        return JobOutcome("failed", result, f"{verb} failed on {len(failed)} of "
+                          f"{plural(len(outcomes), 'device')}: {names}", run_id, kept)
     return JobOutcome("succeeded", result, None, run_id, kept)
 
 

@@ -42,6 +42,14 @@ STATES = ("queued", "running", *TERMINAL)
 ORIGINS = ("server", "cli", "schedule")
 INTERRUPTED = ("the process running it died (killed, crashed or restarted); results stored "
                "before that are kept")
+# Said of a job whose process is gone, by where it ran (``{pid}`` of that process).
+INTERRUPTED_BY_ORIGIN = {
+    "cli": ("the `edgefleet` command running it (pid {pid}) died before it finished (killed, "
+            "crashed, or its terminal closed); results stored before that are kept"),
+    "server": ("the server running it (pid {pid}) stopped before it finished (killed, crashed "
+               "or restarted); results stored before that are kept"),
+}
+CANCELLED_BY = "cancelled by "  # the start of a cancelled job's error, then who asked
 INTERRUPTED_DEPLOYMENT = ("interrupted: the process pushing died; the device reports what it "
                           "runs at the next contact (`edgefleet telemetry`, push or verify)")
 POLLER = "telemetry-poller"  # created_by of the periodic telemetry jobs
@@ -125,11 +133,14 @@ def cancel(settings: Settings, job_id: int, *, actor: str) -> Job:
         taken = session.execute(
             update(Job).where(col(Job.id) == job_id, col(Job.state) == "queued")
             .values(state="cancelled", cancel_requested=True, finished_at=now,
-                    error="cancelled before it started")).rowcount
+                    error=f"{CANCELLED_BY}{actor} before it started")).rowcount
         if not taken:  # running (or claimed just now): ask the worker
+            # The error says who asked until the worker finishes the job (finish_job keeps
+            # the name in its final error): a run it stops says who stopped it.
             asked = session.execute(update(Job).where(col(Job.id) == job_id,
                                                       col(Job.state) == "running")
-                                    .values(cancel_requested=True)).rowcount
+                                    .values(cancel_requested=True,
+                                            error=f"{CANCELLED_BY}{actor}")).rowcount
             if not asked:  # it finished between the read and the update
                 raise EdgeFleetError(f"job {job_id} already finished; nothing to cancel")
         audit.add_event(session, actor, "job.cancel", f"job:{job_id}",
@@ -180,9 +191,14 @@ def finish_job(settings: Settings, job_id: int, outcome: execute.JobOutcome) -> 
     """A running job's terminal state (a job another process already finalized stays as
     it is)."""
     with session_scope(settings) as session:
+        error = outcome.error
+        asked = session.exec(select(Job.error).where(Job.id == job_id)).first()
+        if (outcome.state == "cancelled" and asked and asked.startswith(CANCELLED_BY)
+                and (error or "").startswith("cancelled")):
+            error = asked + (error or "")[len("cancelled"):]  # "cancelled by NAME: ..."
         finished = session.execute(
             update(Job).where(col(Job.id) == job_id, col(Job.state) == "running")
-            .values(state=outcome.state, result=outcome.result, error=outcome.error,
+            .values(state=outcome.state, result=outcome.result, error=error,
                     run_id=outcome.run_id, finished_at=datetime.now(UTC))).rowcount
     if finished and outcome.state == "failed":
         alerts.job_failed(settings, job_id)
@@ -233,6 +249,15 @@ def _orphaned(worker: str | None, host: str) -> bool:
     return len(parts) > 2 and parts[2] not in {r.token for r in list(_runners)}
 
 
+def _interrupted_why(job: Job) -> str:
+    """Why a job whose process is gone stopped: which process (the CLI's or a server's) died."""
+    parts = (job.worker or "").split(":")
+    template = INTERRUPTED_BY_ORIGIN.get("cli" if job.origin == "cli" else "server")
+    if template is None or len(parts) < 2:
+        return INTERRUPTED
+    return template.format(pid=parts[1])
+
+
 def recover_interrupted(settings: Settings) -> list[int]:
     """Mark jobs whose worker process is gone as interrupted; returns their ids."""
     host = socket.gethostname()
@@ -241,9 +266,10 @@ def recover_interrupted(settings: Settings) -> list[int]:
         orphans = [j for j in running if _orphaned(j.worker, host)]
         dead = [j.id for j in orphans]
         now = datetime.now(UTC)
-        for job_id in dead:
-            session.execute(update(Job).where(col(Job.id) == job_id, col(Job.state) == "running")
-                            .values(state="interrupted", error=INTERRUPTED, finished_at=now))
+        for job in orphans:
+            session.execute(update(Job).where(col(Job.id) == job.id, col(Job.state) == "running")
+                            .values(state="interrupted", error=_interrupted_why(job),
+                                    finished_at=now))
         # Its runs and deployments would otherwise say "running"/"pending" forever; finished
         # results are kept. (Older rows have no job_id, but the job knows its run.)
         run_ids = [j.run_id for j in orphans if j.run_id is not None]

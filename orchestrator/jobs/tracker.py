@@ -26,6 +26,7 @@ from orchestrator.jobs import execute
 from orchestrator.jobs.queue import TERMINAL, finish_job, recover_interrupted
 
 log = logging.getLogger(__name__)
+FROM_THE_CLI = "cancelled from the CLI"  # then (Ctrl-C) or (SIGTERM), and who ran it
 
 
 class JobTracker:
@@ -39,9 +40,12 @@ class JobTracker:
     Ctrl-C interrupts at once."""
 
     def __init__(self, settings: Settings, job_id: int, kind: str = "",
-                 params: dict[str, Any] | None = None, targets: str = "") -> None:
+                 params: dict[str, Any] | None = None, targets: str = "",
+                 actor: str = "") -> None:
         self.settings, self.job_id, self.finished = settings, job_id, False
         self.kind, self.params, self.targets = kind, dict(params or {}), targets
+        self.actor = actor
+        self.signal_name = "Ctrl-C"  # what stopped it, for the job's error (SIGTERM, ...)
         # Coarser than a server job's progress: the CLI's own bars are the live view, and a
         # benchmark on this very machine should share the CPU with as little as possible.
         self.context = execute.JobContext(settings, job_id, threading.Event(), interval_s=1.0)
@@ -69,6 +73,7 @@ class JobTracker:
                 raise KeyboardInterrupt
             name = signal.Signals(signum).name
             log.warning("%s: cancelling job %s (again to stop at once)", name, self.job_id)
+            self.signal_name = "Ctrl-C" if signum == signal.SIGINT else name
             self.interrupt()
 
         previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -93,6 +98,12 @@ class JobTracker:
                run_id: int | None = None) -> None:
         if state not in TERMINAL:
             raise ValueError(f"not a terminal job state: {state!r}")
+        if (self.interrupted and state == "cancelled" and (error or "").startswith("cancelled")
+                and not (error or "").startswith(FROM_THE_CLI)):
+            # Who stopped it and how, for the job and the runs it interrupted.
+            who = f" by {self.actor}" if self.actor else ""
+            error = f"{FROM_THE_CLI} ({self.signal_name}){who}" + \
+                (error or "")[len("cancelled"):]
         self.context.flush()
         finish_job(self.settings, self.job_id, execute.JobOutcome(state, result or {}, error,
                                                                 run_id))
@@ -121,13 +132,14 @@ def track(settings: Settings, kind: str, params: dict[str, Any], targets: str, *
         audit.add_job_event(session, actor, job)
         job_id = job.id
     assert job_id is not None
-    tracker = JobTracker(settings, job_id, kind, params, targets)
+    tracker = JobTracker(settings, job_id, kind, params, targets, actor)
     try:
         with tracker.signals():
             yield tracker
     except KeyboardInterrupt:
         if not tracker.finished:
-            tracker.finish("cancelled", error="stopped from the CLI (Ctrl-C)")
+            tracker.finish("cancelled", error=f"{FROM_THE_CLI} ({tracker.signal_name}) by "
+                                              f"{actor}")
         raise
     except BaseException as exc:
         if not tracker.finished:

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from orchestrator.present.wording import plural
+
 if TYPE_CHECKING:
     from orchestrator.core.models import Result, Run
 
@@ -151,8 +153,8 @@ def recommend_threshold(sweep: Sequence[dict[str, Any]]) -> dict[str, Any]:
     pool = silent or list(sweep)
     best = _best(pool)
     if silent:
-        rule = (f"highest F1 ({best['f1']:.3f}) among the {len(silent)} threshold(s) with zero "
-                f"false positives")
+        rule = (f"highest F1 ({best['f1']:.3f}) among the "
+                f"{plural(len(silent), 'threshold')} with zero false positives")
     else:
         fps = min(r["fp"] for r in sweep)
         if fps == 0:

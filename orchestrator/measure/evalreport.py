@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.measure.reports import csv_text, format_number, markdown_table
+from orchestrator.present.wording import plural
 
 COLUMNS = [("device", "device"), ("threads", "threads"), ("accuracy", "accuracy"),
            ("precision", "precision"), ("recall", "recall"), ("f1", "F1"),
@@ -89,7 +90,8 @@ def agreement_lines(agreement: dict[str, Any] | None) -> list[str]:
         return [f"agreement: only one result ({', '.join(keys)}), nothing to compare"]
     differing = agreement["differing"]
     compared = agreement.get("compared")
-    of = f" on all {compared} samples" if compared is not None else ""
+    of = ("" if compared is None else " on its 1 sample" if compared == 1
+          else f" on all {compared} samples")
     if not differing:
         return [f"all {len(keys)} {what} produced the same confusion matrix (and the same "
                 f"prediction{of})"]
@@ -149,8 +151,10 @@ def metric_groups(rows: list[dict[str, Any]], sweep: bool) -> list[tuple[str, di
             continue
         key = json.dumps([m["classes"], m["confusion_matrix"],
                           sweep_rows(m) if sweep else None, recommendation(m) if sweep else None])
-        groups.setdefault(key, ([], m))[0].append(f"{row['device']} · {row['threads']} "
-                                                   "thread(s)")
+        groups.setdefault(key, ([], m))[0].append(
+            f"{row['device']} · {plural(row['threads'], 'thread')}"
+            if isinstance(row["threads"], int) else f"{row['device']} · {row['threads']} "
+            "threads")
     total = sum(1 for row in rows if row["metrics"])
     out = []
     for names, m in groups.values():
@@ -229,7 +233,7 @@ CSV_FIELDS = ["run_id", "device", "threads", "status", "accuracy", "precision", 
 
 
 def eval_csv(run: dict[str, Any]) -> str:
-    """One line per device x threads, raw (unrounded) numbers."""
+    """One line per device x threads, numbers to their precision (reports.CSV_PRECISION)."""
     out = []
     for r, row in zip(run.get("results") or [], eval_rows(run.get("results") or []),
                       strict=True):

@@ -29,6 +29,7 @@ from orchestrator.artifacts.bundles import manifest_of
 from orchestrator.artifacts.datasets import (
     DatasetError,
     check_labels,
+    class_id_names,
     manifest_of_dataset,
     model_labels,
 )
@@ -62,6 +63,12 @@ class EvalPlan:
     positive: int | None
     threshold: float
     manifest: dict[str, Any]  # the dataset's
+    # A dataset of class ids (integer labels built without --for): id -> the model's name.
+    label_names: dict[str, str] | None = None
+
+    def label_of(self, label: str) -> str:
+        """A sample's label as the model names it."""
+        return self.label_names.get(label, label) if self.label_names else label
 
 
 def plan_eval(bundle: Bundle, dataset: Dataset, positive: str | None,
@@ -71,8 +78,10 @@ def plan_eval(bundle: Bundle, dataset: Dataset, positive: str | None,
     ref = f"{bundle.name}@{bundle.version}"
     names = model_labels(bundle)
     data = manifest_of_dataset(dataset)
-    check_labels(sorted({s["label"] for s in data["samples"]}), names,
-                 f"dataset {dataset.name}@{dataset.version}")
+    given = sorted({s["label"] for s in data["samples"]})
+    what = f"dataset {dataset.name}@{dataset.version}"
+    label_names = class_id_names(given, names, what) if data.get("label_ids") else None
+    check_labels(sorted(label_names.values()) if label_names else given, names, what)
     rate = (manifest_of(bundle).get("preprocessing") or {}).get("sampling_rate")
     if dataset.format == "audio" and rate and dataset.sampling_rate != rate:
         raise DatasetError(f"dataset {dataset.name}@{dataset.version} is at "
@@ -86,7 +95,7 @@ def plan_eval(bundle: Bundle, dataset: Dataset, positive: str | None,
             raise EdgeFleetError(f"--positive {positive!r}: {ref}'s labels are "
                                  f"{', '.join(names)}")
         index = names.index(positive)
-    return EvalPlan(names, index, threshold, data)
+    return EvalPlan(names, index, threshold, data, label_names)
 
 
 def push_dataset(agent: AgentSession, dataset: Dataset, store: BlobStore,
@@ -117,15 +126,15 @@ def score(entry: dict[str, Any], plan: EvalPlan) -> dict[str, Any]:
     if probs.ndim != 2 or probs.shape[1] != len(names):
         raise EdgeFleetError(f"the model gave {probs.shape[-1] if probs.ndim == 2 else '?'} "
                              f"scores per sample but has {len(names)} labels ({', '.join(names)})")
-    labels = [names.index(s["label"]) for s in samples]
+    labels = [names.index(plan.label_of(s["label"])) for s in samples]
     metrics = evalmetrics.evaluate(labels, probs, names, plan.positive, plan.threshold)
     preds = metrics.pop("predictions")
     return {
         "eval": metrics,
         "preprocessing_ms": [s.get("pre_ms") for s in samples],
         "preprocessing_stats": entry.get("preprocessing_ms"),
-        "samples": [{"id": s["id"], "label": s["label"], "pred": names[p], "probs": s["probs"]}
-                    for s, p in zip(samples, preds, strict=True)],
+        "samples": [{"id": s["id"], "label": plan.label_of(s["label"]), "pred": names[p],
+                     "probs": s["probs"]} for s, p in zip(samples, preds, strict=True)],
         "output": entry.get("output"), "energy": entry.get("energy"),
     }
 
@@ -160,13 +169,42 @@ def evaluate(settings: Settings, bundle: Bundle, dataset: Dataset, devices: Sequ
 
     def step(target: Target) -> Outcome:
         started = time.monotonic()
-        rows: list[Result] = []
         errors: list[str] = []
         sent = 0
         relay = (lambda e: on_event(target.name, e)) if on_event else None
         measured: list[tuple[dict[str, Any], dict[str, Any]]] = []  # kept if the call fails
+        # Each thread count's row, stored as soon as the agent reports it finished: a control
+        # plane killed later (SIGKILL, a crash) still leaves it in the DB.
+        stored: dict[Any, Result] = {}
         failure: str | None = None
         report = DeviceReport()  # what the device says it runs (and reverted): the DB follows
+
+        def row_of(entry: dict[str, Any], common: dict[str, Any]) -> Result:
+            row = result_row(run, target, simulated[target.name], bundle.precision,
+                             entry, common)
+            if entry.get("ok"):
+                try:
+                    row.detail = dict(row.detail) | score(entry, plan)
+                except (EdgeFleetError, ValueError) as exc:
+                    row.ok, row.valid = False, None
+                    row.error = f"{target.name}: cannot score the predictions: {exc}"
+            return row
+
+        def store_finished() -> None:
+            new = {entry.get("threads"): row_of(entry, common) for entry, common in measured
+                   if entry.get("threads") not in stored}
+            if new:
+                with session_scope(settings) as session:
+                    session.add_all(new.values())
+                stored.update(new)
+
+        keep = keeping(measured, relay)
+
+        def handle(event: dict[str, Any]) -> None:
+            keep(event)
+            if event.get("event") == "measured":
+                store_finished()
+
         try:
             with leased(settings, target.name, "eval"), \
                     connect(target, settings, timeout) as conn, \
@@ -174,27 +212,20 @@ def evaluate(settings: Settings, bundle: Bundle, dataset: Dataset, devices: Sequ
                 if relay:
                     relay({"event": "dataset", "phase": "push"})
                 sent = push_dataset(agent, dataset, store, plan.manifest)
-                data = report.note(agent.call("eval", request,
-                                              on_event=keeping(measured, relay)))
-            measured = [(entry, data) for entry in data.get("results") or []]
+                data = report.note(agent.call("eval", request, on_event=handle))
+            measured[:] = [(entry, data) for entry in data.get("results") or []]
         except (AgentError, EdgeFleetError) as exc:
             if isinstance(exc, AgentError):
                 report.note(exc.detail)
             failure = session_failure(target.name, exc, cancelled,
                                       f"{bundle.name}@{bundle.version}")
             errors.append(failure)
-        for entry, common in measured:
-            row = result_row(run, target, simulated[target.name], bundle.precision,
-                              entry, common)
-            if entry.get("ok"):
-                try:
-                    row.detail = dict(row.detail) | score(entry, plan)
-                except (EdgeFleetError, ValueError) as exc:
-                    row.ok, row.valid = False, None
-                    row.error = f"{target.name}: cannot score the predictions: {exc}"
+        store_finished()  # what the result line adds (all an older agent sends)
+        for entry, _ in measured:
+            row = stored[entry.get("threads")]
             if not row.ok:
                 errors.append(f"threads={entry.get('threads')}: {row.error}")
-            rows.append(row)
+        rows: list[Result] = []
         if failure is not None:
             rows.append(failure_row(run, target.name, failure,
                                     [entry.get("threads") for entry, _ in measured],
@@ -204,7 +235,7 @@ def evaluate(settings: Settings, bundle: Bundle, dataset: Dataset, devices: Sequ
             record_device_report(session, target.name, report.data)
         outcome = Outcome(target.name, not errors, "failed" if errors else "done",
                           "; ".join(errors) or None,
-                          data={"results": len(rows), "dataset_bytes_sent": sent})
+                          data={"results": len(rows) + len(stored), "dataset_bytes_sent": sent})
         outcome.duration_s = time.monotonic() - started
         return outcome
 

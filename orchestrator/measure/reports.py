@@ -5,11 +5,16 @@ peak RSS | temp max | flags. A number shown here was measured; a result measured
 throttled or under-volted is shown with its flags (yellow), a failed one with its error (red),
 never mixed silently with clean ones (DESIGN "Principles").
 
-Rounding (tables and Markdown; CSV keeps raw numbers): times and memory to three significant
-figures, but never dropping integer digits (0.412, 3.46, 12.3, 346, 1235). Run-to-run noise on
-a Pi is a few percent, so a fourth digit would be noise presented as precision, and fewer would
-hide the 5% differences a thread-count choice turns on. Temperatures to 0.1 °C, the resolution
-of ``vcgencmd measure_temp``.
+Rounding (tables and Markdown): times and memory to three significant figures, but never
+dropping integer digits (0.412, 3.46, 12.3, 346, 1235). Run-to-run noise on a Pi is a few
+percent, so a fourth digit would be noise presented as precision, and fewer would hide the 5%
+differences a thread-count choice turns on. Temperatures to 0.1 °C, the resolution of
+``vcgencmd measure_temp``.
+
+CSV is for scripts and spreadsheets, so it keeps every digit that was *measured* and none that
+was not (``CSV_PRECISION``): latencies to 0.0001 ms (the agent records 0.1 µs), load times to
+0.001 ms, memory to 0.01 MB, temperatures to 0.1 °C, power to 1 mW; ratios to 4 decimals and
+p-values to 3 significant figures. Before, a percentile came out as 0.19388999999999995.
 
 Everything user-controlled (device and bundle names, error messages, flags) goes into rich
 tables as ``Text``, so a device called ``[red]x`` is shown as typed, not as markup.
@@ -25,6 +30,8 @@ from typing import Any
 
 from rich.table import Table
 from rich.text import Text
+
+from orchestrator.present.wording import plural
 
 Result = dict[str, Any]
 
@@ -74,8 +81,43 @@ def format_number(value: float | None) -> str | None:
     return f"{value:.{decimals}f}"
 
 
+def format_rtf(value: float | None) -> str | None:
+    """A real-time factor in plain decimals, three significant figures: 0.00217, 0.0000591
+    (not 5.91e-05: a reader compares these at a glance, and an exponent hides the size)."""
+    if value is None or not math.isfinite(value):
+        return None
+    if value == 0:
+        return "0"
+    decimals = min(12, max(0, 2 - math.floor(math.log10(abs(value)))))
+    return f"{value:.{decimals}f}"
+
+
 def format_temp(value: float | None) -> str | None:
     return None if value is None else f"{value:.1f}"
+
+
+# CSV columns -> decimals kept (module docstring): what was measured, nothing more.
+CSV_PRECISION = {
+    "p50_ms": 4, "p95_ms": 4, "first_inference_ms": 4, "load_ms": 3, "peak_rss_mb": 2,
+    "temp_c_max": 1, "mean_w": 3, "mj_per_inference": 4,
+    "p50_a": 4, "p50_b": 4, "ratio": 4, "ci_low": 4, "ci_high": 4,
+    "accuracy": 4, "precision": 4, "recall": 4, "f1": 4, "roc_auc": 4,
+    "p50_pre_ms": 4, "p50_infer_ms": 4,
+}
+CSV_SIGNIFICANT = {"p_value": 3}
+
+
+def csv_number(key: str, value: Any) -> Any:
+    """``value`` rounded for CSV column ``key`` (CSV_PRECISION / CSV_SIGNIFICANT); anything
+    else (ints, text, None, a column with no rule) as it is."""
+    if isinstance(value, bool) or not isinstance(value, float) or not math.isfinite(value):
+        return value
+    if key in CSV_PRECISION:
+        rounded = round(value, CSV_PRECISION[key])
+        return 0.0 if rounded == 0 else rounded  # no "-0.0"
+    if key in CSV_SIGNIFICANT and value != 0:
+        return float(f"{value:.{CSV_SIGNIFICANT[key]}g}")
+    return value
 
 
 def format_ratio(value: float | None) -> str | None:
@@ -168,6 +210,34 @@ def flag_notes(results: Iterable[Result]) -> list[str]:
     return [f"{w}: {FLAG_NOTES.get(w, 'reported by the device')}" for w in seen]
 
 
+def input_notes(results: Iterable[Result]) -> list[str]:
+    """One line per input whose size was assumed (no ``--shape``: a batch of 1, a
+    preprocessor_config's feature dims), as the results' ``inputs`` say, e.g. "input
+    input_values 1x1024x128: batch_size = 1 assumed (named like a batch dimension...)"."""
+    seen: list[str] = []
+    for r in results:
+        for spec in r.get("inputs") or []:
+            assumed = spec.get("assumed") if isinstance(spec, dict) else None
+            if not assumed:
+                continue
+            shape = "x".join(str(d) for d in spec.get("shape") or []) or "scalar"
+            said = "; ".join(f"{a.get('name') or 'dimension ' + str(a.get('dimension'))} = "
+                             f"{a.get('size')} ({a.get('from')})" for a in assumed)
+            line = f"input {spec.get('name')} {shape}, assumed: {said}"
+            if line not in seen:
+                seen.append(line)
+    return seen
+
+
+def state_note(run: dict[str, Any]) -> str | None:
+    """The line an interrupted run's report carries (``runs.run_public``): why it stopped,
+    what is kept, and that it gets no verdict; None for any other state."""
+    if run.get("state") != "interrupted":
+        return None
+    return (f"interrupted: {run.get('state_reason') or 'it stopped before it finished'}. "
+            "The results shown finished before that; an interrupted run gets no verdict.")
+
+
 # -- rich ----------------------------------------------------------------------------------
 def _cell(value: Any, style: str = "") -> Text:
     if value is None or value == "":
@@ -191,6 +261,7 @@ def render_table(results: Sequence[Result], title: str | None) -> Table:
     if columns is not COLUMNS:
         caption.append(ENERGY_CAPTION)
     caption.extend(flag_notes(results))
+    caption.extend(input_notes(results))
     table = Table(title=None if title is None else Text(title), title_justify="left",
                   header_style="bold", box=None, pad_edge=False,
                   caption=Text("\n".join(caption), style="dim"), caption_justify="left")
@@ -225,8 +296,10 @@ def markdown_table(headings: Sequence[str], right: Sequence[bool],
 def to_markdown(results: Sequence[Result]) -> str:
     """The report as a GitHub-flavoured Markdown table (numbers right-aligned)."""
     columns = _columns(results)
-    return markdown_table([h for _, h in columns], [k in _NUMERIC for k, _ in columns],
-                     ([row[k] for k, _ in columns] for row in report_rows(results)))
+    table = markdown_table([h for _, h in columns], [k in _NUMERIC for k, _ in columns],
+                           ([row[k] for k, _ in columns] for row in report_rows(results)))
+    notes = input_notes(results)
+    return table + ("\n" + "\n".join(f"- {n}" for n in notes) + "\n" if notes else "")
 
 
 CSV_FIELDS = ["run_id", "model", "device", "simulated", "precision", "threads", "status",
@@ -242,7 +315,7 @@ def csv_text(fields: Sequence[str], rows: Iterable[dict[str, Any]]) -> str:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("true" if v else "false") if isinstance(v, bool)
-                         else "" if v is None else v for k, v in row.items()})
+                         else "" if v is None else csv_number(k, v) for k, v in row.items()})
     return out.getvalue()
 
 
@@ -250,7 +323,8 @@ ENERGY_CSV_FIELDS = ["mean_w", "mj_per_inference"]
 
 
 def to_csv(results: Sequence[Result]) -> str:
-    """The report for spreadsheets and scripts: raw, unrounded numbers; flags joined by ";".
+    """The report for spreadsheets and scripts: numbers to the precision they were measured
+    at (CSV_PRECISION); flags joined by ";".
     ``mean_w`` and ``mj_per_inference`` columns are added when some result measured energy."""
     energy = has_energy(results)
 
@@ -322,7 +396,7 @@ COMPARISON_FIELDS = ["device", "threads", "simulated", "bundle_a", "bundle_b", "
 
 
 def comparison_csv(rows: Sequence[dict[str, Any]]) -> str:
-    """``compare_runs`` rows as CSV, raw numbers."""
+    """``compare_runs`` rows as CSV, numbers to their precision (CSV_PRECISION)."""
     return csv_text(COMPARISON_FIELDS, ({k: row.get(k) for k in COMPARISON_FIELDS} for row in rows))
 
 
@@ -343,19 +417,20 @@ def verdict_values(row: dict[str, Any]) -> list[Any]:
     if not row.get("ok"):
         return [device, row.get("threads"), *[None] * 7, watts, mj,
                 f"failed: {row.get('error') or 'unknown error'}"]
-    headroom = f"{row['headroom_s']:.3g} s ({row['headroom_pct']:.0f}%)"
+    headroom = f"{format_number(row['headroom_s'] * 1000)} ms ({row['headroom_pct']:.0f}%)"
     valid = {True: "yes", False: "no: " + ", ".join(row.get("flags") or ["flagged"]),
              None: "unknown"}[row.get("valid")]
     return [device, row["threads"], format_number(row["p50_ms"]), format_number(row["p99_ms"]),
             f"{row['hop_s']:g}", "yes" if row["keeps_up"] else "NO", headroom,
-            f"{row['rtf']:.3g}", f"{row['worst_case_delay_s']:.3g}", watts, mj, valid]
+            format_rtf(row["rtf"]), f"{row['worst_case_delay_s']:.3g}", watts, mj, valid]
 
 
 def _profile_words(report: dict[str, Any]) -> str:
     p = report["profile"]
     return (f"Profile: {p['window_s']:g} s windows every {p['hop_s']:g} s (overlap "
             f"{p['overlap'] * 100:.0f}%), threshold {p['threshold']:g}, {p['min_positive']} "
-            f"positive of {p['confirm_windows']} window(s); from {report['profile_source']}.")
+            f"positive of {plural(p['confirm_windows'], 'window')}; from "
+            f"{report['profile_source']}.")
 
 
 def verdict_caption(report: dict[str, Any]) -> list[str]:
@@ -364,8 +439,9 @@ def verdict_caption(report: dict[str, Any]) -> list[str]:
     bases = sorted({row["basis"] for row in report["rows"] if row.get("basis")})
     caption = [_profile_words(report),
                "Window latency = " + "; ".join(bases) + "." if bases else "",
-               "Keeps up: p99 window latency < hop. Headroom = hop - p99. RTF = p50 / window. "
-               "Worst-case delay = window + min_positive x hop + p99.",
+               "Keeps up: p99 window latency < hop. Headroom = hop - p99. RTF (real-time "
+               "factor) = p50 / window: below 1 is faster than the audio arrives. Worst-case "
+               "delay = window + min_positive x hop + p99.",
                VERDICT_ENERGY_CAPTION if any((r.get("energy") or {}).get("available")
                                              for r in report["rows"]) else ""]
     return [c for c in caption if c]
@@ -398,6 +474,6 @@ def recommendation_lines(report: dict[str, Any]) -> list[Text]:
                                        f" — {rec['reason']}"))
         else:
             lines.append(Text.assemble((f"{device}: ", "bold"),
-                                       (f"{rec['threads']} thread(s)", "green"),
+                                       (plural(rec["threads"], "thread"), "green"),
                                        f" — {rec['reason']}"))
     return lines

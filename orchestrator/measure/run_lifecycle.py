@@ -17,6 +17,7 @@ from sqlmodel import Session, col
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.errors import AgentError, EdgeFleetError
+from orchestrator.core.listings import interrupted_reason
 from orchestrator.core.models import Job, Result, Run
 from orchestrator.fleet.fanout import Outcome
 
@@ -71,10 +72,14 @@ def open_runs(session: Session, runs: Sequence[Run], job_id: int | None) -> None
 
 def close_runs(settings: Settings, runs: Sequence[Run], outcomes: Sequence[Outcome],
                cancelled: bool = False) -> list[Run]:
-    """Each run's final state from its devices' outcomes (``cancelled`` wins: a run stopped
-    by its user is neither a success nor a device failure); returns the stored, detached rows."""
+    """Each run's final state from its devices' outcomes; returns the stored, detached rows.
+
+    ``cancelled`` wins: a run stopped by its user (a cancelled job, Ctrl-C) is *interrupted*,
+    like one whose process died (``jobs.recover_interrupted``): neither a success nor a device
+    failure, but unfinished. It keeps the results finished before the stop, gets no verdict
+    (``verdicts.verdicts_for_run``), and its job says why (``state_reason``)."""
     ok = sum(o.ok for o in outcomes)
-    state = ("cancelled" if cancelled else "succeeded" if ok == len(outcomes)
+    state = ("interrupted" if cancelled else "succeeded" if ok == len(outcomes)
              else "partial" if ok else "failed")
     finished = []
     with session_scope(settings) as session:
@@ -87,3 +92,13 @@ def close_runs(settings: Settings, runs: Sequence[Run], outcomes: Sequence[Outco
         session.flush()
         session.expunge_all()
     return finished
+
+
+FINISHED = ("succeeded", "partial", "failed")  # run states whose every device has answered
+def state_reason(session: Any, run: Run) -> str | None:
+    """Why a run is interrupted, in words (None for any other state): the error of the job
+    that made it — who cancelled it, or which process died — read through ``session``."""
+    if run.state != "interrupted":
+        return None
+    job = session.get(Job, run.job_id) if session is not None and run.job_id else None
+    return interrupted_reason(run.state, job)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy.orm import defer
+from sqlalchemy.orm import defer, object_session
 from sqlmodel import Session, col, select
 
 from orchestrator.core.config import Settings
@@ -35,6 +35,7 @@ from orchestrator.measure.run_lifecycle import (
     keeping,
     open_runs,
     session_failure,
+    state_reason,
 )
 from orchestrator.transport import Target, connect
 
@@ -52,8 +53,15 @@ class BenchParams:
     providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
     graph_optimization: str = "all"
 
-    def payload(self, digest: str) -> dict[str, Any]:
-        return {"digest": digest, **asdict(self)}
+    def payload(self, digest: str, recorded_constants: dict[str, Any] | None = None,
+                ) -> dict[str, Any]:
+        """The agent's bench request; ``recorded_constants`` (the bundle's ``input_constants``,
+        ``bundle build --input``) are defaults under this run's own ``constants``. Merged here
+        as well as by the agent, so an agent older than that manifest key uses them too."""
+        out = {"digest": digest, **asdict(self)}
+        if recorded_constants:
+            out["constants"] = {**recorded_constants, **self.constants}
+        return out
 
 
 def pack_floats(values: Sequence[float] | None) -> bytes | None:
@@ -193,6 +201,8 @@ def bench(settings: Settings, bundles: Sequence[Bundle], devices: Sequence[Devic
                 for b in bundles]
         open_runs(session, runs, job_id)
     simulated = {d.name: d.simulated for d in devices}
+    recorded_constants = [json.loads(b.manifest_json).get("input_constants") or {}
+                          for b in bundles]
     per_round = dataclasses.replace(params, runs=max(1, -(-params.runs // rounds)),
                                     min_seconds=params.min_seconds / rounds)
 
@@ -207,7 +217,42 @@ def bench(settings: Settings, bundles: Sequence[Bundle], devices: Sequence[Devic
         # Per bundle: (entry, common) of every thread count finished, as the agent reports it
         # (event "measured"), so a failure later in the session loses none of them.
         measured: list[list[tuple[dict[str, Any], dict[str, Any]]]] = [[] for _ in bundles]
+        # Per bundle: the thread counts whose row is stored already. A thread count is stored
+        # as soon as all its rounds are measured, not when the device's session ends: a
+        # control plane killed later (SIGKILL, a crash) then still leaves it in the DB.
+        stored: list[set[Any]] = [set() for _ in bundles]
         report = DeviceReport()  # what the device says it runs (and reverted): the DB follows
+
+        def by_threads(index: int) -> dict[Any, list[tuple[dict[str, Any], dict[str, Any]]]]:
+            grouped: dict[Any, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+            for entry, common in measured[index]:
+                grouped.setdefault(entry.get("threads"), []).append((entry, common))
+            return grouped
+
+        def row_of(index: int, done: list[tuple[dict[str, Any], dict[str, Any]]]) -> Result:
+            return result_row(runs[index], target, simulated[target.name],
+                              bundles[index].precision, merge_rounds([e for e, _ in done]),
+                              done[0][1])
+
+        def store_complete(index: int) -> None:
+            complete = [(threads, done) for threads, done in by_threads(index).items()
+                        if len(done) == rounds and threads not in stored[index]]
+            if not complete:
+                return
+            with session_scope(settings) as session:
+                session.add_all([row_of(index, done) for _, done in complete])
+            stored[index].update(threads for threads, _ in complete)
+
+        def on_event(index: int) -> Callable[[dict[str, Any]], None]:
+            keep = keeping(measured[index], relay(target.name))
+
+            def handle(event: dict[str, Any]) -> None:
+                keep(event)
+                if event.get("event") == "measured":
+                    store_complete(index)
+
+            return handle
+
         try:
             with leased(settings, target.name, "bench"), \
                     connect(target, settings, timeout) as conn, \
@@ -221,27 +266,27 @@ def bench(settings: Settings, bundles: Sequence[Bundle], devices: Sequence[Devic
                     for index in order:
                         mark = len(measured[index])
                         data = report.note(agent.call(
-                            "bench", per_round.payload(bundles[index].digest),
-                            on_event=keeping(measured[index], relay(target.name))))
+                            "bench", per_round.payload(bundles[index].digest,
+                                                       recorded_constants[index]),
+                            on_event=on_event(index)))
                         # The result line is authoritative (and all an older agent sends).
                         del measured[index][mark:]
                         measured[index].extend((e, data) for e in data.get("results") or [])
+                        store_complete(index)
         except (AgentError, EdgeFleetError) as exc:
             if isinstance(exc, AgentError):
                 report.note(exc.detail)
             failure = session_failure(target.name, exc, cancelled, "NAME@VERSION")
             errors.append(failure)
-        for run, bundle, done in zip(runs, bundles, measured, strict=True):
-            by_threads: dict[Any, list[dict[str, Any]]] = {}
-            for entry, _ in done:
-                by_threads.setdefault(entry.get("threads"), []).append(entry)
+        for index, (run, bundle) in enumerate(zip(runs, bundles, strict=True)):
+            grouped = by_threads(index)
             # After a failure, a thread count with only some of its rounds is dropped: it
             # would be an unbalanced A/B comparison.
-            kept = {t: e for t, e in by_threads.items() if len(e) == rounds or failure is None}
-            for entries in kept.values():
-                entry = merge_rounds(entries)
-                rows.append(result_row(run, target, simulated[target.name],
-                                        bundle.precision, entry, done[0][1]))
+            kept = {t: d for t, d in grouped.items() if len(d) == rounds or failure is None}
+            for threads, done in kept.items():
+                entry = merge_rounds([e for e, _ in done])
+                if threads not in stored[index]:
+                    rows.append(row_of(index, done))
                 if not entry.get("ok"):
                     errors.append(f"{bundle.name}@{bundle.version} threads="
                                   f"{entry.get('threads')}: {entry.get('error')}")
@@ -252,7 +297,8 @@ def bench(settings: Settings, bundles: Sequence[Bundle], devices: Sequence[Devic
             session.add_all(rows)
             record_device_report(session, target.name, report.data)
         outcome = Outcome(target.name, not errors, "failed" if errors else "done",
-                          "; ".join(errors) or None, data={"results": len(rows)})
+                          "; ".join(errors) or None,
+                          data={"results": len(rows) + sum(len(s) for s in stored)})
         outcome.duration_s = time.monotonic() - started
         return outcome
 
@@ -347,7 +393,9 @@ def result_public(result: Result, run: Run, raw: bool = False, *,
 
 def run_public(run: Run, results: Sequence[Result] | None = None, raw: bool = False, *,
                latencies: bool | None = None, samples: bool | None = None) -> dict[str, Any]:
-    out = run_row_public(run)
+    # Why an interrupted run stopped: read through the session the run was loaded in (every
+    # reader loads it in one), so no caller can forget to say it.
+    out = run_row_public(run, state_reason(object_session(run), run))
     if results is not None:
         out["results"] = [result_public(r, run, raw, latencies=latencies, samples=samples)
                           for r in results]

@@ -32,7 +32,9 @@ from sqlmodel import Session, select
 
 from orchestrator.core.errors import EdgeFleetError
 from orchestrator.core.models import Bundle, Result, Run
+from orchestrator.measure.run_lifecycle import FINISHED, state_reason
 from orchestrator.measure.runs import get_run, run_results, unpack_floats
+from orchestrator.present.wording import ms, plural, verb
 
 MIN_HEADROOM_PCT = 30.0
 PROFILE_KEYS = ("window_s", "hop_s", "overlap", "threshold", "min_positive", "confirm_windows",
@@ -46,6 +48,26 @@ HOW_TO_GIVE = ("give one: `edgefleet runs verdict RUN --window 10 --overlap 0.3`
 
 class ProfileError(EdgeFleetError):
     """A streaming profile that cannot be used; the message names where it came from."""
+
+
+class UnfinishedRunError(EdgeFleetError):
+    """A run still running, or interrupted (cancelled, or its process died): a verdict on the
+    results it happens to have would judge a deployment on part of the evidence."""
+
+
+def check_finished(session: Session, run: Run) -> None:
+    """UnfinishedRunError, saying why and what to do, unless every device of ``run`` answered
+    (succeeded, partial or failed: a failed device is part of the verdict, a missing one is
+    not)."""
+    if run.state in FINISHED:
+        return
+    if run.state == "running":
+        raise UnfinishedRunError(f"run {run.id} is still running: its verdict comes when every "
+                                 "device has answered")
+    why = state_reason(session, run) or run.state
+    raise UnfinishedRunError(f"run {run.id} was interrupted ({why}), so it gets no verdict: "
+                             f"its finished results are in `edgefleet runs show {run.id}`; "
+                             f"benchmark or evaluate again for a verdict")
 
 
 @dataclass(frozen=True)
@@ -213,22 +235,26 @@ def window_verdict(profile: StreamingProfile, window_latencies_ms: Sequence[floa
 
 
 def _plural(threads: Any) -> str:
-    return f"{threads} thread{'' if threads == 1 else 's'}"
+    return plural(threads, "thread") if isinstance(threads, int) else f"{threads} threads"
 
 
 def _why_not(row: Mapping[str, Any]) -> str:
-    label = _plural(row.get("threads"))
+    """Why one thread count does not qualify, with the verb agreeing ("1 thread keeps up",
+    "2 threads keep up") and the latency in ms, as every latency is."""
+    threads = row.get("threads")
+    label = _plural(threads)
     if not row.get("ok", True):
         return f"{label} failed ({row.get('error') or 'no result'})"
     if not row["keeps_up"]:
-        return (f"{label} fall behind (p99 {row['p99_ms'] / 1000:.3g} s >= the "
-                f"{row['hop_s']:g} s hop)")
+        return (f"{label} {verb(threads, 'falls', 'fall')} behind (p99 {ms(row['p99_ms'])} "
+                f">= the {row['hop_s']:g} s hop)")
+    keeps = verb(threads, "keeps", "keep")
     if row["headroom_pct"] < MIN_HEADROOM_PCT:
-        return (f"{label} keep up with only {row['headroom_pct']:.0f}% headroom "
+        return (f"{label} {keeps} up with only {row['headroom_pct']:.0f}% headroom "
                 f"(< {MIN_HEADROOM_PCT:.0f}%)")
     flags = ", ".join(row.get("flags") or []) or "unknown reason"
-    return (f"{label} keep up with {row['headroom_pct']:.0f}% headroom but the result is not "
-            f"valid ({flags}): re-measure without throttling")
+    return (f"{label} {keeps} up with {row['headroom_pct']:.0f}% headroom but the result is "
+            f"not valid ({flags}): re-measure without throttling")
 
 
 def recommend_threads(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -241,7 +267,7 @@ def recommend_threads(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 and row.get("valid") is True):
             return {"threads": row["threads"], "reason": (
                 f"fewest threads that keep up with >= {MIN_HEADROOM_PCT:.0f}% headroom on a "
-                f"valid run: p99 {row['p99_ms'] / 1000:.3g} s per window, "
+                f"valid run: p99 {ms(row['p99_ms'])} per window, "
                 f"{row['headroom_pct']:.0f}% of the {row['hop_s']:g} s hop to spare")}
     if not ordered:
         return {"threads": None, "reason": "no results to judge"}
@@ -282,6 +308,7 @@ def verdicts_for_run(session: Session, run_id: int, profile: StreamingProfile | 
     (the argument, else the run's, else the bundle's; a clear error when there is none).
     ``overrides`` (the CLI's --window, --hop, ...) go on top of the stored profile."""
     run = get_run(session, run_id)
+    check_finished(session, run)
     source = "given"
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if profile is None and overrides:

@@ -23,6 +23,8 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.fleet.fanout import Outcome
+from orchestrator.present import progress_words
+from orchestrator.present.wording import plural
 
 # Piped output gets a wide fixed width so tables are not squeezed into 80 columns.
 stdout = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 160)
@@ -40,16 +42,29 @@ def print_text(text: str) -> None:
     sys.stdout.flush()
 
 
+def plain(value: Any, nested: bool = False) -> str:
+    """A value as a person reads it, never a Python repr: lists joined with ", ", mappings as
+    "key: value" joined with "; " (a nested one in parentheses), empty ones as "none",
+    booleans yes/no, None "-"."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        text = "; ".join(f"{k}: {plain(v, True)}" for k, v in value.items()) or "none"
+        return f"({text})" if nested and len(value) > 1 else text
+    if isinstance(value, list | tuple):
+        return ", ".join(plain(v, True) for v in value) or "none"
+    return str(value)
+
+
 def cell(value: Any) -> Text:
     if value is None or value == "":
         return Text("-", style="dim")
-    if isinstance(value, bool):
-        return Text("yes" if value else "no")
-    if isinstance(value, dict):
-        return Text(", ".join(f"{k}={v}" for k, v in value.items()))
-    if isinstance(value, list | tuple):
-        return Text(", ".join(str(v) for v in value))
-    return Text(str(value))
+    if isinstance(value, dict) and all(not isinstance(v, dict | list | tuple)
+                                       for v in value.values()):
+        return Text(", ".join(f"{k}={plain(v)}" for k, v in value.items()))  # labels: k=v
+    return Text(plain(value))
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
@@ -78,7 +93,7 @@ def outcome_table(title: str, outcomes: Sequence[Outcome], extra: Sequence[str] 
 
 def summary_line(outcomes: Sequence[Outcome]) -> str:
     failed = sum(1 for o in outcomes if not o.ok)
-    return f"{len(outcomes) - failed} ok, {failed} failed, {len(outcomes)} devices"
+    return f"{len(outcomes) - failed} ok, {failed} failed, {plural(len(outcomes), 'device')}"
 
 
 def devices_table(devices: Sequence[dict[str, Any]]) -> Table:
@@ -153,6 +168,9 @@ class RichPushProgress:
         self.progress.update(self._task(device), state=state)
 
 
+PROGRESS_STEPS = 1000  # a bar's resolution: fractions of a measurement, not raw run counts
+
+
 class MeasureProgress:
     """One line per device: which thread count, which phase, how many runs (``bench``) or
     samples (``eval``) done; for an eval, the dataset push before that."""
@@ -180,7 +198,11 @@ class MeasureProgress:
         if event.get("event") == "dataset":
             self.progress.update(self.tasks[device], what="pushing the dataset")
             return
-        done, total = event.get("done"), event.get("total")
-        self.progress.update(self.tasks[device], total=total or None, completed=done or 0,
-                             what=f"threads={event.get('threads')} {event.get('phase')} "
-                                  f"{done}/{total}")
+        done = progress_words.fraction(event)
+        shown = progress_words.counts(event, progress_words.unit_of(event, self.kind))
+        threads = event.get("threads")
+        self.progress.update(
+            self.tasks[device], total=None if done is None else PROGRESS_STEPS,
+            completed=0 if done is None else round(done * PROGRESS_STEPS),
+            what=f"{threads} thread{'' if threads == 1 else 's'}, {event.get('phase')}"
+                 + (f" {shown}" if shown else ""))

@@ -106,10 +106,34 @@ def test_constants_and_recorded_shapes() -> None:
     assert plan_inputs(SIG, shapes={"x": [8, 16]}, recorded={"x": [3, 16]})[0]["shape"] == [8, 16]
 
 
+def test_a_dimension_named_like_a_batch_is_1_and_says_so() -> None:
+    for name in ("batch", "batch_size", "N", "Batch-Size", "bs"):
+        (x,) = plan_inputs([{"name": "x", "dtype": "float", "shape": [name, 16]}])
+        assert x["shape"] == [1, 16], name
+        assert x["assumed"] == [{"dimension": 0, "name": name, "size": 1,
+                                 "from": "named like a batch dimension: 1 unless --shape says "
+                                         "otherwise"}]
+        assert describe([x])[0]["assumed"] == x["assumed"]
+    # A shared batch is assumed once and said on every input that has it.
+    shared = plan_inputs([{"name": "a", "dtype": "float", "shape": ["batch", 2]},
+                          {"name": "b", "dtype": "int64", "shape": ["batch"]}])
+    assert [p["shape"] for p in shared] == [[1, 2], [1]]
+    assert [p["assumed"][0]["name"] for p in shared] == ["batch", "batch"]
+    # Given or recorded sizes are not assumed; recorded ones assumed at build say so.
+    assert "assumed" not in plan_inputs(SIG, shapes={"x": [4, 16]})[0]
+    said = [{"dimension": 0, "name": "batch", "size": 1, "from": "why"}]
+    recorded = plan_inputs(SIG, recorded={"x": [1, 16]}, recorded_assumed={"x": said})[0]
+    assert recorded["assumed"] == said and "assumed" not in plan_inputs(
+        SIG, recorded={"x": [1, 16]})[0]
+
+
 def test_unresolved_and_wrong_shapes_name_the_input_and_dimension() -> None:
-    error = bad(r"input 'x' \[batch, 16\] has dimension 0 \('batch'\) with no size: pass it, "
-                r"e\.g\. --shape x=1x16", SIG)
-    assert error.extra == {"input": "x", "dimension": 0}
+    error = bad(r"input 'x' \[batch, seq\] has dimension 1 \('seq'\) with no size: pass it, "
+                r"e\.g\. --shape x=1x1", [{"name": "x", "dtype": "float",
+                                             "shape": ["batch", "seq"]}])
+    assert error.extra == {"input": "x", "dimension": 1}
+    bad(r"input 'x' \[time, 16\] has dimension 0 \('time'\) with no size",
+        [{"name": "x", "dtype": "float", "shape": ["time", 16]}])
     bad(r"dimension 1 \(unnamed\) with no size.*--shape v=2x1",
         [{"name": "v", "dtype": "float", "shape": [2, None]}])
     bad(r"--shape x=4 has 1 dimensions but input 'x' has 2 \[batch, 16\]", SIG,

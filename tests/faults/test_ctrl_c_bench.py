@@ -2,8 +2,9 @@
 count, over real sshd.
 
 Before: the command took ~20 s to exit (the fan-out waited for the device) and the run stayed
-"running". Now it exits at once with 130, the thread count that finished is kept, the run and
-the job say "cancelled", and nothing keeps measuring on the device.
+"running". Now it exits at once with 130, the thread count that finished is kept, the job says
+"cancelled" and its run "interrupted" (with why: Ctrl-C, by whom; no verdict), and nothing keeps
+measuring on the device.
 """
 
 from __future__ import annotations
@@ -61,9 +62,10 @@ def test_ctrl_c_cancels_the_bench_at_once_and_keeps_what_finished(
 
     job = _job(settings)
     assert job is not None and job.state == "cancelled"
+    assert (job.error or "").startswith("cancelled from the CLI (Ctrl-C) by "), job.error
     with session_scope(settings) as session:
         (run,) = session.exec(select(Run)).all()
-        assert (run.state, run.job_id, job.run_id) == ("cancelled", job.id, run.id)
+        assert (run.state, run.job_id, job.run_id) == ("interrupted", job.id, run.id)
         results = session.exec(select(Result).where(Result.run_id == run.id)).all()
         assert session.exec(select(DeviceLease)).all() == []
     kept = [r for r in results if r.threads == 1]
@@ -71,6 +73,13 @@ def test_ctrl_c_cancels_the_bench_at_once_and_keeps_what_finished(
     (stopped,) = [r for r in results if r.threads is None]
     assert "cancelled" in (stopped.error or "") and "threads 1" in (stopped.error or "")
     printed = json.loads(out[out.index("{"):out.rindex("}") + 1])
-    assert printed["state"] == "cancelled"
+    assert printed["state"] == "interrupted"
+    assert printed["state_reason"] == f"job {job.id}: {job.error}"
+    # `runs show` says why and that no verdict follows; `runs verdict` refuses.
+    shown = cli("runs", "show", str(run.id))
+    assert "interrupted: job" in shown.stdout and "(Ctrl-C)" in shown.stdout
+    assert "gets no verdict" in shown.stdout
+    refused = cli("runs", "verdict", str(run.id), "--window", "1", "--hop", "1", expect=2)
+    assert "was interrupted" in refused.stderr, refused.stderr
     # Its connection gone, the device's agent and its measurement child stop too.
     wait_until(lambda: not processes_under(host.root), "the device to stop measuring", 30)

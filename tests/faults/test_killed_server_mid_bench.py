@@ -1,12 +1,15 @@
 """SIGKILL of ``edgefleet serve`` while one of its jobs benchmarks a real sshd device.
 
 Before: the Run stayed "running" forever (the job learnt its run only at the end) and the lease
-held the device. Now the run is linked to its job from the start; the restarted server marks
-job and run interrupted, frees the lease at once, and the next bench runs.
+held the device; the job page counted "6089 / 10" timed runs. Now the run is linked to its job
+from the start and its page shows the job's progress (runs and seconds, each against its own
+total) and no verdict; the restarted server marks job and run interrupted, saying the server
+died, frees the lease at once, and the next bench runs.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,6 +45,20 @@ def test_a_killed_server_leaves_no_running_run_and_no_lock(
     running = wait_until(timing, "the bench to be timing runs on the device", 60)
     assert running["state"] == "running" and running["run_id"] is not None  # linked at once
     run_id = running["run_id"]
+
+    def past_its_runs() -> str | None:  # the 10 runs are done; the 300 s decide now
+        device = server.get(f"/api/jobs/{job['id']}")["progress"]["devices"][host.name]
+        if (device.get("done") or 0) <= 10:
+            return None
+        return server.api("GET", f"/jobs/{job['id']}/progress").text
+
+    partial = wait_until(past_its_runs, "more timed runs than asked for", 60)
+    assert re.search(r"10/10 runs, [0-9.]+/300 s", partial), partial
+    assert not re.search(r"\b(1[1-9]|[2-9][0-9]|[0-9]{3,}) ?/ ?(10|300)\b", partial), partial
+    page = server.api("GET", f"/runs/{run_id}").text  # the run page shows the live progress
+    assert 'id="job-progress"' in page and re.search(r"10/10 runs, [0-9.]+/300 s", page)
+    assert 'id="verdict-unfinished"' in page and "still running" in page
+    assert 'id="verdict-table"' not in page
     server.kill()
 
     settings = Settings(home=home)
@@ -52,7 +69,14 @@ def test_a_killed_server_leaves_no_running_run_and_no_lock(
 
     restarted = serve()
     assert restarted.get(f"/api/jobs/{job['id']}")["state"] == "interrupted"
-    assert restarted.get(f"/api/runs/{run_id}")["state"] == "interrupted"
+    interrupted = restarted.get(f"/api/runs/{run_id}")
+    assert interrupted["state"] == "interrupted"
+    assert f"job {job['id']}: the server running it (pid {server.proc.pid}) stopped" in \
+        interrupted["state_reason"], interrupted
+    page = restarted.api("GET", f"/runs/{run_id}").text
+    assert 'id="run-interrupted"' in page and "the server running it" in page
+    assert 'id="verdict-unfinished"' in page and 'id="verdict-table"' not in page
+    assert 'id="job-progress"' not in page  # nothing runs any more
     with session_scope(settings) as session:
         assert session.exec(select(DeviceLease)).all() == []
         assert session.exec(select(Result).where(Result.run_id == run_id)).all() == []

@@ -3,6 +3,7 @@ injection while the timed loop runs, a device dying mid-run, compare and the CI 
 
 from __future__ import annotations
 
+import re
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -266,3 +267,19 @@ def test_provider_and_graph_optimization_reach_the_device(cli: Cli, sshd_factory
     bad_provider = cli("bench", "m", "pis", "--runs", "3", "--provider", "NoSuchProvider",
                        "--json", expect=1).json["results"][0]
     assert "NoSuchProvider" in bad_provider["error"]
+
+
+def test_progress_with_min_seconds_counts_runs_and_seconds_against_their_totals(
+        cli: Cli, sshd_factory, tmp_path: Path) -> None:
+    """``--min-seconds`` makes a tiny model run thousands of times for ``--runs 3``: the CLI's
+    bar shows "3/3 runs, 1.5/1.5 s", never "4127/3"."""
+    hosts = sshd_factory(1)
+    setup_fleet(cli, tmp_path, hosts)
+    build_and_push(cli, tmp_path, "multi", make_multi_input_model)
+    out = cli("bench", "multi", "pis", "--threads", "1", "--warmup", "1", "--runs", "3",
+              "--min-seconds", "1.5", "--shape", "audio=1x1600", "--input", "sr=16000")
+    assert "1 thread, timed 3/3 runs, 1.5/1.5 s" in out.stderr, out.stderr
+    assert not re.search(r"\b([4-9]|[1-9][0-9]+)/3\b", out.stderr), out.stderr
+    shown = cli("runs", "list", "--json").json[0]
+    n = cli("runs", "show", str(shown["id"]), "--json").json["results"][0]["latency_ms"]["n"]
+    assert n > 3  # the seconds decided: many more runs than asked for, all kept

@@ -76,8 +76,9 @@ def test_energy_on_pi5_only_and_verdicts_on_the_real_run(cli: Cli, sshd_factory,
                 "--json").json
     assert all(row["p99_ms"] > 0.001 for row in tight["rows"])
     assert not any(row["keeps_up"] for row in tight["rows"])
-    assert all(rec["threads"] is None and "fall behind" in rec["reason"]
+    assert all(rec["threads"] is None and "1 thread falls behind (p99 " in rec["reason"]
+               and " ms >= the 1e-06 s hop)" in rec["reason"]
                for rec in tight["recommended"].values())
     text = cli("runs", "verdict", str(run_id), "--window", "10", "--overlap", "0.5").stdout
-    assert f"{pi5.name}: 1 thread(s)" in text and "mJ/window" in text
+    assert f"{pi5.name}: 1 thread — " in text and "mJ/window" in text
     assert "preprocessing not measured" in text

@@ -20,6 +20,7 @@ from typing import Any
 
 from orchestrator.measure.reports import format_number
 from orchestrator.measure.trends import MatrixCell, TrendPoint, versions_in_order
+from orchestrator.present.wording import plural
 
 PALETTE = ("#1f5fa8", "#2e7d32", "#8e24aa", "#00838f", "#6d4c41", "#c2185b", "#5c6bc0",
            "#455a64")
@@ -149,8 +150,8 @@ def heatmap(cells: Sequence[MatrixCell]) -> dict[str, Any]:
                 out_cells.append({
                     "text": format_number(cell.p50_ms), "level": _level(cell.p50_ms, low, high),
                     "invalid": False,
-                    "title": f"mean p50 of {cell.valid_runs} valid run(s)"
-                             + (f"; {cell.invalid_runs} invalid run(s) left out"
+                    "title": f"mean p50 of {plural(cell.valid_runs, 'valid run')}"
+                             + (f"; {plural(cell.invalid_runs, 'invalid run')} left out"
                                 if cell.invalid_runs else "")})
             else:
                 out_cells.append({"text": format_number(cell.invalid_ms), "level": None,

@@ -29,7 +29,13 @@ from orchestrator.measure.reports import (
     verdict_values,
 )
 from orchestrator.measure.runs import get_run
-from orchestrator.measure.verdicts import ProfileError, stored_profile, verdicts_for_run
+from orchestrator.measure.verdicts import (
+    ProfileError,
+    UnfinishedRunError,
+    check_finished,
+    stored_profile,
+    verdicts_for_run,
+)
 
 # Sweep chart series (web/static/lines.js shape): what an operator picks a threshold from.
 SWEEP_SERIES = (("precision", "#1f77b4"), ("recall", "#ff7f0e"), ("f1", "#2ca02c"))
@@ -84,7 +90,12 @@ def verdict_context(session: Session, run_id: int) -> dict[str, Any]:
     recommendation per device in words and the caption, when the run or its bundle carries a
     streaming profile; otherwise the command that gives one (or why the stored one is
     unusable)."""
-    doc, _ = stored_profile(session, get_run(session, run_id))
+    run = get_run(session, run_id)
+    try:
+        check_finished(session, run)
+    except UnfinishedRunError as exc:
+        return {"unfinished": str(exc), "state": run.state}
+    doc, _ = stored_profile(session, run)
     if doc is None:
         return {"hint": f"edgefleet runs verdict {run_id} --window S --hop S"}
     try:

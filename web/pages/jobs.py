@@ -27,12 +27,13 @@ JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrup
 JOB_KINDS = ("push", "bench", "eval", "rollback", "verify", "telemetry")
 
 
-def _job_view(job: Any) -> dict[str, Any]:
+def job_view(job: Any) -> dict[str, Any]:
     from orchestrator.jobs.queue import job_public
 
     public = job_public(job)
     return public | {"terminal": public.get("state") in TERMINAL_JOB_STATES,
-                     "devices": push_progress(public.get("progress"))}
+                     "devices": push_progress(public.get("progress"),
+                                              public.get("kind") or "bench")}
 
 
 @router.get("/jobs", response_class=HTMLResponse)
@@ -40,7 +41,7 @@ def jobs_page(request: Request, principal: Viewer, session: SessionDep, state: s
               kind: str = "") -> HTMLResponse:
     from orchestrator.jobs.queue import list_jobs
 
-    rows = [_job_view(job) for job in list_jobs(
+    rows = [job_view(job) for job in list_jobs(
         session, JOBS_LIMIT, state=state if state in JOB_STATES else None,
         kind=kind if kind in JOB_KINDS else None)]
     return render(request, "jobs.html", {
@@ -51,7 +52,7 @@ def jobs_page(request: Request, principal: Viewer, session: SessionDep, state: s
 def _load(session: Session, job_id: int) -> dict[str, Any]:
     from orchestrator.jobs.queue import get_job
 
-    return _job_view(get_job(session, job_id))
+    return job_view(get_job(session, job_id))
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)

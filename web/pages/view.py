@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from orchestrator.core.utc import as_utc, parse_utc
+from orchestrator.present import advice, progress_words
 
 ONLINE_WINDOW = timedelta(minutes=3)
 TEMP_LIMIT_C = 80.0  # where Pi firmware starts soft throttling (agent/sampler.py TEMP_LIMIT_C)
@@ -23,14 +24,15 @@ NOW_MASK = 0xF  # get_throttled "now" bits (DESIGN: bits 0-3)
 MAX_CDF_POINTS = 1000  # a CDF line is drawn from at most this many quantiles
 TERMINAL_JOB_STATES = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
 
-# get_throttled words (agent/sensors.py THROTTLE_BITS) -> (badge text, the fix in plain words).
-THROTTLE_WORDS: dict[str, tuple[str, str]] = {
-    "under_voltage": ("under-voltage", "use a 5V/5A supply"),
-    "soft_temp_limit": ("soft temp limit", "add active cooling"),
-    "frequency_capped": ("frequency capped", "the SoC slowed itself down"),
-    "throttled": ("throttled", "the SoC slowed itself down"),
+# get_throttled words (agent/sensors.py THROTTLE_BITS) -> badge text; the fix in plain words
+# depends on the board (orchestrator.present.advice: a Pi 4 needs 5V/3A, a Pi 5 5V/5A).
+THROTTLE_WORDS: dict[str, str] = {
+    "under_voltage": "under-voltage",
+    "soft_temp_limit": "soft temp limit",
+    "frequency_capped": "frequency capped",
+    "throttled": "throttled",
 }
-HOT_HINT = "add active cooling"
+HOT_HINT = advice.COOLING
 
 
 def _moment(value: datetime | str | None) -> datetime | None:
@@ -70,8 +72,10 @@ def is_online(last_seen: datetime | str | None, now: datetime | None = None) -> 
     return when is not None and (now or datetime.now(UTC)) - when <= ONLINE_WINDOW
 
 
-def throttle_badges(flags: dict[str, Any] | None, temp_c: float | None) -> list[dict[str, str]]:
-    """Badges for the throttle state: "now" bits (happening) before "since boot" (history).
+def throttle_badges(flags: dict[str, Any] | None, temp_c: float | None,
+                    model: str | None = None) -> list[dict[str, str]]:
+    """Badges for the throttle state: "now" bits (happening) before "since boot" (history),
+    each with the fix for this board ``model`` (the device's ``pi_model`` fact).
 
     A sticky bit alone still deserves its hint: a Pi that under-volted once since boot has a
     weak supply even if it is idle now.
@@ -83,7 +87,8 @@ def throttle_badges(flags: dict[str, Any] | None, temp_c: float | None) -> list[
         for word in flags.get(when) or []:
             if when == "since_boot" and word in now_words:
                 continue
-            label, hint = THROTTLE_WORDS.get(word, (str(word).replace("_", " "), ""))
+            label = THROTTLE_WORDS.get(word, str(word).replace("_", " "))
+            hint = advice.fix_for(str(word), model)
             badges.append({"word": str(word), "label": label, "hint": hint,
                            "when": "now" if when == "now" else "since boot"})
     if temp_c is not None and temp_c >= TEMP_LIMIT_C:
@@ -103,7 +108,8 @@ def hints(badges: Iterable[dict[str, str]]) -> list[str]:
 
 def device_row(public: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
     """``devices.device_public`` plus what the fleet table derives from it."""
-    badges = throttle_badges(public.get("throttle_flags"), public.get("temp_c"))
+    badges = throttle_badges(public.get("throttle_flags"), public.get("temp_c"),
+                             public.get("pi_model"))
     return public | {"online": is_online(public.get("last_seen"), now),
                      "seen_ago": ago(public.get("last_seen"), now),
                      "badges": badges, "hints": hints(badges),
@@ -222,18 +228,25 @@ def latency_cdf(latencies: Sequence[float] | None) -> dict[str, list[float]]:
     return {"x": values.tolist(), "y": fractions.tolist()}
 
 
-def push_progress(progress: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Per-device rows from a job's ``progress`` (push: state/bytes/total; bench:
-    threads/phase/done/total), with a percentage when one can be given."""
+def push_progress(progress: dict[str, Any] | None, kind: str = "bench") -> list[dict[str, Any]]:
+    """Per-device rows from a job's ``progress`` (push: state/bytes/total; bench and eval:
+    threads/phase/done/total, plus seconds/min_seconds when --min-seconds decides the timed
+    loop), with a percentage when one can be given and ``counts`` in words
+    (orchestrator.present.progress_words: never a count past its total)."""
     rows = []
     for name, entry in sorted(((progress or {}).get("devices") or {}).items()):
         entry = dict(entry or {})
-        done, total = entry.get("bytes"), entry.get("total")
-        if done is None and "done" in entry:
-            done = entry.get("done")
-        percent = None
-        if isinstance(done, int | float) and isinstance(total, int | float) and total > 0:
-            percent = max(0.0, min(100.0, 100.0 * done / total))
-        rows.append(entry | {"device": name, "percent": percent,
-                             "is_bytes": "bytes" in entry})
+        is_bytes = "bytes" in entry
+        if is_bytes:
+            done, total = entry.get("bytes"), entry.get("total")
+            percent = None
+            if isinstance(done, int | float) and isinstance(total, int | float) and total > 0:
+                percent = max(0.0, min(100.0, 100.0 * done / total))
+            shown = None
+        else:
+            part = progress_words.fraction(entry)
+            percent = None if part is None else 100.0 * part
+            shown = progress_words.counts(entry, progress_words.unit_of(entry, kind))
+        rows.append(entry | {"device": name, "percent": percent, "is_bytes": is_bytes,
+                             "counts": shown})
     return rows

@@ -149,7 +149,9 @@ def test_unresolved_dynamic_dim_builds_without_golden_and_says_how(home: Path,
     assert [f["path"] for f in manifest["files"]] == ["dyn.onnx"]
     assert result.note is not None and "no golden outputs" in result.note
     assert "will not smoke-test" in result.note
-    assert "--shape x=" in result.note and "'batch'" in result.note
+    # The batch is 1 by default; the sequence length has no default, and the note names it.
+    assert "dimension 1 ('seq')" in result.note and "--shape x=1x1x4" in result.note
+    assert "input_shapes" not in manifest and "shape_defaults" not in manifest
 
     shaped, with_shape = build(model, input_shapes={"x": [2, 5, 4]})
     assert shaped.created and shaped.note is None

@@ -22,9 +22,9 @@ from orchestrator.core.config import Settings
 from orchestrator.core.db import alembic_config, current_revision, get_engine, session_scope
 from orchestrator.core.dbfile import env_db_url, head_revision, open_current, sqlite_file
 from orchestrator.core.errors import NotFoundError
-from orchestrator.core.models import Bundle, Dataset, Device, Run
+from orchestrator.core.models import Bundle, Dataset, Device, Job, Run
 from orchestrator.inventory.devices import device_public, select_devices
-from orchestrator.measure.runs import list_runs
+from orchestrator.measure.runs import list_runs, run_public
 
 FACTS = {"pi_model": "Raspberry Pi 5 Model B Rev 1.0", "arch": "aarch64", "cores": 4,
          "ram_mb": 8064, "onnxruntime": {"version": "1.20.1"},
@@ -55,11 +55,16 @@ def populate(settings: Settings) -> None:
                                                                                           "0"),
                                size_bytes=123, precision="int8" if extra else "fp32",
                                manifest_json=json.dumps(manifest)))
-        for run_id, kind, finished in ((1, "bench", seen), (2, "eval", None)):
+        session.add(Job(id=7, kind="bench", targets="roastery", state="cancelled",
+                        error="cancelled by ana: bench stopped on pi5-b"))
+        for run_id, kind, state, job in ((1, "bench", "succeeded", None),
+                                         (2, "eval", "running", None),
+                                         (3, "bench", "interrupted", 7),
+                                         (4, "bench", "interrupted", None)):
             session.add(Run(id=run_id, kind=kind, bundle_name="fc", bundle_version="2",
                             bundle_digest="b" * 64, targets="roastery", created_by="ana",
-                            state="succeeded" if finished else "running",
-                            params={"threads": [1, 2], "shapes": {}}, finished_at=finished))
+                            state=state, job_id=job, params={"threads": [1, 2], "shapes": {}},
+                            finished_at=None if state == "running" else seen))
         for name, version in (("roaster-eval", "2"), ("asr-eval", "1"), ("roaster-eval", "1")):
             samples = [{"path": f"s{i}.wav", "label": "crack" if i % 3 else "none"}
                        for i in range(5)]
@@ -102,9 +107,11 @@ def test_bundles_are_read_as_the_orm_reads_them(settings: Settings) -> None:
 def test_runs_and_datasets_are_read_as_the_orm_reads_them(settings: Settings) -> None:
     fast_runs, fast_datasets = listings.runs(), listings.datasets()
     with session_scope(settings) as session:
-        orm_runs = [listings.run_row_public(r) for r in list_runs(session)]
+        orm_runs = [run_public(r) for r in list_runs(session)]
         orm_datasets = [listings.dataset_public(d) for d in list_datasets(session)]
-    assert fast_runs is not None and [r["id"] for r in fast_runs] == [2, 1]  # newest first
+    assert fast_runs is not None and [r["id"] for r in fast_runs] == [4, 3, 2, 1]  # newest first
+    assert fast_runs[1]["state_reason"] == "job 7: cancelled by ana: bench stopped on pi5-b"
+    assert fast_runs[0]["state_reason"].startswith("it stopped before it finished")
     assert json.dumps(fast_runs) == json.dumps(orm_runs)
     assert fast_datasets is not None and len(fast_datasets) == 3
     assert fast_datasets[0]["per_label"] == {"none": 2, "crack": 3}

@@ -344,9 +344,9 @@ def test_offline_needs_the_threshold_and_alerts_once_per_outage(tmp_path: Path,
 # A command that raises an alert and exits, as the CLI does (the same atexit path as
 # `edgefleet push` ending with a failed job).
 RAISE_AND_EXIT = """
-from orchestrator import jobs
+from orchestrator.jobs import queue
 from orchestrator.core.config import get_settings
-jobs.record_failed(get_settings(), "push", {"bundle": "fc@1"}, "all", "gone", origin="cli")
+queue.record_failed(get_settings(), "push", {"bundle": "fc@1"}, "all", "gone", origin="cli")
 """
 REPO = Path(__file__).resolve().parents[3]
 

@@ -28,7 +28,7 @@ from orchestrator.inventory.reader import load_inventory
 from orchestrator.jobs import queue
 from orchestrator.jobs import runner as job_runner
 from orchestrator.jobs import tracker as job_tracker
-from orchestrator.measure import runs
+from orchestrator.measure import runs, verdicts
 from orchestrator.measure.runs import unpack_floats
 from tests.conftest import Cli
 
@@ -294,6 +294,18 @@ def test_a_cancelled_bench_keeps_the_thread_counts_finished_before_it(
         (stopped,) = [r for r in results if not r.ok]
         assert stopped.threads is None and "was cancelled" in (stopped.error or "")
         assert "results of threads 1, finished before this, are kept" in (stopped.error or "")
+        # The run is interrupted, says who stopped it, and gets no verdict.
+        run_row = session.get(Run, done.run_id)
+        assert run_row is not None and run_row.state == "interrupted"
+        public = runs.run_public(run_row)
+        assert public["state_reason"].startswith(f"job {job.id}: cancelled by tester: bench "
+                                                 "stopped on pi-a; 0 of 1 device finished")
+        assert public["job_id"] == job.id
+        with pytest.raises(verdicts.UnfinishedRunError, match=r"was interrupted \(job .*"
+                           r"cancelled by tester.*gets no verdict"):
+            verdicts.verdicts_for_run(session, run_row.id, overrides={"window_s": 1.0,
+                                                                      "hop_s": 1.0})
+    assert done.error is not None and done.error.startswith("cancelled by tester: bench")
 
 
 def test_cancel_a_running_push_between_devices(tmp_path: Path,
@@ -370,7 +382,8 @@ def test_restart_marks_only_jobs_of_dead_processes_interrupted(tmp_path: Path) -
     for key in ("dead", "old-server-same-pid"):
         job = after[key]
         assert job is not None and job.state == "interrupted" and job.finished_at is not None
-        assert job.error == queue.INTERRUPTED
+        assert job.error is not None and job.error.startswith("the server running it (pid ")
+        assert "stopped before it finished" in job.error and "are kept" in job.error
     assert after["dead"].result == {"run_ids": [run_row.id]}  # type: ignore[union-attr]
     assert after["dead"].run_id == run_row.id  # type: ignore[union-attr]
     assert after["dead"].progress["devices"]["pi-a"]["phase"] == "timed"  # type: ignore

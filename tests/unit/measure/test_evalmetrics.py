@@ -167,7 +167,7 @@ def test_recommendation_prefers_zero_false_positives_over_the_best_f1() -> None:
     sweep = [row(0.5, 0.93, 2), row(0.8, 0.95, 1), row(0.9, 0.88, 0), row(0.95, 0.80, 0)]
     rec = recommend_threshold(sweep)
     assert rec["threshold"] == 0.9 and rec["fp"] == 0
-    assert rec["rule"].startswith("highest F1 (0.880) among the 2 threshold(s) with zero false")
+    assert rec["rule"].startswith("highest F1 (0.880) among the 2 thresholds with zero false")
 
 
 def test_recommendation_without_a_zero_fp_threshold_takes_the_highest_f1() -> None:

@@ -19,6 +19,7 @@ from orchestrator.measure.reports import (
     comparison_csv,
     comparison_markdown,
     format_number,
+    format_rtf,
     render_comparison,
     render_table,
     report_rows,
@@ -26,6 +27,7 @@ from orchestrator.measure.reports import (
     to_markdown,
 )
 from orchestrator.measure.stats import compare_runs
+from orchestrator.present.wording import ms, plural, verb
 
 HOSTILE = "pi|5, [red]x"
 ERROR = "onnxruntime 1.16 < 1.17 | needed\nupgrade it"
@@ -104,9 +106,9 @@ def test_csv_exact_and_round_trips() -> None:
     assert text == (
         "run_id,model,device,simulated,precision,threads,status,p50_ms,p95_ms,load_ms,"
         "first_inference_ms,peak_rss_mb,temp_c_max,telemetry,flags,error\n"
-        "7,first-crack@2,pi5-a,true,int8,2,ok,12.3456,15.04,1234.6,20.5,89.94,61.27,clean,,\n"
+        "7,first-crack@2,pi5-a,true,int8,2,ok,12.3456,15.04,1234.6,20.5,89.94,61.3,clean,,\n"
         '7,first-crack@2,"pi|5, [red]x",false,fp32,4,invalid,0.4123,0.98,45.678,1.5,412.3,'
-        "80.04,throttled,under_voltage;throttled,\n"
+        "80.0,throttled,under_voltage;throttled,\n"
         '7,first-crack@2,pi4-lab,false,int8,1,failed,,,,,,,unknown,,"onnxruntime 1.16 < 1.17 '
         '| needed\nupgrade it"\n'
         "7,first-crack@2,pi3,false,int8,1,ok,250.04,300.0,98.04,260.0,50.5,,unknown,,\n"
@@ -183,7 +185,7 @@ def test_comparison_csv_exact() -> None:
     assert comparison_csv(COMPARISON_ROWS[:2] + COMPARISON_ROWS[3:]) == (
         "device,threads,simulated,bundle_a,bundle_b,p50_a,p50_b,n_a,n_b,ratio,ci_low,ci_high,"
         "p_value,verdict,excluded,note\n"
-        "pi5-a,2,true,fc@1,fc@2,10.0123,12.0456,30,30,1.20302,1.15123,1.26049,3.1e-11,slower,,\n"
+        "pi5-a,2,true,fc@1,fc@2,10.0123,12.0456,30,30,1.203,1.1512,1.2605,3.1e-11,slower,,\n"
         '"pi|5, [red]x",4,false,fc@1,fc@2,5.0,4.0,30,30,0.8,0.75,0.86,0.0123,faster,,\n'
         "pi3,1,false,fc@1,,250.04,,,,,,,,,only in A,\n"
     )
@@ -209,3 +211,32 @@ def test_comparison_of_measured_runs_renders() -> None:
                     valid=False, flags=["under_voltage"], telemetry={"status": "throttled"})]
     text = render(render_comparison(compare_runs(run_a, run_b)))
     assert "slower" in text and "excluded: B throttled (under_voltage)" in text
+
+
+def test_csv_keeps_measured_digits_not_float_noise() -> None:
+    """What `runs show 1 --format csv` printed before: p95 0.19388999999999995, a ratio
+    0.6876666666666666, p 2.6009683275360677e-10."""
+    noisy = dict(RESULTS[0], latency_ms={"p50": 0.15000000000000002, "p95": 0.19388999999999995},
+                 load_ms=5.70312, first_inference_ms=0.75699999, peak_rss_mb=62.6149,
+                 telemetry={"status": "clean", "temp_c_max": 58.04999})
+    (row,) = list(csv.DictReader(io.StringIO(to_csv([noisy]))))
+    assert (row["p50_ms"], row["p95_ms"], row["load_ms"], row["first_inference_ms"],
+            row["peak_rss_mb"], row["temp_c_max"]) == ("0.15", "0.1939", "5.703", "0.757",
+                                                       "62.61", "58.0")
+    compared = dict(COMPARISON_ROWS[0], ratio=0.6876666666666666, ci_low=0.5513078470824949,
+                    ci_high=0.7582298812400508, p_value=2.6009683275360677e-10,
+                    p50_b=0.10314999999999999)
+    (line,) = list(csv.DictReader(io.StringIO(comparison_csv([compared]))))
+    assert (line["ratio"], line["ci_low"], line["ci_high"], line["p_value"], line["p50_b"]) == (
+        "0.6877", "0.5513", "0.7582", "2.6e-10", "0.1031")
+
+
+def test_rtf_plurals_and_milliseconds_read_plainly() -> None:
+    assert format_rtf(5.91e-05) == "0.0000591" and format_rtf(0.00217) == "0.00217"
+    assert format_rtf(0.5) == "0.500" and format_rtf(1.25) == "1.25" and format_rtf(0) == "0"
+    assert format_rtf(None) is None and "e" not in (format_rtf(3.2e-9) or "")
+    assert [plural(n, "device") for n in (0, 1, 2)] == ["0 devices", "1 device", "2 devices"]
+    assert plural(1234567, "run") == "1234567 runs" and plural(None, "device") == "no devices"
+    assert f"1 thread {verb(1, 'keeps', 'keep')} up" == "1 thread keeps up"
+    assert f"2 threads {verb(2, 'keeps', 'keep')} up" == "2 threads keep up"
+    assert ms(2450.0) == "2450 ms" and ms(0.0289) == "0.029 ms" and ms(12.34) == "12.3 ms"

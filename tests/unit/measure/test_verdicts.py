@@ -84,7 +84,7 @@ def test_recommendation_rules() -> None:
                               row(8, 0, ok=False)])
     assert none["threads"] is None
     assert none["reason"] == (
-        "no thread count qualifies: 1 thread fall behind (p99 9.4 s >= the 7 s hop); "
+        "no thread count qualifies: 1 thread falls behind (p99 9400 ms >= the 7 s hop); "
         "2 threads keep up with only 14% headroom (< 30%); 4 threads keep up with 57% "
         "headroom but the result is not valid (soft_temp_limit): re-measure without "
         "throttling; 8 threads failed (killed by signal 9)")
@@ -171,7 +171,7 @@ def eval_run(params: dict | None = None, streaming: dict | None = None) -> int:
         {"device_name": "pi5", "threads": 2, "pre": [300.0] * 20, "infer": [2150.0] * 20,
          "energy": ENERGY},
         {"device_name": "pi4", "threads": 1, "infer": [], "ok": False, "valid": None,
-         "error": "measurement process for 1 thread(s) was killed by signal 9 (SIGKILL)"},
+         "error": "measurement process for 1 thread was killed by signal 9 (SIGKILL)"},
         {"device_name": "pi4", "threads": 2, "pre": [500.0] * 20, "infer": [2000.0] * 20,
          "valid": False, "flags": ["under_voltage"], "energy": NO_ENERGY},
     ], params, streaming)
@@ -228,8 +228,10 @@ def test_runs_verdict_cli(cli: Cli) -> None:
     for heading in ("p99 window ms", "keeps up", "headroom", "RTF", "worst-case delay s",
                     "mJ/window", "valid"):
         assert heading in table
-    assert "4.55 s (65%)" in table and "15925" in table and "6.50" in table
-    assert "pi5: 2 thread(s)" in table and "pi4: no recommendation" in table
+    assert "4550 ms (65%)" in table and "15925" in table and "6.50" in table
+    assert "pi5: 2 threads — " in table and "pi4: no recommendation" in table
+    assert "p99 2450 ms per window" in table  # latencies in ms, in the sentence too
+    assert " s per window" not in table
     assert "no: under_voltage" in table and "failed: measurement process" in table
     bad = cli("runs", "verdict", str(run_id), "--window", "10", "--hop", "12", "--json",
               expect=2)

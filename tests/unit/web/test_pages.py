@@ -185,7 +185,9 @@ def test_fleet_shows_each_device_its_temperature_and_the_fix(site: Site) -> None
     assert "online" in hot and "last seen" in hot and "sim" in hot
     assert "first-crack@1" in hot and "Raspberry Pi 5" in hot
     weak = text_of(row_of(page, "fleet", WEAK))
-    assert "58.0 °C" in weak and "use a 5V/5A supply" in weak and "since boot" in weak
+    # A Pi 4's supply is 5V/3A: the advice names the supply for the board, not a Pi 5's.
+    assert "58.0 °C" in weak and "since boot" in weak
+    assert "use a 5V/3A supply (the official 15W USB-C supply)" in weak and "5V/5A" not in weak
     assert "the SoC slowed itself down" in weak  # bit 18: throttled since boot
     cool = text_of(row_of(page, "fleet", COOL))
     assert "51.0 °C" in cool and "clean" in cool and "cooling" not in cool
@@ -455,11 +457,20 @@ def test_view_rules_online_window_badges_and_histogram_tail() -> None:
     assert ago(None, now) == "never"
 
     badges = throttle_badges({"now": ["under_voltage"], "since_boot": ["under_voltage",
-                                                                       "frequency_capped"]}, 81.0)
+                                                                       "frequency_capped"]}, 81.0,
+                             "Raspberry Pi 5 Model B Rev 1.0")
     assert [(b["word"], b["when"]) for b in badges] == [
         ("under_voltage", "now"), ("frequency_capped", "since boot"), ("temp_over_80c", "now")]
-    assert [b["hint"] for b in badges] == ["use a 5V/5A supply", "the SoC slowed itself down",
-                                          "add active cooling"]
+    assert [b["hint"] for b in badges] == [
+        "use a 5V/5A supply (the official 27W USB-C supply)", "the SoC slowed itself down",
+        "add active cooling"]
+    for model, supply in (("Raspberry Pi 4 Model B Rev 1.5", "5V/3A"),
+                          ("Raspberry Pi 400 Rev 1.0", "5V/3A"),
+                          ("Raspberry Pi 3 Model B Plus Rev 1.3", "5V/2.5A")):
+        (badge,) = throttle_badges({"now": [], "since_boot": ["under_voltage"]}, None, model)
+        assert badge["hint"].startswith(f"use a {supply} supply"), (model, badge)
+    (unknown,) = throttle_badges({"now": ["under_voltage"]}, None, None)
+    assert "5V/5A for a Pi 5, 5V/3A for a Pi 4" in unknown["hint"]
     assert throttle_badges({"now": [], "since_boot": []}, 79.9) == []
 
     body = [1.0 + 0.001 * i for i in range(990)] + [100.0] * 10  # 1% of runs 100x slower

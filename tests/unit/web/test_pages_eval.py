@@ -223,7 +223,7 @@ def test_verdict_table_and_recommendation_per_device(site: Site) -> None:
                                             f"— fewest threads that keep up")
     html = " ".join(html.split())
     assert ("Profile: 2 s windows every 1 s (overlap 50%), threshold 0.5, 2 positive of 3 "
-            f"window(s); from run {site.profiled_id} (params.profile).") in html
+            f"windows; from run {site.profiled_id} (params.profile).") in html
     assert "Window latency = preprocessing + inference." in html
     assert 'id="verdict-hint"' not in html
 
@@ -251,7 +251,7 @@ def test_a_detector_that_falls_behind_gets_no_recommendation(site: Site) -> None
     items = recommendations(html)
     assert len(items) == 2
     for item in items:
-        assert ": no recommendation — no thread count qualifies: 1 thread fall behind" in item
+        assert ": no recommendation — no thread count qualifies: 1 thread falls behind" in item
         assert "2 threads fall behind" in item
 
 
