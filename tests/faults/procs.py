@@ -55,6 +55,17 @@ def setup_fleet(cli: Cli, tmp_path: Path, hosts: list[SshdHost], **host_vars: An
     assert all(o["state"] == "installed" for o in installed), installed
 
 
+def pushed_host(cli: Cli, sshd_factory: Callable[..., list[SshdHost]],
+                tmp_path: Path) -> tuple[SshdHost, str]:
+    """One sshd host (group ``pis``, agent installed) already running the small classifier:
+    the host and the bundle's reference."""
+    (host,) = sshd_factory(1)
+    setup_fleet(cli, tmp_path, [host])
+    ref = small_bundle(cli, tmp_path)
+    cli("push", ref, "pis", "--json")
+    return host, ref
+
+
 def part_files(host: SshdHost) -> list[Path]:
     """Uploads in flight on the device (``incoming/*.part*``)."""
     incoming = host.root / "incoming"

@@ -21,7 +21,7 @@ from orchestrator.core.db import session_scope
 from orchestrator.core.models import DeviceLease, Job, Result, Run
 from tests.conftest import Cli
 
-from .procs import processes_under, setup_fleet, small_bundle, spawn_cli, wait_until
+from .procs import processes_under, pushed_host, spawn_cli, wait_until
 
 MIN_SECONDS = 10.0  # per thread count: an exit that waited for the device would take this
 
@@ -33,10 +33,7 @@ def _job(settings: Settings) -> Job | None:
 
 def test_ctrl_c_cancels_the_bench_at_once_and_keeps_what_finished(
         cli: Cli, home: Path, sshd_factory, tmp_path: Path) -> None:
-    (host,) = sshd_factory(1)
-    setup_fleet(cli, tmp_path, [host])
-    ref = small_bundle(cli, tmp_path)
-    cli("push", ref, "pis", "--json")
+    host, ref = pushed_host(cli, sshd_factory, tmp_path)
     settings = Settings(home=home)
     log = tmp_path / "bench.log"
     bench = spawn_cli(home, "bench", ref, "pis", "--threads", "1,2", "--warmup", "1",

@@ -25,7 +25,7 @@ from orchestrator.present import progress_words
 from tests.conftest import Cli
 from tests.live_server import Server
 
-from .procs import setup_fleet, small_bundle, spawn_cli, wait_until
+from .procs import pushed_host, spawn_cli, wait_until
 
 MIN_SECONDS = 4.0  # per thread count: the demo classifier does thousands of runs in that time
 RUNS = 5
@@ -40,10 +40,7 @@ def _progress(settings: Settings, device: str) -> dict[str, Any]:
 def test_a_killed_cli_bench_is_interrupted_keeps_what_finished_and_gets_no_verdict(
         cli: Cli, home: Path, sshd_factory, tmp_path: Path,
         serve: Callable[..., Server]) -> None:
-    (host,) = sshd_factory(1)
-    setup_fleet(cli, tmp_path, [host])
-    ref = small_bundle(cli, tmp_path)
-    cli("push", ref, "pis", "--json")
+    host, ref = pushed_host(cli, sshd_factory, tmp_path)
     settings = Settings(home=home)
     log = tmp_path / "bench.log"
     bench = spawn_cli(home, "bench", ref, "pis", "--threads", "1,2", "--warmup", "1",

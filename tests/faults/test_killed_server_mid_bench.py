@@ -21,16 +21,13 @@ from orchestrator.core.models import DeviceLease, Result, Run
 from tests.conftest import Cli
 from tests.live_server import Server
 
-from .procs import setup_fleet, small_bundle, wait_until
+from .procs import pushed_host, wait_until
 
 
 def test_a_killed_server_leaves_no_running_run_and_no_lock(
         cli: Cli, home: Path, sshd_factory, tmp_path: Path,
         serve: Callable[..., Server]) -> None:
-    (host,) = sshd_factory(1)
-    setup_fleet(cli, tmp_path, [host])
-    ref = small_bundle(cli, tmp_path)
-    cli("push", ref, "pis", "--json")
+    host, ref = pushed_host(cli, sshd_factory, tmp_path)
     server = serve()
     job = server.post("/api/jobs", {"kind": "bench", "targets": "pis", "params": {
         "bundle": ref, "threads": [1], "warmup": 1, "runs": 10, "min_seconds": 300,

@@ -14,7 +14,7 @@ from orchestrator.core.db import session_scope
 from orchestrator.core.models import Job, Result, Run
 from orchestrator.jobs import queue
 from tests.conftest import Cli
-from tests.faults.procs import setup_fleet, small_bundle, spawn_cli, wait_until
+from tests.faults.procs import pushed_host, setup_fleet, small_bundle, spawn_cli, wait_until
 
 MIN_SECONDS = 10.0  # per thread count: a cancel that waited for the whole bench takes 2x this
 
@@ -26,10 +26,7 @@ def _job(settings: Settings, kind: str) -> Job | None:
 
 def test_a_cli_bench_is_cancelled_from_the_web(cli: Cli, home: Path, sshd_factory,
                                                tmp_path: Path) -> None:
-    (host,) = sshd_factory(1)
-    setup_fleet(cli, tmp_path, [host])
-    ref = small_bundle(cli, tmp_path)
-    cli("push", ref, "pis", "--json")
+    host, ref = pushed_host(cli, sshd_factory, tmp_path)
     settings = Settings(home=home)
     log = tmp_path / "bench.log"
     bench = spawn_cli(home, "bench", ref, "pis", "--threads", "1,2", "--warmup", "1",
