@@ -30,7 +30,8 @@ from orchestrator.inventory.devices import (
 from orchestrator.jobs import queue as job_service
 from orchestrator.jobs import schedules as schedule_service
 from orchestrator.jobs.schedules import parse_time
-from orchestrator.measure.runs import get_run, list_runs, run_public, run_results
+from orchestrator.measure import regressions as regression_service
+from orchestrator.measure.runs import compared_runs, get_run, list_runs, run_public, run_results
 from orchestrator.measure.stats import compare_runs
 from web.deps import Admin, Csrf, Operator, SessionDep, SettingsDep, Viewer
 from web.inputs import RowId, StrictJsonRoute
@@ -43,6 +44,7 @@ from web.schemas import (
     DevicePublic,
     InventorySyncOut,
     JobPublic,
+    RegressionsPublic,
     RunDetail,
     RunPublic,
     SchedulePublic,
@@ -152,13 +154,26 @@ def run(run_id: RowId, _: Viewer, session: SessionDep, raw: bool = False) -> Jso
                       run_results(session, run_id, latencies=raw, samples=raw), raw=raw)
 
 
-@router.get("/compare", response_model=list[CompareRow])
+@router.get("/compare", response_model=list[CompareRow], responses={
+    400: {"description": "The two runs are of different kinds (a benchmark and an eval): "
+                         "not compared; ``detail`` says so"}})
 def compare(a: RowId, b: RowId, _: Viewer, session: SessionDep,
             include_invalid: bool = False) -> list[Json]:
-    first, second = (run_public(get_run(session, run_id),
-                                run_results(session, run_id, latencies=True),
-                                latencies=True)["results"] for run_id in (a, b))
-    return compare_runs(first, second, include_invalid=include_invalid)
+    """B against A per device and thread count; both runs of one kind."""
+    first, second = compared_runs(session, a, b)
+    return compare_runs(first["results"], second["results"], include_invalid=include_invalid)
+
+
+@router.get("/regressions", response_model=RegressionsPublic)
+def regressions(_: Viewer, session: SessionDep, targets: str | None = None,
+                bundle: str | None = None, threads: int | None = Query(None, ge=1, le=1024),
+                ) -> Json:
+    """Change points of the benchmark p50 series (device x bundle name x precision x
+    threads; throttled or invalid results left out), newest first; optionally of the devices
+    a target pattern selects, one bundle name, one thread count."""
+    devices = [d.name for d in select_devices(session, targets)] if targets else None
+    return regression_service.regressions_public(
+        regression_service.regressions(session, bundle or None, threads, devices))
 
 
 @router.get("/jobs", response_model=list[JobPublic])

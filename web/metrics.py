@@ -1,5 +1,6 @@
 """/metrics for Prometheus: per-device temperature, throttle bits and online state, the last
-benchmark p50 per device/bundle/threads, and job counts by state.
+benchmark p50 per device/bundle/threads (benchmark runs only: an eval's per-sample inference
+time is not a benchmark's p50), and job counts by state.
 
 Collected at scrape time from the DB (a custom collector), so there is no state to keep in sync.
 """
@@ -19,6 +20,7 @@ from sqlmodel import col, select
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.models import Device, Job, Result, Run
+from orchestrator.measure.trends import BENCH
 
 ONLINE_WINDOW = timedelta(minutes=3)
 
@@ -55,7 +57,7 @@ class FleetCollector(Collector):
             latest = (select(Result.device_name, Run.bundle_name, Run.bundle_version,
                              Result.threads, Result.p50_ms)
                       .join(Run, col(Run.id) == col(Result.run_id))
-                      .where(col(Result.ok), col(Result.valid))
+                      .where(col(Run.kind) == BENCH, col(Result.ok), col(Result.valid))
                       .order_by(col(Result.id)))
             seen_keys: dict[tuple[str, str, str], float] = {}
             for name, bundle, version, threads, value in session.exec(latest).all():

@@ -234,6 +234,47 @@ class CompareRow(Out):
     n_b: int | None
 
 
+class ChangePointPublic(Out):
+    """``regressions.change_point_public``: where one series moves to another level."""
+
+    device: str
+    bundle: str = Field(description="Bundle name (its versions follow one another)")
+    precision: str | None
+    threads: int | None
+    run_id: int = Field(description="The first run of the new level")
+    version: str = Field(description="The bundle version that run measured")
+    at: Timestamp
+    previous_run_id: int = Field(description="The last run before the change")
+    previous_version: str
+    direction: str = Field(description="slower (a regression) | faster")
+    before_ms: Number = Field(description="Median p50 of the segment before")
+    after_ms: Number = Field(description="Median p50 of the segment from run_id on")
+    ratio: Number = Field(description="after_ms / before_ms: above 1 is slower")
+    ci_low: Number | None = Field(description="Bootstrap 95% CI of the ratio")
+    ci_high: Number | None
+    p_value: Number = Field(description="The detector's test of the two segments")
+    points_before: int
+    points_after: int
+
+
+class DetectorPublic(Out):
+    method: str
+    max_pvalue: Number
+    min_points: int = Field(description="Points each segment needs")
+    windows: list[int] = Field(description="Otava's window widths, one candidate pass each")
+
+
+class RegressionsPublic(Out):
+    """``regressions.regressions_public``: every change point of the benchmark series read
+    (device x bundle name x precision x threads, valid p50s only), newest first."""
+
+    change_points: list[ChangePointPublic]
+    regressions: int = Field(description="How many of them are slower")
+    series: int = Field(description="Series with at least one valid point")
+    valid_points: int
+    detector: DetectorPublic
+
+
 class JobPublic(Out):
     """``jobs.job_public`` (the worker id stays internal)."""
 

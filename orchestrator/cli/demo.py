@@ -29,9 +29,9 @@ def demo_cmd(
     = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Inventory -> agent -> bundle -> verified push -> benchmark on 3 simulated Pis; no Pi or
-    sshd needed."""
-    from orchestrator.artifacts.bundles import build_bundle, bundle_public
+    """Inventory -> agent -> bundle -> verified push -> benchmark -> eval -> a regression found
+    by change-point detection, on 3 simulated Pis; no Pi or sshd needed."""
+    from orchestrator.artifacts.bundles import bundle_public
     from orchestrator.artifacts.quantize import make_variant
     from orchestrator.core.config import Settings
     from orchestrator.core.db import session_scope
@@ -71,17 +71,16 @@ def demo_cmd(
     _say(as_json, f"edgefleet bundle build {files.model_dir} --name {scenario.DEMO_BUNDLE} "
                   f"--shape {shape} --quantize int8 --streaming-profile {files.profile}")
     with session_scope(cfg) as session:
-        built = build_bundle(session, cfg, files.model_dir, scenario.DEMO_BUNDLE,
-                             input_shapes=scenario.INPUT_SHAPES,
-                             extra={"streaming": load_profile_file(files.profile).to_dict()})
-        variant = make_variant(session, cfg, built.bundle, "int8")
-        bundles = [built.bundle, variant.bundle]
-        report["bundle"] = bundle_public(built.bundle) | {"created": built.created}
+        first, created = _build_once(session, cfg, files.model_dir, "1",
+                                     load_profile_file(files.profile).to_dict())
+        variant = make_variant(session, cfg, first, "int8")
+        bundles = [first, variant.bundle]
+        report["bundle"] = bundle_public(first) | {"created": created}
         report["variant"] = bundle_public(variant.bundle) | {"created": variant.created}
         session.expunge_all()
     if not as_json:
-        for b, created in ((built.bundle, built.created), (variant.bundle, variant.created)):
-            output.stdout.print(f"{'built' if created else 'unchanged'} {b.name}@{b.version} "
+        for b, made in ((first, created), (variant.bundle, variant.created)):
+            output.stdout.print(f"{'built' if made else 'unchanged'} {b.name}@{b.version} "
                                 f"{b.precision} ({output.human_bytes(b.size_bytes)}, digest "
                                 f"{b.digest[:16]})")
 
@@ -119,7 +118,8 @@ def demo_cmd(
                                              f"{run.bundle_name}@{run.bundle_version}"))
 
     evaluated = _evaluate(cfg, files, int8, ready, report, as_json)
-    failed = [o for o in [*installed, *pushed_all, *benched, *evaluated] if not o.ok]
+    nightly = _regression(cfg, files, fp32, ready, report, as_json)
+    failed = [o for o in [*installed, *pushed_all, *benched, *evaluated, *nightly] if not o.ok]
 
     _say(as_json, "edgefleet devices list")
     with session_scope(cfg) as session:
@@ -137,12 +137,33 @@ def demo_cmd(
             f"  edgefleet runs show {runs[0].id} --format md\n"
             f"  edgefleet runs compare {runs[0].id} {runs[1].id}\n"
             f"  edgefleet runs verdict {report['eval']['run_id']}\n"
+            "  edgefleet runs regressions\n"
             "  edgefleet devices verify all\n"
             "  edgefleet rollback pi4-lab\n"
             "  edgefleet serve"
         )
     if failed:
         raise typer.Exit(1)
+
+
+def _build_once(session: Any, cfg: Settings, folder: Path, version: str,
+                streaming: dict[str, Any]) -> tuple[Any, bool]:
+    """The demo's ``first-crack@VERSION``: built from ``folder`` the first time, the stored one
+    after (``bundle build`` compares a folder with the newest version only, which is the slower
+    v2 once the demo has run: rebuilding v1's folder would make a v3). ``--fresh`` rebuilds."""
+    from sqlmodel import select
+
+    from orchestrator.artifacts.bundles import build_bundle
+    from orchestrator.core.models import Bundle
+    from orchestrator.demo import scenario
+
+    stored = session.exec(select(Bundle).where(Bundle.name == scenario.DEMO_BUNDLE,
+                                               Bundle.version == version)).first()
+    if stored is not None:
+        return stored, False
+    built = build_bundle(session, cfg, folder, scenario.DEMO_BUNDLE, version=version,
+                         input_shapes=scenario.INPUT_SHAPES, extra={"streaming": streaming})
+    return built.bundle, built.created
 
 
 def _evaluate(cfg: Settings, files: Any, bundle: Any, devices: list[Any],
@@ -187,4 +208,93 @@ def _evaluate(cfg: Settings, files: Any, bundle: Any, devices: list[Any],
         output.stdout.print(render_verdicts(verdict))
         for line in recommendation_lines(verdict):
             output.stdout.print(line, soft_wrap=True)
+    return outcomes
+
+
+NIGHTLY_DEVICE = "pi5-bench"  # the demo's one clean Pi: throttled results never enter a series
+NIGHTLY_RUNS = 5  # more runs of v1 after the first bench: the series' noise ...
+SLOWER_RUNS = 4  # ... then the slower v2 (the detector wants 3 runs of a new level)
+
+
+def _regression(cfg: Settings, files: Any, fp32: Any, devices: list[Any],
+                report: dict[str, Any], as_json: bool) -> list[Any]:
+    """Nightly-style benchmarks of v1, then of a deliberately slower v2, on the clean Pi; the
+    change-point detector names the run where the series got slower; roll the Pi back."""
+    from orchestrator.core.db import session_scope
+    from orchestrator.demo import scenario
+    from orchestrator.fleet.deploy import push, rollback
+    from orchestrator.measure.regressions import (
+        caption,
+        display_row,
+        regressions,
+        regressions_public,
+    )
+    from orchestrator.measure.reports import format_number
+    from orchestrator.measure.runs import BenchParams, bench, run_results
+    from orchestrator.measure.verdicts import load_profile_file
+
+    pi = [d for d in devices if d.name == NIGHTLY_DEVICE]
+    if not pi:
+        return []
+    params = BenchParams(threads=[1], runs=100)
+    outcomes: list[Any] = []
+    report["nightly"] = []
+
+    def nightly(bundle: Any, times: int) -> None:
+        _say(as_json, f"edgefleet bench {bundle.name}@{bundle.version} {NIGHTLY_DEVICE} "
+                      f"--threads 1 --runs 100   (x{times}, as a nightly schedule would)")
+        for _ in range(times):
+            (run,), done = bench(cfg, [bundle], pi, params, NIGHTLY_DEVICE)
+            outcomes.extend(done)
+            with session_scope(cfg) as session:
+                p50 = [r.p50_ms for r in run_results(session, run.id)]
+            report["nightly"].append({"run_id": run.id, "bundle": f"{bundle.name}@"
+                                      f"{bundle.version}", "p50_ms": p50[0] if p50 else None})
+            if not as_json:
+                output.stdout.print(f"run {run.id}: {bundle.name}@{bundle.version} p50 "
+                                    f"{format_number(p50[0]) if p50 else '-'} ms")
+
+    nightly(fp32, NIGHTLY_RUNS)
+    folder = scenario.write_slower_version(files.home, files.model_dir)
+    shape = ",".join(f"{k}={'x'.join(map(str, v))}" for k, v in scenario.INPUT_SHAPES.items())
+    _say(as_json, f"edgefleet bundle build {folder} --name {scenario.DEMO_BUNDLE} --shape {shape} "
+                  f"--version 2   (deliberately slower: its first layer computed "
+                  f"{scenario.SLOWER_PASSES} times over)")
+    with session_scope(cfg) as session:
+        slower, created = _build_once(session, cfg, folder, "2",
+                                      load_profile_file(files.profile).to_dict())
+        session.expunge_all()
+    report["slower"] = {"bundle": f"{slower.name}@{slower.version}", "created": created}
+    if not as_json:
+        output.stdout.print(f"{'built' if created else 'unchanged'} {slower.name}@"
+                            f"{slower.version} {slower.precision}")
+    _say(as_json, f"edgefleet push {slower.name}@{slower.version} {NIGHTLY_DEVICE}")
+    pushed = push(cfg, slower, pi)
+    outcomes.extend(pushed)
+    if not as_json:
+        output.stdout.print(output.outcome_table("push", pushed, ()))
+    nightly(slower, SLOWER_RUNS)
+
+    _say(as_json, f"edgefleet runs regressions --bundle {scenario.DEMO_BUNDLE}")
+    with session_scope(cfg) as session:
+        found = regressions(session, scenario.DEMO_BUNDLE)
+    report["regressions"] = regressions_public(found)
+    if not as_json:
+        rows = [display_row(c) for c in found.change_points]
+        output.stdout.print(output.table(
+            f"{len(rows)} change point(s) in {found.series} series of {found.valid_points} "
+            "valid benchmark p50s",
+            ["series", "run", "version", "change", "before ms", "after ms", "after/before",
+             "95% CI", "p", "points"],
+            [(r["series"], r["run_id"], f"{r['previous_version']} -> {r['version']}",
+              r["direction"], r["before"], r["after"], r["ratio"], r["ci"], r["p"],
+              r["points"]) for r in rows]))
+        output.stdout.print(caption(found.detector), soft_wrap=True, style="dim")
+
+    _say(as_json, f"edgefleet rollback {NIGHTLY_DEVICE}")
+    back = rollback(cfg, pi, actor="demo", targets=NIGHTLY_DEVICE)
+    outcomes.extend(back)
+    report["rollback"] = [o.as_dict() for o in back]
+    if not as_json:
+        output.stdout.print(output.outcome_table("rollback", back, ()))
     return outcomes

@@ -204,6 +204,7 @@ def get_app() -> typer.Typer:
         datasets,
         demo,
         evaluate,
+        regressions,
         runs,
         serve,
         tokens,

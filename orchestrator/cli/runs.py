@@ -227,14 +227,17 @@ def runs_compare(
     fmt: Annotated[str, typer.Option("--format", help="table | md | csv | json")] = "table",
     as_json: JsonOpt = False,
 ) -> None:
-    """B relative to A per device and thread count: ratio of medians, 95% CI, p, verdict."""
+    """B relative to A per device and thread count: ratio of medians, 95% CI, p, verdict.
+    Both runs must be of one kind (two benchmarks, or two evals)."""
+    from orchestrator.core.db import session_scope
     from orchestrator.measure import reports
+    from orchestrator.measure.runs import compared_runs
     from orchestrator.measure.stats import compare_runs
 
     _check_format(fmt)
-    rows = compare_runs(_results_public(run_a, latencies=True)[1],
-                        _results_public(run_b, latencies=True)[1],
-                        include_invalid=include_invalid)
+    with session_scope(settings()) as session:
+        first, second = compared_runs(session, run_a, run_b)
+    rows = compare_runs(first["results"], second["results"], include_invalid=include_invalid)
     if as_json or fmt == "json":
         output.print_json(rows)
     elif fmt == "md":

@@ -13,6 +13,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -25,7 +26,12 @@ from orchestrator.demo.model import (
 )
 from orchestrator.demo.simulate import SimulatedDevice, create_simulated_device
 
+if TYPE_CHECKING:
+    import onnx
+
 DEMO_BUNDLE = "first-crack"
+SLOWER_DIR = "first-crack-v2-slower"
+SLOWER_PASSES = 12  # v2 computes its first layer this many times over: ~3x the latency
 DEMO_DATASET = "roast-windows"
 # One 2 s window per inference: benchmarks and golden outputs use batch 1.
 INPUT_SHAPES = {"input_values": [1, TRAINED_FRAMES, TRAINED_MELS]}
@@ -92,3 +98,48 @@ def prepare(home: Path, model_cache: Path | None = None) -> DemoFiles:
     profile = home / "models" / f"{DEMO_BUNDLE}.profile.json"
     profile.write_text(json.dumps(TRAINED_STREAMING_PROFILE, indent=2) + "\n")
     return DemoFiles(home, inventory_path, model_dir, eval_dir, profile, sims)
+
+
+def _repeated_first_layer(model: onnx.ModelProto, passes: int) -> onnx.ModelProto:
+    """``model`` with its first MatMul (``input_values`` x ``w1``) computed ``passes`` times,
+    each from its own copy of the weights (so no optimizer merges them), and averaged: the same
+    outputs (up to float rounding) for several times the work."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    out = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = out.graph
+    (first,) = [n for n in graph.node if n.op_type == "MatMul"
+                and list(n.input) == ["input_values", "w1"]]
+    (w1,) = [i for i in graph.initializer if i.name == "w1"]
+    weights = numpy_helper.to_array(w1)
+    graph.initializer.remove(w1)
+    copies, products = [], []
+    for n in range(passes):
+        graph.initializer.append(numpy_helper.from_array(weights.copy(), f"w1_pass{n}"))
+        products.append(f"m1_pass{n}")
+        copies.append(helper.make_node("MatMul", ["input_values", f"w1_pass{n}"],
+                                       [products[-1]]))
+    nodes = list(graph.node)
+    at = nodes.index(first)
+    del graph.node[:]
+    graph.node.extend(nodes[:at] + copies + [helper.make_node("Mean", products, ["m1"])]
+                      + nodes[at + 1:])
+    onnx.checker.check_model(out)
+    return out
+
+
+def write_slower_version(home: Path, model_dir: Path) -> Path:
+    """The demo's deliberately slower second version of the first-crack bundle: the same
+    network and files, its first layer computed ``SLOWER_PASSES`` times over (the kind of cost
+    an export change adds without changing a single prediction). Returns the folder."""
+    import onnx
+
+    folder = home / "models" / SLOWER_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for item in model_dir.iterdir():
+        if item.is_file() and item.name != "model.onnx":
+            shutil.copyfile(item, folder / item.name)
+    slower = _repeated_first_layer(onnx.load(str(model_dir / "model.onnx")), SLOWER_PASSES)
+    (folder / "model.onnx").write_bytes(slower.SerializeToString(deterministic=True))
+    return folder

@@ -3,10 +3,12 @@ one lease per device), score what each device predicted, store it like a benchma
 
 Stored (docs/pipeline.md "Eval results"): one ``Run(kind="eval")``, ``params`` = dataset, threads,
 warmup, positive class, threshold, profile; one ``Result`` per device x thread count whose
-latency columns and raw ``latencies`` are the per-sample INFERENCE times (so benchmark tooling
-— compare, trends, the charts — works unchanged), with ``detail["preprocessing_ms"]`` (per
-sample, same order), ``detail["eval"]`` (``evalmetrics.evaluate``: metrics, confusion matrix,
-sweep, recommendation) and ``detail["samples"]`` (id, label, predicted class, probabilities).
+latency columns and raw ``latencies`` are the per-sample INFERENCE times (so ``runs compare``
+of two evals works unchanged; trends, the version heatmap, /metrics and change points read
+benchmark runs only, and a benchmark is never compared with an eval), with
+``detail["preprocessing_ms"]`` (per sample, same order), ``detail["eval"]``
+(``evalmetrics.evaluate``: metrics, confusion matrix, sweep, recommendation) and
+``detail["samples"]`` (id, label, predicted class, probabilities).
 
 Why metrics are computed here and not on the device: the device only reports what the model
 said; one implementation scores every device, so two devices differ only if their models did.

@@ -346,6 +346,27 @@ def device_results(session: Session, name: str, limit: int = 50) -> list[dict[st
     return [result_public(result, run) for result, run in pairs]
 
 
+KIND_NAMES = {"bench": "a benchmark", "eval": "an eval"}
+
+
+def compared_runs(session: Session, a: int, b: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Runs A and B with their results and raw latencies (``run_public``), for
+    ``stats.compare_runs``: what ``runs compare``, ``/api/compare`` and the Compare page read.
+
+    Runs of different kinds are refused (EdgeFleetError): an eval times each labelled sample's
+    inference inside the evaluation, a benchmark a timed loop over one input, so "B is 1.95x
+    slower" between the two says nothing about the model."""
+    run_a, run_b = get_run(session, a), get_run(session, b)
+    if run_a.kind != run_b.kind:
+        names = [KIND_NAMES.get(r.kind, f"a {r.kind}") for r in (run_a, run_b)]
+        raise EdgeFleetError(
+            f"run {a} is {names[0]} run and run {b} {names[1]} run: runs of different kinds "
+            "are not compared (an eval times each sample's inference inside the evaluation, "
+            "a benchmark a timed loop); compare two benchmark runs, see `edgefleet runs list`")
+    return tuple(run_public(r, run_results(session, r.id, latencies=True),  # type: ignore
+                            latencies=True) for r in (run_a, run_b))
+
+
 def result_public(result: Result, run: Run, raw: bool = False, *,
                   latencies: bool | None = None, samples: bool | None = None,
                   ) -> dict[str, Any]:

@@ -1,5 +1,10 @@
 """Latency over time and across bundle versions, aggregated in SQL from the Result/Run columns.
 
+Benchmarks only: every query here reads runs of kind ``bench``. An eval run times each labelled
+sample's inference inside the evaluation (a new input each call), not a benchmark's timed loop
+over one input; drawn on the same line, the demo's eval read as a +75% to +189% "regression",
+and averaged into the heatmap it made INT8 look 35% slower than FP32.
+
 Why columns only: months of nightly benchmarks are thousands of results, each carrying kB of
 compressed raw latencies and telemetry samples. A trend or a version matrix needs the p50
 column and a validity bit, so only those are selected and grouped in the database; nothing
@@ -10,12 +15,11 @@ throttled, under-volted or with unknown sensors); failed results (``ok`` false, 
 points at all. Invalid and valid p50s are aggregated separately, so a throttled measurement is
 never averaged into a clean one.
 
-The regression rule (stated on the Trends page too): within one series — same device, same
-bundle *name* (its versions follow one another in the series: a slower new version is exactly
-the regression to catch), same thread count — ordered by run time, a valid point is a
-regression when its p50 is more than 10% above the p50 of the previous *valid* point. Invalid
-points are never flagged and never serve as the reference: a throttled run says nothing about
-the model, and comparing against one would hide (or invent) a regression.
+A *series* is one device x bundle name x precision x thread count, in run order: the versions of a
+bundle follow one another on it (a slower new version is exactly the regression to catch), while
+its INT8 variant, a different precision, is a series of its own. Which points of a series start a
+new level is decided by change-point detection (``orchestrator.measure.regressions``), over its
+valid points only.
 """
 
 from __future__ import annotations
@@ -30,30 +34,31 @@ from sqlmodel import Session, col, select
 
 from orchestrator.core.models import Bundle, Result, Run
 
-REGRESSION_THRESHOLD = 0.10  # > 10% slower than the previous valid point
+SeriesKey = tuple[str, str, str | None, int | None]  # device, bundle name, precision, threads
+
+BENCH = "bench"  # Run.kind of a benchmark; the other kind, "eval", never shows here
 MAX_RUNS = 1000  # a trend reads at most the newest this many runs (years of nightly runs)
 
 
 @dataclass
 class TrendPoint:
-    """One run's p50 for one device x thread count (valid and invalid results kept apart)."""
+    """One run's p50 for one device x precision x thread count (valid and invalid results
+    kept apart)."""
 
     device: str
     bundle: str
     version: str
+    precision: str | None
     threads: int | None
     run_id: int
     at: datetime
     p50_ms: float
     valid: bool
     results: int = 1
-    regression: bool = False
-    previous_ms: float | None = None  # the previous valid p50 of the series
-    change: float | None = None  # p50 / previous - 1
 
     @property
-    def series(self) -> tuple[str, str, int | None]:
-        return self.device, self.bundle, self.threads
+    def series(self) -> SeriesKey:
+        return self.device, self.bundle, self.precision, self.threads
 
 
 @dataclass
@@ -81,69 +86,61 @@ def _split_p50() -> tuple[Any, Any, Any, Any]:
 
 
 def _measured() -> list[Any]:
-    return [col(Result.ok), col(Result.p50_ms).is_not(None)]
+    """Conditions of a point: a benchmark's result that has a p50 (joined with its Run)."""
+    return [col(Run.kind) == BENCH, col(Result.ok), col(Result.p50_ms).is_not(None)]
 
 
 def bundle_names(session: Session) -> list[str]:
     """Names of the bundles that have been benchmarked, for the pages' filters."""
-    return list(session.exec(select(Run.bundle_name).distinct()
+    return list(session.exec(select(Run.bundle_name).distinct().where(Run.kind == BENCH)
                              .order_by(col(Run.bundle_name))).all())
 
 
 def thread_counts(session: Session) -> list[int]:
-    return [t for t in session.exec(select(Result.threads).distinct()
-                                    .order_by(col(Result.threads))).all() if t is not None]
+    """Thread counts that benchmarks measured, for the pages' filters."""
+    query = (select(Result.threads).distinct()
+             .join(Run, col(Result.run_id) == col(Run.id)).where(Run.kind == BENCH)
+             .order_by(col(Result.threads)))
+    return [t for t in session.exec(query).all() if t is not None]
 
 
 def trend_points(session: Session, bundle: str | None = None, threads: int | None = None,
-                 max_runs: int = MAX_RUNS) -> list[TrendPoint]:
-    """Points of every (device, bundle name, threads) series, oldest run first, regressions
-    marked (see the module docstring); optionally one bundle name and/or one thread count."""
-    runs = select(Run.id).order_by(col(Run.id).desc()).limit(max_runs)
+                 max_runs: int = MAX_RUNS, devices: Iterable[str] | None = None,
+                 ) -> list[TrendPoint]:
+    """Points of every series (see the module docstring), oldest run first; optionally one
+    bundle name, one thread count and/or some devices. The newest ``max_runs`` benchmark runs
+    are read."""
+    runs = (select(Run.id).where(Run.kind == BENCH).order_by(col(Run.id).desc())
+            .limit(max_runs))
     if bundle:
         runs = runs.where(Run.bundle_name == bundle)
     valid_avg, valid_n, invalid_avg, invalid_n = _split_p50()
-    query = (select(Result.run_id, Result.device_name, Result.threads, Run.bundle_name,
-                    Run.bundle_version, Run.created_at, valid_avg, valid_n, invalid_avg,
-                    invalid_n)
+    query = (select(Result.run_id, Result.device_name, Result.precision, Result.threads,
+                    Run.bundle_name, Run.bundle_version, Run.created_at, valid_avg, valid_n,
+                    invalid_avg, invalid_n)
              .join(Run, col(Result.run_id) == col(Run.id))
              .where(col(Result.run_id).in_(runs), *_measured())
-             .group_by(col(Result.run_id), col(Result.device_name), col(Result.threads),
-                       col(Run.bundle_name), col(Run.bundle_version), col(Run.created_at))
+             .group_by(col(Result.run_id), col(Result.device_name), col(Result.precision),
+                       col(Result.threads), col(Run.bundle_name), col(Run.bundle_version),
+                       col(Run.created_at))
              .order_by(col(Run.created_at), col(Result.run_id)))
     if threads is not None:
         query = query.where(Result.threads == threads)
+    if devices is not None:
+        query = query.where(col(Result.device_name).in_(list(devices)))
     points = []
-    for run_id, device, n_threads, name, version, at, v_avg, v_n, i_avg, i_n in \
+    for run_id, device, precision, n_threads, name, version, at, v_avg, v_n, i_avg, i_n in \
             session.exec(query).all():
         for p50, count, valid in ((v_avg, v_n, True), (i_avg, i_n, False)):
             if count:
-                points.append(TrendPoint(device, name, version, n_threads, run_id, at,
-                                         float(p50), valid, int(count)))
-    return mark_regressions(points)
-
-
-def mark_regressions(points: Iterable[TrendPoint],
-                     threshold: float = REGRESSION_THRESHOLD) -> list[TrendPoint]:
-    """Set ``regression``/``previous_ms``/``change`` on the valid points, per series, in time
-    order (the rule is in the module docstring). Returns the points sorted by time."""
-    ordered = sorted(points, key=lambda p: (p.at, p.run_id))
-    last_valid: dict[tuple[str, str, int | None], float] = {}
-    for point in ordered:
-        if not point.valid:
-            continue
-        previous = last_valid.get(point.series)
-        if previous is not None and previous > 0:
-            point.previous_ms = previous
-            point.change = point.p50_ms / previous - 1
-            point.regression = point.p50_ms > previous * (1 + threshold)
-        last_valid[point.series] = point.p50_ms
-    return ordered
+                points.append(TrendPoint(device, name, version, precision, n_threads, run_id,
+                                         at, float(p50), valid, int(count)))
+    return points
 
 
 def version_matrix(session: Session, bundle: str, threads: int | None = None
                    ) -> list[MatrixCell]:
-    """Every device x version x thread count measured for bundle ``bundle``: the mean of the
+    """Every device x version x thread count benchmarked for bundle ``bundle``: the mean of the
     valid results' p50s (each result is one run of that version on that device), and the
     invalid ones apart. Versions in build order (their Bundle row's creation), then name."""
     valid_avg, valid_n, invalid_avg, invalid_n = _split_p50()

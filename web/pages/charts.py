@@ -3,14 +3,15 @@ the
 JSON the line charts draw (``static/lines.js``) and to heatmap table rows.
 
 Plain functions without the database or HTTP, so each display rule — one chart per bundle and
-device, invalid results as separate hollow points outside the line, heatmap shading per device
-row — is written once and tested directly.
+device, a line per precision x thread count, invalid results as separate hollow points outside
+the line, change points as filled markers, heatmap shading per device row — is written once and
+tested directly.
 
 Chart JSON (read by lines.js from a ``<script type="application/json">`` block)::
 
     {"title": str, "x": [number], "x_time": bool, "x_log2": bool, "x_label": str,
      "y_label": str, "series": [{"label": str, "values": [number|null], "color": str,
-                                 "kind": "line" | "invalid" | "regression"}]}
+                                 "kind": "line" | "invalid" | "regression" | "faster"}]}
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from orchestrator.measure.regressions import ChangePoint
 from orchestrator.measure.reports import format_number
 from orchestrator.measure.trends import MatrixCell, TrendPoint, versions_in_order
 from orchestrator.present.wording import plural
@@ -25,6 +27,7 @@ from orchestrator.present.wording import plural
 PALETTE = ("#1f5fa8", "#2e7d32", "#8e24aa", "#00838f", "#6d4c41", "#c2185b", "#5c6bc0",
            "#455a64")
 REGRESSION_COLOR = "#b3261e"
+FASTER_COLOR = "#0a8f3c"
 HEAT_LEVELS = 10  # heat-0 (fastest on that row) .. heat-9 (slowest), classes in app.css
 
 
@@ -38,53 +41,63 @@ def _sort_threads(values: Iterable[int | None]) -> list[int | None]:
     return sorted(set(values), key=lambda t: (t is None, t or 0))
 
 
-def trend_charts(points: Sequence[TrendPoint]) -> list[dict[str, Any]]:
-    """One time chart per (bundle name, device): a line per thread count through its valid
-    points, its invalid points as hollow markers off the line, its regressions as red dots."""
+def _line_label(precision: str | None, threads: int | None, several: bool) -> str:
+    label = _threads_label(threads)
+    return f"{precision or 'precision ?'}, {label}" if several else label
+
+
+def trend_charts(points: Sequence[TrendPoint], change_points: Sequence[ChangePoint] = (),
+                 ) -> list[dict[str, Any]]:
+    """One time chart per (bundle name, device): a line per precision x thread count through
+    its valid points, its invalid points as hollow markers off the line, and the first point of
+    each new level a change point found as a filled marker (red: slower, green: faster)."""
     groups: dict[tuple[str, str], list[TrendPoint]] = {}
     for point in points:
         groups.setdefault((point.bundle, point.device), []).append(point)
+    starts = {(c.series, c.run_id): c for c in change_points}
     charts = []
     for (bundle, device), group in sorted(groups.items()):
         xs = sorted({p.at.timestamp() for p in group})
         where = {x: i for i, x in enumerate(xs)}
+        lines = sorted({(p.precision, p.threads) for p in group},
+                       key=lambda k: (k[0] or "", k[1] is None, k[1] or 0))
+        several = len({precision for precision, _ in lines}) > 1
         series: list[dict[str, Any]] = []
-        for n, threads in enumerate(_sort_threads(p.threads for p in group)):
+        slower = faster = 0
+        for n, (precision, threads) in enumerate(lines):
             color = PALETTE[n % len(PALETTE)]
-            label = _threads_label(threads)
-            kinds = {kind: [None] * len(xs) for kind in ("line", "invalid", "regression")}
+            label = _line_label(precision, threads, several)
+            kinds = {kind: [None] * len(xs) for kind in ("line", "invalid", "slower", "faster")}
             for p in group:
-                if p.threads == threads:
-                    kind = "line" if p.valid else "invalid"
-                    kinds[kind][where[p.at.timestamp()]] = p.p50_ms
-                    if p.regression:
-                        kinds["regression"][where[p.at.timestamp()]] = p.p50_ms
+                if (p.precision, p.threads) != (precision, threads):
+                    continue
+                at = where[p.at.timestamp()]
+                kinds["line" if p.valid else "invalid"][at] = p.p50_ms
+                change = starts.get((p.series, p.run_id)) if p.valid else None
+                if change is not None:
+                    kinds["slower" if change.slower else "faster"][at] = p.p50_ms
             series.append({"label": label, "values": kinds["line"], "color": color,
                            "kind": "line"})
             if any(v is not None for v in kinds["invalid"]):
                 series.append({"label": f"{label}, invalid", "values": kinds["invalid"],
                                "color": color, "kind": "invalid"})
-            if any(v is not None for v in kinds["regression"]):
-                series.append({"label": f"{label}, regression", "values": kinds["regression"],
-                               "color": REGRESSION_COLOR, "kind": "regression"})
+            for kind, color_of, word in (("slower", REGRESSION_COLOR, "regression"),
+                                         ("faster", FASTER_COLOR, "faster")):
+                marks = sum(v is not None for v in kinds[kind])
+                if marks:
+                    series.append({"label": f"{label}, {word}", "values": kinds[kind],
+                                   "color": color_of,
+                                   "kind": "regression" if kind == "slower" else "faster"})
+                slower += marks if kind == "slower" else 0
+                faster += marks if kind == "faster" else 0
         charts.append({
             "title": f"{bundle} on {device}", "bundle": bundle, "device": device,
             "x": xs, "x_time": True, "x_log2": False, "x_label": "", "y_label": "p50 ms",
             "series": series, "points": len(group),
             "invalid": sum(not p.valid for p in group),
-            "regressions": sum(p.regression for p in group),
+            "regressions": slower, "faster": faster,
         })
     return charts
-
-
-def regression_rows(points: Sequence[TrendPoint]) -> list[dict[str, Any]]:
-    """The flagged points as table rows, newest first (the charts' accessible summary)."""
-    rows = [{"device": p.device, "bundle": f"{p.bundle}@{p.version}", "threads": p.threads,
-             "run_id": p.run_id, "at": p.at, "previous": format_number(p.previous_ms),
-             "p50": format_number(p.p50_ms),
-             "change": f"+{100 * (p.change or 0):.1f}%"}
-            for p in points if p.regression]
-    return rows[::-1]
 
 
 def sweep_charts(cells: Sequence[MatrixCell]) -> list[dict[str, Any]]:

@@ -1,7 +1,8 @@
 """Compare page, two ways (moved here from runs when it grew):
 
-* two runs (``?a=&b=``): B against A per device and thread count — the statistics of
-  ``edgefleet runs compare`` (they need raw latencies, so those two runs' are loaded) — with
+* two runs (``?a=&b=``) of one kind: B against A per device and thread count — the
+  statistics of ``edgefleet runs compare`` (they need raw latencies, so those two runs' are
+  loaded; a benchmark and an eval are refused, ``runs.compared_runs``) — with
   ``&format=csv`` / ``&format=md`` exports of the same rows (``reports.comparison_csv`` /
   ``comparison_markdown``, as attachments);
 * a bundle across its versions and precisions (``?bundle=NAME``): a device x version heatmap
@@ -19,7 +20,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlmodel import Session
 
-from orchestrator.core.errors import NotFoundError
+from orchestrator.core.errors import EdgeFleetError, NotFoundError
 from orchestrator.measure import trends
 from orchestrator.measure.reports import (
     COMPARISON_CAPTION,
@@ -30,7 +31,7 @@ from orchestrator.measure.reports import (
     format_p,
     format_ratio,
 )
-from orchestrator.measure.runs import get_run, list_runs, run_public, run_results
+from orchestrator.measure.runs import compared_runs, list_runs, run_public
 from orchestrator.measure.stats import compare_runs
 from web.deps import SessionDep, Viewer
 from web.inputs import RowId
@@ -46,14 +47,12 @@ EXPORTS = {"csv": ("text/csv; charset=utf-8", comparison_csv),
 
 def _compare(session: Session, a: int, b: int, include_invalid: bool
              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(the two runs without their results, compare_runs rows); NotFoundError for a bad id."""
-    runs: dict[str, Any] = {}
-    for key, run_id in (("a", a), ("b", b)):
-        runs[key] = run_public(get_run(session, run_id),
-                               run_results(session, run_id, latencies=True), latencies=True)
-    rows = compare_runs(runs["a"].pop("results"), runs["b"].pop("results"),
+    """(the two runs without their results, compare_runs rows); NotFoundError for a bad id,
+    EdgeFleetError for runs of different kinds."""
+    first, second = compared_runs(session, a, b)
+    rows = compare_runs(first.pop("results"), second.pop("results"),
                         include_invalid=include_invalid)
-    return runs, rows
+    return {"a": first, "b": second}, rows
 
 
 def _display(row: dict[str, Any]) -> dict[str, Any]:
@@ -92,6 +91,8 @@ def compare_page(request: Request, principal: Viewer, session: SessionDep,
             runs, rows = _compare(session, a, b, include_invalid)
         except NotFoundError as exc:
             context["error"], status = str(exc), 404
+        except EdgeFleetError as exc:  # runs of different kinds
+            context["error"], status = str(exc), 400
         else:
             if fmt:
                 return _export(fmt, a, b, rows)

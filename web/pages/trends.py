@@ -1,8 +1,9 @@
-"""Trends page: p50 over time per device and bundle, with regressions flagged.
+"""Trends page: p50 over time per device and bundle, with the change points found flagged.
 
-The query and the regression rule live in ``orchestrator.measure.trends`` (SQL aggregates over the
-Result/Run columns; raw latencies are never loaded); this route only reads the filters, shapes
-the charts (``charts``) and renders.
+The series and their change points come from ``orchestrator.measure.regressions`` (the service of
+``edgefleet runs regressions`` and ``/api/regressions``; SQL aggregates over the Result/Run
+columns of benchmark runs, raw latencies never loaded); this route only reads the filters,
+shapes the charts (``charts``) and renders.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from orchestrator.measure import trends
+from orchestrator.measure import regressions, trends
 from web.deps import SessionDep, Viewer
-from web.pages.charts import regression_rows, trend_charts
+from web.pages.charts import trend_charts
 from web.pages.common import filter_int, render
 
 router = APIRouter()
@@ -25,12 +26,13 @@ def trends_page(request: Request, principal: Viewer, session: SessionDep, bundle
     (the selects only offer what exists)."""
     bundle = bundle.strip()
     thread_count = filter_int(threads)
-    points = trends.trend_points(session, bundle or None, thread_count)
+    found = regressions.regressions(session, bundle or None, thread_count)
     names = trends.bundle_names(session)
     counts = trends.thread_counts(session)
     return render(request, "trends.html", {
-        "section": "trends", "charts": trend_charts(points),
-        "regressions": regression_rows(points), "bundle": bundle, "threads": thread_count,
-        "bundle_names": names, "thread_counts": counts,
-        "threshold": round(100 * trends.REGRESSION_THRESHOLD), "max_runs": trends.MAX_RUNS,
+        "section": "trends", "charts": trend_charts(found.points, found.change_points),
+        "changes": [regressions.display_row(c) for c in found.change_points],
+        "found": found, "caption": regressions.caption(found.detector),
+        "bundle": bundle, "threads": thread_count, "bundle_names": names,
+        "thread_counts": counts, "max_runs": trends.MAX_RUNS,
     }, principal)

@@ -7,7 +7,8 @@
  * keeps app.js's renderers out of it.
  *
  * Series kinds: "line" (valid points joined across gaps), "invalid" (hollow markers, no line:
- * measured while throttled, not comparable), "regression" (filled red markers on the line).
+ * measured while throttled, not comparable), "regression" / "faster" (filled markers on the line:
+ * the first run of a new level found by change-point detection, slower / faster).
  */
 (function () {
   "use strict";
@@ -21,7 +22,7 @@
       return { label: s.label, stroke: s.color, paths: noPath,
                points: { show: true, size: 9, width: 1.5, stroke: s.color, fill: "#fff" } };
     }
-    if (s.kind === "regression") {
+    if (s.kind === "regression" || s.kind === "faster") {
       return { label: s.label, stroke: s.color, paths: noPath,
                points: { show: true, size: 11, width: 2, stroke: s.color, fill: s.color } };
     }

@@ -60,6 +60,21 @@ def test_demo_end_to_end_and_again(cli: Cli, tmp_path: Path) -> None:
     assert verdict["recommended"]["pi5-roaster"]["threads"] is None  # throttled: no advice
     assert verdict["recommended"]["pi5-bench"]["threads"] in (1, 2)
 
+    # Nightly-style runs of v1 on the clean Pi, then of a deliberately slower v2: the detector
+    # finds one change point, at v2's first run, and none in v1's noise; the Pi is rolled back.
+    nightly = report["nightly"]
+    assert [n["bundle"] for n in nightly] == ["first-crack@1"] * 5 + ["first-crack@2"] * 4
+    assert report["slower"] == {"bundle": "first-crack@2", "created": True}
+    (change,) = report["regressions"]["change_points"]
+    assert (change["device"], change["bundle"], change["precision"], change["threads"]) == \
+        ("pi5-bench", "first-crack", "fp32", 1)
+    assert change["run_id"] == nightly[5]["run_id"] and change["version"] == "2"
+    assert change["direction"] == "slower" and change["ratio"] > 1.5
+    assert change["ci_low"] > 1 and change["p_value"] < report["regressions"]["detector"][
+        "max_pvalue"]
+    assert (change["points_before"], change["points_after"]) == (6, 4)
+    assert [o["state"] for o in report["rollback"]] == ["rolled-back"]
+
     again = cli("demo", "--home", home, "--json").json
     assert not again["bundle"]["created"] and not again["variant"]["created"]
     assert not again["dataset"]["created"]
@@ -71,3 +86,5 @@ def test_demo_end_to_end_and_again(cli: Cli, tmp_path: Path) -> None:
     assert "confusion matrix: all 6 results" in human and "recommended threshold" in human
     assert "per-class report: all 6 results" in human and "support" in human
     assert "$ edgefleet runs verdict" in human and "keeps up" in human
+    assert "$ edgefleet runs regressions --bundle first-crack" in human
+    assert "change point(s) in 8 series" in human and "1 -> 2" in " ".join(human.split())

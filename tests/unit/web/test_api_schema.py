@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from orchestrator.demo.simulate import create_simulated_device
 from orchestrator.inventory.devices import all_devices, device_public, get_device, sync_inventory
 from orchestrator.inventory.reader import load_inventory
 from orchestrator.jobs import queue, schedules
+from orchestrator.measure.regressions import regressions, regressions_public
 from orchestrator.measure.runs import get_run, list_runs, pack_floats, run_public, run_results
 from web import api
 from web.app import create_app
@@ -43,7 +44,8 @@ def _rendered(content: Any) -> bytes:
 
 def _seed(settings: Settings, base: Path) -> dict[str, int]:
     """A device with a deployment, a bundle, a bench run and an eval run (one with raw
-    latencies, one with an ``eval`` block), a queued job, a schedule and audit events."""
+    latencies, one with an ``eval`` block), six more bench runs whose p50 steps up (a change
+    point), a queued job, a schedule and audit events."""
     sim = create_simulated_device(base / "pi-a" / "hw", temp_c=50.0)
     inventory = base / "inventory.yml"
     inventory.write_text(yaml.safe_dump({"all": {"children": {"pis": {"hosts": {
@@ -75,6 +77,15 @@ def _seed(settings: Settings, base: Path) -> dict[str, int]:
                                simulated=True, n=3, p50_ms=1.0, mean_ms=1, valid=True,
                                telemetry_status="clean", precision="fp32", detail=detail,
                                latencies=pack_floats([1.0, 1.5, 2.0]), created_at=now))
+        for n, p50 in enumerate([1.02, 0.98, 1.01, 1.52, 1.49, 1.51]):
+            at = now + timedelta(minutes=n + 1)
+            run = Run(bundle_name=bundle.name, bundle_version=bundle.version,
+                      bundle_digest=bundle.digest, targets="all", created_by="test",
+                      state="succeeded", created_at=at, finished_at=at)
+            session.add(run)
+            session.flush()
+            session.add(Result(run_id=run.id, device_name="pi-a", threads=1, ok=True, n=3,
+                               p50_ms=p50, valid=True, precision="fp32", created_at=at))
     queue.submit(settings, "telemetry", {}, "all", actor="test")
     schedules.create(settings, "telemetry", {}, "all", cron="0 3 * * *", actor="test")
     return ids
@@ -135,7 +146,8 @@ def test_responses_validate_against_their_models(
     urls = {"/api/devices": "/api/devices", "/api/devices/{name}": "/api/devices/pi-a",
             "/api/bundles": "/api/bundles", "/api/bundles/{ref}": "/api/bundles/first-crack",
             "/api/runs": "/api/runs", "/api/runs/{run_id}": f"/api/runs/{ids['eval']}?raw=true",
-            "/api/compare": f"/api/compare?a={ids['bench']}&b={ids['eval']}",
+            "/api/compare": f"/api/compare?a={ids['bench']}&b={ids['bench']}",
+            "/api/regressions": "/api/regressions",
             "/api/jobs": "/api/jobs", "/api/jobs/{job_id}": "/api/jobs/1",
             "/api/schedules": "/api/schedules", "/api/audit": "/api/audit"}
     for path, url in urls.items():
@@ -162,6 +174,8 @@ def test_responses_are_the_service_dicts_byte_for_byte(
                                for s in schedules.list_schedules(session)],
             "/api/audit": [event_public(e) for e in list_events(session, 200)],
         }
+        found = regressions_public(regressions(session))
+        assert found["change_points"]  # the seed's step is found
         device = get_device(session, "pi-a")
         detail = device_public(device) | {"facts": device.facts, "deployments": [
             d.model_dump(mode="json") for d in session.exec(select(Deployment)).all()]}
@@ -176,6 +190,11 @@ def test_responses_are_the_service_dicts_byte_for_byte(
     assert "eval" in expected[f"/api/runs/{ids['eval']}"]["results"][0]
     for url, content in expected.items():
         assert client.get(url).content == _rendered(content), url
+    # Change points carry p-values like 7.85e-08, which pydantic writes as 7.85e-8: the same
+    # number, so this one is compared as JSON (values and key order), not byte for byte.
+    got_found = client.get("/api/regressions").json()
+    assert got_found == found and list(got_found["change_points"][0]) == \
+        list(found["change_points"][0])
     # A loaded row's model_dump follows the order SQLAlchemy set its attributes in, which
     # varies between processes (hash randomization): before the model, a deployment's keys
     # came in no fixed order; now they come in the table's column order. Same keys and values.

@@ -4,8 +4,8 @@ inventory reload pages, in-process against a real fleet.
 The fleet is test_pages' ``site``: three simulated Pis with the real agent, ``first-crack@1``
 pushed and benchmarked for real (pi5-hot's result is invalid: soft temperature limit). On top,
 ``first-crack@2`` is built for real and given results by inserting Run/Result rows (plain
-tables): a slower run on pi5-cool, so the Trends page has a regression to flag and the
-heatmap two versions to shade.
+tables): a slower run on pi5-cool, so the Trends page has two points per line and the heatmap
+two versions to shade.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from orchestrator.inventory.devices import all_devices, sync_inventory
 from orchestrator.inventory.reader import load_inventory
 from orchestrator.jobs import queue, schedules
 from orchestrator.measure.reports import COMPARISON_FIELDS, format_number
-from orchestrator.measure.trends import TrendPoint, mark_regressions
 from tests.unit.web import test_pages as base
 from tests.unit.web.test_pages import COOL, HOT, Site, get, parse, row_of, text_of
 from web.app import create_app
@@ -208,7 +207,9 @@ def test_one_off_schedule_at_a_time_in_utc(seeded: Seeded) -> None:
 # --- trends ---------------------------------------------------------------------------------
 
 
-def test_trends_flags_the_slower_run_and_draws_invalid_points_apart(seeded: Seeded) -> None:
+def test_trends_draws_points_and_invalid_ones_apart(seeded: Seeded) -> None:
+    """Two points per line are no evidence of a new level: no change point (the detector and
+    its table: tests/unit/measure/test_regressions.py)."""
     site = seeded.site
     statements: list[str] = []
     engine = get_engine(site.settings)
@@ -225,22 +226,19 @@ def test_trends_flags_the_slower_run_and_draws_invalid_points_apart(seeded: Seed
                                   for s in statements)  # only columns, aggregated in SQL
 
     page = parse(html)
-    (regression,) = page.tables["regressions"][1:]
-    cells = regression["cells"]
-    assert cells[:3] == [COOL, "first-crack@2", "1"] and cells[3] == f"#{seeded.slow_run}"
-    assert cells[-1] == "+50.0%" and "verdict-slower" in regression["class"]
-    assert "more than 10% above the previous valid point" in " ".join(html.split())
+    assert "change-points" not in page.tables
+    assert "None: no series of valid points moved to another level" in " ".join(html.split())
+    assert "Apache Otava" in html
 
     charts = {c["title"]: c for c in json.loads(page.scripts["trend-charts"])}
     cool = charts[f"first-crack on {COOL}"]
     kinds = {s["label"]: s for s in cool["series"]}
     line = kinds["1 thread"]["values"]
     assert line == [pytest.approx(seeded.cool_p50), pytest.approx(seeded.cool_p50 * 1.5)]
-    assert kinds["1 thread, regression"]["values"] == [None, line[1]]
     assert kinds["2 threads"]["values"] == [None, pytest.approx(seeded.cool_p50 * 0.8)]
-    assert len(cool["x"]) == 2 and cool["x"][0] < cool["x"][1] and cool["regressions"] == 1
+    assert len(cool["x"]) == 2 and cool["x"][0] < cool["x"][1] and cool["regressions"] == 0
     hot = charts[f"first-crack on {HOT}"]
-    assert {s["kind"] for s in hot["series"]} == {"line", "invalid"}  # never a regression
+    assert {s["kind"] for s in hot["series"]} == {"line", "invalid"}  # never a change point
     assert all(v is None for s in hot["series"] if s["kind"] == "line" for v in s["values"])
     assert hot["invalid"] == 2
     assert html.count('data-lines="trend-charts"') == len(charts)
@@ -249,23 +247,7 @@ def test_trends_flags_the_slower_run_and_draws_invalid_points_apart(seeded: Seed
     narrowed = parse(get(site, "/trends?bundle=first-crack&threads=2"))
     assert [c["title"] for c in json.loads(narrowed.scripts["trend-charts"])] == \
         [f"first-crack on {COOL}"]
-    assert "regressions" not in narrowed.tables
     assert "No benchmark results match" in get(site, "/trends?bundle=nosuch")
-
-
-def test_regression_rule_compares_with_the_previous_valid_point_only() -> None:
-    t0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-    def point(hour: int, p50: float, valid: bool = True, threads: int = 1) -> TrendPoint:
-        return TrendPoint("pi", "m", str(hour), threads, hour, t0 + timedelta(hours=hour), p50,
-                          valid)
-
-    points = mark_regressions([point(3, 10.9), point(0, 10.0), point(1, 30.0, valid=False),
-                               point(2, 10.5), point(4, 12.1), point(5, 99.0, threads=2)])
-    assert [p.run_id for p in points] == [0, 1, 2, 3, 4, 5]  # time order
-    assert [p.regression for p in points] == [False, False, False, False, True, False]
-    assert points[4].previous_ms == 10.9 and points[4].change == pytest.approx(12.1 / 10.9 - 1)
-    assert points[1].previous_ms is None  # invalid points are neither judged nor a reference
 
 
 # --- compare --------------------------------------------------------------------------------

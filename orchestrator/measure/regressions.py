@@ -1,0 +1,267 @@
+"""Regressions found by change-point detection, not by a fixed threshold: the service behind
+``edgefleet runs regressions``, ``GET /api/regressions`` and the Trends page.
+
+A series is one device x bundle name x precision x thread count of benchmark p50s in run order
+(``orchestrator.measure.trends``), its *valid* points only: a result measured while throttled,
+under-volted or with unknown sensors says nothing about the model. A change point is where the
+series settles at another level and stays there; each is reported with the run where the new
+level starts, the shift (median p50 after / median p50 before, with a bootstrap 95% CI,
+``stats.compare_samples``: above 1 is slower, a regression) and its p-value.
+
+Why change points and not "more than 10% above the previous point": on a shared 2-core machine
+one run's p50 moves by 10-50% on its own, so the rule flagged ten "regressions" on one page of
+pure noise. The detector is Apache Otava's (``apache-otava`` on PyPI; the E-Divisive means family
+MongoDB's CI runs, with Otava's sliding windows and merge step, Fleming et al., ICPE 2023): it
+finds the splits that make the segments most different, and keeps a split only if the two
+segments it separates differ at p < ``max_pvalue`` (Student's t-test on their points). It adapts
+to each series' own noise; a threshold cannot.
+
+Why Otava rather than MongoDB's ``signal-processing-algorithms``: Otava reports a p-value per
+change point; the MongoDB package returns only indices (its permutation p is internal, drawn
+from numpy's global random state), declares Python < 3.12 and numpy < 2, and pulls in gevent.
+Otava's cost: it pins numpy and scipy tightly and brings the clients of its own CLI (BigQuery,
+Postgres, Slack); it is imported only here, lazily: what does not look for change points
+never loads it.
+
+Settings (``DETECTOR``) come from ``bench/changepoints.py``, which replays 60 recorded A/A
+benchmark runs of one model on this machine as series (figures and the settings grid: the
+README's "Regressions" section). ``max_pvalue`` 1e-4: false alarms 0.5 per 100 points of that
+noise (1e-3 gave 0.9-1.3). ``windows`` 8 and 24 (Otava's default is one window of 50): the
+narrow one finds a regression fixed a few runs later, an up-and-down the wide one misses (79%
+of such trials found at both ends, 43% with 8 and 50, 8% with 50 alone), the wider one a step
+with more history behind it. ``min_points`` 3: a segment needs 3 runs, so one odd run (a
+neighbour's compile job) is never a change point, and a new level shows once 3 runs of it
+exist.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Session
+
+from orchestrator.measure import trends
+from orchestrator.measure.trends import SeriesKey, TrendPoint
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """``max_pvalue``: a change point's two segments must differ at p below it (Otava's
+    t-test). ``min_points``: points each segment needs. ``windows``: Otava's sliding windows
+    (points searched at once for candidate splits), one pass per width; the candidates of all
+    passes are then tested together."""
+
+    max_pvalue: float = 0.0001
+    min_points: int = 3
+    windows: tuple[int, ...] = (8, 24)
+
+
+DETECTOR = DetectorSettings()
+
+
+@dataclass(frozen=True)
+class ChangePoint:
+    """Where a series moves to another level: the first run of the new level."""
+
+    device: str
+    bundle: str
+    precision: str | None
+    threads: int | None
+    run_id: int  # the first run of the new level
+    version: str  # the bundle version that run measured
+    at: datetime
+    previous_run_id: int  # the last run before it
+    previous_version: str
+    before_ms: float  # median p50 of the segment before
+    after_ms: float  # ... and of the segment from ``run_id`` on
+    ratio: float  # after / before: > 1 is slower
+    ci_low: float | None
+    ci_high: float | None
+    p_value: float
+    points_before: int
+    points_after: int
+
+    @property
+    def slower(self) -> bool:
+        return self.ratio > 1
+
+    @property
+    def series(self) -> SeriesKey:
+        return self.device, self.bundle, self.precision, self.threads
+
+
+@dataclass(frozen=True)
+class Regressions:
+    """What was analysed and what was found (``change_points`` newest first)."""
+
+    points: list[TrendPoint]  # every point read, valid and invalid, oldest first
+    change_points: list[ChangePoint]
+    series: int  # series with at least one valid point
+    valid_points: int
+    detector: DetectorSettings
+
+
+def change_indices(values: Sequence[float], settings: DetectorSettings = DETECTOR,
+                   ) -> list[tuple[int, float]]:
+    """(index where a new level starts, p-value) of each change point of ``values``, in order.
+
+    Otava's split (per window width) and merge at ``max_pvalue``, then segments shorter than
+    ``min_points`` are merged away, weakest first, and the survivors re-tested between their
+    new neighbours."""
+    if len(values) < 2 * settings.min_points:
+        return []
+    return list(_change_indices(tuple(float(v) for v in values), settings))
+
+
+@functools.lru_cache(maxsize=512)
+def _change_indices(values: tuple[float, ...], settings: DetectorSettings,
+                    ) -> tuple[tuple[int, float], ...]:
+    """Cached: a page reload re-reads the same series, and Otava costs ~ms per series."""
+    from otava.analysis import TTestSignificanceTester, merge, split
+
+    # A list, not an ndarray: otava 0.8.0's window step slices only non-array input (an array
+    # is searched whole in every window, and the indices come out shifted).
+    series = list(values)
+    # Otava's compute_change_points, over several window widths: candidates ("weak" change
+    # points, at 10x the p threshold, as Otava does) from each, then one merge at the threshold.
+    # A narrow window finds a regression fixed a few runs later (in a wide one the first split
+    # tried mixes both levels, fails the test, and ends that window's search); a wide one sees
+    # more history, so a step in noisy runs has more points behind it.
+    weak: dict[int, Any] = {}
+    for window in settings.windows:
+        for candidate in split(series, window, min(10 * settings.max_pvalue, 0.05)):
+            weak.setdefault(int(candidate.index), candidate)
+    tester = TTestSignificanceTester(settings.max_pvalue)
+    found = [weak[i] for i in sorted(weak)]
+    intervals = tester.get_intervals(found)
+    found = merge([tester.change_point(c.to_candidate(), series, intervals) for c in found],
+                  series, settings.max_pvalue, 0.0)
+
+    def short(cps: list[Any]) -> list[Any]:
+        bounds = [0, *(c.index for c in cps), len(series)]
+        return [c for i, c in enumerate(cps)
+                if min(bounds[i + 1] - bounds[i], bounds[i + 2] - bounds[i + 1])
+                < settings.min_points]
+
+    while found and (too_short := short(found)):
+        found.remove(max(too_short, key=lambda c: c.stats.pvalue))
+        intervals = tester.get_intervals(found)
+        found = [tester.change_point(c.to_candidate(), series, intervals) for c in found]
+        found = merge(found, series, settings.max_pvalue, 0.0)
+    return tuple((int(c.index), float(c.stats.pvalue)) for c in found)
+
+
+def series_of(points: Iterable[TrendPoint]) -> dict[SeriesKey, list[TrendPoint]]:
+    """The valid points of each series, in run order."""
+    out: dict[SeriesKey, list[TrendPoint]] = {}
+    for point in sorted(points, key=lambda p: (p.at, p.run_id)):
+        if point.valid:
+            out.setdefault(point.series, []).append(point)
+    return out
+
+
+def find_change_points(points: Iterable[TrendPoint], settings: DetectorSettings = DETECTOR,
+                       ) -> list[ChangePoint]:
+    """Change points of every series in ``points`` (valid points only), newest first."""
+    from orchestrator.measure.stats import compare_samples
+
+    found = []
+    for (device, bundle, precision, threads), series in series_of(points).items():
+        values = [p.p50_ms for p in series]
+        cuts = change_indices(values, settings)
+        bounds = [0, *(i for i, _ in cuts), len(values)]
+        for n, (index, p_value) in enumerate(cuts):
+            before, after = values[bounds[n]:index], values[index:bounds[n + 2]]
+            shift = compare_samples(before, after)  # median(after) / median(before), CI
+            if not shift.ratio:
+                continue  # a 0 ms median: no ratio to report (not a real p50)
+            first, last = series[index], series[index - 1]
+            found.append(ChangePoint(
+                device, bundle, precision, threads, first.run_id, first.version, first.at,
+                last.run_id, last.version, float(shift.median_a or 0.0),
+                float(shift.median_b or 0.0), float(shift.ratio), shift.ci_low,
+                shift.ci_high, p_value, len(before), len(after)))
+    return sorted(found, key=lambda c: (c.at, c.run_id), reverse=True)
+
+
+def regressions(session: Session, bundle: str | None = None, threads: int | None = None,
+                devices: Iterable[str] | None = None,
+                settings: DetectorSettings = DETECTOR) -> Regressions:
+    """Read the benchmark series (``trends.trend_points``, newest ``trends.MAX_RUNS`` runs),
+    optionally of one bundle name, one thread count, some devices; find their change points."""
+    points = trends.trend_points(session, bundle, threads, devices=devices)
+    by_series = series_of(points)
+    return Regressions(points, find_change_points(points, settings), len(by_series),
+                       sum(len(s) for s in by_series.values()), settings)
+
+
+def _rounded(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def change_point_public(cp: ChangePoint) -> dict[str, Any]:
+    return {"device": cp.device, "bundle": cp.bundle, "precision": cp.precision,
+            "threads": cp.threads, "run_id": cp.run_id, "version": cp.version,
+            "at": cp.at.isoformat(), "previous_run_id": cp.previous_run_id,
+            "previous_version": cp.previous_version,
+            "direction": "slower" if cp.slower else "faster",
+            "before_ms": _rounded(cp.before_ms, 6), "after_ms": _rounded(cp.after_ms, 6),
+            "ratio": _rounded(cp.ratio), "ci_low": _rounded(cp.ci_low),
+            "ci_high": _rounded(cp.ci_high), "p_value": float(f"{cp.p_value:.3g}"),
+            "points_before": cp.points_before, "points_after": cp.points_after}
+
+
+def regressions_public(found: Regressions) -> dict[str, Any]:
+    """The JSON of ``runs regressions --json`` and ``GET /api/regressions``."""
+    return {"change_points": [change_point_public(c) for c in found.change_points],
+            "regressions": sum(c.slower for c in found.change_points),
+            "series": found.series, "valid_points": found.valid_points,
+            "detector": {"method": "apache-otava E-Divisive means, t-test merge",
+                         "max_pvalue": found.detector.max_pvalue,
+                         "min_points": found.detector.min_points,
+                         "windows": list(found.detector.windows)}}
+
+
+def format_p_value(p: float) -> str:
+    """One significant figure below 0.001 (the detector's threshold is about there, so
+    ``<0.001`` would say nothing), three decimals above."""
+    return f"{p:.0e}" if p < 0.001 else f"{p:.3f}"
+
+
+def series_label(cp: ChangePoint) -> str:
+    precision = f" {cp.precision}" if cp.precision else ""
+    threads = "threads ?" if cp.threads is None else \
+        f"{cp.threads} thread" + ("" if cp.threads == 1 else "s")
+    return f"{cp.bundle}{precision} on {cp.device}, {threads}"
+
+
+def display_row(cp: ChangePoint) -> dict[str, Any]:
+    """A change point as text cells (the CLI table and the Trends page)."""
+    from orchestrator.measure.reports import format_ci, format_number
+
+    return {"series": series_label(cp), "device": cp.device, "bundle": cp.bundle,
+            "precision": cp.precision, "threads": cp.threads, "run_id": cp.run_id,
+            "version": cp.version, "previous_run_id": cp.previous_run_id,
+            "previous_version": cp.previous_version, "at": cp.at,
+            "direction": "slower" if cp.slower else "faster",
+            "before": format_number(cp.before_ms), "after": format_number(cp.after_ms),
+            "ratio": f"{cp.ratio:.3f}", "ci": format_ci(cp.ci_low, cp.ci_high),
+            "p": format_p_value(cp.p_value),
+            "points": f"{cp.points_before} | {cp.points_after}"}
+
+
+CAPTION = (
+    "A change point is where a series (device x bundle x precision x threads, valid benchmark "
+    "p50s in run order) moves to another level and stays there; throttled or invalid results "
+    "are left out. run = the first run of the new level; after/before = median p50 after / "
+    "before (> 1: slower), with a bootstrap 95% CI; p = the detector's test of the two "
+    "segments (Apache Otava: E-Divisive means, kept at p < {max_p:g}, at least {min_points} "
+    "runs per segment); points = runs before | after.")
+
+
+def caption(settings: DetectorSettings = DETECTOR) -> str:
+    return CAPTION.format(max_p=settings.max_pvalue, min_points=settings.min_points)
