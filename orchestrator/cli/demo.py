@@ -292,7 +292,7 @@ def _regression(cfg: Settings, files: Any, fp32: Any, devices: list[Any],
         output.stdout.print(caption(found.detector), soft_wrap=True, style="dim")
 
     _say(as_json, f"edgefleet rollback {NIGHTLY_DEVICE}")
-    back = rollback(cfg, pi, actor="demo", targets=NIGHTLY_DEVICE)
+    back = rollback(cfg, pi)
     outcomes.extend(back)
     report["rollback"] = [o.as_dict() for o in back]
     if not as_json:

@@ -138,7 +138,7 @@ def test_a_failed_job_alerts_once_server_or_cli(cli: Cli, sshd_factory, tmp_path
         queued.id, "push", "pis", "fc", "server")
     assert down.name in data["error"] and data["created_by"] == "tester"
     assert event["summary"].startswith(f"push job {queued.id} (fc on pis) failed: push failed "
-                                       "on 1 of 2 device(s)")
+                                       "on 1 of 2 devices")
 
     # ... and one the CLI runs itself (its job row ends failed the same way).
     cli("push", "fc", "pis", expect=1)
