@@ -317,6 +317,11 @@ def run_bench(settings: Settings, ctx: JobContext, params: dict[str, Any],
                                      cancelled=ctx.stopped_any)
     record_outcomes(ctx, outcomes)
     done = bench_summary(runs_done, outcomes, ctx.stopped(outcomes))
+    if runs_done and done.state != "cancelled":
+        # A slower level this bench confirms goes to the webhooks (once per series and run).
+        from orchestrator.measure.regressions import alert_regressions
+
+        alert_regressions(settings, bundle.name, [d.name for d in devices])
     if base is not None and len(runs_done) == 2 and done.state != "cancelled":
         from orchestrator.measure import gate
 

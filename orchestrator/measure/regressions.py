@@ -37,6 +37,7 @@ exist.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -44,8 +45,13 @@ from typing import Any
 
 from sqlmodel import Session
 
+from orchestrator.core.config import Settings
+from orchestrator.core.db import session_scope
+from orchestrator.fleet.alerts import notify_regression
 from orchestrator.measure import trends
 from orchestrator.measure.trends import SeriesKey, TrendPoint
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -265,3 +271,33 @@ CAPTION = (
 
 def caption(settings: DetectorSettings = DETECTOR) -> str:
     return CAPTION.format(max_p=settings.max_pvalue, min_points=settings.min_points)
+
+
+def alert_regressions(settings: Settings, bundle: str,
+                      devices: Iterable[str] | None = None) -> list[int]:
+    """After a benchmark of ``bundle``: tell the webhooks about each slowdown its series now
+    show (``fleet.alerts.notify_regression``; each series x run alerts once, so calling this
+    after every bench is safe). Never raises: a detector error must not fail the benchmark.
+    Returns the new alerts' ids."""
+    try:
+        with session_scope(settings) as session:
+            found = regressions(session, bundle, devices=devices)
+    except Exception:  # the measurement stands whatever the analysis does
+        log.exception("change-point detection after a benchmark of %s failed", bundle)
+        return []
+    made = []
+    for cp in found.change_points:
+        if not cp.slower:
+            continue
+        alert = notify_regression(
+            settings, device=cp.device, bundle=cp.bundle, precision=cp.precision,
+            threads=cp.threads, run_id=cp.run_id, ratio=cp.ratio,
+            ci95=(cp.ci_low, cp.ci_high) if cp.ci_low is not None and cp.ci_high is not None
+            else None, p_value=cp.p_value, p50_before_ms=cp.before_ms,
+            p50_after_ms=cp.after_ms, bundle_version=cp.version,
+            detail={"previous_version": cp.previous_version,
+                    "previous_run_id": cp.previous_run_id,
+                    "points_before": cp.points_before, "points_after": cp.points_after})
+        if alert is not None:
+            made.append(alert)
+    return made

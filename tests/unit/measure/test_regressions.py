@@ -33,6 +33,7 @@ from orchestrator.measure import regressions, trends
 from orchestrator.measure.regressions import DetectorSettings, change_indices
 from tests.conftest import Cli
 from tests.unit.web.test_pages import parse
+from tests.webhook_receiver import Receiver
 from web.app import create_app
 
 FIXTURE = Path(__file__).resolve().parents[3] / "bench" / "changepoints_aa.json"
@@ -158,6 +159,23 @@ def test_change_point_of_the_slower_version_with_its_shift(history: History) -> 
     assert history.eval_run not in runs and history.throttled_run in runs
     public = regressions.regressions_public(found)
     assert public["regressions"] == 1 and public["change_points"][0]["direction"] == "slower"
+
+
+def test_a_slowdown_found_after_a_bench_alerts_once(history: History,
+                                                   receiver: Receiver) -> None:
+    """What jobs.execute.run_bench calls after every benchmark: the slower level goes to the
+    webhook once, however often the detector runs again over the same history."""
+    settings = Settings(home=history.settings.home, database_url=None,
+                        webhook_url=receiver.url, webhook_secret="s3cret")
+    (made,) = regressions.alert_regressions(settings, "kws", ["pi-a", "pi-b"])
+    assert regressions.alert_regressions(settings, "kws") == []  # known already
+    (request,) = receiver.wait_for(1)
+    event = json.loads(request.body)
+    assert event["event"] == "regression" and event["id"] == made
+    assert event["data"]["series"] == {"device": "pi-a", "bundle": "kws", "precision": "fp32",
+                                       "threads": 1}
+    assert event["data"]["run_id"] == history.v2_runs[0]
+    assert event["data"]["ratio"] == pytest.approx(SLOWER, rel=0.02)
 
 
 def test_trends_series_are_benchmarks_of_one_precision(history: History) -> None:
