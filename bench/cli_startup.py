@@ -3,13 +3,13 @@
     python bench/cli_startup.py [--mb 90] [--repeats 5] [--link loopback|lan|both]
                                 [--baseline OTHER_CHECKOUT]
 
-Issue 12 asks for a CLI that starts at once. bench/push.py times ``deploy.push`` inside one
-Python process; here every push is a fresh ``edgefleet push BUNDLE DEVICE --json`` process,
-timed from its start to its exit (interpreter start, imports, schema check, the push with its
-on-device smoke test, output), alternating with ``scp`` of the same model file to the same sshd
-host and with an in-process ``deploy.push`` (so start-up cost = CLI - in-process). The device
-is emptied of the bundle before each push: every byte travels. Then the CPU time (user + sys,
-from ``os.wait4``) of ``edgefleet devices list`` and ``edgefleet bundle list`` on that home.
+Issue 12 asks for a CLI that starts at once. bench/push.py times ``deploy.push`` inside one Python
+process; here every push is a fresh ``edgefleet push BUNDLE DEVICE --json`` process, timed from its
+start to its exit (interpreter start, imports, schema check, the push with its on-device smoke
+test, output), alternating with ``scp`` of the same model file to the same sshd host and with an
+in-process ``deploy.push`` (so start-up cost = CLI - in-process). The device is emptied of the
+bundle before each push: every byte travels. Then the CPU time (user + sys, from ``os.wait4``) of
+``edgefleet devices list``, ``bundle list``, ``runs list`` and ``dataset list`` on that home.
 
 Goals (issue 12): push >= 0.9x the speed of scp end to end; devices list and bundle list
 <= 0.4 s of CPU each. The sshd host, the scp command line and the links (loopback, a 940 Mbit/s
@@ -104,7 +104,7 @@ def measure(label: str, host: SshdHost, key: UserKey, model: Path, base: Path,
 
     light: dict[tuple[str, str], list[Child]] = {}
     for _ in range(repeats):
-        for command in ("devices list", "bundle list"):
+        for command in ("devices list", "bundle list", "runs list", "dataset list"):
             for tree, tree_env in trees.items():
                 light.setdefault((command, tree), []).append(
                     run_child([edgefleet, *command.split()], tree_env))
