@@ -197,6 +197,7 @@ def get_app() -> typer.Typer:
         alerts,
         bundles,
         datasets,
+        db,
         demo,
         evaluate,
         runs,

@@ -24,6 +24,7 @@ from orchestrator.core.config import Settings, get_settings
 from orchestrator.core.dbfile import MAX_ROW_ID as MAX_ROW_ID
 from orchestrator.core.dbfile import MIGRATIONS_DIR as MIGRATIONS_DIR
 from orchestrator.core.dbfile import head_revision as head_revision
+from orchestrator.core.dbfile import sqlite_file
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -69,6 +70,9 @@ def make_engine(url: str) -> Engine:
     """A new engine on ``url``, without touching its schema (``edgefleet db`` reads where it
     stands and upgrades explicitly; everyone else goes through :func:`get_engine`)."""
     if url.startswith("sqlite"):
+        path = sqlite_file(url)
+        if path is not None:  # a DATABASE_URL outside the home: its folder, like the home's
+            path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
