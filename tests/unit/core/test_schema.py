@@ -118,6 +118,9 @@ def test_code_older_than_the_schema_refuses_naming_both_revisions(
     assert "Upgrade EdgeFleet" in " ".join(err.split())
     assert PASSWORD not in err
 
+    code, _, err = run(empty_url, home, "serve", "--host", "127.0.0.1", "--port", "0")
+    assert code == 2 and "0042_future" in err and "Traceback" not in err  # refused, not served
+
     code, out, _ = run(empty_url, home, "db", "upgrade", "--json")
     assert code == 2 and "0042_future" in json.loads(out)["error"]
     code, out, _ = run(empty_url, home, "db", "current", "--json")
