@@ -33,8 +33,10 @@ python3 -m pytest -q "$@"
 # a fresh database on one throwaway server. Only when no arguments chose tests for the run above.
 if [ $# -eq 0 ] && [ "${EDGEFLEET_TEST_POSTGRESQL:-1}" != 0 ]; then
   EDGEFLEET_TEST_DATABASE=postgresql python3 -m pytest -q \
-    tests/unit/core tests/unit/jobs \
+    tests/unit/core tests/unit/jobs tests/unit/cli/test_cli.py \
     tests/unit/web/test_pages.py tests/unit/web/test_pages_more.py tests/unit/web/test_api.py \
     tests/fleet/test_push_e2e.py tests/fleet/test_bench.py \
-    tests/fleet/test_telemetry_and_leases.py tests/fleet/test_cli_jobs.py
+    tests/fleet/test_telemetry_and_leases.py tests/fleet/test_cli_jobs.py \
+    tests/faults/test_lease_holder_dies.py tests/faults/test_killed_server_mid_bench.py \
+    tests/faults/test_killed_cli_push.py
 fi
