@@ -234,3 +234,20 @@ def test_datetimes_come_back_aware_in_utc_and_naive_ones_are_refused(
     with pytest.raises(sa.exc.StatementError, match="naive datetime"), \
             session_scope(settings) as session:
         session.add(Device(name="pi2", address="b", last_seen=datetime(2026, 11, 21, 9, 30)))
+
+
+def test_byte_counts_hold_64_bits(settings: Settings) -> None:
+    """Migration 0009: PostgreSQL's INTEGER stopped at 2**31 - 1 (a Pi with 79 GB free failed
+    every telemetry insert); SQLite never did, so this matters on the PostgreSQL run."""
+    from orchestrator.core.models import Deployment, TelemetrySnapshot
+
+    big = 79 * 10**9
+    with session_scope(settings) as session:
+        session.add(TelemetrySnapshot(device_name="pi", disk_free_bytes=big))
+        session.add(Bundle(name="llm", version="1", digest="c" * 64, size_bytes=big * 2,
+                           manifest_json="{}"))
+        session.add(Deployment(device_name="pi", bytes_sent=big * 3))
+    with session_scope(settings) as session:
+        assert session.exec(select(TelemetrySnapshot.disk_free_bytes)).one() == big
+        assert session.exec(select(Bundle.size_bytes)).one() == big * 2
+        assert session.exec(select(Deployment.bytes_sent)).one() == big * 3
