@@ -120,7 +120,5 @@ def start() -> PgServer:
     server.execute(f'CREATE DATABASE "{TEMPLATE}"')
     from orchestrator.core import db
 
-    url = server.url(TEMPLATE)
-    db.upgrade(url)
-    db.forget_engines()
+    db.upgrade(server.url(TEMPLATE))  # its engine is disposed: a template must have no users
     return server
