@@ -76,8 +76,8 @@ def status(engine: Engine, url: str) -> Status:
         state = "empty"
     elif current == head:
         state = "current"
-    elif current in known_revisions():
-        state = "behind"
+    elif head is None or current in known_revisions():
+        state = "behind"  # (head None: the scripts' text is unreadable; alembic decides)
     else:
         state = "ahead"
     return Status(redact(url), current, head, state)
