@@ -4,8 +4,8 @@
 Every CLI command opens the DB, so the check that the schema is current must be cheap: the
 DB's ``alembic_version`` row is read with plain SQL and compared with the newest migration's
 id, read from the scripts' text (``orchestrator.core.dbfile``). Only when they differ is alembic
-imported and run (importing it and running it to find nothing to do cost ~0.4 s of CPU per
-command when it ran on every start)."""
+imported and run, under a lock (``orchestrator.core.schema``; importing and running it to find
+nothing to do cost ~0.4 s of CPU per command when it ran on every start)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, create_engine
 
 from orchestrator.core.config import Settings, get_settings
@@ -25,6 +25,7 @@ from orchestrator.core.dbfile import MAX_ROW_ID as MAX_ROW_ID
 from orchestrator.core.dbfile import MIGRATIONS_DIR as MIGRATIONS_DIR
 from orchestrator.core.dbfile import head_revision as head_revision
 from orchestrator.core.dbfile import sqlite_file
+from orchestrator.core.errors import EdgeFleetError
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -76,7 +77,25 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    try:
+        return create_engine(url, pool_pre_ping=True)
+    except ModuleNotFoundError as exc:  # postgresql:// means psycopg2 to SQLAlchemy
+        from orchestrator.core.schema import redact
+
+        raise EdgeFleetError(
+            f"DATABASE_URL {redact(url)}: its driver ({exc.name}) is not installed. For "
+            "PostgreSQL: pip install 'edgefleet[postgres]' and write the URL as "
+            "postgresql+psycopg://USER:PASSWORD@HOST/DB") from None
+
+
+def unreachable(url: str, exc: OperationalError) -> EdgeFleetError:
+    """The database cannot be opened: which one (its password hidden), the driver's first
+    line (psycopg's never contains the password) and what to check."""
+    from orchestrator.core.schema import redact
+
+    reason = str(exc.orig or exc).strip().splitlines()[0]
+    return EdgeFleetError(f"cannot open the database {redact(url)}: {reason}. Check that it is "
+                          "running and reachable from this host, and DATABASE_URL")
 
 
 def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
@@ -122,6 +141,9 @@ def get_engine(settings: Settings | None = None) -> Engine:
             engine = make_engine(url)
             try:
                 ensure_schema(engine, url)
+            except OperationalError as exc:  # the first connection: say which DB, no password
+                engine.dispose()
+                raise unreachable(url, exc) from None
             except BaseException:
                 engine.dispose()
                 raise

@@ -126,3 +126,17 @@ def test_code_older_than_the_schema_refuses_naming_both_revisions(
     code, out, _ = run(empty_url, home, "db", "current", "--json")
     assert code == 1 and json.loads(out)["state"] == "ahead"
     assert revision(empty_url) == "0042_future"  # untouched
+
+
+def test_an_unreachable_database_is_named_without_its_password(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a loopback port nobody listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"postgresql+psycopg://fleet:{PASSWORD}@127.0.0.1:{port}/edgefleet"
+    code, _, err = run(url, tmp_path / "home", "tokens", "list")
+    assert code == 2 and "Traceback" not in err
+    flat = " ".join(err.split())
+    assert f"cannot open the database postgresql+psycopg://fleet:***@127.0.0.1:{port}" in flat
+    assert "DATABASE_URL" in flat and PASSWORD not in err
