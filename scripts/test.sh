@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the tests need (OpenSSH server for the real-sshd test
-# fleet, chromium for the browser tests, the package with its test extras), then lints and runs
-# the whole suite. lint-imports checks the import contracts in pyproject.toml.
+# fleet, chromium for the browser tests, Debian's PostgreSQL server, the package with its test
+# extras), then lints and runs the whole suite on SQLite, then a subset on a real PostgreSQL
+# (tests/pg_server.py starts a throwaway cluster; EDGEFLEET_TEST_POSTGRESQL=0 skips that run).
+# lint-imports checks the import contracts in pyproject.toml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +14,8 @@ fi
 # Browser tests (tests/browser) drive Debian's chromium with Playwright; Playwright's own browser
 # downloads are never used.
 [ -x /usr/bin/chromium ] || packages+=(chromium)
+# The PostgreSQL run (issue 14): initdb/pg_ctl of Debian's server, run as the postgres user.
+compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null || packages+=(postgresql)
 if [ ${#packages[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
@@ -23,3 +27,16 @@ python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 ruff check .
 lint-imports
 python3 -m pytest -q "$@"
+
+# The PostgreSQL run: the subset the README's "PostgreSQL" section names (migrations, the lock,
+# jobs, leases, schedules, pages, the API, push and bench end to end over sshd); each test gets
+# a fresh database on one throwaway server. Only when no arguments chose tests for the run above.
+if [ $# -eq 0 ] && [ "${EDGEFLEET_TEST_POSTGRESQL:-1}" != 0 ]; then
+  EDGEFLEET_TEST_DATABASE=postgresql python3 -m pytest -q \
+    tests/unit/core tests/unit/jobs tests/unit/cli/test_cli.py \
+    tests/unit/web/test_pages.py tests/unit/web/test_pages_more.py tests/unit/web/test_api.py \
+    tests/fleet/test_push_e2e.py tests/fleet/test_bench.py \
+    tests/fleet/test_telemetry_and_leases.py tests/fleet/test_cli_jobs.py \
+    tests/faults/test_lease_holder_dies.py tests/faults/test_killed_server_mid_bench.py \
+    tests/faults/test_killed_cli_push.py
+fi

@@ -1,4 +1,6 @@
-"""Shared fixtures: an isolated EDGEFLEET_HOME and an in-process ``edgefleet`` runner."""
+"""Shared fixtures: an isolated EDGEFLEET_HOME (and, with EDGEFLEET_TEST_DATABASE=postgresql, a
+fresh database on a real PostgreSQL server: tests/pg_server.py) and an in-process ``edgefleet``
+runner."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli.main import get_app
+from tests import pg_server
 from tests.webhook_receiver import receiver  # noqa: F401 - a real webhook receiver, by name
 
 
@@ -44,11 +47,43 @@ class Cli:
         return out
 
 
+@pytest.fixture(scope="session")
+def pg() -> Iterator[pg_server.PgServer]:
+    """The session's PostgreSQL server (started on first use, stopped and deleted at the end)."""
+    server = pg_server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def database_url(request: pytest.FixtureRequest,
+                 monkeypatch: pytest.MonkeyPatch) -> Iterator[str | None]:
+    """Every test's database. On SQLite (the default run) ``DATABASE_URL`` is removed, so each
+    home has its own file; with EDGEFLEET_TEST_DATABASE=postgresql it names a fresh database
+    on the session's server (cloned from the template at head, dropped after the test), which
+    every Settings the test makes, and every process it starts, inherits."""
+    if pg_server.backend() != "postgresql":
+        monkeypatch.delenv("DATABASE_URL", raising=False)
+        yield None
+        return
+    server: pg_server.PgServer = request.getfixturevalue("pg")
+    url = server.create_database()
+    monkeypatch.setenv("DATABASE_URL", url)
+    try:
+        yield url
+    finally:
+        from orchestrator.core import db
+
+        db.forget_engines(keep=db.engine_urls() - {url})
+        server.drop_database(url)
+
+
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "edgefleet-home"
     monkeypatch.setenv("EDGEFLEET_HOME", str(path))
-    monkeypatch.delenv("DATABASE_URL", raising=False)
     return path
 
 
@@ -62,6 +97,17 @@ def demo_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache of the demo's trained classifier for the whole test session (training takes
     ~10 s; the generator is deterministic, so every test gets the same bytes)."""
     return tmp_path_factory.mktemp("demo-model-cache")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On the PostgreSQL run, skip the tests marked ``sqlite_only`` (they read the SQLite
+    file itself, or need two homes with two databases)."""
+    if pg_server.backend() != "postgresql":
+        return
+    skip = pytest.mark.skip(reason="SQLite-specific (EDGEFLEET_TEST_DATABASE=postgresql)")
+    for item in items:
+        if item.get_closest_marker("sqlite_only"):
+            item.add_marker(skip)
 
 
 @pytest.hookimpl(hookwrapper=True)

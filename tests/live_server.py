@@ -48,7 +48,6 @@ class Server:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, EDGEFLEET_HOME=str(home))
-        env.pop("DATABASE_URL", None)
         with log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [*SERVE_ARGV, "--host", "127.0.0.1", "--port", str(self.port)],

@@ -202,6 +202,7 @@ def get_app() -> typer.Typer:
         alerts,
         bundles,
         datasets,
+        db,
         demo,
         evaluate,
         regressions,

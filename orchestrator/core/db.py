@@ -4,8 +4,8 @@
 Every CLI command opens the DB, so the check that the schema is current must be cheap: the
 DB's ``alembic_version`` row is read with plain SQL and compared with the newest migration's
 id, read from the scripts' text (``orchestrator.core.dbfile``). Only when they differ is alembic
-imported and run (importing it and running it to find nothing to do cost ~0.4 s of CPU per
-command when it ran on every start)."""
+imported and run, under a lock (``orchestrator.core.schema``; importing and running it to find
+nothing to do cost ~0.4 s of CPU per command when it ran on every start)."""
 
 from __future__ import annotations
 
@@ -17,29 +17,30 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, create_engine
 
 from orchestrator.core.config import Settings, get_settings
 from orchestrator.core.dbfile import MAX_ROW_ID as MAX_ROW_ID
 from orchestrator.core.dbfile import MIGRATIONS_DIR as MIGRATIONS_DIR
 from orchestrator.core.dbfile import head_revision as head_revision
+from orchestrator.core.dbfile import sqlite_file
+from orchestrator.core.errors import EdgeFleetError
 
 if TYPE_CHECKING:
     from alembic.config import Config
+
+    from orchestrator.core.schema import Status
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
 
 
 def alembic_config(url: str) -> Config:
-    # Imported here, not at the top: alembic is needed only when the schema is not current.
-    from alembic.config import Config
+    """An alembic Config on our migrations (orchestrator.core.schema)."""
+    from orchestrator.core.schema import alembic_config as config
 
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    return cfg
+    return config(url)
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -55,14 +56,46 @@ def current_revision(engine: Engine) -> str | None:
 
 def ensure_schema(engine: Engine, url: str) -> None:
     """Bring the DB to the newest migration; the one path by which the schema changes. A DB
-    already there costs one SELECT; otherwise alembic upgrades it (a fresh home, an older
-    fleet DB; a DB newer than this code fails in alembic, naming the unknown revision)."""
+    already there costs one SELECT; otherwise ``schema.upgrade`` upgrades it under a lock (a
+    fresh home, an older fleet DB, many processes started at once) or refuses a DB newer than
+    this code (SchemaError naming both revisions)."""
     head = head_revision()
     if head is not None and current_revision(engine) == head:
         return
-    from alembic import command  # here, not at the top: see the module docstring
+    from orchestrator.core import schema  # here, not at the top: see the module docstring
 
-    command.upgrade(alembic_config(url), "head")
+    schema.upgrade(engine, url)
+
+
+def make_engine(url: str) -> Engine:
+    """A new engine on ``url``, without touching its schema (``edgefleet db`` reads where it
+    stands and upgrades explicitly; everyone else goes through :func:`get_engine`)."""
+    if url.startswith("sqlite"):
+        path = sqlite_file(url)
+        if path is not None:  # a DATABASE_URL outside the home: its folder, like the home's
+            path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    try:
+        return create_engine(url, pool_pre_ping=True)
+    except ModuleNotFoundError as exc:  # postgresql:// means psycopg2 to SQLAlchemy
+        from orchestrator.core.schema import redact
+
+        raise EdgeFleetError(
+            f"DATABASE_URL {redact(url)}: its driver ({exc.name}) is not installed. For "
+            "PostgreSQL: pip install 'edgefleet[postgres]' and write the URL as "
+            "postgresql+psycopg://USER:PASSWORD@HOST/DB") from None
+
+
+def unreachable(url: str, exc: OperationalError) -> EdgeFleetError:
+    """The database cannot be opened: which one (its password hidden), the driver's first
+    line (psycopg's never contains the password) and what to check."""
+    from orchestrator.core.schema import redact
+
+    reason = str(exc.orig or exc).strip().splitlines()[0]
+    return EdgeFleetError(f"cannot open the database {redact(url)}: {reason}. Check that it is "
+                          "running and reachable from this host, and DATABASE_URL")
 
 
 def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
@@ -104,17 +137,43 @@ def get_engine(settings: Settings | None = None) -> Engine:
     with _lock:
         engine = _engines.get(url)
         if engine is None:
-            if url.startswith("sqlite"):
-                settings.ensure_dirs()
-                engine = create_engine(url, connect_args={"check_same_thread": False})
-                event.listen(engine, "connect", _sqlite_pragmas)
-            else:
-                engine = create_engine(url, pool_pre_ping=True)
-            ensure_schema(engine, url)
+            settings.ensure_dirs()  # blobs and keys live under the home whatever the DB
+            engine = make_engine(url)
+            try:
+                ensure_schema(engine, url)
+            except OperationalError as exc:  # the first connection: say which DB, no password
+                engine.dispose()
+                raise unreachable(url, exc) from None
+            except BaseException:
+                engine.dispose()
+                raise
             if not _engines:
                 atexit.register(_dispose_engines)
             _engines[url] = engine
     return engine
+
+
+def upgrade(url: str) -> tuple[Status, Status]:
+    """``edgefleet db upgrade``: the DB at ``url`` to head under the migration lock, (before,
+    after); SchemaError when it is newer than this code."""
+    from orchestrator.core import schema
+
+    engine = make_engine(url)
+    try:
+        return schema.upgrade(engine, url)
+    finally:
+        engine.dispose()
+
+
+def status(url: str) -> Status:
+    """``edgefleet db current``: where the DB at ``url`` stands, changing nothing."""
+    from orchestrator.core import schema
+
+    engine = make_engine(url)
+    try:
+        return schema.status(engine, url)
+    finally:
+        engine.dispose()
 
 
 @contextmanager

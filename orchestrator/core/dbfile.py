@@ -47,23 +47,34 @@ def env_db_url() -> str:
 
 
 @functools.cache
-def head_revision() -> str | None:
-    """The newest migration's revision id, read from the scripts' text without importing
-    alembic: the one revision that no script names as its ``down_revision`` (the chain is
-    linear, tests/unit/core/test_db.py checks it and that this agrees with alembic). None when the
-    scripts cannot be read that way (then alembic decides, as it always did)."""
-    revisions: set[str] = set()
-    parents: set[str] = set()
+def _revision_graph() -> dict[str, str | None] | None:
+    """{revision: down_revision} of every migration script, read from their text without
+    importing alembic; None when a script cannot be read that way (then alembic decides)."""
+    graph: dict[str, str | None] = {}
     for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
         text = path.read_text(encoding="utf-8")
         revision, down = _REVISION.search(text), _DOWN_REVISION.search(text)
         if revision is None or down is None:
             return None
-        revisions.add(revision.group(1))
-        if down.group(1):
-            parents.add(down.group(1))
-    heads = revisions - parents
+        graph[revision.group(1)] = down.group(1) or None
+    return graph
+
+
+def head_revision() -> str | None:
+    """The newest migration's revision id: the one revision that no script names as its
+    ``down_revision`` (the chain is linear, tests/unit/core/test_db.py checks it and that this
+    agrees with alembic). None when the scripts cannot be read that way."""
+    graph = _revision_graph()
+    if graph is None:
+        return None
+    heads = set(graph) - {down for down in graph.values() if down}
     return heads.pop() if len(heads) == 1 else None
+
+
+def known_revisions() -> frozenset[str]:
+    """Every revision this code's migrations know: a DB stamped with another one was migrated
+    by newer code (orchestrator.core.schema refuses it)."""
+    return frozenset(_revision_graph() or {})
 
 
 def sqlite_file(url: str) -> Path | None:

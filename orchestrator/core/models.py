@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, LargeBinary, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import DateTime, TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -74,7 +74,7 @@ class BundleBase(SQLModel):
     name: str = Field(index=True)
     version: str
     digest: str = Field(index=True, unique=True)
-    size_bytes: int
+    size_bytes: int = Field(sa_type=BigInteger)  # 64-bit: migration 0009
     precision: str | None = None
     created_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
 
@@ -96,7 +96,7 @@ class DatasetBase(SQLModel):
     sampling_rate: int | None = None
     samples: int
     labels: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    size_bytes: int
+    size_bytes: int = Field(sa_type=BigInteger)  # 64-bit: migration 0009
     created_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
 
 
@@ -114,7 +114,7 @@ class DeploymentBase(SQLModel):
     bundle_digest: str | None = None
     # pending | active | unchanged | failed | interrupted; recover rows: reverted | repaired
     state: str = "pending"
-    bytes_sent: int = 0
+    bytes_sent: int = Field(default=0, sa_type=BigInteger)
     duration_s: float | None = None
     error: str | None = None
     started_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
@@ -207,7 +207,7 @@ class TelemetrySnapshot(SQLModel, table=True):
                                            sa_column=Column(JSON, nullable=False))
     load_1m: float | None = None
     mem_available_mb: float | None = None
-    disk_free_bytes: int | None = None
+    disk_free_bytes: int | None = Field(default=None, sa_type=BigInteger)
 
 
 class Job(SQLModel, table=True):

@@ -22,7 +22,6 @@ T = TypeVar("T")
 def spawn_cli(home: Path, *args: str, log: Path, **env: str) -> subprocess.Popen[bytes]:
     """``edgefleet ARGS`` as its own process (stdout and stderr to ``log``)."""
     environ = dict(os.environ, EDGEFLEET_HOME=str(home), **env)
-    environ.pop("DATABASE_URL", None)
     with log.open("ab") as out:
         return subprocess.Popen([*CLI_ARGV, *args], stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, env=environ, cwd=REPO)

@@ -377,6 +377,7 @@ def test_the_signing_key_is_private_and_stable(settings: Settings, client: TestC
 # --- secrets never leave -----------------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only  # scans the SQLite file's raw bytes (and its WAL)
 def test_secrets_never_appear_in_responses_or_the_db(client: TestClient, settings: Settings,
                                                      tokens: dict[str, str]) -> None:
     admin = bearer(tokens["admin"])

@@ -28,6 +28,7 @@ from orchestrator.core.db import (
 )
 from orchestrator.core.db import head_revision as cheap_head_revision
 from orchestrator.core.models import Bundle, Device, UTCDateTime
+from tests import pg_server
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -48,7 +49,11 @@ def schema_diffs(engine: sa.engine.Engine, metadata: sa.MetaData) -> list[object
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    """A home whose database does not exist yet (SQLite), or is empty (PostgreSQL run)."""
+    if pg_server.backend() == "postgresql":
+        url = request.getfixturevalue("pg").create_database(empty=True)
+        return Settings(home=tmp_path / "home", DATABASE_URL=url)
     return Settings(home=tmp_path / "home")
 
 
@@ -72,6 +77,16 @@ def test_the_cheap_head_revision_is_alembics() -> None:
     assert cheap_head_revision() == head_revision()
 
 
+def test_the_db_is_created_by_migrations_on_postgresql(settings: Settings) -> None:
+    if pg_server.backend() != "postgresql":
+        pytest.skip("the PostgreSQL run's check (EDGEFLEET_TEST_DATABASE=postgresql)")
+    engine = get_engine(settings)
+    assert set(sa.inspect(engine).get_table_names()) == TABLES
+    assert current_revision(engine) == head_revision()
+    assert (settings.home / "blobs").is_dir() and (settings.home / "keys").is_dir()
+
+
+@pytest.mark.sqlite_only
 def test_the_db_is_created_by_migrations(settings: Settings) -> None:
     db_file = settings.home / "edgefleet.db"
     assert not db_file.exists()
@@ -93,7 +108,7 @@ def test_the_db_is_created_by_migrations(settings: Settings) -> None:
 
 def test_second_get_engine_on_the_same_url(settings: Settings) -> None:
     first = get_engine(settings)
-    assert get_engine(Settings(home=settings.home)) is first
+    assert get_engine(Settings(home=settings.home, DATABASE_URL=settings.database_url)) is first
     with session_scope(settings) as session:
         session.add(Device(name="pi5-a", address="10.0.0.1"))
 
@@ -101,8 +116,7 @@ def test_second_get_engine_on_the_same_url(settings: Settings) -> None:
 def _devices_seen_by_a_new_process(settings: Settings, expression: str) -> str:
     """What a fresh interpreter on this home prints for ``[expression for d in devices]``
     (it opens the DB as any command does: the version check, an upgrade if needed)."""
-    env = dict(os.environ, EDGEFLEET_HOME=str(settings.home))
-    env.pop("DATABASE_URL", None)
+    env = dict(os.environ, EDGEFLEET_HOME=str(settings.home), DATABASE_URL=settings.db_url)
     code = ("from orchestrator.core.db import session_scope\n"
             "from orchestrator.core.models import Device\n"
             "from sqlmodel import select\n"
@@ -136,6 +150,7 @@ def test_a_new_process_upgrades_a_db_left_at_an_older_revision(settings: Setting
     assert schema_diffs(engine, SQLModel.metadata) == []
 
 
+@pytest.mark.sqlite_only
 def test_database_url_overrides_the_home_db(tmp_path: Path, settings: Settings) -> None:
     url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     other = Settings(home=settings.home, DATABASE_URL=url)
@@ -219,3 +234,20 @@ def test_datetimes_come_back_aware_in_utc_and_naive_ones_are_refused(
     with pytest.raises(sa.exc.StatementError, match="naive datetime"), \
             session_scope(settings) as session:
         session.add(Device(name="pi2", address="b", last_seen=datetime(2026, 11, 21, 9, 30)))
+
+
+def test_byte_counts_hold_64_bits(settings: Settings) -> None:
+    """Migration 0009: PostgreSQL's INTEGER stopped at 2**31 - 1 (a Pi with 79 GB free failed
+    every telemetry insert); SQLite never did, so this matters on the PostgreSQL run."""
+    from orchestrator.core.models import Deployment, TelemetrySnapshot
+
+    big = 79 * 10**9
+    with session_scope(settings) as session:
+        session.add(TelemetrySnapshot(device_name="pi", disk_free_bytes=big))
+        session.add(Bundle(name="llm", version="1", digest="c" * 64, size_bytes=big * 2,
+                           manifest_json="{}"))
+        session.add(Deployment(device_name="pi", bytes_sent=big * 3))
+    with session_scope(settings) as session:
+        assert session.exec(select(TelemetrySnapshot.disk_free_bytes)).one() == big
+        assert session.exec(select(Bundle.size_bytes)).one() == big * 2
+        assert session.exec(select(Deployment.bytes_sent)).one() == big * 3

@@ -31,6 +31,9 @@ FACTS = {"pi_model": "Raspberry Pi 5 Model B Rev 1.0", "arch": "aarch64", "cores
          "sensors": {"temp_c": 77.3, "throttled_hex": "0xe0000",
                      "throttle_flags": {"soft_temp_limit_occurred": True}}}
 
+# The stdlib read path exists only for a SQLite file: the PostgreSQL run skips it.
+pytestmark = pytest.mark.sqlite_only
+
 
 def populate(settings: Settings) -> None:
     """Devices and bundles with every kind of column value the listings print."""

@@ -358,7 +358,6 @@ def raise_and_exit(home: Path, url: str, **env: str) -> tuple[float, str]:
 
     environ = dict(os.environ, EDGEFLEET_HOME=str(home), EDGEFLEET_WEBHOOK_URL=url,
                    EDGEFLEET_WEBHOOK_SECRET=SECRET, **env)
-    environ.pop("DATABASE_URL", None)
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-c", RAISE_AND_EXIT], cwd=REPO, env=environ,
                           capture_output=True, text=True, timeout=60, check=True)
