@@ -162,12 +162,14 @@ def test_a_hanging_receiver_slows_no_operation(tmp_path: Path, receiver: Receive
     receiver.wait_for(1)
     (row,) = alert_rows(settings)
     assert row.kind == "job_failed" and row.state == "pending"  # still being attempted
-    assert took < 0.5, f"raising the alert took {took:.2f} s"
+    # Not a timing goal (bench/ has those): less than one receiver timeout proves it did not
+    # wait for the receiver (0.84 s was seen on a 2-core machine at load 20).
+    assert took < 1.0, f"raising the alert took {took:.2f} s"
     # The same while a telemetry job's worth of failures is raised: nothing waits.
     started = time.monotonic()
     for n in range(3):
         alerts.notify_regression(settings, **(REGRESSION | {"run_id": 100 + n}))
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 1.0  # three alerts, still less than one timeout
     settle(30)
     rows = alert_rows(settings)
     assert [r.state for r in rows] == ["failed"] * 4
