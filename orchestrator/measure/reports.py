@@ -31,7 +31,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.present.wording import plural
+from orchestrator.present.wording import plural, significant
 
 Result = dict[str, Any]
 
@@ -73,23 +73,13 @@ FLAG_NOTES = {
 # -- formatting ----------------------------------------------------------------------------
 def format_number(value: float | None) -> str | None:
     """Three significant figures without losing integer digits (see module docstring)."""
-    if value is None or not math.isfinite(value):
-        return None
-    if value == 0:
-        return "0"
-    decimals = min(3, max(0, 2 - math.floor(math.log10(abs(value)))))
-    return f"{value:.{decimals}f}"
+    return significant(value)
 
 
 def format_rtf(value: float | None) -> str | None:
     """A real-time factor in plain decimals, three significant figures: 0.00217, 0.0000591
     (not 5.91e-05: a reader compares these at a glance, and an exponent hides the size)."""
-    if value is None or not math.isfinite(value):
-        return None
-    if value == 0:
-        return "0"
-    decimals = min(12, max(0, 2 - math.floor(math.log10(abs(value)))))
-    return f"{value:.{decimals}f}"
+    return significant(value, max_decimals=12)
 
 
 def format_temp(value: float | None) -> str | None:

@@ -24,12 +24,19 @@ def verb(count: int | float | None, singular: str, plural_form: str) -> str:
     return singular if count == 1 else plural_form
 
 
-def ms(value: float | None) -> str | None:
-    """A latency in milliseconds, three significant figures without dropping integer digits
-    (0.412 ms, 3.46 ms, 12.3 ms, 1235 ms): the same rounding as the report tables."""
+def significant(value: float | None, max_decimals: int = 3) -> str | None:
+    """Three significant figures without dropping integer digits (0.412, 3.46, 12.3, 1235), at
+    most ``max_decimals`` decimals; plain decimals, never an exponent. None for no value."""
     if value is None or not math.isfinite(value):
         return None
     if value == 0:
-        return "0 ms"
-    decimals = min(3, max(0, 2 - math.floor(math.log10(abs(value)))))
-    return f"{value:.{decimals}f} ms"
+        return "0"
+    decimals = min(max_decimals, max(0, 2 - math.floor(math.log10(abs(value)))))
+    return f"{value:.{decimals}f}"
+
+
+def ms(value: float | None) -> str | None:
+    """A latency in milliseconds (0.412 ms, 3.46 ms, 12.3 ms, 1235 ms): the same rounding as
+    the report tables."""
+    text = significant(value)
+    return None if text is None else f"{text} ms"
