@@ -296,7 +296,9 @@ def main() -> None:
               f"{seeded_s:.1f} s (DB {db_mb:.0f} MB + WAL)")
         counter = QueryCounter(engine)
         urls = pages(ids)
-        with TestClient(create_app(settings, run_jobs=False)) as client:
+        # Host localhost: without an admin token only loopback names are served (local_mode).
+        with TestClient(create_app(settings, run_jobs=False),
+                        base_url="http://localhost") as client:
             if args.profile:
                 profile(client, urls[args.profile], args.requests)
                 return
