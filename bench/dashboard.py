@@ -1,6 +1,7 @@
 """Server time of the dashboard pages on a large fleet DB, measured in-process.
 
-    python bench/dashboard.py [--requests 30] [--warmup 3] [--profile PAGE] [--keep DIR]
+    python bench/dashboard.py [--scale N] [--requests 30] [--warmup 3] [--profile PAGE]
+                              [--keep DIR]
 
 Seeds a fresh home (the DB made by the migrations, as on any start) with a fleet's worth of
 history, written with bulk core INSERTs so seeding takes seconds:
@@ -12,6 +13,10 @@ history, written with bulk core INSERTs so seeding takes seconds:
   columns filled, 100 raw latencies (``runs.pack_floats``: 1,000,000 samples) and ~40
   telemetry sampler rows (40 per result); ~10% are invalid (throttled) and ~1% failed. Two of
   the full runs were measured interleaved in 4 rounds (``round_sizes``, a speed per round).
+
+``--scale N`` makes the history N times as long (N x 200 runs, N x 10,000 results: ``--scale 10``
+is 10,000,000 latency samples), as a fleet's DB grows: the pages show the newest runs, so what
+must not grow with it is their time. Rows go in per chunk of runs, so memory stays flat.
 
 Then times requests through ``fastapi.testclient.TestClient`` against ``create_app(settings,
 run_jobs=False)`` (no tokens: every request is the local admin): the Fleet page ``/``, a Run
@@ -73,7 +78,8 @@ SAMPLER_ROWS = 40  # ~10 s of a 4 Hz sampler
 INVALID_SHARE = 0.10
 FAILED_SHARE = 0.01
 ROUNDS = 4  # two full runs measured as an interleaved A/B (``bench --rounds 4``)
-INTERLEAVED = (185, 190)  # their indices among the 200: a first-crack@2 / roast-level@1 pair
+INTERLEAVED = (15, 10)  # counted back from the end: a first-crack@2 / roast-level@1 pair
+CHUNK_RUNS = 200  # runs whose results are generated and inserted at once
 BUNDLES = [("first-crack", "1", 3.1), ("first-crack", "2", 2.6), ("roast-level", "1", 7.9),
            ("roast-level", "2-int8", 4.4)]
 THREADS = (1, 2, 4)
@@ -98,8 +104,8 @@ def _facts(rng: np.random.Generator, index: int, now: datetime) -> dict[str, Any
     }
 
 
-def seed(engine: Engine, seed_value: int = 0) -> dict[str, Any]:
-    """Bulk-insert the fleet; returns the ids the timings use."""
+def seed(engine: Engine, seed_value: int = 0, scale: int = 1) -> dict[str, Any]:
+    """Bulk-insert the fleet (``scale`` x 200 runs); returns the ids the timings use."""
     rng = np.random.default_rng(seed_value)
     now = datetime.now(UTC)
     names = [f"pi{5 if i % 2 == 0 else 4}-{i:03d}" for i in range(DEVICES)]
@@ -123,9 +129,11 @@ def seed(engine: Engine, seed_value: int = 0) -> dict[str, Any]:
     } for name in names for k in range(SNAPSHOTS_PER_DEVICE)]
 
     runs, layouts = [], []
-    for index in range(FULL_RUNS + SMALL_RUNS):
-        full = index % 5 == 0  # 40 full runs spread among the 200
-        rounds = ROUNDS if index in INTERLEAVED else 1
+    total = (FULL_RUNS + SMALL_RUNS) * scale
+    interleaved = {total - back for back in INTERLEAVED}
+    for index in range(total):
+        full = index % 5 == 0  # 40 full runs spread among each 200
+        rounds = ROUNDS if index in interleaved else 1
         bundle = BUNDLES[index % len(BUNDLES)]
         threads = list(THREADS) if full else [1]
         runs.append({
@@ -134,29 +142,33 @@ def seed(engine: Engine, seed_value: int = 0) -> dict[str, Any]:
             "targets": "all" if full else "roastery", "created_by": "bench",
             "params": {"threads": threads, "warmup": 5, "runs": SAMPLES_PER_RESULT,
                        "rounds": rounds},
-            "state": "succeeded", "created_at": now - timedelta(hours=200 - index),
-            "finished_at": now - timedelta(hours=200 - index, minutes=-5),
+            "state": "succeeded", "created_at": now - timedelta(hours=total - index),
+            "finished_at": now - timedelta(hours=total - index, minutes=-5),
         })
         layouts.append((index + 1, bundle[2], names if full else names[:SMALL_DEVICES],
                         threads, rounds))
 
-    results = []
-    for run_id, base_ms, run_devices, threads, rounds in layouts:
-        for d_index, name in enumerate(run_devices):
-            speed = 1.0 + 0.05 * (d_index % 7)
-            for t in threads:
-                results.append(_result(rng, run_id, name, t, base_ms * speed / t ** 0.6, now,
-                                       rounds))
     with engine.begin() as conn:
         conn.execute(insert(Device), devices)
         conn.execute(insert(TelemetrySnapshot), snapshots)
         conn.execute(insert(Run), runs)
-        conn.execute(insert(Result), results)
+    count = 0
+    for start in range(0, len(layouts), CHUNK_RUNS):
+        results = []
+        for run_id, base_ms, run_devices, threads, rounds in layouts[start:start + CHUNK_RUNS]:
+            for d_index, name in enumerate(run_devices):
+                speed = 1.0 + 0.05 * (d_index % 7)
+                for t in threads:
+                    results.append(_result(rng, run_id, name, t, base_ms * speed / t ** 0.6,
+                                           now, rounds))
+        with engine.begin() as conn:
+            conn.execute(insert(Result), results)
+        count += len(results)
     full_ids = [r["id"] for r in runs if r["targets"] == "all"]
     return {"devices": len(devices), "snapshots": len(snapshots), "runs": len(runs),
-            "results": len(results), "samples": len(results) * SAMPLES_PER_RESULT,
+            "results": count, "samples": count * SAMPLES_PER_RESULT,
             "run": full_ids[-1], "compare": (full_ids[-5], full_ids[-1]),
-            "rounds": tuple(i + 1 for i in INTERLEAVED)}
+            "rounds": tuple(sorted(i + 1 for i in interleaved))}
 
 
 def _result(rng: np.random.Generator, run_id: int, device: str, threads: int,
@@ -280,6 +292,8 @@ def main() -> None:
     parser.add_argument("--profile", choices=["fleet", "run", "compare", "api-devices",
                                               "api-run", "api-compare", "compare-4r"])
     parser.add_argument("--keep", type=Path, help="seed into this home and keep it")
+    parser.add_argument("--scale", type=int, default=1,
+                        help="history N times as long (10: 10M latency samples)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="efdash") as tmp:
@@ -287,7 +301,7 @@ def main() -> None:
         settings = Settings(home=home, database_url=None)
         engine = get_engine(settings)
         started = time.perf_counter()
-        ids = seed(engine)
+        ids = seed(engine, scale=args.scale)
         seeded_s = time.perf_counter() - started
         db_mb = (home / "edgefleet.db").stat().st_size / 2**20 \
             if (home / "edgefleet.db").exists() else float("nan")
