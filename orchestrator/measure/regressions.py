@@ -115,11 +115,11 @@ class Regressions:
 
 
 # Change points by series (a digest of its values: a key of 16 bytes, not the 10^3 floats of a
-# long series). Why: Otava costs 4-25 ms per series and /trends shows every series (50 devices x
-# 4 bundles x 3 thread counts = 600 in bench/dashboard.py), so a page load computed for seconds;
-# the old lru_cache of 512 whole series was smaller than that page, and cycling through 600
-# keys evicted each one before its next use. A series changes only when a run adds a point, so
-# a reload recomputes only the series that did. ~100 bytes an entry.
+# long series). Why: Otava costs 4-25 ms per series and /trends shows every series (up to 50
+# devices x 4 bundles x 3 thread counts = 600 in bench/dashboard.py); the old lru_cache of 512
+# whole series held fewer than one page shows, so cycling through them could evict each before
+# its next use, and 1,000-point keys made a larger one costly. A series changes only when a run
+# adds a point, so a reload recomputes only the series that did. ~100 bytes an entry.
 FOUND_CACHE_SIZE = 20_000
 _found: OrderedDict[tuple[bytes, DetectorSettings], tuple[tuple[int, float], ...]] = \
     OrderedDict()
