@@ -1,6 +1,7 @@
 """Server time of the dashboard pages on a large fleet DB, measured in-process.
 
-    python bench/dashboard.py [--requests 30] [--warmup 3] [--profile PAGE] [--keep DIR]
+    python bench/dashboard.py [--scale N] [--requests 30] [--warmup 3] [--profile PAGE]
+                              [--keep DIR]
 
 Seeds a fresh home (the DB made by the migrations, as on any start) with a fleet's worth of
 history, written with bulk core INSERTs so seeding takes seconds:
@@ -12,6 +13,10 @@ history, written with bulk core INSERTs so seeding takes seconds:
   columns filled, 100 raw latencies (``runs.pack_floats``: 1,000,000 samples) and ~40
   telemetry sampler rows (40 per result); ~10% are invalid (throttled) and ~1% failed. Two of
   the full runs were measured interleaved in 4 rounds (``round_sizes``, a speed per round).
+
+``--scale N`` makes the history N times as long (N x 200 runs, N x 10,000 results: ``--scale 10``
+is 10,000,000 latency samples), as a fleet's DB grows: the pages show the newest runs, so what
+must not grow with it is their time. Rows go in per chunk of runs, so memory stays flat.
 
 Then times requests through ``fastapi.testclient.TestClient`` against ``create_app(settings,
 run_jobs=False)`` (no tokens: every request is the local admin): the Fleet page ``/``, a Run
@@ -53,7 +58,7 @@ import numpy as np  # noqa: E402
 
 warnings.filterwarnings("ignore", message="Using `httpx` with")  # starlette's, not ours
 from fastapi.testclient import TestClient  # noqa: E402
-from sqlalchemy import event, insert  # noqa: E402
+from sqlalchemy import event, func, insert, select  # noqa: E402
 from sqlalchemy.engine import Engine  # noqa: E402
 
 from orchestrator.core.config import Settings  # noqa: E402
@@ -73,7 +78,8 @@ SAMPLER_ROWS = 40  # ~10 s of a 4 Hz sampler
 INVALID_SHARE = 0.10
 FAILED_SHARE = 0.01
 ROUNDS = 4  # two full runs measured as an interleaved A/B (``bench --rounds 4``)
-INTERLEAVED = (185, 190)  # their indices among the 200: a first-crack@2 / roast-level@1 pair
+INTERLEAVED = (15, 10)  # counted back from the end: a first-crack@2 / roast-level@1 pair
+CHUNK_RUNS = 200  # runs whose results are generated and inserted at once
 BUNDLES = [("first-crack", "1", 3.1), ("first-crack", "2", 2.6), ("roast-level", "1", 7.9),
            ("roast-level", "2-int8", 4.4)]
 THREADS = (1, 2, 4)
@@ -98,8 +104,8 @@ def _facts(rng: np.random.Generator, index: int, now: datetime) -> dict[str, Any
     }
 
 
-def seed(engine: Engine, seed_value: int = 0) -> dict[str, Any]:
-    """Bulk-insert the fleet; returns the ids the timings use."""
+def seed(engine: Engine, seed_value: int = 0, scale: int = 1) -> dict[str, Any]:
+    """Bulk-insert the fleet (``scale`` x 200 runs); returns the ids the timings use."""
     rng = np.random.default_rng(seed_value)
     now = datetime.now(UTC)
     names = [f"pi{5 if i % 2 == 0 else 4}-{i:03d}" for i in range(DEVICES)]
@@ -123,9 +129,11 @@ def seed(engine: Engine, seed_value: int = 0) -> dict[str, Any]:
     } for name in names for k in range(SNAPSHOTS_PER_DEVICE)]
 
     runs, layouts = [], []
-    for index in range(FULL_RUNS + SMALL_RUNS):
-        full = index % 5 == 0  # 40 full runs spread among the 200
-        rounds = ROUNDS if index in INTERLEAVED else 1
+    total = (FULL_RUNS + SMALL_RUNS) * scale
+    interleaved = {total - back for back in INTERLEAVED}
+    for index in range(total):
+        full = index % 5 == 0  # 40 full runs spread among each 200
+        rounds = ROUNDS if index in interleaved else 1
         bundle = BUNDLES[index % len(BUNDLES)]
         threads = list(THREADS) if full else [1]
         runs.append({
@@ -134,29 +142,36 @@ def seed(engine: Engine, seed_value: int = 0) -> dict[str, Any]:
             "targets": "all" if full else "roastery", "created_by": "bench",
             "params": {"threads": threads, "warmup": 5, "runs": SAMPLES_PER_RESULT,
                        "rounds": rounds},
-            "state": "succeeded", "created_at": now - timedelta(hours=200 - index),
-            "finished_at": now - timedelta(hours=200 - index, minutes=-5),
+            "state": "succeeded", "created_at": now - timedelta(hours=total - index),
+            "finished_at": now - timedelta(hours=total - index, minutes=-5),
         })
         layouts.append((index + 1, bundle[2], names if full else names[:SMALL_DEVICES],
                         threads, rounds))
 
-    results = []
-    for run_id, base_ms, run_devices, threads, rounds in layouts:
-        for d_index, name in enumerate(run_devices):
-            speed = 1.0 + 0.05 * (d_index % 7)
-            for t in threads:
-                results.append(_result(rng, run_id, name, t, base_ms * speed / t ** 0.6, now,
-                                       rounds))
     with engine.begin() as conn:
         conn.execute(insert(Device), devices)
         conn.execute(insert(TelemetrySnapshot), snapshots)
         conn.execute(insert(Run), runs)
-        conn.execute(insert(Result), results)
+    count = 0
+    for start in range(0, len(layouts), CHUNK_RUNS):
+        results = []
+        for run_id, base_ms, run_devices, threads, rounds in layouts[start:start + CHUNK_RUNS]:
+            for d_index, name in enumerate(run_devices):
+                speed = 1.0 + 0.05 * (d_index % 7)
+                for t in threads:
+                    results.append(_result(rng, run_id, name, t, base_ms * speed / t ** 0.6,
+                                           now, rounds))
+        with engine.begin() as conn:
+            conn.execute(insert(Result), results)
+        count += len(results)
     full_ids = [r["id"] for r in runs if r["targets"] == "all"]
+    with engine.connect() as conn:  # a result of the run page's run: its chart data's URL
+        result_id = conn.execute(select(func.min(Result.id)).where(
+            Result.run_id == full_ids[-1], Result.ok)).scalar_one()
     return {"devices": len(devices), "snapshots": len(snapshots), "runs": len(runs),
-            "results": len(results), "samples": len(results) * SAMPLES_PER_RESULT,
-            "run": full_ids[-1], "compare": (full_ids[-5], full_ids[-1]),
-            "rounds": tuple(i + 1 for i in INTERLEAVED)}
+            "results": count, "samples": count * SAMPLES_PER_RESULT,
+            "run": full_ids[-1], "result": result_id, "compare": (full_ids[-5], full_ids[-1]),
+            "rounds": tuple(sorted(i + 1 for i in interleaved))}
 
 
 def _result(rng: np.random.Generator, run_id: int, device: str, threads: int,
@@ -219,11 +234,22 @@ def pages(ids: dict[str, Any]) -> dict[str, str]:
     return {"fleet": "/", "run": f"/runs/{ids['run']}", "compare": f"/runs/compare?a={a}&b={b}",
             "api-devices": "/api/devices", "api-run": f"/api/runs/{ids['run']}",
             "api-compare": f"/api/compare?a={a}&b={b}",
-            "compare-4r": "/runs/compare?a={}&b={}".format(*ids["rounds"])}
+            "compare-4r": "/runs/compare?a={}&b={}".format(*ids["rounds"]),
+            "run-charts": f"/runs/{ids['run']}/results/{ids['result']}/charts",
+            "runs": "/runs", "trends": "/trends", "versions": "/runs/compare?bundle=first-crack",
+            "device": "/devices/pi5-000"}
+
+
+PAGES = ["fleet", "run", "compare", "api-devices", "api-run", "api-compare", "compare-4r",
+         "run-charts", "runs", "trends", "versions", "device"]
 
 
 def measure(client: TestClient, counter: QueryCounter, url: str, warmup: int,
-            requests: int) -> dict[str, Any]:
+            requests: int) -> dict[str, Any] | None:
+    """The timings of ``url``, or None if this checkout has no such page (404): the script
+    runs against older commits too, for before/after figures."""
+    if client.get(url).status_code == 404:
+        return None
     for _ in range(warmup):
         response = client.get(url)
         response.raise_for_status()
@@ -277,9 +303,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--profile", choices=["fleet", "run", "compare", "api-devices",
-                                              "api-run", "api-compare", "compare-4r"])
-    parser.add_argument("--keep", type=Path, help="seed into this home and keep it")
+    parser.add_argument("--profile", choices=PAGES)
+    parser.add_argument("--keep", type=Path, help="seed into this home and keep it; a home "
+                        "kept before is timed again as it is (another checkout, no re-seeding)")
+    parser.add_argument("--scale", type=int, default=1,
+                        help="history N times as long (10: 10M latency samples)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="efdash") as tmp:
@@ -287,7 +315,13 @@ def main() -> None:
         settings = Settings(home=home, database_url=None)
         engine = get_engine(settings)
         started = time.perf_counter()
-        ids = seed(engine)
+        saved = home / "bench-ids.json"  # a kept home is timed again without re-seeding
+        if args.keep and saved.exists():
+            ids = json.loads(saved.read_text())
+        else:
+            ids = seed(engine, scale=args.scale)
+            if args.keep:
+                saved.write_text(json.dumps(ids))
         seeded_s = time.perf_counter() - started
         db_mb = (home / "edgefleet.db").stat().st_size / 2**20 \
             if (home / "edgefleet.db").exists() else float("nan")
@@ -296,11 +330,13 @@ def main() -> None:
               f"{seeded_s:.1f} s (DB {db_mb:.0f} MB + WAL)")
         counter = QueryCounter(engine)
         urls = pages(ids)
-        with TestClient(create_app(settings, run_jobs=False)) as client:
+        # Host localhost: without an admin token only loopback names are served (local_mode).
+        with TestClient(create_app(settings, run_jobs=False),
+                        base_url="http://localhost") as client:
             if args.profile:
                 profile(client, urls[args.profile], args.requests)
                 return
-            run: Callable[[str], dict[str, Any]] = lambda url: measure(  # noqa: E731
+            run: Callable[[str], dict[str, Any] | None] = lambda url: measure(  # noqa: E731
                 client, counter, url, args.warmup, args.requests)
             print(f"\n{args.requests} requests each after {args.warmup} warmups; goal: p95 < "
                   f"{GOAL_MS:.0f} ms\n")
@@ -308,6 +344,9 @@ def main() -> None:
                   f"{'CPU ms':>8} {'SQL':>5} {'kB':>7}  goal")
             for name, url in urls.items():
                 m = run(url)
+                if m is None:
+                    print(f"{name:<12} {url:<28} (no such page in this checkout)")
+                    continue
                 print(f"{name:<12} {url:<28} {m['p50']:8.1f} {m['p95']:8.1f} {m['max']:8.1f} "
                       f"{m['cpu']:8.1f} {m['queries']:5d} {m['bytes'] / 1024:7.0f}  "
                       f"{'ok' if m['p95'] < GOAL_MS else 'MISSED'}")

@@ -31,8 +31,8 @@ from orchestrator.jobs import queue as job_service
 from orchestrator.jobs import schedules as schedule_service
 from orchestrator.jobs.schedules import parse_time
 from orchestrator.measure import regressions as regression_service
-from orchestrator.measure.runs import compared_runs, get_run, list_runs, run_public, run_results
-from orchestrator.measure.stats import compare_runs
+from orchestrator.measure.comparisons import comparison
+from orchestrator.measure.runs import get_run, list_runs, run_public, run_results
 from web.deps import Admin, Csrf, Operator, SessionDep, SettingsDep, Viewer
 from web.inputs import RowId, StrictJsonRoute
 from web.schemas import (
@@ -160,8 +160,7 @@ def run(run_id: RowId, _: Viewer, session: SessionDep, raw: bool = False) -> Jso
 def compare(a: RowId, b: RowId, _: Viewer, session: SessionDep,
             include_invalid: bool = False) -> list[Json]:
     """B against A per device and thread count; both runs of one kind."""
-    first, second = compared_runs(session, a, b)
-    return compare_runs(first["results"], second["results"], include_invalid=include_invalid)
+    return comparison(session, a, b, include_invalid)[1]
 
 
 @router.get("/regressions", response_model=RegressionsPublic)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, LargeBinary, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, LargeBinary, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import DateTime, TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -146,6 +146,12 @@ class Run(SQLModel, table=True):
 class Result(SQLModel, table=True):
     """One device x thread count of a run. Aggregates are columns (dashboards query them in
     SQL); every raw latency is kept, compressed, in ``latencies``."""
+
+    # Covering the dashboards' aggregates (trends, version heatmap, thread-count filter): the
+    # rows themselves carry the raw blobs, ~2 kB each, so reading columns from them read the
+    # blobs' pages too (migration 0009).
+    __table_args__ = (Index("ix_result_summary", "run_id", "device_name", "precision",
+                            "threads", "ok", "valid", "p50_ms"),)
 
     id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="run.id", index=True)

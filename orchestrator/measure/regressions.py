@@ -36,8 +36,11 @@ exist.
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import logging
+import struct
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -111,6 +114,18 @@ class Regressions:
     detector: DetectorSettings
 
 
+# Change points by series (a digest of its values: a key of 16 bytes, not the 10^3 floats of a
+# long series). Why: Otava costs 4-25 ms per series and /trends shows every series (up to 50
+# devices x 4 bundles x 3 thread counts = 600 in bench/dashboard.py); the old lru_cache of 512
+# whole series held fewer than one page shows, so cycling through them could evict each before
+# its next use, and 1,000-point keys made a larger one costly. A series changes only when a run
+# adds a point, so a reload recomputes only the series that did. ~100 bytes an entry.
+FOUND_CACHE_SIZE = 20_000
+_found: OrderedDict[tuple[bytes, DetectorSettings], tuple[tuple[int, float], ...]] = \
+    OrderedDict()
+_found_lock = threading.Lock()
+
+
 def change_indices(values: Sequence[float], settings: DetectorSettings = DETECTOR,
                    ) -> list[tuple[int, float]]:
     """(index where a new level starts, p-value) of each change point of ``values``, in order.
@@ -120,13 +135,25 @@ def change_indices(values: Sequence[float], settings: DetectorSettings = DETECTO
     new neighbours."""
     if len(values) < 2 * settings.min_points:
         return []
-    return list(_change_indices(tuple(float(v) for v in values), settings))
+    series = tuple(float(v) for v in values)
+    key = (hashlib.blake2b(struct.pack(f"<{len(series)}d", *series), digest_size=16).digest(),
+           settings)
+    with _found_lock:
+        found = _found.get(key)
+        if found is not None:
+            _found.move_to_end(key)
+            return list(found)
+    found = _change_indices(series, settings)
+    with _found_lock:
+        _found[key] = found
+        while len(_found) > FOUND_CACHE_SIZE:
+            _found.popitem(last=False)
+    return list(found)
 
 
-@functools.lru_cache(maxsize=512)
 def _change_indices(values: tuple[float, ...], settings: DetectorSettings,
                     ) -> tuple[tuple[int, float], ...]:
-    """Cached: a page reload re-reads the same series, and Otava costs ~ms per series."""
+    """Otava's change points of one series (cached by ``change_indices``)."""
     from otava.analysis import TTestSignificanceTester, merge, split
 
     # A list, not an ndarray: otava 0.8.0's window step slices only non-array input (an array

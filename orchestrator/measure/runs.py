@@ -331,6 +331,17 @@ def run_results(session: Session, run_id: int, *, latencies: bool = False,
     return list(session.exec(query).all())
 
 
+def result_raw(session: Session, run_id: int, result_id: int) -> dict[str, Any]:
+    """One result of a run with its raw latencies and sampler rows (``result_public(raw=True)``):
+    what the run page's charts draw, fetched per result so the page itself carries summaries
+    only. NotFoundError if the result is not one of that run's."""
+    run = get_run(session, run_id)
+    result = session.get(Result, result_id)
+    if result is None or result.run_id != run_id:
+        raise NotFoundError(f"run {run_id} has no result {result_id}")
+    return result_public(result, run, raw=True)
+
+
 def list_runs(session: Session, limit: int = 50) -> list[Run]:
     return list(session.exec(select(Run).order_by(col(Run.id).desc()).limit(limit)).all())
 

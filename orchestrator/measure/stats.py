@@ -198,6 +198,12 @@ def _sorted_median(ordered: np.ndarray) -> float | None:
     return float(ordered[middle]) if n % 2 else float((ordered[middle - 1] + ordered[middle]) / 2)
 
 
+def _median(values: Sequence[float] | np.ndarray) -> float | None:
+    """``np.median`` (the same arithmetic) at a tenth of its per-call cost: a comparison of two
+    interleaved 150-result runs took ~1,500 of them, a third of its time in numpy's overhead."""
+    return _sorted_median(np.sort(np.asarray(values, dtype=float)))
+
+
 def _as_sample(values: Sequence[float], label: str) -> np.ndarray:
     sample = np.asarray(values, dtype=float).ravel()
     if not np.all(np.isfinite(sample)) or np.any(sample < 0):
@@ -321,15 +327,15 @@ def compare_rounds(rounds_a: Sequence[Sequence[float]], rounds_b: Sequence[Seque
     xa = [_as_sample(r, "A") for r in rounds_a if len(r)]
     xb = [_as_sample(r, "B") for r in rounds_b if len(r)]
     pooled_a, pooled_b = np.concatenate(xa), np.concatenate(xb)
-    med_a, med_b = float(np.median(pooled_a)), float(np.median(pooled_b))
-    ratio = med_b / med_a if med_a else None
+    med_a, med_b = _median(pooled_a), _median(pooled_b)
+    ratio = med_b / med_a if med_a and med_b is not None else None
     n_a, n_b = len(pooled_a), len(pooled_b)
     note = f"compared per round ({len(xa)} vs {len(xb)} rounds)"
     if len(xa) < 2 or len(xb) < 2 or not med_a:
         return Comparison(ratio, None, None, None, "no significant change", n_a, n_b, med_a,
                           med_b, note + "; too few rounds for a verdict")
-    p_value = mann_whitney_p(np.array([np.median(r) for r in xa]),
-                             np.array([np.median(r) for r in xb]))
+    p_value = mann_whitney_p(np.array([_median(r) for r in xa]),
+                             np.array([_median(r) for r in xb]))
     picks_a, picks_b = _pair_picks(len(xa), len(xb), n_resamples, seed)
     boot_a, boot_b = _pooled_medians(xa, *picks_a), _pooled_medians(xb, *picks_b)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -344,14 +350,15 @@ def compare_rounds(rounds_a: Sequence[Sequence[float]], rounds_b: Sequence[Seque
     return Comparison(ratio, low, high, p_value, verdict, n_a, n_b, med_a, med_b, note)
 
 
-def split_rounds(result: Result) -> list[list[float]] | None:
-    """The result's latencies per round, when it was measured in several rounds."""
+def split_rounds(result: Result) -> list[np.ndarray] | None:
+    """The result's latencies per round, when it was measured in several rounds (arrays:
+    ``compare_rounds`` works on arrays, so no round goes through a list and back)."""
     sizes = result.get("round_sizes") or []
     latencies = result.get("latencies_ms") or []
     if len(sizes) < 2 or sum(sizes) != len(latencies):
         return None
     bounds = np.cumsum(sizes)[:-1]
-    return [list(part) for part in np.split(np.asarray(latencies, dtype=float), bounds)]
+    return np.split(np.asarray(latencies, dtype=float), bounds)
 
 
 # -- pairing two runs ------------------------------------------------------------------------
@@ -447,7 +454,7 @@ def _p50(result: Result | None) -> float | None:
         return None
     samples = result.get("latencies_ms")
     if samples:
-        return float(np.median(np.asarray(samples, dtype=float)))
+        return _median(samples)
     return (result.get("latency_ms") or {}).get("p50")
 
 

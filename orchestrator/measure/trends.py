@@ -30,6 +30,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import case, false, func
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from orchestrator.core.models import Bundle, Result, Run
@@ -97,11 +98,19 @@ def bundle_names(session: Session) -> list[str]:
 
 
 def thread_counts(session: Session) -> list[int]:
-    """Thread counts that benchmarks measured, for the pages' filters."""
-    query = (select(Result.threads).distinct()
-             .join(Run, col(Result.run_id) == col(Run.id)).where(Run.kind == BENCH)
-             .order_by(col(Result.threads)))
-    return [t for t in session.exec(query).all() if t is not None]
+    """Thread counts that benchmarks measured, for the pages' filters.
+
+    Each distinct count (``ix_result_threads`` alone answers that) is kept if some benchmark
+    run has a result with it: an EXISTS that stops at the first. Joining every result to its
+    run first, then DISTINCT, read all 100,000 rows of a 10M-sample history (~1 s wall on a
+    busy 2-core VM) for three numbers."""
+    counts = select(Result.threads).distinct().subquery()
+    other = aliased(Result)
+    measured = (select(other.id).join(Run, col(other.run_id) == col(Run.id))
+                .where(col(other.threads) == counts.c.threads, Run.kind == BENCH).exists())
+    query = (select(counts.c.threads).where(counts.c.threads.is_not(None), measured)
+             .order_by(counts.c.threads))
+    return [int(t) for t in session.exec(query).all()]
 
 
 def trend_points(session: Session, bundle: str | None = None, threads: int | None = None,

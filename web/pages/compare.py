@@ -2,7 +2,8 @@
 
 * two runs (``?a=&b=``) of one kind: B against A per device and thread count — the
   statistics of ``edgefleet runs compare`` (they need raw latencies, so those two runs' are
-  loaded; a benchmark and an eval are refused, ``runs.compared_runs``) — with
+  loaded, once per pair of finished runs: ``comparisons.comparison``; a benchmark and an eval
+  are refused, ``runs.compared_runs``) — with
   ``&format=csv`` / ``&format=md`` exports of the same rows (``reports.comparison_csv`` /
   ``comparison_markdown``, as attachments);
 * a bundle across its versions and precisions (``?bundle=NAME``): a device x version heatmap
@@ -18,10 +19,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
-from sqlmodel import Session
 
 from orchestrator.core.errors import EdgeFleetError, NotFoundError
 from orchestrator.measure import trends
+from orchestrator.measure.comparisons import comparison
 from orchestrator.measure.reports import (
     COMPARISON_CAPTION,
     comparison_csv,
@@ -31,8 +32,7 @@ from orchestrator.measure.reports import (
     format_p,
     format_ratio,
 )
-from orchestrator.measure.runs import compared_runs, list_runs, run_public
-from orchestrator.measure.stats import compare_runs
+from orchestrator.measure.runs import list_runs, run_public
 from web.deps import SessionDep, Viewer
 from web.inputs import RowId
 from web.pages.charts import heatmap, sweep_charts
@@ -43,16 +43,6 @@ router = APIRouter()
 RUNS_LIMIT = 200
 EXPORTS = {"csv": ("text/csv; charset=utf-8", comparison_csv),
            "md": ("text/markdown; charset=utf-8", comparison_markdown)}
-
-
-def _compare(session: Session, a: int, b: int, include_invalid: bool
-             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(the two runs without their results, compare_runs rows); NotFoundError for a bad id,
-    EdgeFleetError for runs of different kinds."""
-    first, second = compared_runs(session, a, b)
-    rows = compare_runs(first.pop("results"), second.pop("results"),
-                        include_invalid=include_invalid)
-    return {"a": first, "b": second}, rows
 
 
 def _display(row: dict[str, Any]) -> dict[str, Any]:
@@ -88,7 +78,7 @@ def compare_page(request: Request, principal: Viewer, session: SessionDep,
         status = 400
     elif a is not None and b is not None:
         try:
-            runs, rows = _compare(session, a, b, include_invalid)
+            runs, rows = comparison(session, a, b, include_invalid)
         except NotFoundError as exc:
             context["error"], status = str(exc), 404
         except EdgeFleetError as exc:  # runs of different kinds

@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from orchestrator.core.errors import NotFoundError
 from orchestrator.core.models import Job
-from orchestrator.measure.reports import flag_notes, input_notes, report_rows
-from orchestrator.measure.runs import get_run, list_runs, run_public, run_results
+from orchestrator.measure.reports import flag_notes, format_number, input_notes, report_rows
+from orchestrator.measure.runs import get_run, list_runs, result_raw, run_public, run_results
 from web.deps import SessionDep, Viewer
 from web.inputs import RowId
 from web.pages.common import not_found, render
@@ -31,10 +31,32 @@ def runs_page(request: Request, principal: Viewer, session: SessionDep) -> HTMLR
 
 
 def _chart_data(result: dict[str, Any]) -> dict[str, Any]:
-    """What the run page draws for one result; built from ``result_public(raw=True)``."""
+    """What the run page draws for one result; built from ``result_public(raw=True)``.
+    ``hist.note`` is the histogram caption's tail clause, worded here (numbers as the pages
+    format them) so the script only places the text."""
     latencies = result.get("latencies_ms") or []
-    return {"hist": latency_histogram(latencies), "cdf": latency_cdf(latencies),
+    hist = latency_histogram(latencies)
+    overflow = hist["overflow"]
+    hist["note"] = (f"; {overflow} run{'s' if overflow != 1 else ''} beyond "
+                    f"{format_number(hist['upper'])} ms (the tail) not drawn: see the CDF"
+                    if overflow else "")
+    return {"hist": hist, "cdf": latency_cdf(latencies),
             "telemetry": sample_series((result.get("telemetry") or {}).get("samples"))}
+
+
+@router.get("/runs/{run_id}/results/{result_id}/charts")
+def result_charts(run_id: RowId, result_id: RowId, principal: Viewer,
+                  session: SessionDep) -> JSONResponse:
+    """One result's chart data (histogram, CDF, sampler series), fetched by the run page's
+    script when the result scrolls near the view: decoding and binning every result's raw
+    latencies and sampler rows into the page made a 150-result run 775 kB and its slowest
+    page; a result's raw data never changes once stored, so the browser may keep it."""
+    try:
+        result = result_raw(session, run_id, result_id)
+    except NotFoundError as exc:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+    return JSONResponse(_chart_data(result), headers={
+        "Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"})
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
@@ -44,8 +66,8 @@ def run_page(request: Request, run_id: RowId, principal: Viewer,
         run = get_run(session, run_id)
     except NotFoundError as exc:
         return not_found(request, str(exc), principal)
-    public = run_public(run, run_results(session, run_id, latencies=True, samples=True),
-                        raw=True)
+    stored = run_results(session, run_id)  # summaries: the charts fetch their raw data
+    public = run_public(run, stored)
     verdict = (verdict_context(session, run_id) if public["kind"] in ("eval", "bench")
                else None)
     # While it is measured, the run page shows its job's live progress (the job page's
@@ -56,16 +78,15 @@ def run_page(request: Request, run_id: RowId, principal: Viewer,
     results = public.pop("results")
     evaluation = eval_context(public, results) if public["kind"] == "eval" else None
     rows = []
-    for index, (row, result) in enumerate(zip(report_rows(results), results, strict=True)):
+    for index, (row, result, record) in enumerate(zip(report_rows(results), results, stored,
+                                                      strict=True)):
         rows.append(row | {"index": index, "reasons": result.get("reasons") or [],
                            "device_name": result["device"], "error": result.get("error"),
                            "telemetry_status": (result.get("telemetry") or {}).get("status"),
-                           "n": (result.get("latency_ms") or {}).get("n")})
-    charts = [_chart_data(r) | {"title": f"{row['device']} · {row['threads']} thread"
-                                         + ("" if row["threads"] == "1" else "s")}
-              for row, r in zip(rows, results, strict=True)]
+                           "n": (result.get("latency_ms") or {}).get("n"),
+                           "charts_url": f"/runs/{run_id}/results/{record.id}/charts"})
     return render(request, "run.html", {
-        "section": "runs", "run": public, "rows": rows, "charts": charts,
+        "section": "runs", "run": public, "rows": rows,
         "notes": flag_notes(results) + input_notes(results),
         "invalid": any(row["status"] == "invalid" for row in rows),
         "failed": any(row["status"] == "failed" for row in rows),

@@ -4,6 +4,10 @@
  * (escaped by the server) and this file reads it with JSON.parse. A chart element names its
  * block and, for lists, an index:
  *   <div class="chart" data-chart="hist|cdf|samples|telemetry" data-source="ID" data-index="N">
+ * or names a same-origin JSON URL instead (data-url: the run page's per-result chart data,
+ * fetched once per URL when the element scrolls near the view, so a 150-result run page does
+ * not carry every result's raw latencies). An element [data-note-of="URL"] gets that data's
+ * hist.note as its text (the histogram caption's tail clause, worded by the server).
  */
 (function () {
   "use strict";
@@ -99,11 +103,52 @@
     }), [c.x, c.y], el);
   }
 
+  var fetched = {};  // URL -> Promise of its JSON, shared by the charts of one result
+
+  function fetchJSON(url) {
+    if (!fetched[url]) {
+      fetched[url] = fetch(url, { credentials: "same-origin",
+                                  headers: { Accept: "application/json" } })
+        .then(function (r) { return r.ok ? r.json() : null; })
+        .catch(function () { return null; });
+    }
+    return fetched[url];
+  }
+
+  function drawFetched(el) {
+    fetchJSON(el.dataset.url).then(function (data) {
+      if (!data) return empty(el, "Chart data could not be loaded.");
+      var notes = document.querySelectorAll("[data-note-of]");
+      Array.prototype.forEach.call(notes, function (n) {
+        if (n.dataset.noteOf === el.dataset.url) n.textContent = (data.hist || {}).note || "";
+      });
+      var chart = drawData(el, data);
+      if (chart) charts.push({ el: el, chart: chart });
+    });
+  }
+
+  // Elements with data-url are drawn when they come within a screen or so of the view.
+  var observer = typeof IntersectionObserver === "undefined" ? null :
+    new IntersectionObserver(function (entries) {
+      entries.forEach(function (entry) {
+        if (!entry.isIntersecting) return;
+        observer.unobserve(entry.target);
+        drawFetched(entry.target);
+      });
+    }, { rootMargin: "1000px 0px" });
+
   function drawOne(el) {
+    if (el.dataset.url) {
+      if (observer) observer.observe(el); else drawFetched(el);
+      return null;
+    }
     var data = readJSON(el.dataset.source);
     if (data === null) return null;
     if (el.dataset.index !== undefined) data = data[Number(el.dataset.index)];
-    if (!data) return null;
+    return data ? drawData(el, data) : null;
+  }
+
+  function drawData(el, data) {
     var kind = el.dataset.chart, chart = null;
     if (kind === "telemetry") chart = telemetry(el, data, true);
     else if (kind === "samples") chart = telemetry(el, data.telemetry, false);

@@ -147,10 +147,12 @@ def test_metrics_and_docs(world: tuple[Settings, TestClient]) -> None:
 
 def test_run_reads_load_only_the_blobs_they_use(world: tuple[Settings, TestClient]) -> None:
     """Summaries select no raw blob; raw reads and comparisons load what they use in the one
-    query per run (never a query per result)."""
+    query per run (never a query per result), and a comparison of finished runs only once
+    per process (``comparisons``: a repeat reads no result)."""
     import sqlalchemy as sa
 
     from orchestrator.core.db import get_engine
+    from orchestrator.measure import comparisons
     from orchestrator.measure.runs import run_results
 
     settings, client = world
@@ -170,12 +172,14 @@ def test_run_reads_load_only_the_blobs_they_use(world: tuple[Settings, TestClien
     try:
         (summary,) = results_selects(f"/api/runs/{run_id}")
         (raw,) = results_selects(f"/api/runs/{run_id}", raw=True)
+        comparisons.clear_cache()  # earlier tests compared these runs already
         compared = results_selects("/api/compare", a=run_id, b=run_id)
+        repeated = results_selects("/api/compare", a=run_id, b=run_id)
     finally:
         sa.event.remove(engine, "before_cursor_execute", spy)
     assert "latencies" not in summary and "telemetry_samples" not in summary
     assert "result.latencies" in raw and "result.telemetry_samples" in raw
-    assert len(compared) == 2
+    assert len(compared) == 2 and repeated == []
     assert all("result.latencies" in s and "telemetry_samples" not in s for s in compared)
 
     with session_scope(settings) as session:

@@ -168,6 +168,14 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
     return Site(settings, client, run.id, public, sims)
 
 
+def chart_data(site: Site, url: str) -> dict[str, Any]:
+    """A run page's per-result chart JSON, as its script fetches it."""
+    response = site.client.get(url)
+    assert response.status_code == 200, (url, response.status_code, response.text[:2000])
+    assert response.headers["content-type"] == "application/json"
+    return response.json()
+
+
 def get(site: Site, url: str, status: int = 200) -> str:
     response = site.client.get(url)
     assert response.status_code == status, (url, response.status_code, response.text[:2000])
@@ -355,8 +363,12 @@ def test_run_page_shows_the_table_flags_and_chart_data(site: Site) -> None:
     assert "status-ok" in cool["class"] and float(cool["cells"][4]) > 0  # p50 ms
     assert "measured while throttled" in html and "soft temperature limit" in html
 
-    charts = json.loads(page.scripts["run-charts"])
-    assert len(charts) == 3
+    # Chart data is not in the page: each result's three charts name one JSON URL, fetched
+    # by app.js when the result scrolls near the view.
+    assert "run-charts" not in page.scripts and "latencies_ms" not in html
+    urls = list(dict.fromkeys(re.findall(r'data-chart="hist" data-url="([^"]+)"', html)))
+    assert len(urls) == 3 and all(html.count(f'data-url="{u}"') == 3 for u in urls)
+    charts = [chart_data(site, url) for url in urls]
     for chart in charts:
         assert sum(chart["hist"]["counts"]) + chart["hist"]["overflow"] == 5
         assert len(chart["hist"]["edges"]) == len(chart["hist"]["counts"]) + 1
