@@ -58,6 +58,9 @@ def test_the_service_cuts_a_window_in_name_order(world: tuple[Settings, TestClie
         odd = devices_window(session, "odd", 0, 10)
         assert [d.name for d in odd.devices] == NAMES[1:20:2]
         assert (odd.total, odd.matched, odd.next_offset) == (COUNT, COUNT // 2, 10)
+        named = devices_window(session, "dev-0007,dev-0002,dev-0005", 1, 5)
+        assert [d.name for d in named.devices] == ["dev-0002", "dev-0005"]  # pattern order
+        assert (named.matched, named.next_offset) == (3, None)
 
 
 def test_api_default_is_the_whole_list_as_before(world: tuple[Settings, TestClient]) -> None:
