@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
-from orchestrator.inventory.devices import devices_window, sync_inventory
+from orchestrator.inventory.devices import devices_window, select_devices, sync_inventory
 from orchestrator.inventory.reader import load_inventory
 from web.app import create_app
 from web.pages.fleet import PAGE_SIZE
@@ -58,8 +58,10 @@ def test_the_service_cuts_a_window_in_name_order(world: tuple[Settings, TestClie
         odd = devices_window(session, "odd", 0, 10)
         assert [d.name for d in odd.devices] == NAMES[1:20:2]
         assert (odd.total, odd.matched, odd.next_offset) == (COUNT, COUNT // 2, 10)
-        named = devices_window(session, "dev-0007,dev-0002,dev-0005", 1, 5)
-        assert [d.name for d in named.devices] == ["dev-0002", "dev-0005"]  # pattern order
+        pattern = "dev-0007,dev-0002,dev-0005"
+        named = devices_window(session, pattern, 1, 5)
+        assert [d.name for d in named.devices] == [  # the CLI's order, cut
+            d.name for d in select_devices(session, pattern)][1:]
         assert (named.matched, named.next_offset) == (3, None)
 
 
