@@ -80,7 +80,7 @@ def child(op: str, home: Path, forks: int, pattern: str, bundle: str | None) -> 
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    failed = [f"{o.device}: {o.error}" for o in outcomes if not o.ok]
+    failed = [f"{o.device}: {str(o.error)[:200]}" for o in outcomes if not o.ok]
     print(json.dumps({"wall": wall, "cpu": cpu, "rss_mb": after.ru_maxrss / 1024,
                       "ok": len(outcomes) - len(failed), "n": len(outcomes),
                       "failed": failed[:3]}))
