@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field, field_validator
 
 from orchestrator.access.audit import event_public, list_events
@@ -21,8 +21,8 @@ from orchestrator.core.errors import EdgeFleetError
 from orchestrator.fleet import alerts as alert_service
 from orchestrator.inventory import sync as inventory_service
 from orchestrator.inventory.devices import (
-    all_devices,
     device_public,
+    devices_window,
     get_device,
     recent_deployments,
     select_devices,
@@ -116,10 +116,24 @@ class InventorySyncIn(BaseModel):
     dry_run: bool = False
 
 
+DEVICES_LIMIT = 1000
+"""Default and largest ``limit`` of GET /api/devices. The answer stays a plain JSON list (what
+every client already parses) and a fleet of up to 1,000 devices still comes whole in one
+request; beyond that, or with a smaller ``limit``, ``X-Total-Count`` and an RFC 8288 ``Link:
+<...>; rel="next"`` header say there is more."""
+
+
 @router.get("/devices", response_model=list[DevicePublic])
-def devices(_: Viewer, session: SessionDep, pattern: str | None = None) -> list[Json]:
-    found = select_devices(session, pattern) if pattern else all_devices(session)
-    return [device_public(d) for d in found]
+def devices(_: Viewer, session: SessionDep, request: Request, response: Response,
+            pattern: str | None = None,
+            limit: int = Query(DEVICES_LIMIT, ge=1, le=DEVICES_LIMIT),
+            offset: int = Query(0, ge=0)) -> list[Json]:
+    found = devices_window(session, pattern, offset, limit)
+    response.headers["X-Total-Count"] = str(found.matched)
+    if found.next_offset is not None:
+        following = request.url.include_query_params(offset=found.next_offset, limit=limit)
+        response.headers["Link"] = f'<{following}>; rel="next"'
+    return [device_public(d) for d in found.devices]
 
 
 @router.get("/devices/{name}", response_model=DeviceDetail)

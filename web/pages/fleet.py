@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
 from orchestrator.core.errors import EdgeFleetError, NotFoundError
 from orchestrator.fleet.telemetry import device_history
 from orchestrator.inventory.devices import (
-    all_devices,
     device_public,
+    devices_window,
     get_device,
     recent_deployments,
-    select_devices,
 )
 from orchestrator.measure.reports import flag_notes, report_rows
 from orchestrator.measure.runs import device_results
@@ -26,25 +26,42 @@ from web.pages.view import device_row, telemetry_series
 router = APIRouter()
 
 
+PAGE_SIZE = 100
+"""Devices per Fleet page: a screenful an operator scans; at 1,000 devices rendering all of
+them took most of the request (bench/fleet_scale.py measures the page's p95)."""
+
+
 @router.get("/", response_class=HTMLResponse)
 def fleet_page(request: Request, principal: Viewer, session: SessionDep,
-               pattern: str = "") -> HTMLResponse:
-    """Every device; ``?pattern=`` narrows it with the CLI's target patterns. A bad pattern is
-    shown as the CLI would say it, above the whole fleet (so the names to fix it are there)."""
+               pattern: str = "", page: int = Query(1, ge=1)) -> HTMLResponse:
+    """Devices by name, PAGE_SIZE a page (``?page=N``); ``?pattern=`` narrows it with the CLI's
+    target patterns. A bad pattern is shown as the CLI would say it, above the whole fleet (so
+    the names to fix it are there)."""
     pattern = pattern.strip()
     error = None
-    devices = all_devices(session)
-    shown = devices
-    if pattern and devices:
-        try:
-            shown = select_devices(session, pattern)
-        except EdgeFleetError as exc:
-            error = f"pattern {pattern!r}: {exc}"
-    rows = [device_row(device_public(d)) for d in shown]
+    offset = (page - 1) * PAGE_SIZE
+    try:
+        shown = devices_window(session, pattern or None, offset, PAGE_SIZE)
+    except EdgeFleetError as exc:
+        error = f"pattern {pattern!r}: {exc}"
+        shown = devices_window(session, None, offset, PAGE_SIZE)
+    rows = [device_row(device_public(d)) for d in shown.devices]
+    pages = max(1, -(-shown.matched // PAGE_SIZE))
+    keep = pattern if error is None else ""
     return render(request, "fleet.html", {
         "section": "fleet", "devices": rows, "pattern": pattern, "error": error,
-        "total": len(devices), "filtered": bool(pattern) and error is None,
+        "total": shown.total, "matched": shown.matched,
+        "filtered": bool(pattern) and error is None,
+        "page": page, "pages": pages, "first": offset + 1, "last": offset + len(rows),
+        "prev_href": _page_href(keep, page - 1) if page > 1 else None,
+        "next_href": _page_href(keep, page + 1) if page < pages else None,
     }, principal, status_code=400 if error else 200)
+
+
+def _page_href(pattern: str, page: int) -> str:
+    """The Fleet page's link to ``page``, keeping the filter the operator typed."""
+    query = {"pattern": pattern} if pattern else {}
+    return "/?" + urlencode(query | {"page": page})
 
 
 def _facts(public: dict[str, Any], facts: dict[str, Any]) -> list[tuple[str, Any]]:
