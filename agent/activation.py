@@ -16,7 +16,7 @@ import stat
 import time
 from typing import Any, Dict, List, Optional
 
-from agent import journal
+from agent import journal, signatures
 from agent.fsutil import (
     NO_SPACE_ERRNOS,
     AgentError,
@@ -155,6 +155,8 @@ def activate(store: Store, request: Request) -> Dict[str, Any]:
     with journal.locked(store):  # reverts whatever a dead process left pending (agent.journal)
         state = store.load_state()
         previous = store.active(state)
+        # Before anything is staged: a device with pinned keys refuses what none of them signed.
+        signed = signatures.check(store, request, previous)
         already = store.is_already_active(request, previous)
         accept_uploads(store, request, require_all=not already)
         if already:
@@ -167,6 +169,8 @@ def activate(store: Store, request: Request) -> Dict[str, Any]:
         rel = "versions/" + name
         entry = {"name": request.name, "version": request.version, "digest": request.digest,
                  "dir": rel, "activated_at": journal.now()}
+        if signed is not None:
+            entry["signed_by"] = signed["key"]
         try:
             journal.begin(store, state, "activate", entry)
         except BaseException:
@@ -189,6 +193,7 @@ def activate(store: Store, request: Request) -> Dict[str, Any]:
                 store.verifier.cache.save()
             raise
         crash_point("committed")
+        signatures.record_committed(store, entry)
         try:
             data["pruned"] = prune(store, state)
         except (OSError, AgentError) as exc:
@@ -274,6 +279,7 @@ def rollback(store: Store) -> Dict[str, Any]:
         except BaseException:
             journal.revert_quietly(store, state)
             raise
+        signatures.record_committed(store, target)  # asked for: the floor goes down with it
         store.verifier.cache.save()
         return {"active": dict(target), "previous": dict(rolled_from), "skipped": skipped}
 
@@ -285,8 +291,9 @@ def plan(store: Store, request: Request) -> Dict[str, Any]:
 
     store.ensure_layout()
     with journal.locked(store):
-        present, missing, corrupt = blob_status(store, request)
         active = store.active()
+        signed = signatures.check(store, request, active)  # refused: nothing is sent
+        present, missing, corrupt = blob_status(store, request)
         already = store.is_already_active(request, active)
         store.verifier.cache.save()
     extra: Dict[str, Any] = {}
@@ -304,5 +311,6 @@ def plan(store: Store, request: Request) -> Dict[str, Any]:
         "already_active": already,
         "disk_free_bytes": disk_free_bytes(store.root),
         "onnxruntime": onnxruntime_version_fast(),
+        "signature": signed,
         **extra,
     }

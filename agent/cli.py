@@ -23,7 +23,7 @@ from agent.fsutil import NO_SPACE_ERRNOS, AgentError, no_space_error
 from agent.protocol import E_BAD_INPUT, E_INTERNAL, result_error, result_ok
 
 COMMANDS = ("facts", "telemetry", "plan", "activate", "rollback", "status", "session", "bench",
-            "verify", "eval", "dataset_plan", "dataset_stage")
+            "verify", "eval", "dataset_plan", "dataset_stage", "trust")
 DEFAULT_ROOT = "~/.edgefleet"
 
 Emit = Callable[[Dict[str, Any]], None]
@@ -121,6 +121,7 @@ def handle(command: str, store: Any, read_input: Callable[[], Any]) -> Dict[str,
 
 
 def _dispatch(command: str, store: Any, read_input: Callable[[], Any]) -> Dict[str, Any]:
+    from agent import journal
     from agent.activation import plan
     from agent.store import parse_request, status
 
@@ -149,6 +150,13 @@ def _dispatch(command: str, store: Any, read_input: Callable[[], Any]) -> Dict[s
 
         request = datasets.parse_request(read_input())
         return (datasets.plan if command == "dataset_plan" else datasets.stage)(store, request)
+    if command == "trust":  # pin signing keys (agent.signatures), under the root lock
+        from agent.signatures import set_trust
+
+        doc = read_input()
+        store.ensure_layout()
+        with journal.locked(store):
+            return set_trust(store, doc)
     if command == "verify":  # no input: re-hash and smoke-test whatever is active
         from agent.verify import verify
 

@@ -42,6 +42,14 @@ E_MISSING_DEPENDENCY = "missing_dependency"
 E_SMOKE_FAILED = "smoke_failed"  # activation rolled back: golden outputs differ / model won't load
 E_NOTHING_ACTIVE = "nothing_active"
 E_INTERNAL = "internal"
+# A device with pinned keys refused a bundle (agent.signatures): ``reason`` says which check.
+E_SIGNATURE_REFUSED = "signature_refused"
+
+# Bundle signatures (SSHSIG, OpenSSH's PROTOCOL.sshsig): the namespace both sides sign and
+# verify under, so a signature made for anything else (a git commit, a file) never counts.
+SIGNATURE_NAMESPACE = "edgefleet-bundle"
+SIGNATURE_SCHEMA = "edgefleet.bundle-signature/v1"
+KEY_NAME_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-"
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -53,6 +61,22 @@ def canonical_json(obj: Any) -> bytes:
 
 def manifest_digest(manifest: Dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(manifest)).hexdigest()
+
+
+def signed_message(name: str, version: str, digest: str) -> bytes:
+    """The bytes a bundle signature covers: the manifest digest (hence every file) with the
+    bundle's name and version, so a signed v3 cannot be replayed as v5 or as another bundle.
+    The device builds them itself from the manifest it received, never from what the control
+    plane says the digest is."""
+    return canonical_json({"schema": SIGNATURE_SCHEMA, "name": name, "version": version,
+                           "digest": digest})
+
+
+def is_key_name(value: Any) -> bool:
+    """A signing key's name: also its principal in the device's allowed_signers file, so
+    only characters that file's syntax and a shell leave alone."""
+    return (isinstance(value, str) and 0 < len(value) <= 64 and value[0] not in ".-"
+            and all(c in KEY_NAME_CHARS for c in value))
 
 
 def check_relative_path(path: str) -> str:

@@ -65,6 +65,8 @@ class Request:
         self.manifest = manifest
         self.digest = digest
         self.files = files
+        # {"key", "sshsig"} when the control plane sent a signature (agent.signatures)
+        self.signature: Optional[Dict[str, str]] = None
         # sha -> manifest paths using it (insertion order = manifest order), and its size
         self.uses: Dict[str, List[str]] = {}
         self.sizes: Dict[str, int] = {}
@@ -86,7 +88,8 @@ def _label(value: Any) -> Optional[str]:
 
 
 def parse_request(doc: Any) -> Request:
-    """Validate ``{"manifest": {...}, "digest": "hex"}`` before anything touches the disk."""
+    """Validate ``{"manifest": {...}, "digest": "hex"}`` (and an optional ``signature``,
+    agent.signatures) before anything touches the disk."""
     if not isinstance(doc, dict) or not isinstance(doc.get("manifest"), dict):
         raise AgentError(E_BAD_INPUT, 'expected {"manifest": {...}, "digest": "<sha256>"}')
     manifest = doc["manifest"]
@@ -122,6 +125,9 @@ def parse_request(doc: Any) -> Request:
                 raise AgentError(E_UNSAFE_PATH, "path %r is both a file and a directory (%r)"
                                  % (parent, path), path=parent)
     request = Request(manifest, digest, files)
+    from agent.signatures import parse_signature
+
+    request.signature = parse_signature(doc.get("signature"))
     for entry in files:
         if request.sizes[entry["sha256"]] != entry["size"]:
             raise AgentError(E_BAD_INPUT, "manifest gives sha256 %s two sizes" % entry["sha256"],
