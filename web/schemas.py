@@ -117,6 +117,9 @@ class BundlePublic(Out):
     input_constants: dict[str, Any] | None = Field(
         None, description="Constant inputs (bundle build --input NAME=VALUE): golden inputs "
                           "and bench's default")
+    signed: dict[str, Any] | None = Field(
+        None, description="Who signed it ({by, fingerprint, at}: edgefleet bundle sign); None "
+                          "when unsigned. Devices with pinned keys refuse unsigned bundles")
 
 
 class BundleRef(Out):

@@ -29,11 +29,18 @@ action              target                detail
 ``bundle.build``    ``bundle:<N@V>``      ``digest``, ``precision``, ``source`` (new versions
                                           only: an unchanged rebuild changes nothing)
 ``dataset.build``   ``dataset:<N@V>``     ``digest``, ``samples``, ``labels``, ``for``
+``key.create``      ``key:<name>``        ``fingerprint``, ``encrypted`` (never the key)
+``bundle.sign``     ``bundle:<N@V>``      ``key``, ``fingerprint``, ``digest``, ``replaced``
+                                          (the earlier signer, if any)
 =================== ===================== =====================================================
 
+``agent.install`` with ``--trust-key`` (or ``--untrust``) also carries ``trust``: the keys
+pinned on the devices (name and fingerprint), ``[]`` when pinning was removed; without either
+option it is absent and the devices' pinned keys are left as they were.
+
 A target names its kind, so one column reads unambiguously: a row (``job:``, ``schedule:``,
-``token:``, ``bundle:``, ``dataset:``), the devices a pattern selected (``devices:``; patterns
-contain colons, so only the first one separates), or an inventory file (an absolute path: a
+``token:``, ``bundle:``, ``dataset:``, ``key:``), the devices a pattern selected (``devices:``;
+patterns contain colons, so only the first one separates), or an inventory file (an absolute path: a
 relative one would mean another file to the CLI, run in some directory, than to the server,
 which reads relative to ``EDGEFLEET_INVENTORY_DIR``). Push, bench, eval and rollback point at
 their job because the job is the same from every door (``jobs.execute`` runs them all) and its
@@ -66,7 +73,8 @@ from orchestrator.core.models import AuditEvent, Job
 
 ACTIONS = ("push", "bench", "eval", "rollback", "inventory.sync", "job.cancel",
            "schedule.create", "schedule.delete", "token.create", "token.revoke",
-           "devices.trust", "agent.install", "bundle.build", "dataset.build")
+           "devices.trust", "agent.install", "bundle.build", "dataset.build",
+           "key.create", "bundle.sign")
 # The job kinds that are audited: those that change a device or measure on it (not the
 # read-only verify and telemetry).
 JOB_ACTIONS = ("push", "bench", "eval", "rollback")

@@ -20,6 +20,7 @@ from orchestrator.cli.app import (
     handles_errors,
     settings,
 )
+from orchestrator.cli.keys import passphrase_for
 from orchestrator.fleet.fanout import Outcome
 from orchestrator.present import output
 
@@ -54,10 +55,15 @@ def bundle_build(
     streaming_profile: Annotated[Path | None, typer.Option(
         help="YAML/JSON streaming profile (window_s, hop_s or overlap, threshold, min_positive, "
              "confirm_windows) stored with the bundle for `runs verdict`.")] = None,
+    sign: Annotated[str | None, typer.Option(
+        "--sign", help="Sign what is built (and its variant) with this key (edgefleet keys "
+                       "create).", metavar="KEY")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Inspect the model, hash every file into the blob store, register a new version (and its
     INT8 variant with --quantize)."""
+    from orchestrator.access.audit import local_actor
+    from orchestrator.artifacts import signing
     from orchestrator.artifacts.bundles import build_bundle, bundle_public
     from orchestrator.artifacts.hub import fetch, is_hub_spec
     from orchestrator.artifacts.quantize import check_request, make_variant
@@ -66,6 +72,12 @@ def bundle_build(
 
     check_request(quantize, calibration)
     cfg = settings()
+    secret = None
+    if sign is not None:  # the key and its passphrase before the build's minutes, not after
+        with session_scope(cfg) as session:
+            key = signing.get_key(session, sign)
+            secret = passphrase_for(key.name, key.encrypted)
+            signing.load_private(cfg, key, secret)
     shapes = parse_shapes(shape)
     build_opts: dict[str, Any] = {"golden_rtol": golden_rtol, "golden_atol": golden_atol,
                                   "input_constants": parse_constants(input)}
@@ -85,6 +97,9 @@ def bundle_build(
         made = ([make_variant(session, cfg, result.bundle, quantize, calibration,
                               golden_rtol=golden_rtol, golden_atol=golden_atol)]
                 if quantize else [])
+        if sign is not None:  # in the build's transaction: never a build half-signed
+            for built in [result.bundle, *(v.bundle for v in made)]:
+                signing.sign_bundle(session, cfg, built, sign, secret, actor=local_actor())
         public = bundle_public(result.bundle) | {"created": result.created}
         variants = [bundle_public(v.bundle) | {"created": v.created} for v in made]
     notes = [n for n in [result.note, *(v.note for v in made)] if n]
@@ -138,6 +153,10 @@ def _show_bundle(public: dict[str, Any]) -> None:
         calib = (quant.get("calibration") or {}).get("samples")
         rows.append(("quantization", f"{how}; {_ratio_text(quant['size_ratio'])}"
                                      + (f"; calibrated on {calib} samples" if calib else "")))
+    signed = public.get("signed")
+    rows.append(("signed", f"by {signed['by']} ({signed['fingerprint']}) at {signed['at']}"
+                 + (f"; {signed['check']}" if signed.get("check") else "")
+                 if signed else "no (edgefleet bundle sign N@V --key NAME)"))
     if public.get("golden"):
         rows.append(("golden", f"rtol {public['golden']['rtol']:g}, "
                                f"atol {public['golden']['atol']:g}"))
@@ -199,14 +218,53 @@ def bundle_show(ref: Annotated[str, typer.Argument(help="NAME or NAME@VERSION")]
                 as_json: JsonOpt = False) -> None:
     """A bundle's manifest: files, signature, requirements."""
     from orchestrator.artifacts.bundles import bundle_public, get_bundle
+    from orchestrator.artifacts.signing import signature_status
     from orchestrator.core.db import session_scope
 
     with session_scope(settings()) as session:
-        public = bundle_public(get_bundle(session, ref))
+        bundle = get_bundle(session, ref)
+        public = bundle_public(bundle)
+        status = signature_status(session, bundle)
+    if status is not None:  # checked here too: a signature that no longer fits is shown so
+        public["signed"] = dict(public["signed"] or {}, valid=status["valid"],
+                                problem=status["problem"])
+        public["signed"]["check"] = ("signature valid" if status["valid"] else
+                                     f"signature INVALID: {status['problem']}")
     if as_json:
         output.print_json(public)
     else:
         _show_bundle(public)
+
+
+@bundle_app.command("sign")
+@handles_errors
+def bundle_sign(
+    ref: Annotated[str, typer.Argument(help="NAME@VERSION (or NAME: its latest)")],
+    key: Annotated[str, typer.Option("--key", help="The signing key (edgefleet keys list).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Sign a bundle: its name, version and manifest digest (hence every file). Signing again
+    (with a new key during a rotation) replaces the signature."""
+    from orchestrator.access.audit import local_actor
+    from orchestrator.artifacts import signing
+    from orchestrator.artifacts.bundles import bundle_public, get_bundle
+    from orchestrator.core.db import session_scope
+
+    cfg = settings()
+    with session_scope(cfg) as session:
+        found = signing.get_key(session, key)
+        secret = passphrase_for(found.name, found.encrypted)
+        bundle = signing.sign_bundle(session, cfg, get_bundle(session, ref), key, secret,
+                                     actor=local_actor())
+        public = bundle_public(bundle)
+    if as_json:
+        output.print_json({"bundle": f"{public['name']}@{public['version']}",
+                           "digest": public["digest"], "signed": public["signed"]})
+        return
+    signed = public["signed"]
+    output.stdout.print(Text(f"signed {public['name']}@{public['version']} "
+                             f"({public['digest'][:16]}) with {signed['by']} "
+                             f"({signed['fingerprint']})"))
 
 
 def _push_payload(o: Outcome) -> dict[str, Any]:

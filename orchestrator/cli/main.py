@@ -181,18 +181,37 @@ def agent_install(
     with_deps: Annotated[bool, typer.Option(
         "--with-deps", help="Create a venv under edgefleet_root and pip-install numpy, "
         "onnxruntime.")] = False,
+    trust_key: Annotated[list[str], typer.Option(
+        "--trust-key", help="Pin this signing key on the devices (repeat for two during a "
+        "rotation): they then run only bundles one of the pinned keys signed. Replaces the "
+        "keys pinned before.")] = [],  # noqa: B006
+    untrust: Annotated[bool, typer.Option(
+        "--untrust", help="Remove every pinned key: the devices run unsigned bundles again.")]
+    = False,
     forks: Forks = 10,
     timeout: Timeout = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Upload the agent zipapp, check Python/numpy/onnxruntime, record the device's facts."""
+    """Upload the agent zipapp, check Python/numpy/onnxruntime, record the device's facts;
+    pin signing keys (--trust-key) or remove them (--untrust); without either the devices'
+    pinned keys stay as they are."""
     from orchestrator.access.audit import local_actor
     from orchestrator.fleet.agents import install_agents
 
+    if trust_key and untrust:
+        raise EdgeFleetError("--trust-key and --untrust together: pick one")
+    trust = None
+    if trust_key or untrust:
+        from orchestrator.artifacts.signing import keys_to_pin
+        from orchestrator.core.db import session_scope
+
+        with session_scope(settings()) as session:
+            trust = keys_to_pin(session, trust_key)
     package, outcomes = install_agents(settings(), select(targets), with_deps, forks, timeout,
-                                       actor=local_actor(), targets=targets)
+                                       actor=local_actor(), targets=targets, trust=trust)
     finish(outcomes, f"agent {package.version} ({package.sha256[:12]})", as_json,
-           extra=AGENT_COLUMNS, payload=agent_payload)
+           extra=AGENT_COLUMNS + (("pinned",) if trust is not None else ()),
+           payload=agent_payload)
 
 
 def get_app() -> typer.Typer:
@@ -205,6 +224,7 @@ def get_app() -> typer.Typer:
         db,
         demo,
         evaluate,
+        keys,
         regressions,
         runs,
         serve,

@@ -30,3 +30,8 @@ class AgentError(TransportError):
         super().__init__(message)
         self.code = code
         self.detail = detail or {}
+
+
+class SigningError(EdgeFleetError):
+    """A signing key or a bundle signature: a bad name, a missing or unsafe key file, a wrong
+    passphrase."""

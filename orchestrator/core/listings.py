@@ -84,7 +84,18 @@ def bundle_public(bundle: Bundle | SimpleNamespace) -> dict[str, Any]:
         # Issue 13: input sizes (given or assumed, and why) and constants bench defaults to.
         **{key: manifest.get(key) for key in (
             "input_shapes", "shape_defaults", "input_constants")},
+        # Issue 15: who signed it (None: unsigned); the signature itself is not shown.
+        "signed": _signed(bundle),
     }
+
+
+def _signed(bundle: Bundle | SimpleNamespace) -> dict[str, Any] | None:
+    by = getattr(bundle, "signed_by", None)
+    if not by or not getattr(bundle, "signature", None):
+        return None
+    at = getattr(bundle, "signed_at", None)
+    return {"by": by, "fingerprint": getattr(bundle, "signed_fingerprint", None),
+            "at": at.isoformat() if at is not None else None}
 
 
 NO_JOB_REASON = ("it stopped before it finished (no job records why); results stored before "

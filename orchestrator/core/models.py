@@ -83,6 +83,13 @@ class Bundle(BundleBase, table=True):
     __table_args__ = (UniqueConstraint("name", "version", name="uq_bundle_name_version"),)
     id: int | None = Field(default=None, primary_key=True)
     manifest_json: str  # canonical manifest bytes (utf-8); sha256 of these is ``digest``
+    # Issue 15 (migration 0011): the armoured SSHSIG signature of agent.protocol.signed_message
+    # (name, version, digest), the key that made it and its fingerprint; None: unsigned. Only
+    # public values: a signature is checked on the device against its own pinned keys.
+    signature: str | None = None
+    signed_by: str | None = None
+    signed_fingerprint: str | None = None
+    signed_at: datetime | None = Field(sa_type=UTCDateTime, default=None)
 
 
 class DatasetBase(SQLModel):
@@ -290,6 +297,19 @@ class AuditEvent(SQLModel, table=True):
     action: str  # push | bench | inventory.sync | token.create | ...
     target: str = ""
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class SigningKey(SQLModel, table=True):
+    """A bundle-signing key (orchestrator.artifacts.signing). Only its public half: the
+    private key is a 0600 OpenSSH key file under ``EDGEFLEET_HOME/keys``, never in the DB."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True)
+    public_key: str  # "ssh-ed25519 BASE64", as pinned on devices
+    fingerprint: str  # SHA256:..., as ssh-keygen -l prints it
+    encrypted: bool = False  # the key file is passphrase-protected
+    created_by: str = ""
+    created_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
 
 
 class Alert(SQLModel, table=True):

@@ -3,7 +3,9 @@
 The agent is uploaded as one zipapp into ``edgefleet_root/agent``; then it reports the device's
 facts, which tell us whether numpy/onnxruntime are there. With ``--with-deps`` a venv under
 ``edgefleet_root/venv`` (with system site packages, so Raspberry Pi OS's python3-numpy counts) gets
-them from pip.
+them from pip. With ``--trust-key`` the agent pins those signing keys' public halves on the
+device (``edgefleet_root/trust``, agent.signatures): from then on it runs only bundles one of
+them signed. Pinning goes through this command only, so it is audited with the install.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from agent.build import build_zipapp
 from agent.protocol import AGENT_FILENAME
 from orchestrator.access import audit
+from orchestrator.artifacts.signing import PinKey
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.errors import AgentError, TransportError
@@ -73,9 +76,18 @@ def read_facts(conn: Connection, python: str | None = None) -> dict[str, Any]:
         raise
 
 
-def install_on(conn: Connection, package: AgentPackage, with_deps: bool) -> Outcome:
+def pin_keys(conn: Connection, trust: Sequence[PinKey], python: str | None = None) -> list[str]:
+    """Pin exactly ``trust`` on the device ([] unpins every key); the names now pinned."""
+    keys = [{"name": k.name, "public_key": k.public_key} for k in trust]
+    return list(call_agent(conn, "trust", {"keys": keys}, python=python).get("pinned") or [])
+
+
+def install_on(conn: Connection, package: AgentPackage, with_deps: bool,
+               trust: Sequence[PinKey] | None = None) -> Outcome:
     target: Target = conn.target
     upload_agent(conn, package)
+    if trust is not None:  # before anything else can be pushed with the new agent
+        pinned = pin_keys(conn, trust)
     facts = read_facts(conn)
     python = target.python
     missing = missing_modules(facts)
@@ -90,6 +102,8 @@ def install_on(conn: Connection, package: AgentPackage, with_deps: bool) -> Outc
         facts = read_facts(conn, python=python)
         missing = missing_modules(facts)
     data = {"agent_version": facts.get("agent_version"), "python": python, "facts": facts}
+    if trust is not None:
+        data["pinned"] = ", ".join(pinned) or "none"
     if missing:
         py = facts.get("python", {})
         return Outcome(
@@ -105,20 +119,24 @@ def install_on(conn: Connection, package: AgentPackage, with_deps: bool) -> Outc
 
 def install_agents(settings: Settings, devices: Sequence[Device], with_deps: bool = False,
                    forks: int = 10, timeout: float | None = None, *, actor: str = "",
-                   targets: str = "") -> tuple[AgentPackage, list[Outcome]]:
+                   targets: str = "", trust: Sequence[PinKey] | None = None,
+                   ) -> tuple[AgentPackage, list[Outcome]]:
     """Install on every device (bounded fan-out) and store each device's facts. Audited as
     ``agent.install`` (what was asked, before any device is touched: the code that will run
-    there); each device's outcome is in its facts."""
+    there, and the keys pinned when ``trust`` is given: ``[]`` unpins, None leaves the
+    devices' keys alone); each device's outcome is in its facts."""
     package = build_agent(settings.home)
+    detail: dict[str, Any] = {"devices": [d.name for d in devices], "with_deps": with_deps,
+                              "version": package.version, "sha256": package.sha256}
+    if trust is not None:
+        detail["trust"] = [{"name": k.name, "fingerprint": k.fingerprint} for k in trust]
     with session_scope(settings) as session:
         audit.add_event(session, actor, "agent.install",
-                        f"devices:{targets or ','.join(d.name for d in devices)}",
-                        {"devices": [d.name for d in devices], "with_deps": with_deps,
-                         "version": package.version, "sha256": package.sha256})
+                        f"devices:{targets or ','.join(d.name for d in devices)}", detail)
 
     def step(target: Target) -> Outcome:
         with connect(target, settings, timeout) as conn:
-            outcome = install_on(conn, package, with_deps)
+            outcome = install_on(conn, package, with_deps, trust)
         with session_scope(settings) as session:
             record_facts(session, target.name, outcome.data["facts"],
                          agent_python=outcome.data["python"] if outcome.ok else None)

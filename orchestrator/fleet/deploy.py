@@ -21,6 +21,7 @@ from agent.protocol import E_NOTHING_TO_ROLL_BACK, E_SMOKE_FAILED
 from orchestrator.artifacts.blobstore import BlobStore
 from orchestrator.artifacts.bundles import manifest_of
 from orchestrator.artifacts.onnxinfo import version_tuple
+from orchestrator.artifacts.signing import push_signature
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.errors import AgentError, EdgeFleetError
@@ -86,7 +87,10 @@ def push_over(conn: Connection, bundle: Bundle, store: BlobStore, progress: Push
     what the agent's results say about the device, even when the push fails."""
     target = conn.target
     manifest = manifest_of(bundle)
-    payload = {"manifest": manifest, "digest": bundle.digest}
+    payload: dict[str, Any] = {"manifest": manifest, "digest": bundle.digest}
+    signature = push_signature(bundle)  # a device with pinned keys checks it (agent.signatures)
+    if signature is not None:
+        payload["signature"] = signature
     report = report if report is not None else DeviceReport()
     progress.state(target.name, "planning")
     with AgentSession(conn, timeout=timeout) as session:
