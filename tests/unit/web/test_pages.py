@@ -22,7 +22,8 @@ import yaml
 from fastapi.testclient import TestClient
 
 from orchestrator.access.auth import create_token
-from orchestrator.artifacts.bundles import build_bundle, bundle_public
+from orchestrator.artifacts.bundles import build_bundle, bundle_public, get_bundle
+from orchestrator.artifacts.signing import create_key, sign_bundle
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.demo.model import make_demo_classifier
@@ -261,6 +262,20 @@ def test_bundles_list_and_bundle_page_show_files_and_signature(site: Site) -> No
     html = get(site, "/bundles/first-crack@1")
     assert site.bundle["digest"] in html and 'action="/bundles/first-crack@1/push"' in html
     assert "no bundle first-crack@9" in get(site, "/bundles/first-crack@9", status=404)
+    assert "unsigned: devices with pinned keys refuse it" in html
+
+
+def test_bundle_page_says_who_signed(site: Site) -> None:
+    """Run after the test above (which reads the bundle unsigned): signing changes only the
+    bundle's signature columns."""
+    with session_scope(site.settings) as session:
+        key = create_key(session, site.settings, "release", actor="alice")
+        sign_bundle(session, site.settings, get_bundle(session, "first-crack@1"), "release",
+                    actor="alice")
+        fingerprint = key.fingerprint
+    html = get(site, "/bundles/first-crack@1")
+    assert "by <strong>release</strong>" in html and fingerprint in html
+    assert "unsigned:" not in html
 
 
 def test_push_form_queues_a_job_and_redirects_to_it(site: Site) -> None:
