@@ -180,5 +180,9 @@ def facts(root: str) -> Dict[str, Any]:
         "sensors": snapshot(sysfs=sysfs),
     }
     data["import_errors"] = import_errors
+    from agent.signatures import pinned_at
+
+    # The signing keys this device runs bundles of (agent.signatures); [] = any bundle.
+    data["pinned_keys"] = [name for name, _ in pinned_at(root)]
     data.update(_active(root))
     return data

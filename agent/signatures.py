@@ -54,8 +54,14 @@ def _allowed_path(store: Any) -> str:
 
 def pinned(store: Any) -> List[Tuple[str, str]]:
     """(name, "ssh-ed25519 KEY") of every pinned key, in file order; [] when none is."""
+    return pinned_at(store.root)
+
+
+def pinned_at(root: str) -> List[Tuple[str, str]]:
+    """``pinned`` for an agent root (``facts`` has no Store)."""
     try:
-        with open(_allowed_path(store), "r", encoding="utf-8") as handle:
+        with open(os.path.join(root, TRUST_DIR, ALLOWED_SIGNERS), "r",
+                  encoding="utf-8") as handle:
             lines = handle.read().splitlines()
     except FileNotFoundError:
         return []
@@ -187,9 +193,13 @@ def check(store: Any, request: Any, active: Optional[Dict[str, Any]]) -> Optiona
                       "pinned key %r (the manifest, name or version changed after it was "
                       "signed, or another key made it): %s; %s" % (ref, key, why, stays),
                       key=key, detail=why)
-    floor = _floor(store).get(str(request.name))
-    if floor is None and active is not None and active.get("name") == request.name:
-        floor = str(active.get("version"))
+    # The floor file, or the active version of the same name if that is higher (a crash
+    # between a commit and the floor's update leaves the floor behind, never ahead).
+    floors = [_floor(store).get(str(request.name))]
+    if active is not None and active.get("name") == request.name:
+        floors.append(str(active.get("version")))
+    ordered = [f for f in floors if f is not None and version_key(f) is not None]
+    floor = max(ordered, key=version_key) if ordered else None
     new, old = version_key(request.version), version_key(floor)
     if new is not None and old is not None and new < old:
         raise _refuse("older_version", "%s refused: it is older than %s@%s, the version "

@@ -102,6 +102,8 @@ def test_pinned_devices_refuse_what_no_pinned_key_signed(
     assert [o["pinned"] for o in installed] == ["release", "release"]
     assert all((h.root / "trust" / "allowed_signers").is_file() for h in pinned)
     assert not (free.root / "trust").exists()
+    facts = {h.name: cli("devices", "show", h.name, "--json").json["facts"] for h in hosts}
+    assert [facts[h.name]["pinned_keys"] for h in hosts] == [["release"], ["release"], []]
 
     # Unsigned: refused by the pinned devices, previous version kept; pi3 takes it.
     v2 = cli("bundle", "build", model_folder(tmp_path, 1), "--name", "fc", "--json").json
