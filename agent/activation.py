@@ -160,6 +160,8 @@ def activate(store: Store, request: Request) -> Dict[str, Any]:
         already = store.is_already_active(request, previous)
         accept_uploads(store, request, require_all=not already)
         if already:
+            # a re-signed version (a rotation): keep its new signature for a later rollback
+            signatures.remember(store, request.digest, request.signature)
             store.verifier.cache.save()
             return {"changed": False, "active": previous, "previous": _entry_summary(previous),
                     "dir": previous["dir"] if previous else None,
@@ -193,7 +195,7 @@ def activate(store: Store, request: Request) -> Dict[str, Any]:
                 store.verifier.cache.save()
             raise
         crash_point("committed")
-        signatures.record_committed(store, entry)
+        signatures.record_committed(store, entry, state["history"], request.signature)
         try:
             data["pruned"] = prune(store, state)
         except (OSError, AgentError) as exc:
@@ -256,7 +258,8 @@ def rollback(store: Store) -> Dict[str, Any]:
         candidates = history[:-1]
         skipped: List[Dict[str, Any]] = []
         while candidates:
-            problem = store.version_problem(candidates[-1])
+            problem = (store.version_problem(candidates[-1])
+                       or signatures.rollback_problem(store, candidates[-1]))
             if problem is None:
                 break
             bad = dict(candidates.pop())
@@ -279,7 +282,8 @@ def rollback(store: Store) -> Dict[str, Any]:
         except BaseException:
             journal.revert_quietly(store, state)
             raise
-        signatures.record_committed(store, target)  # asked for: the floor goes down with it
+        # asked for: the floor goes down with it
+        signatures.record_committed(store, target, state["history"])
         store.verifier.cache.save()
         return {"active": dict(target), "previous": dict(rolled_from), "skipped": skipped}
 

@@ -11,6 +11,9 @@ Layout, next to (not inside) the bundle store's blobs and versions, so no bundle
 
     trust/allowed_signers   one ``NAME namespaces="edgefleet-bundle" ssh-ed25519 KEY`` a key
     trust/floor.json        per bundle name, the version last committed (rollback protection)
+    trust/signatures/<digest>.json   the signature each version in the history arrived with:
+                            a rollback under pinned keys goes only to a version one of them
+                            signed (checked again, against the keys pinned at that moment)
 
 A device without ``trust/allowed_signers`` behaves as before: nothing is checked. What pinning
 does not protect against is said in the README's security section: whoever holds the device's
@@ -32,12 +35,14 @@ from agent.protocol import (
     E_SIGNATURE_REFUSED,
     SIGNATURE_NAMESPACE,
     is_key_name,
+    is_sha256,
     signed_message,
 )
 
 TRUST_DIR = "trust"
 ALLOWED_SIGNERS = "allowed_signers"
 FLOOR = "floor.json"
+SIGNATURES = "signatures"
 KEY_RE = re.compile(r"ssh-ed25519 [A-Za-z0-9+/]+={0,2}")
 MAX_SIGNATURE_BYTES = 16384
 VERIFY_TIMEOUT_S = 30.0
@@ -145,14 +150,70 @@ def _floor(store: Any) -> Dict[str, str]:
     return {str(k): str(v) for k, v in doc.items()} if isinstance(doc, dict) else {}
 
 
-def record_committed(store: Any, entry: Optional[Dict[str, Any]]) -> None:
-    """After a committed activation or rollback: the version now committed for its name is the
-    floor later pushes of that name may not go below (a rollback lowers it: it asked to)."""
-    if entry is None or not pinned(store) or entry.get("name") is None:
+def _signature_path(store: Any, digest: Any) -> Optional[str]:
+    """Where the signature a version arrived with is kept; None for a digest that is not one
+    (state.json is a file on the device: its values never become paths unchecked)."""
+    if not is_sha256(digest):
+        return None
+    return os.path.join(trust_dir(store), SIGNATURES, digest + ".json")
+
+
+def remember(store: Any, digest: str, signature: Optional[Dict[str, str]]) -> None:
+    """Keep the signature ``digest`` arrived with, so a later rollback to it can be checked
+    against the keys pinned then (even if none were pinned when it arrived)."""
+    path = _signature_path(store, digest)
+    if signature is None or path is None:
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    atomic_write_json(path, signature)
+
+
+def record_committed(store: Any, entry: Optional[Dict[str, Any]], history: List[Dict[str, Any]],
+                     signature: Optional[Dict[str, str]] = None) -> None:
+    """After a committed activation or rollback: keep the new version's signature (and drop
+    those of versions no longer in the history); with keys pinned, the version now committed
+    for its name is the floor later pushes of that name may not go below (a rollback lowers
+    it: it asked to)."""
+    if entry is None:
+        return
+    remember(store, str(entry.get("digest")), signature)
+    folder = os.path.join(trust_dir(store), SIGNATURES)
+    if os.path.isdir(folder):
+        kept = set(str(e.get("digest")) + ".json" for e in history)
+        for name in os.listdir(folder):
+            if name not in kept:
+                os.unlink(os.path.join(folder, name))
+    if not pinned(store) or entry.get("name") is None:
         return
     floor = _floor(store)
     floor[str(entry["name"])] = str(entry.get("version"))
     atomic_write_json(os.path.join(trust_dir(store), FLOOR), floor)
+
+
+def rollback_problem(store: Any, entry: Dict[str, Any]) -> Optional[str]:
+    """Why a device with pinned keys may not roll back to ``entry`` (None: it may, or nothing
+    is pinned): a rollback skips older *versions* on request, never the signature check."""
+    keys = pinned(store)
+    if not keys:
+        return None
+    path = _signature_path(store, entry.get("digest"))
+    try:
+        doc = read_json(path) if path is not None else None
+        signature = parse_signature(doc)
+    except (OSError, ValueError, AgentError):
+        signature = None
+    if signature is None:
+        return ("not signed (it arrived unsigned, or before keys were pinned); pinned: %s"
+                % ", ".join(name for name, _ in keys))
+    if signature["key"] not in [name for name, _ in keys]:
+        return "signed by %r, which is no longer pinned" % signature["key"]
+    keygen = ssh_keygen()
+    if keygen is None:
+        return "no ssh-keygen to verify its signature with"
+    message = signed_message(str(entry.get("name")), str(entry.get("version")),
+                             str(entry.get("digest")))
+    why = verify_signature(store, signature["key"], message, signature["sshsig"])
+    return None if why is None else "its signature does not verify: %s" % why
 
 
 def _refuse(reason: str, message: str, **extra: Any) -> AgentError:

@@ -179,3 +179,33 @@ def test_pinning_refused_without_a_verifier(pyz: Path, root: Path,
     assert "OpenSSH >= 8.1" in refused.error["message"]
     assert not (root / "trust" / "allowed_signers").exists()
 
+
+
+def test_rollback_under_pinned_keys_goes_only_to_signed_versions(
+        pyz: Path, root: Path, release: Ed25519PrivateKey) -> None:
+    """Rollback waives the version floor, never the signature: a version that arrived unsigned
+    (or signed by a key since retired) is skipped; one signed before the keys were pinned is
+    checked against them now, from the signature it arrived with."""
+    v1 = make_bundle("m", "1", {"model.onnx": b"one"})
+    v2 = make_bundle("m", "2", {"model.onnx": b"two"})
+    v3 = make_bundle("m", "3", {"model.onnx": b"three"})
+    assert activate(pyz, root, v1, None).ok  # no keys pinned yet: unsigned is fine
+    assert activate(pyz, root, v2, sign(v2, release, "release")).ok
+    pin(pyz, root, release=release)
+    assert activate(pyz, root, v3, sign(v3, release, "release")).ok
+    assert sorted(p.name for p in (root / "trust" / "signatures").iterdir()) == sorted(
+        f"{b.digest}.json" for b in (v2, v3))
+
+    assert run_agent(pyz, root, "rollback", {}).data["active"]["version"] == "2"
+    refused = run_agent(pyz, root, "rollback", {})
+    assert refused.error["code"] == "nothing_to_roll_back"
+    assert "m@1: not signed" in refused.error["message"]
+    assert active_version(root) == "2"
+
+    # The key retired: what it signed is no rollback target any more either.
+    assert activate(pyz, root, v3, sign(v3, release, "release")).ok
+    newer = Ed25519PrivateKey.generate()
+    pin(pyz, root, new=newer)
+    retired = run_agent(pyz, root, "rollback", {})
+    assert "m@2: signed by 'release', which is no longer pinned" in retired.error["message"]
+    assert active_version(root) == "3"
