@@ -109,10 +109,9 @@ def _keygen_or_refuse(ref: str) -> str:
     return keygen
 
 
-def keygen_supports_verify(keygen: str) -> Optional[str]:
-    """None when ``ssh-keygen -Y verify`` exists, else why not. An OpenSSH older than 8.1
-    answers ``-Y`` with "unknown option" (or "illegal option") and its usage text."""
-    code, text = _run_keygen([keygen, "-Y", "verify"], b"")
+def _no_sshsig(keygen: str, code: int, text: str) -> Optional[str]:
+    """Why ``keygen``'s answer means it cannot verify SSHSIG at all, else None. An OpenSSH
+    older than 8.1 answers ``-Y`` with "unknown option" (or "illegal option") and its usage."""
     if code == 127 or any(words in text for words in (
             "unknown option", "illegal option", "Unsupported operation")):
         return "%s cannot verify SSHSIG signatures (OpenSSH >= 8.1 needed): %s" % (
@@ -120,10 +119,17 @@ def keygen_supports_verify(keygen: str) -> Optional[str]:
     return None
 
 
-def verify_signature(store: Any, key: str, message: bytes, armored: str) -> Optional[str]:
+def keygen_supports_verify(keygen: str) -> Optional[str]:
+    """None when ``ssh-keygen -Y verify`` exists, else why not (asked before pinning)."""
+    code, text = _run_keygen([keygen, "-Y", "verify"], b"")
+    return _no_sshsig(keygen, code, text)
+
+
+def verify_signature(store: Any, key: str, message: bytes, armored: str,
+                     keygen: Optional[str] = None) -> Optional[str]:
     """None if ``armored`` is a valid signature of ``message`` by the pinned key ``key`` in our
     namespace, else ssh-keygen's words for why not."""
-    keygen = _keygen_or_refuse("the bundle")
+    keygen = keygen or _keygen_or_refuse("the bundle")
     fd, path = tempfile.mkstemp(prefix=".sig-", dir=trust_dir(store))
     try:
         with os.fdopen(fd, "w", encoding="ascii") as handle:
@@ -132,6 +138,9 @@ def verify_signature(store: Any, key: str, message: bytes, armored: str) -> Opti
                                   "-n", SIGNATURE_NAMESPACE, "-s", path], message)
     finally:
         os.unlink(path)
+    problem = _no_sshsig(keygen, code, text)  # no probe beforehand: one process per check
+    if problem is not None:
+        raise _refuse("no_verifier", "cannot verify the signature: %s" % problem)
     return None if code == 0 else (text[-300:] or "ssh-keygen exit %d" % code)
 
 
@@ -244,11 +253,11 @@ def check(store: Any, request: Any, active: Optional[Dict[str, Any]]) -> Optiona
                       "on this device (%s); %s" % (ref, key, pins, stays), key=key,
                       pinned=names)
     keygen = _keygen_or_refuse(ref)
-    problem = keygen_supports_verify(keygen)
-    if problem is not None:
-        raise _refuse("no_verifier", "%s refused: %s; %s" % (ref, problem, stays))
     message = signed_message(str(request.name), str(request.version), request.digest)
-    why = verify_signature(store, key, message, signature["sshsig"])
+    try:
+        why = verify_signature(store, key, message, signature["sshsig"], keygen)
+    except AgentError as exc:
+        raise _refuse("no_verifier", "%s refused: %s; %s" % (ref, exc.message, stays)) from None
     if why is not None:
         raise _refuse("bad_signature", "%s refused: its signature does not verify against the "
                       "pinned key %r (the manifest, name or version changed after it was "

@@ -178,6 +178,14 @@ def test_pinning_refused_without_a_verifier(pyz: Path, root: Path,
     assert refused.error["reason"] == "no_verifier"
     assert "OpenSSH >= 8.1" in refused.error["message"]
     assert not (root / "trust" / "allowed_signers").exists()
+    # Pinned where OpenSSH could verify, then OpenSSH replaced by an old one: refused, why said.
+    pin(pyz, root, release=release)
+    bundle = make_bundle("m", "1", {"a": b"1"})
+    upload(root, bundle)
+    later = run_agent(pyz, root, "activate", request(bundle, sign(bundle, release, "release")),
+                      env=env)
+    assert later.error["reason"] == "no_verifier"
+    assert "m@1 refused: cannot verify the signature" in later.error["message"]
 
 
 

@@ -101,7 +101,7 @@ def test_pinned_devices_refuse_what_no_pinned_key_signed(
     installed = cli("agent", "install", "pis:!pi3", "--trust-key", "release", "--json").json
     assert [o["pinned"] for o in installed] == ["release", "release"]
     assert all((h.root / "trust" / "allowed_signers").is_file() for h in pinned)
-    assert not (free.root / "trust").exists()
+    assert not (free.root / "trust" / "allowed_signers").exists()
     facts = {h.name: cli("devices", "show", h.name, "--json").json["facts"] for h in hosts}
     assert [facts[h.name]["pinned_keys"] for h in hosts] == [["release"], ["release"], []]
 
