@@ -99,7 +99,8 @@ def bundle_build(
                 if quantize else [])
         if sign is not None:  # in the build's transaction: never a build half-signed
             for built in [result.bundle, *(v.bundle for v in made)]:
-                signing.sign_bundle(session, cfg, built, sign, secret, actor=local_actor())
+                if built.signed_by != sign:  # an unchanged rebuild already signed: as it was
+                    signing.sign_bundle(session, cfg, built, sign, secret, actor=local_actor())
         public = bundle_public(result.bundle) | {"created": result.created}
         variants = [bundle_public(v.bundle) | {"created": v.created} for v in made]
     notes = [n for n in [result.note, *(v.note for v in made)] if n]
