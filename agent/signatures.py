@@ -284,7 +284,7 @@ def parse_signature(doc: Any) -> Optional[Dict[str, str]]:
     if doc is None:
         return None
     if (not isinstance(doc, dict) or not is_key_name(doc.get("key"))
-            or not isinstance(doc.get("sshsig"), str)
+            or not isinstance(doc.get("sshsig"), str) or not doc["sshsig"].isascii()
             or len(doc["sshsig"]) > MAX_SIGNATURE_BYTES
             or "-----BEGIN SSH SIGNATURE-----" not in doc["sshsig"]):
         raise AgentError(E_BAD_INPUT, 'signature must be {"key": NAME, "sshsig": "-----BEGIN '

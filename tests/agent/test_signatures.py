@@ -217,3 +217,12 @@ def test_rollback_under_pinned_keys_goes_only_to_signed_versions(
     retired = run_agent(pyz, root, "rollback", {})
     assert "m@2: signed by 'release', which is no longer pinned" in retired.error["message"]
     assert active_version(root) == "3"
+
+
+def test_malformed_signature_is_bad_input(pyz: Path, root: Path) -> None:
+    bundle = make_bundle("m", "1", {"a": b"1"})
+    for bad in ({"key": "-x", "sshsig": "-----BEGIN SSH SIGNATURE-----"},
+                {"key": "k", "sshsig": "-----BEGIN SSH SIGNATURE-----\u00e9"},
+                {"key": "k", "sshsig": "x" * 20000}, "text"):
+        run = run_agent(pyz, root, "plan", request(bundle, bad))  # type: ignore[arg-type]
+        assert run.error["code"] == "bad_input", bad
