@@ -29,6 +29,10 @@ action              target                detail
 ``bundle.build``    ``bundle:<N@V>``      ``digest``, ``precision``, ``source`` (new versions
                                           only: an unchanged rebuild changes nothing)
 ``dataset.build``   ``dataset:<N@V>``     ``digest``, ``samples``, ``labels``, ``for``
+``rollout.halt``    ``job:<id>``          a staged push stopped by a failing batch: ``bundle``,
+                                          ``batch`` (its index), ``failed``, ``not_started``,
+                                          ``rolled_back`` (``--rollback-on-fail``); the
+                                          actor is the job's (who started the rollout)
 =================== ===================== =====================================================
 
 A target names its kind, so one column reads unambiguously: a row (``job:``, ``schedule:``,
@@ -66,7 +70,8 @@ from orchestrator.core.models import AuditEvent, Job
 
 ACTIONS = ("push", "bench", "eval", "rollback", "inventory.sync", "job.cancel",
            "schedule.create", "schedule.delete", "token.create", "token.revoke",
-           "devices.trust", "agent.install", "bundle.build", "dataset.build")
+           "devices.trust", "agent.install", "bundle.build", "dataset.build",
+           "rollout.halt")
 # The job kinds that are audited: those that change a device or measure on it (not the
 # read-only verify and telemetry).
 JOB_ACTIONS = ("push", "bench", "eval", "rollback")

@@ -53,7 +53,8 @@ def test_events_are_listed_newest_first_and_only_known_actions_are_stored(
     assert audit.ACTIONS == ("push", "bench", "eval", "rollback", "inventory.sync",
                              "job.cancel", "schedule.create", "schedule.delete",
                              "token.create", "token.revoke", "devices.trust",
-                             "agent.install", "bundle.build", "dataset.build")
+                             "agent.install", "bundle.build", "dataset.build",
+                             "rollout.halt")
     with session_scope(settings) as session, pytest.raises(ValueError, match="telemetry"):
         audit.add_event(session, "alice", "telemetry", "job:1")
     assert len(events(settings)) == 3
