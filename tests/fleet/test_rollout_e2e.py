@@ -57,6 +57,14 @@ def test_batches_in_inventory_order_halt_on_a_failing_batch_and_roll_back(
         ("canary", ["pi5"], "ok"), ("batch", ["pi3", "pi1"], "failed"),
         ("batch", ["pi4", "pi2"], "not started")]
     assert out["halted_at"] == 1 and out["state"] == "failed"
+    assert set(out) == {"bundle", "digest", "state", "error", "halted_at", "options", "batches",
+                        "devices", "rolled_back", "health_runs"}
+    assert out["bundle"] == "m@2" and out["health_runs"] == []
+    assert set(out["batches"][0]) == {"index", "kind", "devices", "state", "failed", "note"}
+    assert set(out["devices"][0]) == {"device", "batch", "state", "bytes_sent", "resumed_bytes",
+                                      "duration_s", "error", "smoke", "recovered", "health",
+                                      "rolled_back_to"}
+    assert out["devices"][0]["rolled_back_to"] == "m@1" and out["devices"][0]["batch"] == 0
     assert out["batches"][1]["failed"] == ["pi1"]
     assert "rollout halted at batch 1 of 3" in out["error"]
     assert "2 devices not started (pi4, pi2)" in out["error"]

@@ -14,8 +14,9 @@ from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.errors import EdgeFleetError
 from orchestrator.core.models import AuditEvent, Deployment, Device
-from orchestrator.fleet import rollout
+from orchestrator.fleet import deploy, rollout
 from orchestrator.jobs import queue
+from orchestrator.jobs import runner as job_runner
 from tests.unit.jobs.test_jobs import all_jobs, make_fleet, run
 from web.app import create_app
 
@@ -157,3 +158,26 @@ def test_a_server_rollout_halts_on_a_broken_device_and_leaves_the_rest(tmp_path:
         events = session.exec(select(AuditEvent).where(AuditEvent.action == "rollout.halt")
                               ).all()
         assert [(e.actor, e.target) for e in events] == [("tester", f"job:{job.id}")]
+
+
+def test_a_cancelled_rollout_starts_no_further_batch(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = make_fleet(tmp_path, names=("pi-a", "pi-b", "pi-c"))
+    job = queue.submit(settings, "push", {"bundle": "fc", "rollout": {"batch": "1"}}, "all",
+                       actor="tester")
+    real_push = deploy.push
+
+    def push(settings_: Settings, bundle: Any, devices: Any, forks: int, timeout: Any,
+             progress: deploy.PushProgress, **kwargs: Any) -> Any:
+        done = real_push(settings_, bundle, devices, forks, timeout, progress, **kwargs)
+        queue.cancel(settings, job.id, actor="tester")  # type: ignore[arg-type]
+        return done
+
+    monkeypatch.setattr(deploy, "push", push)
+    done = job_runner.JobRunner(settings).run_one()
+    assert done is not None and done.state == "cancelled"
+    assert done.error is not None and "2 devices not started (pi-b, pi-c)" in done.error
+    assert [b["state"] for b in done.result["rollout"]["batches"]] == [
+        "ok", "not started", "not started"]
+    with session_scope(settings) as session:
+        assert [d.device_name for d in session.exec(select(Deployment)).all()] == ["pi-a"]
