@@ -284,9 +284,10 @@ def push_cmd(
         help="Rollout: halt when more than PCT% of a batch fails (default 0: any failure); "
              "the remaining devices are not started.", metavar="PCT")] = None,
     health_bench: Annotated[bool, typer.Option(
-        "--health-bench", help="Rollout: after each batch, a short bench (1 thread); a device "
-                               "significantly slower than its previous valid p50 of this "
-                               "bundle name (by > 5%) counts as failed.")] = False,
+        "--health-bench", help="Rollout: after each batch, bench each updated device on the "
+                               "new and the replaced version of the bundle alternately (1 "
+                               "thread); significantly slower by > 5% counts as failed.")
+    ] = False,
     rollback_on_fail: Annotated[bool, typer.Option(
         "--rollback-on-fail", help="Rollout: when it halts, roll the devices it updated back "
                                    "to their previous version.")] = False,

@@ -68,27 +68,29 @@ def _device_row(o: Outcome, batch: int) -> dict[str, Any]:
 
 def _judge_health(settings: Settings, ctx: Context, bundle: Bundle, pushed: Sequence[Outcome],
                   by_name: dict[str, Device], targets: str, forks: int,
-                  timeout: float | None) -> int | None:
-    """The health bench of one batch: a device it judges unhealthy becomes a failed outcome
-    (state "unhealthy"; its push itself succeeded and stays recorded so)."""
+                  timeout: float | None) -> list[int]:
+    """The health bench of one batch (``measure.health``): each device the push changed,
+    the new version against the one it replaced, alternately. A device judged unhealthy
+    becomes a failed outcome (state "unhealthy"; its push itself succeeded and stays
+    recorded so). Returns the health runs' ids."""
     from orchestrator.measure.health import health_bench  # numpy: only when asked for
 
-    candidates = [by_name[o.device] for o in pushed if o.ok]
-    for device in candidates:
+    updated = [(by_name[o.device], o.data.get("previous")) for o in pushed
+               if o.ok and o.state == "active"]
+    for device, _ in updated:
         ctx.device(device.name, force=True, state="health bench")
-    run_id, verdicts = health_bench(settings, bundle, candidates, targets, forks, timeout,
-                                    job_id=ctx.job_id, created_by=ctx.created_by or None,
-                                    cancelled=ctx.stopped_any)
+    run_ids, verdicts = health_bench(settings, bundle, updated, targets, forks, timeout,
+                                     job_id=ctx.job_id, created_by=ctx.created_by or None,
+                                     cancelled=ctx.stopped_any)
     for o in pushed:
         verdict = verdicts.get(o.device)
         if verdict is None:
             continue
         o.data["health"] = verdict.public()
         if not verdict.ok:
-            o.data["pushed_state"] = o.state
             o.ok, o.state, o.error = False, "unhealthy", f"{o.device}: {verdict.note}"
         ctx.device(o.device, force=True, state=o.state)
-    return run_id
+    return run_ids
 
 
 def _roll_back(settings: Settings, ctx: Context, updated: list[Device],
@@ -139,11 +141,10 @@ def run_rollout(settings: Settings, ctx: Context, params: dict[str, Any], target
             outcomes[o.device] = o
             if o.ok and o.state == "active":
                 updated.append(by_name[o.device])
+        # (an unhealthy device stays in ``updated``: it runs the new version, to roll back)
         if options.health_bench and not ctx.stopped(pushed):
-            run_id = _judge_health(settings, ctx, bundle, pushed, by_name, targets, forks,
-                                   timeout)
-            if run_id is not None:
-                view["health_runs"].append(run_id)
+            view["health_runs"] += _judge_health(settings, ctx, bundle, pushed, by_name,
+                                                 targets, forks, timeout)
         batch.failed = [o.device for o in pushed if not o.ok]
         if ctx.stopped(list(outcomes.values())):
             batch.state, cancelled = plan_.CANCELLED, True

@@ -164,19 +164,25 @@ def test_health_bench_fails_a_slower_version(cli: Cli, sshd_factory, tmp_path: P
         (folder / "config.json").write_text(json.dumps({}))
         rows = 16384 * mb // 4
         cli("bundle", "build", folder, "--name", "big", "--shape", f"x=1x{rows}", "--json")
-    # v1 everywhere, with a first health point (none before it: not judged, passes).
+    # v1 everywhere: no earlier version of "big" to compare with, so not judged (passes).
     first = cli("push", "big@1", "pis", "--batch", "1", "--health-bench", "--json").json
     assert first["state"] == "succeeded", first
-    assert all(d["health"]["ok"] and "no previous valid p50" in d["health"]["note"]
+    assert all(d["health"]["ok"] and "no earlier version of big" in d["health"]["note"]
                for d in first["devices"]), first["devices"]
-    assert len(first["health_runs"]) == 2
+    assert first["health_runs"] == []
 
     out = cli("push", "big@2", "pis", "--canary", "pi1", "--health-bench",
               "--rollback-on-fail", "--json", expect=1).json
     (canary,) = [d for d in out["devices"] if d["device"] == "pi1"]
     assert canary["state"] == "unhealthy", canary
-    assert canary["health"]["ratio"] > 1.5 and "slower by more than 5%" in \
-        canary["health"]["note"]
+    health = canary["health"]
+    assert health["ratio"] > 1.5 and health["baseline"] == "big@1"
+    assert "measured alternately" in health["note"] and "slower by more than 5%" in \
+        health["note"]
+    assert len(out["health_runs"]) == 2 and health["run_ids"] == out["health_runs"]
+    runs = [cli("runs", "show", str(i), "--format", "json").json for i in out["health_runs"]]
+    assert [(r["bundle"]["version"], r["params"]["rounds"]) for r in runs] == [("1", 5),
+                                                                               ("2", 5)]
     assert [b["state"] for b in out["batches"]] == ["failed", "not started"]
     assert [(r["device"], r["state"]) for r in out["rolled_back"]] == [("pi1", "rolled-back")]
     assert versions(hosts) == {"pi1": "1", "pi2": "1"}
