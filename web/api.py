@@ -61,7 +61,10 @@ Json = dict[str, Any]
 class JobIn(BaseModel):
     """A job to queue. ``params`` by kind (unknown keys are refused):
 
-    - push: ``bundle`` (N or N@V), ``forks``, ``timeout``
+    - push: ``bundle`` (N or N@V), ``forks``, ``timeout``; staged with ``rollout``:
+      ``{"canary": PATTERN, "batch": "2" or "25%", "max_fail": percent 0-100 (0),
+      "health_bench": false, "rollback_on_fail": false}`` (the job's ``progress.rollout`` /
+      ``result.rollout`` hold its batches: devices, state ok / failed / not started)
     - bench: ``bundle``, ``threads`` ([1, 2, 4]), ``warmup``, ``runs``, ``min_seconds``,
       ``shapes``, ``constants``, ``providers``, ``graph_optimization``, ``baseline``,
       ``rounds``, ``forks``, ``timeout``; with a baseline, the gate: ``max_regression`` (a

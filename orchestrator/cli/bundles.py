@@ -16,6 +16,7 @@ from orchestrator.cli.app import (
     Timeout,
     app,
     bundle_app,
+    exit_if_interrupted,
     finish,
     handles_errors,
     settings,
@@ -277,6 +278,54 @@ def _push_payload(o: Outcome) -> dict[str, Any]:
             "smoke": o.data.get("smoke_detail"), "recovered": o.data.get("recovered", [])}
 
 
+RolloutOpts = tuple[str | None, str | None, str | None, bool, bool]
+
+
+def _rollout_param(opts: RolloutOpts) -> dict[str, Any] | None:
+    """The push job's ``rollout`` parameter from the command's options (None: a plain push,
+    every device at once). Checked with the job's other params (``jobs.params``)."""
+    canary, batch, max_fail, health_bench, rollback_on_fail = opts
+    if canary is None and batch is None and max_fail is None and not health_bench \
+            and not rollback_on_fail:
+        return None
+    return {"canary": canary, "batch": batch, "max_fail": max_fail,
+            "health_bench": health_bench, "rollback_on_fail": rollback_on_fail}
+
+
+def _show_rollout(done: Any, as_json: bool, interrupted: bool) -> None:
+    """A staged push's outcome: its batches, then every device (``--json``: one object)."""
+    view = done.result["rollout"]
+    rows = {r["device"]: r for r in done.result["devices"]}
+    devices = [_push_payload(o) | {k: rows[o.device][k] for k in
+                                   ("batch", "health", "rolled_back_to")}
+               for o in done.outcomes]
+    if as_json:
+        output.print_json({
+            "bundle": done.result["bundle"], "digest": done.result["digest"],
+            "state": done.state, "error": done.error, "halted_at": view["halted_at"],
+            "options": view["options"], "batches": view["batches"], "devices": devices,
+            "rolled_back": view["rolled_back"], "health_runs": view["health_runs"]})
+    else:
+        output.stdout.print(output.table(
+            f"rollout of {done.result['bundle']}", ["batch", "devices", "state", "note"],
+            [("canary" if b["kind"] == "canary" else str(b["index"]), ", ".join(b["devices"]),
+              Text(b["state"], style=output.STATE_STYLES.get(b["state"], "")), b["note"])
+             for b in view["batches"]]))
+        for o in done.outcomes:
+            o.data["sent"] = output.human_bytes(o.data.get("bytes_sent", 0))
+            o.data["batch"] = rows[o.device]["batch"]
+        output.stdout.print(output.outcome_table("devices", done.outcomes,
+                                                 ("batch", "sent", "smoke")))
+        if view["rolled_back"]:
+            back = ", ".join(f"{r['device']} {r['state']}" for r in view["rolled_back"])
+            output.stdout.print(Text(f"rollback-on-fail: {back}"))
+        if done.error:
+            output.stderr.print(Text(done.error), soft_wrap=True)
+    exit_if_interrupted(interrupted)
+    if done.state != "succeeded":
+        raise typer.Exit(1)
+
+
 @app.command("push")
 @handles_errors
 def push_cmd(
@@ -284,9 +333,27 @@ def push_cmd(
     targets: Targets,
     forks: Forks = 10,
     timeout: Timeout = None,
+    canary: Annotated[str | None, typer.Option(
+        help="Rollout: push these devices (a target pattern) first, alone; any failure "
+             "stops the rollout there.")] = None,
+    batch: Annotated[str | None, typer.Option(
+        help="Rollout: then the other targets in inventory order, N devices or PCT% of them "
+             "at a time.", metavar="N|PCT%")] = None,
+    max_fail: Annotated[str | None, typer.Option(
+        help="Rollout: halt when more than PCT% of a batch fails (default 0: any failure); "
+             "the remaining devices are not started.", metavar="PCT")] = None,
+    health_bench: Annotated[bool, typer.Option(
+        "--health-bench", help="Rollout: after each batch, bench each updated device on the "
+                               "new and the replaced version of the bundle alternately (1 "
+                               "thread); significantly slower by > 5% counts as failed.")
+    ] = False,
+    rollback_on_fail: Annotated[bool, typer.Option(
+        "--rollback-on-fail", help="Rollout: when it halts, roll the devices it updated back "
+                                   "to their previous version.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Send a bundle's missing blobs, verify every file on the device, activate atomically."""
+    """Send a bundle's missing blobs, verify every file on the device, activate atomically;
+    staged (canary, batches, halt) with any of the rollout options."""
     from orchestrator.artifacts.bundles import get_bundle
     from orchestrator.core.db import session_scope
     from orchestrator.jobs import tracker
@@ -295,10 +362,16 @@ def push_cmd(
     with session_scope(cfg) as session:
         bundle = get_bundle(session, ref)
         name, digest = f"{bundle.name}@{bundle.version}", bundle.digest
-    with tracker.track(cfg, "push", {"bundle": name, "forks": forks, "timeout": timeout},
-                       targets) as job, \
+    params: dict[str, Any] = {"bundle": name, "forks": forks, "timeout": timeout}
+    staged = _rollout_param((canary, batch, max_fail, health_bench, rollback_on_fail))
+    if staged is not None:
+        params["rollout"] = staged
+    with tracker.track(cfg, "push", params, targets) as job, \
             output.RichPushProgress(enabled=not as_json) as progress:
         done = job.run(push_view=progress)
+    if staged is not None:
+        _show_rollout(done, as_json, job.interrupted)
+        return
     for o in done.outcomes:
         o.data["sent"] = output.human_bytes(o.data.get("bytes_sent", 0))
     finish(done.outcomes, f"push {name} ({digest[:12]})", as_json,

@@ -83,6 +83,8 @@ class JobContext:
         self.push_view: deploy.PushProgress | None = None
         self.event_view: runs.EventHandler | None = None
         self.devices: dict[str, dict[str, Any]] = {}
+        # Whole-job parts of the progress beside the devices (a rollout's batches).
+        self.sections: dict[str, Any] = {}
         self.cancelled_devices: set[str] = set()
         self._lock = threading.Lock()
         self._dirty = False
@@ -95,6 +97,13 @@ class JobContext:
             due = force or time.monotonic() - self._last >= self.interval_s
         if due:
             self.flush()
+
+    def section(self, key: str, value: Any) -> None:
+        """Set a whole-job part of the progress (``progress[key]``) and write it now."""
+        with self._lock:
+            self.sections[key] = value
+            self._dirty = True
+        self.flush()
 
     def add(self, name: str, key: str, amount: int) -> None:
         with self._lock:
@@ -110,7 +119,8 @@ class JobContext:
         with self._lock:
             if not self._dirty:
                 return
-            snapshot = {"devices": {k: dict(v) for k, v in self.devices.items()}}
+            snapshot = {"devices": {k: dict(v) for k, v in self.devices.items()},
+                        **self.sections}
             with session_scope(self.settings) as session:
                 session.execute(update(Job).where(Job.id == self.job_id)  # type: ignore[arg-type]
                                 .values(progress=snapshot))
@@ -294,6 +304,12 @@ def run_push(settings: Settings, ctx: JobContext, params: dict[str, Any],
     with session_scope(settings) as session:
         bundle = get_bundle(session, params["bundle"])
         devices = select_devices(session, targets)
+    if params.get("rollout"):  # staged: canary, then batches (jobs.rollout)
+        from orchestrator.jobs.rollout import run_rollout
+
+        done = run_rollout(settings, ctx, params, targets, bundle, devices,
+                           JobPushProgress(ctx, ctx.push_view))
+        return JobOutcome(done.state, done.result, done.error, outcomes=done.outcomes)
     outcomes = deploy.push(settings, bundle, devices, params.get("forks") or 10,
                            params.get("timeout"), JobPushProgress(ctx, ctx.push_view),
                            job_id=ctx.job_id)

@@ -15,13 +15,14 @@ from sqlmodel import Session
 
 from orchestrator.artifacts.bundles import get_bundle
 from orchestrator.core.errors import EdgeFleetError
+from orchestrator.fleet import rollout
 from orchestrator.inventory.devices import select_devices
 from orchestrator.measure import runs
 
 GRAPH_OPTIMIZATIONS = ("all", "extended", "basic", "disabled")
 
 ALLOWED = {
-    "push": {"bundle", "forks", "timeout"},
+    "push": {"bundle", "forks", "timeout", "rollout"},
     "bench": {"bundle", "threads", "warmup", "runs", "min_seconds", "shapes", "constants",
               "providers", "graph_optimization", "baseline", "rounds", "max_regression",
               "include_invalid", "forks", "timeout"},
@@ -199,11 +200,17 @@ def validate_params(session: Session, kind: str, params: dict[str, Any] | None,
                              f"allowed: {', '.join(sorted(ALLOWED[kind]))}")
     if not isinstance(targets, str) or not targets.strip():
         raise EdgeFleetError(f"{kind} job: targets must be a pattern such as 'all' or 'pi5-*'")
-    select_devices(session, targets)  # PatternError / NotFoundError name the problem
+    devices = select_devices(session, targets)  # PatternError / NotFoundError name it
     out: dict[str, Any] = {"forks": _int(kind, params, "forks", 10, 1),
                            "timeout": _number(kind, params, "timeout", None, positive=True)}
     if kind == "push":
         out["bundle"] = _bundle_ref(session, kind, params, "bundle")
+        if params.get("rollout") is not None:
+            # Staged (fleet.rollout): the plan is made here too, so a canary pattern that
+            # selects none of the targets is refused before anything is queued.
+            options = rollout.check_options(params["rollout"])
+            rollout.plan(devices, options)
+            out["rollout"] = options.public()
     elif kind == "bench":
         _bench(session, params, out)
     elif kind == "eval":

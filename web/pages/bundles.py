@@ -100,6 +100,21 @@ def _float_or_text(text: str) -> float | str:
         return text
 
 
+ROLLOUT_TEXT = ("canary", "batch", "max_fail")
+ROLLOUT_FLAGS = ("health_bench", "rollback_on_fail")
+
+
+def _rollout_fields(fields: dict[str, str]) -> dict[str, Any] | None:
+    """The push form's staged-rollout fields as the job's ``rollout`` parameter (None when
+    all are empty: a plain push). Passed on as typed: ``jobs.params`` checks them and names
+    a bad value."""
+    text = {key: fields.get(key, "").strip() or None for key in ROLLOUT_TEXT}
+    flags = {key: fields.get(key) == "true" for key in ROLLOUT_FLAGS}
+    if not any(text.values()) and not any(flags.values()):
+        return None
+    return text | flags
+
+
 async def _queue(request: Request, settings: Settings, ref: str, principal: Any, kind: str
                  ) -> Response:
     """Queue a push, bench or eval job from the bundle page's forms and go to the job's page;
@@ -115,6 +130,9 @@ async def _queue(request: Request, settings: Settings, ref: str, principal: Any,
     params: dict[str, Any] = {"bundle": context["ref"]}
     if kind == "push":
         params["forks"] = _int_or_text(fields.get("forks", "") or str(context["form"]["forks"]))
+        staged = _rollout_fields(fields)
+        if staged is not None:
+            params["rollout"] = staged
     elif kind == "eval":
         params.update(dataset=fields.get("dataset", ""),
                       threads=fields.get("eval_threads", "") or "1",

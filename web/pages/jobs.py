@@ -31,9 +31,13 @@ def job_view(job: Any) -> dict[str, Any]:
     from orchestrator.jobs.queue import job_public
 
     public = job_public(job)
+    # A staged push's batches: live in the progress, final in the result (jobs.rollout).
+    rollout = ((public.get("result") or {}).get("rollout")
+               or (public.get("progress") or {}).get("rollout"))
     return public | {"terminal": public.get("state") in TERMINAL_JOB_STATES,
                      "devices": push_progress(public.get("progress"),
-                                              public.get("kind") or "bench")}
+                                              public.get("kind") or "bench"),
+                     "rollout": rollout}
 
 
 @router.get("/jobs", response_class=HTMLResponse)

@@ -54,7 +54,7 @@ def test_events_are_listed_newest_first_and_only_known_actions_are_stored(
                              "job.cancel", "schedule.create", "schedule.delete",
                              "token.create", "token.revoke", "devices.trust",
                              "agent.install", "bundle.build", "dataset.build",
-                             "key.create", "bundle.sign")
+                             "key.create", "bundle.sign", "rollout.halt")
     with session_scope(settings) as session, pytest.raises(ValueError, match="telemetry"):
         audit.add_event(session, "alice", "telemetry", "job:1")
     assert len(events(settings)) == 3
