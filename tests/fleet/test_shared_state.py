@@ -146,6 +146,18 @@ def test_worker_on_another_host_fetches_blobs_and_pushes(control_plane: ControlP
                                    if k != "EDGEFLEET_SSH_KEY_FILE"})
     assert "is not on this host; set EDGEFLEET_SSH_KEY_FILE" in without_key.text, without_key.text
 
+    # The device is reinstalled: host B, which never ran `devices trust`, refuses its new key
+    # by the database's record, naming the device and what to run.
+    old_fp = cp.host.host_key_fingerprint
+    new_fp = cp.host.regenerate_host_key()
+    changed = push_from_b(cp, env)
+    assert changed.returncode == 1, changed.text
+    (outcome,) = json.loads(changed.stdout)
+    assert outcome["state"] == "failed"
+    assert f"{cp.host.name}: HOST KEY CHANGED" in outcome["error"]
+    assert old_fp in outcome["error"] and new_fp in outcome["error"]
+    assert f"edgefleet devices trust {cp.host.name} --replace" in outcome["error"]
+
 
 def test_blob_endpoint_needs_an_operator_token(control_plane: ControlPlane) -> None:
     cp = control_plane
