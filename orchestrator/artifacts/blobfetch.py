@@ -79,6 +79,9 @@ def ensure_local(settings: Settings, store: BlobStore, blobs: Iterable[Needed]) 
             missing[blob.sha256] = blob
     if not missing:
         return 0
+    # A download killed mid-way (SIGKILL) left its temp file: idle for two socket timeouts
+    # means nobody is writing it any more.
+    store.sweep_fetches(2 * settings.blob_fetch_timeout_s)
     source = blob_source(settings)
     if source is None:
         first = next(iter(missing.values()))

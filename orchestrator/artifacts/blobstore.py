@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -65,6 +66,22 @@ class BlobStore:
         if self.mirror is not None:
             self.mirror(sha, final)
         return sha, size
+
+    def sweep_fetches(self, idle_s: float) -> int:
+        """Remove the temp files of downloads that died without cleaning up (the process was
+        SIGKILLed, the host lost power): any ``.fetch-*`` not written to for ``idle_s``
+        seconds. A live download writes at least once per socket timeout, so ``idle_s`` above
+        that never removes one in progress (another process's included). The count removed."""
+        removed = 0
+        cutoff = time.time() - idle_s
+        for path in self.root.glob(".fetch-*") if self.root.is_dir() else ():
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:  # finished or swept by another process meanwhile
+                pass
+        return removed
 
     def add_verified(self, sha256: str, size: int, chunks: Iterable[bytes], where: str) -> int:
         """Store ``chunks`` as blob ``sha256`` only if they are exactly its ``size`` bytes with
