@@ -137,7 +137,7 @@ def build_fleet(base: Path, n: int, ssh_share: float, hosts: list[Any], sims: li
     inventory.write_text(yaml.safe_dump({"all": {"children": {
         "ssh": {"hosts": ssh_hosts}, "local": {"hosts": local_hosts}}}}))
     for host in hosts:
-        trust(host.name, host.address, host.port, settings.known_hosts, 10.0)
+        trust(host.name, host.address, host.port, settings, 10.0)
     with session_scope(settings) as session:
         sync_inventory(session, load_inventory(inventory))
         devices = all_devices(session)

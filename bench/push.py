@@ -117,7 +117,7 @@ def prepare(tag: str, host: SshdHost, key: UserKey, model: Path,
     Shared with bench/cli_startup.py."""
     settings = Settings(home=base / f"home-{tag}", database_url=None)
     inventory = write_inventory(base / f"inventory-{tag}.yml", [host])
-    trust(host.name, host.address, host.port, settings.known_hosts, 10.0)
+    trust(host.name, host.address, host.port, settings, 10.0)
     with session_scope(settings) as session:
         sync_inventory(session, load_inventory(inventory))
         devices = all_devices(session)

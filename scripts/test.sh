@@ -38,5 +38,7 @@ if [ $# -eq 0 ] && [ "${EDGEFLEET_TEST_POSTGRESQL:-1}" != 0 ]; then
     tests/fleet/test_push_e2e.py tests/fleet/test_bench.py \
     tests/fleet/test_telemetry_and_leases.py tests/fleet/test_cli_jobs.py \
     tests/faults/test_lease_holder_dies.py tests/faults/test_killed_server_mid_bench.py \
-    tests/faults/test_killed_cli_push.py
+    tests/faults/test_killed_cli_push.py \
+    tests/unit/transport/test_hostkeys.py tests/fleet/test_shared_state.py \
+    tests/fleet/test_shared_state_s3.py
 fi

@@ -9,12 +9,15 @@ unnoticed."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field, field_validator
 
 from orchestrator.access.audit import event_public, list_events
+from orchestrator.artifacts.blobfetch import served_blob
 from orchestrator.artifacts.bundles import bundle_public, get_bundle, list_bundles
 from orchestrator.core.db import session_scope
 from orchestrator.core.errors import EdgeFleetError
@@ -156,6 +159,21 @@ def bundles(_: Viewer, session: SessionDep) -> list[Json]:
 @router.get("/bundles/{ref}", response_model=BundlePublic)
 def bundle(ref: str, _: Viewer, session: SessionDep) -> Json:
     return bundle_public(get_bundle(session, ref))
+
+
+@router.get("/blobs/{sha256}", response_class=FileResponse, responses={
+    200: {"content": {"application/octet-stream": {}},
+          "description": "The blob's bytes (content-addressed: its name is its sha256)"},
+    404: {"description": "No blob of that hash on this control plane"}})
+def blob(sha256: Annotated[str, PathParam(pattern="^[0-9a-f]{64}$")],
+         _: Operator, settings: SettingsDep) -> FileResponse:
+    """A blob for a worker on another host (orchestrator.artifacts.blobfetch), streamed from
+    this host's store. Operator tokens only: it serves the models themselves. The worker
+    verifies the hash; no audit event (a read)."""
+    path = served_blob(settings, sha256)
+    if path is None:
+        raise HTTPException(404, f"no blob {sha256} on this control plane")
+    return FileResponse(path, media_type="application/octet-stream")
 
 
 @router.get("/runs", response_model=list[RunPublic])

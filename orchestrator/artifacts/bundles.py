@@ -20,7 +20,7 @@ from sqlmodel import Session, col, select
 from agent.protocol import MANIFEST_SCHEMA, canonical_json, check_relative_path, manifest_digest
 from orchestrator.access import audit
 from orchestrator.artifacts import input_defaults, refs
-from orchestrator.artifacts.blobstore import BlobStore
+from orchestrator.artifacts.blobfetch import blob_store
 from orchestrator.artifacts.onnxinfo import inspect_model, version_tuple
 from orchestrator.core.config import Settings
 from orchestrator.core.errors import BundleError
@@ -278,7 +278,7 @@ def build_bundle(
                              golden_atol, constants)
     said = input_defaults.describe(assumed)
 
-    store = BlobStore(settings.blob_dir)
+    store = blob_store(settings)
     entries = []
     for rel, full in files:
         sha, size = store.add_file(full)

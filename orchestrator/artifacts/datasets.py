@@ -34,6 +34,7 @@ from sqlmodel import Session, col, select
 from agent.protocol import canonical_json, manifest_digest
 from orchestrator.access import audit
 from orchestrator.artifacts import refs
+from orchestrator.artifacts.blobfetch import blob_store
 from orchestrator.artifacts.blobstore import BlobStore
 from orchestrator.artifacts.bundles import manifest_of
 from orchestrator.core.config import Settings
@@ -280,7 +281,7 @@ def build_dataset(session: Session, settings: Settings, source: Path, name: str,
     if sampling_rate is not None and sampling_rate < 1:
         raise DatasetError(f"--sampling-rate {sampling_rate}: must be a positive number of Hz")
     labels = model_labels(bundle) if bundle is not None else None
-    store = BlobStore(settings.blob_dir)
+    store = blob_store(settings)
     rate: int | None = None
     label_ids = False
     if source.is_dir():

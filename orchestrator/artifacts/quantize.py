@@ -35,7 +35,7 @@ from onnxruntime.quantization import (
 from sqlmodel import Session, select
 
 from agent.inputs import NUMPY_DTYPES
-from orchestrator.artifacts.blobstore import BlobStore
+from orchestrator.artifacts.blobfetch import blob_store, ensure_local, needed_files
 from orchestrator.artifacts.bundles import build_bundle, manifest_of
 from orchestrator.core.config import Settings
 from orchestrator.core.errors import BundleError
@@ -238,7 +238,9 @@ def make_variant(session: Session, settings: Settings, parent: Bundle, mode: str
     if existing is not None:
         return VariantResult(bundle=existing, created=False)
 
-    store = BlobStore(settings.blob_dir)
+    store = blob_store(settings)
+    # the parent's files, on a host that did not build it (a worker): from the shared source
+    ensure_local(settings, store, needed_files(manifest, ref))
     model_rel = manifest["model"]["path"]
     entry = next(f for f in manifest["files"] if f["path"] == model_rel)
     with tempfile.TemporaryDirectory(prefix="edgefleet-quantize-") as tmp:

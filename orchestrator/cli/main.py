@@ -141,7 +141,7 @@ def devices_trust(
     timeout: Timeout = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Record the devices' SSH host keys in EdgeFleet's known_hosts and print fingerprints."""
+    """Record the devices' SSH host keys in the shared database and print fingerprints."""
     from orchestrator.access.audit import local_actor
     from orchestrator.fleet.trust import trust_devices
 

@@ -57,6 +57,24 @@ class Settings(BaseSettings):
     # The same throttle condition on the same device alerts at most once in this window.
     alert_throttle_repeat_minutes: float = Field(default=60.0, ge=0)
 
+    # Shared state across workers (README "Shared state across workers"). A worker whose blob
+    # store lacks a blob fetches it from the control plane (GET /api/blobs/{sha256}, with an
+    # operator token) or, when a bucket is set, from S3; either is hash-verified into
+    # ``blob_dir`` (orchestrator.artifacts.blobfetch). The token is read from here only: never
+    # stored, never printed. S3 credentials come from boto3's own chain (AWS_ACCESS_KEY_ID /
+    # AWS_SECRET_ACCESS_KEY, ~/.aws, an instance role), never from EdgeFleet's settings.
+    control_plane_url: str | None = None
+    control_plane_token: SecretStr | None = None
+    blob_fetch_timeout_s: float = Field(default=60.0, gt=0)  # per socket operation
+    s3_bucket: str | None = None
+    s3_prefix: str = "blobs/"
+    s3_endpoint_url: str | None = None  # an S3-compatible store (MinIO, Ceph, moto_server)
+    s3_region: str | None = None
+    # The private key this worker logs in to devices with, replacing the inventory's
+    # ansible_ssh_private_key_file (a path on whichever host loaded the inventory). Per worker,
+    # never in the DB (orchestrator.transport.factory.worker_key).
+    ssh_key_file: Path | None = None
+
     @cached_property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'edgefleet.db'}"

@@ -335,3 +335,19 @@ class Alert(SQLModel, table=True):
     claimed_by: str | None = None
     claimed_until: datetime | None = Field(sa_type=UTCDateTime, default=None)
     delivered_at: datetime | None = Field(sa_type=UTCDateTime, default=None)
+
+
+class HostKey(SQLModel, table=True):
+    """A trusted SSH host key (``edgefleet devices trust``), shared by every process on the
+    database: a job claimed by a worker on another host checks the device against the same
+    keys (orchestrator.transport.hostkeys). ``entry`` is the known_hosts name (``addr`` or
+    ``[addr]:port``); one key per entry and type, as in OpenSSH. A public key, no secret."""
+
+    __table_args__ = (UniqueConstraint("entry", "key_type", name="uq_host_key_entry_type"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    entry: str = Field(index=True)
+    key_type: str
+    key_base64: str
+    fingerprint: str
+    added_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from sqlmodel import Session
 
 from agent.protocol import E_NOTHING_TO_ROLL_BACK, E_SMOKE_FAILED
+from orchestrator.artifacts.blobfetch import blob_store, ensure_local, needed_files
 from orchestrator.artifacts.blobstore import BlobStore
 from orchestrator.artifacts.bundles import manifest_of
 from orchestrator.artifacts.onnxinfo import version_tuple
@@ -216,7 +217,11 @@ def push(settings: Settings, bundle: Bundle, devices: Sequence[Device], forks: i
          timeout: float | None = None, progress: PushProgress | None = None, *,
          job_id: int | None = None) -> list[Outcome]:
     progress = progress or NoProgress()
-    store = BlobStore(settings.blob_dir)
+    store = blob_store(settings)
+    # A worker that did not build the bundle fetches its blobs first, once for every device;
+    # no source or a refused download fails the push before any device is touched.
+    ensure_local(settings, store, needed_files(manifest_of(bundle),
+                                               f"{bundle.name}@{bundle.version}"))
     row_ids = _start_rows(settings, devices, "push", bundle, job_id)
     active = (f"{bundle.name}@{bundle.version}", bundle.digest)
 

@@ -23,15 +23,16 @@ from orchestrator.transport.hostkeys import trust
 def trust_devices(settings: Settings, devices: Sequence[Device], forks: int = 10,
                   timeout: float | None = None, replace: bool = False, *, actor: str = "",
                   targets: str) -> list[Outcome]:
-    """Record each device's host key in EdgeFleet's known_hosts (``replace``: a changed key
-    too, after the user checked it); local devices have none. One ``devices.trust`` event
-    says what each device's key is now, so a replaced key is never a silent change."""
+    """Record each device's host key in the shared database (``replace``: a changed key too,
+    after the user checked it), where every worker reads it; local devices have none. One
+    ``devices.trust`` event says what each device's key is now, so a replaced key is never a
+    silent change."""
 
     def step(target: Target) -> Outcome:
         if target.connection == "local":
             return Outcome(target.name, True, "local", data={"fingerprint": None})
         try:
-            result = trust(target.name, target.address, target.port, settings.known_hosts,
+            result = trust(target.name, target.address, target.port, settings,
                            timeout or settings.timeout_s, replace=replace)
         except OSError as exc:
             raise EdgeFleetError(

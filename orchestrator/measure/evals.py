@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.artifacts.blobfetch import blob_store, ensure_local, needed_files
 from orchestrator.artifacts.blobstore import BlobStore
 from orchestrator.artifacts.bundles import manifest_of
 from orchestrator.artifacts.datasets import (
@@ -149,6 +150,9 @@ def evaluate(settings: Settings, bundle: Bundle, dataset: Dataset, devices: Sequ
              cancelled: Callable[[], bool] | None = None) -> tuple[Run, list[Outcome]]:
     """Evaluate ``bundle`` (already pushed) on ``dataset`` on every device; one Run."""
     plan = plan_eval(bundle, dataset, positive, threshold)
+    store = blob_store(settings)
+    # A worker that did not load the dataset fetches its blobs first, before any run is open.
+    ensure_local(settings, store, needed_files(plan.manifest, f"{dataset.name}@{dataset.version}"))
     with session_scope(settings) as session:
         run = Run(kind="eval", bundle_name=bundle.name, bundle_version=bundle.version,
                   bundle_digest=bundle.digest,
@@ -165,7 +169,6 @@ def evaluate(settings: Settings, bundle: Bundle, dataset: Dataset, devices: Sequ
         open_runs(session, [run], job_id)
         session.expunge(run)
     simulated = {d.name: d.simulated for d in devices}
-    store = BlobStore(settings.blob_dir)
     request = {"digest": bundle.digest, "dataset": dataset.digest, "threads": list(threads),
                "warmup": warmup}
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orchestrator.core.errors import TransportError
@@ -32,14 +34,30 @@ def connect(target: Target, settings: Settings, timeout: float | None = None) ->
 
         conn = LocalConnection(target, limits)
     else:
+        from orchestrator.transport.hostkeys import known_hosts_entry, load_known
         from orchestrator.transport.ssh import SshConnection
 
-        conn = SshConnection(target, settings.known_hosts, timeout, limits)
+        known = load_known(settings, known_hosts_entry(target.address, target.port))
+        conn = SshConnection(worker_key(target, settings), known, timeout, limits)
     _open.add(conn)
     if _aborted.is_set():  # opened while abort_all ran
         conn.abort()
         _refuse_if_aborted(target)
     return conn
+
+
+def worker_key(target: Target, settings: Settings) -> Target:
+    """The target with the private key this worker logs in with. ``EDGEFLEET_SSH_KEY_FILE``
+    (a per-worker setting: keys are never shared through the DB) replaces the inventory's
+    ``ansible_ssh_private_key_file``, a path on the host that loaded the inventory, which
+    another worker's host need not have; without it, a key path missing here is named."""
+    if settings.ssh_key_file is not None:
+        return replace(target, key_file=str(settings.ssh_key_file))
+    if target.key_file and not Path(target.key_file).is_file():
+        raise TransportError(
+            f"{target.name}: the SSH key {target.key_file} (ansible_ssh_private_key_file) is "
+            "not on this host; set EDGEFLEET_SSH_KEY_FILE to this worker's private key")
+    return target
 
 
 def _refuse_if_aborted(target: Target) -> None:

@@ -1,4 +1,13 @@
-"""Host keys: EdgeFleet's own known_hosts under EDGEFLEET_HOME, plus the user's ~/.ssh/known_hosts.
+"""Host keys: the trusted keys in the shared database (``hostkey`` table), then the
+pre-database ``EDGEFLEET_HOME/known_hosts`` file, then the user's ~/.ssh/known_hosts.
+
+Why the database: every worker, on whatever host claims a job, must check a device against the
+same keys, and a file under one process's home is on one host only (issue 14). Why the old file
+is still read (rather than imported once): an existing install keeps connecting with no step to
+run, nothing is written behind the user's back, and the database's key wins wherever both name
+the same host and key type (it is looked up first), so ``devices trust --replace`` is never
+undone by a stale file line. ``devices trust`` copies a key it confirms from a file into the
+database, which is how a file-only key reaches the other hosts.
 
 Nothing is ever accepted silently. An unknown key is refused with its fingerprint and the command
 that trusts it; a changed key is refused with both fingerprints.
@@ -9,15 +18,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import socket
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
 
+from orchestrator.core.config import Settings
+from orchestrator.core.db import session_scope
 from orchestrator.core.errors import HostKeyError
-
-_write_lock = threading.Lock()
+from orchestrator.core.models import HostKey
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -34,17 +45,45 @@ def user_known_hosts() -> Path:
     return Path.home() / ".ssh" / "known_hosts"
 
 
-def load_known(managed: Path) -> paramiko.HostKeys:
-    """Union of the managed file and the user's known_hosts (managed entries win)."""
+def _load_file(keys: paramiko.HostKeys, path: Path) -> None:
+    """Append ``path``'s entries (paramiko keeps the first entry per host and key type)."""
+    if path.is_file():
+        try:
+            keys.load(str(path))
+        except (OSError, paramiko.SSHException) as exc:
+            raise HostKeyError(f"cannot read known_hosts file {path}: {exc}") from exc
+
+
+def keys_from_file(path: Path) -> paramiko.HostKeys:
+    """One known_hosts file alone (a test's or a benchmark's own)."""
     keys = paramiko.HostKeys()
-    # Managed first: paramiko's lookup answers with the first matching entry, so the file that
-    # `devices trust --replace` writes must come before a stale line in ~/.ssh/known_hosts.
-    for path in (managed, user_known_hosts()):
-        if path.is_file():
-            try:
-                keys.load(str(path))
-            except (OSError, paramiko.SSHException) as exc:
-                raise HostKeyError(f"cannot read known_hosts file {path}: {exc}") from exc
+    _load_file(keys, path)
+    return keys
+
+
+def _db_key(row: HostKey) -> paramiko.PKey:
+    return paramiko.PKey.from_type_string(row.key_type, base64.b64decode(row.key_base64))
+
+
+def load_known(settings: Settings, entry: str | None = None) -> paramiko.HostKeys:
+    """The keys to check a host against: the database's (only ``entry``'s when given: one
+    device's connection reads one host's rows), then the legacy managed file, then the user's
+    known_hosts. Order matters: paramiko's lookup answers with the first matching entry per
+    key type, so the key `devices trust --replace` recorded beats a stale file line."""
+    keys = paramiko.HostKeys()
+    with session_scope(settings) as session:
+        query = select(HostKey).order_by(HostKey.id)  # type: ignore[arg-type]
+        if entry is not None:
+            query = query.where(HostKey.entry == entry)
+        rows = session.exec(query).all()
+    for row in rows:
+        try:
+            keys.add(row.entry, row.key_type, _db_key(row))
+        except (ValueError, paramiko.SSHException) as exc:  # a row written by hand
+            raise HostKeyError(f"host key of {row.entry} in the database is unreadable "
+                               f"({row.key_type}): {exc}") from None
+    for path in (settings.known_hosts, user_known_hosts()):
+        _load_file(keys, path)
     return keys
 
 
@@ -95,27 +134,40 @@ class TrustResult:
     previous_fingerprint: str | None = None
 
 
-def trust(device: str, address: str, port: int, managed: Path, timeout: float,
+def trust(device: str, address: str, port: int, settings: Settings, timeout: float,
           replace: bool = False) -> TrustResult:
-    """Record the host's current key in the managed known_hosts; a different recorded key is
-    only replaced when asked to."""
+    """Record the host's current key in the database; a different recorded key (database or
+    file) is only replaced when asked to. A key already trusted by a file only is copied into
+    the database, so workers on other hosts trust it too."""
     key = fetch_host_key(address, port, timeout)
     entry = known_hosts_entry(address, port)
-    known = load_known(managed)
-    recorded = (known.lookup(entry) or {}).get(key.get_name())
     result = TrustResult(device, entry, key.get_name(), fingerprint(key), "added")
-    if recorded is not None and recorded == key:
-        result.status = "already trusted"
-        return result
-    if recorded is not None:
+    recorded = (load_known(settings, entry).lookup(entry) or {}).get(key.get_name())
+    if recorded is not None and recorded != key:
         if not replace:
             raise changed_key_error(device, entry, key, recorded)
         result.status, result.previous_fingerprint = "replaced", fingerprint(recorded)
-    with _write_lock:
-        managed.parent.mkdir(parents=True, exist_ok=True)
-        own = paramiko.HostKeys()
-        if managed.is_file():
-            own.load(str(managed))
-        own.add(entry, key.get_name(), key)
-        own.save(str(managed))
+    elif recorded is not None:
+        result.status = "already trusted"
+    try:
+        _store(settings, entry, key)
+    except IntegrityError:  # another process recorded this host's key meanwhile: recheck it
+        now = (load_known(settings, entry).lookup(entry) or {}).get(key.get_name())
+        if now != key:
+            raise changed_key_error(device, entry, key, now) from None
     return result
+
+
+def _store(settings: Settings, entry: str, key: paramiko.PKey) -> None:
+    """The database's key for ``entry`` and this key type becomes ``key`` (nothing written
+    when it already is)."""
+    with session_scope(settings) as session:
+        row = session.exec(select(HostKey).where(HostKey.entry == entry,
+                                                 HostKey.key_type == key.get_name())).first()
+        if row is not None and _db_key(row) == key:
+            return
+        row = row or HostKey(entry=entry, key_type=key.get_name(), key_base64="",
+                             fingerprint="")
+        row.key_base64 = key.get_base64()
+        row.fingerprint = fingerprint(key)
+        session.add(row)

@@ -1,7 +1,8 @@
 """SSH transport over Fabric/Paramiko.
 
 Fabric's Connection brings ssh_config support; we replace its AutoAddPolicy with a refusing one
-and feed it EdgeFleet's known_hosts, so a host key is never accepted silently.
+and feed it EdgeFleet's trusted keys (orchestrator.transport.hostkeys: the database's, then the
+known_hosts files), so a host key is never accepted silently.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from orchestrator.transport.base import (
     render_command,
     sftp_path,
 )
-from orchestrator.transport.hostkeys import RefuseUnknownHostKey, changed_key_error, load_known
+from orchestrator.transport.hostkeys import RefuseUnknownHostKey, changed_key_error
 
 _RECV = 1 << 16
 _SFTP_WRITE = 255 * 1024
@@ -152,7 +153,7 @@ class SshChannel(Channel):
 
 
 class SshConnection(Connection):
-    def __init__(self, target: Target, known_hosts: Path, timeout: float,
+    def __init__(self, target: Target, known: paramiko.HostKeys, timeout: float,
                  limits: OutputLimits | None = None) -> None:
         super().__init__(target, limits)
         self.timeout = timeout
@@ -174,7 +175,7 @@ class SshConnection(Connection):
         client = self._fabric.client
         client.set_missing_host_key_policy(RefuseUnknownHostKey(target.name))
         trusted = client.get_host_keys()
-        for hostname, keys in load_known(known_hosts).items():
+        for hostname, keys in known.items():
             for key_type, key in keys.items():
                 trusted.add(hostname, key_type, key)
         self._sftp: paramiko.SFTPClient | None = None

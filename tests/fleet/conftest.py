@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from tests.live_server import serve  # noqa: F401 - a real `edgefleet serve`, by name
+
 from .sshd import SshdFactory, SshdHost, UserKey, generate_user_key
 from .sshd import write_inventory as _write_inventory
 

@@ -195,13 +195,14 @@ def test_a_remote_command_that_reads_none_of_its_input_is_abandoned(
     remote command; after ``timeout`` seconds without progress it fails instead of hanging."""
     from orchestrator.core.errors import TransportError
     from orchestrator.transport.base import Target
+    from orchestrator.transport.hostkeys import keys_from_file
     from orchestrator.transport.ssh import SshConnection
 
     host = sshd_factory(1)[0]
     known_hosts = host.write_known_hosts(tmp_path / "known_hosts")
     target = Target(host.name, "127.0.0.1", port=host.port, user=host.user,
                     key_file=str(host.key_file))
-    with SshConnection(target, known_hosts, 10.0) as conn:
+    with SshConnection(target, keys_from_file(known_hosts), 10.0) as conn:
         channel = conn.start(["sleep", "60"], timeout=1.0)
         with pytest.raises(TransportError, match="read none of its input for 1s"):
             for _ in range(64):  # 16 MiB: well past the 2 MiB window and the pipe

@@ -59,7 +59,7 @@ def settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
 
 TABLES = {"alembic_version", "device", "bundle", "deployment", "run", "result", "devicelease",
           "telemetrysnapshot", "job", "schedule", "apitoken", "auditevent", "dataset",
-          "browsersession", "alert", "signingkey"}
+          "browsersession", "alert", "signingkey", "hostkey"}
 
 
 def test_migrations_form_one_chain_ending_at_head() -> None:

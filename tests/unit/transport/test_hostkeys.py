@@ -11,9 +11,12 @@ from pathlib import Path
 
 import paramiko
 import pytest
+from sqlmodel import select
 
 from orchestrator.core.config import Settings
+from orchestrator.core.db import session_scope
 from orchestrator.core.errors import HostKeyError
+from orchestrator.core.models import HostKey
 from orchestrator.transport import Target, connect
 from orchestrator.transport.hostkeys import fingerprint, known_hosts_entry, load_known, trust
 from tests.fleet.sshd import SshdHost, UserKey, generate_user_key
@@ -101,57 +104,101 @@ def test_known_hosts_entry_is_what_openssh_looks_up(tmp_path: Path, address: str
 # -- trust against a real sshd ----------------------------------------------------------------
 
 
+def db_lines(settings: Settings) -> list[str]:
+    """The database's trusted keys as known_hosts lines (``entry type base64``)."""
+    with session_scope(settings) as session:
+        rows = session.exec(select(HostKey).order_by(HostKey.id)).all()  # type: ignore[arg-type]
+    return [f"{r.entry} {r.key_type} {r.key_base64}" for r in rows]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path / "edgefleet-home")
+
+
 def test_trust_records_once_refuses_a_changed_key_and_replaces_on_request(
-    host: SshdHost, tmp_path: Path, empty_home: Path
+    host: SshdHost, settings: Settings, empty_home: Path
 ) -> None:
-    managed = tmp_path / "edgefleet-home" / "known_hosts"
     entry = f"[127.0.0.1]:{host.port}"
-    first = trust("pi1", host.address, host.port, managed, 10)
+    first = trust("pi1", host.address, host.port, settings, 10)
     assert (first.status, first.entry, first.key_type) == ("added", entry, "ssh-ed25519")
     assert first.fingerprint == host.host_key_fingerprint
     assert first.previous_fingerprint is None
-    assert managed.read_text() == host.known_hosts_line + "\n"
+    assert db_lines(settings) == [host.known_hosts_line]
+    assert not settings.known_hosts.exists()  # the database, not a file of this host
 
-    again = trust("pi1", host.address, host.port, managed, 10)
+    again = trust("pi1", host.address, host.port, settings, 10)
     assert again.status == "already trusted"
-    assert managed.read_text() == host.known_hosts_line + "\n"  # recorded once
+    assert db_lines(settings) == [host.known_hosts_line]  # recorded once
 
     old_fp, old_line = host.host_key_fingerprint, host.known_hosts_line
     new_fp = host.regenerate_host_key()
     assert new_fp != old_fp
     with pytest.raises(HostKeyError) as refused:
-        trust("pi1", host.address, host.port, managed, 10)
+        trust("pi1", host.address, host.port, settings, 10)
     message = str(refused.value)
     assert message.startswith(f"pi1: HOST KEY CHANGED for {entry}")
     assert new_fp in message and old_fp in message
     assert message.index(new_fp) < message.index(old_fp)  # "offered X but Y is trusted"
     assert "edgefleet devices trust pi1 --replace" in message
-    assert managed.read_text() == old_line + "\n"  # refused: nothing written
+    assert db_lines(settings) == [old_line]  # refused: nothing written
 
-    replaced = trust("pi1", host.address, host.port, managed, 10, replace=True)
+    replaced = trust("pi1", host.address, host.port, settings, 10, replace=True)
     assert (replaced.status, replaced.fingerprint) == ("replaced", new_fp)
     assert replaced.previous_fingerprint == old_fp
-    assert managed.read_text() == host.known_hosts_line + "\n"
-    assert trust("pi1", host.address, host.port, managed, 10).status == "already trusted"
+    assert db_lines(settings) == [host.known_hosts_line]
+    assert trust("pi1", host.address, host.port, settings, 10).status == "already trusted"
 
 
-def test_trust_keeps_other_hosts(host: SshdHost, tmp_path: Path, empty_home: Path) -> None:
-    managed = tmp_path / "known_hosts"
+def test_trust_keeps_other_hosts(host: SshdHost, tmp_path: Path, settings: Settings,
+                                 empty_home: Path) -> None:
     other = keygen(tmp_path / "other", "ed25519")
-    other_line = "[10.9.9.9]:2222 " + " ".join(other.with_name("other.pub").read_text()
-                                                .split()[:2])
-    managed.write_text(other_line + "\n")
-    trust("pi1", host.address, host.port, managed, 10)
-    assert sorted(managed.read_text().splitlines()) == sorted([other_line,
-                                                               host.known_hosts_line])
+    key_type, blob = other.with_name("other.pub").read_text().split()[:2]
+    with session_scope(settings) as session:
+        session.add(HostKey(entry="[10.9.9.9]:2222", key_type=key_type, key_base64=blob,
+                            fingerprint="-"))
+    trust("pi1", host.address, host.port, settings, 10)
+    assert db_lines(settings) == [f"[10.9.9.9]:2222 {key_type} {blob}", host.known_hosts_line]
 
 
-def test_trust_cannot_reach(tmp_path: Path, empty_home: Path) -> None:
-    host_dir = tmp_path / "down"
+def test_trust_cannot_reach(settings: Settings, empty_home: Path) -> None:
     with pytest.raises(OSError):
         # A port nothing listens on: the caller (devices trust) turns this into a clear error.
-        trust("pi9", "127.0.0.1", _closed_port(), host_dir / "known_hosts", 5)
-    assert not (host_dir / "known_hosts").exists()
+        trust("pi9", "127.0.0.1", _closed_port(), settings, 5)
+    assert db_lines(settings) == []
+
+
+# -- the pre-database EDGEFLEET_HOME/known_hosts ------------------------------------------------
+
+
+def test_legacy_known_hosts_file_still_trusted_and_trust_shares_it(
+        host: SshdHost, settings: Settings, empty_home: Path) -> None:
+    """An install from before the database keeps connecting with its file; `devices trust`
+    copies the key it confirms into the database (for the other workers), file untouched."""
+    settings.home.mkdir(parents=True)
+    host.write_known_hosts(settings.known_hosts)
+    with connect(target_for(host), settings, timeout=10) as conn:
+        assert conn.run(["true"]).exit_code == 0
+    assert db_lines(settings) == []
+    assert trust("pi1", host.address, host.port, settings, 10).status == "already trusted"
+    assert db_lines(settings) == [host.known_hosts_line]
+    assert settings.known_hosts.read_text() == host.known_hosts_line + "\n"
+
+
+def test_database_key_wins_over_a_stale_legacy_file_line(
+        host: SshdHost, settings: Settings, empty_home: Path) -> None:
+    settings.home.mkdir(parents=True)
+    stale_line, stale_fp = host.known_hosts_line, host.host_key_fingerprint
+    host.write_known_hosts(settings.known_hosts)
+    host.regenerate_host_key()
+    with pytest.raises(HostKeyError, match="HOST KEY CHANGED") as refused:
+        connect(target_for(host), settings, timeout=10)
+    assert stale_fp in str(refused.value)
+    replaced = trust("pi1", host.address, host.port, settings, 10, replace=True)
+    assert (replaced.status, replaced.previous_fingerprint) == ("replaced", stale_fp)
+    assert settings.known_hosts.read_text() == stale_line + "\n"  # the file is never written
+    with connect(target_for(host), settings, timeout=10) as conn:
+        assert conn.run(["true"]).exit_code == 0
 
 
 def _closed_port() -> int:
@@ -185,11 +232,12 @@ def test_user_known_hosts_is_honoured(host: SshdHost, tmp_path: Path, empty_home
         result = conn.run(["printf", "%s", "hello from $(hostname)"])
     assert (result.exit_code, result.stdout) == (0, "hello from $(hostname)")
 
-    # trust sees it too, and has nothing to write.
-    status = trust("pi1", host.address, host.port, settings.known_hosts, 10)
+    # trust sees it too: already trusted, now shared through the database.
+    assert load_known(settings).lookup(f"[127.0.0.1]:{host.port}") is not None
+    status = trust("pi1", host.address, host.port, settings, 10)
     assert status.status == "already trusted"
     assert not settings.known_hosts.exists()
-    assert load_known(settings.known_hosts).lookup(f"[127.0.0.1]:{host.port}") is not None
+    assert db_lines(settings) == [host.known_hosts_line]
 
 
 def test_unknown_host_key_is_refused(host: SshdHost, tmp_path: Path, empty_home: Path) -> None:
@@ -199,7 +247,7 @@ def test_unknown_host_key_is_refused(host: SshdHost, tmp_path: Path, empty_home:
     message = str(refused.value)
     assert message.startswith("pi1: host key of ")
     assert host.host_key_fingerprint in message and "edgefleet devices trust pi1" in message
-    assert not settings.known_hosts.exists()  # never accepted silently
+    assert not settings.known_hosts.exists() and db_lines(settings) == []  # never accepted
 
 
 @pytest.mark.parametrize("hashed", [False, True], ids=["plain", "hashed"])
@@ -214,13 +262,13 @@ def test_changed_key_in_user_known_hosts_is_refused_until_replaced(
         connect(target_for(host), settings, timeout=10)
     assert stale_fp in str(refused.value) and host.host_key_fingerprint in str(refused.value)
     with pytest.raises(HostKeyError, match="--replace"):
-        trust("pi1", host.address, host.port, settings.known_hosts, 10)
+        trust("pi1", host.address, host.port, settings, 10)
 
-    # What the message tells the user to do: afterwards the managed file wins over the stale
+    # What the message tells the user to do: afterwards the database's key wins over the stale
     # line in ~/.ssh/known_hosts, for trust and for connections.
-    replaced = trust("pi1", host.address, host.port, settings.known_hosts, 10, replace=True)
+    replaced = trust("pi1", host.address, host.port, settings, 10, replace=True)
     assert (replaced.status, replaced.previous_fingerprint) == ("replaced", stale_fp)
-    again = trust("pi1", host.address, host.port, settings.known_hosts, 10)
+    again = trust("pi1", host.address, host.port, settings, 10)
     assert again.status == "already trusted"
     with connect(target_for(host), settings, timeout=10) as conn:
         assert conn.run(["true"]).exit_code == 0
