@@ -37,7 +37,7 @@ from orchestrator.measure import regressions as regression_service
 from orchestrator.measure.comparisons import comparison
 from orchestrator.measure.runs import get_run, list_runs, run_public, run_results
 from web.deps import Admin, Csrf, Operator, SessionDep, SettingsDep, Viewer
-from web.inputs import RowId, StrictJsonRoute
+from web.inputs import RowId, RowOffset, StrictJsonRoute
 from web.schemas import (
     AlertPublic,
     AuditEventPublic,
@@ -133,7 +133,7 @@ request; beyond that, or with a smaller ``limit``, ``X-Total-Count`` and an RFC 
 def devices(_: Viewer, session: SessionDep, request: Request, response: Response,
             pattern: str | None = None,
             limit: int = Query(DEVICES_LIMIT, ge=1, le=DEVICES_LIMIT),
-            offset: int = Query(0, ge=0)) -> list[Json]:
+            offset: RowOffset = 0) -> list[Json]:
     found = devices_window(session, pattern, offset, limit)
     response.headers["X-Total-Count"] = str(found.matched)
     if found.next_offset is not None:

@@ -2,7 +2,8 @@
 route never sees input that only fails deep down (in the DB driver, or encoding the response)
 as a 500:
 
-- ``RowId``: a row id in a path or query string is 1 .. 2^63-1. A larger integer cannot even
+- ``RowId``, ``RowOffset``: a row id or a paged list's offset in a path or query string is
+  at most 2^63-1 (a page number, at most that over the page size). A larger integer cannot even
   be bound as an SQLite parameter (``OverflowError``); it is a 422 naming the bound instead.
 - ``StrictJsonRoute``: a JSON body whose strings are not valid Unicode (a lone UTF-16
   surrogate, ``"\\ud800"``, which JSON escapes allow) is a 422. Such a string can be neither
@@ -26,6 +27,9 @@ from orchestrator.core.db import MAX_ROW_ID
 
 RowId = Annotated[int, Field(ge=1, le=MAX_ROW_ID)]
 """A row id (run, job, schedule, token...) as a path or query parameter."""
+
+RowOffset = Annotated[int, Field(ge=0, le=MAX_ROW_ID)]
+"""How many rows a paged list skips (``offset``): bound like a row id, as SQLite binds it."""
 
 
 def _is_unicode(text: str) -> bool:
