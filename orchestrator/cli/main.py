@@ -210,6 +210,7 @@ def get_app() -> typer.Typer:
         serve,
         tokens,
         verdicts,
+        worker,
     )
 
     return app

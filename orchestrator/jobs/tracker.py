@@ -22,7 +22,7 @@ from orchestrator.access import audit
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.models import Job
-from orchestrator.jobs import execute
+from orchestrator.jobs import execute, liveness
 from orchestrator.jobs.queue import TERMINAL, finish_job, recover_interrupted
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def track(settings: Settings, kind: str, params: dict[str, Any], targets: str, *
         # The checks and defaults of a queued job: the same params run the same way.
         params = execute.validate_params(session, kind, params, targets)
         job = Job(kind=kind, params=params, targets=targets, origin="cli", state="running",
-                  created_by=actor, started_at=now,
+                  created_by=actor, started_at=now, heartbeat_at=now,
                   worker=f"{socket.gethostname()}:{os.getpid()}")
         session.add(job)
         session.flush()
@@ -134,7 +134,7 @@ def track(settings: Settings, kind: str, params: dict[str, Any], targets: str, *
     assert job_id is not None
     tracker = JobTracker(settings, job_id, kind, params, targets, actor)
     try:
-        with tracker.signals():
+        with tracker.signals(), liveness.attended(tracker.context):
             yield tracker
     except KeyboardInterrupt:
         if not tracker.finished:
