@@ -7,7 +7,9 @@ SQLite one process per database file does (orchestrator.jobs.workers says why).
 
 from __future__ import annotations
 
+import json
 import signal
+import sys
 import threading
 from typing import Annotated
 
@@ -35,8 +37,8 @@ def worker_cmd(
     runner = job_workers.make(cfg, workers)
     started = {"worker": runner.worker_id, "backend": job_workers.backend(cfg),
                "workers": workers, "database": redact(cfg.db_url)}
-    if as_json:
-        output.print_json(started | {"state": "running"})
+    if as_json:  # JSON lines: one object when it runs, one when it stopped
+        _json_line(started | {"state": "running"})
     else:
         output.stderr.print(f"EdgeFleet worker {runner.worker_id}: {workers} job(s) at once on "
                             f"{started['database']} ({started['backend']}); Ctrl-C to stop")
@@ -51,4 +53,9 @@ def worker_cmd(
         stop.wait()
         runner.stop()
     if as_json:
-        output.print_json(started | {"state": "stopped"})
+        _json_line(started | {"state": "stopped"})
+
+
+def _json_line(value: dict[str, object]) -> None:
+    sys.stdout.write(json.dumps(value) + "\n")
+    sys.stdout.flush()

@@ -136,6 +136,8 @@ def attended(ctx: execute.JobContext) -> Iterator[None]:
 
     def on_wait(device: str, text: str | None) -> None:
         ctx.device(device, force=True, state="waiting" if text else "starting", waiting=text)
+        if ctx.wait_view is not None:
+            ctx.wait_view(device, text)
 
     policy = leases.Waiting(ctx.job_id, ctx.settings.lease_wait_s, on_wait, ctx.check)
     with beating(ctx.settings, ctx.job_id), leases.waiting_as(policy):

@@ -29,6 +29,15 @@ log = logging.getLogger(__name__)
 FROM_THE_CLI = "cancelled from the CLI"  # then (Ctrl-C) or (SIGTERM), and who ran it
 
 
+def _say_waiting(device: str, text: str | None) -> None:
+    """A CLI job waiting for a busy device says so on stderr (its bars would just stand still)."""
+    from orchestrator.present import output
+
+    if text is not None:
+        output.stderr.print(f"{text} (at most EDGEFLEET_LEASE_WAIT_S; Ctrl-C cancels)",
+                            markup=False, highlight=False)
+
+
 class JobTracker:
     """The job row of one CLI command; the CLI does the work itself and reports here.
 
@@ -49,6 +58,7 @@ class JobTracker:
         # Coarser than a server job's progress: the CLI's own bars are the live view, and a
         # benchmark on this very machine should share the CPU with as little as possible.
         self.context = execute.JobContext(settings, job_id, threading.Event(), interval_s=1.0)
+        self.context.wait_view = _say_waiting
 
     @property
     def interrupted(self) -> bool:

@@ -98,3 +98,43 @@ def processes_under(root: Path) -> list[int]:
             except OSError:
                 continue  # exited while we looked
     return found
+
+
+class Worker:
+    """One ``edgefleet worker --json`` process (``host`` set: in a UTS namespace of its own with
+    that host name, so the others see a worker on another machine: they cannot check its pid,
+    only its heartbeats, exactly as across hosts). Stopped with SIGTERM (SIGKILL if it hangs)
+    by ``stop``."""
+
+    def __init__(self, home: Path, log: Path, host: str | None = None, workers: int = 2,
+                 **env: str) -> None:
+        self.log, self.host = log, host
+        environ = dict(os.environ, EDGEFLEET_HOME=str(home), **env)
+        argv = [*CLI_ARGV, "worker", "--json", "--workers", str(workers)]
+        if host is not None:  # the shell renames its namespace's host, then becomes python
+            argv = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', host, *argv]
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT, env=environ, cwd=REPO)
+
+    def wait_running(self, timeout: float = 60.0) -> str:
+        """The worker id it printed once it took jobs (host:pid:token)."""
+        import json
+
+        def started() -> str | None:
+            for line in self.log.read_text(errors="replace").splitlines():
+                if line.startswith("{") and '"running"' in line:
+                    return str(json.loads(line)["worker"])
+            return None
+
+        return wait_until(started, f"worker {self.log.name} to start", timeout, self.proc,
+                          self.log)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
