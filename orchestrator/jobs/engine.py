@@ -171,7 +171,7 @@ class TaskWorker:
                                         name="edgefleet-task-worker")
         self._thread.start()
 
-    def stop(self, timeout: float = SHUTDOWN_GRACE_S) -> None:
+    def stop(self, timeout: float = SHUTDOWN_GRACE_S + 10) -> None:
         loop, main = self._loop, self._main
         if loop is not None and main is not None and not loop.is_closed():
             loop.call_soon_threadsafe(main.cancel)

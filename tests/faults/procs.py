@@ -7,9 +7,11 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
+
+import pytest
 
 from tests.conftest import Cli
 from tests.fleet.sshd import SshdHost, write_inventory
@@ -138,3 +140,20 @@ class Worker:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    """``workers(home, host=None, **env) -> Worker``, started and running; all stopped at the
+    end of the test (their logs printed if it failed: see ``Worker.log``)."""
+    started: list[Worker] = []
+
+    def start(home: Path, host: str | None = None, **env: str) -> Worker:
+        worker = Worker(home, tmp_path / f"worker-{len(started) + 1}.log", host, **env)
+        started.append(worker)
+        worker.wait_running()
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()

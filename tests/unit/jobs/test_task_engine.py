@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,27 +18,12 @@ from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.models import Job, Schedule, TelemetrySnapshot
 from orchestrator.jobs import queue, schedules
-from tests.faults.procs import CLI_ARGV, REPO, Worker, wait_until
+from tests.faults.procs import CLI_ARGV, REPO, wait_until
+from tests.faults.procs import workers as workers  # noqa: F401 - the fixture, by name
 from tests.unit.jobs.test_jobs import make_fleet
 
 # Seconds, not the minute of the defaults: heartbeats, lease expiry and the ticks.
 FAST = {"EDGEFLEET_JOB_TTL_S": "3", "EDGEFLEET_LEASE_TTL_S": "3", "EDGEFLEET_TICK_S": "1"}
-
-
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
-    """``workers(home, **env) -> Worker`` started and running; all stopped at the end."""
-    started: list[Worker] = []
-
-    def start(home: Path, host: str | None = None, **env: str) -> Worker:
-        worker = Worker(home, tmp_path / f"worker-{len(started) + 1}.log", host, **env)
-        started.append(worker)
-        worker.wait_running()
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop()
 
 
 def _tasks(settings: Settings, task: str) -> list[tuple[int, str]]:
