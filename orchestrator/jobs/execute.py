@@ -82,8 +82,7 @@ class JobContext:
         # What the CLI shows while it runs a job itself (rich bars); the server has none.
         self.push_view: deploy.PushProgress | None = None
         self.event_view: runs.EventHandler | None = None
-        # Told when a device is busy with another operation and this job waits for it
-        # ("waiting for pi3: bench #12"), then None when it has it (the CLI prints it).
+        # (device, "waiting for pi3: bench #12"), then (device, None): the CLI prints it.
         self.wait_view: Callable[[str, str | None], None] | None = None
         self.devices: dict[str, dict[str, Any]] = {}
         self.cancelled_devices: set[str] = set()

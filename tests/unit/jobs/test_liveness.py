@@ -117,9 +117,11 @@ def test_a_job_waits_for_a_busy_device_and_says_for_what(home: Path) -> None:
 def test_the_wait_is_bounded_and_cancellable(home: Path) -> None:
     settings = Settings(home=home)
     leases.acquire(settings, "pi3", "bench", "me:1:bench", job_id=11)
+    waited = r"busy with a bench \(job #11\).*waited 0.1 s"
     with leases.waiting_as(_policy([], wait_s=0.1)), \
-            pytest.raises(leases.DeviceBusy, match=r"busy with a bench \(job #11\).*waited 0.1 s"):
-        leases.acquire_waiting(settings, "pi3", "push", "me:2:push", leases._waiting.get())
+            pytest.raises(leases.DeviceBusy, match=waited), \
+            leases.leased(settings, "pi3", "push"):
+        pass
     stop = threading.Event()
     stop.set()
     with pytest.raises(EdgeFleetError, match="cancelled while waiting"):
