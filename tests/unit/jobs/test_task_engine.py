@@ -16,7 +16,7 @@ from sqlmodel import select
 
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
-from orchestrator.core.models import Job, Schedule, TelemetrySnapshot
+from orchestrator.core.models import Device, Job, Schedule, TelemetrySnapshot
 from orchestrator.jobs import queue, schedules
 from tests.faults.procs import CLI_ARGV, REPO, wait_until
 from tests.faults.procs import workers as workers  # noqa: F401 - the fixture, by name
@@ -106,3 +106,28 @@ def test_sqlite_runs_one_worker_per_database(tmp_path: Path, home: Path, workers
         assert "Traceback" not in message
     assert first.proc.poll() is None  # the first one runs on
     assert json.loads(first.log.read_text().splitlines()[0])["backend"] == "threads"
+
+
+@pytest.mark.postgresql_only
+def test_a_queued_job_whose_task_was_lost_gets_a_new_one(home: Path) -> None:
+    """A worker killed between taking a task and claiming its job leaves the job queued and
+    the task 'doing' for a dead worker: after the job TTL the tick defers a new task, once."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from orchestrator.jobs import engine
+
+    settings = Settings(home=home, job_ttl_s=30)
+    with session_scope(settings) as session:
+        session.add(Device(name="pi-a", address="127.0.0.1"))
+    job = queue.submit(settings, "telemetry", {}, "all", actor="tester")
+    with session_scope(settings) as session:  # the task taken by a worker that then died
+        session.execute(text("UPDATE procrastinate_jobs SET status = 'doing'"))
+    assert engine.redefer_lost(settings) == []  # too young: its worker may claim it yet
+    with session_scope(settings) as session:
+        session.execute(update(Job).where(Job.id == job.id).values(  # type: ignore[arg-type]
+            created_at=datetime.now(UTC) - timedelta(seconds=31)))
+    assert engine.redefer_lost(settings) == [job.id]
+    assert engine.redefer_lost(settings) == []  # one waiting task per job
+    assert sorted(s for _, s in _tasks(settings, queue.TASK_NAME)) == ["doing", "todo"]
