@@ -143,12 +143,15 @@ class Worker:
 
 
 @pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+def workers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Worker]]:
     """``workers(home, host=None, **env) -> Worker``, started and running; all stopped at the
-    end of the test (their logs printed if it failed: see ``Worker.log``)."""
+    end of the test, and their logs printed if it failed. ``host`` needs root (a UTS
+    namespace): skipped otherwise."""
     started: list[Worker] = []
 
     def start(home: Path, host: str | None = None, **env: str) -> Worker:
+        if host is not None and os.geteuid() != 0:
+            pytest.skip("another host name needs a UTS namespace: root (as in CI)")
         worker = Worker(home, tmp_path / f"worker-{len(started) + 1}.log", host, **env)
         started.append(worker)
         worker.wait_running()
@@ -157,3 +160,8 @@ def workers(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     yield start
     for worker in started:
         worker.stop()
+    if any(getattr(getattr(request.node, f"report_{when}", None), "failed", False)
+           for when in ("setup", "call")):
+        for worker in started:
+            print(f"--- {worker.log.name} (exit {worker.proc.returncode}) ---\n"
+                  f"{worker.log.read_text(errors='replace')[-20_000:]}")
