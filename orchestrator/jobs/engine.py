@@ -83,12 +83,15 @@ def redefer_lost(settings: Settings) -> list[int]:
 
 
 def tick(settings: Settings) -> list[Job]:
-    """One pass of the control queue (any worker, once per ``tick_s`` across all of them)."""
-    queue.recover_interrupted(settings)
-    release_dead_holders(settings)
-    liveness.sweep(settings)
-    redefer_lost(settings)
-    webhooks.sweep(settings)
+    """One pass of the control queue (any worker, once per ``tick_s`` across all of them).
+    Each step on its own: one failing (the database away for a moment) skips none of the
+    others, and the next tick tries again."""
+    for step in (queue.recover_interrupted, release_dead_holders, liveness.sweep, redefer_lost,
+                 webhooks.sweep):
+        try:
+            step(settings)
+        except Exception:
+            log.exception("tick: %s failed", step.__name__)
     return schedules.due(settings, datetime.now(UTC))
 
 
@@ -107,7 +110,7 @@ class TaskWorker:
             connector=procrastinate.PsycopgConnector(conninfo=conninfo(settings.db_url)))
         self._register(telemetry_interval_s is not None)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._main: asyncio.Task[Any] | None = None
+        self._stopping: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
         queue.register_runner(self)
 
@@ -136,28 +139,41 @@ class TaskWorker:
                 return job.id if job else None
 
     async def _run(self) -> None:
+        """Both workers until ``stop`` (or one of them ends by itself: the other is stopped
+        too). Stopping cancels each worker's task — procrastinate's graceful shutdown: no new
+        task, running ones get SHUTDOWN_GRACE_S — and waits for both to be done."""
         options: dict[str, Any] = {
             "install_signal_handlers": False, "delete_jobs": "successful",
             "shutdown_graceful_timeout": SHUTDOWN_GRACE_S, "fetch_job_polling_interval": 5.0,
             "name": self.worker_id}
+        assert self._stopping is not None
         async with self.app.open_async():
-            await asyncio.gather(
-                self.app.run_worker_async(queues=[queue.TASK_QUEUE],
-                                          concurrency=self.workers, **options),
-                self.app.run_worker_async(queues=[CONTROL_QUEUE], concurrency=1, **options))
+            running = [
+                asyncio.create_task(self.app.run_worker_async(
+                    queues=[queue.TASK_QUEUE], concurrency=self.workers, **options)),
+                asyncio.create_task(self.app.run_worker_async(
+                    queues=[CONTROL_QUEUE], concurrency=1, **options))]
+            stop = asyncio.create_task(self._stopping.wait())
+            await asyncio.wait([stop, *running], return_when=asyncio.FIRST_COMPLETED)
+            for task in (stop, *running):
+                task.cancel()
+            for outcome in await asyncio.gather(*running, return_exceptions=True):
+                if isinstance(outcome, Exception):
+                    log.error("a task worker ended: %r", outcome)
+
+    def _request_stop(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
 
     def _serve(self, handle_signals: bool) -> None:
         queue.recover_interrupted(self.settings)
         release_dead_holders(self.settings)
-        loop = self._loop = asyncio.new_event_loop()
-        self._main = loop.create_task(self._run())
+        loop = self._prepare()
         if handle_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, self._main.cancel)
+                loop.add_signal_handler(sig, self._request_stop)
         try:
-            loop.run_until_complete(self._main)
-        except asyncio.CancelledError:
-            pass
+            loop.run_until_complete(self._run())
         finally:
             loop.close()
             self._loop = None
@@ -166,15 +182,34 @@ class TaskWorker:
         """In the foreground until SIGINT/SIGTERM (then running jobs get SHUTDOWN_GRACE_S)."""
         self._serve(handle_signals=True)
 
+    def _prepare(self) -> asyncio.AbstractEventLoop:
+        """The loop and the stop event, made before the loop runs: a stop() asked at once (by
+        another thread, before the workers started) is kept, not lost."""
+        if self._loop is None:
+            self._loop, self._stopping = asyncio.new_event_loop(), asyncio.Event()
+        return self._loop
+
     def start(self) -> None:
+        self._prepare()
         self._thread = threading.Thread(target=self._serve, args=(False,), daemon=True,
                                         name="edgefleet-task-worker")
         self._thread.start()
 
     def stop(self, timeout: float = SHUTDOWN_GRACE_S + 10) -> None:
-        loop, main = self._loop, self._main
-        if loop is not None and main is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(main.cancel)
+        loop = self._loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._request_stop)
+            except RuntimeError:  # closed meanwhile: it has stopped already
+                pass
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("the task worker did not stop within %.0f s (a job still running)",
+                            timeout)
+
+    @property
+    def alive(self) -> bool:
+        """Whether its thread (``start``) still runs."""
+        return self._thread is not None and self._thread.is_alive()
 

@@ -4,6 +4,7 @@ workers ``edgefleet serve`` runs: procrastinate's on PostgreSQL, the threads on 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,4 +69,7 @@ def test_a_push_behind_a_running_bench_waits_then_runs(cli: Cli, sshd_factory,
         with session_scope(settings) as session:  # the bench kept its measurement
             assert session.exec(select(Result).where(Result.run_id == benched.run_id)).all()
     finally:
+        started = time.monotonic()
         runner.stop()
+        print(f"workers stopped in {time.monotonic() - started:.2f} s")
+    assert not getattr(runner, "alive", False)  # procrastinate's thread ended with stop()
