@@ -28,6 +28,7 @@ How EdgeFleet uses it — our ``job`` table stays the source of truth:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -198,10 +199,8 @@ class TaskWorker:
     def stop(self, timeout: float = SHUTDOWN_GRACE_S + 10) -> None:
         loop = self._loop
         if loop is not None:
-            try:
+            with contextlib.suppress(RuntimeError):  # closed meanwhile: stopped already
                 loop.call_soon_threadsafe(self._request_stop)
-            except RuntimeError:  # closed meanwhile: it has stopped already
-                pass
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
