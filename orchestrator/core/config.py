@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     # How often a worker passes over schedules and dead workers' jobs, in whole seconds (on
     # PostgreSQL a procrastinate periodic task: its cron has a seconds column).
     tick_s: int = Field(default=5, ge=1, le=60)
+    # The workers' telemetry poll of every device, every 60 s (off: only `edgefleet telemetry`
+    # and telemetry jobs asked for).
+    telemetry_poll: bool = True
     # How long a job waits for a device another operation holds before that device fails
     # "busy" (the job shows "waiting for pi3: bench #12" meanwhile).
     lease_wait_s: float = Field(default=1800.0, ge=0)

@@ -61,7 +61,9 @@ def hold_sqlite_lock(settings: Settings) -> None:
 def make(settings: Settings, workers: int = 2,
          telemetry_interval_s: float | None = 60.0) -> Workers:
     """This database's workers (not started). On PostgreSQL, procrastinate must be installed
-    (the ``postgres`` extra)."""
+    (the ``postgres`` extra). ``EDGEFLEET_TELEMETRY_POLL=0`` turns the periodic poll off."""
+    if not settings.telemetry_poll:
+        telemetry_interval_s = None
     if workers < 1:
         raise EdgeFleetError(f"--workers must be at least 1 (got {workers})")
     if is_postgresql(settings.db_url):

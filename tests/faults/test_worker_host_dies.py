@@ -30,7 +30,7 @@ from .procs import workers as workers  # noqa: F401 - the fixture, by name
 
 TTL_S = 3  # job and lease TTL; ticks every second
 FAST = {"EDGEFLEET_JOB_TTL_S": str(TTL_S), "EDGEFLEET_LEASE_TTL_S": str(TTL_S),
-        "EDGEFLEET_TICK_S": "1"}
+        "EDGEFLEET_TICK_S": "1", "EDGEFLEET_TELEMETRY_POLL": "0"}
 LONG_BENCH = {"threads": [1], "warmup": 1, "runs": 10, "min_seconds": 300,
               "shapes": {"log_mel": [1, 1, 98, 40]}}
 

@@ -22,8 +22,10 @@ from tests.faults.procs import CLI_ARGV, REPO, wait_until
 from tests.faults.procs import workers as workers  # noqa: F401 - the fixture, by name
 from tests.unit.jobs.test_jobs import make_fleet
 
-# Seconds, not the minute of the defaults: heartbeats, lease expiry and the ticks.
-FAST = {"EDGEFLEET_JOB_TTL_S": "3", "EDGEFLEET_LEASE_TTL_S": "3", "EDGEFLEET_TICK_S": "1"}
+# Seconds, not the minute of the defaults: heartbeats, lease expiry and the ticks; no periodic
+# telemetry poll (its jobs would poll the device too).
+FAST = {"EDGEFLEET_JOB_TTL_S": "3", "EDGEFLEET_LEASE_TTL_S": "3", "EDGEFLEET_TICK_S": "1",
+        "EDGEFLEET_TELEMETRY_POLL": "0"}
 
 
 def _tasks(settings: Settings, task: str) -> list[tuple[int, str]]:
