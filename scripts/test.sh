@@ -29,7 +29,8 @@ lint-imports
 python3 -m pytest -q "$@"
 
 # The PostgreSQL run: the subset the README's "PostgreSQL" section names (migrations, the lock,
-# jobs, leases, schedules, pages, the API, push and bench end to end over sshd); each test gets
+# jobs, leases, schedules, pages, the API, push and bench end to end over sshd, several workers
+# on procrastinate and one of them killed); each test gets
 # a fresh database on one throwaway server. Only when no arguments chose tests for the run above.
 if [ $# -eq 0 ] && [ "${EDGEFLEET_TEST_POSTGRESQL:-1}" != 0 ]; then
   EDGEFLEET_TEST_DATABASE=postgresql python3 -m pytest -q \
@@ -37,8 +38,9 @@ if [ $# -eq 0 ] && [ "${EDGEFLEET_TEST_POSTGRESQL:-1}" != 0 ]; then
     tests/unit/web/test_pages.py tests/unit/web/test_pages_more.py tests/unit/web/test_api.py \
     tests/fleet/test_push_e2e.py tests/fleet/test_bench.py \
     tests/fleet/test_telemetry_and_leases.py tests/fleet/test_cli_jobs.py \
+    tests/fleet/test_busy_device_waits.py \
     tests/faults/test_lease_holder_dies.py tests/faults/test_killed_server_mid_bench.py \
-    tests/faults/test_killed_cli_push.py \
+    tests/faults/test_killed_cli_push.py tests/faults/test_worker_host_dies.py \
     tests/unit/transport/test_hostkeys.py tests/fleet/test_shared_state.py \
     tests/fleet/test_shared_state_s3.py
 fi

@@ -101,8 +101,13 @@ def demo_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """On the PostgreSQL run, skip the tests marked ``sqlite_only`` (they read the SQLite
-    file itself, or need two homes with two databases)."""
+    file itself, or need two homes with two databases); on SQLite, those marked
+    ``postgresql_only`` (several workers on procrastinate)."""
     if pg_server.backend() != "postgresql":
+        only = pytest.mark.skip(reason="PostgreSQL only (EDGEFLEET_TEST_DATABASE=postgresql)")
+        for item in items:
+            if item.get_closest_marker("postgresql_only"):
+                item.add_marker(only)
         return
     skip = pytest.mark.skip(reason="SQLite-specific (EDGEFLEET_TEST_DATABASE=postgresql)")
     for item in items:

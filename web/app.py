@@ -1,7 +1,8 @@
 """The FastAPI application: JSON API under /api (OpenAPI at /docs), pages, static assets.
 
-Routes are thin: they call the same services in orchestrator/ as the CLI. The job runner (worker
-threads executing pushes, benchmarks and telemetry polls) lives in the server process.
+Routes are thin: they call the same services in orchestrator/ as the CLI. The job workers
+(pushes, benchmarks, telemetry polls) run in the server process unless ``run_jobs=False``
+(``edgefleet serve --no-worker``: ``edgefleet worker`` processes run them).
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runner = None
         if run_jobs:
-            from orchestrator.jobs.runner import JobRunner
+            from orchestrator.jobs.workers import make
 
-            runner = JobRunner(settings, workers=workers)
+            runner = make(settings, workers)  # procrastinate on PostgreSQL, threads on SQLite
             runner.start()
         app.state.runner = runner
         # What is alive now (modules, numpy/scipy, the ORM's mappers: ~200k objects) lives as

@@ -230,6 +230,7 @@ def get_app() -> typer.Typer:
         serve,
         tokens,
         verdicts,
+        worker,
     )
 
     return app

@@ -16,19 +16,28 @@ def serve_cmd(
     host: Annotated[str, typer.Option(help="Address to bind. Anything but loopback needs an "
                                            "admin token first.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
-    workers: Annotated[int, typer.Option(help="Job worker threads.")] = 2,
+    workers: Annotated[int, typer.Option(help="Jobs run at once in this process.")] = 2,
+    worker: Annotated[bool, typer.Option(
+        "--worker/--no-worker", help="Also run jobs here (default); --no-worker serves the "
+                                     "web and API only, `edgefleet worker`s run the jobs.")] = True,
 ) -> None:
     """Serve the dashboard and the API (OpenAPI at /docs); run pushes, benchmarks and
-    telemetry polls as jobs."""
+    telemetry polls as jobs, unless --no-worker."""
     import uvicorn
 
     from orchestrator.access.auth import check_bind
+    from orchestrator.core.db import get_engine
+    from orchestrator.jobs.workers import hold_sqlite_lock
     from web.app import create_app
 
     cfg = settings()
     local_only = check_bind(host, cfg)
+    if worker:
+        get_engine(cfg)  # a schema refused says so before the worker lock is named
+        hold_sqlite_lock(cfg)
     output.stderr.print(f"EdgeFleet on http://{host}:{port}/  (API docs: /docs; "
-                        f"state: {cfg.home})")
+                        f"state: {cfg.home}; jobs: "
+                        f"{'run here' if worker else 'run by `edgefleet worker`s'})")
     if local_only:
         from web.local_mode import can_check_peers
 
@@ -38,4 +47,5 @@ def serve_cmd(
             output.stderr.print("[yellow]warning:[/] this OS does not show who owns a loopback "
                                 "connection: other users of this machine can use the server. "
                                 "Create an admin token on a shared machine.")
-    uvicorn.run(create_app(cfg, workers=workers), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(cfg, run_jobs=worker, workers=workers), host=host, port=port,
+                log_level="warning")

@@ -23,8 +23,21 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=default_home)
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
     forks: int = 10
-    # A device lease lives this long past its holder's last heartbeat (orchestrator.fleet.leases).
-    lease_ttl_s: float = 60.0
+    # A device lease lives this long past its holder's last heartbeat (orchestrator.fleet.leases),
+    # and a running job as long past its process's (orchestrator.jobs.liveness): then any
+    # worker, on any host, frees the lease or marks the job interrupted. With ``tick_s`` (how
+    # often workers look) a dead worker's jobs and devices are freed within a minute.
+    lease_ttl_s: float = Field(default=45.0, gt=0)
+    job_ttl_s: float = Field(default=45.0, gt=0)
+    # How often a worker passes over schedules and dead workers' jobs, in whole seconds (on
+    # PostgreSQL a procrastinate periodic task: its cron has a seconds column).
+    tick_s: int = Field(default=5, ge=1, le=60)
+    # The workers' telemetry poll of every device, every 60 s (off: only `edgefleet telemetry`
+    # and telemetry jobs asked for).
+    telemetry_poll: bool = True
+    # How long a job waits for a device another operation holds before that device fails
+    # "busy" (the job shows "waiting for pi3: bench #12" meanwhile).
+    lease_wait_s: float = Field(default=1800.0, ge=0)
     # Where the server may read inventories that a web/API request names
     # (orchestrator.inventory.sync.readable_path); default: ``home``.
     inventory_dir: Path | None = None

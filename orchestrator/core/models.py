@@ -207,6 +207,9 @@ class DeviceLease(SQLModel, table=True):
     operation: str
     acquired_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow)
     expires_at: datetime = Field(sa_type=UTCDateTime)
+    # The job whose work holds the device (None: not run as a job), so that a job waiting for
+    # it can say "waiting for pi3: bench #12".
+    job_id: int | None = None
 
 
 class TelemetrySnapshot(SQLModel, table=True):
@@ -248,6 +251,9 @@ class Job(SQLModel, table=True):
     created_at: datetime = Field(sa_type=UTCDateTime, default_factory=utcnow, index=True)
     started_at: datetime | None = Field(sa_type=UTCDateTime, default=None)
     finished_at: datetime | None = Field(sa_type=UTCDateTime, default=None)
+    # Renewed by the process running the job (orchestrator.jobs.liveness): a running job whose
+    # heartbeat is older than EDGEFLEET_JOB_TTL_S was left by a dead process, on any host.
+    heartbeat_at: datetime | None = Field(sa_type=UTCDateTime, default=None)
 
 
 class Schedule(SQLModel, table=True):

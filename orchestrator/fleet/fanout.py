@@ -3,6 +3,7 @@ fails (or raises) never stops the others."""
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -53,7 +54,10 @@ def fan_out(
 
     results: dict[str, Outcome] = {}
     with ThreadPoolExecutor(max_workers=min(forks, max(1, len(targets)))) as pool:
-        futures = {pool.submit(guarded, target): target for target in targets}
+        # Each device's thread runs in a copy of the caller's context: a job's lease policy
+        # (leases.waiting_as) reaches the device steps.
+        futures = {pool.submit(contextvars.copy_context().run, guarded, target): target
+                   for target in targets}
         for future in as_completed(futures):
             outcome = future.result()
             results[outcome.device] = outcome

@@ -6,7 +6,15 @@ an expired row with a conditional UPDATE. Its holder heartbeats it (every quarte
 from one thread per process), so a lease outlives its holder by at most ``lease_ttl_s``
 (default 60 s): a killed or frozen (SIGSTOP) holder on any host frees the device within a
 minute, while a holder that is alive keeps it however long its benchmark takes. A holder on
-*this* host whose process is gone is detected at once, by its pid, and its lease taken over.
+*this* host whose process is gone is detected at once, by its pid, and its lease taken over;
+expired leases are also deleted by every worker's periodic pass (``release_expired``), and a dead
+worker's leases with its jobs (``release_held_by``, orchestrator.jobs.liveness).
+
+A job's work waits for a busy device instead of failing (``waiting_as``: the job sets how long,
+what to show — "waiting for pi3: bench #12" — and its cancel check). Carried in a context
+variable, which the fan-out copies into each device's thread, so the device steps in deploy,
+runs and evals need no extra parameter; outside a job (a library call, a test) a busy device
+still raises DeviceBusy at once.
 """
 
 from __future__ import annotations
@@ -15,9 +23,12 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, update
@@ -33,7 +44,43 @@ log = logging.getLogger(__name__)
 
 
 class DeviceBusy(EdgeFleetError):
-    pass
+    """The device is leased by another operation: which, and (if run as a job) which job."""
+
+    def __init__(self, message: str, device: str = "", operation: str = "",
+                 job_id: int | None = None, holder: str = "") -> None:
+        super().__init__(message)
+        self.device, self.operation, self.job_id, self.holder = device, operation, job_id, holder
+
+    @property
+    def waiting(self) -> str:
+        """What a job waiting for the device shows: ``waiting for pi3: bench #12``."""
+        who = f"#{self.job_id}" if self.job_id is not None else f"(by {self.holder})"
+        return f"waiting for {self.device}: {self.operation} {who}"
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """How a job's work waits for a busy device (``waiting_as``)."""
+
+    job_id: int | None  # recorded on the leases it takes
+    wait_s: float  # then the device fails "busy"
+    # (device, "waiting for pi3: bench #12"), and (device, None) once it has the lease.
+    on_wait: Callable[[str, str | None], None]
+    check: Callable[[str], None]  # called while waiting; raises to stop (a cancelled job)
+    poll_s: float = 0.5
+
+
+_waiting: ContextVar[Waiting | None] = ContextVar("edgefleet_lease_waiting", default=None)
+
+
+@contextmanager
+def waiting_as(policy: Waiting) -> Iterator[None]:
+    """Leases taken in this block (and the fan-out threads it starts) wait per ``policy``."""
+    token = _waiting.set(policy)
+    try:
+        yield
+    finally:
+        _waiting.reset(token)
 
 
 def holder_id() -> str:
@@ -59,14 +106,14 @@ def holder_gone(holder: str) -> bool:
 
 
 def acquire(settings: Settings, device: str, operation: str, holder: str,
-            ttl_s: float | None = None) -> None:
+            ttl_s: float | None = None, job_id: int | None = None) -> None:
     ttl = settings.lease_ttl_s if ttl_s is None else ttl_s
     now = datetime.now(UTC)
     expires = now + timedelta(seconds=ttl)
     try:
         with session_scope(settings) as session:
             session.add(DeviceLease(device_name=device, holder=holder, operation=operation,
-                                    acquired_at=now, expires_at=expires))
+                                    acquired_at=now, expires_at=expires, job_id=job_id))
         return
     except IntegrityError:
         pass
@@ -80,7 +127,8 @@ def acquire(settings: Settings, device: str, operation: str, holder: str,
                 stale = DeviceLease.holder == current.holder  # type: ignore[assignment]
             taken = session.execute(
                 update(DeviceLease).where(DeviceLease.device_name == device, stale)
-                .values(holder=holder, operation=operation, acquired_at=now, expires_at=expires)
+                .values(holder=holder, operation=operation, acquired_at=now, expires_at=expires,
+                        job_id=job_id)
             ).rowcount
             if taken:
                 if current.holder != holder:
@@ -88,13 +136,68 @@ def acquire(settings: Settings, device: str, operation: str, holder: str,
                                 "its process is gone" if holder_gone(current.holder)
                                 else "it expired")
                 return
-            busy = (current.operation, current.acquired_at, current.holder)
+            busy = (current.operation, current.acquired_at, current.holder, current.job_id)
     if current is None:
-        return acquire(settings, device, operation, holder, ttl_s)
+        return acquire(settings, device, operation, holder, ttl_s, job_id)
+    job = f" (job #{busy[3]})" if busy[3] is not None else ""
     raise DeviceBusy(
-        f"{device}: busy with a {busy[0]} (since {busy[1]:%Y-%m-%d %H:%M:%S} UTC, by "
-        f"{busy[2]}); try again when it finishes"
-    )
+        f"{device}: busy with a {busy[0]}{job} (since {busy[1]:%Y-%m-%d %H:%M:%S} UTC, by "
+        f"{busy[2]}); try again when it finishes", device, busy[0], busy[3], busy[2])
+
+
+def acquire_waiting(settings: Settings, device: str, operation: str, holder: str,
+                    policy: Waiting | None) -> None:
+    """``acquire``, waiting while the device is busy when a job's ``policy`` says so (at most
+    ``wait_s``; then DeviceBusy saying how long it waited)."""
+    if policy is None:
+        return acquire(settings, device, operation, holder)
+    deadline = time.monotonic() + policy.wait_s
+    shown: str | None = None
+    while True:
+        try:
+            acquire(settings, device, operation, holder, job_id=policy.job_id)
+        except DeviceBusy as busy:
+            if time.monotonic() >= deadline:
+                raise DeviceBusy(f"{busy}; waited {policy.wait_s:g} s for it "
+                                 "(EDGEFLEET_LEASE_WAIT_S)", busy.device, busy.operation,
+                                 busy.job_id, busy.holder) from None
+            if busy.waiting != shown:
+                shown = busy.waiting
+                log.info("%s", shown)
+                policy.on_wait(device, shown)
+            policy.check(device)
+            time.sleep(policy.poll_s)  # the poll interval of a bounded wait for the lease
+            continue
+        if shown is not None:
+            policy.on_wait(device, None)
+        return
+
+
+def release_expired(settings: Settings) -> list[str]:
+    """Delete leases past their expiry (their holder stopped heartbeating, on any host): the
+    devices they name are free again, and the Fleet page no longer shows them busy."""
+    now = datetime.now(UTC)
+    with session_scope(settings) as session:
+        expired = session.exec(select(DeviceLease).where(
+            DeviceLease.expires_at < now)).all()  # type: ignore[operator]
+        for lease in expired:
+            session.execute(delete(DeviceLease).where(
+                DeviceLease.device_name == lease.device_name,
+                DeviceLease.holder == lease.holder,
+                DeviceLease.expires_at < now))  # type: ignore[operator]
+    return [lease.device_name for lease in expired]
+
+
+def release_held_by(settings: Settings, process: str) -> list[str]:
+    """Delete the leases of the process ``host:pid`` (a worker found dead by its jobs'
+    heartbeats: its lease heartbeats stopped with it)."""
+    host, _, pid = process.partition(":")
+    with session_scope(settings) as session:
+        held = [lease for lease in session.exec(select(DeviceLease)).all()
+                if lease.holder.split(":")[:2] == [host, pid.partition(":")[0]]]
+        for lease in held:
+            session.delete(lease)
+    return [lease.device_name for lease in held]
 
 
 def release_dead_holders(settings: Settings) -> list[str]:
@@ -172,7 +275,7 @@ _heartbeat = _Heartbeat()
 @contextmanager
 def leased(settings: Settings, device: str, operation: str) -> Iterator[str]:
     holder = holder_id()
-    acquire(settings, device, operation, holder)
+    acquire_waiting(settings, device, operation, holder, _waiting.get())
     _heartbeat.hold(settings, device, holder)
     try:
         yield holder

@@ -82,6 +82,8 @@ class JobContext:
         # What the CLI shows while it runs a job itself (rich bars); the server has none.
         self.push_view: deploy.PushProgress | None = None
         self.event_view: runs.EventHandler | None = None
+        # (device, "waiting for pi3: bench #12"), then (device, None): the CLI prints it.
+        self.wait_view: Callable[[str, str | None], None] | None = None
         self.devices: dict[str, dict[str, Any]] = {}
         # Whole-job parts of the progress beside the devices (a rollout's batches).
         self.sections: dict[str, Any] = {}

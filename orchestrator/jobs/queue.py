@@ -14,16 +14,17 @@ queue. What the kinds do, and where cancellation is honoured, is in ``jobs.execu
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import or_, update
+from sqlalchemy import or_, text, update
 from sqlmodel import Session, col, select
 
 from orchestrator.access import audit
@@ -114,10 +115,41 @@ def submit(settings: Settings, kind: str, params: dict[str, Any] | None, targets
         session.flush()
         if actor is not None:
             audit.add_job_event(session, actor, job)
+        if is_postgresql(settings.db_url):
+            defer_task(session, job.id)  # type: ignore[arg-type]
     for runner in list(_runners):
         if runner.settings.db_url == settings.db_url:
             runner.wake()
     return job
+
+
+def is_postgresql(url: str) -> bool:
+    """Whether jobs on this database run on the task engine (orchestrator.jobs.engine)."""
+    return url.startswith("postgresql")
+
+
+def task_lock(job_id: int) -> str:
+    """The task engine's queueing lock of a job's task: at most one waiting task per job."""
+    return f"edgefleet-job-{job_id}"
+
+
+# procrastinate_defer_jobs_v1 is the versioned SQL function procrastinate's own ``defer``
+# calls (its schema: migration 0013); called here so that the Job row and its task commit in
+# one transaction: never a job without a task to run it, nor a task without its job.
+_DEFER = text(
+    "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW(:queue, :task, 0, NULL, :lock, "
+    "CAST(:args AS jsonb), NULL)::procrastinate_job_to_defer_v1]))")
+TASK_QUEUE = "edgefleet-jobs"
+TASK_NAME = "edgefleet.run_job"
+
+
+def defer_task(session: Session, job_id: int, *, lock: bool = True) -> int:
+    """Give the task engine a task running job ``job_id``, in ``session``'s transaction; the id
+    of the task. ``lock=False`` skips the queueing lock (a second task for the same job: what
+    an at-least-once engine may deliver, and what the claim guards against)."""
+    return int(session.execute(_DEFER, {
+        "queue": TASK_QUEUE, "task": TASK_NAME, "lock": task_lock(job_id) if lock else None,
+        "args": json.dumps({"job_id": job_id})}).scalar_one())
 
 
 def cancel(settings: Settings, job_id: int, *, actor: str) -> Job:
@@ -258,28 +290,41 @@ def _interrupted_why(job: Job) -> str:
     return template.format(pid=parts[1])
 
 
+def interrupt(session: Session, orphans: Sequence[Job],
+              why: Callable[[Job], str]) -> list[int]:
+    """Mark ``orphans`` (running jobs whose process is gone) interrupted, saying ``why(job)``,
+    with their runs and pending deployments; finished results are kept. Returns the ids of
+    those this call changed (a job another worker marked first, or that finished meanwhile, is
+    left as it is)."""
+    now = datetime.now(UTC)
+    dead: list[int] = []
+    for job in orphans:
+        if session.execute(update(Job).where(col(Job.id) == job.id, col(Job.state) == "running")
+                           .values(state="interrupted", error=why(job),
+                                   finished_at=now)).rowcount:
+            dead.append(job.id)  # type: ignore[arg-type]
+    # Its runs and deployments would otherwise say "running"/"pending" forever; finished
+    # results are kept. (Older rows have no job_id, but the job knows its run.)
+    run_ids = [j.run_id for j in orphans if j.id in dead and j.run_id is not None]
+    if dead:
+        session.execute(update(Run).where(
+            or_(col(Run.job_id).in_(dead), col(Run.id).in_(run_ids)),
+            col(Run.state) == "running").values(state="interrupted", finished_at=now))
+        session.execute(update(Deployment).where(
+            col(Deployment.job_id).in_(dead), col(Deployment.finished_at).is_(None))
+            .values(state="interrupted", finished_at=now, error=INTERRUPTED_DEPLOYMENT))
+    return dead
+
+
 def recover_interrupted(settings: Settings) -> list[int]:
-    """Mark jobs whose worker process is gone as interrupted; returns their ids."""
+    """Mark jobs whose worker process (on this host: by its pid) is gone as interrupted;
+    returns their ids. Another host's dead processes are found by their heartbeats
+    (``jobs.liveness.sweep``)."""
     host = socket.gethostname()
     with session_scope(settings) as session:
         running = session.exec(select(Job).where(Job.state == "running")).all()
-        orphans = [j for j in running if _orphaned(j.worker, host)]
-        dead = [j.id for j in orphans]
-        now = datetime.now(UTC)
-        for job in orphans:
-            session.execute(update(Job).where(col(Job.id) == job.id, col(Job.state) == "running")
-                            .values(state="interrupted", error=_interrupted_why(job),
-                                    finished_at=now))
-        # Its runs and deployments would otherwise say "running"/"pending" forever; finished
-        # results are kept. (Older rows have no job_id, but the job knows its run.)
-        run_ids = [j.run_id for j in orphans if j.run_id is not None]
-        if dead:
-            session.execute(update(Run).where(
-                or_(col(Run.job_id).in_(dead), col(Run.id).in_(run_ids)),
-                col(Run.state) == "running").values(state="interrupted", finished_at=now))
-            session.execute(update(Deployment).where(
-                col(Deployment.job_id).in_(dead), col(Deployment.finished_at).is_(None))
-                .values(state="interrupted", finished_at=now, error=INTERRUPTED_DEPLOYMENT))
+        dead = interrupt(session, [j for j in running if _orphaned(j.worker, host)],
+                         _interrupted_why)
     if dead:
         log.warning("marked jobs %s interrupted (their worker process is gone)", dead)
-    return [j for j in dead if j is not None]
+    return dead

@@ -24,7 +24,7 @@ from orchestrator.core.db import session_scope
 from orchestrator.core.errors import EdgeFleetError
 from orchestrator.core.models import Device, Job
 from orchestrator.fleet.leases import release_dead_holders
-from orchestrator.jobs import execute, queue, schedules
+from orchestrator.jobs import execute, liveness, queue, schedules
 from orchestrator.jobs.queue import POLLER, finish_job, get_job, recover_interrupted, submit
 from orchestrator.notify import webhooks
 
@@ -95,6 +95,7 @@ class JobRunner:
         died since, jobs for due schedules, and the telemetry poll when it is due."""
         recover_interrupted(self.settings)
         release_dead_holders(self.settings)
+        liveness.sweep(self.settings)  # another host's dead CLI (SQLite on a shared disk)
         webhooks.sweep(self.settings)  # alerts a CLI or an earlier server left undelivered
 
         created = schedules.due(self.settings, now or datetime.now(UTC))
@@ -110,27 +111,14 @@ class JobRunner:
         return created
 
     def poll_telemetry(self) -> Job | None:
-        """A telemetry job for "all", unless one is queued or running or there are no devices."""
-        with session_scope(self.settings) as session:
-            if session.exec(select(Device.id).limit(1)).first() is None:
-                return None
-            busy = session.exec(select(Job.id).where(
-                Job.kind == "telemetry", col(Job.state).in_(("queued", "running")))).first()
-        if busy is not None:
-            return None
-        return submit(self.settings, "telemetry", {}, "all", actor=None, created_by=POLLER)
+        return poll_telemetry(self.settings)
 
     def _claim(self) -> int | None:
         with session_scope(self.settings) as session:
             ids = session.exec(select(Job.id).where(Job.state == "queued")
                                .order_by(col(Job.id)).limit(20)).all()
         for job_id in ids:
-            with session_scope(self.settings) as session:
-                taken = session.execute(
-                    update(Job).where(col(Job.id) == job_id, col(Job.state) == "queued")
-                    .values(state="running", worker=self.worker_id,
-                            started_at=datetime.now(UTC))).rowcount
-            if taken:
+            if claim(self.settings, job_id, self.worker_id):  # type: ignore[arg-type]
                 return job_id
         return None
 
@@ -139,26 +127,56 @@ class JobRunner:
         job_id = self._claim()
         if job_id is None:
             return None
-        with queue.cancel_flag(job_id) as flag:
-            ctx = execute.JobContext(self.settings, job_id, flag)
-            try:
-                with session_scope(self.settings) as session:
-                    job = get_job(session, job_id)
-                ctx.created_by = job.created_by
+        return run_claimed(self.settings, job_id)
+
+
+def poll_telemetry(settings: Settings) -> Job | None:
+    """A telemetry job for "all", unless one is queued or running or there are no devices."""
+    with session_scope(settings) as session:
+        if session.exec(select(Device.id).limit(1)).first() is None:
+            return None
+        busy = session.exec(select(Job.id).where(
+            Job.kind == "telemetry", col(Job.state).in_(("queued", "running")))).first()
+    if busy is not None:
+        return None
+    return submit(settings, "telemetry", {}, "all", actor=None, created_by=POLLER)
+
+
+def claim(settings: Settings, job_id: int, worker_id: str) -> bool:
+    """Take a queued job for ``worker_id`` (host:pid:token): a conditional UPDATE, so of any
+    number of workers (threads, processes, hosts) offered the same job — or one task engine
+    delivering it twice — exactly one gets it."""
+    now = datetime.now(UTC)
+    with session_scope(settings) as session:
+        return bool(session.execute(
+            update(Job).where(col(Job.id) == job_id, col(Job.state) == "queued")
+            .values(state="running", worker=worker_id, started_at=now, heartbeat_at=now)
+        ).rowcount)
+
+
+def run_claimed(settings: Settings, job_id: int) -> Job:
+    """Run a job this process has claimed, heartbeated, and finish it with its outcome."""
+    with queue.cancel_flag(job_id) as flag:
+        ctx = execute.JobContext(settings, job_id, flag)
+        try:
+            with session_scope(settings) as session:
+                job = get_job(session, job_id)
+            ctx.created_by = job.created_by
+            with liveness.attended(ctx):
                 if ctx.cancelled():
                     outcome = execute.JobOutcome("cancelled",
-                                                  error="cancelled before it started")
+                                                 error="cancelled before it started")
                 else:
-                    outcome = execute.EXECUTORS[job.kind](self.settings, ctx,
-                                                           dict(job.params), job.targets)
-            except EdgeFleetError as exc:
-                outcome = execute.JobOutcome("failed", error=str(exc))
-            except Exception as exc:  # a bug: the job says so, not "running" forever
-                log.exception("job %s failed", job_id)
-                outcome = execute.JobOutcome("failed", error=f"{type(exc).__name__}: {exc}")
-        try:
-            ctx.flush()
-        finally:
-            finish_job(self.settings, job_id, outcome)
-        with session_scope(self.settings) as session:
-            return get_job(session, job_id)
+                    outcome = execute.EXECUTORS[job.kind](settings, ctx, dict(job.params),
+                                                          job.targets)
+        except EdgeFleetError as exc:
+            outcome = execute.JobOutcome("failed", error=str(exc))
+        except Exception as exc:  # a bug: the job says so, not "running" forever
+            log.exception("job %s failed", job_id)
+            outcome = execute.JobOutcome("failed", error=f"{type(exc).__name__}: {exc}")
+    try:
+        ctx.flush()
+    finally:
+        finish_job(settings, job_id, outcome)
+    with session_scope(settings) as session:
+        return get_job(session, job_id)

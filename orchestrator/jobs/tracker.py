@@ -22,11 +22,20 @@ from orchestrator.access import audit
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.models import Job
-from orchestrator.jobs import execute
+from orchestrator.jobs import execute, liveness
 from orchestrator.jobs.queue import TERMINAL, finish_job, recover_interrupted
 
 log = logging.getLogger(__name__)
 FROM_THE_CLI = "cancelled from the CLI"  # then (Ctrl-C) or (SIGTERM), and who ran it
+
+
+def _say_waiting(device: str, text: str | None) -> None:
+    """A CLI job waiting for a busy device says so on stderr (its bars would just stand still)."""
+    from orchestrator.present import output
+
+    if text is not None:
+        output.stderr.print(f"{text} (at most EDGEFLEET_LEASE_WAIT_S; Ctrl-C cancels)",
+                            markup=False, highlight=False)
 
 
 class JobTracker:
@@ -49,6 +58,7 @@ class JobTracker:
         # Coarser than a server job's progress: the CLI's own bars are the live view, and a
         # benchmark on this very machine should share the CPU with as little as possible.
         self.context = execute.JobContext(settings, job_id, threading.Event(), interval_s=1.0)
+        self.context.wait_view = _say_waiting
 
     @property
     def interrupted(self) -> bool:
@@ -125,7 +135,7 @@ def track(settings: Settings, kind: str, params: dict[str, Any], targets: str, *
         # The checks and defaults of a queued job: the same params run the same way.
         params = execute.validate_params(session, kind, params, targets)
         job = Job(kind=kind, params=params, targets=targets, origin="cli", state="running",
-                  created_by=actor, started_at=now,
+                  created_by=actor, started_at=now, heartbeat_at=now,
                   worker=f"{socket.gethostname()}:{os.getpid()}")
         session.add(job)
         session.flush()
@@ -134,7 +144,7 @@ def track(settings: Settings, kind: str, params: dict[str, Any], targets: str, *
     assert job_id is not None
     tracker = JobTracker(settings, job_id, kind, params, targets, actor)
     try:
-        with tracker.signals():
+        with tracker.signals(), liveness.attended(tracker.context):
             yield tracker
     except KeyboardInterrupt:
         if not tracker.finished:

@@ -7,9 +7,11 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
+
+import pytest
 
 from tests.conftest import Cli
 from tests.fleet.sshd import SshdHost, write_inventory
@@ -98,3 +100,68 @@ def processes_under(root: Path) -> list[int]:
             except OSError:
                 continue  # exited while we looked
     return found
+
+
+class Worker:
+    """One ``edgefleet worker --json`` process (``host`` set: in a UTS namespace of its own with
+    that host name, so the others see a worker on another machine: they cannot check its pid,
+    only its heartbeats, exactly as across hosts). Stopped with SIGTERM (SIGKILL if it hangs)
+    by ``stop``."""
+
+    def __init__(self, home: Path, log: Path, host: str | None = None, workers: int = 2,
+                 **env: str) -> None:
+        self.log, self.host = log, host
+        environ = dict(os.environ, EDGEFLEET_HOME=str(home), **env)
+        argv = [*CLI_ARGV, "worker", "--json", "--workers", str(workers)]
+        if host is not None:  # the shell renames its namespace's host, then becomes python
+            argv = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', host, *argv]
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT, env=environ, cwd=REPO)
+
+    def wait_running(self, timeout: float = 60.0) -> str:
+        """The worker id it printed once it took jobs (host:pid:token)."""
+        import json
+
+        def started() -> str | None:
+            for line in self.log.read_text(errors="replace").splitlines():
+                if line.startswith("{") and '"running"' in line:
+                    return str(json.loads(line)["worker"])
+            return None
+
+        return wait_until(started, f"worker {self.log.name} to start", timeout, self.proc,
+                          self.log)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+@pytest.fixture
+def workers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Worker]]:
+    """``workers(home, host=None, **env) -> Worker``, started and running; all stopped at the
+    end of the test, and their logs printed if it failed. ``host`` needs root (a UTS
+    namespace): skipped otherwise."""
+    started: list[Worker] = []
+
+    def start(home: Path, host: str | None = None, **env: str) -> Worker:
+        if host is not None and os.geteuid() != 0:
+            pytest.skip("another host name needs a UTS namespace: root (as in CI)")
+        worker = Worker(home, tmp_path / f"worker-{len(started) + 1}.log", host, **env)
+        started.append(worker)
+        worker.wait_running()
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+    if any(getattr(getattr(request.node, f"report_{when}", None), "failed", False)
+           for when in ("setup", "call")):
+        for worker in started:
+            print(f"--- {worker.log.name} (exit {worker.proc.returncode}) ---\n"
+                  f"{worker.log.read_text(errors='replace')[-20_000:]}")

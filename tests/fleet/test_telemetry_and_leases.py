@@ -37,7 +37,9 @@ def test_telemetry_snapshot_is_decoded_and_stored(cli: Cli, sshd_factory,
     assert set(shown["throttle_flags"]["now"]) == {"under_voltage", "throttled"}
 
 
-def test_leases_exclude_a_second_operation(cli: Cli, sshd_factory, tmp_path: Path) -> None:
+def test_leases_exclude_a_second_operation(cli: Cli, sshd_factory, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEFLEET_LEASE_WAIT_S", "0")  # fail at once rather than wait for it
     host = sshd_factory(1)[0]
     setup_fleet(cli, tmp_path, [host])
     cli("bundle", "build", model_folder(tmp_path), "--name", "m")
@@ -46,6 +48,7 @@ def test_leases_exclude_a_second_operation(cli: Cli, sshd_factory, tmp_path: Pat
     acquire(settings, host.name, "bench", other)
     busy = cli("push", "m", host.name, "--json", expect=1).json[0]
     assert busy["state"] == "failed" and "busy with a bench" in busy["error"]
+    assert "waited 0 s for it (EDGEFLEET_LEASE_WAIT_S)" in busy["error"]
     assert not (host.root / "current").exists()
     release(settings, host.name, other)
     assert cli("push", "m", host.name, "--json").json[0]["state"] == "active"

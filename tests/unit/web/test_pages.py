@@ -328,12 +328,15 @@ def test_job_progress_partial_shows_per_device_bytes(site: Site) -> None:
     with session_scope(site.settings) as session:
         row = queue.get_job(session, job.id)
         row.state = "running"
-        row.progress = {"devices": {HOT: {"state": "transferring", "bytes": 500, "total": 2000},
-                                    COOL: {"state": "active", "bytes": 0, "total": 0}}}
+        row.progress = {"devices": {
+            HOT: {"state": "transferring", "bytes": 500, "total": 2000},
+            COOL: {"state": "waiting", "waiting": f"waiting for {COOL}: bench #12"}}}
         session.add(row)
     page = parse(get(site, f"/jobs/{job.id}/progress"))
     hot = text_of(row_of(page, "", HOT))
     assert "transferring" in hot and "500 B / 2.0 kB" in hot
+    # A device another job holds: what this one waits for (issue 14 item 5).
+    assert f"waiting for {COOL}: bench #12" in text_of(row_of(page, "", COOL))
     assert ("progress", {"max": "100", "value": "25.0"}) in page.tags
     assert "every 1s" in get(site, f"/jobs/{job.id}/progress")
     queue.cancel(site.settings, job.id, actor="tester")

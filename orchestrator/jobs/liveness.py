@@ -1,0 +1,144 @@
+"""Whether the process running a job is alive, seen from any host: job heartbeats, and the
+sweep that marks a dead worker's jobs interrupted and frees its devices.
+
+Why heartbeats: a process on the same host can tell a dead worker by its pid
+(``queue.recover_interrupted``), but a worker on another machine — killed, or its host gone —
+cannot be asked. So every process running a job (a worker, a server, the CLI running its own)
+renews the job's ``heartbeat_at`` every quarter of ``EDGEFLEET_JOB_TTL_S`` from one thread, and
+every worker's periodic pass (``sweep``, every ``EDGEFLEET_TICK_S``) marks running jobs whose
+heartbeat is older than the TTL ``interrupted`` — finished results kept, never re-run — and
+deletes that process's device leases and any expired one. Defaults (45 s + 5 s) free a dead
+worker's jobs and devices within a minute; the tests shorten both to seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, update
+from sqlalchemy.exc import OperationalError
+from sqlmodel import col, select
+
+from orchestrator.core.config import Settings
+from orchestrator.core.db import session_scope
+from orchestrator.core.models import Job
+from orchestrator.fleet import leases
+from orchestrator.jobs import execute, queue
+
+log = logging.getLogger(__name__)
+
+STOPPED = ("the {what} running it ({worker}) stopped renewing its heartbeat at {when} UTC "
+           "(killed, crashed, frozen, or its host went down); results stored before that are "
+           "kept")
+
+
+def beat(settings: Settings, job_ids: list[int]) -> int:
+    """Renew the heartbeat of these jobs (those still running); how many were renewed."""
+    with session_scope(settings) as session:
+        return session.execute(update(Job).where(col(Job.id).in_(job_ids),
+                                                 col(Job.state) == "running")
+                               .values(heartbeat_at=datetime.now(UTC))).rowcount
+
+
+class _Heartbeat:
+    """One daemon thread per process renewing every job this process runs."""
+
+    def __init__(self) -> None:
+        self._held: dict[int, Settings] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+
+    def hold(self, settings: Settings, job_id: int) -> None:
+        with self._lock:
+            self._held[job_id] = settings
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._beat, daemon=True,
+                                                name="edgefleet-job-heartbeat")
+                self._thread.start()
+            self._wake.notify()
+
+    def drop(self, job_id: int) -> None:
+        with self._lock:
+            self._held.pop(job_id, None)
+
+    def _beat(self) -> None:
+        while True:
+            with self._lock:
+                if not self._held:
+                    self._thread = None
+                    return
+                interval = min(s.job_ttl_s for s in self._held.values()) / 4
+                self._wake.wait(max(0.05, interval))
+                by_db: dict[str, tuple[Settings, list[int]]] = {}
+                for job_id, settings in self._held.items():
+                    by_db.setdefault(settings.db_url, (settings, []))[1].append(job_id)
+            for settings, job_ids in by_db.values():
+                try:
+                    beat(settings, job_ids)
+                except OperationalError as exc:  # the DB was busy: the next beat retries
+                    log.warning("jobs %s: heartbeat failed: %s", job_ids, exc)
+
+
+_heartbeat = _Heartbeat()
+
+
+@contextmanager
+def beating(settings: Settings, job_id: int) -> Iterator[None]:
+    """Heartbeat ``job_id`` while the block runs it in this process."""
+    beat(settings, [job_id])
+    _heartbeat.hold(settings, job_id)
+    try:
+        yield
+    finally:
+        _heartbeat.drop(job_id)
+
+
+def _stopped_why(job: Job) -> str:
+    what = "`edgefleet` command" if job.origin == "cli" else "worker"
+    last = job.heartbeat_at or job.started_at
+    return STOPPED.format(what=what, worker=job.worker or "unknown",
+                          when=f"{last:%Y-%m-%d %H:%M:%S}" if last else "?")
+
+
+def sweep(settings: Settings, now: datetime | None = None) -> list[int]:
+    """Mark running jobs whose heartbeat is older than ``job_ttl_s`` interrupted (with their
+    runs and pending deployments), delete the leases of the processes that ran them and every
+    expired lease. Safe from any number of workers at once: each job is marked by one."""
+    cutoff = (now or datetime.now(UTC)) - timedelta(seconds=settings.job_ttl_s)
+    last = func.coalesce(col(Job.heartbeat_at), col(Job.started_at))
+    with session_scope(settings) as session:
+        stale = session.exec(select(Job).where(col(Job.state) == "running",
+                                               last < cutoff)).all()
+        dead = queue.interrupt(session, stale, _stopped_why) if stale else []
+        processes = {":".join((j.worker or "").split(":")[:2]) for j in stale if j.id in dead}
+    freed: list[str] = []
+    for process in sorted(p for p in processes if ":" in p):
+        freed += leases.release_held_by(settings, process)
+    freed += leases.release_expired(settings)
+    if dead:
+        log.warning("marked jobs %s interrupted: their process stopped heartbeating", dead)
+    if freed:
+        log.warning("freed the leases of %s (their holder stopped heartbeating)",
+                    ", ".join(sorted(set(freed))))
+    return dead
+
+
+@contextmanager
+def attended(ctx: execute.JobContext) -> Iterator[None]:
+    """What every running job gets, wherever it runs (a worker, a server, the CLI): its
+    heartbeat, and its devices' leases waiting while another operation holds a device (at most
+    ``lease_wait_s``, shown on the job as "waiting for pi3: bench #12", cancellable)."""
+
+    def on_wait(device: str, text: str | None) -> None:
+        ctx.device(device, force=True, state="waiting" if text else "starting", waiting=text)
+        if ctx.wait_view is not None:
+            ctx.wait_view(device, text)
+
+    policy = leases.Waiting(ctx.job_id, ctx.settings.lease_wait_s, on_wait, ctx.check)
+    with beating(ctx.settings, ctx.job_id), leases.waiting_as(policy):
+        yield

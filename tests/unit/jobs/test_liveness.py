@@ -1,0 +1,131 @@
+"""Job heartbeats and the sweep any worker runs (issue 14 item 5), and a job's wait for a busy
+device, on the real database of the run (SQLite, or PostgreSQL in the PostgreSQL run)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from orchestrator.core.config import Settings
+from orchestrator.core.db import session_scope
+from orchestrator.core.errors import EdgeFleetError
+from orchestrator.core.models import Deployment, DeviceLease, Job, Run
+from orchestrator.fleet import leases
+from orchestrator.jobs import liveness
+from tests.faults.procs import wait_until
+
+OTHER = "lab-b.example:4242:abcd1234"  # a worker on another host: its pid cannot be checked
+
+
+def _job(settings: Settings, worker: str, heartbeat_age_s: float | None, **fields) -> int:  # type: ignore[no-untyped-def]
+    now = datetime.now(UTC)
+    beat = None if heartbeat_age_s is None else now - timedelta(seconds=heartbeat_age_s)
+    with session_scope(settings) as session:
+        job = Job(kind="bench", state="running", targets="pi3", worker=worker,
+                  started_at=now - timedelta(minutes=10), heartbeat_at=beat, **fields)
+        session.add(job)
+        session.flush()
+        return job.id  # type: ignore[return-value]
+
+
+def test_a_job_of_a_silent_worker_on_another_host_is_interrupted_and_its_leases_freed(
+        home: Path) -> None:
+    settings = Settings(home=home, job_ttl_s=30)
+    dead = _job(settings, OTHER, heartbeat_age_s=31)
+    alive = _job(settings, "lab-c.example:99:ffff0000", heartbeat_age_s=2)
+    with session_scope(settings) as session:
+        run = Run(bundle_name="fc", bundle_version="1", bundle_digest="d" * 64, targets="pi3",
+                  job_id=dead, state="running", created_by="tester")
+        session.add(run)
+        session.add(Deployment(device_name="pi3", operation="push", job_id=dead))
+    leases.acquire(settings, "pi3", "bench", "lab-b.example:4242:9999aaaa", job_id=dead)
+    leases.acquire(settings, "pi4", "push", "lab-c.example:99:1111bbbb", job_id=alive)
+
+    assert liveness.sweep(settings) == [dead]
+    assert liveness.sweep(settings) == []  # marked once, whoever sweeps again
+    with session_scope(settings) as session:
+        job = session.get(Job, dead)
+        assert job is not None and job.state == "interrupted"
+        assert job.error is not None and "the worker running it (lab-b.example:4242:abcd1234) " \
+            "stopped renewing its heartbeat" in job.error
+        assert session.get(Job, alive).state == "running"  # type: ignore[union-attr]
+        assert session.exec(select(Run)).one().state == "interrupted"
+        assert session.exec(select(Deployment)).one().state == "interrupted"
+        held = {lease.device_name for lease in session.exec(select(DeviceLease))}
+    assert held == {"pi4"}  # the dead worker's device is free, the live one's is not
+
+
+def test_expired_leases_are_deleted_by_the_sweep(home: Path) -> None:
+    settings = Settings(home=home)
+    leases.acquire(settings, "pi1", "push", OTHER, ttl_s=-1)
+    leases.acquire(settings, "pi2", "push", OTHER)
+    liveness.sweep(settings)
+    with session_scope(settings) as session:
+        assert [lease.device_name for lease in session.exec(select(DeviceLease))] == ["pi2"]
+
+
+def test_a_job_being_run_is_heartbeated(home: Path) -> None:
+    settings = Settings(home=home, job_ttl_s=0.4)  # a beat every 0.1 s
+    job_id = _job(settings, OTHER, heartbeat_age_s=60)
+
+    def beat_at() -> datetime | None:
+        with session_scope(settings) as session:
+            return session.get(Job, job_id).heartbeat_at  # type: ignore[union-attr]
+
+    with liveness.beating(settings, job_id):
+        first = beat_at()
+        assert first is not None and datetime.now(UTC) - first < timedelta(seconds=5)
+        wait_until(lambda: (beat_at() or first) > first, "a second heartbeat", 30)
+        assert liveness.sweep(settings) == []
+
+
+def _policy(seen: list[str | None], wait_s: float = 60.0,
+            stop: threading.Event | None = None) -> leases.Waiting:
+    def check(device: str) -> None:
+        if stop is not None and stop.is_set():
+            raise EdgeFleetError(f"{device}: cancelled while waiting")
+
+    return leases.Waiting(12, wait_s, lambda device, text: seen.append(text), check,
+                          poll_s=0.02)
+
+
+def test_a_job_waits_for_a_busy_device_and_says_for_what(home: Path) -> None:
+    settings = Settings(home=home)
+    leases.acquire(settings, "pi3", "bench", "me:1:bench", job_id=11)
+    seen: list[str | None] = []
+    got: list[str] = []
+
+    def take() -> None:
+        with leases.waiting_as(_policy(seen)), leases.leased(settings, "pi3", "push") as h:
+            got.append(h)
+
+    taker = threading.Thread(target=take)
+    taker.start()
+    wait_until(lambda: seen, "the waiting job to say so", 30)
+    assert seen == ["waiting for pi3: bench #11"]
+    leases.release(settings, "pi3", "me:1:bench")
+    taker.join(30)
+    assert got and seen == ["waiting for pi3: bench #11", None]
+    with session_scope(settings) as session:
+        assert session.exec(select(DeviceLease)).all() == []  # released after its block
+
+
+def test_the_wait_is_bounded_and_cancellable(home: Path) -> None:
+    settings = Settings(home=home)
+    leases.acquire(settings, "pi3", "bench", "me:1:bench", job_id=11)
+    waited = r"busy with a bench \(job #11\).*waited 0.1 s"
+    with leases.waiting_as(_policy([], wait_s=0.1)), \
+            pytest.raises(leases.DeviceBusy, match=waited), \
+            leases.leased(settings, "pi3", "push"):
+        pass
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(EdgeFleetError, match="cancelled while waiting"):
+        leases.acquire_waiting(settings, "pi3", "push", "me:2:push", _policy([], stop=stop))
+    # Outside a job, busy is an error at once, as before.
+    with pytest.raises(leases.DeviceBusy):
+        leases.acquire_waiting(settings, "pi3", "push", "me:2:push", None)
