@@ -129,10 +129,11 @@ def record(out: Path, runs: int, threads: list[int], model_kind: str) -> None:
                     "run": index + 1, "at": started.isoformat(timespec="seconds"),
                     "load_1m": round(os.getloadavg()[0], 2),
                     "p50_ms": {str(r.threads): r.p50_ms for r in results},
+                    "cpu_p50_ms": {str(r.threads): r.cpu_p50_ms for r in results},
                     "valid": {str(r.threads): r.valid for r in results}})
             print(f"run {index + 1}/{runs}: "
-                  + ", ".join(f"{t} thr {v:.4f} ms" for t, v in rows[-1]["p50_ms"].items()),
-                  flush=True)
+                  + ", ".join(f"{t} thr {v:.4f} ms (CPU {rows[-1]['cpu_p50_ms'][t]:.4f})"
+                              for t, v in rows[-1]["p50_ms"].items()), flush=True)
     out.write_text(json.dumps({
         "about": "A/A benchmark runs of one model (bench/changepoints.py record): the same "
                  "bundle on the same simulated Pi, one run after another",

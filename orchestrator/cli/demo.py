@@ -224,10 +224,12 @@ def _regression(cfg: Settings, files: Any, fp32: Any, devices: list[Any],
     from orchestrator.demo import scenario
     from orchestrator.fleet.deploy import push, rollback
     from orchestrator.measure.regressions import (
+        TABLE_COLUMNS,
         caption,
         display_row,
         regressions,
         regressions_public,
+        table_cells,
     )
     from orchestrator.measure.reports import format_number
     from orchestrator.measure.runs import BenchParams, bench, run_results
@@ -284,11 +286,7 @@ def _regression(cfg: Settings, files: Any, fp32: Any, devices: list[Any],
         output.stdout.print(output.table(
             f"{len(rows)} change point(s) in {found.series} series of {found.valid_points} "
             "valid benchmark p50s",
-            ["series", "run", "version", "change", "before ms", "after ms", "after/before",
-             "95% CI", "p", "points"],
-            [(r["series"], r["run_id"], f"{r['previous_version']} -> {r['version']}",
-              r["direction"], r["before"], r["after"], r["ratio"], r["ci"], r["p"],
-              r["points"]) for r in rows]))
+            list(TABLE_COLUMNS), [table_cells(r) for r in rows]))
         output.stdout.print(caption(found.detector), soft_wrap=True, style="dim")
 
     _say(as_json, f"edgefleet rollback {NIGHTLY_DEVICE}")
