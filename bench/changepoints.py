@@ -154,12 +154,16 @@ def shrunk(noise: dict[str, np.ndarray], factor: float) -> dict[str, np.ndarray]
     return {t: np.median(v) * (1 + factor * (v / np.median(v) - 1)) for t, v in noise.items()}
 
 
-def load_noise(path: Path) -> dict[str, np.ndarray]:
-    """The recorded valid p50s per thread count, in run order."""
+METRICS = {"cpu": "cpu_p50_ms", "wall": "p50_ms"}
+
+
+def load_noise(path: Path, metric: str = "cpu") -> dict[str, np.ndarray]:
+    """The recorded valid p50s per thread count, in run order: of each run's CPU time per timed
+    run (``cpu``: what the detector reads when a series has it) or of its wall-clock time."""
     data = json.loads(path.read_text())
     out: dict[str, list[float]] = {}
     for row in data["runs"]:
-        for threads, p50 in row["p50_ms"].items():
+        for threads, p50 in (row.get(METRICS[metric]) or {}).items():
             if row["valid"].get(threads) and p50:
                 out.setdefault(threads, []).append(p50)
     return {t: np.asarray(v) for t, v in out.items()}
@@ -334,14 +338,22 @@ def main() -> None:
     parser.add_argument("--grid-trials", type=int, default=100)
     parser.add_argument("--quick", action="store_true", help="60 trials, no grid")
     parser.add_argument("--no-grid", action="store_true", help="only the chosen settings")
+    parser.add_argument("--metric", choices=["cpu", "wall", "both"], default="both",
+                        help="replay the runs' CPU p50s, wall p50s, or both in turn")
     args = parser.parse_args()
     if args.mode == "record":
         record(args.fixture, args.runs, [int(t) for t in args.threads.split(",")], args.model)
         return
     started = time.monotonic()
     trials = 60 if args.quick else args.trials
-    report(load_noise(args.fixture), trials, grid=not (args.quick or args.no_grid),
-           grid_trials=args.grid_trials)
+    for metric in (["cpu", "wall"] if args.metric == "both" else [args.metric]):
+        noise = load_noise(args.fixture, metric)
+        if not noise:
+            print(f"\n(no {metric} p50s in {args.fixture})")
+            continue
+        print(f"\n=== {metric} p50s of the recorded runs ===")
+        report(noise, trials, grid=not (args.quick or args.no_grid),
+               grid_trials=args.grid_trials)
     print(f"({time.monotonic() - started:.0f} s)")
 
 

@@ -67,9 +67,10 @@ def demo_cmd(
         output.stdout.print(output.outcome_table(f"agent {package.version}", installed,
                                                  AGENT_COLUMNS))
 
-    shape = ",".join(f"{k}={'x'.join(map(str, v))}" for k, v in scenario.INPUT_SHAPES.items())
+    # No --shape: the model's one dynamic dimension is named "batch", which bench and the golden
+    # inputs take as 1 (one 2 s window per inference), as every other tool does.
     _say(as_json, f"edgefleet bundle build {files.model_dir} --name {scenario.DEMO_BUNDLE} "
-                  f"--shape {shape} --quantize int8 --streaming-profile {files.profile}")
+                  f"--quantize int8 --streaming-profile {files.profile}")
     with session_scope(cfg) as session:
         first, created = _build_once(session, cfg, files.model_dir, "1",
                                      load_profile_file(files.profile).to_dict())
@@ -162,7 +163,7 @@ def _build_once(session: Any, cfg: Settings, folder: Path, version: str,
     if stored is not None:
         return stored, False
     built = build_bundle(session, cfg, folder, scenario.DEMO_BUNDLE, version=version,
-                         input_shapes=scenario.INPUT_SHAPES, extra={"streaming": streaming})
+                         extra={"streaming": streaming})
     return built.bundle, built.created
 
 
@@ -258,8 +259,7 @@ def _regression(cfg: Settings, files: Any, fp32: Any, devices: list[Any],
 
     nightly(fp32, NIGHTLY_RUNS)
     folder = scenario.write_slower_version(files.home, files.model_dir)
-    shape = ",".join(f"{k}={'x'.join(map(str, v))}" for k, v in scenario.INPUT_SHAPES.items())
-    _say(as_json, f"edgefleet bundle build {folder} --name {scenario.DEMO_BUNDLE} --shape {shape} "
+    _say(as_json, f"edgefleet bundle build {folder} --name {scenario.DEMO_BUNDLE} "
                   f"--version 2   (deliberately slower: its first layer computed "
                   f"{scenario.SLOWER_PASSES} times over)")
     with session_scope(cfg) as session:
