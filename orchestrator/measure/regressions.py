@@ -31,8 +31,9 @@ wall p50s not even +200%.
 
 Settings (``DETECTOR``) come from ``bench/changepoints.py``, which replays 60 recorded A/A
 benchmark runs of one model on this machine as series (figures and the settings grid: the
-README's "Regressions" section). ``max_pvalue`` 1e-4: false alarms 0.5 per 100 points of that
-noise (1e-3 gave 0.9-1.3; on the CPU p50s 0.52 at 1e-4, 1.2 at 1e-3). ``windows`` 8 and 24 (Otava's default is one window of 50): the
+README's "Regressions" section). ``max_pvalue`` 1e-4: false alarms 0.5 per 100 points of the
+first recording's wall p50s (1e-3 gave 0.9-1.3), 0.52 on the CPU p50s of the second.
+``windows`` 8 and 24 (Otava's default is one window of 50): the
 narrow one finds a regression fixed a few runs later, an up-and-down the wide one misses (79%
 of such trials found at both ends, 43% with 8 and 50, 8% with 50 alone), the wider one a step
 with more history behind it. ``min_points`` 3: a segment needs 3 runs, so one odd run (a
@@ -242,24 +243,13 @@ def find_change_points(points: Iterable[TrendPoint], settings: DetectorSettings 
     return sorted(found, key=lambda c: (c.at, c.run_id), reverse=True)
 
 
-# Whole answers of ``regressions`` by DB, filters and the results' version (``_data_version``).
+# Whole answers of ``regressions`` by DB, filters and the results' version (``data_version``).
 # Why: at 10M latency samples (bench/dashboard.py --scale 10) reading and grouping the newest
 # 1,000 runs' 100,000 results into 50,000 points took ~600 ms of CPU per Trends page, and the
 # answer changes only when a result is stored (results are only ever inserted: a new one moves
 # max(id)). A few entries: one holds up to 50,000 points (~10 MB).
 ANSWER_CACHE_SIZE = 8
 _answers: OrderedDict[tuple[Any, ...], Regressions] = OrderedDict()
-
-
-def _data_version(session: Session) -> tuple[int, int]:
-    """(max id, count) of the result rows: both from the primary key's index, ~ms."""
-    from sqlalchemy import func
-    from sqlmodel import select
-
-    from orchestrator.core.models import Result
-
-    top, count = session.exec(select(func.max(Result.id), func.count(Result.id))).one()
-    return int(top or 0), int(count or 0)
 
 
 def regressions(session: Session, bundle: str | None = None, threads: int | None = None,
@@ -271,7 +261,7 @@ def regressions(session: Session, bundle: str | None = None, threads: int | None
     points. The answer is shared (cached until a result is stored): do not modify it."""
     wanted = None if devices is None else tuple(sorted(set(devices)))
     key = (str(session.get_bind().url), bundle, threads, wanted, settings, max_runs,
-           _data_version(session))
+           trends.data_version(session))
     with _found_lock:
         cached = _answers.get(key)
         if cached is not None:

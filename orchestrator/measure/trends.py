@@ -24,6 +24,8 @@ valid points only.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -172,11 +174,44 @@ def trend_points(session: Session, bundle: str | None = None, threads: int | Non
     return points
 
 
+def data_version(session: Session) -> tuple[int, int]:
+    """(max id, count) of the result rows, both from the primary key: what the cached answers
+    here and in ``regressions`` are keyed by. Results are only ever inserted (never updated
+    into or out of a benchmark's aggregates, never deleted), so a new one moves max(id)."""
+    top, count = session.exec(select(func.max(Result.id), func.count(Result.id))).one()
+    return int(top or 0), int(count or 0)
+
+
+# version_matrix answers by DB, bundle, threads and data_version. Why: the heatmap aggregates
+# every benchmark result of the bundle (no window: a version benchmarked once long ago is still
+# a column), 50,000 results and ~55 ms of CPU at 10M latency samples (bench/dashboard.py
+# --scale 10), which changes only when a result is stored.
+_matrices: OrderedDict[tuple[Any, ...], list[MatrixCell]] = OrderedDict()
+_matrices_lock = threading.Lock()
+MATRIX_CACHE_SIZE = 32
+
+
 def version_matrix(session: Session, bundle: str, threads: int | None = None
                    ) -> list[MatrixCell]:
     """Every device x version x thread count benchmarked for bundle ``bundle``: the mean of the
     valid results' p50s (each result is one run of that version on that device), and the
-    invalid ones apart. Versions in build order (their Bundle row's creation), then name."""
+    invalid ones apart. Versions in build order (their Bundle row's creation), then name.
+    The list is shared (cached until a result is stored): do not modify it."""
+    key = (str(session.get_bind().url), bundle, threads, data_version(session))
+    with _matrices_lock:
+        cached = _matrices.get(key)
+        if cached is not None:
+            _matrices.move_to_end(key)
+            return cached
+    cells = _version_matrix(session, bundle, threads)
+    with _matrices_lock:
+        _matrices[key] = cells
+        while len(_matrices) > MATRIX_CACHE_SIZE:
+            _matrices.popitem(last=False)
+    return cells
+
+
+def _version_matrix(session: Session, bundle: str, threads: int | None) -> list[MatrixCell]:
     valid_avg, valid_n, invalid_avg, invalid_n = _split_p50()
     built = func.min(col(Bundle.created_at))
     query = (select(Result.device_name, Run.bundle_version, Result.threads,

@@ -16,7 +16,7 @@ import pytest
 
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
-from orchestrator.measure import regressions
+from orchestrator.measure import regressions, trends
 from tests.unit.measure.test_regressions import T0, _run
 
 WALL = [7.46, 6.48, 10.47, 4.00, 7.72, 5.68, 6.96, 5.50, 6.83, 10.22]
@@ -66,7 +66,8 @@ def test_without_cpu_times_the_wall_series_is_tested(home: Path) -> None:
 
 def test_the_cached_answer_follows_a_new_result(home: Path) -> None:
     """The answer is cached by the results' max id and count: a stored result is seen at
-    once, and an unchanged DB is answered from the cache (the same object)."""
+    once, and an unchanged DB is answered from the cache (the same object); the version
+    heatmap's cells likewise."""
     settings = Settings(home=home, database_url=None)
     _history(settings)
     with session_scope(settings) as session:
@@ -77,6 +78,12 @@ def test_the_cached_answer_follows_a_new_result(home: Path) -> None:
     with session_scope(settings) as session:
         again = regressions.regressions(session)
     assert again is not first and again.valid_points == first.valid_points + 1
+    with session_scope(settings) as session:
+        cells = trends.version_matrix(session, "kws")
+        assert trends.version_matrix(session, "kws") is cells  # the heatmap's, cached alike
+    _run(settings, "3", T0 + timedelta(days=31), [{"device_name": "pi-a", "p50_ms": 9.0}])
+    with session_scope(settings) as session:
+        assert [c.version for c in trends.version_matrix(session, "kws")] == ["1", "2", "3"]
 
 
 def test_rounds_keep_the_median_of_their_cpu_p50s() -> None:
