@@ -11,11 +11,13 @@ on [16x512], a few ms per inference; ``--model cnn``: the tests' audio CNN, ~0.1
 pushed and benchmarked ``--runs`` times in a row through the product's own path (``runs.bench``:
 the real agent on a local simulated Pi with clean sensors, default warm-up and timed runs,
 threads 1 and 2). Every run is the same bundle on the same device: A/A, so any change point
-found in it is a false alarm. Each run's p50 per thread count, its validity and the load average
-are written to ``bench/changepoints_aa.json`` (committed: the replay needs no benchmark, and its
+found in it is a false alarm. Each run's p50 per thread count (wall clock, and the CPU p50 the
+agent measures too: what the detector reads), its validity and the load average are written to
+``bench/changepoints_aa.json`` (committed: the replay needs no benchmark, and its
 figures can be checked).
 
-Replay (default): series are drawn from the recorded p50s of one thread count by a circular
+Replay (default; ``--metric cpu|wall|both``, default both in turn): series are drawn from the
+recorded p50s of one thread count by a circular
 block bootstrap (blocks of ``BLOCK`` consecutive runs, so the drift a shared machine shows over
 a few minutes stays in the noise; an i.i.d. shuffle would hide it), and the detector is run the
 way the product runs it: on every prefix of the series, as each new run arrives.

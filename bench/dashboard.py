@@ -239,13 +239,15 @@ def pages(ids: dict[str, Any]) -> dict[str, str]:
             "compare-4r": "/runs/compare?a={}&b={}".format(*ids["rounds"]),
             "run-charts": f"/runs/{ids['run']}/results/{ids['result']}/charts",
             "runs": "/runs", "trends": "/trends", "trends-new": "/trends",
+            "trends-1000-new": "/trends?runs=1000",
             "trend-chart": "/trends/chart?of=first-crack&device=pi5-000",
             "versions": "/runs/compare?bundle=first-crack",
             "device": "/devices/pi5-000"}
 
 
 PAGES = ["fleet", "run", "compare", "api-devices", "api-run", "api-compare", "compare-4r",
-         "run-charts", "runs", "trends", "trends-new", "trend-chart", "versions", "device"]
+         "run-charts", "runs", "trends", "trends-new", "trends-1000-new", "trend-chart",
+         "versions", "device"]
 
 
 def forget_answers() -> None:
@@ -260,7 +262,8 @@ def forget_answers() -> None:
         answers.clear()
 
 
-BEFORE_EACH: dict[str, Callable[[], None]] = {"trends-new": forget_answers}
+BEFORE_EACH: dict[str, Callable[[], None]] = {"trends-new": forget_answers,
+                                               "trends-1000-new": forget_answers}
 
 
 def measure(client: TestClient, counter: QueryCounter, url: str, warmup: int,
