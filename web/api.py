@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from orchestrator.access.audit import event_public, list_events
 from orchestrator.artifacts.bundles import bundle_public, get_bundle, list_bundles
-from orchestrator.core.db import session_scope
+from orchestrator.core.db import MAX_ROW_ID, session_scope
 from orchestrator.core.errors import EdgeFleetError
 from orchestrator.fleet import alerts as alert_service
 from orchestrator.inventory import sync as inventory_service
@@ -127,7 +127,9 @@ request; beyond that, or with a smaller ``limit``, ``X-Total-Count`` and an RFC 
 def devices(_: Viewer, session: SessionDep, request: Request, response: Response,
             pattern: str | None = None,
             limit: int = Query(DEVICES_LIMIT, ge=1, le=DEVICES_LIMIT),
-            offset: int = Query(0, ge=0)) -> list[Json]:
+            # bounded: an offset past SQLite's INTEGER was a 500 (OverflowError), found by
+            # tests/faults/test_api_fuzz.py
+            offset: int = Query(0, ge=0, le=MAX_ROW_ID)) -> list[Json]:
     found = devices_window(session, pattern, offset, limit)
     response.headers["X-Total-Count"] = str(found.matched)
     if found.next_offset is not None:
