@@ -8,6 +8,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
+from orchestrator.core.db import MAX_ROW_ID
 from orchestrator.core.errors import EdgeFleetError, NotFoundError
 from orchestrator.fleet.telemetry import device_history
 from orchestrator.inventory.devices import (
@@ -33,7 +34,9 @@ them took most of the request (bench/fleet_scale.py measures the page's p95)."""
 
 @router.get("/", response_class=HTMLResponse)
 def fleet_page(request: Request, principal: Viewer, session: SessionDep,
-               pattern: str = "", page: int = Query(1, ge=1)) -> HTMLResponse:
+               pattern: str = "",
+               # bounded so the offset fits an SQL INTEGER: ?page=2**63 was a 500 (OverflowError)
+               page: int = Query(1, ge=1, le=MAX_ROW_ID // PAGE_SIZE)) -> HTMLResponse:
     """Devices by name, PAGE_SIZE a page (``?page=N``); ``?pattern=`` narrows it with the CLI's
     target patterns. A bad pattern is shown as the CLI would say it, above the whole fleet (so
     the names to fix it are there)."""
