@@ -1,7 +1,7 @@
 """Server time of the dashboard pages on a large fleet DB, measured in-process.
 
     python bench/dashboard.py [--scale N] [--requests 30] [--warmup 3] [--profile PAGE]
-                              [--keep DIR]
+                              [--keep DIR] [--pages trends,trends-new,...]
 
 Seeds a fresh home (the DB made by the migrations, as on any start) with a fleet's worth of
 history, written with bulk core INSERTs so seeding takes seconds:
@@ -199,6 +199,8 @@ def _result(rng: np.random.Generator, run_id: int, device: str, threads: int,
     samples = [[round(k * 0.25, 3), round(float(temps[k]), 1), 1500.0 if invalid else 2400.0,
                 bits] for k in range(SAMPLER_ROWS)]
     p = np.percentile(lat, [50, 90, 95, 99])
+    if "cpu_p50_ms" in Result.__table__.c:  # a checkout whose agent measures CPU time too
+        row = row | {"cpu_p50_ms": float(p[0] * 0.97)}
     return row | {
         "n": SAMPLES_PER_RESULT, "mean_ms": float(lat.mean()), "std_ms": float(lat.std(ddof=1)),
         "min_ms": float(lat.min()), "max_ms": float(lat.max()), "p50_ms": float(p[0]),
@@ -236,26 +238,50 @@ def pages(ids: dict[str, Any]) -> dict[str, str]:
             "api-compare": f"/api/compare?a={a}&b={b}",
             "compare-4r": "/runs/compare?a={}&b={}".format(*ids["rounds"]),
             "run-charts": f"/runs/{ids['run']}/results/{ids['result']}/charts",
-            "runs": "/runs", "trends": "/trends", "versions": "/runs/compare?bundle=first-crack",
+            "runs": "/runs", "trends": "/trends", "trends-new": "/trends",
+            "trends-1000-new": "/trends?runs=1000",
+            "trend-chart": "/trends/chart?of=first-crack&device=pi5-000",
+            "versions": "/runs/compare?bundle=first-crack",
             "device": "/devices/pi5-000"}
 
 
 PAGES = ["fleet", "run", "compare", "api-devices", "api-run", "api-compare", "compare-4r",
-         "run-charts", "runs", "trends", "versions", "device"]
+         "run-charts", "runs", "trends", "trends-new", "trends-1000-new", "trend-chart",
+         "versions", "device"]
+
+
+def forget_answers() -> None:
+    """What a newly stored result does to the Trends page's cached answer
+    (``regressions._answers``, keyed by the results' max id): it is recomputed, while the
+    change points of every series the result did not touch stay cached. A no-op in a checkout
+    without that cache."""
+    from orchestrator.measure import regressions
+
+    answers = getattr(regressions, "_answers", None)
+    if answers is not None:
+        answers.clear()
+
+
+BEFORE_EACH: dict[str, Callable[[], None]] = {"trends-new": forget_answers,
+                                               "trends-1000-new": forget_answers}
 
 
 def measure(client: TestClient, counter: QueryCounter, url: str, warmup: int,
-            requests: int) -> dict[str, Any] | None:
+            requests: int, before_each: Callable[[], None] = lambda: None,
+            ) -> dict[str, Any] | None:
     """The timings of ``url``, or None if this checkout has no such page (404): the script
-    runs against older commits too, for before/after figures."""
+    runs against older commits too, for before/after figures. ``before_each`` runs before
+    every request, untimed."""
     if client.get(url).status_code == 404:
         return None
     for _ in range(warmup):
+        before_each()
         response = client.get(url)
         response.raise_for_status()
     times, cpu, queries = [], [], []
     size = 0
     for _ in range(requests):
+        before_each()
         before = counter.count
         started, cpu_started = time.perf_counter(), time.process_time()
         response = client.get(url)
@@ -304,6 +330,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--profile", choices=PAGES)
+    parser.add_argument("--pages", help="comma-separated page names to time (default: all)")
     parser.add_argument("--keep", type=Path, help="seed into this home and keep it; a home "
                         "kept before is timed again as it is (another checkout, no re-seeding)")
     parser.add_argument("--scale", type=int, default=1,
@@ -336,14 +363,19 @@ def main() -> None:
             if args.profile:
                 profile(client, urls[args.profile], args.requests)
                 return
-            run: Callable[[str], dict[str, Any] | None] = lambda url: measure(  # noqa: E731
-                client, counter, url, args.warmup, args.requests)
+            run: Callable[[str, str], dict[str, Any] | None] = \
+                lambda name, url: measure(  # noqa: E731
+                    client, counter, url, args.warmup, args.requests,
+                    BEFORE_EACH.get(name, lambda: None))
             print(f"\n{args.requests} requests each after {args.warmup} warmups; goal: p95 < "
                   f"{GOAL_MS:.0f} ms\n")
             print(f"{'page':<12} {'url':<28} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} "
                   f"{'CPU ms':>8} {'SQL':>5} {'kB':>7}  goal")
+            chosen = args.pages.split(",") if args.pages else list(urls)
             for name, url in urls.items():
-                m = run(url)
+                if name not in chosen:
+                    continue
+                m = run(name, url)
                 if m is None:
                     print(f"{name:<12} {url:<28} (no such page in this checkout)")
                     continue

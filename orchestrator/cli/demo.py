@@ -67,9 +67,10 @@ def demo_cmd(
         output.stdout.print(output.outcome_table(f"agent {package.version}", installed,
                                                  AGENT_COLUMNS))
 
-    shape = ",".join(f"{k}={'x'.join(map(str, v))}" for k, v in scenario.INPUT_SHAPES.items())
+    # No --shape: the model's one dynamic dimension is named "batch", which bench and the golden
+    # inputs take as 1 (one 2 s window per inference), as every other tool does.
     _say(as_json, f"edgefleet bundle build {files.model_dir} --name {scenario.DEMO_BUNDLE} "
-                  f"--shape {shape} --quantize int8 --streaming-profile {files.profile}")
+                  f"--quantize int8 --streaming-profile {files.profile}")
     with session_scope(cfg) as session:
         first, created = _build_once(session, cfg, files.model_dir, "1",
                                      load_profile_file(files.profile).to_dict())
@@ -162,7 +163,7 @@ def _build_once(session: Any, cfg: Settings, folder: Path, version: str,
     if stored is not None:
         return stored, False
     built = build_bundle(session, cfg, folder, scenario.DEMO_BUNDLE, version=version,
-                         input_shapes=scenario.INPUT_SHAPES, extra={"streaming": streaming})
+                         extra={"streaming": streaming})
     return built.bundle, built.created
 
 
@@ -224,10 +225,12 @@ def _regression(cfg: Settings, files: Any, fp32: Any, devices: list[Any],
     from orchestrator.demo import scenario
     from orchestrator.fleet.deploy import push, rollback
     from orchestrator.measure.regressions import (
+        TABLE_COLUMNS,
         caption,
         display_row,
         regressions,
         regressions_public,
+        table_cells,
     )
     from orchestrator.measure.reports import format_number
     from orchestrator.measure.runs import BenchParams, bench, run_results
@@ -256,8 +259,7 @@ def _regression(cfg: Settings, files: Any, fp32: Any, devices: list[Any],
 
     nightly(fp32, NIGHTLY_RUNS)
     folder = scenario.write_slower_version(files.home, files.model_dir)
-    shape = ",".join(f"{k}={'x'.join(map(str, v))}" for k, v in scenario.INPUT_SHAPES.items())
-    _say(as_json, f"edgefleet bundle build {folder} --name {scenario.DEMO_BUNDLE} --shape {shape} "
+    _say(as_json, f"edgefleet bundle build {folder} --name {scenario.DEMO_BUNDLE} "
                   f"--version 2   (deliberately slower: its first layer computed "
                   f"{scenario.SLOWER_PASSES} times over)")
     with session_scope(cfg) as session:
@@ -284,11 +286,7 @@ def _regression(cfg: Settings, files: Any, fp32: Any, devices: list[Any],
         output.stdout.print(output.table(
             f"{len(rows)} change point(s) in {found.series} series of {found.valid_points} "
             "valid benchmark p50s",
-            ["series", "run", "version", "change", "before ms", "after ms", "after/before",
-             "95% CI", "p", "points"],
-            [(r["series"], r["run_id"], f"{r['previous_version']} -> {r['version']}",
-              r["direction"], r["before"], r["after"], r["ratio"], r["ci"], r["p"],
-              r["points"]) for r in rows]))
+            list(TABLE_COLUMNS), [table_cells(r) for r in rows]))
         output.stdout.print(caption(found.detector), soft_wrap=True, style="dim")
 
     _say(as_json, f"edgefleet rollback {NIGHTLY_DEVICE}")

@@ -25,10 +25,12 @@ def runs_regressions(
     regression; throttled or invalid results are left out."""
     from orchestrator.core.db import session_scope
     from orchestrator.measure.regressions import (
+        TABLE_COLUMNS,
         caption,
         display_row,
         regressions,
         regressions_public,
+        table_cells,
     )
 
     devices = [d.name for d in select(targets)] if targets else None
@@ -42,12 +44,8 @@ def runs_regressions(
                f"{found.series} series of {found.valid_points} valid benchmark p50s")
     if found.change_points:
         rows = [display_row(c) for c in found.change_points]
-        output.stdout.print(output.table(summary, [
-            "series", "run", "version", "change", "before ms", "after ms", "after/before",
-            "95% CI", "p", "points"], [
-            (r["series"], r["run_id"], f"{r['previous_version']} -> {r['version']}",
-             r["direction"], r["before"], r["after"], r["ratio"], r["ci"], r["p"],
-             r["points"]) for r in rows]))
+        output.stdout.print(output.table(summary, list(TABLE_COLUMNS),
+                                         [table_cells(r) for r in rows]))
     else:
         output.stdout.print(summary)
     output.stdout.print(caption(found.detector), soft_wrap=True, style="dim")

@@ -157,8 +157,9 @@ class Result(SQLModel, table=True):
     # Covering the dashboards' aggregates (trends, version heatmap, thread-count filter): the
     # rows themselves carry the raw blobs, ~2 kB each, so reading columns from them read the
     # blobs' pages too (migration 0009).
+    # cpu_p50_ms joined it in 0014: change-point detection reads it.
     __table_args__ = (Index("ix_result_summary", "run_id", "device_name", "precision",
-                            "threads", "ok", "valid", "p50_ms"),)
+                            "threads", "ok", "valid", "p50_ms", "cpu_p50_ms"),)
 
     id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="run.id", index=True)
@@ -177,6 +178,9 @@ class Result(SQLModel, table=True):
     p90_ms: float | None = None
     p95_ms: float | None = None
     p99_ms: float | None = None
+    # Median CPU time of a timed run (the process's, all threads; agent/bench.py says why):
+    # steadier than wall time on a shared machine. None from agents before it and for evals.
+    cpu_p50_ms: float | None = None
     load_ms: float | None = None
     first_inference_ms: float | None = None
     peak_rss_mb: float | None = None

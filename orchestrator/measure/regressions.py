@@ -23,10 +23,17 @@ Otava's cost: it pins numpy and scipy tightly and brings the clients of its own 
 Postgres, Slack); it is imported only here, lazily: what does not look for change points
 never loads it.
 
+What is tested: a series' CPU p50s (``series_values``: the CPU time of the agent's timed
+runs) when every point has one, else its wall p50s. On a shared 2-core VM the wall p50 of one
+A/A run moved by a median 55% from one run to the next, its CPU p50 by 8.4%; detection on the
+CPU p50s finds a +50% step within 10 runs and +100% within 3 (>= 90% of replayed trials), on
+wall p50s not even +200%.
+
 Settings (``DETECTOR``) come from ``bench/changepoints.py``, which replays 60 recorded A/A
 benchmark runs of one model on this machine as series (figures and the settings grid: the
-README's "Regressions" section). ``max_pvalue`` 1e-4: false alarms 0.5 per 100 points of that
-noise (1e-3 gave 0.9-1.3). ``windows`` 8 and 24 (Otava's default is one window of 50): the
+README's "Regressions" section). ``max_pvalue`` 1e-4: false alarms 0.5 per 100 points of the
+first recording's wall p50s (1e-3 gave 0.9-1.3), 0.52 on the CPU p50s of the second.
+``windows`` 8 and 24 (Otava's default is one window of 50): the
 narrow one finds a regression fixed a few runs later, an up-and-down the wide one misses (79%
 of such trials found at both ends, 43% with 8 and 50, 8% with 50 alone), the wider one a step
 with more history behind it. ``min_points`` 3: a segment needs 3 runs, so one odd run (a
@@ -93,6 +100,7 @@ class ChangePoint:
     p_value: float
     points_before: int
     points_after: int
+    metric: str = "wall"  # what before/after/ratio measure: "cpu" p50 or "wall" p50
 
     @property
     def slower(self) -> bool:
@@ -188,6 +196,17 @@ def _change_indices(values: tuple[float, ...], settings: DetectorSettings,
     return tuple((int(c.index), float(c.stats.pvalue)) for c in found)
 
 
+def series_values(series: Sequence[TrendPoint]) -> tuple[str, list[float]]:
+    """What detection reads of one series: its CPU p50s (the process's CPU time per timed run,
+    agent/bench.py) when every point has one, else its wall-clock p50s. Why CPU time: wall
+    time also counts the cores given to other work; in bench/changepoints.py's A/A recording
+    on a shared 2-core VM the wall p50 moved by a median 28% from run to run, the CPU p50 by
+    8.5%. A series with points from an agent before CPU times (or none) stays on wall time."""
+    if series and all(p.cpu_p50_ms for p in series):
+        return "cpu", [float(p.cpu_p50_ms or 0.0) for p in series]
+    return "wall", [p.p50_ms for p in series]
+
+
 def series_of(points: Iterable[TrendPoint]) -> dict[SeriesKey, list[TrendPoint]]:
     """The valid points of each series, in run order."""
     out: dict[SeriesKey, list[TrendPoint]] = {}
@@ -198,13 +217,16 @@ def series_of(points: Iterable[TrendPoint]) -> dict[SeriesKey, list[TrendPoint]]
 
 
 def find_change_points(points: Iterable[TrendPoint], settings: DetectorSettings = DETECTOR,
+                       by_series: dict[SeriesKey, list[TrendPoint]] | None = None,
                        ) -> list[ChangePoint]:
-    """Change points of every series in ``points`` (valid points only), newest first."""
+    """Change points of every series in ``points`` (valid points only), newest first.
+    ``by_series``: ``series_of(points)`` when the caller has it already."""
     from orchestrator.measure.stats import compare_samples
 
     found = []
-    for (device, bundle, precision, threads), series in series_of(points).items():
-        values = [p.p50_ms for p in series]
+    for (device, bundle, precision, threads), series in \
+            (series_of(points) if by_series is None else by_series).items():
+        metric, values = series_values(series)
         cuts = change_indices(values, settings)
         bounds = [0, *(i for i, _ in cuts), len(values)]
         for n, (index, p_value) in enumerate(cuts):
@@ -217,19 +239,43 @@ def find_change_points(points: Iterable[TrendPoint], settings: DetectorSettings 
                 device, bundle, precision, threads, first.run_id, first.version, first.at,
                 last.run_id, last.version, float(shift.median_a or 0.0),
                 float(shift.median_b or 0.0), float(shift.ratio), shift.ci_low,
-                shift.ci_high, p_value, len(before), len(after)))
+                shift.ci_high, p_value, len(before), len(after), metric))
     return sorted(found, key=lambda c: (c.at, c.run_id), reverse=True)
+
+
+# Whole answers of ``regressions`` by DB, filters and the results' version (``data_version``).
+# Why: at 10M latency samples (bench/dashboard.py --scale 10) reading and grouping the newest
+# 1,000 runs' 100,000 results into 50,000 points took ~600 ms of CPU per Trends page, and the
+# answer changes only when a result is stored (results are only ever inserted: a new one moves
+# max(id)). A few entries: one holds up to 50,000 points (~10 MB).
+ANSWER_CACHE_SIZE = 8
+_answers: OrderedDict[tuple[Any, ...], Regressions] = OrderedDict()
 
 
 def regressions(session: Session, bundle: str | None = None, threads: int | None = None,
                 devices: Iterable[str] | None = None,
-                settings: DetectorSettings = DETECTOR) -> Regressions:
-    """Read the benchmark series (``trends.trend_points``, newest ``trends.MAX_RUNS`` runs),
-    optionally of one bundle name, one thread count, some devices; find their change points."""
-    points = trends.trend_points(session, bundle, threads, devices=devices)
+                settings: DetectorSettings = DETECTOR,
+                max_runs: int = trends.MAX_RUNS) -> Regressions:
+    """Read the benchmark series (``trends.trend_points``, the newest ``max_runs`` benchmark
+    runs), optionally of one bundle name, one thread count, some devices; find their change
+    points. The answer is shared (cached until a result is stored): do not modify it."""
+    wanted = None if devices is None else tuple(sorted(set(devices)))
+    key = (str(session.get_bind().url), bundle, threads, wanted, settings, max_runs,
+           trends.data_version(session))
+    with _found_lock:
+        cached = _answers.get(key)
+        if cached is not None:
+            _answers.move_to_end(key)
+            return cached
+    points = trends.trend_points(session, bundle, threads, max_runs, devices=wanted)
     by_series = series_of(points)
-    return Regressions(points, find_change_points(points, settings), len(by_series),
-                       sum(len(s) for s in by_series.values()), settings)
+    answer = Regressions(points, find_change_points(points, settings, by_series),
+                         len(by_series), sum(len(s) for s in by_series.values()), settings)
+    with _found_lock:
+        _answers[key] = answer
+        while len(_answers) > ANSWER_CACHE_SIZE:
+            _answers.popitem(last=False)
+    return answer
 
 
 def _rounded(value: float | None, digits: int = 4) -> float | None:
@@ -245,7 +291,8 @@ def change_point_public(cp: ChangePoint) -> dict[str, Any]:
             "before_ms": _rounded(cp.before_ms, 6), "after_ms": _rounded(cp.after_ms, 6),
             "ratio": _rounded(cp.ratio), "ci_low": _rounded(cp.ci_low),
             "ci_high": _rounded(cp.ci_high), "p_value": float(f"{cp.p_value:.3g}"),
-            "points_before": cp.points_before, "points_after": cp.points_after}
+            "points_before": cp.points_before, "points_after": cp.points_after,
+            "metric": cp.metric}
 
 
 def regressions_public(found: Regressions) -> dict[str, Any]:
@@ -284,14 +331,27 @@ def display_row(cp: ChangePoint) -> dict[str, Any]:
             "before": format_number(cp.before_ms), "after": format_number(cp.after_ms),
             "ratio": f"{cp.ratio:.3f}", "ci": format_ci(cp.ci_low, cp.ci_high),
             "p": format_p_value(cp.p_value),
-            "points": f"{cp.points_before} | {cp.points_after}"}
+            "points": f"{cp.points_before} | {cp.points_after}", "metric": cp.metric}
+
+
+TABLE_COLUMNS = ("series", "run", "version", "change", "metric", "before ms", "after ms",
+                 "after/before", "95% CI", "p", "points")
+
+
+def table_cells(row: dict[str, Any]) -> tuple[Any, ...]:
+    """A ``display_row`` as the cells of ``TABLE_COLUMNS`` (the CLI's and the demo's table)."""
+    return (row["series"], row["run_id"], f"{row['previous_version']} -> {row['version']}",
+            row["direction"], row["metric"], row["before"], row["after"], row["ratio"],
+            row["ci"], row["p"], row["points"])
 
 
 CAPTION = (
     "A change point is where a series (device x bundle x precision x threads, valid benchmark "
     "p50s in run order) moves to another level and stays there; throttled or invalid results "
     "are left out. run = the first run of the new level; after/before = median p50 after / "
-    "before (> 1: slower), with a bootstrap 95% CI; p = the detector's test of the two "
+    "before (> 1: slower), with a bootstrap 95% CI; metric = which p50: cpu (the CPU time of "
+    "a timed run, steadier than wall time when other work shares the device; read whenever "
+    "the whole series has it) or wall; p = the detector's test of the two "
     "segments (Apache Otava: E-Divisive means, kept at p < {max_p:g}, at least {min_points} "
     "runs per segment); points = runs before | after.")
 

@@ -94,6 +94,7 @@ def result_row(run: Run, device: Device | Target, simulated: bool, precision: st
         n=stats.get("n"), mean_ms=stats.get("mean"), std_ms=stats.get("std"),
         min_ms=stats.get("min"), max_ms=stats.get("max"), p50_ms=stats.get("p50"),
         p90_ms=stats.get("p90"), p95_ms=stats.get("p95"), p99_ms=stats.get("p99"),
+        cpu_p50_ms=(entry.get("cpu_ms") or {}).get("p50"),
         load_ms=entry.get("load_ms"), first_inference_ms=entry.get("first_inference_ms"),
         peak_rss_mb=entry.get("peak_rss_mb"), steady_rss_mb=entry.get("steady_rss_mb"),
         model_size_mb=common.get("model_size_mb"),
@@ -155,6 +156,9 @@ def merge_rounds(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
     merged.update(
         runs=len(latencies), latencies_ms=latencies,
         round_sizes=[len(e.get("latencies_ms") or []) for e in entries],
+        # The CPU times are not sent raw: the median of the rounds' medians.
+        cpu_ms=None if any(not e.get("cpu_ms") for e in entries) else
+        {"p50": float(np.median([e["cpu_ms"]["p50"] for e in entries]))},
         latency_ms={"n": int(arr.size), "mean": float(arr.mean()),
                     "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
                     "min": float(arr.min()), "max": float(arr.max()),
@@ -398,6 +402,7 @@ def result_public(result: Result, run: Run, raw: bool = False, *,
             "n": result.n, "mean": result.mean_ms, "std": result.std_ms, "min": result.min_ms,
             "max": result.max_ms, "p50": result.p50_ms, "p90": result.p90_ms,
             "p95": result.p95_ms, "p99": result.p99_ms},
+        "cpu_p50_ms": result.cpu_p50_ms,
         "load_ms": result.load_ms, "first_inference_ms": result.first_inference_ms,
         "peak_rss_mb": result.peak_rss_mb, "steady_rss_mb": result.steady_rss_mb,
         "model_size_mb": result.model_size_mb,

@@ -24,6 +24,8 @@ valid points only.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,6 +41,12 @@ SeriesKey = tuple[str, str, str | None, int | None]  # device, bundle name, prec
 
 BENCH = "bench"  # Run.kind of a benchmark; the other kind, "eval", never shows here
 MAX_RUNS = 1000  # a trend reads at most the newest this many runs (years of nightly runs)
+# The Trends page's choice of how many of the newest benchmark runs it reads (``?runs=``), and
+# its default. Why a window: at 10M latency samples (bench/dashboard.py --scale 10) the newest
+# 1,000 runs are 50,000 points in 600 series, ~650 ms of CPU to read, group and test per load;
+# 200 runs is a fifth of it. The CLI and the API read MAX_RUNS.
+PAGE_RUNS = (50, 100, 200, 500, MAX_RUNS)
+PAGE_RUNS_DEFAULT = 200
 
 
 @dataclass
@@ -56,6 +64,9 @@ class TrendPoint:
     p50_ms: float
     valid: bool
     results: int = 1
+    # The mean CPU p50 of its results (``Result.cpu_p50_ms``) when every one has it, else None:
+    # what change-point detection reads (``regressions.series_values``). Valid points only.
+    cpu_p50_ms: float | None = None
 
     @property
     def series(self) -> SeriesKey:
@@ -84,6 +95,12 @@ def _split_p50() -> tuple[Any, Any, Any, Any]:
     invalid_p50 = case((invalid, col(Result.p50_ms)), else_=None)
     return (func.avg(valid_p50), func.count(valid_p50),
             func.avg(invalid_p50), func.count(invalid_p50))
+
+
+def _cpu_p50() -> tuple[Any, Any]:
+    """avg/count of the CPU p50 over valid results, as SQL expressions."""
+    valid_cpu = case((col(Result.valid) == false(), None), else_=col(Result.cpu_p50_ms))
+    return func.avg(valid_cpu), func.count(valid_cpu)
 
 
 def _measured() -> list[Any]:
@@ -118,40 +135,83 @@ def trend_points(session: Session, bundle: str | None = None, threads: int | Non
                  ) -> list[TrendPoint]:
     """Points of every series (see the module docstring), oldest run first; optionally one
     bundle name, one thread count and/or some devices. The newest ``max_runs`` benchmark runs
-    are read."""
-    runs = (select(Run.id).where(Run.kind == BENCH).order_by(col(Run.id).desc())
-            .limit(max_runs))
+    are read.
+
+    Two queries: the runs (at most ``max_runs`` rows), then their results grouped by the
+    leading columns of the covering index ``ix_result_summary``, which SQLite then groups in
+    index order; joining the run's name, version and time into that GROUP BY made it sort
+    every row twice (temp B-trees for the GROUP BY and the ORDER BY)."""
+    runs_query = (select(Run.id, Run.bundle_name, Run.bundle_version, Run.created_at)
+                  .where(Run.kind == BENCH).order_by(col(Run.id).desc()).limit(max_runs))
     if bundle:
-        runs = runs.where(Run.bundle_name == bundle)
+        runs_query = runs_query.where(Run.bundle_name == bundle)
+    runs = {int(run_id): (name, version, at)
+            for run_id, name, version, at in session.exec(runs_query).all()}
+    if not runs:
+        return []
     valid_avg, valid_n, invalid_avg, invalid_n = _split_p50()
+    cpu_avg, cpu_n = _cpu_p50()
     query = (select(Result.run_id, Result.device_name, Result.precision, Result.threads,
-                    Run.bundle_name, Run.bundle_version, Run.created_at, valid_avg, valid_n,
-                    invalid_avg, invalid_n)
-             .join(Run, col(Result.run_id) == col(Run.id))
-             .where(col(Result.run_id).in_(runs), *_measured())
+                    valid_avg, valid_n, invalid_avg, invalid_n, cpu_avg, cpu_n)
+             .where(col(Result.run_id).in_(runs_query.with_only_columns(col(Run.id))),
+                    col(Result.ok), col(Result.p50_ms).is_not(None))
              .group_by(col(Result.run_id), col(Result.device_name), col(Result.precision),
-                       col(Result.threads), col(Run.bundle_name), col(Run.bundle_version),
-                       col(Run.created_at))
-             .order_by(col(Run.created_at), col(Result.run_id)))
+                       col(Result.threads)))
     if threads is not None:
         query = query.where(Result.threads == threads)
     if devices is not None:
         query = query.where(col(Result.device_name).in_(list(devices)))
     points = []
-    for run_id, device, precision, n_threads, name, version, at, v_avg, v_n, i_avg, i_n in \
+    for (run_id, device, precision, n_threads, v_avg, v_n, i_avg, i_n, c_avg, c_n) in \
             session.exec(query).all():
+        name, version, at = runs[run_id]
         for p50, count, valid in ((v_avg, v_n, True), (i_avg, i_n, False)):
             if count:
+                cpu = float(c_avg) if valid and c_n == count else None
                 points.append(TrendPoint(device, name, version, precision, n_threads, run_id,
-                                         at, float(p50), valid, int(count)))
+                                         at, float(p50), valid, int(count), cpu))
+    points.sort(key=lambda p: (p.at, p.run_id))  # stable: a run's points keep their order
     return points
+
+
+def data_version(session: Session) -> tuple[int, int]:
+    """(max id, count) of the result rows, both from the primary key: what the cached answers
+    here and in ``regressions`` are keyed by. Results are only ever inserted (never updated
+    into or out of a benchmark's aggregates, never deleted), so a new one moves max(id)."""
+    top, count = session.exec(select(func.max(Result.id), func.count(Result.id))).one()
+    return int(top or 0), int(count or 0)
+
+
+# version_matrix answers by DB, bundle, threads and data_version. Why: the heatmap aggregates
+# every benchmark result of the bundle (no window: a version benchmarked once long ago is still
+# a column), 50,000 results and ~55 ms of CPU at 10M latency samples (bench/dashboard.py
+# --scale 10), which changes only when a result is stored.
+_matrices: OrderedDict[tuple[Any, ...], list[MatrixCell]] = OrderedDict()
+_matrices_lock = threading.Lock()
+MATRIX_CACHE_SIZE = 32
 
 
 def version_matrix(session: Session, bundle: str, threads: int | None = None
                    ) -> list[MatrixCell]:
     """Every device x version x thread count benchmarked for bundle ``bundle``: the mean of the
     valid results' p50s (each result is one run of that version on that device), and the
-    invalid ones apart. Versions in build order (their Bundle row's creation), then name."""
+    invalid ones apart. Versions in build order (their Bundle row's creation), then name.
+    The list is shared (cached until a result is stored): do not modify it."""
+    key = (str(session.get_bind().url), bundle, threads, data_version(session))
+    with _matrices_lock:
+        cached = _matrices.get(key)
+        if cached is not None:
+            _matrices.move_to_end(key)
+            return cached
+    cells = _version_matrix(session, bundle, threads)
+    with _matrices_lock:
+        _matrices[key] = cells
+        while len(_matrices) > MATRIX_CACHE_SIZE:
+            _matrices.popitem(last=False)
+    return cells
+
+
+def _version_matrix(session: Session, bundle: str, threads: int | None) -> list[MatrixCell]:
     valid_avg, valid_n, invalid_avg, invalid_n = _split_p50()
     built = func.min(col(Bundle.created_at))
     query = (select(Result.device_name, Run.bundle_version, Result.threads,

@@ -184,6 +184,9 @@ def test_latency_stats_per_process_rss_and_clean_telemetry(
         for q in (50, 90, 95, 99):
             assert stats[f"p{q}"] == np.percentile(lat, q)
         assert stats["min"] <= stats["p50"] <= stats["p90"] <= stats["p95"] <= stats["p99"]
+        # the CPU time of each timed run too (what change-point detection reads), same count
+        cpu = entry["cpu_ms"]
+        assert cpu["n"] == len(lat) and 0 < cpu["min"] <= cpu["p50"] <= cpu["max"]
         assert entry["load_ms"] > 0 and entry["first_inference_ms"] > 0
         assert 0 < entry["rss_before_load_mb"] <= entry["peak_rss_mb"]
         assert 0 < entry["steady_rss_mb"] <= entry["peak_rss_mb"]

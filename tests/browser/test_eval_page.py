@@ -43,7 +43,6 @@ def demo_pushed(home: Path, work: Path, model_cache: Path) -> tuple[Any, Any, li
         sync_inventory(session, load_inventory(files.inventory))
         devices = all_devices(session)
         bundle = build_bundle(session, cfg, files.model_dir, scenario.DEMO_BUNDLE,
-                              input_shapes=scenario.INPUT_SHAPES,
                               extra={"streaming": load_profile_file(files.profile).to_dict()}
                               ).bundle
         session.expunge_all()

@@ -69,6 +69,9 @@ def test_bench_every_field_dynamic_dim_scalar_and_constant(cli: Cli, sshd_factor
     shown = cli("runs", "show", str(out["id"]), "--json").json
     assert [r["latency_ms"]["p50"] for r in shown["results"]] == [
         r["latency_ms"]["p50"] for r in results]
+    # the CPU p50 of the timed runs crossed the wire and was stored (change points read it)
+    assert all(r["cpu_p50_ms"] and r["cpu_p50_ms"] > 0 for r in shown["results"])
+    assert [r["cpu_p50_ms"] for r in shown["results"]] == [r["cpu_p50_ms"] for r in results]
     raw = cli("runs", "show", str(out["id"]), "--json", "--raw").json["results"][0]
     assert len(raw["latencies_ms"]) == raw["latency_ms"]["n"]
     markdown = cli("runs", "show", str(out["id"]), "--format", "md").stdout

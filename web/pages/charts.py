@@ -100,6 +100,25 @@ def trend_charts(points: Sequence[TrendPoint], change_points: Sequence[ChangePoi
     return charts
 
 
+def trend_figures(points: Sequence[TrendPoint], change_points: Sequence[ChangePoint] = (),
+                  ) -> list[dict[str, Any]]:
+    """What the Trends page lists of each ``trend_charts`` chart without its data (fetched per
+    chart when it comes into view): title, bundle, device and the counts of its caption.
+    Same order and counts as ``trend_charts``."""
+    counts: dict[tuple[str, str], list[int]] = {}
+    for point in points:
+        count = counts.setdefault((point.bundle, point.device), [0, 0, 0, 0])
+        count[0] += 1
+        count[1] += not point.valid
+    for change in change_points:
+        count = counts.get((change.bundle, change.device))
+        if count is not None:
+            count[2 if change.slower else 3] += 1
+    return [{"title": f"{bundle} on {device}", "bundle": bundle, "device": device,
+             "points": n, "invalid": invalid, "regressions": slower, "faster": faster}
+            for (bundle, device), (n, invalid, slower, faster) in sorted(counts.items())]
+
+
 def sweep_charts(cells: Sequence[MatrixCell]) -> list[dict[str, Any]]:
     """One chart per device: p50 against the thread count (log2 axis), a line per version
     through its valid cells; cells with only invalid results as hollow markers."""

@@ -6,7 +6,8 @@
  *   <div class="chart" data-chart="hist|cdf|samples|telemetry" data-source="ID" data-index="N">
  * or names a same-origin JSON URL instead (data-url: the run page's per-result chart data,
  * fetched once per URL when the element scrolls near the view, so a 150-result run page does
- * not carry every result's raw latencies). An element [data-note-of="URL"] gets that data's
+ * not carry every result's raw latencies; lines.js does the same for the Trends page's charts).
+ * An element [data-note-of="URL"] gets that data's
  * hist.note as its text (the histogram caption's tail clause, worded by the server).
  */
 (function () {
@@ -127,19 +128,29 @@
     });
   }
 
-  // Elements with data-url are drawn when they come within a screen or so of the view.
+  // Elements with data-url are drawn when they come within a screen or so of the view
+  // (whenNear: also the Trends page's per-chart data, through lines.js).
+  var pending = new Map();  // element -> what to do when it comes near
   var observer = typeof IntersectionObserver === "undefined" ? null :
     new IntersectionObserver(function (entries) {
       entries.forEach(function (entry) {
         if (!entry.isIntersecting) return;
         observer.unobserve(entry.target);
-        drawFetched(entry.target);
+        var todo = pending.get(entry.target);
+        pending.delete(entry.target);
+        if (todo) todo(entry.target);
       });
     }, { rootMargin: "1000px 0px" });
 
+  function whenNear(el, todo) {
+    if (!observer) return todo(el);
+    pending.set(el, todo);
+    observer.observe(el);
+  }
+
   function drawOne(el) {
     if (el.dataset.url) {
-      if (observer) observer.observe(el); else drawFetched(el);
+      whenNear(el, drawFetched);
       return null;
     }
     var data = readJSON(el.dataset.source);
@@ -176,6 +187,9 @@
   window.EdgeFleet = {
     readJSON: readJSON,
     size: size,
+    fetchJSON: fetchJSON,
+    whenNear: whenNear,
+    track: function (el, chart) { if (chart) charts.push({ el: el, chart: chart }); },
     register: function (selector, render) { renderers.push([selector, render]); },
   };
 

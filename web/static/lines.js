@@ -3,8 +3,10 @@
  * Like app.js, data never reaches code as text: the server writes it into
  * <script type="application/json" id="ID"> (escaped) and this file JSON.parses it. An element
  *   <div class="chart" data-lines="ID" data-index="N">
- * draws chart N of that block (shape: web/pages/charts.py). Its own attribute (not data-chart)
- * keeps app.js's renderers out of it.
+ * draws chart N of that block (shape: web/pages/charts.py); with data-url="URL" instead, the
+ * chart is that URL's JSON, fetched when the element comes near the view (the Trends page: one
+ * request per device x bundle, so a page of 600 series does not embed 50,000 points). Its own
+ * attribute (not data-chart) keeps app.js's renderers out of it.
  *
  * Series kinds: "line" (valid points joined across gaps), "invalid" (hollow markers, no line:
  * measured while throttled, not comparable), "regression" / "faster" (filled markers on the line:
@@ -73,6 +75,19 @@
   }
 
   ef.register("[data-lines]", function (el) {
+    if (el.dataset.url) {  // one chart's JSON, fetched when it comes near the view
+      ef.whenNear(el, function () {
+        ef.fetchJSON(el.dataset.url).then(function (c) {
+          if (!c) {
+            el.classList.add("empty");
+            el.textContent = "Chart data could not be loaded.";
+            return;
+          }
+          ef.track(el, draw(el, c));
+        });
+      });
+      return null;
+    }
     var block = ef.readJSON(el.dataset.lines);
     return block ? draw(el, block[Number(el.dataset.index || 0)]) : null;
   });

@@ -35,6 +35,7 @@ from orchestrator.inventory.devices import all_devices, sync_inventory
 from orchestrator.inventory.reader import load_inventory
 from orchestrator.jobs import queue, schedules
 from orchestrator.measure.reports import COMPARISON_FIELDS, format_number
+from orchestrator.present.wording import plural
 from tests.unit.web import test_pages as base
 from tests.unit.web.test_pages import COOL, HOT, Site, get, parse, row_of, text_of
 from web.app import create_app
@@ -230,7 +231,11 @@ def test_trends_draws_points_and_invalid_ones_apart(seeded: Seeded) -> None:
     assert "None: no series of valid points moved to another level" in " ".join(html.split())
     assert "Apache Otava" in html
 
-    charts = {c["title"]: c for c in json.loads(page.scripts["trend-charts"])}
+    # Each chart's data is its own request, made when the chart nears the view (lines.js).
+    urls = [a["data-url"] for tag, a in page.tags if tag == "div" and a.get("data-lines")]
+    assert "trend-charts" not in page.scripts and all(u.startswith("/trends/chart?")
+                                                      for u in urls)
+    charts = {c["title"]: c for c in (site.client.get(u).json() for u in urls)}
     cool = charts[f"first-crack on {COOL}"]
     kinds = {s["label"]: s for s in cool["series"]}
     line = kinds["1 thread"]["values"]
@@ -241,13 +246,20 @@ def test_trends_draws_points_and_invalid_ones_apart(seeded: Seeded) -> None:
     assert {s["kind"] for s in hot["series"]} == {"line", "invalid"}  # never a change point
     assert all(v is None for s in hot["series"] if s["kind"] == "line" for v in s["values"])
     assert hot["invalid"] == 2
-    assert html.count('data-lines="trend-charts"') == len(charts)
+    assert len(urls) == len(charts) == 3  # pi4-weak too
     assert '<script src="/static/lines.js" defer></script>' in html
+    for title, chart in charts.items():  # the caption counts what the chart draws
+        assert f"<strong>{title}</strong>: {plural(chart['points'], 'point')}" in html
 
-    narrowed = parse(get(site, "/trends?bundle=first-crack&threads=2"))
-    assert [c["title"] for c in json.loads(narrowed.scripts["trend-charts"])] == \
-        [f"first-crack on {COOL}"]
+    narrowed_html = get(site, "/trends?bundle=first-crack&threads=2&runs=50")
+    narrowed = parse(narrowed_html)
+    urls = [a["data-url"] for tag, a in narrowed.tags if tag == "div" and a.get("data-lines")]
+    assert [site.client.get(u).json()["title"] for u in urls] == [f"first-crack on {COOL}"]
+    assert all("runs=50" in u and "threads=2" in u for u in urls)
+    assert '<option value="50" selected>' in narrowed_html  # the window chosen, kept
     assert "No benchmark results match" in get(site, "/trends?bundle=nosuch")
+    missing = site.client.get(f"/trends/chart?of=nosuch&device={COOL}")
+    assert missing.status_code == 404 and missing.json()["detail"]
 
 
 # --- compare --------------------------------------------------------------------------------

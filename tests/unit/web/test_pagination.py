@@ -17,7 +17,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 from orchestrator.core.config import Settings
-from orchestrator.core.db import session_scope
+from orchestrator.core.db import MAX_ROW_ID, session_scope
 from orchestrator.inventory.devices import devices_window, select_devices, sync_inventory
 from orchestrator.inventory.reader import load_inventory
 from web.app import create_app
@@ -91,10 +91,19 @@ def test_api_pages_follow_the_link_header(world: tuple[Settings, TestClient]) ->
     assert pages == 4  # 125 devices, 40 a page
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=1001", "offset=-1", "limit=x"])
+@pytest.mark.parametrize("query", ["limit=0", "limit=1001", "offset=-1", "limit=x",
+                                   "offset=9339123332474732224"])  # > SQLite's INTEGER: was 500
 def test_api_refuses_a_bad_window(world: tuple[Settings, TestClient], query: str) -> None:
     _, client = world
     assert client.get(f"/api/devices?{query}").status_code == 422
+
+
+def test_fleet_page_past_an_sql_integer_is_refused(world: tuple[Settings, TestClient]) -> None:
+    """?page=2**63 with devices in the DB made an OFFSET SQLite cannot bind: a 500
+    (OverflowError) before the page was bounded; now a 422. The highest page still answers."""
+    _, client = world
+    assert client.get("/?page=9223372036854775808").status_code == 422
+    assert client.get(f"/?page={MAX_ROW_ID // PAGE_SIZE}").status_code == 200
 
 
 def _row_names(html: str) -> list[str]:
