@@ -29,16 +29,13 @@ action              target                detail
 ``bundle.build``    ``bundle:<N@V>``      ``digest``, ``precision``, ``source`` (new versions
                                           only: an unchanged rebuild changes nothing)
 ``dataset.build``   ``dataset:<N@V>``     ``digest``, ``samples``, ``labels``, ``for``
-<<<<<<< HEAD
 ``key.create``      ``key:<name>``        ``fingerprint``, ``encrypted`` (never the key)
 ``bundle.sign``     ``bundle:<N@V>``      ``key``, ``fingerprint``, ``digest``, ``replaced``
                                           (the earlier signer, if any)
-=======
 ``rollout.halt``    ``job:<id>``          a staged push stopped by a failing batch: ``bundle``,
                                           ``batch`` (its index), ``failed``, ``not_started``,
                                           ``rolled_back`` (``--rollback-on-fail``); the
                                           actor is the job's (who started the rollout)
->>>>>>> i15-rollout
 =================== ===================== =====================================================
 
 ``agent.install`` with ``--trust-key`` (or ``--untrust``) also carries ``trust``: the keys
