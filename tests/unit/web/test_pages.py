@@ -278,7 +278,7 @@ def test_push_form_queues_a_job_and_redirects_to_it(site: Site) -> None:
     assert job["params"]["bundle"] == "first-crack@1" and job["params"]["forks"] == 3
 
     html = get(site, f"/jobs/{job_id}?notice=queued")
-    assert "Job queued" in html and f'hx-get="/jobs/{job_id}/progress"' in html
+    assert "Job queued" in html and f'hx-get="/jobs/{job_id}/progress?notice=queued"' in html
     assert 'hx-trigger="every 1s"' in html and f'action="/jobs/{job_id}/cancel"' in html
     listing = parse(get(site, "/jobs"))
     assert "first-crack@1" in text_of(row_of(listing, "jobs", f"#{job_id}"))
