@@ -235,7 +235,7 @@ def test_device_page_has_facts_telemetry_chart_data_deployments_and_results(site
     assert data["throttled"] == [82.5, 84.0]  # soft temp limit "now" at both snapshots
     assert all(f > 0 for f in data["freq_mhz"])
     assert 'data-chart="telemetry"' in html and "/static/vendor/uPlot.iife.min.js" in html
-    deployments = [text_of(r) for r in page.tables[""] if "push" in text_of(r)]
+    deployments = [text_of(r) for r in page.tables["deployments"] if "push" in text_of(r)]
     assert any("first-crack@1" in d and "active" in d for d in deployments)
     result = [text_of(r) for r in page.tables[""] if f"#{site.run_id}" in text_of(r)]
     assert result and "soft_temp_limit" in result[0]
