@@ -66,7 +66,8 @@ from sqlmodel import Session, col, select
 from orchestrator.core.models import AuditEvent, Job
 
 ACTIONS = ("push", "bench", "eval", "rollback", "inventory.sync", "job.cancel",
-           "schedule.create", "schedule.delete", "token.create", "token.revoke",
+           "schedule.create", "schedule.delete", "schedule.update", "schedule.pause",
+           "schedule.resume", "token.create", "token.revoke",
            "devices.trust", "agent.install", "bundle.build", "dataset.build")
 # The job kinds that are audited: those that change a device or measure on it (not the
 # read-only verify and telemetry).

@@ -56,6 +56,7 @@ class Fleet:
             "compare": f"/runs/compare?a={a}&b={b}", "compare-home": "/runs/compare",
             "jobs": "/jobs", "job": f"/jobs/{self.job_id}", "benchmarks": "/benchmarks",
             "trends": "/trends", "audit": "/audit", "inventory": "/fleet/inventory",
+            "schedule": f"/benchmarks/schedules/{self.schedule_id}/edit",
         }
 
 

@@ -125,7 +125,7 @@ async def _queue(request: Request, settings: Settings, ref: str, principal: Any,
                       warmup=_int_or_text(fields.get("warmup", "") or "5"))
     context["form"] = context["form"] | {k: str(v) for k, v in fields.items()
                                          if k != "csrf_token"}
-    try:  # the evaluate form can also schedule (partials/when.html); the others run now
+    try:  # bench and eval forms can also schedule (partials/when.html); a push runs now
         return schedule_or_submit(settings, principal, kind, params, targets, context["form"])
     except EdgeFleetError as exc:
         return render(request, "bundle.html", context | {"error": str(exc), "failed_form": kind},

@@ -43,6 +43,9 @@ NOTICES = {
     "cancel_requested": "Cancellation requested: devices finish their current step, then stop.",
     "schedule_created": "Schedule created. It queues its job at its next time (UTC).",
     "schedule_deleted": "Schedule deleted. The jobs it already queued are kept.",
+    "schedule_paused": "Schedule paused: it queues nothing until it is resumed.",
+    "schedule_resumed": "Schedule resumed: it queues its job at its next time (UTC).",
+    "schedule_updated": "Schedule saved. It queues its job at its next time (UTC).",
     "inventory_applied": "Inventory applied: the fleet below matches the file. The change is in "
                          "the audit log.",
 }
