@@ -106,3 +106,19 @@ def filter_choices(session: Session) -> dict[str, list[str]]:
     names = session.exec(select(Run.bundle_name).distinct().order_by(col(Run.bundle_name))).all()
     devices = session.exec(select(Device.name).order_by(col(Device.name))).all()
     return {"bundles": list(names), "devices": list(devices)}
+
+
+def bundle_results(session: Session, name: str, limit: int = 60) -> list[dict[str, Any]]:
+    """A bundle's result history across its versions, newest run first (the bundle page):
+    ``result_public`` summaries, raw latencies not loaded."""
+    from sqlalchemy.orm import defer
+
+    from orchestrator.measure.runs import result_public
+
+    pairs = session.exec(select(Result, Run).join(Run, col(Result.run_id) == col(Run.id))
+                         .where(col(Run.bundle_name) == name)
+                         .options(defer(Result.latencies), defer(Result.telemetry_samples))
+                         .order_by(col(Result.run_id).desc(), col(Result.device_name),
+                                   col(Result.threads))
+                         .limit(max(1, limit))).all()
+    return [result_public(result, run) for result, run in pairs]

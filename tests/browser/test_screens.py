@@ -18,6 +18,7 @@ from .fleet_data import make_fleet
 SIZES = {"desktop": {"width": 1366, "height": 900}, "phone": {"width": 390, "height": 844}}
 SCHEMES = ("light", "dark")
 SHOTS = {"fleet", "run", "compare"}
+CHARTED = ("device", "run", "trends", "compare")  # pages whose charts must be drawn
 
 OVERFLOW = """() => {
   const el = document.scrollingElement;
@@ -56,7 +57,7 @@ def test_every_page_fits_phones_and_follows_the_theme(home: Path, tmp_path: Path
                 response = page.goto(server.url + url)
                 assert response is not None and response.status == 200, (url, response)
                 page.wait_for_load_state("load")
-                if name in ("device", "run", "trends"):  # drawn after load (run: fetched)
+                if name in CHARTED:  # drawn after load (run: fetched)
                     page.locator(".uplot").first.wait_for()
                 where = f"{name} {size} {scheme}"
                 fit = page.evaluate(OVERFLOW)
@@ -75,5 +76,5 @@ def test_every_page_fits_phones_and_follows_the_theme(home: Path, tmp_path: Path
                     save_screenshot(page, f"screens-{name}-{size}-{scheme}")
     assert guard.blocked == [], guard.blocked
     assert problems == [], "\n".join(problems)
-    for name in ("device", "run", "trends"):  # the theme check saw charts there
+    for name in CHARTED:  # the theme check saw charts there
         assert drawn.get(name), (name, drawn)
