@@ -14,14 +14,16 @@
 
   function noPath() { return null; }
 
-  function xAxis(d) {
+  // Labels turn when they would not fit side by side (many pairs, or a phone's width).
+  function xAxis(d, el) {
+    var tight = d.labels.length > 4 || (el.clientWidth || 480) / d.labels.length < 110;
     return {
       splits: function () { return d.labels.map(function (_, i) { return i; }); },
       values: function (u, ticks) {
         return ticks.map(function (t) { return d.labels[t] === undefined ? "" : d.labels[t]; });
       },
-      rotate: d.labels.length > 4 ? -30 : 0,
-      size: d.labels.length > 4 ? 90 : 40,
+      rotate: tight ? -30 : 0,
+      size: tight ? 90 : 40,
     };
   }
 
@@ -60,7 +62,7 @@
         { label: d.b_label, stroke: t.freq, paths: noPath,
           points: { show: true, size: 9, width: 1.5, stroke: t.freq, fill: t.freq } },
       ],
-      axes: [xAxis(d), { label: "p50 ms" }],
+      axes: [xAxis(d, el), { label: "p50 ms" }],
       hooks: { drawSeries: [segments(function () {
         return xs.map(function (i) { return [i, d.a[i], d.b[i]]; });
       }, t.grid, 2)] },
@@ -82,7 +84,7 @@
         { label: "B/A", stroke: t.fg, paths: noPath,
           points: { show: true, size: 9, width: 1.5, stroke: t.fg, fill: t.fg } },
       ],
-      axes: [xAxis(d), { label: "B/A (95% CI)" }],
+      axes: [xAxis(d, el), { label: "B/A (95% CI)" }],
       hooks: {
         drawClear: [function (u) {  // the reference line at 1 under everything
           var ctx = u.ctx, y = u.valToPos(1, "y", true);
