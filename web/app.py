@@ -50,11 +50,15 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True,
             if runner is not None:
                 runner.stop()
 
+    # /docs is served below from the vendored Swagger UI (FastAPI's own loads it from a CDN,
+    # a blank page offline); ReDoc is dropped rather than vendored: one API browser is enough.
     app = FastAPI(title="EdgeFleet", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None,
                   description="Push hash-verified ONNX bundles to a fleet of Pis, benchmark "
                               "them, watch their throttling.")
     app.state.settings = settings
-    from fastapi.responses import JSONResponse
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
     from orchestrator.core.errors import EdgeFleetError, NotFoundError
     from web import api, login, metrics
@@ -64,6 +68,23 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True,
     async def user_error(request: object, exc: EdgeFleetError) -> JSONResponse:
         status = 404 if isinstance(exc, NotFoundError) else 400
         return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        """Swagger UI from /static/vendor, so the API browser works with no internet access.
+        ``validatorUrl: None``: Swagger UI would otherwise show a badge loaded from
+        validator.swagger.io for every spec."""
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json", title="EdgeFleet API",
+            swagger_js_url="/static/vendor/swagger-ui-bundle.js",
+            swagger_css_url="/static/vendor/swagger-ui.css",
+            swagger_favicon_url="/favicon.ico",
+            swagger_ui_parameters={"validatorUrl": None, "persistAuthorization": False})
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        """Browsers ask for /favicon.ico whatever the page says: answer it, not a 404."""
+        return FileResponse(WEB_DIR / "static" / "favicon.ico", media_type="image/x-icon")
 
     app.add_middleware(LocalModeGuard, settings=settings)
     app.include_router(api.router)

@@ -6,8 +6,9 @@ Routes opt in by depending on ``require(role)`` (or ``get_principal``); mutating
 ``csrf_protect``. A router can do it for all its routes at once:
 ``APIRouter(dependencies=[Depends(require("viewer"))])``.
 
-Open without credentials, on purpose: ``/static`` (vendored assets), ``/login`` and ``/logout``
-(no session yet / only clears one), ``/docs`` and ``/openapi.json`` (the API's shape, no data),
+Open without credentials, on purpose: ``/static`` (vendored assets) and ``/favicon.ico``,
+``/login`` and ``/logout`` (no session yet / only clears one), ``/docs`` and ``/openapi.json``
+(the API's shape, no data),
 ``/metrics`` (aggregate counters and gauges for a scraper; it carries no secrets, tokens, key
 paths or device environments, and Prometheus scrapers rarely hold credentials).
 
@@ -36,7 +37,8 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from orchestrator.access import audit, auth
@@ -44,7 +46,8 @@ from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 
 # Paths served without credentials (see the module docstring for why each is safe).
-OPEN_PATHS = ("/static", "/login", "/logout", "/docs", "/redoc", "/openapi.json", "/metrics")
+OPEN_PATHS = ("/static", "/favicon.ico", "/login", "/logout", "/docs", "/openapi.json",
+              "/metrics")
 COOKIE = "edgefleet_session"
 SESSION_MAX_AGE = 12 * 3600
 CSRF_HEADER = "X-CSRF-Token"
@@ -179,12 +182,20 @@ def get_principal(request: Request) -> Principal:
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 
+# Declares the Bearer scheme in OpenAPI for every route behind ``require`` (so /docs shows the
+# lock and its Authorize dialog). ``auto_error=False``: it only documents; ``get_principal``
+# decides, as a cookie session or the tokenless local mode need no header.
+bearer_scheme = HTTPBearer(
+    auto_error=False, scheme_name="bearer", bearerFormat="ef_...",
+    description="An EdgeFleet token: `edgefleet tokens create --role viewer|operator|admin`.")
+BearerDoc = Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)]
+
 
 def require(role: str) -> Callable[..., Principal]:
     """A dependency giving the Principal if it has at least ``role``, else 403."""
     auth.role_allows(role, role)  # an unknown role fails here, at import time, not per request
 
-    def dependency(principal: CurrentPrincipal) -> Principal:
+    def dependency(principal: CurrentPrincipal, _bearer: BearerDoc) -> Principal:
         if not auth.role_allows(principal.role, role):
             raise HTTPException(403, f"{principal.role} tokens may not do this; it needs {role}")
         return principal

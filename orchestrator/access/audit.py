@@ -71,12 +71,14 @@ import os
 import re
 from typing import Any
 
+from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
 
 from orchestrator.core.models import AuditEvent, Job
 
 ACTIONS = ("push", "bench", "eval", "rollback", "inventory.sync", "job.cancel",
-           "schedule.create", "schedule.delete", "token.create", "token.revoke",
+           "schedule.create", "schedule.delete", "schedule.update", "schedule.pause",
+           "schedule.resume", "token.create", "token.revoke",
            "devices.trust", "agent.install", "bundle.build", "dataset.build",
            "key.create", "bundle.sign", "rollout.halt")
 # The job kinds that are audited: those that change a device or measure on it (not the
@@ -144,3 +146,24 @@ def list_events(session: Session, limit: int = 200) -> list[AuditEvent]:
 def event_public(e: AuditEvent) -> dict[str, Any]:
     return {"id": e.id, "at": e.at.isoformat(), "actor": e.actor,
             "action": e.action, "target": e.target, "detail": e.detail}
+
+
+def events_window(session: Session, offset: int, limit: int, *, actor: str = "",
+                  action: str = "", target: str = "") -> tuple[list[AuditEvent], int]:
+    """A page of the log, newest first, and how many events match: ``actor`` exactly,
+    ``action`` exactly or as a prefix with ``.`` (``token`` finds ``token.create`` and
+    ``token.revoke``), ``target`` as a substring (``run:7``, ``pi5``)."""
+    where: list[Any] = []
+    if actor.strip():
+        where.append(col(AuditEvent.actor) == actor.strip())
+    if action.strip():
+        a = action.strip()
+        where.append(or_(col(AuditEvent.action) == a, col(AuditEvent.action).startswith(a + ".")))
+    if target.strip():
+        where.append(col(AuditEvent.target).contains(target.strip(), autoescape=True))
+    matched = session.exec(select(func.count()).select_from(AuditEvent).where(*where)).one()
+    events = session.exec(
+        select(AuditEvent).where(*where)
+        .order_by(col(AuditEvent.at).desc(), col(AuditEvent.id).desc())
+        .offset(max(0, offset)).limit(max(1, limit))).all()
+    return list(events), int(matched)

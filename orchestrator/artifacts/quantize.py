@@ -16,10 +16,13 @@ Two methods, because they suit different models:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,8 @@ from orchestrator.artifacts.bundles import build_bundle, manifest_of
 from orchestrator.core.config import Settings
 from orchestrator.core.errors import BundleError
 from orchestrator.core.models import Bundle
+
+log = logging.getLogger(__name__)
 
 DYNAMIC = "int8"
 STATIC = "int8-static"
@@ -180,10 +185,41 @@ def _preprocess(src: Path, dest: Path) -> bool:
     return dest.is_file()
 
 
+class _Kept(logging.Handler):
+    """Keeps what onnxruntime's quantizer logs, for our own logger at debug level."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log.debug("onnxruntime quantization: %s", record.getMessage())
+
+
+@contextlib.contextmanager
+def _quantizer_logging() -> Iterator[None]:
+    """onnxruntime's quantization tools call ``logging.warning`` on the root logger; with no
+    handler there, that runs ``logging.basicConfig`` and its advice ("Please consider to run
+    pre-processing before quantization...", about steps we take or choices we made) leaks onto
+    the user's stderr, for the rest of the process. A handler of our own on an unconfigured
+    root keeps it in our debug log instead; a root an application configured is left alone."""
+    root = logging.getLogger()
+    kept = _Kept() if not root.handlers else None
+    if kept is not None:
+        root.addHandler(kept)
+    try:
+        yield
+    finally:
+        if kept is not None:
+            root.removeHandler(kept)
+
+
 def quantize_model(src: Path, dest: Path, mode: str,
                    calibration: Calibration | None) -> dict[str, Any]:
     """Write the quantized model to ``dest``; return the manifest's ``quantization`` record
     (without ``size_ratio``, which the caller knows)."""
+    with _quantizer_logging():
+        return _quantize_model(src, dest, mode, calibration)
+
+
+def _quantize_model(src: Path, dest: Path, mode: str,
+                    calibration: Calibration | None) -> dict[str, Any]:
     pre = dest.with_name("preprocessed.onnx")
     preprocessed = _preprocess(src, pre)
     model = pre if preprocessed else src

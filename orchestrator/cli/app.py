@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
@@ -33,6 +34,23 @@ app.add_typer(inventory_app, name="inventory")
 app.add_typer(devices_app, name="devices")
 app.add_typer(agent_app, name="agent")
 app.add_typer(bundle_app, name="bundle")
+
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from orchestrator import __version__
+
+        typer.echo(f"edgefleet {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print the version and exit.")] = False) -> None:
+    """Push hash-verified ONNX bundles to a fleet of Pis and watch them run."""
+
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 Targets = Annotated[str, typer.Argument(help="Target pattern: names, groups, globs, a:b, !x, &y.")]
@@ -62,6 +80,49 @@ def handles_errors(func: F) -> F:
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def state_home() -> tuple[Path, bool]:
+    """``EDGEFLEET_HOME`` as the settings read it (stdlib only), and whether it was set."""
+    import os
+
+    from orchestrator.core.dbfile import default_home
+
+    env = {key.lower(): value for key, value in os.environ.items()}
+    if "edgefleet_home" in env:
+        return Path(env["edgefleet_home"]).expanduser(), True
+    return default_home(), False
+
+
+def demo_hint() -> str | None:
+    """Where ``edgefleet demo`` left its fleet, if it ran with this home: the demo keeps its
+    state in HOME/demo, so after it ``devices list`` in HOME finds nothing."""
+    home, _ = state_home()
+    demo = home / "demo"
+    if not (demo / "edgefleet.db").is_file():
+        return None
+    return f"the demo's fleet is in {demo}: EDGEFLEET_HOME={demo} edgefleet devices list"
+
+
+def home_problem() -> str | None:
+    """What is wrong with ``EDGEFLEET_HOME`` (a file, not creatable, not writable), in words,
+    or None. Checked before a command runs: deep inside SQLAlchemy or the blob store the same
+    fault was a traceback. Stdlib only (every command's start-up runs it)."""
+    import os
+
+    home, given = state_home()
+    name = f"EDGEFLEET_HOME={home}" if given else f"the state directory {home} " \
+        "(EDGEFLEET_HOME is not set)"
+    fix = "point EDGEFLEET_HOME at a directory this user can write (it is created if missing)"
+    if home.exists() and not home.is_dir():
+        return f"{name} is a file, not a directory: {fix}"
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"{name} cannot be created ({exc.strerror or exc}): {fix}"
+    if not os.access(home, os.W_OK | os.X_OK):
+        return f"{name} is not writable by this user: {fix}"
+    return None
 
 
 def settings() -> Settings:

@@ -48,7 +48,16 @@ def demo_cmd(
     if fresh and home.exists():
         shutil.rmtree(home)
     cfg = Settings(home=home, database_url=None)
-    files = scenario.prepare(home)
+    # The first run trains the demo's model (~10 s here, ~30 s on a loaded 2-core VM) before
+    # anything else prints: say so, on stderr under --json (stdout stays one JSON report).
+    trained = (home / "cache").is_dir() and any((home / "cache").iterdir())
+    say = output.stderr if as_json else output.stdout
+    say.print(f"Preparing the demo in {home}: 3 simulated Pis"
+              + ("" if trained else ", and training the first-crack detector on synthetic "
+                 "roaster audio (numpy, seeded; once, then cached)") + "...")
+    with say.status("training the demo model" if not trained else "preparing",
+                    spinner="dots"):
+        files = scenario.prepare(home)
     report: dict[str, Any] = {"home": str(home), "inventory": str(files.inventory)}
 
     _say(as_json, f"edgefleet inventory sync {files.inventory}")

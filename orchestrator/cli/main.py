@@ -11,10 +11,12 @@ from __future__ import annotations
 import atexit
 import gc
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
 from orchestrator.cli.app import (  # noqa: F401 - re-exported: app, get_app's callers, tests
     AGENT_COLUMNS,
@@ -27,15 +29,17 @@ from orchestrator.cli.app import (  # noqa: F401 - re-exported: app, get_app's c
     agent_payload,
     app,
     bundle_app,
+    demo_hint,
     devices_app,
     exit_if_interrupted,
     finish,
     handles_errors,
+    home_problem,
     inventory_app,
     select,
     settings,
 )
-from orchestrator.core.errors import EdgeFleetError
+from orchestrator.core.errors import EdgeFleetError, NotFoundError
 from orchestrator.present import advice, output
 
 # --- inventory -------------------------------------------------------------------------------
@@ -83,9 +87,15 @@ def devices_list(targets: Targets = "all", as_json: JsonOpt = False) -> None:
     """Every device (or those matching TARGETS) with what we last learned from it."""
     from orchestrator.core import listings
 
-    devices = listings.devices(targets)  # sqlite3 alone, when the DB is a current SQLite file
-    if devices is None:
-        devices = [listings.device_public(d) for d in select(targets)]
+    try:
+        devices = listings.devices(targets)  # sqlite3 alone, when the DB is current SQLite
+        if devices is None:
+            devices = [listings.device_public(d) for d in select(targets)]
+    except NotFoundError as exc:
+        hint = demo_hint() if str(exc).startswith("no devices yet") else None
+        if hint is None:
+            raise
+        raise NotFoundError(f"{exc}; {hint}") from None
     if as_json:
         output.print_json(devices)
         return
@@ -236,13 +246,47 @@ def get_app() -> typer.Typer:
     return app
 
 
+# Typer raises its own copy of click's exceptions (vendored as typer._click in recent
+# releases, click itself in older ones): take the classes from its public BadParameter.
+USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 def main() -> None:
     # Exit at once: the interpreter's last collection would walk and free, one by one, every
     # object the command's imports made (~0.2 s after a push's SQLAlchemy, SQLModel and
     # paramiko here). Frozen, it skips them and the OS takes the memory back in one go; what
     # must be closed is closed explicitly (db disposes its engines at exit).
     atexit.register(gc.freeze)
-    get_app()()
+    args = sys.argv[1:]
+    as_json = "--json" in args
+    if args and not {"--help", "-h", "--version"} & set(args):
+        problem = home_problem()
+        if problem is not None:
+            if as_json:
+                output.print_json({"error": problem})
+            else:
+                output.stderr.print(Text.assemble(("error:", "red"), f" {problem}"),
+                                    soft_wrap=True)
+            sys.exit(2)
+    if not as_json:
+        get_app()(prog_name="edgefleet")
+        return
+    # --json: a usage error (missing argument, unknown option) is JSON on stdout too, so a
+    # script reading stdout always gets JSON; exit 2 as click's own usage errors do.
+    command = typer.main.get_command(get_app())
+    try:
+        code = command.main(args=args, prog_name="edgefleet", standalone_mode=False)
+    except USAGE_ERROR as exc:
+        usage = exc.ctx.get_usage() if exc.ctx is not None else None
+        output.print_json({"error": exc.format_message(), "usage": usage})
+        sys.exit(exc.exit_code)
+    except CLICK_ERROR as exc:
+        output.print_json({"error": exc.format_message()})
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

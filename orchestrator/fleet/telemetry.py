@@ -74,10 +74,18 @@ def snapshot_row(data: dict[str, Any]) -> dict[str, Any]:
 HISTORY_LIMIT = 500  # a few days of minute polls: enough to see a hot afternoon
 
 
-def device_history(session: Session, name: str,
-                   limit: int = HISTORY_LIMIT) -> list[TelemetrySnapshot]:
-    """The latest ``limit`` snapshots of one device, oldest first (for a time axis)."""
-    rows = session.exec(select(TelemetrySnapshot).where(TelemetrySnapshot.device_name == name)
+def device_history(session: Session, name: str, limit: int = HISTORY_LIMIT, *,
+                   since: datetime | None = None,
+                   until: datetime | None = None) -> list[TelemetrySnapshot]:
+    """The latest ``limit`` snapshots of one device, oldest first (for a time axis); with
+    ``since``/``until``, the latest ``limit`` taken in that time range (the device page's
+    1 h / 24 h / 7 d / custom)."""
+    query = select(TelemetrySnapshot).where(TelemetrySnapshot.device_name == name)
+    if since is not None:
+        query = query.where(col(TelemetrySnapshot.taken_at) >= since)
+    if until is not None:
+        query = query.where(col(TelemetrySnapshot.taken_at) <= until)
+    rows = session.exec(query
                         .order_by(col(TelemetrySnapshot.taken_at).desc(),
                                   col(TelemetrySnapshot.id).desc())
                         .limit(limit)).all()

@@ -18,6 +18,7 @@ from orchestrator.fleet.fanout import Outcome, fan_out
 from orchestrator.inventory.devices import to_target
 from orchestrator.transport import Target
 from orchestrator.transport.hostkeys import trust
+from orchestrator.transport.ssh import ssh_destination
 
 
 def trust_devices(settings: Settings, devices: Sequence[Device], forks: int = 10,
@@ -31,12 +32,14 @@ def trust_devices(settings: Settings, devices: Sequence[Device], forks: int = 10
     def step(target: Target) -> Outcome:
         if target.connection == "local":
             return Outcome(target.name, True, "local", data={"fingerprint": None})
+        # ~/.ssh/config's HostName and Port, as the SSH connection will use them
+        address, port = ssh_destination(target.address, target.port)
         try:
-            result = trust(target.name, target.address, target.port, settings,
+            result = trust(target.name, address, port, settings,
                            timeout or settings.timeout_s, replace=replace)
         except OSError as exc:
             raise EdgeFleetError(
-                f"{target.name}: cannot reach {target.address}:{target.port}: {exc}") from None
+                f"{target.name}: cannot reach {address}:{port}: {exc}") from None
         return Outcome(target.name, True, result.status,
                        data={"key_type": result.key_type, "fingerprint": result.fingerprint,
                              "previous_fingerprint": result.previous_fingerprint})

@@ -215,12 +215,25 @@ RECENT_DEPLOYMENTS = 20  # a device's history at a glance: a page, not an archiv
 
 
 def recent_deployments(session: Session, device: str | None = None,
-                       limit: int = RECENT_DEPLOYMENTS) -> list[Deployment]:
+                       limit: int = RECENT_DEPLOYMENTS, *, operation: str | None = None,
+                       state: str | None = None, bundle: str | None = None
+                       ) -> list[Deployment]:
     """The newest deployments (push, rollback, recover), newest first; of one device when
     ``device`` is given. One query and one default bound for `devices show`, the API's device
-    view and the device page, which used to run three copies with three limits."""
+    view and the device page, which used to run three copies with three limits. The device
+    page's history filter narrows by ``operation``, ``state`` and ``bundle`` (a name, or
+    NAME@VERSION)."""
     query = select(Deployment)
     if device is not None:
         query = query.where(Deployment.device_name == device)
+    if operation:
+        query = query.where(Deployment.operation == operation)
+    if state:
+        query = query.where(Deployment.state == state)
+    if bundle:
+        name, _, version = bundle.partition("@")
+        query = query.where(Deployment.bundle_name == name)
+        if version:
+            query = query.where(Deployment.bundle_version == version)
     return list(session.exec(query.order_by(col(Deployment.id).desc())
                              .limit(max(1, int(limit)))).all())

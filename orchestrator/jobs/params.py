@@ -78,12 +78,23 @@ def _bundle_ref(session: Session, kind: str, params: dict[str, Any], key: str) -
 
 
 def _threads(value: Any, kind: str = "bench") -> list[int]:
+    """Thread counts as a list (the API) or as typed in a form or on the command line
+    (``"1, 2,4"``). A bad one is named, with what would do, as ``--threads`` does: the page
+    used to say ``e.g. [1, 2, 4] (got None)`` for a typo, naming neither the typo nor where."""
+    example = "give thread counts separated by commas, e.g. 1,2,4"
     if isinstance(value, str):
-        value = [t.strip() for t in value.split(",") if t.strip()]
-        try:
-            value = [int(t) for t in value]
-        except ValueError:
-            value = None
+        text, tokens = value, [t.strip() for t in value.split(",") if t.strip()]
+        if not tokens:
+            raise EdgeFleetError(f"{kind} job: threads is empty: {example}")
+        bad = next((t for t in tokens if not t.isascii() or not t.isdigit()), None)
+        if bad is not None:
+            raise EdgeFleetError(f"{kind} job: threads {text!r}: {bad!r} is not a whole "
+                                 f"number; {example}")
+        value = [int(t) for t in tokens]
+        wrong = next((t for t in value if not 1 <= t <= MAX_THREADS), None)
+        if wrong is not None:
+            raise EdgeFleetError(f"{kind} job: threads {text!r}: {wrong} is out of range; each "
+                                 f"thread count must be from 1 to {MAX_THREADS}")
     if not isinstance(value, list) or not value or len(value) > MAX_THREADS or any(
             isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= MAX_THREADS
             for t in value):

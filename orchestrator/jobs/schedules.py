@@ -163,3 +163,78 @@ def due(settings: Settings, now: datetime) -> list[Job]:
                             .values(last_job_id=job.id))
         created.append(job)
     return created
+
+
+def schedule_state(s: Schedule) -> str:
+    """``active``, ``paused`` (an operator stopped it; it keeps its place) or ``done`` (a
+    one-off that fired: disabled by ``due`` with no next time)."""
+    if s.enabled:
+        return "active"
+    return "paused" if s.next_run_at is not None else "done"
+
+
+def set_paused(settings: Settings, schedule_id: int, paused: bool, *, actor: str) -> Schedule:
+    """Pause or resume, audited as ``schedule.pause`` / ``schedule.resume``. A resumed cron
+    schedule moves to its next time after now (what it missed while paused is not made up);
+    a resumed one-off keeps its time, and fires at the next poll if that time has passed."""
+    with session_scope(settings) as session:
+        schedule = get_schedule(session, schedule_id)
+        state = schedule_state(schedule)
+        if state == "done":
+            raise EdgeFleetError(f"schedule {schedule_id} ran once at its time and is done; "
+                                 "create a new one (or edit it to give it a new time)")
+        if (state == "paused") == paused:
+            return schedule  # already so: nothing to change, nothing to audit
+        schedule.enabled = not paused
+        if not paused and schedule.cron:
+            schedule.next_run_at = next_fire(schedule.cron, datetime.now(UTC))
+        audit.add_event(session, actor, "schedule.pause" if paused else "schedule.resume",
+                        f"schedule:{schedule_id}", _described(schedule))
+        session.flush()
+        session.expunge(schedule)
+    return schedule
+
+
+def update_schedule(settings: Settings, schedule_id: int, params: dict[str, Any],
+                    targets: str, *, actor: str, cron: str | None = None,
+                    run_at: datetime | None = None) -> Schedule:
+    """Change what a schedule runs and when (its kind stays), checked like ``create`` (nothing
+    changes if anything is wrong), audited as ``schedule.update`` with the new params. The
+    next time is computed again from now; a paused schedule stays paused, a done one-off given
+    a new time becomes active."""
+    if (cron is None) == (run_at is None):
+        raise EdgeFleetError("a schedule needs exactly one of cron (repeating) or run_at (once)")
+    now = datetime.now(UTC)
+    with session_scope(settings) as session:
+        schedule = get_schedule(session, schedule_id)
+        targets = execute.default_targets(schedule.kind, targets)
+        checked = execute.validate_params(session, schedule.kind, params, targets)
+        was = schedule_state(schedule)
+        if cron is not None:
+            cron = " ".join(cron.split())
+            schedule.cron, schedule.run_at = cron, None
+            schedule.next_run_at = next_fire(cron, now)
+        else:
+            assert run_at is not None
+            schedule.cron, schedule.run_at = None, as_utc(run_at)
+            schedule.next_run_at = schedule.run_at
+        schedule.params, schedule.targets = checked, targets
+        schedule.enabled = was != "paused"
+        audit.add_event(session, actor, "schedule.update", f"schedule:{schedule_id}",
+                        _described(schedule) | {"params": checked})
+        session.flush()
+        session.expunge(schedule)
+    return schedule
+
+
+def run_now(settings: Settings, schedule_id: int, *, actor: str) -> Job:
+    """Queue the schedule's job now, as ``actor`` (audited as that job kind is), without moving
+    its next time; the job is linked to the schedule and becomes its last job."""
+    with session_scope(settings) as session:
+        schedule = get_schedule(session, schedule_id)
+        kind, params, targets = schedule.kind, dict(schedule.params), schedule.targets
+    job = queue.submit(settings, kind, params, targets, actor=actor, schedule_id=schedule_id)
+    with session_scope(settings) as session:
+        session.execute(update(Schedule).where(col(Schedule.id) == schedule_id)
+                        .values(last_job_id=job.id))
+    return job

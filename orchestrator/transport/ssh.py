@@ -152,6 +152,26 @@ class SshChannel(Channel):
         self.channel.close()
 
 
+DEFAULT_SSH_PORT = 22
+
+
+def ssh_destination(address: str, port: int) -> tuple[str, int]:
+    """Where a connection to ``address``:``port`` really goes under the user's
+    ``~/.ssh/config``: its ``HostName``, and its ``Port`` unless the inventory gave a port
+    other than the default 22. What Fabric connects to, so ``devices trust`` records the key
+    under the same name and port that the connection will look it up by."""
+    path = Path.home() / ".ssh" / "config"
+    if not path.is_file():
+        return address, port
+    try:
+        found = paramiko.SSHConfig.from_path(str(path)).lookup(address)
+    except (OSError, ValueError, paramiko.SSHException):
+        return address, port
+    if port == DEFAULT_SSH_PORT and str(found.get("port", "")).isdigit():
+        port = int(found["port"])
+    return str(found.get("hostname") or address), port
+
+
 class SshConnection(Connection):
     def __init__(self, target: Target, known: paramiko.HostKeys, timeout: float,
                  limits: OutputLimits | None = None) -> None:
@@ -165,9 +185,12 @@ class SshConnection(Connection):
         if target.key_file:
             connect_kwargs.update(key_filename=target.key_file, look_for_keys=False,
                                   allow_agent=False)
+        # Port 22 is what the inventory fills in when ansible_port is not given: passed on, it
+        # would override a ``Port`` in ~/.ssh/config (HostName, User and IdentityFile there
+        # were honoured, Port not). None lets Fabric take the ssh_config's Port, else 22.
         self._fabric = fabric.Connection(
             host=target.address,
-            port=target.port,
+            port=None if target.port == DEFAULT_SSH_PORT else target.port,
             user=target.user,
             connect_timeout=max(1, int(timeout)),
             connect_kwargs=connect_kwargs,
@@ -182,7 +205,7 @@ class SshConnection(Connection):
         self._open()
 
     def _open(self) -> None:
-        where = f"{self.target.address}:{self.target.port}"
+        where = f"{self.target.address}:{self._fabric.port}"
         try:
             self._fabric.open()
         except HostKeyError:

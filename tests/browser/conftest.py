@@ -119,3 +119,29 @@ def login(page: Any, server: Server, token: str, role: str) -> None:
     page.get_by_role("button", name="Log in").click()
     page.wait_for_url(server.url + "/")
     expect(page.locator(".who .role")).to_have_text(role)
+
+
+class OffsiteGuard:
+    """Routes every request of a page: those to the server's own origin go on, anything else
+    (a CDN, a validator badge, a font host) is aborted and remembered, so a test can assert
+    that a page works offline and asked for nothing beyond 127.0.0.1."""
+
+    def __init__(self, page: Any, server: Server) -> None:
+        self.origin = server.url
+        self.blocked: list[str] = []
+        self.console_errors: list[str] = []
+        page.route("**/*", self._route)
+        page.on("console", self._console)
+        page.on("pageerror", lambda exc: self.console_errors.append(f"pageerror: {exc}"))
+
+    def _route(self, route: Any) -> None:
+        url = route.request.url
+        if url == self.origin or url.startswith(self.origin + "/") or url.startswith("data:"):
+            route.continue_()
+        else:
+            self.blocked.append(url)
+            route.abort()
+
+    def _console(self, message: Any) -> None:
+        if message.type == "error":
+            self.console_errors.append(f"{message.text} ({message.location.get('url', '')})")

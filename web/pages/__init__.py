@@ -16,7 +16,18 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from web.pages import admin, bench, bundles, compare, fleet, jobs, runs, trends
+from web.pages import (
+    admin,
+    bench,
+    bundles,
+    compare,
+    device_actions,
+    fleet,
+    jobs,
+    runs,
+    schedules,
+    trends,
+)
 from web.pages.common import templates
 
 __all__ = ["router", "templates"]
@@ -24,5 +35,5 @@ __all__ = ["router", "templates"]
 router = APIRouter(include_in_schema=False)
 # compare before runs: ``/runs/{run_id}`` would otherwise claim ``/runs/compare``.
 for _section in (fleet, bundles, compare, runs, jobs, bench,
-                 trends, admin):
+                 trends, admin, device_actions, schedules):
     router.include_router(_section.router)

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlmodel import Session
 
-from orchestrator.access.audit import event_public, list_events
+from orchestrator.access.audit import ACTIONS, event_public, events_window
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.errors import EdgeFleetError
@@ -23,22 +23,35 @@ from orchestrator.inventory import sync
 from orchestrator.inventory.devices import SyncReport
 from web.deps import Admin, Csrf, SessionDep, SettingsDep
 from web.pages.common import form_fields, render
+from web.pages.paging import pager
 
 router = APIRouter()
 
-AUDIT_LIMIT = 200
+AUDIT_LIMIT = 100
+"""Events per page of the audit log (``?limit=`` up to 1000)."""
 
 
 @router.get("/audit", response_class=HTMLResponse)
 def audit_page(request: Request, principal: Admin, session: SessionDep,
-               limit: int = Query(AUDIT_LIMIT, ge=1, le=1000)) -> HTMLResponse:
-    """Newest first. ``detail`` was scrubbed of secrets when recorded; shown as JSON text."""
-    events = [event_public(e) for e in list_events(session, limit)]
+               limit: int = Query(AUDIT_LIMIT, ge=1, le=1000),
+               page: int = Query(1, ge=1, le=10**6), actor: str = "", action: str = "",
+               target: str = "") -> HTMLResponse:
+    """Newest first, a page at a time, filtered by actor, action (``token`` finds
+    ``token.create``) and target (a substring). ``detail`` was scrubbed of secrets when
+    recorded; shown as JSON text."""
+    wanted = {"actor": actor.strip(), "action": action.strip(), "target": target.strip()}
+    rows, matched = events_window(session, (page - 1) * limit, limit, **wanted)
+    events = [event_public(e) for e in rows]
     for event in events:
         event["detail_text"] = json.dumps(event["detail"], sort_keys=True) \
             if event["detail"] else ""
-    return render(request, "audit.html", {"section": "audit", "events": events,
-                                          "limit": limit}, principal)
+    kept = {k: v for k, v in wanted.items() if v}
+    if limit != AUDIT_LIMIT:
+        kept["limit"] = str(limit)
+    return render(request, "audit.html", {
+        "section": "audit", "events": events, "limit": limit, "filter": wanted,
+        "filtered": any(wanted.values()), "actions": sorted(ACTIONS),
+        "pager": pager("/audit", kept, page, matched, limit, len(events))}, principal)
 
 
 def _show(value: Any) -> str:

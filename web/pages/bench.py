@@ -90,9 +90,29 @@ def bench_request(form: dict[str, str]) -> tuple[str, dict[str, Any]]:
     return form["targets"].strip(), params
 
 
+def shown_params(params: dict[str, Any]) -> list[tuple[str, str]]:
+    """A schedule's parameters as the list shows them (``threads 1,2,4``, ``shapes
+    audio=1x16000``): everything but the bundle, which has its own column, and empty values."""
+    out = []
+    for key, value in sorted(params.items()):
+        if key == "bundle" or value is None or value == {} or value == []:
+            continue
+        if isinstance(value, list):
+            text = ",".join(map(str, value))
+        elif isinstance(value, dict):
+            text = " ".join(f"{k}={'x'.join(map(str, v)) if isinstance(v, list) else v}"
+                            for k, v in value.items())
+        else:
+            text = str(value)
+        out.append((key, text))
+    return out
+
+
 def _context(session: Session, principal: Any, form: dict[str, str]) -> dict[str, Any]:
     refs = [f"{b.name}@{b.version}" for b in reversed(list_bundles(session))]
-    rows = [schedules.schedule_public(s) for s in schedules.list_schedules(session)]
+    rows = [schedules.schedule_public(s) | {"state": schedules.schedule_state(s),
+                                            "shown_params": shown_params(s.params)}
+            for s in schedules.list_schedules(session)]
     return {"section": "benchmarks", "bundles": refs, "schedules": rows, "form": form,
             "when_choices": WHEN,
             "can_operate": principal is not None and role_allows(principal.role, "operator")}

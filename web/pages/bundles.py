@@ -15,6 +15,8 @@ from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.errors import EdgeFleetError
 from orchestrator.inventory.devices import all_devices
+from orchestrator.measure.reports import flag_notes, report_rows
+from orchestrator.measure.runlist import bundle_results
 from web.deps import Csrf, Operator, SessionDep, SettingsDep, Viewer
 from web.pages.bench import schedule_or_submit
 from web.pages.common import form_fields, not_found, render
@@ -80,7 +82,21 @@ def bundle_page(request: Request, ref: str, principal: Viewer, settings: Setting
         context = _bundle_context(settings, session, ref)
     except EdgeFleetError as exc:
         return not_found(request, str(exc), principal)
-    return render(request, "bundle.html", context, principal)
+    return render(request, "bundle.html", context | _history(session, context["bundle"]["name"]),
+                  principal)
+
+
+HISTORY_LIMIT = 60  # results (device x threads) of the bundle's newest runs on its page
+
+
+def _history(session: Session, name: str) -> dict[str, Any]:
+    """The bundle's result history across its versions (newest run first), as the device page
+    shows a device's: the published table, with each result's run."""
+    results = bundle_results(session, name, HISTORY_LIMIT)
+    rows = [row | {"run_id": r["run_id"], "reasons": r.get("reasons") or []}
+            for row, r in zip(report_rows(results), results, strict=True)]
+    return {"history": rows, "history_notes": flag_notes(results),
+            "history_full": len(results) >= HISTORY_LIMIT}
 
 
 def _int_or_text(text: str) -> int | str:
@@ -143,7 +159,7 @@ async def _queue(request: Request, settings: Settings, ref: str, principal: Any,
                       warmup=_int_or_text(fields.get("warmup", "") or "5"))
     context["form"] = context["form"] | {k: str(v) for k, v in fields.items()
                                          if k != "csrf_token"}
-    try:  # the evaluate form can also schedule (partials/when.html); the others run now
+    try:  # bench and eval forms can also schedule (partials/when.html); a push runs now
         return schedule_or_submit(settings, principal, kind, params, targets, context["form"])
     except EdgeFleetError as exc:
         return render(request, "bundle.html", context | {"error": str(exc), "failed_form": kind},

@@ -43,6 +43,9 @@ NOTICES = {
     "cancel_requested": "Cancellation requested: devices finish their current step, then stop.",
     "schedule_created": "Schedule created. It queues its job at its next time (UTC).",
     "schedule_deleted": "Schedule deleted. The jobs it already queued are kept.",
+    "schedule_paused": "Schedule paused: it queues nothing until it is resumed.",
+    "schedule_resumed": "Schedule resumed: it queues its job at its next time (UTC).",
+    "schedule_updated": "Schedule saved. It queues its job at its next time (UTC).",
     "inventory_applied": "Inventory applied: the fleet below matches the file. The change is in "
                          "the audit log.",
 }
@@ -74,9 +77,11 @@ def filter_int(text: str) -> int | None:
 def render(request: Request, name: str, context: dict[str, Any], principal: Any = None,
            status_code: int = 200) -> HTMLResponse:
     """Render a page with what base.html needs (principal, CSRF token, notice)."""
-    notice = NOTICES.get(request.query_params.get("notice", ""))
+    notice_key = request.query_params.get("notice", "")
+    notice = NOTICES.get(notice_key)
     can_operate = principal is not None and role_allows(principal.role, "operator")
     full = {"principal": principal, "csrf_token": csrf_token(request), "notice": notice,
+            "notice_key": notice_key if notice else "",
             "error": None, "section": None, "can_operate": can_operate} | context
     response = templates.TemplateResponse(request, name, full, status_code=status_code)
     response.headers["Content-Security-Policy"] = CSP

@@ -37,6 +37,7 @@ from web.deps import SessionDep, Viewer
 from web.inputs import RowId
 from web.pages.charts import heatmap, sweep_charts
 from web.pages.common import filter_int, render
+from web.pages.paired import paired_chart
 
 router = APIRouter()
 
@@ -86,7 +87,8 @@ def compare_page(request: Request, principal: Viewer, session: SessionDep,
         else:
             if fmt:
                 return _export(fmt, a, b, rows)
-            context |= {"runs": runs, "rows": [_display(row) for row in rows]}
+            context |= {"runs": runs, "rows": [_display(row) for row in rows],
+                        "paired": paired_chart(runs, rows)}
     thread_count = filter_int(threads)
     context["choices"] = [run_public(r) for r in list_runs(session, RUNS_LIMIT)]
     context["bundle_names"] = trends.bundle_names(session)

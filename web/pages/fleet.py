@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -10,6 +11,8 @@ from fastapi.responses import HTMLResponse
 
 from orchestrator.core.db import MAX_ROW_ID
 from orchestrator.core.errors import EdgeFleetError, NotFoundError
+from orchestrator.core.utc import as_utc
+from orchestrator.fleet.summary import fleet_summary
 from orchestrator.fleet.telemetry import device_history
 from orchestrator.inventory.devices import (
     device_public,
@@ -50,7 +53,10 @@ def fleet_page(request: Request, principal: Viewer, session: SessionDep,
     rows = [device_row(device_public(d)) for d in shown.devices]
     pages = max(1, -(-shown.matched // PAGE_SIZE))
     keep = pattern if error is None else ""
-    return render(request, "fleet.html", {
+    template = "partials/fleet_table.html" \
+        if request.headers.get("HX-Target") == "fleet-live" else "fleet.html"
+    return render(request, template, {
+        "summary": fleet_summary(session), "live_url": _page_href(keep, page),
         "section": "fleet", "devices": rows, "pattern": pattern, "error": error,
         "total": shown.total, "matched": shown.matched,
         "filtered": bool(pattern) and error is None,
@@ -86,22 +92,70 @@ def _facts(public: dict[str, Any], facts: dict[str, Any]) -> list[tuple[str, Any
     ]
 
 
+TELEMETRY_RANGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24),
+                    "7d": timedelta(days=7)}
+DEPLOYMENT_OPERATIONS = ("push", "rollback", "recover")
+DEPLOYMENT_STATES = ("active", "unchanged", "failed", "interrupted", "pending", "reverted",
+                     "repaired")
+
+
+def _utc_input(text: str, what: str) -> datetime:
+    """A datetime-local field's ``YYYY-MM-DDTHH:MM``, read as UTC like every time on these
+    pages."""
+    try:
+        return as_utc(datetime.fromisoformat(text.strip()))
+    except ValueError:
+        raise EdgeFleetError(f"{what} {text!r} is not a time: use YYYY-MM-DD HH:MM (UTC)") \
+            from None
+
+
+def _time_range(span: str, since: str, until: str) -> tuple[datetime | None, datetime | None]:
+    """The telemetry chart's window: the latest snapshots (""), the last 1 h / 24 h / 7 d, or
+    ``custom`` between two UTC times (either end may be open)."""
+    if span in TELEMETRY_RANGES:
+        return datetime.now(UTC) - TELEMETRY_RANGES[span], None
+    if span != "custom":
+        return None, None
+    start = _utc_input(since, "from") if since.strip() else None
+    end = _utc_input(until, "to") if until.strip() else None
+    if start and end and end <= start:
+        raise EdgeFleetError(f"the time range ends ({end:%Y-%m-%d %H:%M}) before it starts "
+                             f"({start:%Y-%m-%d %H:%M})")
+    return start, end
+
+
 @router.get("/devices/{name}", response_class=HTMLResponse)
-def device_page(request: Request, name: str, principal: Viewer,
-                session: SessionDep) -> HTMLResponse:
+def device_page(request: Request, name: str, principal: Viewer, session: SessionDep,
+                range: str = "", since: str = "", until: str = "", operation: str = "",
+                state: str = "", bundle: str = "") -> HTMLResponse:
+    """Facts, telemetry over a chosen time range, the deployment history (filtered by
+    operation, state, bundle) and results; operators get Verify, Rollback and "Read telemetry
+    now" (web.pages.device_actions). A bad range is said on the page over the latest
+    snapshots."""
     try:
         device = get_device(session, name)
     except NotFoundError as exc:
         return not_found(request, str(exc), principal)
     public = device_public(device)
     facts = _facts(public, device.facts or {})
-    telemetry = telemetry_series(device_history(session, name))
-    deployments = recent_deployments(session, name)
+    error = None
+    try:
+        start, end = _time_range(range, since, until)
+    except EdgeFleetError as exc:
+        error, start, end = str(exc), None, None
+    telemetry = telemetry_series(device_history(session, name, since=start, until=end))
+    wanted = {"operation": operation if operation in DEPLOYMENT_OPERATIONS else "",
+              "state": state if state in DEPLOYMENT_STATES else "", "bundle": bundle.strip()}
+    deployments = recent_deployments(session, name, **{k: v or None for k, v in wanted.items()})
     results = device_results(session, name)
     rows = [row | {"run_id": r["run_id"], "reasons": r.get("reasons") or []}
             for row, r in zip(report_rows(results), results, strict=True)]
     return render(request, "device.html", {
         "section": "fleet", "device": device_row(public), "facts": facts,
         "telemetry": telemetry, "deployments": deployments, "results": rows,
-        "notes": flag_notes(results),
-    }, principal)
+        "notes": flag_notes(results), "error": error,
+        "range": range if range in (*TELEMETRY_RANGES, "custom") else "",
+        "since": since, "until": until, "ranges": list(TELEMETRY_RANGES),
+        "deploy_filter": wanted, "deploy_filtered": any(wanted.values()),
+        "operations": DEPLOYMENT_OPERATIONS, "deploy_states": DEPLOYMENT_STATES,
+    }, principal, status_code=400 if error else 200)

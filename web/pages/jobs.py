@@ -8,6 +8,7 @@ ends, with no script of ours involved.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -23,6 +24,7 @@ from web.pages.view import TERMINAL_JOB_STATES, push_progress
 router = APIRouter()
 
 JOBS_LIMIT = 100
+ACTIVE_JOB_STATES = ("queued", "running")  # the list polls while one of its jobs is in these
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 JOB_KINDS = ("push", "bench", "eval", "rollback", "verify", "telemetry")
 
@@ -48,9 +50,15 @@ def jobs_page(request: Request, principal: Viewer, session: SessionDep, state: s
     rows = [job_view(job) for job in list_jobs(
         session, JOBS_LIMIT, state=state if state in JOB_STATES else None,
         kind=kind if kind in JOB_KINDS else None)]
-    return render(request, "jobs.html", {
-        "section": "jobs", "jobs": rows, "state": state, "kind": kind,
-        "states": JOB_STATES, "kinds": JOB_KINDS}, principal)
+    query = urlencode({k: v for k, v in (("state", state), ("kind", kind)) if v})
+    context = {"section": "jobs", "jobs": rows, "state": state, "kind": kind,
+               "states": JOB_STATES, "kinds": JOB_KINDS,
+               "live": any(j["state"] in ACTIVE_JOB_STATES for j in rows),
+               "live_url": "/jobs" + (f"?{query}" if query else "")}
+    # htmx polling the list (while a job is queued or running) gets the table alone.
+    if request.headers.get("HX-Target") == "jobs-live":
+        return render(request, "partials/jobs_table.html", context, principal)
+    return render(request, "jobs.html", context, principal)
 
 
 def _load(session: Session, job_id: int) -> dict[str, Any]:
@@ -72,12 +80,15 @@ def job_page(request: Request, job_id: RowId, principal: Viewer,
 @router.get("/jobs/{job_id}/progress", response_class=HTMLResponse)
 def job_progress(request: Request, job_id: RowId, principal: Viewer,
                  session: SessionDep) -> HTMLResponse:
-    """The live part of the job page, for htmx to swap in every second."""
+    """The live part of the job page, for htmx to swap in every second. ``live``: the page
+    was opened with a notice ("Job queued"), which this response also replaces out of band
+    (``hx-swap-oob``) with what the job is doing now, so it does not say "queued" after the
+    job has finished."""
     try:
         job = _load(session, job_id)
     except NotFoundError as exc:
         return not_found(request, str(exc), principal)
-    return render(request, "partials/progress.html", {"job": job}, principal)
+    return render(request, "partials/progress.html", {"job": job, "live": True}, principal)
 
 
 @router.post("/jobs/{job_id}/cancel", dependencies=[Csrf])

@@ -5,29 +5,54 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from orchestrator.core.errors import NotFoundError
+from orchestrator.core.errors import EdgeFleetError, NotFoundError
 from orchestrator.core.models import Job
 from orchestrator.measure.reports import flag_notes, format_number, input_notes, report_rows
-from orchestrator.measure.runs import get_run, list_runs, result_raw, run_public, run_results
+from orchestrator.measure.runlist import KINDS, STATES, RunFilter, filter_choices, runs_window
+from orchestrator.measure.runs import get_run, result_raw, run_public, run_results
 from web.deps import SessionDep, Viewer
 from web.inputs import RowId
 from web.pages.common import not_found, render
 from web.pages.evals import eval_context, verdict_context
 from web.pages.jobs import job_view
+from web.pages.paging import pager
 from web.pages.view import latency_cdf, latency_histogram, sample_series
 
 router = APIRouter()
 
-RUNS_LIMIT = 200
+RUNS_PAGE = 50
+"""Runs per page of the Runs list (it was the newest 200 and nothing older)."""
 
 
 @router.get("/runs", response_class=HTMLResponse)
-def runs_page(request: Request, principal: Viewer, session: SessionDep) -> HTMLResponse:
-    runs = [run_public(r) for r in list_runs(session, RUNS_LIMIT)]
-    return render(request, "runs.html", {"section": "runs", "runs": runs}, principal)
+def runs_page(request: Request, principal: Viewer, session: SessionDep,
+              bundle: str = "", device: str = "", kind: str = "", state: str = "",
+              since: str = "", until: str = "", page: int = Query(1, ge=1, le=10**6)
+              ) -> HTMLResponse:
+    """Newest first, RUNS_PAGE a page, filtered by bundle (NAME or NAME@VERSION), device,
+    kind, state and a date range (UTC days, inclusive). A bad filter is said above the
+    unfiltered list, as the Fleet page does with a bad pattern."""
+    wanted = RunFilter(bundle=bundle.strip(), device=device.strip(), kind=kind, state=state,
+                       since=since.strip(), until=until.strip())
+    error = None
+    offset = (page - 1) * RUNS_PAGE
+    try:
+        shown = runs_window(session, wanted, offset, RUNS_PAGE)
+        kept = wanted
+    except EdgeFleetError as exc:
+        error, kept = str(exc), RunFilter()
+        shown = runs_window(session, kept, offset, RUNS_PAGE)
+    runs = [run_public(r) | {"devices": shown.devices.get(int(r.id or 0), [])}
+            for r in shown.runs]
+    return render(request, "runs.html", {
+        "section": "runs", "runs": runs, "filter": wanted, "error": error,
+        "filtered": bool(kept.active()), "kinds": KINDS, "states": STATES,
+        "pager": pager("/runs", kept.active(), page, shown.matched, RUNS_PAGE, len(runs)),
+        "choices": filter_choices(session),
+    }, principal, status_code=400 if error else 200)
 
 
 def _chart_data(result: dict[str, Any]) -> dict[str, Any]:

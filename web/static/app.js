@@ -16,6 +16,31 @@
   var TEMP = "#c0392b", FREQ = "#1f5fa8", EVENT = "#e07b00", BAR = "#5c6bc0";
   var charts = [];
 
+  // Chart colours follow the page's theme (app.css's variables, re-valued under
+  // prefers-color-scheme: dark): axis text, ticks and grid lines, the background of hollow
+  // markers. Read when a chart is drawn; charts are redrawn when the scheme changes.
+  function theme() {
+    var css = getComputedStyle(document.documentElement);
+    function v(name, fallback) { return (css.getPropertyValue(name) || "").trim() || fallback; }
+    var dark = window.matchMedia && window.matchMedia("(prefers-color-scheme: dark)").matches;
+    return { fg: v("--fg", "#1d1f21"), muted: v("--muted", "#6b7075"),
+             grid: v("--grid", "rgba(0,0,0,.08)"), bg: v("--bg", "#fff"), dark: !!dark,
+             temp: dark ? "#ef6f5e" : TEMP, freq: dark ? "#7fb2f0" : FREQ };
+  }
+
+  // Every chart goes through here (lines.js too): the theme's colours on every axis that did
+  // not choose its own text colour.
+  function plot(opts, data, el) {
+    var t = theme();
+    (opts.axes || []).forEach(function (axis) {
+      if (!axis.stroke) axis.stroke = t.fg;
+      axis.grid = Object.assign({ stroke: t.grid, width: 1 }, axis.grid || {});
+      axis.ticks = Object.assign({ stroke: t.grid, width: 1 }, axis.ticks || {});
+    });
+    el.dataset.theme = t.dark ? "dark" : "light";  // which colours it was drawn in
+    return new uPlot(opts, data, el);
+  }
+
   function readJSON(id) {
     var el = document.getElementById(id);
     if (!el) return null;
@@ -44,33 +69,34 @@
   function freqRange(u, lo, hi) { return [0, Math.max(100, (hi || 0) * 1.1)]; }
 
   function telemetryOpts(el, timeAxis) {
+    var t = theme();
     return Object.assign(size(el), {
       legend: { show: timeAxis },
       scales: { x: { time: timeAxis }, C: { range: tempRange }, MHz: { range: freqRange } },
       series: [
         { label: timeAxis ? "time" : "s" },
-        { label: "temp °C", scale: "C", stroke: TEMP, width: 1.5 },
-        { label: "freq MHz", scale: "MHz", stroke: FREQ, width: 1.5 },
+        { label: "temp °C", scale: "C", stroke: t.temp, width: 1.5 },
+        { label: "freq MHz", scale: "MHz", stroke: t.freq, width: 1.5 },
         { label: "throttled", scale: "C", stroke: EVENT, paths: function () { return null; },
           points: { show: true, size: 9, fill: EVENT, stroke: EVENT } },
       ],
       axes: [
         { label: timeAxis ? "" : "seconds since start" },
-        { scale: "C", label: "°C", stroke: TEMP },
-        { scale: "MHz", label: "MHz", side: 1, stroke: FREQ, grid: { show: false } },
+        { scale: "C", label: "°C", stroke: t.temp },
+        { scale: "MHz", label: "MHz", side: 1, stroke: t.freq, grid: { show: false } },
       ],
     });
   }
 
   function telemetry(el, s, timeAxis) {
     if (!s || !s.x || s.x.length === 0) return empty(el, "No telemetry samples recorded.");
-    return new uPlot(telemetryOpts(el, timeAxis), [s.x, s.temp_c, s.freq_mhz, s.throttled], el);
+    return plot(telemetryOpts(el, timeAxis), [s.x, s.temp_c, s.freq_mhz, s.throttled], el);
   }
 
   function histogram(el, h) {
     if (!h || h.counts.length === 0) return empty(el, "No latencies recorded.");
     var edges = h.edges, counts = h.counts.concat([null]);
-    return new uPlot(Object.assign(size(el), {
+    return plot(Object.assign(size(el), {
       scales: { x: { time: false, range: [edges[0], edges[edges.length - 1]] },
                 y: { range: function (u, lo, hi) { return [0, Math.max(1, hi)]; } } },
       legend: { show: false },
@@ -90,7 +116,7 @@
     var xs = nums(c.x).filter(function (v) { return v > 0; });
     var lo = Math.min.apply(null, xs), hi = Math.max.apply(null, xs);
     var log = xs.length === c.x.length && hi > lo * 3;
-    return new uPlot(Object.assign(size(el), {
+    return plot(Object.assign(size(el), {
       scales: { x: log ? { time: false, distr: 3, log: 10 }
                        : { time: false, range: [lo, hi === lo ? lo * 1.01 : hi] },
                 y: { range: [0, 1] } },
@@ -190,6 +216,8 @@
     fetchJSON: fetchJSON,
     whenNear: whenNear,
     track: function (el, chart) { if (chart) charts.push({ el: el, chart: chart }); },
+    plot: plot,
+    theme: theme,
     register: function (selector, render) { renderers.push([selector, render]); },
   };
 
@@ -201,12 +229,83 @@
     }, 150);
   });
 
+  // <table class="sortable">: a <button class="sort"> in a header sorts the rows of that table
+  // by the column (a cell's data-sort if it has one, else its text; numbers as numbers, empty
+  // last); again reverses. The choice is kept per table id, and applied again when htmx
+  // swaps a refreshed table in (the Fleet page refreshes itself).
+  var sortBy = {};
+
+  function cellKey(row, index) {
+    var cell = row.cells[index];
+    if (!cell) return "";
+    return (cell.dataset.sort !== undefined ? cell.dataset.sort : cell.textContent).trim();
+  }
+
+  function compareKeys(a, b) {
+    if (a === "" || b === "") return a === b ? 0 : (a === "" ? 1 : -1);
+    var x = Number(a), y = Number(b);
+    if (!isNaN(x) && !isNaN(y)) return x - y;
+    return a.localeCompare(b, undefined, { numeric: true, sensitivity: "base" });
+  }
+
+  function sortTable(table, index, dir) {
+    var body = table.tBodies[0];
+    if (!body) return;
+    var rows = Array.prototype.slice.call(body.rows);
+    rows.sort(function (r1, r2) {
+      var a = cellKey(r1, index), b = cellKey(r2, index);
+      if (a === "" || b === "") return compareKeys(a, b);  // empty last either way
+      return dir * compareKeys(a, b);
+    });
+    rows.forEach(function (r) { body.appendChild(r); });
+    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, i) {
+      if (i === index) th.setAttribute("aria-sort", dir > 0 ? "ascending" : "descending");
+      else th.removeAttribute("aria-sort");
+    });
+  }
+
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest && event.target.closest("th button.sort");
+    if (!button) return;
+    var th = button.closest("th"), table = th.closest("table");
+    var index = th.cellIndex;
+    var prev = sortBy[table.id];
+    var dir = prev && prev.index === index ? -prev.dir : 1;
+    sortBy[table.id] = { index: index, dir: dir };
+    sortTable(table, index, dir);
+  });
+
+  function resort(root) {
+    Object.keys(sortBy).forEach(function (id) {
+      var table = document.getElementById(id);
+      if (table && (root === document || root.contains(table))) {
+        sortTable(table, sortBy[id].index, sortBy[id].dir);
+      }
+    });
+  }
+
   // <form data-confirm="..."> asks before submitting (pushes, cancels).
   document.addEventListener("submit", function (event) {
     var message = event.target.dataset && event.target.dataset.confirm;
     if (message && !window.confirm(message)) event.preventDefault();
   });
 
+  // The scheme changed (the OS went dark at sunset): draw every chart again in its colours.
+  if (window.matchMedia) {
+    var scheme = window.matchMedia("(prefers-color-scheme: dark)");
+    var redraw = function () {
+      charts.forEach(function (c) {
+        c.chart.destroy();
+        delete c.el.dataset.drawn;
+      });
+      charts = [];
+      draw(document);
+    };
+    if (scheme.addEventListener) scheme.addEventListener("change", redraw);
+  }
+
   document.addEventListener("DOMContentLoaded", function () { draw(document); });
   document.addEventListener("htmx:afterSwap", function (event) { draw(event.target); });
+  // outerHTML swaps replace the target: re-sort what came in, wherever it landed.
+  document.addEventListener("htmx:afterSettle", function () { resort(document); });
 })();

@@ -19,10 +19,10 @@
 
   function noPath() { return null; }
 
-  function seriesOpts(s) {
-    if (s.kind === "invalid") {
+  function seriesOpts(s, t) {
+    if (s.kind === "invalid") {  // hollow: filled with the page's background, either theme
       return { label: s.label, stroke: s.color, paths: noPath,
-               points: { show: true, size: 9, width: 1.5, stroke: s.color, fill: "#fff" } };
+               points: { show: true, size: 9, width: 1.5, stroke: s.color, fill: t.bg } };
     }
     if (s.kind === "regression" || s.kind === "faster") {
       return { label: s.label, stroke: s.color, paths: noPath,
@@ -58,6 +58,7 @@
       el.textContent = "No points.";
       return null;
     }
+    var t = ef.theme();
     var opts = Object.assign(ef.size(el), {
       // Times in UTC, like every timestamp on these pages (and cron schedules).
       tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"); },
@@ -67,11 +68,11 @@
         y: { range: function (u, lo, hi) { return [0, hi > 0 ? hi * 1.1 : 1]; } },
       },
       series: [{ label: c.x_time ? "time" : (c.x_label || "x") }]
-        .concat(c.series.map(seriesOpts)),
+        .concat(c.series.map(function (s) { return seriesOpts(s, t); })),
       axes: [xAxis(c), { label: c.y_label || "" }],
     });
     var data = [c.x].concat(c.series.map(function (s) { return s.values; }));
-    return new uPlot(opts, data, el);
+    return ef.plot(opts, data, el);
   }
 
   ef.register("[data-lines]", function (el) {

@@ -52,6 +52,7 @@ def test_events_are_listed_newest_first_and_only_known_actions_are_stored(
     assert [e["action"] for e in events(settings, limit=2)] == ["bench", "push"]
     assert audit.ACTIONS == ("push", "bench", "eval", "rollback", "inventory.sync",
                              "job.cancel", "schedule.create", "schedule.delete",
+                             "schedule.update", "schedule.pause", "schedule.resume",
                              "token.create", "token.revoke", "devices.trust",
                              "agent.install", "bundle.build", "dataset.build",
                              "key.create", "bundle.sign", "rollout.halt")

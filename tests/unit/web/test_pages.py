@@ -236,7 +236,7 @@ def test_device_page_has_facts_telemetry_chart_data_deployments_and_results(site
     assert data["throttled"] == [82.5, 84.0]  # soft temp limit "now" at both snapshots
     assert all(f > 0 for f in data["freq_mhz"])
     assert 'data-chart="telemetry"' in html and "/static/vendor/uPlot.iife.min.js" in html
-    deployments = [text_of(r) for r in page.tables[""] if "push" in text_of(r)]
+    deployments = [text_of(r) for r in page.tables["deployments"] if "push" in text_of(r)]
     assert any("first-crack@1" in d and "active" in d for d in deployments)
     result = [text_of(r) for r in page.tables[""] if f"#{site.run_id}" in text_of(r)]
     assert result and "soft_temp_limit" in result[0]
@@ -293,7 +293,7 @@ def test_push_form_queues_a_job_and_redirects_to_it(site: Site) -> None:
     assert job["params"]["bundle"] == "first-crack@1" and job["params"]["forks"] == 3
 
     html = get(site, f"/jobs/{job_id}?notice=queued")
-    assert "Job queued" in html and f'hx-get="/jobs/{job_id}/progress"' in html
+    assert "Job queued" in html and f'hx-get="/jobs/{job_id}/progress?notice=queued"' in html
     assert 'hx-trigger="every 1s"' in html and f'action="/jobs/{job_id}/cancel"' in html
     listing = parse(get(site, "/jobs"))
     assert "first-crack@1" in text_of(row_of(listing, "jobs", f"#{job_id}"))

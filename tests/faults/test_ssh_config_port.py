@@ -1,0 +1,43 @@
+"""Fault: ``~/.ssh/config``'s ``Port`` was ignored. A device whose inventory gives no
+``ansible_port`` gets port 22, and that 22 was passed to Fabric explicitly, overriding the
+``Port`` of a matching ``Host`` block (its HostName, User and IdentityFile were honoured). Here a
+real sshd listens on a free loopback port known only to the user's ssh config: the connection
+must reach it, and an explicit other port in the inventory must still win."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.core.errors import TransportError
+from orchestrator.transport.base import Target
+from orchestrator.transport.hostkeys import trust
+from orchestrator.transport.ssh import SshConnection, ssh_destination
+from tests.fleet.sshd import SshdFactory, free_port
+
+
+@pytest.mark.timeout(60)
+def test_ssh_config_port_is_used_when_the_inventory_gives_none(
+        sshd_factory: SshdFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    host = sshd_factory(1)[0]
+    home = tmp_path / "user-home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text(
+        f"Host roaster-pi\n  HostName 127.0.0.1\n  Port {host.port}\n  User {host.user}\n"
+        f"  IdentityFile {host.key_file}\n")
+    monkeypatch.setenv("HOME", str(home))  # Fabric reads ~/.ssh/config per connection
+    target = Target("roaster-pi", "roaster-pi")  # port 22: the inventory's default
+    assert target.port == 22
+    # `devices trust` records the key where the connection will look for it
+    assert ssh_destination("roaster-pi", 22) == ("127.0.0.1", host.port)
+    known_hosts = tmp_path / "known_hosts"
+    result = trust("roaster-pi", *ssh_destination("roaster-pi", 22), known_hosts, 10.0)
+    assert result.fingerprint == host.host_key_fingerprint
+    with SshConnection(target, known_hosts, 10.0) as conn:
+        channel = conn.start(["echo", "reached"])
+        assert channel.readline() == "reached\n"
+    # An explicit port other than 22 still wins over the ssh config (nothing listens there).
+    closed = Target("roaster-pi", "roaster-pi", port=free_port())
+    with pytest.raises(TransportError, match=rf"roaster-pi:{closed.port}"):
+        SshConnection(closed, known_hosts, 5.0)
