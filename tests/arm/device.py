@@ -91,6 +91,12 @@ class ArmHost(SshdHost):
         self.upper, self.work, self.merged = (overlay / p for p in ("upper", "work", "merged"))
         for path in (self.upper, self.work, self.merged):
             path.mkdir(parents=True, exist_ok=True)
+        # pip on the device installs from the rootfs's wheelhouse (rootfs.py) without
+        # byte-compiling every module it unpacks (sympy alone is thousands, each compile run by
+        # qemu); what is imported gets compiled at its first import instead, as usual.
+        (self.upper / "etc").mkdir(parents=True, exist_ok=True)
+        (self.upper / "etc/pip.conf").write_text(
+            (self.rootfs / "etc/pip.conf").read_text() + "no-compile = true\n")
         self.root = self.upper / HOME / DEVICE_ROOT.removeprefix("~/")
         self.share = self.dir / "share"  # the same path inside: files for tests to hand over
         self.share.mkdir(exist_ok=True)
