@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from orchestrator.demo.audio import write_eval_set
 from orchestrator.demo.model import make_trained_classifier
 from tests.fleet.sshd import write_inventory
@@ -24,6 +26,9 @@ from .rootfs import SUITES
 # Under qemu an agent command may stay silent for minutes (python + numpy + onnxruntime imports,
 # pip); the default 30 s would call a working device dead.
 SILENCE = ("--timeout", "900")
+# Everything runs under qemu (~1000x slower), and a cold cache builds the rootfs (~25 min) in the
+# fixture: far past the suite's 300 s default.
+pytestmark = pytest.mark.timeout(3600)
 EVAL_WINDOWS = 8  # ~1000x slower than native: enough to show the features work on the device
 
 

@@ -14,9 +14,14 @@ import re
 import shutil
 from pathlib import Path
 
+import pytest
+
 from .device import ArmHost
 from .rootfs import py39_test_wheels
 
+# Everything runs under qemu (~1000x slower), and a cold cache builds the rootfs (~25 min) in the
+# fixture: far past the suite's 300 s default.
+pytestmark = pytest.mark.timeout(3600)
 REPO = Path(__file__).resolve().parents[2]
 PY39_FILES = (
     "test_build.py", "test_hashcache.py", "test_sensors.py", "test_sampler.py",
