@@ -24,7 +24,7 @@ from .device import ArmHost, namespace_members
 from .rootfs import SUITES, arm_ready, ensure_rootfs
 
 
-def _require_arm() -> None:
+def require_arm() -> None:
     reason = arm_ready()
     if reason is None:
         return
@@ -36,7 +36,7 @@ def _require_arm() -> None:
 @pytest.fixture(scope="module")
 def arm_hosts(tmp_path_factory: pytest.TempPathFactory,
               ssh_user_key: UserKey) -> Iterator[dict[str, ArmHost]]:  # noqa: F811
-    _require_arm()
+    require_arm()
     with ThreadPoolExecutor(len(SUITES)) as pool:  # a cold cache builds both at once
         list(pool.map(ensure_rootfs, SUITES))
     base: Path = tmp_path_factory.mktemp("arm")

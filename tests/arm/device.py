@@ -133,11 +133,17 @@ class ArmHost(SshdHost):
 
 
 def namespace_members(pid_namespace: str) -> list[int]:
-    """Live processes in the PID namespace ``pid:[inode]`` (empty once a device is stopped)."""
+    """Live processes in the PID namespace ``pid:[inode]`` (empty once a device is stopped).
+    Zombies do not count: they have exited and only wait for a parent to collect their status
+    (an init killed with its test process is reparented to the host's init, which may take a
+    moment)."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             with contextlib.suppress(OSError):
-                if os.readlink(f"/proc/{entry}/ns/pid") == pid_namespace:
+                if os.readlink(f"/proc/{entry}/ns/pid") != pid_namespace:
+                    continue
+                state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state not in ("Z", "X"):
                     found.append(int(entry))
     return found
