@@ -4,8 +4,9 @@
 # extras), then lints and runs the whole suite on SQLite, then a subset on a real PostgreSQL
 # (tests/pg_server.py starts a throwaway cluster; EDGEFLEET_TEST_POSTGRESQL=0 skips that run).
 # lint-imports checks the import contracts in pyproject.toml. As root, tests/arm (two emulated
-# arm64 Raspberry Pi OS userlands, bookworm and bullseye, under qemu-user) runs last, on rootfs
-# built in the background meanwhile (qemu-user-static, binfmt-support, debootstrap installed here).
+# arm64 Raspberry Pi OS userlands, bookworm and bullseye, under qemu-user) runs last, after the
+# PostgreSQL run, on rootfs built in the background meanwhile (qemu-user-static, binfmt-support
+# and debootstrap are installed here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,12 +55,6 @@ ruff check .
 lint-imports
 if [ $# -eq 0 ]; then
   python3 -m pytest -q --ignore=tests/arm
-  if [ -n "$arm_build" ] && ! wait "$arm_build"; then
-    echo "building the arm64 rootfs failed; its log: $arm_log" >&2
-    tail -n 40 "$arm_log" >&2
-    exit 1
-  fi
-  time python3 -m pytest -q tests/arm
 else
   python3 -m pytest -q "$@"
 fi
@@ -75,4 +70,14 @@ if [ $# -eq 0 ] && [ "${EDGEFLEET_TEST_POSTGRESQL:-1}" != 0 ]; then
     tests/fleet/test_telemetry_and_leases.py tests/fleet/test_cli_jobs.py \
     tests/faults/test_lease_holder_dies.py tests/faults/test_killed_server_mid_bench.py \
     tests/faults/test_killed_cli_push.py
+fi
+
+# The emulated arm64 Pis last: the rootfs build started above has had the whole run to finish.
+if [ $# -eq 0 ]; then
+  if [ -n "$arm_build" ] && ! wait "$arm_build"; then
+    echo "building the arm64 rootfs failed; its log: $arm_log" >&2
+    tail -n 40 "$arm_log" >&2
+    exit 1
+  fi
+  time python3 -m pytest -q tests/arm
 fi
