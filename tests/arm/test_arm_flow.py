@@ -61,6 +61,9 @@ def test_install_push_bench_eval_rollback_verify(cli: Cli, arm_hosts: dict[str, 
         pins = dict(r.split("==") for r in SUITES[suite].requirements)
         assert facts["onnxruntime"]["version"] == pins["onnxruntime"], facts
         assert facts["numpy"] == pins["numpy"] or facts["numpy"].get("version") == pins["numpy"]
+        # The simulated sensors are read inside the chroot (same path, bind-mounted).
+        assert facts["sensors"]["temp_c"] == 48.0, facts["sensors"]
+        assert facts["pi_model"].startswith("Raspberry Pi 5"), facts
 
     folder = make_trained_classifier(tmp_path / "first-crack", cache_dir=demo_model_cache)
     calibration = demo_calibration(folder, tmp_path / "calibration")
@@ -77,12 +80,17 @@ def test_install_push_bench_eval_rollback_verify(cli: Cli, arm_hosts: dict[str, 
                 "first-crack@1-int8"):
         _pushed(cli, ref)
 
+    # One board runs hot: the sampler on the device reads it live through the fake sysfs.
+    arm_hosts["bullseye"].sim.set_temp(82.5)
     bench = cli("bench", "first-crack@1-int8", "pis", "--threads", "1", "--warmup", "1",
                 "--runs", "3", *SILENCE, "--json").json
     results = {r["device"]: r for r in bench["results"]}
     for host in hosts:
         assert results[host.name]["ok"], results[host.name]
         assert results[host.name]["latency_ms"]["p50"] > 0, results[host.name]
+    assert results[arm_hosts["bookworm"].name]["valid"] is True, results
+    assert "temp_over_80c" in results[arm_hosts["bullseye"].name]["flags"], results
+    arm_hosts["bullseye"].sim.set_temp(48.0)
 
     write_eval_set(tmp_path / "eval", n=EVAL_WINDOWS)
     cli("dataset", "build", tmp_path / "eval", "--name", "roast", "--for", "first-crack@1-int8")
