@@ -86,8 +86,9 @@ def test_temperature_limit(temp: float, flagged: bool) -> None:
 def test_frequency_drop_only_counts_in_the_timed_window(
         freqs: list[float], timed_start: float | None, low: str | None) -> None:
     samples = series(*([0] * len(freqs)))
-    for sample, freq in zip(samples, freqs, strict=True):
-        sample[2] = freq
+    # No zip(strict=): this file also runs under Python 3.9 (tests/arm/test_py39_agent.py).
+    for i, freq in enumerate(freqs):
+        samples[i][2] = freq
     _, flags, reasons = verdict(samples, timed_start)
     assert flags == (["frequency_drop"] if low else [])
     assert reasons == ([f"CPU frequency fell to {low} MHz during the timed runs, below 90% of "

@@ -266,11 +266,12 @@ class SshdHost:
             "LogLevel INFO\n"
         )
 
-    def start(self) -> None:
-        """Start sshd (no-op if running); return once it listens. The previous port is tried
-        first, then fresh ones if it is taken."""
-        if self.running:
-            return
+    process_class: type[SshdProcess] = SshdProcess
+    """What runs and stops sshd (tests/arm's hosts stop a whole PID namespace instead)."""
+
+    def process_argv(self) -> list[str]:
+        """The command that runs sshd in the foreground, logging to stderr (tests/arm's hosts
+        run it inside an arm64 chroot)."""
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         prefix = []
@@ -280,12 +281,19 @@ class SshdHost:
             prefix = [*prefix, "ip", "netns", "exec", self.netns]
         if self.cpus:
             prefix = [*prefix, "taskset", "-c", self.cpus]
-        argv = [*prefix, SSHD, "-D", "-e", "-f", str(self.config_file)]
+        return [*prefix, SSHD, "-D", "-e", "-f", str(self.config_file)]
+
+    def start(self) -> None:
+        """Start sshd (no-op if running); return once it listens. The previous port is tried
+        first, then fresh ones if it is taken."""
+        if self.running:
+            return
+        argv = self.process_argv()
         last: Exception | None = None
         for attempt in range(PORT_ATTEMPTS):
             port = self.port if attempt == 0 and self.port else free_port()
             self._write_config(port)
-            process = SshdProcess(argv, self.log_file)
+            process = self.process_class(argv, self.log_file)
             try:
                 listening = process.wait_listening(READY_TIMEOUT)
             except PortTaken as exc:

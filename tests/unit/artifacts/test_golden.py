@@ -112,7 +112,9 @@ def test_tolerance_defaults_by_precision(home: Path, tmp_path: Path) -> None:
     assert default_tolerances(None) == default_tolerances("fp32")
     int8_rtol, int8_atol = default_tolerances("int8")
     fp16_rtol, _ = default_tolerances("fp16")
-    assert int8_rtol > fp16_rtol > default_tolerances("fp32")[0]
+    # From the x86-vs-aarch64 measurements in docs/arm.md (bench/arm_numerics.py).
+    assert (int8_rtol, int8_atol) == (1e-2, 1e-2)
+    assert int8_rtol >= fp16_rtol > default_tolerances("fp32")[0]
     assert int8_atol > default_tolerances("fp32")[1]
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
