@@ -228,18 +228,27 @@ def push_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Send a bundle's missing blobs, verify every file on the device, activate atomically."""
-    from orchestrator.artifacts.bundles import get_bundle
-    from orchestrator.core.db import session_scope
-    from orchestrator.jobs import tracker
+    from orchestrator.fleet import early
 
     cfg = settings()
-    with session_scope(cfg) as session:
-        bundle = get_bundle(session, ref)
-        name, digest = f"{bundle.name}@{bundle.version}", bundle.digest
-    with tracker.track(cfg, "push", {"bundle": name, "forks": forks, "timeout": timeout},
-                       targets) as job, \
-            output.RichPushProgress(enabled=not as_json) as progress:
-        done = job.run(push_view=progress)
+    # Before the ORM is even imported: the devices' sessions open and the blobs stream while
+    # the job, its audit event and the leases are recorded below (fleet.early says what may
+    # and may not happen before that).
+    early.start(cfg, ref, targets, forks, timeout)
+    try:
+        from orchestrator.artifacts.bundles import get_bundle
+        from orchestrator.core.db import session_scope
+        from orchestrator.jobs import tracker
+
+        with session_scope(cfg) as session:
+            bundle = get_bundle(session, ref)
+            name, digest = f"{bundle.name}@{bundle.version}", bundle.digest
+        with tracker.track(cfg, "push", {"bundle": name, "forks": forks, "timeout": timeout},
+                           targets) as job, \
+                output.RichPushProgress(enabled=not as_json) as progress:
+            done = job.run(push_view=progress)
+    finally:
+        early.discard_all()  # what no device step adopted (the command failed before)
     for o in done.outcomes:
         o.data["sent"] = output.human_bytes(o.data.get("bytes_sent", 0))
     finish(done.outcomes, f"push {name} ({digest[:12]})", as_json,

@@ -202,6 +202,23 @@ def datasets() -> list[dict[str, Any]] | None:
     return None if rows is None else [dataset_public(d) for d in rows]
 
 
+def push_rows(pattern: str) -> tuple[list[SimpleNamespace], list[SimpleNamespace],
+                                      list[SimpleNamespace]] | None:
+    """(the devices ``pattern`` selects, every bundle, every device lease) as rows, read
+    through one connection: what a CLI push needs to start before the ORM is imported
+    (``fleet.early``); None: take the ORM path."""
+    conn = open_current()
+    if conn is None:
+        return None
+    try:
+        devices = _rows(conn, "device", "name")
+        bundles = _rows(conn, "bundle", "name, id")
+        leases = _rows(conn, "devicelease", "device_name")
+    finally:
+        conn.close()
+    return (select_by_pattern(devices, pattern, lambda d: (d.name, d.groups)), bundles, leases)
+
+
 def _read(table: str, order: str) -> list[SimpleNamespace] | None:
     conn = open_current()
     if conn is None:

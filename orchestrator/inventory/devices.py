@@ -141,11 +141,7 @@ def get_device(session: Session, name: str) -> Device:
 
 
 def to_target(device: Device) -> Target:
-    return Target(
-        name=device.name, address=device.address, port=device.port, user=device.user,
-        key_file=device.key_file, connection=device.connection, root=device.root,
-        python=device.agent_python or device.python, env=dict(device.env),
-    )
+    return Target.of_device(device)
 
 
 def record_facts(session: Session, name: str, facts: dict[str, Any],

@@ -31,6 +31,10 @@ def connect(target: Target, settings: Settings, timeout: float | None = None) ->
         from orchestrator.transport.local import LocalConnection
 
         conn = LocalConnection(target, limits)
+    elif ssh_connector(target, settings) == "openssh":
+        from orchestrator.transport.openssh import OpenSshConnection
+
+        conn = OpenSshConnection(target, settings.known_hosts, timeout, limits)
     else:
         from orchestrator.transport.ssh import SshConnection
 
@@ -40,6 +44,20 @@ def connect(target: Target, settings: Settings, timeout: float | None = None) ->
         conn.abort()
         _refuse_if_aborted(target)
     return conn
+
+
+def ssh_connector(target: Target, settings: Settings) -> str:
+    """``openssh`` (the system ``ssh``) or ``paramiko`` for an SSH device: the inventory's
+    ``ansible_connection: openssh|paramiko`` decides for its device; plain ``ssh`` (Ansible's
+    default, which is OpenSSH there too) follows ``EDGEFLEET_SSH_CONNECTOR``, whose default
+    ``auto`` takes OpenSSH where ``ssh`` is on PATH."""
+    if target.connection in ("openssh", "paramiko"):
+        return target.connection
+    if settings.ssh_connector != "auto":
+        return settings.ssh_connector
+    from orchestrator.transport.openssh import available
+
+    return "openssh" if available() else "paramiko"
 
 
 def _refuse_if_aborted(target: Target) -> None:
