@@ -460,7 +460,7 @@ BAD_FILES = [
     ("tab_indent.yml", 4, "invalid YAML"),
     ("duplicate_host.yml", 9, "duplicate key 'pi5-a' (first written at line 6)"),
     ("duplicate_var.yml", 6, "duplicate key 'location' (first written at line 5)"),
-    ("unknown_connection.yml", 6, "'winrm' is not supported; use one of: ssh, local"),
+    ("unknown_connection.yml", 6, "'winrm' is not supported; use one of: ssh, openssh, paramiko, local"),
     ("bad_port.yml", 6, "ansible_port must be a whole number from 1 to 65535, not '70000'"),
     ("port_not_a_number.yml", 4, "not 'ssh'"),
     ("env_not_mapping.yml", 6, "edgefleet_env must be a mapping of NAME: value"),

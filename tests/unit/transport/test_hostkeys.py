@@ -52,9 +52,19 @@ def empty_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-def target_for(host: SshdHost) -> Target:
+def target_for(host: SshdHost, connection: str = "ssh") -> Target:
     return Target(name=host.name, address=host.address, port=host.port, user=host.user,
-                  key_file=str(host.key_file), root=str(host.root))
+                  key_file=str(host.key_file), root=str(host.root), connection=connection)
+
+
+CONNECTORS = pytest.mark.parametrize("connector", ["paramiko", "openssh"])
+
+
+def contact(host: SshdHost, settings: Settings, connector: str) -> None:
+    """Connect and run a command: paramiko refuses a key at connect, the OpenSSH transport
+    at the first command (each command is an ``ssh`` process)."""
+    with connect(target_for(host, connector), settings, timeout=10) as conn:
+        assert conn.run(["true"]).exit_code == 0
 
 
 # -- fingerprints and entries -----------------------------------------------------------------
@@ -174,14 +184,15 @@ def write_user_known_hosts(home: Path, line: str, hashed: bool) -> Path:
     return path
 
 
+@CONNECTORS
 @pytest.mark.parametrize("hashed", [False, True], ids=["plain", "hashed"])
 def test_user_known_hosts_is_honoured(host: SshdHost, tmp_path: Path, empty_home: Path,
-                                      hashed: bool) -> None:
+                                      hashed: bool, connector: str) -> None:
     write_user_known_hosts(empty_home, host.known_hosts_line, hashed)
     settings = Settings(home=tmp_path / "edgefleet-home")
     assert not settings.known_hosts.exists()
 
-    with connect(target_for(host), settings, timeout=10) as conn:
+    with connect(target_for(host, connector), settings, timeout=10) as conn:
         result = conn.run(["printf", "%s", "hello from $(hostname)"])
     assert (result.exit_code, result.stdout) == (0, "hello from $(hostname)")
 
@@ -192,26 +203,29 @@ def test_user_known_hosts_is_honoured(host: SshdHost, tmp_path: Path, empty_home
     assert load_known(settings.known_hosts).lookup(f"[127.0.0.1]:{host.port}") is not None
 
 
-def test_unknown_host_key_is_refused(host: SshdHost, tmp_path: Path, empty_home: Path) -> None:
+@CONNECTORS
+def test_unknown_host_key_is_refused(host: SshdHost, tmp_path: Path, empty_home: Path,
+                                     connector: str) -> None:
     settings = Settings(home=tmp_path / "edgefleet-home")
     with pytest.raises(HostKeyError) as refused:
-        connect(target_for(host), settings, timeout=10)
+        contact(host, settings, connector)
     message = str(refused.value)
     assert message.startswith("pi1: host key of ")
     assert host.host_key_fingerprint in message and "edgefleet devices trust pi1" in message
     assert not settings.known_hosts.exists()  # never accepted silently
 
 
+@CONNECTORS
 @pytest.mark.parametrize("hashed", [False, True], ids=["plain", "hashed"])
 def test_changed_key_in_user_known_hosts_is_refused_until_replaced(
-    host: SshdHost, tmp_path: Path, empty_home: Path, hashed: bool
+    host: SshdHost, tmp_path: Path, empty_home: Path, hashed: bool, connector: str
 ) -> None:
     stale_line, stale_fp = host.known_hosts_line, host.host_key_fingerprint
     host.regenerate_host_key()
     write_user_known_hosts(empty_home, stale_line, hashed)
     settings = Settings(home=tmp_path / "edgefleet-home")
     with pytest.raises(HostKeyError, match="HOST KEY CHANGED") as refused:
-        connect(target_for(host), settings, timeout=10)
+        contact(host, settings, connector)
     assert stale_fp in str(refused.value) and host.host_key_fingerprint in str(refused.value)
     with pytest.raises(HostKeyError, match="--replace"):
         trust("pi1", host.address, host.port, settings.known_hosts, 10)
@@ -222,5 +236,4 @@ def test_changed_key_in_user_known_hosts_is_refused_until_replaced(
     assert (replaced.status, replaced.previous_fingerprint) == ("replaced", stale_fp)
     again = trust("pi1", host.address, host.port, settings.known_hosts, 10)
     assert again.status == "already trusted"
-    with connect(target_for(host), settings, timeout=10) as conn:
-        assert conn.run(["true"]).exit_code == 0
+    contact(host, settings, connector)
