@@ -39,6 +39,7 @@ from orchestrator.transport import Connection, Target, connect
 
 if TYPE_CHECKING:
     from orchestrator.core.config import Settings
+    from orchestrator.core.envsettings import EnvSettings
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class EarlyPush:
     """One device's session, planned and streaming from a thread of its own, until
     ``deploy.push`` adopts it (``wait_planned``, ``wait_sent``) or discards it."""
 
-    def __init__(self, settings: Settings, target: Target, manifest: dict[str, Any],
+    def __init__(self, settings: Settings | EnvSettings, target: Target, manifest: dict[str, Any],
                  digest: str, timeout: float | None) -> None:
         self.target, self.manifest, self.digest = target, manifest, digest
         self.conn: Connection | None = None
@@ -194,6 +195,7 @@ class EarlyPush:
 
 _started: dict[tuple[str, str], EarlyPush] = {}
 _lock = threading.Lock()
+_attempted = False  # start() ran in this command (cli.quick's, then push_cmd's: once)
 
 
 def claim(device: str, digest: str) -> EarlyPush | None:
@@ -204,18 +206,26 @@ def claim(device: str, digest: str) -> EarlyPush | None:
 
 def discard_all() -> None:
     """Abort what was started and not adopted (the command failed before, or ended)."""
+    global _attempted
     with _lock:
         left = list(_started.values())
         _started.clear()
+        _attempted = False
     for early in left:
         early.discard()
 
 
-def start(settings: Settings, ref: str, pattern: str, forks: int,
+def start(settings: Settings | EnvSettings, ref: str, pattern: str, forks: int,
           timeout: float | None) -> int:
     """Start the push of ``ref`` to the first ``forks`` devices ``pattern`` selects, when the
     DB can be read with the standard library; returns how many were started (0: none could
-    be, and ``deploy.push`` simply does all the work, as it does for the server)."""
+    be, or this command started them already, and ``deploy.push`` simply does all the work,
+    as it does for the server)."""
+    global _attempted
+    with _lock:
+        if _attempted:
+            return 0
+        _attempted = True
     try:
         rows = listings.push_rows(pattern)
     except EdgeFleetError:

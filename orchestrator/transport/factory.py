@@ -12,6 +12,7 @@ from orchestrator.transport.base import Connection, OutputLimits, Target
 
 if TYPE_CHECKING:  # pydantic-settings: no light command should import it to reach a Target
     from orchestrator.core.config import Settings
+    from orchestrator.core.envsettings import EnvSettings
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,8 @@ _open: weakref.WeakSet[Connection] = weakref.WeakSet()
 _aborted = threading.Event()
 
 
-def connect(target: Target, settings: Settings, timeout: float | None = None) -> Connection:
+def connect(target: Target, settings: Settings | EnvSettings,
+            timeout: float | None = None) -> Connection:
     timeout = timeout or settings.timeout_s
     limits = OutputLimits.from_mb(settings.max_line_mb, settings.max_output_mb)
     _refuse_if_aborted(target)
@@ -46,7 +48,7 @@ def connect(target: Target, settings: Settings, timeout: float | None = None) ->
     return conn
 
 
-def ssh_connector(target: Target, settings: Settings) -> str:
+def ssh_connector(target: Target, settings: Settings | EnvSettings) -> str:
     """``openssh`` (the system ``ssh``) or ``paramiko`` for an SSH device: the inventory's
     ``ansible_connection: openssh|paramiko`` decides for its device; plain ``ssh`` (Ansible's
     default, which is OpenSSH there too) follows ``EDGEFLEET_SSH_CONNECTOR``, whose default

@@ -1,7 +1,9 @@
 """Host keys: EdgeFleet's own known_hosts under EDGEFLEET_HOME, plus the user's ~/.ssh/known_hosts.
 
 Nothing is ever accepted silently. An unknown key is refused with its fingerprint and the command
-that trusts it; a changed key is refused with both fingerprints.
+that trusts it; a changed key is refused with both fingerprints. paramiko (which reads and
+writes the files here) is imported where it is used: the OpenSSH transport needs this module's
+file names on every push and paramiko only to word a refusal.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-
-import paramiko
+from typing import TYPE_CHECKING
 
 from orchestrator.core.errors import HostKeyError
+
+if TYPE_CHECKING:
+    import paramiko
 
 _write_lock = threading.Lock()
 
@@ -36,6 +40,8 @@ def user_known_hosts() -> Path:
 
 def load_known(managed: Path) -> paramiko.HostKeys:
     """Union of the managed file and the user's known_hosts (managed entries win)."""
+    import paramiko
+
     keys = paramiko.HostKeys()
     # Managed first: paramiko's lookup answers with the first matching entry, so the file that
     # `devices trust --replace` writes must come before a stale line in ~/.ssh/known_hosts.
@@ -48,20 +54,13 @@ def load_known(managed: Path) -> paramiko.HostKeys:
     return keys
 
 
-class RefuseUnknownHostKey(paramiko.MissingHostKeyPolicy):
-    """Replaces Fabric's AutoAddPolicy: an unknown key is an error naming the device."""
-
-    def __init__(self, device: str) -> None:
-        self.device = device
-
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
-                         key: paramiko.PKey) -> None:
-        raise HostKeyError(
-            f"{self.device}: host key of {hostname} is not trusted "
-            f"({key.get_name()} {fingerprint(key)}). Check it against the device "
-            f"(ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then run "
-            f"`edgefleet devices trust {self.device}`"
-        )
+def unknown_key_error(device: str, hostname: str, key: paramiko.PKey) -> HostKeyError:
+    return HostKeyError(
+        f"{device}: host key of {hostname} is not trusted "
+        f"({key.get_name()} {fingerprint(key)}). Check it against the device "
+        f"(ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then run "
+        f"`edgefleet devices trust {device}`"
+    )
 
 
 def changed_key_error(device: str, hostname: str, offered: paramiko.PKey,
@@ -76,6 +75,8 @@ def changed_key_error(device: str, hostname: str, offered: paramiko.PKey,
 
 def fetch_host_key(address: str, port: int, timeout: float) -> paramiko.PKey:
     """Key exchange only (no authentication): what key does this host offer?"""
+    import paramiko
+
     sock = socket.create_connection((address, port), timeout=timeout)
     transport = paramiko.Transport(sock)
     try:
@@ -111,6 +112,8 @@ def trust(device: str, address: str, port: int, managed: Path, timeout: float,
         if not replace:
             raise changed_key_error(device, entry, key, recorded)
         result.status, result.previous_fingerprint = "replaced", fingerprint(recorded)
+    import paramiko
+
     with _write_lock:
         managed.parent.mkdir(parents=True, exist_ok=True)
         own = paramiko.HostKeys()

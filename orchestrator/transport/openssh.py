@@ -275,15 +275,15 @@ class OpenSshConnection(Connection):
             f"`edgefleet devices trust {self.target.name} --replace`")
 
     def _unknown_key(self, stderr: str) -> HostKeyError:
-        from orchestrator.transport.hostkeys import fingerprint
+        from orchestrator.transport.hostkeys import unknown_key_error
 
         offered, _ = self._offered()
         t = self.target
-        what = (f"{offered.get_name()} {fingerprint(offered)}"  # type: ignore[attr-defined]
-                if offered is not None else _ssh_said(stderr))
+        if offered is not None:
+            return unknown_key_error(t.name, t.address, offered)  # type: ignore[arg-type]
         return HostKeyError(
-            f"{t.name}: host key of {t.address} is not trusted ({what}). Check it against the "
-            "device (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then run "
+            f"{t.name}: host key of {t.address} is not trusted ({_ssh_said(stderr)}). Check it "
+            "against the device (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then run "
             f"`edgefleet devices trust {t.name}`")
 
     def abort(self) -> None:
