@@ -4,8 +4,8 @@ standard library.
 Why not ``config.Settings``: a CLI push starts its device work before pydantic is imported
 (``cli.quick``, ``fleet.early``: ~0.3 s of a fresh process). These fields are read by
 Settings' own rules (``EDGEFLEET_`` prefix, names case-insensitive, the last of two spellings
-winning, an empty value meaning unset for the optional ones); a value Settings would refuse
-gives None here, so the command takes its ordinary path and Settings says what is wrong.
+winning); a value Settings would refuse (an empty one too) gives None here, so the command
+takes its ordinary path and Settings says what is wrong.
 tests/unit/core/test_envsettings.py checks both read the same.
 """
 
@@ -53,9 +53,8 @@ def from_env() -> EnvSettings | None:
     timeout = _float(env["edgefleet_timeout_s"]) if "edgefleet_timeout_s" in env else 30.0
     limits: list[float | None] = []
     for name in ("edgefleet_max_line_mb", "edgefleet_max_output_mb"):
-        text = env.get(name, "")
-        value = _float(text) if text else None
-        if text and (value is None or value <= 0):
+        value = _float(env[name]) if name in env else None
+        if name in env and (value is None or value <= 0):
             return None
         limits.append(value)
     connector = env.get("edgefleet_ssh_connector", "auto")

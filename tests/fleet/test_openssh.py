@@ -21,6 +21,7 @@ from orchestrator.transport.factory import ssh_connector
 from orchestrator.transport.openssh import OpenSshConnection
 
 from ..conftest import Cli
+from ..unit.cli.test_cli_startup import imported_by
 from .sshd import write_inventory
 from .test_push_e2e import active_manifest, model_folder, setup_fleet, sha256
 
@@ -169,3 +170,15 @@ def test_leased_device_is_not_started_early(cli: Cli, sshd_factory, home: Path,
             for p in (host.root / "blobs").rglob("*"))
     finally:
         release(settings, host.name, "otherhost:1:abcd")
+
+
+def test_a_fresh_push_process_never_loads_paramiko(cli: Cli, sshd_factory, home: Path,
+                                                   tmp_path: Path) -> None:
+    """The OpenSSH path of `edgefleet push`, as a user runs it (its own process, through
+    cli.quick and fleet.early): paramiko and fabric (~0.25 s) are not imported at all."""
+    host = sshd_factory(1)[0]
+    setup_fleet(cli, tmp_path, [host])
+    bundle = cli("bundle", "build", model_folder(tmp_path), "--name", "m", "--json").json
+    modules, pushed = imported_by(home, tmp_path, "push", "m@1", host.name, "--json")
+    assert (pushed[0]["state"], pushed[0]["bytes_sent"]) == ("active", bundle["size_bytes"])
+    assert not modules & {"paramiko", "fabric", "onnx", "onnxruntime"}, modules
