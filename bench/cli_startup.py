@@ -63,6 +63,16 @@ def run_child(argv: list[str], env: dict[str, str] | None = None) -> Child:
     return Child(wall, usage.ru_utime + usage.ru_stime, stdout)
 
 
+def compile_tree(root: Path) -> None:
+    """Byte-compile the packages a CLI process imports from ``root``, as an installed package
+    has them: with PYTHONDONTWRITEBYTECODE set (this CI machine sets it) every process would
+    otherwise compile EdgeFleet's own modules from source again, ~0.1-0.2 s of CPU each."""
+    import compileall
+
+    for package in ("agent", "orchestrator", "web"):
+        compileall.compile_dir(root / package, quiet=1)
+
+
 def edgefleet_script() -> str:
     script = Path(sys.executable).parent / "edgefleet"
     return str(script) if script.is_file() else shutil.which("edgefleet") or "edgefleet"
@@ -140,6 +150,9 @@ def main() -> None:
                         "measured side by side; it must have the same migrations")
     args = parser.parse_args()
     baseline = args.baseline.resolve() if args.baseline else None
+    for tree in (Path(__file__).resolve().parent.parent, baseline):
+        if tree is not None:
+            compile_tree(tree)
 
     base = Path(tempfile.mkdtemp(prefix="edgefleet-bench-cli-"))
     try:
