@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session, col, func, select
 
@@ -12,8 +12,10 @@ from orchestrator.core.errors import NotFoundError
 from orchestrator.core.listings import device_public as device_public
 from orchestrator.core.listings import select_by_pattern
 from orchestrator.core.models import Deployment, Device
-from orchestrator.inventory.reader import Inventory, InventoryHost
 from orchestrator.transport import Target
+
+if TYPE_CHECKING:  # the YAML reader (PyYAML) is for syncing; a push only needs the rows
+    from orchestrator.inventory.reader import Inventory, InventoryHost
 
 
 @dataclass
