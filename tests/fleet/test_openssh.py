@@ -121,6 +121,7 @@ def test_cli_push_starts_early_and_is_adopted(cli: Cli, sshd_factory, home: Path
     assert begun is not None
     begun.wait_sent(lambda n: None)
     assert begun.sent == v1["size_bytes"]
+    early.discard_all()  # as the command does when it ends: the next one starts afresh
     begun.discard()
     assert not (host.root / "current").exists()  # streamed, verified, not activated
     with session_scope(settings) as session:
@@ -160,6 +161,7 @@ def test_leased_device_is_not_started_early(cli: Cli, sshd_factory, home: Path,
     acquire(settings, host.name, "bench", "otherhost:1:abcd")
     try:
         assert early.start(settings, "m@1", host.name, 10, None) == 0
+        early.discard_all()
         pushed = cli("push", "m@1", host.name, "--json", expect=1).json
         assert pushed[0]["state"] == "failed" and "busy with a bench" in pushed[0]["error"]
         assert pushed[0]["bytes_sent"] == 0
