@@ -188,3 +188,23 @@ def test_a_fresh_push_process_never_loads_paramiko(cli: Cli, sshd_factory, home:
     modules, pushed = imported_by(home, tmp_path, "push", "m@1", host.name, "--json")
     assert (pushed[0]["state"], pushed[0]["bytes_sent"]) == ("active", bundle["size_bytes"])
     assert not modules & {"paramiko", "fabric", "onnx", "onnxruntime"}, modules
+
+
+def test_a_bundle_with_a_blob_missing_here_is_not_started_early(
+        cli: Cli, sshd_factory, home: Path, tmp_path: Path) -> None:
+    """This host must fetch a blob first (artifacts.blobfetch, in deploy.push): nothing is
+    started before the job; the push then says what is missing, in its words, having sent
+    nothing."""
+    host = sshd_factory(1)[0]
+    setup_fleet(cli, tmp_path, [host])
+    bundle = cli("bundle", "build", model_folder(tmp_path), "--name", "m", "--json").json
+    blob = bundle["files"][0]["sha256"]
+    paths = [p for p in (home / "blobs").rglob(f"{blob}*") if p.is_file()]
+    assert paths
+    for path in paths:
+        path.unlink()
+    assert early.start(_settings(home), "m@1", host.name, 10, None) == 0
+    early.discard_all()
+    refused = cli("push", "m@1", host.name, "--json", expect=2).json
+    assert "not in this host's blob store" in refused["error"], refused
+    assert not (host.root / "incoming").exists() or not any((host.root / "incoming").iterdir())
