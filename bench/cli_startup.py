@@ -41,6 +41,38 @@ from tests.fleet.sshd import SshdHost, UserKey, generate_user_key  # noqa: E402
 CPU_GOAL_S = 0.4
 PUSH_GOAL = 0.9
 
+# `edgefleet push` as the console script runs it, timestamping (s since the bench spawned it)
+# when its device work started (cli.quick -> fleet.early), the device's plan came back, the
+# early stream ended, the push adopted it (the ORM loaded, the job, its Deployment row and the
+# lease recorded) and the process exited: where a fresh push's time goes.
+TRACER = """
+import atexit, json, sys, time
+out, t0 = sys.argv[1], float(sys.argv[2])
+marks = {}
+def mark(name):
+    marks.setdefault(name, time.time() - t0)
+atexit.register(lambda: (mark("exit"), open(out, "w").write(json.dumps(marks))))
+from orchestrator.fleet import early
+real_start, real_note, real_run, real_claim = (early.start, early.EarlyPush._note,
+                                               early.EarlyPush._run, early.claim)
+def start(*a, **k):
+    mark("device work starts")
+    return real_start(*a, **k)
+def note(self, plan):
+    mark("plan answered")
+    return real_note(self, plan)
+def run(self):
+    real_run(self)
+    mark("stream ends")
+def claim(*a, **k):
+    mark("job, lease, row recorded: adopted")
+    return real_claim(*a, **k)
+early.start, early.EarlyPush._note, early.EarlyPush._run, early.claim = start, note, run, claim
+sys.argv = ["edgefleet", *sys.argv[3:]]
+from orchestrator.cli.main import main
+main()
+"""
+
 
 @dataclass
 class Child:
@@ -61,6 +93,16 @@ def run_child(argv: list[str], env: dict[str, str] | None = None) -> Child:
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}")
     return Child(wall, usage.ru_utime + usage.ru_stime, stdout)
+
+
+def compile_tree(root: Path) -> None:
+    """Byte-compile the packages a CLI process imports from ``root``, as an installed package
+    has them: with PYTHONDONTWRITEBYTECODE set (this CI machine sets it) every process would
+    otherwise compile EdgeFleet's own modules from source again, ~0.1-0.2 s of CPU each."""
+    import compileall
+
+    for package in ("agent", "orchestrator", "web"):
+        compileall.compile_dir(root / package, quiet=1)
 
 
 def edgefleet_script() -> str:
@@ -102,6 +144,15 @@ def measure(label: str, host: SshdHost, key: UserKey, model: Path, base: Path,
         inproc_s.append(time.perf_counter() - started)
         assert outcome.ok and outcome.data["bytes_sent"] == bundle.size_bytes, outcome
 
+    traces: list[dict[str, float]] = []
+    for _ in range(repeats):  # this tree only: its phases, each push a fresh process
+        empty_device(host.root)
+        marks = base / "marks.json"
+        child = run_child([sys.executable, "-c", TRACER, str(marks), repr(time.time()),
+                           *push_argv[1:]], env)
+        assert json.loads(child.stdout)[0]["state"] == "active"
+        traces.append(json.loads(marks.read_text()))
+
     light: dict[tuple[str, str], list[Child]] = {}
     for _ in range(repeats):
         for command in ("devices list", "bundle list", "runs list", "dataset list"):
@@ -123,6 +174,10 @@ def measure(label: str, host: SshdHost, key: UserKey, model: Path, base: Path,
         print(f"    push/scp speed ratio, end to end: {scp_med / cli_med:.2f}x  (goal >= "
               f"{PUSH_GOAL}x; each run: " + ", ".join(
                   f"{s / c:.2f}" for s, c in zip(scp_s, cli_s[tree], strict=True)) + ")")
+    if traces and all(len(t) == len(traces[0]) for t in traces):
+        print("  a fresh push's phases (this tree; s since spawned, medians): "
+              + ", ".join(f"{name} {statistics.median(t[name] for t in traces):.2f}"
+                          for name in sorted(traces[0], key=traces[0].__getitem__)))
     for (command, tree), runs in light.items():
         cpu = [r.cpu_s for r in runs]
         print(f"  edgefleet {command}, {tree}: CPU {statistics.median(cpu):.3f} s (min "
@@ -140,6 +195,9 @@ def main() -> None:
                         "measured side by side; it must have the same migrations")
     args = parser.parse_args()
     baseline = args.baseline.resolve() if args.baseline else None
+    for tree in (Path(__file__).resolve().parent.parent, baseline):
+        if tree is not None:
+            compile_tree(tree)
 
     base = Path(tempfile.mkdtemp(prefix="edgefleet-bench-cli-"))
     try:

@@ -189,10 +189,3 @@ def signature_status(session: Session, bundle: Bundle) -> dict[str, Any] | None:
     return {"by": bundle.signed_by, "fingerprint": bundle.signed_fingerprint,
             "at": bundle.signed_at.isoformat() if bundle.signed_at else None,
             "valid": problem is None, "problem": problem}
-
-
-def push_signature(bundle: Bundle) -> dict[str, str] | None:
-    """The ``signature`` of an agent plan/activate request (agent.signatures.parse_signature)."""
-    if not bundle.signature or not bundle.signed_by:
-        return None
-    return {"key": bundle.signed_by, "sshsig": bundle.signature}

@@ -354,21 +354,32 @@ def push_cmd(
 ) -> None:
     """Send a bundle's missing blobs, verify every file on the device, activate atomically;
     staged (canary, batches, halt) with any of the rollout options."""
-    from orchestrator.artifacts.bundles import get_bundle
-    from orchestrator.core.db import session_scope
-    from orchestrator.jobs import tracker
+    from orchestrator.fleet import early
 
     cfg = settings()
-    with session_scope(cfg) as session:
-        bundle = get_bundle(session, ref)
-        name, digest = f"{bundle.name}@{bundle.version}", bundle.digest
-    params: dict[str, Any] = {"bundle": name, "forks": forks, "timeout": timeout}
     staged = _rollout_param((canary, batch, max_fail, health_bench, rollback_on_fail))
-    if staged is not None:
-        params["rollout"] = staged
-    with tracker.track(cfg, "push", params, targets) as job, \
-            output.RichPushProgress(enabled=not as_json) as progress:
-        done = job.run(push_view=progress)
+    # Before the ORM is even imported: the devices' sessions open and the blobs stream while
+    # the job, its audit event and the leases are recorded below (fleet.early says what may
+    # and may not happen before that). Not for a rollout: its batches, not the first `forks`
+    # devices, decide who is pushed first, and a canary must be alone.
+    if staged is None:
+        early.start(cfg, ref, targets, forks, timeout)
+    try:
+        from orchestrator.artifacts.bundles import get_bundle
+        from orchestrator.core.db import session_scope
+        from orchestrator.jobs import tracker
+
+        with session_scope(cfg) as session:
+            bundle = get_bundle(session, ref)
+            name, digest = f"{bundle.name}@{bundle.version}", bundle.digest
+        params: dict[str, Any] = {"bundle": name, "forks": forks, "timeout": timeout}
+        if staged is not None:
+            params["rollout"] = staged
+        with tracker.track(cfg, "push", params, targets) as job, \
+                output.RichPushProgress(enabled=not as_json) as progress:
+            done = job.run(push_view=progress)
+    finally:
+        early.discard_all()  # what no device step adopted (the command failed before)
     if staged is not None:
         _show_rollout(done, as_json, job.interrupted)
         return

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +43,10 @@ class Settings(BaseSettings):
     # (orchestrator.inventory.sync.readable_path); default: ``home``.
     inventory_dir: Path | None = None
     timeout_s: float = 30.0
+    # Which SSH client reaches an ``ansible_connection: ssh`` device (orchestrator.transport.
+    # factory.ssh_connector): the system ``ssh`` ("openssh"), paramiko, or "auto" (OpenSSH where
+    # ``ssh`` is on PATH). A device's ``ansible_connection: openssh|paramiko`` wins.
+    ssh_connector: Literal["auto", "openssh", "paramiko"] = "auto"
     # What one device may send per command, in MiB: the longest line and stdout + stderr in
     # all (orchestrator.transport.base.OutputLimits); None keeps the defaults defined there.
     max_line_mb: float | None = Field(default=None, gt=0)

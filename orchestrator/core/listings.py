@@ -89,6 +89,15 @@ def bundle_public(bundle: Bundle | SimpleNamespace) -> dict[str, Any]:
     }
 
 
+def push_signature(bundle: Bundle | SimpleNamespace) -> dict[str, str] | None:
+    """The ``signature`` of an agent plan/activate request (agent.signatures.parse_signature):
+    the same for an ORM row and a row read here, so a push started before the ORM loads
+    (``fleet.early``) carries it too."""
+    if not getattr(bundle, "signature", None) or not getattr(bundle, "signed_by", None):
+        return None
+    return {"key": bundle.signed_by, "sshsig": bundle.signature}  # type: ignore[dict-item]
+
+
 def _signed(bundle: Bundle | SimpleNamespace) -> dict[str, Any] | None:
     by = getattr(bundle, "signed_by", None)
     if not by or not getattr(bundle, "signature", None):
@@ -211,6 +220,39 @@ def datasets() -> list[dict[str, Any]] | None:
     """``dataset_public`` of every dataset, by name then age; None: take the ORM path."""
     rows = _read("dataset", "name, id")
     return None if rows is None else [dataset_public(d) for d in rows]
+
+
+def push_rows(pattern: str) -> tuple[list[SimpleNamespace], list[SimpleNamespace],
+                                      list[SimpleNamespace]] | None:
+    """(the devices ``pattern`` selects, every bundle, every device lease) as rows, read
+    through one connection: what a CLI push needs to start before the ORM is imported
+    (``fleet.early``); None: take the ORM path."""
+    conn = open_current()
+    if conn is None:
+        return None
+    try:
+        devices = _rows(conn, "device", "name")
+        bundles = _rows(conn, "bundle", "name, id")
+        leases = _rows(conn, "devicelease", "device_name")
+    finally:
+        conn.close()
+    return (select_by_pattern(devices, pattern, lambda d: (d.name, d.groups)), bundles, leases)
+
+
+def host_key_rows(entry: str | None) -> list[SimpleNamespace] | None:
+    """The ``hostkey`` rows (of ``entry`` only, when given), oldest first, for a push started
+    before the ORM loads (``transport.hostkeys.db_rows``); None: take the ORM path."""
+    conn = open_current()
+    if conn is None:
+        return None
+    try:
+        if entry is None:
+            return _rows(conn, "hostkey", "id")
+        cursor = conn.execute("SELECT entry, key_type, key_base64 FROM hostkey WHERE entry = ? "
+                              "ORDER BY id", (entry,))
+        return [SimpleNamespace(entry=e, key_type=t, key_base64=b) for e, t, b in cursor]
+    finally:
+        conn.close()
 
 
 def _read(table: str, order: str) -> list[SimpleNamespace] | None:

@@ -180,12 +180,7 @@ class AgentSession:
             self._send_request("receive", spec)
             unread += 1
             try:
-                with open(blob.local, "rb") as src:
-                    src.seek(blob.offset)
-                    while chunk := src.read(SEND_CHUNK):
-                        self.channel.write(chunk)
-                        if on_bytes:
-                            on_bytes(len(chunk))
+                self.channel.write_file(blob.local, blob.offset, on_bytes, SEND_CHUNK)
             except TransportError:
                 break  # the agent stopped reading: its result line says why
         for _ in range(unread):

@@ -21,13 +21,13 @@ from agent.protocol import E_NOTHING_TO_ROLL_BACK, E_SMOKE_FAILED
 from orchestrator.artifacts.blobfetch import blob_store, ensure_local, needed_files
 from orchestrator.artifacts.blobstore import BlobStore
 from orchestrator.artifacts.bundles import manifest_of
-from orchestrator.artifacts.onnxinfo import version_tuple
-from orchestrator.artifacts.signing import push_signature
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.errors import AgentError, EdgeFleetError
+from orchestrator.core.listings import push_signature
 from orchestrator.core.models import Bundle, Deployment, Device
-from orchestrator.fleet.agentclient import AgentSession, call_agent, plan_uploads
+from orchestrator.fleet import early
+from orchestrator.fleet.agentclient import AgentSession, call_agent
 from orchestrator.fleet.fanout import Outcome, fan_out
 from orchestrator.fleet.leases import leased
 from orchestrator.inventory.devices import DeviceReport, get_device, record_device_report, to_target
@@ -64,28 +64,13 @@ class CountingProgress:
         self.inner.state(device, state)
 
 
-def check_runtime(target: Target, plan: dict[str, Any], manifest: dict[str, Any]) -> None:
-    ref = f"{manifest['name']}@{manifest['version']}"
-    need = manifest.get("min_onnxruntime") or "0"
-    have = plan.get("onnxruntime")
-    if not have:
-        raise EdgeFleetError(
-            f"{target.name}: onnxruntime is not importable on the device; "
-            f"run `edgefleet agent install {target.name} --with-deps`"
-        )
-    if version_tuple(have) < version_tuple(need):
-        model = manifest.get("model", {})
-        raise EdgeFleetError(
-            f"{target.name}: has onnxruntime {have} but {ref} needs onnxruntime >= {need} "
-            f"(opset {model.get('opset')}, IR {model.get('ir_version')}); upgrade onnxruntime "
-            "on the device or export the model with a lower opset. Nothing was sent."
-        )
-
-
 def push_over(conn: Connection, bundle: Bundle, store: BlobStore, progress: PushProgress,
-              timeout: float | None = None, report: DeviceReport | None = None) -> Outcome:
+              timeout: float | None = None, report: DeviceReport | None = None,
+              started: early.EarlyPush | None = None) -> Outcome:
     """One device's push over an open connection, in one agent session; ``report`` gathers
-    what the agent's results say about the device, even when the push fails."""
+    what the agent's results say about the device, even when the push fails. ``started``: the
+    session a CLI push opened before its job was recorded (``fleet.early``), adopted here: its
+    plan and the stream it sent replace this push's own, and the rest is the same."""
     target = conn.target
     manifest = manifest_of(bundle)
     payload: dict[str, Any] = {"manifest": manifest, "digest": bundle.digest}
@@ -94,26 +79,35 @@ def push_over(conn: Connection, bundle: Bundle, store: BlobStore, progress: Push
         payload["signature"] = signature
     report = report if report is not None else DeviceReport()
     progress.state(target.name, "planning")
-    with AgentSession(conn, timeout=timeout) as session:
-        plan = report.note(session.call("plan", payload))
-        check_runtime(target, plan, manifest)
-        if plan.get("already_active"):
+    if started is not None:
+        try:
+            planned = started.wait_planned()  # raises what the early plan raised
+        finally:
+            if started.plan_result is not None:
+                report.note(started.plan_result)
+        assert started.session is not None
+        agent = started.session
+    else:
+        agent = AgentSession(conn, timeout=timeout)
+    with agent as session:
+        if started is None:
+            planned = early.plan_push(session, target, manifest, bundle.digest, store,
+                                      report.note, signature)
+        else:
+            early.check_runtime(target, planned.plan, manifest)
+        if planned.plan.get("already_active"):
             progress.start(target.name, 0)
             return Outcome(target.name, True, "unchanged", data={"bytes_sent": 0})
-        files = {f["sha256"]: f for f in manifest["files"]}
-        uploads = plan_uploads(plan, files, store.path)
-        total = sum(u.to_send for u in uploads)
-        resumed = sum(u.offset for u in uploads)
-        free = plan.get("disk_free_bytes")
-        if free is not None and total > free:
-            raise EdgeFleetError(
-                f"{target.name}: not enough disk space: {total / 1e6:.1f} MB to send, "
-                f"{free / 1e6:.1f} MB free under {target.root}. Free space on the device "
-                "(old bundles are pruned after each activation). Nothing was sent."
-            )
+        total, resumed = planned.total, planned.resumed
         progress.start(target.name, total)
         progress.state(target.name, "transferring")
-        session.send_blobs(uploads, on_bytes=lambda n: progress.advance(target.name, n))
+        def on_bytes(n: int) -> None:
+            progress.advance(target.name, n)
+
+        if started is not None:
+            started.wait_sent(on_bytes)
+        else:
+            session.send_blobs(planned.uploads, on_bytes=on_bytes)
         sent = total
         progress.state(target.name, "verifying")
         try:
@@ -229,13 +223,19 @@ def push(settings: Settings, bundle: Bundle, devices: Sequence[Device], forks: i
         started = time.monotonic()
         report = DeviceReport()
         counted = CountingProgress(progress)
+        # A CLI push began it (same digest, same signature in its plan): adopt it.
+        begun = early.claim(target.name, bundle.digest, push_signature(bundle))
         try:
             with leased(settings, target.name, "push"), \
-                    connect(target, settings, timeout) as conn:
-                outcome = push_over(conn, bundle, store, counted, timeout, report)
+                    (begun.connection() if begun else
+                     connect(target, settings, timeout)) as conn:
+                outcome = push_over(conn, bundle, store, counted, timeout, report, begun)
         except EdgeFleetError as exc:
             outcome = Outcome(target.name, False, "failed", str(exc),
                               data={"bytes_sent": counted.sent})
+        finally:
+            if begun is not None:
+                begun.discard()  # closed already when adopted; stopped if it was not
         outcome.duration_s = time.monotonic() - started
         outcome.data.setdefault("bytes_sent", 0)
         progress.state(target.name, outcome.state)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session, col, func, select
 
@@ -12,8 +12,10 @@ from orchestrator.core.errors import NotFoundError
 from orchestrator.core.listings import device_public as device_public
 from orchestrator.core.listings import select_by_pattern
 from orchestrator.core.models import Deployment, Device
-from orchestrator.inventory.reader import Inventory, InventoryHost
 from orchestrator.transport import Target
+
+if TYPE_CHECKING:  # the YAML reader (PyYAML) is for syncing; a push only needs the rows
+    from orchestrator.inventory.reader import Inventory, InventoryHost
 
 
 @dataclass
@@ -141,11 +143,7 @@ def get_device(session: Session, name: str) -> Device:
 
 
 def to_target(device: Device) -> Target:
-    return Target(
-        name=device.name, address=device.address, port=device.port, user=device.user,
-        key_file=device.key_file, connection=device.connection, root=device.root,
-        python=device.agent_python or device.python, env=dict(device.env),
-    )
+    return Target.of_device(device)
 
 
 def record_facts(session: Session, name: str, facts: dict[str, Any],

@@ -49,7 +49,9 @@ DEFAULTS: dict[str, Any] = {
     "root": "~/.edgefleet",
     "python": "python3",
 }
-CONNECTIONS = ("ssh", "local")
+# ssh: the SSH transport EDGEFLEET_SSH_CONNECTOR picks (default: the system OpenSSH client where
+# there is one); openssh / paramiko: that one for this device; local: this machine.
+CONNECTIONS = ("ssh", "openssh", "paramiko", "local")
 # Never labels: labels end up in the database and on the dashboard.
 SECRET_VARS = frozenset(
     {
@@ -99,8 +101,8 @@ def parse_var(name: str, node: Node, base_dir: Path) -> Any:
             raise NodeError(line, f"{name} {value!r} is not a valid user name")
     elif target == "connection":
         if value not in CONNECTIONS:
-            hint = " (EdgeFleet's ssh transport is paramiko-based)" if value in (
-                "paramiko", "smart") else ""
+            hint = " (ssh picks OpenSSH or paramiko; see EDGEFLEET_SSH_CONNECTOR)" if (
+                value == "smart") else ""
             raise NodeError(
                 line,
                 f"{name} {value!r} is not supported; use one of: {', '.join(CONNECTIONS)}{hint}",

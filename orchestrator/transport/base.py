@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from orchestrator.core.errors import TransportError
 
@@ -53,6 +54,15 @@ class Target:
     root: str = "~/.edgefleet"
     python: str = "python3"
     env: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of_device(cls, device: Any) -> Target:
+        """The Target of a device row: an ORM ``Device`` or a row read with the standard
+        library (``core.listings``, for a push that starts before the ORM is imported)."""
+        return cls(name=device.name, address=device.address, port=device.port,
+                   user=device.user, key_file=device.key_file, connection=device.connection,
+                   root=device.root, python=device.agent_python or device.python,
+                   env=dict(device.env or {}))
 
     @property
     def agent_path(self) -> RemotePath:
@@ -233,6 +243,18 @@ class Channel(ABC):
     @abstractmethod
     def write(self, data: bytes) -> None:
         """Send bytes to stdin; raises TransportError if the command went away."""
+
+    def write_file(self, path: Path, offset: int, on_bytes: ByteProgress | None = None,
+                   chunk: int = 256 * 1024) -> None:
+        """Send the file at ``path`` from ``offset`` to its end to stdin. This default reads
+        and writes ``chunk``s; a transport writing to a pipe of its own (OpenSSH) lets the
+        kernel copy instead."""
+        with open(path, "rb") as src:
+            src.seek(offset)
+            while data := src.read(chunk):
+                self.write(data)
+                if on_bytes:
+                    on_bytes(len(data))
 
     @abstractmethod
     def readline(self) -> str:

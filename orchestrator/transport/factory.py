@@ -14,6 +14,7 @@ from orchestrator.transport.base import Connection, OutputLimits, Target
 
 if TYPE_CHECKING:  # pydantic-settings: no light command should import it to reach a Target
     from orchestrator.core.config import Settings
+    from orchestrator.core.envsettings import EnvSettings
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,11 @@ _open: weakref.WeakSet[Connection] = weakref.WeakSet()
 _aborted = threading.Event()
 
 
-def connect(target: Target, settings: Settings, timeout: float | None = None) -> Connection:
+def connect(target: Target, settings: Settings | EnvSettings,
+            timeout: float | None = None) -> Connection:
+    """Open ``target``'s connection. Both SSH transports check the host against the same keys
+    (``hostkeys``: the database's for this host, then the known_hosts files) and log in with
+    this worker's key (``worker_key``)."""
     timeout = timeout or settings.timeout_s
     limits = OutputLimits.from_mb(settings.max_line_mb, settings.max_output_mb)
     _refuse_if_aborted(target)
@@ -34,11 +39,20 @@ def connect(target: Target, settings: Settings, timeout: float | None = None) ->
 
         conn = LocalConnection(target, limits)
     else:
-        from orchestrator.transport.hostkeys import known_hosts_entry, load_known
-        from orchestrator.transport.ssh import SshConnection
+        from orchestrator.transport.hostkeys import known_hosts_entry
 
-        known = load_known(settings, known_hosts_entry(target.address, target.port))
-        conn = SshConnection(worker_key(target, settings), known, timeout, limits)
+        entry = known_hosts_entry(target.address, target.port)
+        target = worker_key(target, settings)
+        if ssh_connector(target, settings) == "openssh":
+            from orchestrator.transport.hostkeys import trusted_keys
+            from orchestrator.transport.openssh import OpenSshConnection
+
+            conn = OpenSshConnection(target, trusted_keys(settings, entry), timeout, limits)
+        else:
+            from orchestrator.transport.hostkeys import load_known
+            from orchestrator.transport.ssh import SshConnection
+
+            conn = SshConnection(target, load_known(settings, entry), timeout, limits)
     _open.add(conn)
     if _aborted.is_set():  # opened while abort_all ran
         conn.abort()
@@ -46,7 +60,7 @@ def connect(target: Target, settings: Settings, timeout: float | None = None) ->
     return conn
 
 
-def worker_key(target: Target, settings: Settings) -> Target:
+def worker_key(target: Target, settings: Settings | EnvSettings) -> Target:
     """The target with the private key this worker logs in with. ``EDGEFLEET_SSH_KEY_FILE``
     (a per-worker setting: keys are never shared through the DB) replaces the inventory's
     ``ansible_ssh_private_key_file``, a path on the host that loaded the inventory, which
@@ -58,6 +72,20 @@ def worker_key(target: Target, settings: Settings) -> Target:
             f"{target.name}: the SSH key {target.key_file} (ansible_ssh_private_key_file) is "
             "not on this host; set EDGEFLEET_SSH_KEY_FILE to this worker's private key")
     return target
+
+
+def ssh_connector(target: Target, settings: Settings | EnvSettings) -> str:
+    """``openssh`` (the system ``ssh``) or ``paramiko`` for an SSH device: the inventory's
+    ``ansible_connection: openssh|paramiko`` decides for its device; plain ``ssh`` (Ansible's
+    default, which is OpenSSH there too) follows ``EDGEFLEET_SSH_CONNECTOR``, whose default
+    ``auto`` takes OpenSSH where ``ssh`` is on PATH."""
+    if target.connection in ("openssh", "paramiko"):
+        return target.connection
+    if settings.ssh_connector != "auto":
+        return settings.ssh_connector
+    from orchestrator.transport.openssh import available
+
+    return "openssh" if available() else "paramiko"
 
 
 def _refuse_if_aborted(target: Target) -> None:

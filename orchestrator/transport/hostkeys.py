@@ -11,6 +11,12 @@ database, which is how a file-only key reaches the other hosts.
 
 Nothing is ever accepted silently. An unknown key is refused with its fingerprint and the command
 that trusts it; a changed key is refused with both fingerprints.
+
+Both SSH transports trust the same keys: the paramiko one gets ``load_known``'s HostKeys, the
+OpenSSH one ``trusted_keys``, the same rule decided without paramiko (``knownhosts``). paramiko,
+SQLModel and the models are imported where they are used: a push through OpenSSH, which may
+start before the ORM is loaded (``fleet.early``, reading the database with the standard
+library), needs neither.
 """
 
 from __future__ import annotations
@@ -20,15 +26,17 @@ import hashlib
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import paramiko
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import select
-
-from orchestrator.core.config import Settings
-from orchestrator.core.db import session_scope
 from orchestrator.core.errors import HostKeyError
-from orchestrator.core.models import HostKey
+from orchestrator.transport import knownhosts
+
+if TYPE_CHECKING:
+    import paramiko
+
+    from orchestrator.core.config import Settings
+    from orchestrator.core.envsettings import EnvSettings
+    from orchestrator.core.models import HostKey
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -47,36 +55,70 @@ def user_known_hosts() -> Path:
 
 def _load_file(keys: paramiko.HostKeys, path: Path) -> None:
     """Append ``path``'s entries (paramiko keeps the first entry per host and key type)."""
+    import paramiko
+    from paramiko.hostkeys import InvalidHostKey
+
     if path.is_file():
         try:
             keys.load(str(path))
-        except (OSError, paramiko.SSHException) as exc:
+        except (OSError, paramiko.SSHException, InvalidHostKey) as exc:
+            # InvalidHostKey: a key that is not base64, or a @cert-authority/@revoked line
+            # (paramiko supports neither): refused, as the OpenSSH transport does (knownhosts)
             raise HostKeyError(f"cannot read known_hosts file {path}: {exc}") from exc
 
 
 def keys_from_file(path: Path) -> paramiko.HostKeys:
     """One known_hosts file alone (a test's or a benchmark's own)."""
+    import paramiko
+
     keys = paramiko.HostKeys()
     _load_file(keys, path)
     return keys
 
 
 def _db_key(row: HostKey) -> paramiko.PKey:
+    import paramiko
+
     return paramiko.PKey.from_type_string(row.key_type, base64.b64decode(row.key_base64))
 
 
-def load_known(settings: Settings, entry: str | None = None) -> paramiko.HostKeys:
-    """The keys to check a host against: the database's (only ``entry``'s when given: one
-    device's connection reads one host's rows), then the legacy managed file, then the user's
-    known_hosts. Order matters: paramiko's lookup answers with the first matching entry per
-    key type, so the key `devices trust --replace` recorded beats a stale file line."""
-    keys = paramiko.HostKeys()
+def db_rows(settings: Settings | EnvSettings, entry: str | None = None) -> list[HostKey]:
+    """The database's trusted keys (only ``entry``'s when given: one device's connection reads
+    one host's rows), oldest first. Through the ORM with ``Settings``; with ``EnvSettings`` (a
+    push started before the ORM loads, ``fleet.early``, only ever on a current SQLite file)
+    through the standard library, as rows with the same attributes."""
+    from orchestrator.core.envsettings import EnvSettings
+
+    if isinstance(settings, EnvSettings):
+        from orchestrator.core import listings
+
+        rows = listings.host_key_rows(entry)
+        if rows is None:
+            raise HostKeyError("cannot read the trusted host keys: the database is not a "
+                               "current SQLite file")
+        return rows  # type: ignore[return-value]
+    from sqlmodel import select
+
+    from orchestrator.core.db import session_scope
+    from orchestrator.core.models import HostKey
+
     with session_scope(settings) as session:
         query = select(HostKey).order_by(HostKey.id)  # type: ignore[arg-type]
         if entry is not None:
             query = query.where(HostKey.entry == entry)
-        rows = session.exec(query).all()
-    for row in rows:
+        return list(session.exec(query).all())
+
+
+def load_known(settings: Settings | EnvSettings,
+               entry: str | None = None) -> paramiko.HostKeys:
+    """The keys to check a host against: the database's (only ``entry``'s when given: one
+    device's connection reads one host's rows), then the legacy managed file, then the user's
+    known_hosts. Order matters: paramiko's lookup answers with the first matching entry per
+    key type, so the key `devices trust --replace` recorded beats a stale file line."""
+    import paramiko
+
+    keys = paramiko.HostKeys()
+    for row in db_rows(settings, entry):
         try:
             keys.add(row.entry, row.key_type, _db_key(row))
         except (ValueError, paramiko.SSHException) as exc:  # a row written by hand
@@ -87,20 +129,28 @@ def load_known(settings: Settings, entry: str | None = None) -> paramiko.HostKey
     return keys
 
 
-class RefuseUnknownHostKey(paramiko.MissingHostKeyPolicy):
-    """Replaces Fabric's AutoAddPolicy: an unknown key is an error naming the device."""
+def trusted_keys(settings: Settings | EnvSettings, entry: str) -> dict[str, str]:
+    """{key type: base64} trusted for ``entry``: what ``load_known(settings, entry)
+    .lookup(entry)`` holds, decided without paramiko (the OpenSSH transport's known_hosts)."""
+    rows = db_rows(settings, entry)
+    return knownhosts.effective([(r.key_type, r.key_base64) for r in rows],
+                                (settings.known_hosts, user_known_hosts()), entry)
 
-    def __init__(self, device: str) -> None:
-        self.device = device
 
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
-                         key: paramiko.PKey) -> None:
-        raise HostKeyError(
-            f"{self.device}: host key of {hostname} is not trusted "
-            f"({key.get_name()} {fingerprint(key)}). Check it against the device "
-            f"(ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then run "
-            f"`edgefleet devices trust {self.device}`"
-        )
+def key_from(key_type: str, b64: str) -> paramiko.PKey:
+    """A trusted key as paramiko's, to word a refusal (fingerprints, comparison)."""
+    import paramiko
+
+    return paramiko.PKey.from_type_string(key_type, base64.b64decode(b64))
+
+
+def unknown_key_error(device: str, hostname: str, key: paramiko.PKey) -> HostKeyError:
+    return HostKeyError(
+        f"{device}: host key of {hostname} is not trusted "
+        f"({key.get_name()} {fingerprint(key)}). Check it against the device "
+        f"(ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then run "
+        f"`edgefleet devices trust {device}`"
+    )
 
 
 def changed_key_error(device: str, hostname: str, offered: paramiko.PKey,
@@ -115,6 +165,8 @@ def changed_key_error(device: str, hostname: str, offered: paramiko.PKey,
 
 def fetch_host_key(address: str, port: int, timeout: float) -> paramiko.PKey:
     """Key exchange only (no authentication): what key does this host offer?"""
+    import paramiko
+
     sock = socket.create_connection((address, port), timeout=timeout)
     transport = paramiko.Transport(sock)
     try:
@@ -149,6 +201,8 @@ def trust(device: str, address: str, port: int, settings: Settings, timeout: flo
         result.status, result.previous_fingerprint = "replaced", fingerprint(recorded)
     elif recorded is not None:
         result.status = "already trusted"
+    from sqlalchemy.exc import IntegrityError
+
     try:
         _store(settings, entry, key)
     except IntegrityError:  # another process recorded this host's key meanwhile: recheck it
@@ -161,6 +215,11 @@ def trust(device: str, address: str, port: int, settings: Settings, timeout: flo
 def _store(settings: Settings, entry: str, key: paramiko.PKey) -> None:
     """The database's key for ``entry`` and this key type becomes ``key`` (nothing written
     when it already is)."""
+    from sqlmodel import select
+
+    from orchestrator.core.db import session_scope
+    from orchestrator.core.models import HostKey
+
     with session_scope(settings) as session:
         row = session.exec(select(HostKey).where(HostKey.entry == entry,
                                                  HostKey.key_type == key.get_name())).first()

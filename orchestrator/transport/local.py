@@ -36,7 +36,9 @@ class LocalChannel(Channel):
     group."""
 
     def __init__(self, name: str, command: str, timeout: float | None,
-                 limits: OutputLimits | None = None) -> None:
+                 limits: OutputLimits | None = None, argv: Sequence[str] | None = None) -> None:
+        """``argv``: run that program instead of ``/bin/sh -c command`` (the OpenSSH
+        transport runs ``ssh ... -- command`` through this very channel)."""
         self.name = name
         self.timeout = timeout
         self.timed_out = False
@@ -46,7 +48,7 @@ class LocalChannel(Channel):
         self._eof = False
         self._failure: OutputLimitError | None = None  # the first limit passed, either stream
         self.proc = subprocess.Popen(  # noqa: S603 - fixed argv; the command line is quoted tokens
-            ["/bin/sh", "-c", command],
+            list(argv) if argv is not None else ["/bin/sh", "-c", command],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -31,7 +31,7 @@ from orchestrator.transport.base import (
     render_command,
     sftp_path,
 )
-from orchestrator.transport.hostkeys import RefuseUnknownHostKey, changed_key_error
+from orchestrator.transport.hostkeys import changed_key_error, unknown_key_error
 
 _RECV = 1 << 16
 _SFTP_WRITE = 255 * 1024
@@ -46,6 +46,17 @@ def gcm_first_transport(*args: Any, **kwargs: Any) -> paramiko.Transport:
     gcm = [c for c in options.ciphers if "-gcm@" in c]
     options.ciphers = tuple(gcm + [c for c in options.ciphers if c not in gcm])
     return transport
+
+
+class RefuseUnknownHostKey(paramiko.MissingHostKeyPolicy):
+    """Replaces Fabric's AutoAddPolicy: an unknown key is an error naming the device."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
+                         key: paramiko.PKey) -> None:
+        raise unknown_key_error(self.device, hostname, key)
 
 
 def _wait_readable(channel: paramiko.Channel, timeout: float) -> None:

@@ -1,8 +1,11 @@
-"""``kill -9`` of ``edgefleet push`` in the middle of sending a blob, over real sshd.
+"""``kill -9`` of ``edgefleet push`` once it holds the device's lease (its blob streaming
+since it started: fleet.early), over real sshd.
 
 Before: the lease kept the device "busy" for 6 hours, the job stayed "running" and the
 deployment "pending". Now the next command on this host takes the dead process's lease at
 once, finalizes its job and deployment as interrupted, and the push goes through.
+A kill before the job is recorded (during the early stream alone) is
+test_killed_early_push.py.
 """
 
 from __future__ import annotations
@@ -18,7 +21,13 @@ from orchestrator.core.models import Deployment, DeviceLease, Job
 from orchestrator.demo.model import make_large_model
 from tests.conftest import Cli
 
-from .procs import part_files, setup_fleet, spawn_cli, wait_until
+from .procs import setup_fleet, spawn_cli, wait_until
+
+
+def leases(home: Path) -> list[DeviceLease]:
+    """The device leases, read while the push's process writes."""
+    with session_scope(Settings(home=home)) as session:
+        return list(session.exec(select(DeviceLease)).all())
 
 
 def test_a_killed_push_locks_nothing_and_is_finalized(cli: Cli, home: Path, sshd_factory,
@@ -33,7 +42,8 @@ def test_a_killed_push_locks_nothing_and_is_finalized(cli: Cli, home: Path, sshd
 
     log = tmp_path / "push.log"
     push = spawn_cli(home, "push", "big", "pis", "--json", log=log)
-    wait_until(lambda: part_files(host), "the blob to be on its way", proc=push, log=log)
+    # The lease is taken once the ORM is up, while the blob streams (it started before).
+    wait_until(lambda: leases(home), "the push to hold the lease", proc=push, log=log)
     push.send_signal(signal.SIGKILL)
     push.wait(30)
     settings = Settings(home=home)

@@ -55,9 +55,19 @@ def empty_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-def target_for(host: SshdHost) -> Target:
+def target_for(host: SshdHost, connection: str = "ssh") -> Target:
     return Target(name=host.name, address=host.address, port=host.port, user=host.user,
-                  key_file=str(host.key_file), root=str(host.root))
+                  key_file=str(host.key_file), root=str(host.root), connection=connection)
+
+
+CONNECTORS = pytest.mark.parametrize("connector", ["paramiko", "openssh"])
+
+
+def contact(host: SshdHost, settings: Settings, connector: str) -> None:
+    """Connect and run a command: paramiko refuses a key at connect, the OpenSSH transport
+    at the first command (each command is an ``ssh`` process)."""
+    with connect(target_for(host, connector), settings, timeout=10) as conn:
+        assert conn.run(["true"]).exit_code == 0
 
 
 # -- fingerprints and entries -----------------------------------------------------------------
@@ -185,20 +195,20 @@ def test_legacy_known_hosts_file_still_trusted_and_trust_shares_it(
     assert settings.known_hosts.read_text() == host.known_hosts_line + "\n"
 
 
+@CONNECTORS
 def test_database_key_wins_over_a_stale_legacy_file_line(
-        host: SshdHost, settings: Settings, empty_home: Path) -> None:
+        host: SshdHost, settings: Settings, empty_home: Path, connector: str) -> None:
     settings.home.mkdir(parents=True)
     stale_line, stale_fp = host.known_hosts_line, host.host_key_fingerprint
     host.write_known_hosts(settings.known_hosts)
     host.regenerate_host_key()
     with pytest.raises(HostKeyError, match="HOST KEY CHANGED") as refused:
-        connect(target_for(host), settings, timeout=10)
+        contact(host, settings, connector)
     assert stale_fp in str(refused.value)
     replaced = trust("pi1", host.address, host.port, settings, 10, replace=True)
     assert (replaced.status, replaced.previous_fingerprint) == ("replaced", stale_fp)
     assert settings.known_hosts.read_text() == stale_line + "\n"  # the file is never written
-    with connect(target_for(host), settings, timeout=10) as conn:
-        assert conn.run(["true"]).exit_code == 0
+    contact(host, settings, connector)
 
 
 def _closed_port() -> int:
@@ -221,14 +231,15 @@ def write_user_known_hosts(home: Path, line: str, hashed: bool) -> Path:
     return path
 
 
+@CONNECTORS
 @pytest.mark.parametrize("hashed", [False, True], ids=["plain", "hashed"])
 def test_user_known_hosts_is_honoured(host: SshdHost, tmp_path: Path, empty_home: Path,
-                                      hashed: bool) -> None:
+                                      hashed: bool, connector: str) -> None:
     write_user_known_hosts(empty_home, host.known_hosts_line, hashed)
     settings = Settings(home=tmp_path / "edgefleet-home")
     assert not settings.known_hosts.exists()
 
-    with connect(target_for(host), settings, timeout=10) as conn:
+    with connect(target_for(host, connector), settings, timeout=10) as conn:
         result = conn.run(["printf", "%s", "hello from $(hostname)"])
     assert (result.exit_code, result.stdout) == (0, "hello from $(hostname)")
 
@@ -240,26 +251,29 @@ def test_user_known_hosts_is_honoured(host: SshdHost, tmp_path: Path, empty_home
     assert db_lines(settings) == [host.known_hosts_line]
 
 
-def test_unknown_host_key_is_refused(host: SshdHost, tmp_path: Path, empty_home: Path) -> None:
+@CONNECTORS
+def test_unknown_host_key_is_refused(host: SshdHost, tmp_path: Path, empty_home: Path,
+                                     connector: str) -> None:
     settings = Settings(home=tmp_path / "edgefleet-home")
     with pytest.raises(HostKeyError) as refused:
-        connect(target_for(host), settings, timeout=10)
+        contact(host, settings, connector)
     message = str(refused.value)
     assert message.startswith("pi1: host key of ")
     assert host.host_key_fingerprint in message and "edgefleet devices trust pi1" in message
     assert not settings.known_hosts.exists() and db_lines(settings) == []  # never accepted
 
 
+@CONNECTORS
 @pytest.mark.parametrize("hashed", [False, True], ids=["plain", "hashed"])
 def test_changed_key_in_user_known_hosts_is_refused_until_replaced(
-    host: SshdHost, tmp_path: Path, empty_home: Path, hashed: bool
+    host: SshdHost, tmp_path: Path, empty_home: Path, hashed: bool, connector: str
 ) -> None:
     stale_line, stale_fp = host.known_hosts_line, host.host_key_fingerprint
     host.regenerate_host_key()
     write_user_known_hosts(empty_home, stale_line, hashed)
     settings = Settings(home=tmp_path / "edgefleet-home")
     with pytest.raises(HostKeyError, match="HOST KEY CHANGED") as refused:
-        connect(target_for(host), settings, timeout=10)
+        contact(host, settings, connector)
     assert stale_fp in str(refused.value) and host.host_key_fingerprint in str(refused.value)
     with pytest.raises(HostKeyError, match="--replace"):
         trust("pi1", host.address, host.port, settings, 10)
@@ -270,5 +284,73 @@ def test_changed_key_in_user_known_hosts_is_refused_until_replaced(
     assert (replaced.status, replaced.previous_fingerprint) == ("replaced", stale_fp)
     again = trust("pi1", host.address, host.port, settings, 10)
     assert again.status == "already trusted"
-    with connect(target_for(host), settings, timeout=10) as conn:
+    contact(host, settings, connector)
+
+
+# -- the database's keys, through both transports --------------------------------------------
+
+
+def add_db_key(settings: Settings, entry: str, public_line: str) -> None:
+    """A trusted key recorded the way `devices trust` records it (by another worker, say)."""
+    key_type, blob = public_line.split()[:2]
+    with session_scope(settings) as session:
+        session.add(HostKey(entry=entry, key_type=key_type, key_base64=blob,
+                            fingerprint=fingerprint(paramiko.PKey.from_type_string(
+                                key_type, base64.b64decode(blob)))))
+
+
+@pytest.mark.parametrize("read", ["orm", "sqlite3"])
+def test_openssh_trusts_a_key_only_in_the_database_and_refuses_it_changed(
+        host: SshdHost, settings: Settings, empty_home: Path, read: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No known_hosts file anywhere: the database's row is what the OpenSSH transport trusts,
+    read through the ORM (Settings) or, as a push started before the ORM loads does, with
+    sqlite3 (EnvSettings); a changed key is refused naming the device, both fingerprints and
+    the command, and nothing is learnt."""
+    from orchestrator.core.envsettings import from_env
+
+    if read == "sqlite3" and database_url_is_set():
+        pytest.skip("the sqlite3 read is for a SQLite database only (fleet.early)")
+    add_db_key(settings, f"[127.0.0.1]:{host.port}", host.host_public_key_line)
+    monkeypatch.setenv("EDGEFLEET_HOME", str(settings.home))
+    reader = settings if read == "orm" else from_env()
+    assert reader is not None
+    old_fp = host.host_key_fingerprint
+    with connect(target_for(host, "openssh"), reader, timeout=10) as conn:
         assert conn.run(["true"]).exit_code == 0
+    assert not settings.known_hosts.exists() and not (empty_home / ".ssh").exists()
+
+    new_fp = host.regenerate_host_key()
+    with connect(target_for(host, "openssh"), reader, timeout=10) as conn, \
+            pytest.raises(HostKeyError) as changed:
+        conn.run(["touch", str(host.root)])
+    message = str(changed.value)
+    assert message.startswith(f"pi1: HOST KEY CHANGED for [127.0.0.1]:{host.port}")
+    assert new_fp in message and old_fp in message
+    assert "`edgefleet devices trust pi1 --replace`" in message
+    assert not host.root.exists()  # the command never ran
+    with session_scope(settings) as session:
+        assert [r.fingerprint for r in session.exec(select(HostKey)).all()] == [old_fp]
+
+
+@CONNECTORS
+def test_a_file_line_does_not_outvote_the_database_key(
+        host: SshdHost, settings: Settings, empty_home: Path, tmp_path: Path,
+        connector: str) -> None:
+    """The database records another key of this type for the host (`devices trust --replace`
+    after a reinstall, say); the key the host offers is only in ~/.ssh/known_hosts (stale).
+    paramiko checks the first key per type, the database's; OpenSSH, given both files, would
+    accept a key found in any of them. Both transports refuse it."""
+    other = keygen(tmp_path / "other", "ed25519").with_name("other.pub").read_text()
+    add_db_key(settings, f"[127.0.0.1]:{host.port}", other)
+    write_user_known_hosts(empty_home, host.known_hosts_line, hashed=False)
+    with pytest.raises(HostKeyError, match="HOST KEY CHANGED") as refused:
+        contact(host, settings, connector)
+    assert host.host_key_fingerprint in str(refused.value)
+    assert not host.root.exists()
+
+
+def database_url_is_set() -> bool:
+    import os
+
+    return bool(os.environ.get("DATABASE_URL"))

@@ -1,0 +1,358 @@
+"""SSH through the system's OpenSSH client (``ssh``), as ansible-core and pyinfra do by default.
+
+Why a second SSH transport: a fresh ``edgefleet push`` spent ~0.25 s importing paramiko and
+fabric before its first byte, and paramiko frames every packet in Python; ``ssh`` starts in
+milliseconds, encrypts in C, and honours the user's ``~/.ssh/config`` fully (ProxyJump, Port,
+IdentityFile, ...). The paramiko transport (``ssh.py``) stays for machines without ``ssh``
+and for ``ansible_connection: paramiko``.
+
+What is never left to the user's config: host keys are checked with
+``StrictHostKeyChecking=yes`` (an unknown or changed key is refused, never learnt: ``edgefleet
+devices trust`` is the one way a key gets in) against exactly the keys the paramiko transport
+trusts for the host (``hostkeys.trusted_keys``: the database's, then the legacy file's, then
+``~/.ssh/known_hosts``'s, first per key type), written to a private known_hosts file that is
+the only one ssh reads (no global file, no KnownHostsCommand, no DNS, under a fixed
+HostKeyAlias); ``BatchMode`` (no prompt can hang a fleet operation), no forwarding of agent,
+X11 or ports. The key is this worker's (``factory.worker_key``: ``EDGEFLEET_SSH_KEY_FILE``).
+Commands are the same quoted lines the other transports send (``base.render_command``).
+One ``ControlMaster=auto`` socket per Connection, in a private directory, so the commands of
+one operation share one SSH connection; ``ControlPersist=no``: nothing outlives the operation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from orchestrator.core.errors import HostKeyError, TransportError
+from orchestrator.transport.base import (
+    ByteProgress,
+    Channel,
+    Connection,
+    OutputLimits,
+    RemotePath,
+    Target,
+    render_command,
+)
+from orchestrator.transport.hostkeys import known_hosts_entry
+from orchestrator.transport.local import LocalChannel
+
+SSH_FAILED = 255  # ssh's own exit status for a failure of its own (the remote's is passed on)
+PIPE_SIZE = 1 << 20  # our end of ssh's stdin: fewer wake-ups per MiB streamed (agent/session.py)
+F_SETPIPE_SZ = 1031
+_PUT_CHUNK = 1 << 20
+# What ssh says (LogLevel=ERROR) when it, not the remote command, failed; the first match wins.
+_CHANGED = "REMOTE HOST IDENTIFICATION HAS CHANGED"
+_UNKNOWN = "Host key verification failed"
+_CONNECT_ERRORS = ("Connection refused", "Connection timed out", "Could not resolve hostname",
+                   "No route to host", "Network is unreachable", "Connection closed by",
+                   "Connection reset by", "kex_exchange_identification", "banner exchange")
+
+
+# The name ssh looks the host's key up by in the private known_hosts file (HostKeyAlias):
+# fixed, so no address, port or ~/.ssh/config HostName changes which line is checked.
+HOST_KEY_ALIAS = "edgefleet-device"
+_known_hosts_command: dict[str, bool] = {}  # ssh binary -> whether it knows KnownHostsCommand
+
+
+def available() -> bool:
+    """Whether a system ``ssh`` client is on PATH (``auto`` picks this transport then)."""
+    return shutil.which("ssh") is not None
+
+
+def knows_known_hosts_command(ssh: str) -> bool:
+    """Whether ``ssh`` (OpenSSH >= 8.5) has ``KnownHostsCommand``, which a user's config could
+    use to add keys; asked once per process (``ssh -G``, no connection), since an older ssh
+    refuses the option that turns it off."""
+    if ssh not in _known_hosts_command:
+        try:
+            probe = subprocess.run(  # noqa: S603 - fixed argv
+                [ssh, "-F", "/dev/null", "-G", "-o", "KnownHostsCommand=none", HOST_KEY_ALIAS],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                timeout=30, check=False)
+            _known_hosts_command[ssh] = probe.returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            _known_hosts_command[ssh] = False
+    return _known_hosts_command[ssh]
+
+
+def _config_value(path: Path) -> str:
+    """A file path as one ssh_config argument: double-quoted (spaces), ``%`` doubled (ssh
+    expands ``%`` tokens in known_hosts paths); a path with ``"`` cannot be carried."""
+    text = str(path)
+    if '"' in text or "\n" in text:
+        raise TransportError(f"a known_hosts path with '\"' or a newline cannot be given to ssh: "
+                             f"{text!r}")
+    return '"' + text.replace("%", "%%") + '"'
+
+
+class OpenSshChannel(LocalChannel):
+    """One ``ssh ... -- command`` process: bounded reads, the stderr tail and the silence
+    timeout are the local channel's; what is new is telling ssh's own failures (host key,
+    authentication, unreachable) from the remote command's, by ssh's exit status 255 and its
+    message, and saying them the way the paramiko transport does."""
+
+    def __init__(self, conn: OpenSshConnection, argv: Sequence[str], timeout: float | None,
+                 limits: OutputLimits) -> None:
+        self.conn = conn
+        super().__init__(conn.target.name, "", timeout, limits, argv=argv)
+        assert self.proc.stdin is not None
+        self._stdin = self.proc.stdin.fileno()
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            import fcntl
+
+            fcntl.fcntl(self._stdin, F_SETPIPE_SZ, PIPE_SIZE)
+        os.set_blocking(self._stdin, False)  # write() waits in poll, bounded by the timeout
+
+    def write(self, data: bytes) -> None:
+        """Write all of ``data`` straight to ssh's stdin (no buffered writer, no timer thread
+        per call: a push writes ~400 chunks); ``timeout`` s without ssh taking any of it is an
+        error, as on the other transports."""
+        view = memoryview(data)
+        poller = select.poll()
+        poller.register(self._stdin, select.POLLOUT)
+        wait_ms = (self.timeout or 0) * 1000 or None
+        try:
+            while view:
+                try:
+                    written = os.write(self._stdin, view)
+                except BlockingIOError:
+                    if not poller.poll(wait_ms):
+                        self._kill()
+                        raise TransportError(f"{self.name}: the remote command read none of its "
+                                             f"input for {self.timeout:g}s; command abandoned"
+                                             ) from None
+                    continue
+                view = view[written:]
+        except (BrokenPipeError, ValueError, OSError) as exc:
+            self._raise_ssh_failure()  # ssh exited: host key, auth, network
+            raise TransportError(f"{self.name}: the remote command stopped reading its input "
+                                 f"({exc})") from None
+
+    def write_file(self, path: Path, offset: int, on_bytes: ByteProgress | None = None,
+                   chunk: int = 256 * 1024) -> None:
+        """The kernel copies the file into ssh's stdin (``sendfile``): no pass through Python's
+        buffers, and the GIL is free meanwhile, so a push that starts streaming while its
+        process still imports (``fleet.early``) is not slowed to the import's pace."""
+        poller = select.poll()
+        poller.register(self._stdin, select.POLLOUT)
+        wait_ms = (self.timeout or 0) * 1000 or None
+        with open(path, "rb") as src:
+            size = os.fstat(src.fileno()).st_size
+            while offset < size:
+                try:
+                    sent = os.sendfile(self._stdin, src.fileno(), offset, size - offset)
+                except BlockingIOError:
+                    if not poller.poll(wait_ms):
+                        self._kill()
+                        raise TransportError(f"{self.name}: the remote command read none of its "
+                                             f"input for {self.timeout:g}s; command abandoned"
+                                             ) from None
+                    continue
+                except OSError as exc:
+                    self._raise_ssh_failure()
+                    raise TransportError(f"{self.name}: the remote command stopped reading its "
+                                         f"input ({exc})") from None
+                if sent == 0:  # the file shrank under us: the agent's hash check will say so
+                    break
+                offset += sent
+                if on_bytes:
+                    on_bytes(sent)
+
+    def finish(self) -> tuple[int, str]:
+        code, stderr = super().finish()
+        if code == SSH_FAILED:
+            self.conn.raise_ssh_failure(stderr)
+        return code, stderr
+
+    def _raise_ssh_failure(self) -> None:
+        """After a failed write: if ssh itself gave up, raise what it said."""
+        try:
+            code = self.proc.wait(timeout=self.timeout or 30.0)
+        except subprocess.TimeoutExpired:
+            return
+        self._stderr_thread.join(timeout=self.timeout or 30.0)
+        if code == SSH_FAILED:
+            self.conn.raise_ssh_failure(self._stderr.text())
+
+
+class OpenSshConnection(Connection):
+    """A device reached through the ``ssh`` binary; each command is an ``ssh`` process (the
+    first one the connection's ControlMaster, later ones multiplexed over it while it lives)."""
+
+    def __init__(self, target: Target, trusted: Mapping[str, str], timeout: float,
+                 limits: OutputLimits | None = None, ssh: str = "ssh") -> None:
+        """``trusted``: {key type: base64}, every key the host may present
+        (``hostkeys.trusted_keys``); none: any key is refused as unknown."""
+        super().__init__(target, limits)
+        self.trusted = dict(trusted)
+        self.timeout = timeout
+        self.ssh = ssh
+        # Private (0700): a control socket is a door into the authenticated connection, and
+        # the known_hosts file beside it decides which host it may be.
+        self._control_dir = tempfile.mkdtemp(prefix="ef-ssh-")
+        self.known_hosts = Path(self._control_dir) / "known_hosts"
+        fd = os.open(self.known_hosts, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.writelines(f"{HOST_KEY_ALIAS} {key_type} {b64}\n"
+                           for key_type, b64 in self.trusted.items())
+        self._hide_known_hosts_command = knows_known_hosts_command(ssh)
+        self._channels: list[OpenSshChannel] = []
+        self._closed = False
+
+    def ssh_argv(self, command: str) -> list[str]:
+        """``ssh`` with EdgeFleet's non-negotiable options, then the user's config for the
+        rest; ``-p``/``-l``/``-i`` only when the inventory says so (a port left at 22 lets
+        ``~/.ssh/config``'s Port apply)."""
+        t = self.target
+        argv = [self.ssh, "-T", "-e", "none",
+                "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+                "-o", f"UserKnownHostsFile={_config_value(self.known_hosts)}",
+                "-o", "GlobalKnownHostsFile=/dev/null", "-o", f"HostKeyAlias={HOST_KEY_ALIAS}",
+                "-o", "CheckHostIP=no", "-o", "VerifyHostKeyDNS=no", "-o", "UpdateHostKeys=no",
+                "-o", "ForwardAgent=no", "-o", "ForwardX11=no", "-o", "ClearAllForwardings=yes",
+                "-o", "PermitLocalCommand=no", "-o", "LogLevel=ERROR",
+                "-o", f"ConnectTimeout={max(1, int(self.timeout))}",
+                "-o", "ControlMaster=auto", "-o", "ControlPersist=no",
+                "-o", f"ControlPath={self._control_dir}/%C"]
+        if self._hide_known_hosts_command:
+            argv += ["-o", "KnownHostsCommand=none"]
+        if t.port != 22:
+            argv += ["-p", str(t.port)]
+        if t.user:
+            argv += ["-l", t.user]
+        if t.key_file:
+            argv += ["-i", t.key_file, "-o", "IdentitiesOnly=yes"]
+        return [*argv, "--", t.address, command]
+
+    def start(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+              timeout: float | None = None) -> Channel:
+        if self._closed:
+            raise TransportError(f"{self.target.name}: connection closed")
+        try:
+            channel = OpenSshChannel(self, self.ssh_argv(render_command(argv, env)),
+                                     timeout or self.timeout, self.limits)
+        except OSError as exc:
+            raise TransportError(f"{self.target.name}: cannot run {self.ssh}: {exc}") from None
+        self._channels.append(channel)
+        return channel
+
+    def put(self, local: Path, remote: str, on_bytes: ByteProgress | None = None) -> int:
+        """Stream the file into ``cat``; the size the device then reports must match."""
+        script = 'cat > "$1" && wc -c < "$1"'
+        channel = self.start(["sh", "-c", script, "sh", RemotePath(remote)])
+        sent = 0
+        try:
+            with open(local, "rb") as src:
+                while chunk := src.read(_PUT_CHUNK):
+                    channel.write(chunk)
+                    sent += len(chunk)
+                    if on_bytes:
+                        on_bytes(len(chunk))
+            channel.close_input()
+            size = channel.readline().strip()
+            code, stderr = channel.finish()
+        except BaseException:
+            channel.abort()
+            raise
+        if code != 0 or size != str(sent):
+            raise TransportError(f"{self.target.name}: writing {remote} failed (exit {code}, "
+                                 f"{size or 'no size'} of {sent} bytes): {stderr.strip()[-300:]}")
+        return sent
+
+    def raise_ssh_failure(self, stderr: str) -> None:
+        """Raise what ssh's message (exit 255) means, in EdgeFleet's words; nothing if it was
+        not ssh's own failure (a remote command may exit 255 too)."""
+        t = self.target
+        where = f"{t.address}:{t.port}"
+        if _CHANGED in stderr:
+            raise self._changed_key(stderr)
+        if _UNKNOWN in stderr:
+            raise self._unknown_key(stderr)
+        if "Permission denied" in stderr:
+            raise TransportError(
+                f"{t.name}: authentication to {where} as {t.user or '(default user)'} failed "
+                f"({_last_line(stderr)}); check ansible_user and ansible_ssh_private_key_file")
+        if any(text in stderr for text in _CONNECT_ERRORS):
+            raise TransportError(f"{t.name}: cannot connect to {where}: {_last_line(stderr)}")
+
+    def _offered(self) -> tuple[object | None, object | None]:
+        """(the key the host offers now, the one we trust for it), the first asked again
+        through paramiko: ssh names neither fingerprint for an unknown key, nor the trusted one
+        for a changed key, and the user must compare them. Only on this error path."""
+        from orchestrator.transport.hostkeys import fetch_host_key, key_from
+
+        t = self.target
+        try:
+            offered = fetch_host_key(t.address, t.port, self.timeout)
+        except Exception:  # noqa: BLE001 - the refusal stands; only the detail is missing
+            return None, None
+        b64 = self.trusted.get(offered.get_name())
+        try:
+            expected = key_from(offered.get_name(), b64) if b64 else None
+        except Exception:  # noqa: BLE001
+            expected = None
+        return offered, expected
+
+    def _changed_key(self, stderr: str) -> HostKeyError:
+        from orchestrator.transport.hostkeys import changed_key_error
+
+        offered, expected = self._offered()
+        where = known_hosts_entry(self.target.address, self.target.port)
+        if offered is not None and expected is not None and offered != expected:
+            return changed_key_error(self.target.name, where, offered,  # type: ignore[arg-type]
+                                     expected)  # type: ignore[arg-type]
+        return HostKeyError(
+            f"{self.target.name}: HOST KEY CHANGED for {where} (ssh: {_ssh_said(stderr)}). "
+            "Nothing was sent. If the device was reinstalled, verify the new key and run "
+            f"`edgefleet devices trust {self.target.name} --replace`")
+
+    def _unknown_key(self, stderr: str) -> HostKeyError:
+        from orchestrator.transport.hostkeys import unknown_key_error
+
+        offered, _ = self._offered()
+        t = self.target
+        if offered is not None:
+            return unknown_key_error(t.name, t.address, offered)  # type: ignore[arg-type]
+        return HostKeyError(
+            f"{t.name}: host key of {t.address} is not trusted ({_ssh_said(stderr)}). Check it "
+            "against the device (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then run "
+            f"`edgefleet devices trust {t.name}`")
+
+    def abort(self) -> None:
+        """Kill every ssh process of this connection (each in its own process group)."""
+        for channel in list(self._channels):
+            if channel.proc.poll() is None:
+                channel.abort()
+
+    def close(self) -> None:
+        """Stop what still runs (a finished operation has nothing left), then remove the
+        control socket's directory."""
+        self._closed = True
+        self.abort()
+        for channel in self._channels:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                channel.proc.wait(timeout=self.timeout)
+            for stream in (channel.proc.stdin, channel.proc.stdout):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+        shutil.rmtree(self._control_dir, ignore_errors=True)
+
+
+def _last_line(stderr: str) -> str:
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no message"
+
+
+def _ssh_said(stderr: str) -> str:
+    """ssh's host-key lines without the warning banner's decoration."""
+    lines = [line.strip() for line in stderr.splitlines()
+             if line.strip() and not set(line.strip()) <= {"@"} and "@ " not in line]
+    return " ".join(lines)[-400:] or "no message"
