@@ -174,6 +174,10 @@ class ResultPublic(Out):
     ok: bool
     error: str | None
     latency_ms: LatencySummary | None
+    cpu_p50_ms: Number | None = Field(
+        description="Median process CPU time per timed run (ms): what change-point detection "
+                    "reads, as it is steadier than wall time on a shared machine; null for "
+                    "results from agents that did not report it")
     load_ms: Number | None
     first_inference_ms: Number | None
     peak_rss_mb: Number | None
@@ -258,6 +262,8 @@ class ChangePointPublic(Out):
     p_value: Number = Field(description="The detector's test of the two segments")
     points_before: int
     points_after: int
+    metric: str = Field(description="cpu: the series of CPU-time p50s (every point had one) | "
+                                    "wall: wall-clock p50s; before_ms/after_ms are of it")
 
 
 class DetectorPublic(Out):
