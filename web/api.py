@@ -24,6 +24,7 @@ from orchestrator.core.errors import EdgeFleetError
 from orchestrator.fleet import alerts as alert_service
 from orchestrator.inventory import sync as inventory_service
 from orchestrator.inventory.devices import (
+    DEVICE_SORTS,
     device_public,
     devices_window,
     get_device,
@@ -133,8 +134,16 @@ request; beyond that, or with a smaller ``limit``, ``X-Total-Count`` and an RFC 
 def devices(_: Viewer, session: SessionDep, request: Request, response: Response,
             pattern: str | None = None,
             limit: int = Query(DEVICES_LIMIT, ge=1, le=DEVICES_LIMIT),
-            offset: RowOffset = 0) -> list[Json]:
-    found = devices_window(session, pattern, offset, limit)
+            offset: RowOffset = 0,
+            sort: str = Query("name", pattern=f"^({'|'.join(DEVICE_SORTS)})$",
+                              description="the column to sort by, across all pages"),
+            order: str | None = Query(None, pattern="^(asc|desc)$",
+                                      description="default: the column's first order "
+                                                  "(worst first for status, temp, throttle)"),
+            ) -> list[Json]:
+    """Devices in ``sort`` ``order`` (the Fleet page's columns; anything else is a 422), cut
+    after sorting, so ``?sort=temp&limit=10`` is the ten hottest of the fleet."""
+    found = devices_window(session, pattern, offset, limit, sort, order)
     response.headers["X-Total-Count"] = str(found.matched)
     if found.next_offset is not None:
         following = request.url.include_query_params(offset=found.next_offset, limit=limit)

@@ -6,9 +6,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import case
+from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col, func, select
 
-from orchestrator.core.errors import NotFoundError
+from orchestrator.core.errors import EdgeFleetError, NotFoundError
 from orchestrator.core.listings import device_public as device_public
 from orchestrator.core.listings import select_by_pattern
 from orchestrator.core.models import Deployment, Device
@@ -111,28 +113,100 @@ class DevicePage:
         return following if following < self.matched else None
 
 
+TEMP_LIMIT_C = 80.0  # where Pi firmware soft-throttles; web.pages.view badges it the same
+
+
+def _facts_key(*path: str) -> Any:
+    return col(Device.facts)[path]
+
+
+def _throttle_key() -> ColumnElement[Any]:
+    """How much throttling a device reports: 100 per "now" flag (over 80 °C counts as one, as
+    its badge does), plus 1 per "since boot" flag; so what is happening now sorts above what
+    happened once. No telemetry counts as none (0), as the table shows it. COALESCE because
+    json_array_length of a missing path is 0 in SQLite and NULL in PostgreSQL."""
+    now = func.coalesce(func.json_array_length(_facts_key("sensors", "throttle_flags", "now")), 0)
+    boot = func.coalesce(func.json_array_length(
+        _facts_key("sensors", "throttle_flags", "since_boot")), 0)
+    hot = case((_facts_key("sensors", "temp_c").as_float() >= TEMP_LIMIT_C, 1), else_=0)
+    return (now + hot) * 100 + boot
+
+
+DEVICE_SORTS: dict[str, str] = {
+    "name": "asc", "status": "desc", "model": "asc", "temp": "desc", "throttle": "desc",
+    "bundle": "asc", "agent": "asc"}
+"""The Fleet table's sortable columns (``?sort=``) and the order a first click asks for: names
+and versions A to Z; status (online first, then the most recently seen), temperature and
+throttling worst first, which is what an operator sorts them for."""
+
+
+def _sort_key(sort: str) -> Any:
+    """The SQL expression a column sorts by; the latest telemetry lives in the facts JSON
+    (``facts.sensors``), so it is read there in SQL (json_extract / #>>), never in Python."""
+    if sort == "temp":
+        return _facts_key("sensors", "temp_c").as_float()
+    if sort == "throttle":
+        return _throttle_key()
+    if sort == "model":
+        return _facts_key("pi_model").as_string()
+    return {"name": col(Device.name), "status": col(Device.last_seen),
+            "bundle": col(Device.active_bundle), "agent": col(Device.agent_version)}[sort]
+
+
+def device_order(sort: str = "name", order: str | None = None) -> tuple[str, str]:
+    """``(sort, order)`` checked against DEVICE_SORTS; ``order`` None/"" = the column's first
+    order. Raises EdgeFleetError naming the allowed values (a page shows it, an API says 422)."""
+    if sort not in DEVICE_SORTS:
+        raise EdgeFleetError(f"cannot sort by {sort!r}: use one of {', '.join(DEVICE_SORTS)}")
+    if order and order not in ("asc", "desc"):
+        raise EdgeFleetError(f"order {order!r} is not asc or desc")
+    return sort, order or DEVICE_SORTS[sort]
+
+
+def _ordering(sort: str, order: str) -> list[Any]:
+    """ORDER BY for a window: devices without the value last in either direction (as a
+    spreadsheet does), then by name so that LIMIT/OFFSET pages are a total order."""
+    key = _sort_key(sort)
+    if sort == "name":
+        return [key.desc() if order == "desc" else key.asc()]
+    # NULLS LAST (SQLite >= 3.30, PostgreSQL) rather than a CASE on the key: the key is then
+    # computed once a row, and for telemetry that is a JSON parse of the facts
+    return [(key.desc() if order == "desc" else key.asc()).nulls_last(), col(Device.name).asc()]
+
+
 def devices_window(session: Session, pattern: str | None, offset: int,
-                   limit: int) -> DevicePage:
+                   limit: int, sort: str = "name", order: str | None = None) -> DevicePage:
     """A window of the fleet for lists that must stay fast at 1,000+ devices (the Fleet page,
-    ``GET /api/devices``). Without a pattern the window is cut in SQL (COUNT + LIMIT/OFFSET,
-    so only ``limit`` rows and their facts JSON are loaded); a target pattern is matched like the
-    CLI matches it (group membership and negations in Python), then cut. Raises
-    EdgeFleetError for a bad pattern, as select_devices does."""
+    ``GET /api/devices``), sorted across the whole fleet by ``sort`` (a DEVICE_SORTS key) in
+    ``order`` before the cut, so page 1 by temperature holds the hottest of the fleet, not of
+    the first names. Without a pattern the window is cut in SQL (COUNT + ORDER BY +
+    LIMIT/OFFSET, so only ``limit`` rows and their facts JSON are loaded); a target pattern is
+    matched like the CLI matches it (group membership and negations in Python) over
+    (name, groups) already in that order, then cut. Raises EdgeFleetError for a bad pattern
+    (as select_devices does) or sort."""
+    sort, order = device_order(sort, order)
+    ordering = _ordering(sort, order)
     offset, limit = max(0, offset), max(1, limit)
     total = session.exec(select(func.count()).select_from(Device)).one()
     if pattern:
         # match on (name, groups) alone: loading 1,000 rows with their facts JSON to show 100
         # cost the Fleet page most of its time (bench/fleet_scale.py)
-        pairs = session.exec(select(Device.name, Device.groups)
-                             .order_by(col(Device.name))).all()
+        pairs = session.exec(select(Device.name, Device.groups).order_by(*ordering)).all()
         matched = select_by_pattern(list(pairs), pattern, lambda p: (p[0], p[1]))
         names = [p[0] for p in matched[offset:offset + limit]]
         rows = session.exec(select(Device).where(col(Device.name).in_(names))).all()
         by_name = {d.name: d for d in rows}
         return DevicePage([by_name[n] for n in names], total, len(matched), offset, limit)
-    rows = session.exec(select(Device).order_by(col(Device.name)).offset(offset)
-                        .limit(limit)).all()
-    return DevicePage(list(rows), total, total, offset, limit)
+    if sort == "name":  # the unique index walks in order: no sort, no JSON to read
+        rows = session.exec(select(Device).order_by(*ordering).offset(offset).limit(limit)).all()
+        return DevicePage(list(rows), total, total, offset, limit)
+    # sort names alone, then load the window's rows: sorting whole rows made SQLite's sorter
+    # carry 1,000 facts JSON blobs to keep 100 (bench/fleet_scale.py, "Fleet p5 by temp")
+    names = list(session.exec(select(Device.name).order_by(*ordering).offset(offset)
+                              .limit(limit)).all())
+    by_name = {d.name: d for d in session.exec(
+        select(Device).where(col(Device.name).in_(names))).all()}
+    return DevicePage([by_name[n] for n in names], total, total, offset, limit)
 
 
 def get_device(session: Session, name: str) -> Device:

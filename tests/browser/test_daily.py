@@ -63,12 +63,23 @@ def test_device_actions_fleet_sorting_and_run_filters(home: Path, tmp_path: Path
     expect(page.locator("#fleet-summary")).to_contain_text("3 of 3 online")
     names = page.locator("#fleet tbody tr td:first-child a")
     expect(names).to_have_text([WEAK, COOL, HOT])  # by name
-    temp = page.locator("#fleet thead th").nth(3).get_by_role("button")
+    # The headers are links sorting the whole fleet on the server (hottest first on the first
+    # click); clicking again reverses; the 15 s refresh and the filter keep the order.
+    temp = page.locator("#fleet thead th").nth(3).get_by_role("link")
     temp.click()
-    expect(names).to_have_text([COOL, WEAK, HOT])
-    temp.click()
+    page.wait_for_url(re.compile(r"sort=temp&order=desc"))
     expect(names).to_have_text([HOT, WEAK, COOL])
     expect(page.locator("#fleet thead th").nth(3)).to_have_attribute("aria-sort", "descending")
+    expect(page.locator("#fleet-live")).to_have_attribute(
+        "hx-get", re.compile(r"sort=temp&order=desc"))
+    page.locator("#fleet thead th").nth(3).get_by_role("link").click()
+    page.wait_for_url(re.compile(r"sort=temp&order=asc"))
+    expect(names).to_have_text([COOL, WEAK, HOT])
+    expect(page.locator("#fleet thead th").nth(3)).to_have_attribute("aria-sort", "ascending")
+    page.locator("#pattern").fill("all")
+    page.get_by_role("button", name="Filter").click()
+    page.wait_for_url(re.compile(r"pattern=all&sort=temp&order=asc"))
+    expect(names).to_have_text([COOL, WEAK, HOT])
 
     # Runs: the kind column and a filter that keeps to one bundle version.
     page.goto(server.url + "/runs")

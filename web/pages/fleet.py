@@ -15,6 +15,8 @@ from orchestrator.core.utc import as_utc
 from orchestrator.fleet.summary import fleet_summary
 from orchestrator.fleet.telemetry import device_history
 from orchestrator.inventory.devices import (
+    DEVICE_SORTS,
+    device_order,
     device_public,
     devices_window,
     get_device,
@@ -35,41 +37,79 @@ PAGE_SIZE = 100
 them took most of the request (bench/fleet_scale.py measures the page's p95)."""
 
 
+FLEET_COLUMNS: tuple[tuple[str, str | None], ...] = (
+    ("device", "name"), ("status", "status"), ("Pi model", "model"), ("temp", "temp"),
+    ("throttle state", "throttle"), ("active bundle", "bundle"), ("agent", "agent"),
+    ("labels", None))
+"""The Fleet table's headers and the DEVICE_SORTS key each sorts by (None: not sortable)."""
+
+
 @router.get("/", response_class=HTMLResponse)
 def fleet_page(request: Request, principal: Viewer, session: SessionDep,
                pattern: str = "",
-               page: int = Query(1, ge=1, le=MAX_ROW_ID // PAGE_SIZE)) -> HTMLResponse:
-    """Devices by name, PAGE_SIZE a page (``?page=N``); ``?pattern=`` narrows it with the CLI's
-    target patterns. A bad pattern is shown as the CLI would say it, above the whole fleet (so
-    the names to fix it are there)."""
+               page: int = Query(1, ge=1, le=MAX_ROW_ID // PAGE_SIZE),
+               sort: str = "name", order: str = "") -> HTMLResponse:
+    """Devices PAGE_SIZE a page (``?page=N``), sorted across the whole fleet by ``?sort=`` a
+    column (``&order=asc|desc``; headers are links that toggle it, no JavaScript needed);
+    ``?pattern=`` narrows it with the CLI's target patterns. Every link and the 15 s refresh
+    keep all three. A bad pattern is shown as the CLI would say it, above the whole fleet (so
+    the names to fix it are there); a bad sort or order is said the same way (422) over the
+    fleet by name."""
     pattern = pattern.strip()
-    error = None
+    errors = []
+    try:
+        sort, order = device_order(sort, order)
+    except EdgeFleetError as exc:
+        errors.append(str(exc))
+        sort, order = device_order()
     offset = (page - 1) * PAGE_SIZE
     try:
-        shown = devices_window(session, pattern or None, offset, PAGE_SIZE)
+        shown = devices_window(session, pattern or None, offset, PAGE_SIZE, sort, order)
+        keep = pattern
     except EdgeFleetError as exc:
-        error = f"pattern {pattern!r}: {exc}"
-        shown = devices_window(session, None, offset, PAGE_SIZE)
+        errors.insert(0, f"pattern {pattern!r}: {exc}")
+        shown, keep = devices_window(session, None, offset, PAGE_SIZE, sort, order), ""
     rows = [device_row(device_public(d)) for d in shown.devices]
     pages = max(1, -(-shown.matched // PAGE_SIZE))
-    keep = pattern if error is None else ""
     template = "partials/fleet_table.html" \
         if request.headers.get("HX-Target") == "fleet-live" else "fleet.html"
+    status = 400 if keep != pattern else 422 if errors else 200
     return render(request, template, {
-        "summary": fleet_summary(session), "live_url": _page_href(keep, page),
-        "section": "fleet", "devices": rows, "pattern": pattern, "error": error,
-        "total": shown.total, "matched": shown.matched,
-        "filtered": bool(pattern) and error is None,
+        "summary": fleet_summary(session), "live_url": _page_href(keep, page, sort, order),
+        "section": "fleet", "devices": rows, "pattern": pattern,
+        "error": "; ".join(errors) or None, "total": shown.total, "matched": shown.matched,
+        "filtered": bool(keep), "columns": _columns(keep, sort, order),
+        "sort": sort, "order": order, "default_order": (sort, order) == device_order(),
+        "clear_href": _page_href("", 1, sort, order),
         "page": page, "pages": pages, "first": offset + 1, "last": offset + len(rows),
-        "prev_href": _page_href(keep, page - 1) if page > 1 else None,
-        "next_href": _page_href(keep, page + 1) if page < pages else None,
-    }, principal, status_code=400 if error else 200)
+        "prev_href": _page_href(keep, page - 1, sort, order) if page > 1 else None,
+        "next_href": _page_href(keep, page + 1, sort, order) if page < pages else None,
+    }, principal, status_code=status)
 
 
-def _page_href(pattern: str, page: int) -> str:
-    """The Fleet page's link to ``page``, keeping the filter the operator typed."""
-    query = {"pattern": pattern} if pattern else {}
+def _page_href(pattern: str, page: int, sort: str = "name", order: str = "asc") -> str:
+    """The Fleet page's link to ``page``, keeping the filter the operator typed and the sort
+    (left out when it is the default, by name, so plain links stay plain)."""
+    query: dict[str, Any] = {"pattern": pattern} if pattern else {}
+    if (sort, order) != device_order():
+        query |= {"sort": sort, "order": order}
     return "/?" + urlencode(query | {"page": page})
+
+
+def _columns(pattern: str, sort: str, order: str) -> list[dict[str, Any]]:
+    """Each header's label, link and ``aria-sort``: the sorted column's link reverses its
+    order, another column's asks for that column's first order; both go back to page 1 (the
+    rows of page N change meaning with the order) and keep the pattern."""
+    out = []
+    for label, key in FLEET_COLUMNS:
+        current = key == sort
+        flip = "desc" if order == "asc" else "asc"
+        following = flip if current else DEVICE_SORTS.get(key or "", "asc")
+        out.append({"label": label, "key": key, "num": key == "temp",
+                    "href": _page_href(pattern, 1, key, following) if key else None,
+                    "aria_sort": ("ascending" if order == "asc" else "descending")
+                    if current else None})
+    return out
 
 
 def _facts(public: dict[str, Any], facts: dict[str, Any]) -> list[tuple[str, Any]]:

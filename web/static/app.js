@@ -229,61 +229,6 @@
     }, 150);
   });
 
-  // <table class="sortable">: a <button class="sort"> in a header sorts the rows of that table
-  // by the column (a cell's data-sort if it has one, else its text; numbers as numbers, empty
-  // last); again reverses. The choice is kept per table id, and applied again when htmx
-  // swaps a refreshed table in (the Fleet page refreshes itself).
-  var sortBy = {};
-
-  function cellKey(row, index) {
-    var cell = row.cells[index];
-    if (!cell) return "";
-    return (cell.dataset.sort !== undefined ? cell.dataset.sort : cell.textContent).trim();
-  }
-
-  function compareKeys(a, b) {
-    if (a === "" || b === "") return a === b ? 0 : (a === "" ? 1 : -1);
-    var x = Number(a), y = Number(b);
-    if (!isNaN(x) && !isNaN(y)) return x - y;
-    return a.localeCompare(b, undefined, { numeric: true, sensitivity: "base" });
-  }
-
-  function sortTable(table, index, dir) {
-    var body = table.tBodies[0];
-    if (!body) return;
-    var rows = Array.prototype.slice.call(body.rows);
-    rows.sort(function (r1, r2) {
-      var a = cellKey(r1, index), b = cellKey(r2, index);
-      if (a === "" || b === "") return compareKeys(a, b);  // empty last either way
-      return dir * compareKeys(a, b);
-    });
-    rows.forEach(function (r) { body.appendChild(r); });
-    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, i) {
-      if (i === index) th.setAttribute("aria-sort", dir > 0 ? "ascending" : "descending");
-      else th.removeAttribute("aria-sort");
-    });
-  }
-
-  document.addEventListener("click", function (event) {
-    var button = event.target.closest && event.target.closest("th button.sort");
-    if (!button) return;
-    var th = button.closest("th"), table = th.closest("table");
-    var index = th.cellIndex;
-    var prev = sortBy[table.id];
-    var dir = prev && prev.index === index ? -prev.dir : 1;
-    sortBy[table.id] = { index: index, dir: dir };
-    sortTable(table, index, dir);
-  });
-
-  function resort(root) {
-    Object.keys(sortBy).forEach(function (id) {
-      var table = document.getElementById(id);
-      if (table && (root === document || root.contains(table))) {
-        sortTable(table, sortBy[id].index, sortBy[id].dir);
-      }
-    });
-  }
-
   // <form data-confirm="..."> asks before submitting (pushes, cancels).
   document.addEventListener("submit", function (event) {
     var message = event.target.dataset && event.target.dataset.confirm;
@@ -306,6 +251,6 @@
 
   document.addEventListener("DOMContentLoaded", function () { draw(document); });
   document.addEventListener("htmx:afterSwap", function (event) { draw(event.target); });
-  // outerHTML swaps replace the target: re-sort what came in, wherever it landed.
-  document.addEventListener("htmx:afterSettle", function () { resort(document); });
+  // Sorting is the server's (the Fleet page's column links, ?sort=&order=): the whole fleet is
+  // sorted before it is paged, and the self-refresh asks for the same order.
 })();
