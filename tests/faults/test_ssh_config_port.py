@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.core.config import Settings
 from orchestrator.core.errors import TransportError
 from orchestrator.transport.base import Target
-from orchestrator.transport.hostkeys import trust
+from orchestrator.transport.hostkeys import load_known, trust
 from orchestrator.transport.ssh import SshConnection, ssh_destination
 from tests.fleet.sshd import SshdFactory, free_port
 
@@ -31,13 +32,14 @@ def test_ssh_config_port_is_used_when_the_inventory_gives_none(
     assert target.port == 22
     # `devices trust` records the key where the connection will look for it
     assert ssh_destination("roaster-pi", 22) == ("127.0.0.1", host.port)
-    known_hosts = tmp_path / "known_hosts"
-    result = trust("roaster-pi", *ssh_destination("roaster-pi", 22), known_hosts, 10.0)
+    settings = Settings(home=tmp_path / "edgefleet-home")  # trusted keys live in its DB
+    result = trust("roaster-pi", *ssh_destination("roaster-pi", 22), settings, 10.0)
     assert result.fingerprint == host.host_key_fingerprint
-    with SshConnection(target, known_hosts, 10.0) as conn:
+    known = load_known(settings)
+    with SshConnection(target, known, 10.0) as conn:
         channel = conn.start(["echo", "reached"])
         assert channel.readline() == "reached\n"
     # An explicit port other than 22 still wins over the ssh config (nothing listens there).
     closed = Target("roaster-pi", "roaster-pi", port=free_port())
     with pytest.raises(TransportError, match=rf"roaster-pi:{closed.port}"):
-        SshConnection(closed, known_hosts, 5.0)
+        SshConnection(closed, known, 5.0)
