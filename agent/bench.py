@@ -293,6 +293,7 @@ def _timed(ort: Any, spec: Dict[str, Any], feeds: Dict[str, Any], sampler: Sampl
         "ok": True, "load_ms": round(load_ns / 1e6, 3),
         "first_inference_ms": round(first_ns / 1e6, 4), "warmup": warmup,
         "runs": len(latencies), "wall_s": round((end - began) / 1e9, 4),
+        "timed_s": round(sum(latencies) / 1e9, 6),
         "latencies_ms": latencies_ms, "latency_ms": latency_stats(latencies_ms),
         "cpu_ms": latency_stats([round(ns / 1e6, 4) for ns in cpu]),
         "peak_rss_mb": rss["VmHWM"], "steady_rss_mb": rss["VmRSS"],

@@ -197,8 +197,12 @@ def sampled(entry: Dict[str, Any], spec: Dict[str, Any],
     telemetry, flags, reasons = summarize(samples, sampler.interval_s,
                                           sampler.marks.get("timed_start"), sampler.errors)
     # energy over the timed loop (Pi 5: vcgencmd pmic_read_adc), also in telemetry, which
-    # is the summary other commands (eval) share
-    energy = energy_summary(samples, sampler.marks.get("timed_start"), entry.get("wall_s"),
+    # is the summary other commands (eval) share. Per inference: over the inferences' own
+    # time when the command reports it (bench's ``timed_s``, the sum of its timed runs), so
+    # what the loop does between runs (reading each run's CPU time: a syscall summing every
+    # onnxruntime thread) is not charged to the model; else the loop's wall time.
+    energy = energy_summary(samples, sampler.marks.get("timed_start"),
+                            entry.get("timed_s") or entry.get("wall_s"),
                             entry.get("runs"), sampler.power_reason)
     telemetry["energy"] = energy
     entry.update(telemetry=telemetry, flags=flags, reasons=reasons, energy=energy,

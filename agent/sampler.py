@@ -271,7 +271,8 @@ def energy_summary(samples: Sequence[Sample], timed_start: Optional[float],
 
     mean W = the mean of the power samples from ``timed_start`` on (the sampler's last sample is
     taken right after the timed loop, so there is at least one even for a very short loop);
-    mJ per inference = mean W x ``wall_s`` (the timed loop's duration) / ``runs``. It is the
+    mJ per inference = mean W x ``wall_s`` (the time of the timed inferences: bench passes
+    their sum, eval its loop's duration) / ``runs``. It is the
     whole board's energy over that time (what the supply delivers per inference), not the
     increment above idle.
     """

@@ -155,9 +155,11 @@ def test_cli_push_starts_early_and_is_adopted(cli: Cli, sshd_factory, home: Path
 
 
 def test_leased_device_is_not_started_early(cli: Cli, sshd_factory, home: Path,
-                                            tmp_path: Path) -> None:
+                                            tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """A device another operation holds gets no early session: the push says it is busy and
     not a byte reaches the device (a benchmark there is not disturbed)."""
+    monkeypatch.setenv("EDGEFLEET_LEASE_WAIT_S", "0")  # fail at once rather than wait for it
     host = sshd_factory(1)[0]
     setup_fleet(cli, tmp_path, [host])
     bundle = cli("bundle", "build", model_folder(tmp_path), "--name", "m", "--json").json
