@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, create_engine
 
+from orchestrator.core import sqlitewrite
 from orchestrator.core.config import Settings, get_settings
 from orchestrator.core.dbfile import MAX_ROW_ID as MAX_ROW_ID
 from orchestrator.core.dbfile import MIGRATIONS_DIR as MIGRATIONS_DIR
@@ -74,8 +75,13 @@ def make_engine(url: str) -> Engine:
         path = sqlite_file(url)
         if path is not None:  # a DATABASE_URL outside the home: its folder, like the home's
             path.parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False})
+        # A fan-out of up to 200 threads stores results through one engine: 50 connections
+        # (pooled 5, the rest opened as needed) and the write gate (core.sqlitewrite), so
+        # writers queue in order in this process instead of polling SQLite's lock.
+        engine = create_engine(url, connect_args={"check_same_thread": False},
+                               pool_size=5, max_overflow=45, pool_timeout=60)
         event.listen(engine, "connect", _sqlite_pragmas)
+        sqlitewrite.install(engine)
         return engine
     try:
         return create_engine(url, pool_pre_ping=True)
@@ -98,11 +104,16 @@ def unreachable(url: str, exc: OperationalError) -> EdgeFleetError:
                           "running and reachable from this host, and DATABASE_URL")
 
 
+# How long a connection waits for another process's write (a CLI next to a server; this
+# process's own writers queue at the write gate first).
+BUSY_TIMEOUT_MS = 30_000
+
+
 def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
     cursor = dbapi_conn.cursor()  # type: ignore[attr-defined]
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cursor.close()
 
 

@@ -25,20 +25,7 @@ def take_snapshots(settings: Settings, devices: Sequence[Device], forks: int = 1
     def step(target: Target) -> Outcome:
         with connect(target, settings, timeout) as conn:
             data = call_agent(conn, "telemetry")
-        sensors = data.get("sensors") or {}
-        now = datetime.now(UTC)
-        with session_scope(settings) as session:
-            session.add(TelemetrySnapshot(
-                device_name=target.name, taken_at=now, temp_c=sensors.get("temp_c"),
-                freq_mhz=sensors.get("freq_mhz"), throttled_bits=sensors.get("throttled"),
-                throttle_flags=sensors.get("throttle_flags") or {},
-                load_1m=data.get("load_1m"), mem_available_mb=data.get("mem_available_mb"),
-                disk_free_bytes=data.get("disk_free_bytes")))
-            device = get_device(session, target.name)
-            device.facts = {**(device.facts or {}), "sensors": sensors}
-            device.last_seen = now
-            session.add(device)
-            recovered = record_device_report(session, target.name, data)
+        recovered = store_snapshot(settings, target.name, data)
         row = snapshot_row(data)
         if recovered:
             row["recovered"] = recovered
@@ -50,6 +37,26 @@ def take_snapshots(settings: Settings, devices: Sequence[Device], forks: int = 1
     outcomes = fan_out([to_target(d) for d in devices], step, forks)
     alerts.after_telemetry(settings, outcomes)  # newly throttled, offline too long
     return outcomes
+
+
+def store_snapshot(settings: Settings, name: str, data: dict[str, Any]) -> list[str]:
+    """Record one device's telemetry answer: the snapshot, the sensors on the device row, what
+    it says it runs (record_device_report; returns what that reverted). One short write
+    transaction: a fan-out of 200 stores them one after the other (core.sqlitewrite)."""
+    sensors = data.get("sensors") or {}
+    now = datetime.now(UTC)
+    with session_scope(settings) as session:
+        session.add(TelemetrySnapshot(
+            device_name=name, taken_at=now, temp_c=sensors.get("temp_c"),
+            freq_mhz=sensors.get("freq_mhz"), throttled_bits=sensors.get("throttled"),
+            throttle_flags=sensors.get("throttle_flags") or {},
+            load_1m=data.get("load_1m"), mem_available_mb=data.get("mem_available_mb"),
+            disk_free_bytes=data.get("disk_free_bytes")))
+        device = get_device(session, name)
+        device.facts = {**(device.facts or {}), "sensors": sensors}
+        device.last_seen = now
+        session.add(device)
+        return record_device_report(session, name, data)
 
 
 def snapshot_row(data: dict[str, Any]) -> dict[str, Any]:

@@ -107,7 +107,7 @@ def test_the_db_is_created_by_migrations(settings: Settings) -> None:
     assert db_file.is_file()
     with engine.connect() as conn:  # the engine's own connections get the pragmas
         assert conn.exec_driver_sql("pragma foreign_keys").scalar() == 1
-        assert conn.exec_driver_sql("pragma busy_timeout").scalar() == 10000
+        assert conn.exec_driver_sql("pragma busy_timeout").scalar() == 30_000
     with sqlite3.connect(db_file) as raw:
         tables = {row[0] for row in raw.execute("select name from sqlite_master "
                                                 "where type = 'table'")}
