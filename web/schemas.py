@@ -285,7 +285,7 @@ class RegressionsPublic(Out):
 
 
 class JobPublic(Out):
-    """``jobs.job_public`` (the worker id stays internal)."""
+    """``jobs.job_public``."""
 
     id: int
     kind: str = Field(description="push | bench | eval | rollback | verify | telemetry")
@@ -304,6 +304,8 @@ class JobPublic(Out):
     created_at: Timestamp | None
     started_at: Timestamp | None
     finished_at: Timestamp | None
+    worker: str | None = Field(description="host:pid of the process that ran it (None: not "
+                                            "started yet)")
 
 
 class SchedulePublic(Out):

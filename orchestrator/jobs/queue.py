@@ -208,7 +208,9 @@ def list_jobs(session: Session, limit: int = 100, state: str | None = None,
 
 
 def job_public(job: Job) -> dict[str, Any]:
-    """The JSON shape of a job for the API and the pages (the worker id stays internal)."""
+    """The JSON shape of a job for the API and the pages. ``worker``: the host and pid of the
+    process that ran it (its heartbeat token stays internal), so a job on one of several
+    workers can be found in that host's logs."""
     return {
         "id": job.id, "kind": job.kind, "state": job.state, "params": job.params,
         "targets": job.targets, "origin": job.origin, "created_by": job.created_by,
@@ -216,6 +218,7 @@ def job_public(job: Job) -> dict[str, Any]:
         "run_id": job.run_id, "schedule_id": job.schedule_id,
         "cancel_requested": job.cancel_requested, "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at), "finished_at": _iso(job.finished_at),
+        "worker": ":".join(job.worker.split(":")[:2]) if job.worker else None,
     }
 
 

@@ -468,7 +468,7 @@ def test_list_and_filter_jobs(tmp_path: Path) -> None:
     assert set(queue.job_public(second)) == {
         "id", "kind", "state", "params", "targets", "origin", "created_by", "progress",
         "result", "error", "run_id", "schedule_id", "cancel_requested", "created_at",
-        "started_at", "finished_at"}
+        "started_at", "finished_at", "worker"}
 
 
 # -- CLI-started work -------------------------------------------------------------------------

@@ -342,6 +342,18 @@ def test_job_progress_partial_shows_per_device_bytes(site: Site) -> None:
     queue.cancel(site.settings, job.id, actor="tester")
 
 
+def test_a_job_page_names_the_worker_running_it_without_its_token(site: Site) -> None:
+    """Several workers on several hosts (issue 14): the page says which one runs the job, as
+    host:pid (its logs are there); the heartbeat token stays internal."""
+    job = queue.submit(site.settings, "telemetry", {}, "all", actor="test")
+    assert runner.claim(site.settings, job.id, "lab-b:4242:secrettoken")
+    partial = get(site, f"/jobs/{job.id}/progress")
+    assert '<code class="worker">lab-b:4242</code>' in partial and "secrettoken" not in partial
+    api = site.client.get(f"/api/jobs/{job.id}").json()
+    assert api["worker"] == "lab-b:4242" and "secrettoken" not in str(api)
+    queue.cancel(site.settings, job.id, actor="tester")
+
+
 def test_bench_form_queues_a_job_that_a_worker_runs_to_a_new_run(site: Site) -> None:
     response = site.client.post("/bundles/first-crack@1/bench", follow_redirects=False,
                                 data={"targets": COOL, "threads": "1", "runs": "3",
