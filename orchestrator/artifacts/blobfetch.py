@@ -16,7 +16,8 @@ them.
 
 When a bucket is configured, every blob added to a store made by ``blob_store`` (bundle build,
 quantize, datasets, golden outputs) is also uploaded to it, so workers find there what the
-control plane built.
+control plane built; ``publish_to_s3`` (``edgefleet bundle publish``) uploads those stored
+before the bucket was set.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -231,9 +232,9 @@ class S3Source:
         except (BotoCoreError, ClientError) as exc:
             raise self._failed(exc, blob.sha256, f"{blob.what}: cannot fetch") from None
 
-    def publish(self, sha256: str, path: Path) -> None:
+    def publish(self, sha256: str, path: Path) -> bool:
         """Upload blob ``sha256`` unless the bucket has it (content-addressed: same name,
-        same bytes)."""
+        same bytes); whether it was uploaded."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         client = _s3_client(self.settings)
@@ -241,7 +242,7 @@ class S3Source:
         try:
             try:
                 client.head_object(Bucket=self.bucket, Key=key)
-                return
+                return False
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey",
                                                                      "NotFound"):
@@ -249,3 +250,42 @@ class S3Source:
             client.upload_file(str(path), self.bucket, key)
         except (BotoCoreError, ClientError) as exc:
             raise self._failed(exc, sha256, "cannot upload") from None
+        return True
+
+
+@dataclass
+class Published:
+    """What ``publish_to_s3`` did with each blob it was given (each sha once)."""
+
+    where: str
+    uploaded: list[Needed] = field(default_factory=list)
+    present: list[Needed] = field(default_factory=list)  # the bucket had it already
+    missing: list[Needed] = field(default_factory=list)  # not in this host's store
+
+
+def publish_to_s3(settings: Settings, blobs: Iterable[Needed],
+                  on_blob: Callable[[Needed], None] | None = None) -> Published:
+    """Back-fill the bucket: upload every blob of ``blobs`` that it lacks from this host's
+    store. Blobs are uploaded as they are stored only once EDGEFLEET_S3_BUCKET is set, so the
+    ones built before (or on a host without it) are not in the bucket until this runs;
+    content-addressed, so running it again uploads nothing twice. ``on_blob`` is told of
+    each blob when it is done (progress)."""
+    if not settings.s3_bucket:
+        raise EdgeFleetError("EDGEFLEET_S3_BUCKET is not set: nothing to publish to (README: "
+                             "Shared state across workers)")
+    source, store = S3Source(settings), BlobStore(settings.blob_dir)
+    done = Published(source.where)
+    seen: set[str] = set()
+    for blob in blobs:
+        if blob.sha256 in seen:
+            continue
+        seen.add(blob.sha256)
+        if not store.has(blob.sha256):
+            done.missing.append(blob)
+        elif source.publish(blob.sha256, store.path(blob.sha256)):
+            done.uploaded.append(blob)
+        else:
+            done.present.append(blob)
+        if on_blob is not None:
+            on_blob(blob)
+    return done

@@ -30,6 +30,7 @@ def get_app() -> typer.Typer:
         devices,
         evaluate,
         keys,
+        publish,
         regressions,
         runs,
         serve,

@@ -5,9 +5,12 @@ pushes to a real sshd device; a corrupted object is refused and nothing is kept.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
+
+import pytest
 
 from tests.s3_server import SECRET_KEY, S3Server
 from tests.s3_server import s3 as s3  # noqa: F401 - the fixture, by name
@@ -80,3 +83,39 @@ def test_missing_object_is_named_without_credentials(cli: Cli, tmp_path: Path,
     assert message == (f"model.onnx of x@1: cannot fetch blob {'ab' * 32} at "
                        f"s3://{s3.bucket}/blobs/: NoSuchKey")
     assert SECRET_KEY not in message and blobs_of(settings.home) == []
+
+
+def test_publish_back_fills_the_bucket_with_blobs_built_before_it_was_set(
+        cli: Cli, tmp_path: Path, s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bundles built before EDGEFLEET_S3_BUCKET was set are not in the bucket: ``bundle
+    publish`` uploads their blobs (the same bytes), once; a blob this host lacks is named and
+    the command fails, having uploaded the rest."""
+    bucket = os.environ["EDGEFLEET_S3_BUCKET"]
+    monkeypatch.delenv("EDGEFLEET_S3_BUCKET")
+    first = cli("bundle", "build", model_folder(tmp_path, 0), "--name", "first-crack",
+                "--json").json
+    second = cli("bundle", "build", model_folder(tmp_path, 1), "--name", "other",
+                 "--json").json
+    assert s3.keys() == []
+    monkeypatch.setenv("EDGEFLEET_S3_BUCKET", bucket)
+
+    only = cli("bundle", "publish", "first-crack", "--json").json
+    shas = sorted({f["sha256"] for f in first["files"]})
+    assert sorted(only["uploaded"]) == shas and only["present"] == only["missing"] == []
+    assert s3.keys() == [f"blobs/{sha}" for sha in shas]
+    model = next(f for f in first["files"] if f["path"] == "model.onnx")
+    stored = s3.client().get_object(Bucket=s3.bucket, Key=f"blobs/{model['sha256']}")
+    assert hashlib.sha256(stored["Body"].read()).hexdigest() == model["sha256"]
+
+    everything = cli("bundle", "publish", "--json").json
+    all_shas = shas + [f["sha256"] for f in second["files"]]
+    assert sorted(everything["present"]) == shas  # not uploaded twice
+    assert sorted(everything["uploaded"]) == sorted(set(all_shas) - set(shas))
+
+    lost = next(f for f in second["files"] if f["path"] == "model.onnx")
+    client = s3.client()
+    client.delete_object(Bucket=s3.bucket, Key=f"blobs/{lost['sha256']}")
+    (cli.home / "blobs" / lost["sha256"][:2] / lost["sha256"]).unlink()
+    failed = cli("bundle", "publish", "other", "--json", expect=1)
+    assert failed.json["missing"] == [{"sha256": lost["sha256"],
+                                       "what": f"model.onnx of {second['name']}@1"}]
