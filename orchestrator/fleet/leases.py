@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -38,6 +37,7 @@ from sqlmodel import select
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.errors import EdgeFleetError
+from orchestrator.core.heartbeat import Heartbeat
 from orchestrator.core.models import DeviceLease
 
 log = logging.getLogger(__name__)
@@ -229,56 +229,27 @@ def renew(settings: Settings, device: str, holder: str) -> bool:
             .values(expires_at=expires)).rowcount)
 
 
-class _Heartbeat:
-    """One daemon thread per process renewing every lease this process holds."""
-
-    def __init__(self) -> None:
-        self._held: dict[tuple[str, str], Settings] = {}
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._thread: threading.Thread | None = None
-
-    def hold(self, settings: Settings, device: str, holder: str) -> None:
-        with self._lock:
-            self._held[(device, holder)] = settings
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._beat, daemon=True,
-                                                name="edgefleet-lease-heartbeat")
-                self._thread.start()
-            self._wake.notify()
-
-    def drop(self, device: str, holder: str) -> None:
-        with self._lock:
-            self._held.pop((device, holder), None)
-
-    def _beat(self) -> None:
-        while True:
-            with self._lock:
-                if not self._held:
-                    self._thread = None
-                    return
-                interval = min(s.lease_ttl_s for s in self._held.values()) / 4
-                self._wake.wait(max(0.05, interval))
-                held = list(self._held.items())
-            for (device, holder), settings in held:
-                try:
-                    if not renew(settings, device, holder):
-                        log.warning("%s: lost its lease (expired while this process was "
-                                    "stopped?); another operation may now use it", device)
-                except OperationalError as exc:  # the DB was busy: the next beat retries
-                    log.warning("%s: lease heartbeat failed: %s", device, exc)
+def _renew(held: list[tuple[tuple[str, str], Settings]]) -> None:
+    for (device, holder), settings in held:
+        try:
+            if not renew(settings, device, holder):
+                log.warning("%s: lost its lease (expired while this process was stopped?); "
+                            "another operation may now use it", device)
+        except OperationalError as exc:  # the DB was busy: the next beat retries
+            log.warning("%s: lease heartbeat failed: %s", device, exc)
 
 
-_heartbeat = _Heartbeat()
+_heartbeat: Heartbeat[tuple[str, str]] = Heartbeat(
+    "edgefleet-lease-heartbeat", lambda s: s.lease_ttl_s, _renew)
 
 
 @contextmanager
 def leased(settings: Settings, device: str, operation: str) -> Iterator[str]:
     holder = holder_id()
     acquire_waiting(settings, device, operation, holder, _waiting.get())
-    _heartbeat.hold(settings, device, holder)
+    _heartbeat.hold(settings, (device, holder))
     try:
         yield holder
     finally:
-        _heartbeat.drop(device, holder)
+        _heartbeat.drop((device, holder))
         release(settings, device, holder)

@@ -14,7 +14,6 @@ worker's jobs and devices within a minute; the tests shorten both to seconds.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -25,6 +24,7 @@ from sqlmodel import col, select
 
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
+from orchestrator.core.heartbeat import Heartbeat
 from orchestrator.core.models import Job
 from orchestrator.fleet import leases
 from orchestrator.jobs import execute, queue
@@ -44,47 +44,19 @@ def beat(settings: Settings, job_ids: list[int]) -> int:
                                .values(heartbeat_at=datetime.now(UTC))).rowcount
 
 
-class _Heartbeat:
-    """One daemon thread per process renewing every job this process runs."""
-
-    def __init__(self) -> None:
-        self._held: dict[int, Settings] = {}
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._thread: threading.Thread | None = None
-
-    def hold(self, settings: Settings, job_id: int) -> None:
-        with self._lock:
-            self._held[job_id] = settings
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._beat, daemon=True,
-                                                name="edgefleet-job-heartbeat")
-                self._thread.start()
-            self._wake.notify()
-
-    def drop(self, job_id: int) -> None:
-        with self._lock:
-            self._held.pop(job_id, None)
-
-    def _beat(self) -> None:
-        while True:
-            with self._lock:
-                if not self._held:
-                    self._thread = None
-                    return
-                interval = min(s.job_ttl_s for s in self._held.values()) / 4
-                self._wake.wait(max(0.05, interval))
-                by_db: dict[str, tuple[Settings, list[int]]] = {}
-                for job_id, settings in self._held.items():
-                    by_db.setdefault(settings.db_url, (settings, []))[1].append(job_id)
-            for settings, job_ids in by_db.values():
-                try:
-                    beat(settings, job_ids)
-                except OperationalError as exc:  # the DB was busy: the next beat retries
-                    log.warning("jobs %s: heartbeat failed: %s", job_ids, exc)
+def _renew(held: list[tuple[int, Settings]]) -> None:
+    by_db: dict[str, tuple[Settings, list[int]]] = {}
+    for job_id, settings in held:
+        by_db.setdefault(settings.db_url, (settings, []))[1].append(job_id)
+    for settings, job_ids in by_db.values():
+        try:
+            beat(settings, job_ids)
+        except OperationalError as exc:  # the DB was busy: the next beat retries
+            log.warning("jobs %s: heartbeat failed: %s", job_ids, exc)
 
 
-_heartbeat = _Heartbeat()
+_heartbeat: Heartbeat[int] = Heartbeat("edgefleet-job-heartbeat", lambda s: s.job_ttl_s,
+                                       _renew)
 
 
 @contextmanager
