@@ -45,7 +45,7 @@ def parse_millidegrees(text: str) -> Optional[float]:
     """``thermal_zone*/temp`` (``"48312\\n"`` = 48.312 °C) -> °C."""
     try:
         return round(int(text.strip()) / 1000.0, 3)
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number, or one no sensor reads
         return None
 
 
@@ -53,9 +53,9 @@ def parse_khz_as_mhz(text: str) -> Optional[float]:
     """``scaling_cur_freq`` (``"1500000\\n"`` kHz) -> MHz."""
     try:
         value = int(text.strip())
-    except ValueError:
+        return value / 1000.0 if value > 0 else None
+    except (ValueError, OverflowError):
         return None
-    return value / 1000.0 if value > 0 else None
 
 
 _MEASURE_TEMP_RE = re.compile(r"temp=\s*(-?[0-9]+(?:\.[0-9]+)?)\s*'?C?")
@@ -160,6 +160,11 @@ class SensorReader:
         self.power_unavailable: Optional[str] = None
         self._power_checked = False
 
+    def _read(self, path: str) -> Optional[str]:
+        """A sensor file's text (None: unreadable). A subclass reads a recorded dump instead
+        (agent.snapshot's shell poll, parsed on the control plane)."""
+        return _read_text(path)
+
     def _vcgencmd(self, *args: str) -> Optional[str]:
         if self.vcgencmd is None or args[0] in self.vcgencmd_broken:
             return None
@@ -180,7 +185,7 @@ class SensorReader:
         return proc.stdout.decode("ascii", "replace")
 
     def read_temp(self) -> Dict[str, Any]:
-        text = _read_text(self.thermal)
+        text = self._read(self.thermal)
         value = parse_millidegrees(text) if text is not None else None
         if value is not None:
             return {"temp_c": value, "source": self.thermal}
@@ -193,7 +198,7 @@ class SensorReader:
     def read_freqs(self) -> List[float]:
         values = []
         for path in self.cpu_freqs:
-            text = _read_text(path)
+            text = self._read(path)
             value = parse_khz_as_mhz(text) if text is not None else None
             if value is not None:
                 values.append(value)
@@ -206,7 +211,7 @@ class SensorReader:
             self.vcgencmd_broken.add("get_throttled")
         if bits is not None:
             return {"bits": bits, "source": "vcgencmd get_throttled"}
-        text = _read_text(self.throttled_file)
+        text = self._read(self.throttled_file)
         bits = parse_throttled_hex(text) if text is not None else None
         return {"bits": bits, "source": self.throttled_file if bits is not None else None}
 
@@ -218,7 +223,7 @@ class SensorReader:
         calling it 4 times a second would load the very cores it is measuring. A one-off
         ``snapshot`` keeps preferring ``vcgencmd``, the tool users know.
         """
-        text = _read_text(self.throttled_file)
+        text = self._read(self.throttled_file)
         bits = parse_throttled_hex(text) if text is not None else None
         if bits is not None:
             return bits

@@ -22,18 +22,26 @@ def parse_uptime_s(text: Optional[str]) -> Optional[float]:
 
 
 def telemetry(root: str) -> Dict[str, Any]:
-    meminfo = read_text("/proc/meminfo") or ""
     try:
         load: Any = [round(x, 2) for x in os.getloadavg()]
     except OSError:
         load = [None, None, None]
+    return assemble(snapshot(), is_simulated(), read_text("/proc/meminfo") or "", load,
+                    os.cpu_count(), disk_free_bytes(root), read_text("/proc/uptime"))
+
+
+def assemble(sensors: Dict[str, Any], simulated: bool, meminfo: str, load: Any,
+             cores: Optional[int], disk_free: Optional[int],
+             uptime: Optional[str]) -> Dict[str, Any]:
+    """The telemetry answer from what was read: here by the agent, or from a shell poll's dump
+    on the control plane (agent.shellpoll), so both give the same shape."""
     return {
-        "sensors": snapshot(),
-        "simulated": is_simulated(),
+        "sensors": sensors,
+        "simulated": simulated,
         "load_1m": load[0], "load_5m": load[1], "load_15m": load[2],
-        "cores": os.cpu_count(),
+        "cores": cores,
         "mem_total_mb": parse_meminfo_mb(meminfo, "MemTotal"),
         "mem_available_mb": parse_meminfo_mb(meminfo, "MemAvailable"),
-        "disk_free_bytes": disk_free_bytes(root),
-        "uptime_s": parse_uptime_s(read_text("/proc/uptime")),
+        "disk_free_bytes": disk_free,
+        "uptime_s": parse_uptime_s(uptime),
     }

@@ -1,6 +1,7 @@
 """One-shot telemetry snapshots: temperature, frequency, throttling (decoded), load, memory,
-disk — read by the agent, stored per device, and reflected on the device row, with what the
-device says it runs (and any interrupted change it reverted: devices.record_device_report)."""
+disk — read by a shell poll or the agent (``read_telemetry``), stored per device, and
+reflected on the device row, with what the device says it runs (and any interrupted change it
+reverted: devices.record_device_report)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from agent import shellpoll
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.models import Device, TelemetrySnapshot
@@ -17,14 +19,15 @@ from orchestrator.fleet import alerts
 from orchestrator.fleet.agentclient import call_agent
 from orchestrator.fleet.fanout import Outcome, fan_out
 from orchestrator.inventory.devices import get_device, record_device_report, to_target
-from orchestrator.transport import Target, connect
+from orchestrator.transport import Connection, Target, connect
+from orchestrator.transport.base import RemotePath
 
 
 def take_snapshots(settings: Settings, devices: Sequence[Device], forks: int = 10,
                    timeout: float | None = None) -> list[Outcome]:
     def step(target: Target) -> Outcome:
         with connect(target, settings, timeout) as conn:
-            data = call_agent(conn, "telemetry")
+            data = read_telemetry(conn, timeout)
         recovered = store_snapshot(settings, target.name, data)
         row = snapshot_row(data)
         if recovered:
@@ -37,6 +40,17 @@ def take_snapshots(settings: Settings, devices: Sequence[Device], forks: int = 1
     outcomes = fan_out([to_target(d) for d in devices], step, forks)
     alerts.after_telemetry(settings, outcomes)  # newly throttled, offline too long
     return outcomes
+
+
+def read_telemetry(conn: Connection, timeout: float | None = None) -> dict[str, Any]:
+    """A device's telemetry: a shell poll that starts no Python on the device
+    (agent.shellpoll), or the agent's ``telemetry`` whenever that says the agent must answer
+    (a repair to make, no agent installed, anything unusual): the same answer either way."""
+    target = conn.target
+    result = conn.run(shellpoll.argv(RemotePath(target.root), target.agent_path),
+                      env=dict(target.env), timeout=timeout)
+    data = shellpoll.parse(result.stdout) if result.exit_code == 0 else None
+    return data if data is not None else call_agent(conn, "telemetry", timeout=timeout)
 
 
 def store_snapshot(settings: Settings, name: str, data: dict[str, Any]) -> list[str]:

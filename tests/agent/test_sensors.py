@@ -127,3 +127,11 @@ def test_a_failing_vcgencmd_is_not_retried_by_the_same_reader(tmp_path: Path) ->
     assert first["throttled"] == second["throttled"] == 4
     assert first["throttle_flags"]["now"] == ["throttled"]
     assert sorted(calls.read_text().split()) == ["get_throttled", "measure_temp"]  # once each
+
+
+def test_a_number_no_sensor_reads_is_no_reading_not_a_crash() -> None:
+    """A device's files are untrusted input: 4 KiB of digits overflowed the float division."""
+    from agent.sensors import parse_khz_as_mhz, parse_millidegrees
+
+    assert parse_millidegrees("9" * 4096) is None
+    assert parse_khz_as_mhz("9" * 4096) is None
