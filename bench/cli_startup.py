@@ -1,7 +1,7 @@
 """The CLI as a user runs it: `edgefleet push` end to end vs scp, and the CPU of light commands.
 
     python bench/cli_startup.py [--mb 90] [--repeats 5] [--link loopback|lan|both]
-                                [--baseline OTHER_CHECKOUT]
+                                [--baseline OTHER_CHECKOUT] [--pin]
 
 Issue 12 asks for a CLI that starts at once. bench/push.py times ``deploy.push`` inside one Python
 process; here every push is a fresh ``edgefleet push BUNDLE DEVICE --json`` process, timed from its
@@ -193,7 +193,14 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="another checkout (e.g. `git worktree add "
                         "/tmp/old HEAD~3`) whose code the CLI also runs, alternating: a change "
                         "measured side by side; it must have the same migrations")
+    parser.add_argument("--pin", action="store_true",
+                        help="the CLI (and scp) on CPU 0, the device's sshd on CPU 1: two "
+                        "machines' worth of CPU instead of one shared pair, as bench/push.py")
     args = parser.parse_args()
+    device_cpus = None
+    if args.pin:
+        os.sched_setaffinity(0, {0})  # children (the CLI, scp, ssh) inherit it
+        device_cpus = "1"
     baseline = args.baseline.resolve() if args.baseline else None
     for tree in (Path(__file__).resolve().parent.parent, baseline):
         if tree is not None:
@@ -204,12 +211,13 @@ def main() -> None:
         key = generate_user_key(base)
         model = make_large_model(base / "model" / "model.onnx", args.mb)
         if args.link in ("loopback", "both"):
-            with SshdHost("bench-loopback", base, key, sftp_server=STOCK_SFTP_SERVER) as host:
+            with SshdHost("bench-loopback", base, key, cpus=device_cpus,
+                          sftp_server=STOCK_SFTP_SERVER) as host:
                 measure("loopback", host, key, model, base, args.repeats, baseline)
         if args.link in ("lan", "both"):
             with lan_namespace() as (ns, address), \
                     SshdHost("bench-lan", base, key, address=address, netns=ns,
-                             sftp_server=STOCK_SFTP_SERVER) as host:
+                             cpus=device_cpus, sftp_server=STOCK_SFTP_SERVER) as host:
                 measure(f"lan {LAN_RATE}", host, key, model, base, args.repeats, baseline)
     finally:
         shutil.rmtree(base, ignore_errors=True)
