@@ -26,7 +26,7 @@ from orchestrator.transport.base import RemotePath
 def take_snapshots(settings: Settings, devices: Sequence[Device], forks: int = 10,
                    timeout: float | None = None) -> list[Outcome]:
     def step(target: Target) -> Outcome:
-        with connect(target, settings, timeout) as conn:
+        with connect(target, settings, timeout, poll=True) as conn:
             data = read_telemetry(conn, timeout)
         recovered = store_snapshot(settings, target.name, data)
         row = snapshot_row(data)

@@ -26,10 +26,11 @@ _aborted = threading.Event()
 
 
 def connect(target: Target, settings: Settings | EnvSettings,
-            timeout: float | None = None) -> Connection:
+            timeout: float | None = None, *, poll: bool = False) -> Connection:
     """Open ``target``'s connection. Both SSH transports check the host against the same keys
     (``hostkeys``: the database's for this host, then the known_hosts files) and log in with
-    this worker's key (``worker_key``)."""
+    this worker's key (``worker_key``). ``poll``: for a telemetry poll, whose key exchange
+    may be the cheaper classical one (``openssh.poll_kex``; paramiko has no other)."""
     timeout = timeout or settings.timeout_s
     limits = OutputLimits.from_mb(settings.max_line_mb, settings.max_output_mb)
     _refuse_if_aborted(target)
@@ -47,7 +48,8 @@ def connect(target: Target, settings: Settings | EnvSettings,
             from orchestrator.transport.hostkeys import trusted_keys
             from orchestrator.transport.openssh import OpenSshConnection
 
-            conn = OpenSshConnection(target, trusted_keys(settings, entry), timeout, limits)
+            conn = OpenSshConnection(target, trusted_keys(settings, entry), timeout, limits,
+                                     poll=poll)
         else:
             from orchestrator.transport.hostkeys import load_known
             from orchestrator.transport.ssh import SshConnection

@@ -142,6 +142,8 @@ class SshdHost:
         netns: str | None = None,
         cpus: str | None = None,
         sftp_server: str = "internal-sftp",
+        log_level: str = "INFO",
+        kex: str | None = None,
     ) -> None:
         """``odd_root`` / ``odd_sim_dir`` put spaces, quotes and a ``$`` in those paths;
         ``sim_options`` go to :func:`create_simulated_device`; ``port`` is tried first.
@@ -155,6 +157,11 @@ class SshdHost:
         if not re.fullmatch(r"internal-sftp|/[\w./-]+", sftp_server):
             raise ValueError(f"sftp_server must be internal-sftp or a plain path: {sftp_server!r}")
         self.sftp_server = sftp_server
+        plain = re.fullmatch(r"[A-Z0-9]+", log_level) and re.fullmatch(r"[\w@.,-]*", kex or "")
+        if not plain:
+            raise ValueError(f"log_level/kex: plain sshd_config words only: {log_level!r} {kex!r}")
+        self.log_level = log_level  # DEBUG1 logs each connection's key exchange
+        self.kex = kex  # the KexAlgorithms this sshd offers (None: OpenSSH's default)
         self.cpus = cpus  # e.g. "1": pin the "device" to CPUs of its own (bench/push.py --pin)
         self.user = current_user()
         self.key_file = user_key.private_key
@@ -263,7 +270,8 @@ class SshdHost:
             "UseDNS no\n"
             "PrintMotd no\n"
             "PrintLastLog no\n"
-            "LogLevel INFO\n"
+            f"LogLevel {self.log_level}\n"
+            + (f"KexAlgorithms {self.kex}\n" if self.kex else "")
         )
 
     process_class: type[SshdProcess] = SshdProcess

@@ -90,3 +90,38 @@ def test_a_device_without_the_agent_gets_the_agents_error(cli: Cli, sshd_factory
     (host.root / "agent").rename(host.root / "agent-moved")
     failed = cli("telemetry", host.name, "--json", expect=1).json[0]
     assert failed["state"] == "failed" and "agent install" in failed["error"]
+
+
+def kex_lines(host) -> list[str]:  # noqa: ANN001 - an SshdHost
+    return [line.split("kex: algorithm: ", 1)[1].split()[0] for line in host.log_text().splitlines()
+            if "kex: algorithm: " in line]
+
+
+def test_a_poll_prefers_curve25519_and_a_push_keeps_the_default(cli: Cli, sshd_factory,
+                                                                 tmp_path: Path) -> None:
+    """The poll's key exchange is the classical Curve25519 (openssh.poll_kex: ~60 ms less CPU
+    on each side than OpenSSH 9's post-quantum default); a push keeps the default. Read from
+    the device's sshd log (DEBUG1 logs each connection's choice)."""
+    (host,) = sshd_factory(1, log_level="DEBUG1")
+    setup_fleet(cli, tmp_path, [host])
+    cli("bundle", "build", model_folder(tmp_path), "--name", "first-crack")
+    before = len(kex_lines(host))
+    assert cli("push", "first-crack", host.name, "--json").json[0]["state"] == "active"
+    pushed = kex_lines(host)[before:]
+    assert pushed and all(k.startswith("sntrup761x25519") for k in pushed), pushed
+    before = len(kex_lines(host))
+    cli("telemetry", host.name, "--json")
+    assert kex_lines(host)[before:] == ["curve25519-sha256"]
+
+
+def test_a_device_offering_only_post_quantum_kex_is_still_polled(cli: Cli, sshd_factory,
+                                                                 tmp_path: Path) -> None:
+    """The device decides: a server without Curve25519 negotiates the next one offered (NIST
+    P-256 is offered too: `devices trust` reads host keys with paramiko, which has no
+    post-quantum key exchange)."""
+    (host,) = sshd_factory(1, kex="sntrup761x25519-sha512@openssh.com,ecdh-sha2-nistp256",
+                           log_level="DEBUG1")
+    setup_fleet(cli, tmp_path, [host])
+    snap = cli("telemetry", host.name, "--json").json[0]
+    assert snap["state"] == "ok" and snap["temp_c"] is not None
+    assert kex_lines(host)[-1] == "sntrup761x25519-sha512@openssh.com"
