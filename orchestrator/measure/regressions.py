@@ -32,7 +32,8 @@ wall p50s not even +200%.
 Settings (``DETECTOR``) come from ``bench/changepoints.py``, which replays 60 recorded A/A
 benchmark runs of one model on this machine as series (figures and the settings grid: the
 README's "Regressions" section). ``max_pvalue`` 1e-4: false alarms 0.5 per 100 points of the
-first recording's wall p50s (1e-3 gave 0.9-1.3), 0.52 on the CPU p50s of the second.
+first recording's wall p50s (1e-3 gave 0.9-1.3), 0.52 on the CPU p50s of the second, 0.90
+on those of the quiet third (1e-3: 1.7-2.4).
 ``windows`` 8 and 24 (Otava's default is one window of 50): the
 narrow one finds a regression fixed a few runs later, an up-and-down the wide one misses (79%
 of such trials found at both ends, 43% with 8 and 50, 8% with 50 alone), the wider one a step
