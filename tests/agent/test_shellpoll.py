@@ -14,26 +14,35 @@ STATE = {"history": [{"name": "first-crack", "version": "2", "digest": "ab" * 32
                       "dir": "versions/" + "ab" * 32}]}
 
 
+def head_v(files: list[tuple[str, str]]) -> list[str]:
+    """What ``head -v -c 4096 -- FILES`` writes: a header per file, a blank line between."""
+    lines: list[str] = []
+    for i, (path, text) in enumerate(files):
+        if i:
+            lines.append("")
+        lines += [f"==> {path} <==", text]
+    return lines
+
+
 def dump(*, thermal: str | None = "77000", throttled_cmd: str | None = "throttled=0x50000",
          vcgencmd: bool = True, ran: tuple[str, ...] = ("get_throttled",),
          state: str | None = json.dumps(STATE), current: str | None = "versions/" + "ab" * 32,
          end: bool = True, extra: str = "") -> str:
-    lines = [shellpoll.VERSION_LINE, f"@@sysfs {SYSFS}"]
-    if thermal is not None:
-        lines += [f"@@file {SYSFS}/class/thermal/thermal_zone0/temp", thermal]
-    for cpu, khz in ((1, "1500000"), (0, "2400000")):
-        lines += [f"@@file {SYSFS}/devices/system/cpu/cpu{cpu}/cpufreq/scaling_cur_freq", khz]
-    lines += [f"@@file {SYSFS}/devices/platform/soc/soc:firmware/get_throttled", "50005"]
+    files = [] if thermal is None else [(f"{SYSFS}/class/thermal/thermal_zone0/temp", thermal)]
+    files += [(f"{SYSFS}/devices/system/cpu/cpu{cpu}/cpufreq/scaling_cur_freq", khz)
+              for cpu, khz in ((1, "1500000"), (0, "2400000"))]
+    files += [(f"{SYSFS}/devices/platform/soc/soc:firmware/get_throttled", "50005"),
+              ("/proc/meminfo", "MemTotal:        3884096 kB\nMemAvailable:    3011584 kB"),
+              ("/proc/loadavg", "0.52 0.31 0.20 1/180 999"), ("/proc/uptime", "12345.67 40000.00"),
+              ("/sys/devices/system/cpu/online", "0-3")]
+    lines = [shellpoll.VERSION_LINE, f"@@sysfs {SYSFS}", "@@files", *head_v(files), ""]
     if vcgencmd:
         lines.append("@@vcgencmd /usr/bin/vcgencmd")
         for command in ran:
             lines.append(f"@@ran {command}")
             if command == "get_throttled" and throttled_cmd is not None:
                 lines += ["@@cmd get_throttled", throttled_cmd]
-    lines += ["@@file /proc/meminfo", "MemTotal:        3884096 kB",
-              "MemAvailable:    3011584 kB", "@@file /proc/loadavg", "0.52 0.31 0.20 1/180 999",
-              "@@file /proc/uptime", "12345.67 40000.00", "@@cores 4", "@@statfs 1000 4096",
-              "@@root"]
+    lines += ["@@statfs 1000 4096", "@@root"]
     if current is not None:
         lines.append(f"@@current-link {current}")
     if state is not None:
@@ -80,6 +89,13 @@ def test_a_failed_vcgencmd_falls_back_to_the_firmware_file_as_the_agent_does() -
 ])
 def test_anything_but_the_plain_case_is_left_to_the_agent(why: str, text: str) -> None:
     assert shellpoll.parse(text) is None, why
+
+
+@pytest.mark.parametrize("online, cores", [("0-3", 4), ("0", 1), ("0,2-3", 3), ("", None),
+                                           ("x", None)])
+def test_cores_are_the_online_cpus_as_sysconf_counts_them(online: str,
+                                                          cores: int | None) -> None:
+    assert shellpoll._online_cpus(online) == cores  # noqa: SLF001
 
 
 def test_without_vcgencmd_an_unparsable_thermal_file_is_no_reading() -> None:
