@@ -21,6 +21,9 @@ cores to someone else. On a 2-core VM shared with other work, one run's wall p50
 was 6-9 ms in a third of fresh processes while its CPU p50 stayed at 2.0 +- 0.2 ms (median
 run-to-run change 28% wall, 8.5% CPU, bench/changepoints.py's recording). The CPU time an
 inference costs is what a new model version changes, so change-point detection reads it.
+At more than one thread a run's reading is, in effect, the calling thread's: Linux adds a running
+worker thread's time to the process clock only at a tick or a switch, so sub-tick runs miss it
+and a few runs show it in bursts (the sum over the timed runs stays exact; README "Regressions").
 """
 
 from __future__ import annotations
