@@ -145,7 +145,7 @@ class SensorReader:
         self.cpu_freqs = sorted(
             glob.glob(os.path.join(self.sysfs, "devices", "system", "cpu", "cpu[0-9]*",
                                    "cpufreq", "scaling_cur_freq")),
-            key=_cpu_index,
+            key=cpu_index,
         )
         self.throttled_file = os.path.join(self.sysfs, "devices", "platform", "soc",
                                            "soc:firmware", "get_throttled")
@@ -280,7 +280,9 @@ class SensorReader:
         }
 
 
-def _cpu_index(path: str) -> int:
+def cpu_index(path: str) -> int:
+    """The N of ``.../cpuN/cpufreq/scaling_cur_freq`` (the readers sort by it: cpu10 after
+    cpu9)."""
     match = re.search(r"cpu([0-9]+)", os.path.basename(os.path.dirname(os.path.dirname(path))))
     return int(match.group(1)) if match else 0
 

@@ -29,7 +29,7 @@ import json
 import os
 from typing import Any, Dict, List, Optional, Set
 
-from agent.sensors import SensorReader, _cpu_index
+from agent.sensors import SensorReader, cpu_index
 
 MARK = "@@"
 VERSION_LINE = "@@edgefleet-telemetry 2"
@@ -145,7 +145,7 @@ class _RecordedSensors(SensorReader):
         pattern = os.path.normpath(os.path.join(self.sysfs, "devices", "system", "cpu",
                                                 "cpu[0-9]*", "cpufreq", "scaling_cur_freq"))
         self.cpu_freqs = sorted((p for p in dump.files if fnmatch.fnmatchcase(p, pattern)),
-                                key=_cpu_index)
+                                key=cpu_index)
         self.throttled_file = os.path.join(self.sysfs, "devices", "platform", "soc",
                                            "soc:firmware", "get_throttled")
         self.vcgencmd = dump.heads.get("vcgencmd") or None
