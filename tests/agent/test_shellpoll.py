@@ -86,6 +86,7 @@ def test_a_failed_vcgencmd_falls_back_to_the_firmware_file_as_the_agent_does() -
     ("state.json has no history list", dump(state="[]")),
     ("state.json bigger than the limit", dump(state=" " * (shellpoll.STATE_LIMIT + 1) + "{}")),
     ("an unparsable thermal file the agent would ask measure_temp for", dump(thermal="n/a")),
+    ("the device's head read nothing (no -v?)", dump().replace("==> /proc/meminfo <==", "")),
 ])
 def test_anything_but_the_plain_case_is_left_to_the_agent(why: str, text: str) -> None:
     assert shellpoll.parse(text) is None, why
