@@ -5,6 +5,7 @@ noise.
     python bench/changepoints.py --no-grid           # only the chosen settings (~5 min)
     python bench/changepoints.py --quick             # 60 trials, no grid (~1 min)
     python bench/changepoints.py record [--runs 60]  # re-record the A/A fixture (~5 min)
+    python bench/changepoints.py record --timed-runs 300 --fixture F  # a nightly series' setting
 
 Recording (``record``): one small model (``--model mlp``: bench/overhead.py's 16 x MatMul+Relu
 on [16x512], a few ms per inference; ``--model cnn``: the tests' audio CNN, ~0.1 ms) is built,
@@ -80,7 +81,8 @@ MODELS = {
 MLP = (512, 16)
 
 
-def record(out: Path, runs: int, threads: list[int], model_kind: str) -> None:
+def record(out: Path, runs: int, threads: list[int], model_kind: str,
+           timed_runs: int | None = None) -> None:
     import onnxruntime
     import yaml
 
@@ -95,7 +97,8 @@ def record(out: Path, runs: int, threads: list[int], model_kind: str) -> None:
     from orchestrator.inventory.reader import load_inventory
     from orchestrator.measure.runs import BenchParams, bench, run_results
 
-    params = BenchParams(threads=threads)
+    params = (BenchParams(threads=threads) if timed_runs is None
+              else BenchParams(threads=threads, runs=timed_runs))
     with tempfile.TemporaryDirectory(prefix="edgefleet-aa-") as tmp:
         base = Path(tmp)
         settings = Settings(home=base / "home", database_url=None)
@@ -333,6 +336,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", nargs="?", choices=["replay", "record"], default="replay")
     parser.add_argument("--runs", type=int, default=60, help="record: A/A runs")
+    parser.add_argument("--timed-runs", type=int,
+                        help="record: timed runs per benchmark (default: bench's, 30)")
     parser.add_argument("--threads", default="1,2", help="record: thread counts")
     parser.add_argument("--model", choices=sorted(MODELS), default="mlp", help="record: model")
     parser.add_argument("--fixture", type=Path, default=FIXTURE)
@@ -344,7 +349,8 @@ def main() -> None:
                         help="replay the runs' CPU p50s, wall p50s, or both in turn")
     args = parser.parse_args()
     if args.mode == "record":
-        record(args.fixture, args.runs, [int(t) for t in args.threads.split(",")], args.model)
+        record(args.fixture, args.runs, [int(t) for t in args.threads.split(",")], args.model,
+               args.timed_runs)
         return
     started = time.monotonic()
     trials = 60 if args.quick else args.trials
