@@ -143,13 +143,13 @@ class SensorReader:
         self.sysfs = sysfs if sysfs is not None else sysfs_root()
         self.thermal = os.path.join(self.sysfs, "class", "thermal", "thermal_zone0", "temp")
         self.cpu_freqs = sorted(
-            glob.glob(os.path.join(self.sysfs, "devices", "system", "cpu", "cpu[0-9]*",
-                                   "cpufreq", "scaling_cur_freq")),
+            self._glob(os.path.join(self.sysfs, "devices", "system", "cpu", "cpu[0-9]*",
+                                    "cpufreq", "scaling_cur_freq")),
             key=cpu_index,
         )
         self.throttled_file = os.path.join(self.sysfs, "devices", "platform", "soc",
                                            "soc:firmware", "get_throttled")
-        self.vcgencmd = shutil.which("vcgencmd", path=path)
+        self.vcgencmd = self._which_vcgencmd(path)
         # Subcommands that failed once are not retried by this reader: on a non-Pi (or without
         # access to /dev/vchiq) every call fails, and a 4 Hz sampler must not spawn a doomed
         # process each time.
@@ -160,9 +160,16 @@ class SensorReader:
         self.power_unavailable: Optional[str] = None
         self._power_checked = False
 
+    # Where the reader looks: this device, or (a subclass) a recorded dump of it
+    # (agent.shellpoll's poll, parsed on the control plane with these same decisions).
+    def _glob(self, pattern: str) -> List[str]:
+        return glob.glob(pattern)
+
+    def _which_vcgencmd(self, path: Optional[str]) -> Optional[str]:
+        return shutil.which("vcgencmd", path=path)
+
     def _read(self, path: str) -> Optional[str]:
-        """A sensor file's text (None: unreadable). A subclass reads a recorded dump instead
-        (agent.snapshot's shell poll, parsed on the control plane)."""
+        """A sensor file's text (None: unreadable)."""
         return _read_text(path)
 
     def _vcgencmd(self, *args: str) -> Optional[str]:

@@ -29,7 +29,7 @@ import json
 import os
 from typing import Any, Dict, List, Optional, Set
 
-from agent.sensors import SensorReader, cpu_index
+from agent.sensors import SensorReader
 
 MARK = "@@"
 VERSION_LINE = "@@edgefleet-telemetry 2"
@@ -138,20 +138,16 @@ class _Incomplete(Exception):
 class _RecordedSensors(SensorReader):
     """``SensorReader`` reading a dump instead of the device (same decisions, same output)."""
 
-    def __init__(self, dump: _Dump) -> None:  # not super's: that would look at this host
+    def __init__(self, dump: _Dump) -> None:
         self.dump = dump
-        self.sysfs = dump.heads.get("sysfs") or "/sys"
-        self.thermal = os.path.join(self.sysfs, "class", "thermal", "thermal_zone0", "temp")
-        pattern = os.path.normpath(os.path.join(self.sysfs, "devices", "system", "cpu",
-                                                "cpu[0-9]*", "cpufreq", "scaling_cur_freq"))
-        self.cpu_freqs = sorted((p for p in dump.files if fnmatch.fnmatchcase(p, pattern)),
-                                key=cpu_index)
-        self.throttled_file = os.path.join(self.sysfs, "devices", "platform", "soc",
-                                           "soc:firmware", "get_throttled")
-        self.vcgencmd = dump.heads.get("vcgencmd") or None
-        self.vcgencmd_broken: Set[str] = set()
-        self.power_unavailable = "not read by a telemetry poll"
-        self._power_checked = True
+        super().__init__(sysfs=dump.heads.get("sysfs") or "/sys")
+
+    def _glob(self, pattern: str) -> List[str]:
+        pattern = os.path.normpath(pattern)
+        return [p for p in self.dump.files if fnmatch.fnmatchcase(p, pattern)]
+
+    def _which_vcgencmd(self, path: Optional[str]) -> Optional[str]:
+        return self.dump.heads.get("vcgencmd") or None
 
     def _read(self, path: str) -> Optional[str]:
         return self.dump.files.get(os.path.normpath(path))
