@@ -6,6 +6,8 @@ noise.
     python bench/changepoints.py --quick             # 60 trials, no grid (~1 min)
     python bench/changepoints.py record [--runs 60]  # re-record the A/A fixture (~5 min)
     python bench/changepoints.py record --timed-runs 300 --fixture F  # a nightly series' setting
+    python bench/changepoints.py record --rounds 1,3 --fixture F  # 1 and 3 processes, alternately
+    python bench/changepoints.py --fixture F --rounds 3         # replay the 3-process runs
 
 Recording (``record``): one small model (``--model mlp``: bench/overhead.py's 16 x MatMul+Relu
 on [16x512], a few ms per inference; ``--model cnn``: the tests' audio CNN, ~0.1 ms) is built,
@@ -82,7 +84,9 @@ MLP = (512, 16)
 
 
 def record(out: Path, runs: int, threads: list[int], model_kind: str,
-           timed_runs: int | None = None) -> None:
+           timed_runs: int | None = None, rounds: Sequence[int] = ()) -> None:
+    """``rounds``: processes per benchmark (bench's ``--rounds``); several alternate run by run,
+    so each setting's runs see the same moments of the machine (its drift) side by side."""
     import onnxruntime
     import yaml
 
@@ -95,10 +99,11 @@ def record(out: Path, runs: int, threads: list[int], model_kind: str,
     from orchestrator.fleet.deploy import push
     from orchestrator.inventory.devices import all_devices, sync_inventory
     from orchestrator.inventory.reader import load_inventory
-    from orchestrator.measure.runs import BenchParams, bench, run_results
+    from orchestrator.measure.runs import BENCH_ROUNDS, BenchParams, bench, run_results
 
     params = (BenchParams(threads=threads) if timed_runs is None
               else BenchParams(threads=threads, runs=timed_runs))
+    rounds = list(rounds) or [BENCH_ROUNDS]
     with tempfile.TemporaryDirectory(prefix="edgefleet-aa-") as tmp:
         base = Path(tmp)
         settings = Settings(home=base / "home", database_url=None)
@@ -124,26 +129,29 @@ def record(out: Path, runs: int, threads: list[int], model_kind: str,
             session.expunge(bundle)
         assert push(settings, bundle, devices)[0].ok
         rows = []
-        for index in range(runs):
+        for index in range(runs * len(rounds)):
             started = datetime.now(UTC)
-            (run,), outcomes = bench(settings, [bundle], devices, params, "aa-pi")
+            (run,), outcomes = bench(settings, [bundle], devices, params, "aa-pi",
+                                     rounds=rounds[index % len(rounds)])
             assert outcomes[0].ok, outcomes[0].error
             with session_scope(settings) as session:
                 results = run_results(session, run.id)  # type: ignore[arg-type]
                 rows.append({
-                    "run": index + 1, "at": started.isoformat(timespec="seconds"),
+                    "run": index + 1, "rounds": rounds[index % len(rounds)],
+                    "at": started.isoformat(timespec="seconds"),
                     "load_1m": round(os.getloadavg()[0], 2),
                     "p50_ms": {str(r.threads): r.p50_ms for r in results},
                     "cpu_p50_ms": {str(r.threads): r.cpu_p50_ms for r in results},
                     "valid": {str(r.threads): r.valid for r in results}})
-            print(f"run {index + 1}/{runs}: "
+            print(f"run {index + 1}/{runs * len(rounds)}: "
                   + ", ".join(f"{t} thr {v:.4f} ms (CPU {rows[-1]['cpu_p50_ms'][t]:.4f})"
                               for t, v in rows[-1]["p50_ms"].items()), flush=True)
     out.write_text(json.dumps({
         "about": "A/A benchmark runs of one model (bench/changepoints.py record): the same "
                  "bundle on the same simulated Pi, one run after another",
         "model": MODELS[model_kind],
-        "params": {"threads": threads, "warmup": params.warmup, "runs": params.runs},
+        "params": {"threads": threads, "warmup": params.warmup, "runs": params.runs,
+                   "rounds": rounds},
         "machine": {"cores": os.cpu_count(), "python": platform.python_version(),
                     "onnxruntime": onnxruntime.__version__, "platform": platform.platform()},
         "runs": rows}, indent=1) + "\n")
@@ -162,12 +170,20 @@ def shrunk(noise: dict[str, np.ndarray], factor: float) -> dict[str, np.ndarray]
 METRICS = {"cpu": "cpu_p50_ms", "wall": "p50_ms"}
 
 
-def load_noise(path: Path, metric: str = "cpu") -> dict[str, np.ndarray]:
+def load_noise(path: Path, metric: str = "cpu", rounds: int | None = None,
+               ) -> dict[str, np.ndarray]:
     """The recorded valid p50s per thread count, in run order: of each run's CPU time per timed
-    run (``cpu``: what the detector reads when a series has it) or of its wall-clock time."""
+    run (``cpu``: what the detector reads when a series has it) or of its wall-clock time.
+    ``rounds``: only the runs measured in that many processes (a recording alternating
+    several); None: the recording's first setting (older recordings: 1)."""
     data = json.loads(path.read_text())
+    settings = data["params"].get("rounds", 1)
+    settings = settings if isinstance(settings, list) else [settings]
+    wanted = settings[0] if rounds is None else rounds
     out: dict[str, list[float]] = {}
     for row in data["runs"]:
+        if row.get("rounds", settings[0]) != wanted:
+            continue
         for threads, p50 in (row.get(METRICS[metric]) or {}).items():
             if row["valid"].get(threads) and p50:
                 out.setdefault(threads, []).append(p50)
@@ -338,6 +354,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=60, help="record: A/A runs")
     parser.add_argument("--timed-runs", type=int,
                         help="record: timed runs per benchmark (default: bench's, 30)")
+    parser.add_argument("--rounds", help="record: processes per benchmark (bench's --rounds, "
+                        "default 1; a list such as 1,3 alternates); replay: which of them")
     parser.add_argument("--threads", default="1,2", help="record: thread counts")
     parser.add_argument("--model", choices=sorted(MODELS), default="mlp", help="record: model")
     parser.add_argument("--fixture", type=Path, default=FIXTURE)
@@ -350,12 +368,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.mode == "record":
         record(args.fixture, args.runs, [int(t) for t in args.threads.split(",")], args.model,
-               args.timed_runs)
+               args.timed_runs, [int(r) for r in (args.rounds or "").split(",") if r])
         return
     started = time.monotonic()
     trials = 60 if args.quick else args.trials
     for metric in (["cpu", "wall"] if args.metric == "both" else [args.metric]):
-        noise = load_noise(args.fixture, metric)
+        noise = load_noise(args.fixture, metric, int(args.rounds) if args.rounds else None)
         if not noise:
             print(f"\n(no {metric} p50s in {args.fixture})")
             continue

@@ -87,8 +87,9 @@ def bench_cmd(
     include_invalid: Annotated[bool, typer.Option(help="Compare throttled results too.")]
     = False,
     rounds: Annotated[int | None, typer.Option(
-        min=1, help="With --baseline: alternate baseline and candidate this many times per "
-        "device (default 5), so machine drift hits both.")] = None,
+        min=1, help="Fresh processes per thread count, timed runs split over them (default "
+        "3; with --baseline 5, alternating baseline and candidate so machine drift hits "
+        "both).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table | md | csv | json")] = "table",
     forks: Forks = 10,
     timeout: Timeout = None,
@@ -99,7 +100,7 @@ def bench_cmd(
     from orchestrator.core.db import session_scope
     from orchestrator.jobs import tracker
     from orchestrator.jobs.execute import bench_job_params
-    from orchestrator.measure.runs import BenchParams
+    from orchestrator.measure.runs import BENCH_ROUNDS, GATE_ROUNDS, BenchParams
 
     _check_format(fmt)
     cfg = settings()
@@ -124,7 +125,8 @@ def bench_cmd(
     # The same job a server would run (jobs.execute.run_bench, gate included); only JUnit and
     # the terminal rendering are the CLI's.
     job_params = bench_job_params(candidate, params, base_ref,
-                                  (rounds or 5) if base_ref else 1, forks, timeout,
+                                  rounds or (GATE_ROUNDS if base_ref else BENCH_ROUNDS),
+                                  forks, timeout,
                                   gate_bound, include_invalid)
     with tracker.track(cfg, "bench", job_params, targets) as job, \
             output.MeasureProgress(enabled=not as_json) as progress:

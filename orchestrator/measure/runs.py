@@ -41,6 +41,19 @@ from orchestrator.transport import Target, connect
 
 EventHandler = Callable[[str, dict[str, Any]], None]
 
+# Fresh processes per thread count of a plain benchmark (``rounds``; the timed runs are split
+# over them, ``merge_rounds`` takes the median of their CPU p50s). One, as before; more is a
+# choice (``bench --rounds 3``). Why not 3 by default: it pays off only where single processes
+# are the noise. bench/process_noise.py, 240 fresh processes on a quiet VM (1 in 20 ran 6-100%
+# slow): the median of 3 found a +10% step within 3 runs in 93% of replayed trials instead of
+# 49%; minutes later, the VM's speed drifting, 19% and 17%. Through
+# the product, recorded side by side (bench/changepoints.py ``record --rounds 1,3``, committed
+# as bench/changepoints_aa_rounds.json), both moved 2.6% from run to run: +10% within 3 runs
+# 27% with 1 process, 22% with 3, false alarms 0.72 and 0.86 per 100 points: what is left is
+# the drift of the VM's speed, which all processes of a run share. README "Regressions".
+BENCH_ROUNDS = 1
+GATE_ROUNDS = 5  # with a baseline: A B B A ... interleaved, so drift hits both versions
+
 
 @dataclass
 class BenchParams:
@@ -133,8 +146,10 @@ def merge_energy(entries: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def merge_rounds(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """One result from several rounds of the same thread count (an interleaved A/B/A/B gate):
-    latencies pooled and re-summarised, the worst telemetry kept, every flag kept."""
+    """One result from several rounds (processes) of the same thread count: latencies pooled
+    and re-summarised (``round_sizes`` says where each round's start), the CPU p50 the
+    median of the rounds' (robust to one slow process), the worst telemetry kept, every flag
+    kept."""
     if len(entries) == 1:
         return dict(entries[0])
     failed = [e for e in entries if not e.get("ok")]
@@ -185,14 +200,26 @@ def merge_rounds(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+def round_params(params: BenchParams, rounds: int) -> list[BenchParams]:
+    """Each round's params: the timed runs split as evenly as they go (30 over 3: 10 each;
+    at least 1 a round), ``min_seconds`` in equal parts; warm-up runs are per round, as each
+    round is a fresh process that needs them."""
+    return [dataclasses.replace(params, runs=max(1, params.runs // rounds
+                                                 + (index < params.runs % rounds)),
+                                min_seconds=params.min_seconds / rounds)
+            for index in range(rounds)]
+
+
 def bench(settings: Settings, bundles: Sequence[Bundle], devices: Sequence[Device],
           params: BenchParams, targets: str, forks: int = 10, timeout: float | None = None,
-          on_event: EventHandler | None = None, rounds: int = 1,
+          on_event: EventHandler | None = None, rounds: int = BENCH_ROUNDS,
           created_by: str | None = None, *, job_id: int | None = None,
           cancelled: Callable[[], bool] | None = None) -> tuple[list[Run], list[Outcome]]:
     """Benchmark each bundle (already pushed) on every device; one Run per bundle.
 
-    With several bundles and ``rounds`` > 1 each device alternates them round by round
+    Each thread count is measured in ``rounds`` fresh processes (``BENCH_ROUNDS``, why: see
+    there), one agent ``bench`` call each, and merged into one Result (``merge_rounds``).
+    With several bundles each device alternates them round by round
     (A B B A A B ...: ``params.runs`` split over the rounds), so slow drift of the machine —
     heat, other load — and order effects fall on both sides of a comparison instead of on
     whichever ran second.
@@ -207,8 +234,7 @@ def bench(settings: Settings, bundles: Sequence[Bundle], devices: Sequence[Devic
     simulated = {d.name: d.simulated for d in devices}
     recorded_constants = [json.loads(b.manifest_json).get("input_constants") or {}
                           for b in bundles]
-    per_round = dataclasses.replace(params, runs=max(1, -(-params.runs // rounds)),
-                                    min_seconds=params.min_seconds / rounds)
+    per_round = round_params(params, rounds)
 
     def relay(device: str) -> Callable[[dict[str, Any]], None] | None:
         return (lambda event: on_event(device, event)) if on_event else None
@@ -247,10 +273,12 @@ def bench(settings: Settings, bundles: Sequence[Bundle], devices: Sequence[Devic
                 session.add_all([row_of(index, done) for _, done in complete])
             stored[index].update(threads for threads, _ in complete)
 
-        def on_event(index: int) -> Callable[[dict[str, Any]], None]:
+        def on_event(index: int, round_index: int) -> Callable[[dict[str, Any]], None]:
             keep = keeping(measured[index], relay(target.name))
 
             def handle(event: dict[str, Any]) -> None:
+                if rounds > 1 and event.get("event") == "bench":  # progress says which round
+                    event = {**event, "round": round_index + 1, "rounds": rounds}
                 keep(event)
                 if event.get("event") == "measured":
                     store_complete(index)
@@ -270,9 +298,9 @@ def bench(settings: Settings, bundles: Sequence[Bundle], devices: Sequence[Devic
                     for index in order:
                         mark = len(measured[index])
                         data = report.note(agent.call(
-                            "bench", per_round.payload(bundles[index].digest,
+                            "bench", per_round[round_index].payload(bundles[index].digest,
                                                        recorded_constants[index]),
-                            on_event=on_event(index)))
+                            on_event=on_event(index, round_index)))
                         # The result line is authoritative (and all an older agent sends).
                         del measured[index][mark:]
                         measured[index].extend((e, data) for e in data.get("results") or [])

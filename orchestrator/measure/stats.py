@@ -321,8 +321,9 @@ def compare_rounds(rounds_a: Sequence[Sequence[float]], rounds_b: Sequence[Seque
     a VM's neighbours) — on the test machines p50 varied 2.1-3.5 ms between processes of the
     same model while varying ~5% within one. Pooled samples are then far from independent and
     Mann-Whitney on them calls noise significant. The round is the unit of replication here:
-    Mann-Whitney U on per-round medians, and a cluster bootstrap (resample whole rounds) for
-    the CI of the ratio of pooled medians.
+    Mann-Whitney U on per-round medians (Welch's t on their logs when there are too few rounds
+    for U to reach ``alpha``: ``round_medians_p``), and a cluster bootstrap (resample whole
+    rounds) for the CI of the ratio of pooled medians.
     """
     xa = [_as_sample(r, "A") for r in rounds_a if len(r)]
     xb = [_as_sample(r, "B") for r in rounds_b if len(r)]
@@ -334,8 +335,9 @@ def compare_rounds(rounds_a: Sequence[Sequence[float]], rounds_b: Sequence[Seque
     if len(xa) < 2 or len(xb) < 2 or not med_a:
         return Comparison(ratio, None, None, None, "no significant change", n_a, n_b, med_a,
                           med_b, note + "; too few rounds for a verdict")
-    p_value = mann_whitney_p(np.array([_median(r) for r in xa]),
-                             np.array([_median(r) for r in xb]))
+    p_value, test = round_medians_p(np.array([_median(r) for r in xa]),
+                                    np.array([_median(r) for r in xb]), alpha)
+    note += f", {test}"
     picks_a, picks_b = _pair_picks(len(xa), len(xb), n_resamples, seed)
     boot_a, boot_b = _pooled_medians(xa, *picks_a), _pooled_medians(xb, *picks_b)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -348,6 +350,21 @@ def compare_rounds(rounds_a: Sequence[Sequence[float]], rounds_b: Sequence[Seque
     else:
         verdict = "no significant change"
     return Comparison(ratio, low, high, p_value, verdict, n_a, n_b, med_a, med_b, note)
+
+
+def round_medians_p(a: np.ndarray, b: np.ndarray, alpha: float) -> tuple[float, str]:
+    """(two-sided p, the test's name) for two sets of per-round medians.
+
+    Mann-Whitney U when the round counts let it reach ``alpha`` at all: with 3 rounds a side
+    (a plain benchmark's default, ``runs.BENCH_ROUNDS``) its smallest p is 2/20 = 0.1 however
+    far apart they are, so two benchmarks could never differ. There, Welch's t-test on the
+    log medians (a ratio is what differs; a process's speed varies by a factor)."""
+    if 2 / math.comb(a.size + b.size, a.size) < alpha or (a <= 0).any() or (b <= 0).any():
+        return mann_whitney_p(a, b), "Mann-Whitney U"
+    la, lb = np.log(a), np.log(b)
+    if la.var() == 0 and lb.var() == 0:  # identical rounds: t is undefined
+        return (1.0 if la.mean() == lb.mean() else 0.0), "Welch's t-test on log medians"
+    return float(sps.ttest_ind(la, lb, equal_var=False).pvalue), "Welch's t-test on log medians"
 
 
 def split_rounds(result: Result) -> list[np.ndarray] | None:

@@ -204,5 +204,7 @@ class MeasureProgress:
         self.progress.update(
             self.tasks[device], total=None if done is None else PROGRESS_STEPS,
             completed=0 if done is None else round(done * PROGRESS_STEPS),
-            what=f"{threads} thread{'' if threads == 1 else 's'}, {event.get('phase')}"
+            what=f"{threads} thread{'' if threads == 1 else 's'}, "
+                 + (f"process {event['round']}/{event['rounds']}, " if event.get("rounds")
+                    else "") + f"{event.get('phase')}"
                  + (f" {shown}" if shown else ""))

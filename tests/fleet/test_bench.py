@@ -286,3 +286,36 @@ def test_progress_with_min_seconds_counts_runs_and_seconds_against_their_totals(
     shown = cli("runs", "list", "--json").json[0]
     n = cli("runs", "show", str(shown["id"]), "--json").json["results"][0]["latency_ms"]["n"]
     assert n > 3  # the seconds decided: many more runs than asked for, all kept
+
+
+def test_plain_bench_in_rounds_splits_runs_over_fresh_processes(cli: Cli, sshd_factory,
+                                                                 tmp_path: Path) -> None:
+    """``bench --rounds 3`` without a baseline: each thread count is measured in 3 fresh
+    processes (3 agent pids), the 7 timed runs split 3/2/2, one result pooling them, the
+    progress naming the process, and the run's params saying 3 rounds."""
+    hosts = sshd_factory(1)
+    setup_fleet(cli, tmp_path, hosts)
+    build_and_push(cli, tmp_path, "multi", make_multi_input_model)
+    out = cli("bench", "multi", "pis", "--threads", "1", "--warmup", "1", "--runs", "7",
+              "--rounds", "3", "--shape", "audio=1x1600", "--input", "sr=16000")
+    assert "1 thread, process 3/3, timed" in out.stderr, out.stderr
+    run = cli("runs", "list", "--json").json[0]
+    shown = cli("runs", "show", str(run["id"]), "--json").json
+    assert shown["params"]["rounds"] == 3
+    (result,) = shown["results"]
+    assert result["latency_ms"]["n"] == 7 and result["round_sizes"] == [3, 2, 2], result
+    assert result["cpu_p50_ms"] is not None
+    # Each round is a process of its own (the events carry the measuring child's pid).
+    settings = get_settings()
+    with session_scope(settings) as session:
+        bundle, devices = get_bundle(session, "multi"), select_devices(session, "pis")
+    pids: dict[int, set[int]] = {}
+
+    def on_event(device: str, event: dict) -> None:
+        if event.get("event") == "bench" and event.get("pid"):
+            pids.setdefault(event["threads"], set()).add(event["pid"])
+
+    params = BenchParams(threads=[1, 2], warmup=1, runs=6, shapes={"audio": [1, 1600]},
+                         constants={"sr": 16000})
+    bench(settings, [bundle], devices, params, "pis", on_event=on_event, rounds=3)
+    assert {t: len(p) for t, p in pids.items()} == {1: 3, 2: 3}, pids

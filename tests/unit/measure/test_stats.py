@@ -280,6 +280,35 @@ def test_rounds_detect_a_real_slowdown() -> None:
     assert c.verdict == "slower" and c.ci_low > 1.3
 
 
+def test_three_rounds_a_side_can_still_differ() -> None:
+    """A plain benchmark's 3 rounds: Mann-Whitney U on 3 vs 3 medians can never go below
+    p = 0.1, so the round medians are t-tested instead (on their logs), and a real slowdown
+    is still called; the same rounds against themselves shifted by nothing are not."""
+    from orchestrator.measure.stats import compare_rounds, mann_whitney_p
+
+    rng = np.random.default_rng(11)
+    a = [list(rng.uniform(2.5, 2.6) * rng.lognormal(0, 0.03, 10)) for _ in range(3)]
+    b = [list(1.3 * rng.uniform(2.5, 2.6) * rng.lognormal(0, 0.03, 10)) for _ in range(3)]
+    medians = (np.array([np.median(r) for r in a]), np.array([np.median(r) for r in b]))
+    assert mann_whitney_p(*medians) >= 0.1  # U alone could never say "slower" here
+    c = compare_rounds(a, b)
+    assert c.verdict == "slower" and c.p_value is not None and c.p_value < 0.01
+    assert c.note is not None and "3 vs 3 rounds), Welch's t-test on log medians" in c.note
+    same = compare_rounds(a, [list(np.asarray(r) * 1.0001) for r in a])
+    assert same.verdict == "no significant change"
+    assert "Mann-Whitney U" in (compare_rounds(a * 2, b * 2).note or "")  # 6 vs 6: U reaches
+
+
+def test_round_params_split_the_timed_runs() -> None:
+    from orchestrator.measure.runs import BenchParams, round_params
+
+    assert [p.runs for p in round_params(BenchParams(runs=30), 3)] == [10, 10, 10]
+    assert [p.runs for p in round_params(BenchParams(runs=31), 3)] == [11, 10, 10]
+    assert [p.runs for p in round_params(BenchParams(runs=2), 3)] == [1, 1, 1]  # >= 1 each
+    split = round_params(BenchParams(runs=30, warmup=5, min_seconds=3.0), 3)
+    assert {(p.warmup, p.min_seconds) for p in split} == {(5, 1.0)}  # warm-up is per process
+
+
 def test_compare_runs_uses_rounds_when_both_sides_have_them() -> None:
     from orchestrator.measure.stats import compare_runs
 
