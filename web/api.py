@@ -71,7 +71,7 @@ class JobIn(BaseModel):
       ``result.rollout`` hold its batches: devices, state ok / failed / not started)
     - bench: ``bundle``, ``threads`` ([1, 2, 4]), ``warmup``, ``runs``, ``min_seconds``,
       ``shapes``, ``constants``, ``providers``, ``graph_optimization``, ``baseline``,
-      ``rounds`` (fresh processes per thread count: 3; 5 with a baseline), ``forks``,
+      ``rounds`` (fresh processes per thread count: 1; 5 with a baseline), ``forks``,
       ``timeout``; with a baseline, the gate: ``max_regression`` (a
       fraction, 0.05 default: the job fails when the candidate is significantly slower by
       more) and ``include_invalid`` (compare throttled results too; false)

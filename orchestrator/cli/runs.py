@@ -88,7 +88,7 @@ def bench_cmd(
     = False,
     rounds: Annotated[int | None, typer.Option(
         min=1, help="Fresh processes per thread count, timed runs split over them (default "
-        "3; with --baseline 5, alternating baseline and candidate so machine drift hits "
+        "1; with --baseline 5, alternating baseline and candidate so machine drift hits "
         "both).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table | md | csv | json")] = "table",
     forks: Forks = 10,
