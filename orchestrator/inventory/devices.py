@@ -249,7 +249,9 @@ def _ref(entry: dict[str, Any]) -> str:
     return f"{entry.get('name')}@{entry.get('version')}"
 
 
-def record_device_report(session: Session, name: str, report: dict[str, Any]) -> list[str]:
+def record_device_report(session: Session, name: str, report: dict[str, Any], *,
+                         device: Device | None = None, now: datetime | None = None,
+                         ) -> list[str]:
     """Correct the DB from what a device's agent said about itself in a result (any command:
     agent.cli.handle adds it): the version it runs (``active``, the committed one, null for
     none; ignored with ``state_error``) and the interrupted changes its journal reverted first
@@ -258,9 +260,9 @@ def record_device_report(session: Session, name: str, report: dict[str, Any]) ->
     Why here and not only after a push: a push whose agent was killed (reboot, power cut, OOM)
     ends in a transport error, and the device decides what it runs on its next command; the
     control plane learns it from whichever contact comes next (push, telemetry, facts, bench,
-    eval, verify, rollback)."""
-    device = get_device(session, name)
-    now = datetime.now(UTC)
+    eval, verify, rollback). ``device``: its row, when the caller has it loaded already."""
+    device = device if device is not None else get_device(session, name)
+    now = now or datetime.now(UTC)
     recovered = [r for r in report.get("recovered") or [] if isinstance(r, dict)]
     if "active" in report:
         known, active = True, report["active"]

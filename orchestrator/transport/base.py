@@ -307,8 +307,12 @@ class Connection(ABC):
             finally:
                 channel.close_input()
 
-        feeder = threading.Thread(target=feed, daemon=True)
-        feeder.start()
+        # No input: no thread (a telemetry poll is a run per device, every minute).
+        feeder = threading.Thread(target=feed, daemon=True) if stdin else None
+        if feeder is not None:
+            feeder.start()
+        else:
+            channel.close_input()
         kept: list[str] = []
         try:
             lines: list[str] = []
@@ -328,7 +332,8 @@ class Connection(ABC):
             channel.abort()
             raise
         finally:
-            feeder.join()
+            if feeder is not None:
+                feeder.join()
         return CommandResult(code, "".join(kept), stderr)
 
     @abstractmethod

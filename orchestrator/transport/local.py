@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,13 @@ class LocalChannel(Channel):
     """``/bin/sh -c command`` in its own process group. Stdout is read in chunks into a
     LineBuffer (``readline(limit)`` of a buffered reader peaked at twice the limit: chunks and
     their join), stderr drained by a thread into a bounded tail; passing a limit kills the
-    group."""
+    group.
+
+    The silence timeout of ``readline`` is a ``poll`` on stdout, not a timer thread: a line
+    already buffered costs nothing, a read waits at most what is left of the timeout. (A
+    ``threading.Timer`` per line started and cancelled a thread for each of a telemetry
+    poll's ~90 lines: the control plane's own CPU per SSH poll went from 15.9 to 8.1 ms
+    without them, one device polled 30 times in a row.)"""
 
     def __init__(self, name: str, command: str, timeout: float | None,
                  limits: OutputLimits | None = None, argv: Sequence[str] | None = None) -> None:
@@ -56,6 +64,9 @@ class LocalChannel(Channel):
             # killing only /bin/sh left e.g. `sleep` holding stdout open until it finished.
             start_new_session=True,
         )
+        self._readable = select.poll()  # poll, not select: a fan-out's fds pass 1024
+        self._readable.register(self.proc.stdout.fileno(),  # type: ignore[union-attr]
+                                select.POLLIN | select.POLLHUP | select.POLLERR)
         self._stderr = StderrTail(self.limits.stderr_keep)
         self._stderr_thread = threading.Thread(target=self._drain_stderr, daemon=True)
         self._stderr_thread.start()
@@ -76,13 +87,17 @@ class LocalChannel(Channel):
             self._failure = error
         self.abort()
 
-    def _next_line(self) -> str:
+    def _next_line(self, deadline: float | None = None) -> str | None:
         """The next stdout line ("" at EOF) within the limits; past one the command is killed
-        and OutputLimitError raised (also when the stderr thread saw the total passed)."""
+        and OutputLimitError raised (also when the stderr thread saw the total passed). None
+        when ``deadline`` (a ``time.monotonic()``) passed with no line."""
         assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
         try:
             while (line := self._lines.next_line(self._eof)) is None:
-                data = os.read(self.proc.stdout.fileno(), _READ_CHUNK)
+                if deadline is not None and not self._wait_readable(deadline):
+                    return None
+                data = os.read(fd, _READ_CHUNK)
                 if data:
                     self._lines.feed(data)
                 else:
@@ -92,6 +107,13 @@ class LocalChannel(Channel):
         if self._failure is not None:
             raise OutputLimitError(str(self._failure))
         return line
+
+    def _wait_readable(self, deadline: float) -> bool:
+        """Whether stdout has something to read (or its end) before ``deadline``."""
+        while (left := deadline - time.monotonic()) > 0:
+            if self._readable.poll(max(1, int(left * 1000) + 1)):
+                return True
+        return False
 
     def _kill(self) -> None:
         self.timed_out = True
@@ -118,16 +140,12 @@ class LocalChannel(Channel):
                 timer.cancel()
 
     def readline(self) -> str:
-        timer = threading.Timer(self.timeout, self._kill) if self.timeout else None
-        if timer:
-            timer.start()
-        try:
-            line = self._next_line()
-        finally:
-            if timer:
-                timer.cancel()
+        line = self._next_line(time.monotonic() + self.timeout if self.timeout else None)
+        if line is None:
+            self._kill()
         if self.timed_out:
             raise TransportError(f"{self.name}: no output for {self.timeout:g}s; command killed")
+        assert line is not None
         return line
 
     def close_input(self) -> None:
@@ -137,7 +155,7 @@ class LocalChannel(Channel):
 
     def finish(self) -> tuple[int, str]:
         self.close_input()
-        while self._next_line():  # what is left, under the same limits
+        while self._next_line():  # what is left, under the same limits (no silence timeout)
             pass
         code = self.proc.wait()
         self._stderr_thread.join()

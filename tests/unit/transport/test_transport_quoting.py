@@ -268,6 +268,34 @@ def test_timeout_bounds_silence_not_total_time(local: LocalConnection) -> None:
     assert (result.exit_code, result.stdout) == (0, "1\n2\n3\n4\n")
 
 
+def test_a_partial_line_then_silence_still_times_out(local: LocalConnection) -> None:
+    """Bytes without a newline are not a line: the silence timeout still ends the wait."""
+    started = time.monotonic()
+    with pytest.raises(TransportError, match="no output for 0.5s"):
+        local.run(["sh", "-c", 'printf "half a line"; sleep 5'], timeout=0.5)
+    assert time.monotonic() - started < 3
+
+
+def test_reading_lines_starts_no_thread_per_line(local: LocalConnection,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A telemetry poll prints ~90 lines; the silence timeout used to be a Timer thread per
+    line (half the control plane's CPU per poll). Now the only thread is stderr's drain."""
+    import threading
+
+    started: list[str] = []
+    real_start = threading.Thread.start
+
+    def counting_start(self: threading.Thread) -> None:
+        started.append(type(self).__name__)
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", counting_start)
+    result = local.run(["sh", "-c", "i=0; while [ $i -lt 500 ]; do echo line $i; "
+                        "i=$((i+1)); done"], timeout=10)
+    assert result.stdout.count("\n") == 500
+    assert started == ["Thread"], started  # the stderr drain: no Timer, no stdin feeder
+
+
 def test_runs_are_independent_across_threads(local: LocalConnection) -> None:
     results: dict[int, str] = {}
 
