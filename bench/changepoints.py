@@ -99,7 +99,8 @@ def record(out: Path, runs: int, threads: list[int], model_kind: str,
     from orchestrator.fleet.deploy import push
     from orchestrator.inventory.devices import all_devices, sync_inventory
     from orchestrator.inventory.reader import load_inventory
-    from orchestrator.measure.runs import BENCH_ROUNDS, BenchParams, bench, run_results
+    from orchestrator.measure.rounds import BENCH_ROUNDS
+    from orchestrator.measure.runs import BenchParams, bench, run_results
 
     params = (BenchParams(threads=threads) if timed_runs is None
               else BenchParams(threads=threads, runs=timed_runs))

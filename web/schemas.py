@@ -221,7 +221,7 @@ class RunDetail(RunPublic):
 
 
 class CompareRow(Out):
-    """``stats.compare_runs``: B against A for one (device, threads), or why not compared."""
+    """``pairing.compare_runs``: B against A for one (device, threads), or why not compared."""
 
     device: str
     threads: int | None

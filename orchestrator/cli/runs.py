@@ -100,7 +100,8 @@ def bench_cmd(
     from orchestrator.core.db import session_scope
     from orchestrator.jobs import tracker
     from orchestrator.jobs.execute import bench_job_params
-    from orchestrator.measure.runs import BENCH_ROUNDS, GATE_ROUNDS, BenchParams
+    from orchestrator.measure.rounds import BENCH_ROUNDS, GATE_ROUNDS
+    from orchestrator.measure.runs import BenchParams
 
     _check_format(fmt)
     cfg = settings()
@@ -110,7 +111,7 @@ def bench_cmd(
                          graph_optimization=graph_optimization)
     gate_bound = None
     if baseline:
-        from orchestrator.measure.stats import parse_percent
+        from orchestrator.measure.pairing import parse_percent
 
         try:
             gate_bound = parse_percent(max_regression)
@@ -233,8 +234,8 @@ def runs_compare(
     Both runs must be of one kind (two benchmarks, or two evals)."""
     from orchestrator.core.db import session_scope
     from orchestrator.measure import reports
+    from orchestrator.measure.pairing import compare_runs
     from orchestrator.measure.runs import compared_runs
-    from orchestrator.measure.stats import compare_runs
 
     _check_format(fmt)
     with session_scope(settings()) as session:

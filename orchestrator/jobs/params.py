@@ -17,7 +17,7 @@ from orchestrator.artifacts.bundles import get_bundle
 from orchestrator.core.errors import EdgeFleetError
 from orchestrator.fleet import rollout
 from orchestrator.inventory.devices import select_devices
-from orchestrator.measure import runs
+from orchestrator.measure import rounds, runs
 
 GRAPH_OPTIMIZATIONS = ("all", "extended", "basic", "disabled")
 
@@ -151,8 +151,8 @@ def _bench(session: Session, params: dict[str, Any], out: dict[str, Any]) -> Non
     out["graph_optimization"] = graph
     if params.get("baseline") is not None:
         out["baseline"] = _bundle_ref(session, kind, params, "baseline")
-    out["rounds"] = _int(kind, params, "rounds", runs.GATE_ROUNDS if "baseline" in out
-                         else runs.BENCH_ROUNDS, 1)
+    out["rounds"] = _int(kind, params, "rounds", rounds.GATE_ROUNDS if "baseline" in out
+                         else rounds.BENCH_ROUNDS, 1)
     gate_keys = sorted({"max_regression", "include_invalid"} & set(params))
     if gate_keys and "baseline" not in out:
         raise EdgeFleetError(f"bench job: {', '.join(map(repr, gate_keys))} gate(s) a comparison "

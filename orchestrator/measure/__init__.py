@@ -1,5 +1,6 @@
 """Benchmarks and evaluations and what they mean: running them (``runs``, ``evals``,
-``run_lifecycle``), statistics, reports, verdicts, JUnit, trends.
+``run_lifecycle``, ``rounds``), statistics (``stats``; ``pairing``: which results of
+two runs are compared, and the gate), reports, verdicts, JUnit, trends.
 
 May import: ``fleet``, ``artifacts``, ``inventory``, ``transport``, ``core``.
 """

@@ -1,4 +1,4 @@
-"""B against A for two stored runs (``stats.compare_runs`` on ``runs.compared_runs``), computed
+"""B against A for two stored runs (``pairing.compare_runs`` on ``runs.compared_runs``), computed
 once per pair of finished runs: the service of the Compare page and ``GET /api/compare``.
 
 Why a cache: a comparison needs both runs' raw latencies and a bootstrap per device x thread
@@ -22,9 +22,9 @@ from typing import Any
 from sqlmodel import Session
 
 from orchestrator.core.models import Run
+from orchestrator.measure.pairing import compare_runs
 from orchestrator.measure.run_lifecycle import FINISHED
 from orchestrator.measure.runs import compared_runs, get_run
-from orchestrator.measure.stats import compare_runs
 
 CACHE_SIZE = 32
 FINAL_STATES = frozenset(FINISHED) | {"interrupted"}

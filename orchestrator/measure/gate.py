@@ -3,9 +3,9 @@ bound, on evidence? One function for every way a baseline bench starts (``edgefl
 --baseline``, a job from the API or the pages, a schedule), so a scheduled baseline benchmark
 fails its job the way the CLI fails its exit status.
 
-The statistics are ``stats.compare_runs`` (paired rows with CIs) and ``stats.gate`` (significantly
-slower *and* beyond the bound); this module reads the two runs' raw latencies, applies them and
-words the verdict.
+The statistics are ``pairing.compare_runs`` (paired rows with CIs) and ``pairing.gate``
+(significantly slower *and* beyond the bound); this module reads the two runs' raw
+latencies, applies them and words the verdict.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
+from orchestrator.measure.pairing import compare_runs, gate
 from orchestrator.measure.runs import get_run, run_public, run_results
-from orchestrator.measure.stats import compare_runs, gate
 
 DEFAULT_MAX_REGRESSION = 0.05  # as `edgefleet bench --max-regression 5%`
 

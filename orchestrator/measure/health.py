@@ -10,7 +10,7 @@ thread, 30 runs) and judged against the previous version's separate run by the g
 by noise; measured alternately, in 0 of 12, and both ways caught a version doing twice the work
 12 of 12 times. Measured alternately in rounds (A B B A ...,
 ``runs.bench`` with ``rounds``), the slow drift of a machine falls on both versions alike, and
-``stats.compare_runs`` compares round medians (Mann-Whitney U + cluster bootstrap), which is what
+``pairing.compare_runs`` compares round medians (Mann-Whitney U + cluster bootstrap), which is what
 ``edgefleet bench --baseline`` and its gate (``measure.gate.check``: significantly slower *and*
 by more than ``DEFAULT_MAX_REGRESSION``) already do. This module only picks the pairs and words
 the verdicts: nothing statistical is new here.

@@ -2,7 +2,7 @@
 
 Why JUnit: GitLab, Jenkins, GitHub Actions reporters and most CI dashboards read it, so a
 latency regression appears next to the unit tests, per device and thread count. One testcase
-per (device, threads) pair: a pair that fails the gate (``stats.gate``: significantly slower and
+per (device, threads) pair: a pair that fails the gate (``pairing.gate``: significantly slower and
 beyond the bound) is a ``<failure>``, a pair that was not compared (throttled, failed, only in
 one run) is ``<skipped>`` with the reason, anything else passes.
 
@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from orchestrator.measure.pairing import gate
 from orchestrator.measure.reports import format_ci, format_number, format_p, format_ratio
-from orchestrator.measure.stats import gate
 
 _XML_ILLEGAL = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 

@@ -337,7 +337,7 @@ def to_csv(results: Sequence[Result]) -> str:
     return csv_text(CSV_FIELDS + (ENERGY_CSV_FIELDS if energy else []), (row(r) for r in results))
 
 
-# -- comparisons (rows from stats.compare_runs) ----------------------------------------------
+# -- comparisons (rows from pairing.compare_runs) ----------------------------------------------
 COMPARISON_HEADINGS = ["device", "threads", "A p50", "B p50", "B/A", "95% CI", "p", "verdict"]
 _COMPARISON_RIGHT = [False, True, True, True, True, True, True, False]
 COMPARISON_CAPTION = (

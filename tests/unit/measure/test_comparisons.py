@@ -15,8 +15,8 @@ from orchestrator.core.db import session_scope
 from orchestrator.core.errors import EdgeFleetError, NotFoundError
 from orchestrator.core.models import Result, Run
 from orchestrator.measure import comparisons
+from orchestrator.measure.pairing import compare_runs
 from orchestrator.measure.runs import compared_runs, pack_floats
-from orchestrator.measure.stats import compare_runs
 
 
 def _run(session: Session, state: str, kind: str = "bench", slower: float = 1.0,

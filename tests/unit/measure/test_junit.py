@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from orchestrator.measure.junit import write_junit
-from orchestrator.measure.stats import compare_runs
+from orchestrator.measure.pairing import compare_runs
 
 HOSTILE = 'pi"<5>&\x1b[31m'
 

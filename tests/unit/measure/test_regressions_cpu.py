@@ -89,7 +89,7 @@ def test_the_cached_answer_follows_a_new_result(home: Path) -> None:
 def test_rounds_keep_the_median_of_their_cpu_p50s() -> None:
     """An interleaved gate's rounds are merged into one result: the CPU times are not sent
     raw, so the merged CPU p50 is the median of the rounds' (and None if a round has none)."""
-    from orchestrator.measure.runs import merge_rounds
+    from orchestrator.measure.rounds import merge_rounds
 
     def entry(p50: float, cpu: float | None) -> dict:
         return {"ok": True, "valid": True, "latencies_ms": [p50] * 3, "wall_s": 1.0,

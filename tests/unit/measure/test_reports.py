@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from orchestrator.measure.pairing import compare_runs
 from orchestrator.measure.reports import (
     comparison_csv,
     comparison_markdown,
@@ -26,7 +27,6 @@ from orchestrator.measure.reports import (
     to_csv,
     to_markdown,
 )
-from orchestrator.measure.stats import compare_runs
 from orchestrator.present.wording import ms, plural, verb
 
 HOSTILE = "pi|5, [red]x"

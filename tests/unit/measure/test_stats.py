@@ -12,13 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from orchestrator.measure.stats import (
-    compare_runs,
-    compare_samples,
-    gate,
-    pair_results,
-    parse_percent,
-)
+from orchestrator.measure.pairing import compare_runs, gate, pair_results, parse_percent
+from orchestrator.measure.stats import compare_samples
 
 
 def sample(median_ms: float, seed: int, n: int = 30, sigma: float = 0.1) -> list[float]:
@@ -310,7 +305,7 @@ def test_round_params_split_the_timed_runs() -> None:
 
 
 def test_compare_runs_uses_rounds_when_both_sides_have_them() -> None:
-    from orchestrator.measure.stats import compare_runs
+    from orchestrator.measure.pairing import compare_runs
 
     def result(latencies: list[float], sizes: list[int] | None) -> dict:
         return {"device": "pi", "threads": 1, "ok": True, "valid": True,

@@ -14,7 +14,8 @@ from orchestrator.core.config import get_settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.models import Bundle, Result, Run
 from orchestrator.measure.reports import to_csv, to_markdown
-from orchestrator.measure.runs import merge_energy, pack_floats
+from orchestrator.measure.rounds import merge_energy
+from orchestrator.measure.runs import pack_floats
 from orchestrator.measure.verdicts import (
     ProfileError,
     StreamingProfile,
