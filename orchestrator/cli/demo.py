@@ -184,8 +184,8 @@ def _evaluate(cfg: Settings, files: Any, bundle: Any, devices: list[Any],
     from orchestrator.core.db import session_scope
     from orchestrator.demo import scenario
     from orchestrator.measure.evals import evaluate
-    from orchestrator.measure.reports import recommendation_lines, render_verdicts
     from orchestrator.measure.runs import get_run, run_public, run_results
+    from orchestrator.measure.verdictreport import recommendation_lines, render_verdicts
     from orchestrator.measure.verdicts import verdicts_for_run
 
     ref = f"{bundle.name}@{bundle.version}"

@@ -38,7 +38,7 @@ def runs_verdict(
     (`bundle build --streaming-profile`); options override a stored profile's values."""
     from orchestrator.core.db import session_scope
     from orchestrator.jobs.queue import recover_interrupted
-    from orchestrator.measure.reports import recommendation_lines, render_verdicts
+    from orchestrator.measure.verdictreport import recommendation_lines, render_verdicts
     from orchestrator.measure.verdicts import verdicts_for_run
 
     overrides = {"window_s": window, "hop_s": hop, "overlap": overlap, "threshold": threshold,

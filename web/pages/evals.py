@@ -22,13 +22,13 @@ from orchestrator.measure.evalreport import (
     per_class_rows,
     recommendation,
 )
-from orchestrator.measure.reports import (
+from orchestrator.measure.runs import get_run
+from orchestrator.measure.verdictreport import (
     VERDICT_HEADINGS,
     VERDICT_RIGHT,
     verdict_caption,
     verdict_values,
 )
-from orchestrator.measure.runs import get_run
 from orchestrator.measure.verdicts import (
     ProfileError,
     UnfinishedRunError,
