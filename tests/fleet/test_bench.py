@@ -272,15 +272,21 @@ def test_provider_and_graph_optimization_reach_the_device(cli: Cli, sshd_factory
     assert "NoSuchProvider" in bad_provider["error"]
 
 
+def bench_multi_input_model(cli: Cli, sshd_factory, tmp_path: Path, *flags: str) -> Any:
+    """One sshd device with the multi-input model pushed, benchmarked at 1 thread (1 warm-up)
+    with ``flags``; the CLI's result (its stderr has the progress)."""
+    setup_fleet(cli, tmp_path, sshd_factory(1))
+    build_and_push(cli, tmp_path, "multi", make_multi_input_model)
+    return cli("bench", "multi", "pis", "--threads", "1", "--warmup", "1", "--shape",
+               "audio=1x1600", "--input", "sr=16000", *flags)
+
+
 def test_progress_with_min_seconds_counts_runs_and_seconds_against_their_totals(
         cli: Cli, sshd_factory, tmp_path: Path) -> None:
     """``--min-seconds`` makes a tiny model run thousands of times for ``--runs 3``: the CLI's
     bar shows "3/3 runs, 1.5/1.5 s", never "4127/3"."""
-    hosts = sshd_factory(1)
-    setup_fleet(cli, tmp_path, hosts)
-    build_and_push(cli, tmp_path, "multi", make_multi_input_model)
-    out = cli("bench", "multi", "pis", "--threads", "1", "--warmup", "1", "--runs", "3",
-              "--min-seconds", "1.5", "--shape", "audio=1x1600", "--input", "sr=16000")
+    out = bench_multi_input_model(cli, sshd_factory, tmp_path, "--runs", "3",
+                                  "--min-seconds", "1.5")
     assert "1 thread, timed 3/3 runs, 1.5/1.5 s" in out.stderr, out.stderr
     assert not re.search(r"\b([4-9]|[1-9][0-9]+)/3\b", out.stderr), out.stderr
     shown = cli("runs", "list", "--json").json[0]
@@ -293,11 +299,7 @@ def test_plain_bench_in_rounds_splits_runs_over_fresh_processes(cli: Cli, sshd_f
     """``bench --rounds 3`` without a baseline: each thread count is measured in 3 fresh
     processes (3 agent pids), the 7 timed runs split 3/2/2, one result pooling them, the
     progress naming the process, and the run's params saying 3 rounds."""
-    hosts = sshd_factory(1)
-    setup_fleet(cli, tmp_path, hosts)
-    build_and_push(cli, tmp_path, "multi", make_multi_input_model)
-    out = cli("bench", "multi", "pis", "--threads", "1", "--warmup", "1", "--runs", "7",
-              "--rounds", "3", "--shape", "audio=1x1600", "--input", "sr=16000")
+    out = bench_multi_input_model(cli, sshd_factory, tmp_path, "--runs", "7", "--rounds", "3")
     assert "1 thread, process 3/3, timed" in out.stderr, out.stderr
     run = cli("runs", "list", "--json").json[0]
     shown = cli("runs", "show", str(run["id"]), "--json").json
