@@ -27,7 +27,7 @@ from orchestrator.core.db import session_scope
 from orchestrator.core.heartbeat import Heartbeat
 from orchestrator.core.models import Job
 from orchestrator.fleet import leases
-from orchestrator.jobs import execute, queue
+from orchestrator.jobs import context, queue
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def sweep(settings: Settings, now: datetime | None = None) -> list[int]:
 
 
 @contextmanager
-def attended(ctx: execute.JobContext) -> Iterator[None]:
+def attended(ctx: context.JobContext) -> Iterator[None]:
     """What every running job gets, wherever it runs (a worker, a server, the CLI): its
     heartbeat, and its devices' leases waiting while another operation holds a device (at most
     ``lease_wait_s``, shown on the job as "waiting for pi3: bench #12", cancellable)."""

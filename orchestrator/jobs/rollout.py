@@ -33,7 +33,7 @@ from orchestrator.present.wording import plural
 
 
 class Context(Protocol):
-    """What a rollout needs of ``jobs.execute.JobContext``."""
+    """What a rollout needs of ``jobs.context.JobContext``."""
 
     job_id: int
     created_by: str

@@ -24,7 +24,7 @@ from orchestrator.core.db import session_scope
 from orchestrator.core.errors import EdgeFleetError
 from orchestrator.core.models import Device, Job
 from orchestrator.fleet.leases import release_dead_holders
-from orchestrator.jobs import execute, liveness, queue, schedules
+from orchestrator.jobs import context, execute, liveness, queue, schedules
 from orchestrator.jobs.queue import POLLER, finish_job, get_job, recover_interrupted, submit
 from orchestrator.notify import webhooks
 
@@ -157,7 +157,7 @@ def claim(settings: Settings, job_id: int, worker_id: str) -> bool:
 def run_claimed(settings: Settings, job_id: int) -> Job:
     """Run a job this process has claimed, heartbeated, and finish it with its outcome."""
     with queue.cancel_flag(job_id) as flag:
-        ctx = execute.JobContext(settings, job_id, flag)
+        ctx = context.JobContext(settings, job_id, flag)
         try:
             with session_scope(settings) as session:
                 job = get_job(session, job_id)

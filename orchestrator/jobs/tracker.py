@@ -22,7 +22,7 @@ from orchestrator.access import audit
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.models import Job
-from orchestrator.jobs import execute, liveness
+from orchestrator.jobs import context, execute, liveness
 from orchestrator.jobs.queue import TERMINAL, finish_job, recover_interrupted
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class JobTracker:
         self.signal_name = "Ctrl-C"  # what stopped it, for the job's error (SIGTERM, ...)
         # Coarser than a server job's progress: the CLI's own bars are the live view, and a
         # benchmark on this very machine should share the CPU with as little as possible.
-        self.context = execute.JobContext(settings, job_id, threading.Event(), interval_s=1.0)
+        self.context = context.JobContext(settings, job_id, threading.Event(), interval_s=1.0)
         self.context.wait_view = _say_waiting
 
     @property
