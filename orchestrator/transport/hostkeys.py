@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
+import shutil
 import socket
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -163,17 +166,64 @@ def changed_key_error(device: str, hostname: str, offered: paramiko.PKey,
     )
 
 
+# paramiko logs a failed key exchange (with its traceback) from its own thread before
+# ``start_client`` raises it; the exception says it all, so its log goes to a silent logger.
+_PARAMIKO_LOG = "orchestrator.transport.hostkeys.paramiko"
+logging.getLogger(_PARAMIKO_LOG).addHandler(logging.NullHandler())
+logging.getLogger(_PARAMIKO_LOG).propagate = False
+KEYSCAN_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
+                 "ecdsa-sha2-nistp521", "ssh-rsa")  # preference, as paramiko's
+
+
 def fetch_host_key(address: str, port: int, timeout: float) -> paramiko.PKey:
-    """Key exchange only (no authentication): what key does this host offer?"""
+    """Key exchange only (no authentication): what key does this host offer?
+
+    paramiko first; a host it cannot even negotiate with (an sshd offering only post-quantum
+    key exchanges: paramiko has ML-KEM but not sntrup761, OpenSSH 9.2-9.8's) is asked with
+    OpenSSH's ``ssh-keyscan``, which speaks whatever ``ssh`` does."""
     import paramiko
 
     sock = socket.create_connection((address, port), timeout=timeout)
     transport = paramiko.Transport(sock)
+    transport.set_log_channel(_PARAMIKO_LOG)
     try:
         transport.start_client(timeout=timeout)
         return transport.get_remote_server_key()
+    except paramiko.IncompatiblePeer:
+        scanned = keyscan(address, port, timeout)
+        if scanned is None:
+            raise
+        return scanned
     finally:
         transport.close()
+
+
+def keyscan(address: str, port: int, timeout: float) -> paramiko.PKey | None:
+    """The host key ``ssh-keyscan`` reads (the first of ``KEYSCAN_TYPES`` offered); None
+    without ``ssh-keyscan`` or an answer. Its output is the host's: bounded, and each line
+    parsed as a key or ignored."""
+    import paramiko
+
+    binary = shutil.which("ssh-keyscan")
+    if binary is None:
+        return None
+    try:
+        done = subprocess.run(  # noqa: S603 - fixed binary, address after "--"
+            [binary, "-T", str(max(1, int(timeout))), "-p", str(port),
+             "-t", "ed25519,ecdsa,rsa", "--", address],
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout + 5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    offered: dict[str, paramiko.PKey] = {}
+    for line in done.stdout[:65536].decode("ascii", "replace").splitlines():
+        fields = line.split()
+        if len(fields) == 3 and fields[1] in KEYSCAN_TYPES:
+            try:
+                offered.setdefault(fields[1], paramiko.PKey.from_type_string(
+                    fields[1], base64.b64decode(fields[2], validate=True)))
+            except Exception:  # noqa: BLE001, S112 - a line that is not a key is not one
+                continue
+    return next((offered[t] for t in KEYSCAN_TYPES if t in offered), None)
 
 
 @dataclass
