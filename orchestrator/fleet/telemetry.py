@@ -59,16 +59,19 @@ def store_snapshot(settings: Settings, name: str, data: dict[str, Any]) -> list[
     transaction: a fan-out of 200 stores them one after the other (core.sqlitewrite)."""
     sensors = data.get("sensors") or {}
     now = datetime.now(UTC)
-    # One SELECT of the device, one flush at commit (the snapshot's INSERT, the device's
-    # UPDATE): a query made after the add would flush on its own (autoflush), twice.
-    with session_scope(settings) as session, session.no_autoflush:
-        device = get_device(session, name)
+    # The snapshot's INSERT first: it opens the write transaction (core.sqlitewrite's gate),
+    # so the device row is read inside it and the facts merged below cannot overwrite what
+    # another writer (``record_facts``) committed meanwhile. One SELECT of the device
+    # (``record_device_report`` is handed the row), one more flush at commit.
+    with session_scope(settings) as session:
         session.add(TelemetrySnapshot(
             device_name=name, taken_at=now, temp_c=sensors.get("temp_c"),
             freq_mhz=sensors.get("freq_mhz"), throttled_bits=sensors.get("throttled"),
             throttle_flags=sensors.get("throttle_flags") or {},
             load_1m=data.get("load_1m"), mem_available_mb=data.get("mem_available_mb"),
             disk_free_bytes=data.get("disk_free_bytes")))
+        session.flush()
+        device = get_device(session, name)
         device.facts = {**(device.facts or {}), "sensors": sensors}
         return record_device_report(session, name, data, device=device, now=now)
 

@@ -356,7 +356,7 @@ def round_medians_p(a: np.ndarray, b: np.ndarray, alpha: float) -> tuple[float, 
     """(two-sided p, the test's name) for two sets of per-round medians.
 
     Mann-Whitney U when the round counts let it reach ``alpha`` at all: with 3 rounds a side
-    (a plain benchmark's default, ``rounds.BENCH_ROUNDS``) its smallest p is 2/20 = 0.1 however
+    (two ``bench --rounds 3`` runs) its smallest p is 2/20 = 0.1 however
     far apart they are, so two benchmarks could never differ. There, Welch's t-test on the
     log medians (a ratio is what differs; a process's speed varies by a factor)."""
     if 2 / math.comb(a.size + b.size, a.size) < alpha or (a <= 0).any() or (b <= 0).any():

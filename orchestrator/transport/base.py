@@ -311,10 +311,10 @@ class Connection(ABC):
         feeder = threading.Thread(target=feed, daemon=True) if stdin else None
         if feeder is not None:
             feeder.start()
-        else:
-            channel.close_input()
         kept: list[str] = []
         try:
+            if feeder is None:
+                channel.close_input()
             lines: list[str] = []
             while line := channel.readline():
                 if keep_stdout:

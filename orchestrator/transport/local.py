@@ -4,6 +4,7 @@ with the very same rendered command line the ssh transport sends, so quoting is 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import select
 import signal
@@ -111,7 +112,8 @@ class LocalChannel(Channel):
     def _wait_readable(self, deadline: float) -> bool:
         """Whether stdout has something to read (or its end) before ``deadline``."""
         while (left := deadline - time.monotonic()) > 0:
-            if self._readable.poll(max(1, int(left * 1000) + 1)):
+            # At most a minute per wait (poll's int timeout overflows past ~24.8 days).
+            if self._readable.poll(min(60_000, max(1, int(left * 1000) + 1))):
                 return True
         return False
 
@@ -140,7 +142,8 @@ class LocalChannel(Channel):
                 timer.cancel()
 
     def readline(self) -> str:
-        line = self._next_line(time.monotonic() + self.timeout if self.timeout else None)
+        bounded = self.timeout and math.isfinite(self.timeout)  # inf: no silence timeout
+        line = self._next_line(time.monotonic() + self.timeout if bounded else None)
         if line is None:
             self._kill()
         if self.timed_out:

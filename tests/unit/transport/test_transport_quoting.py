@@ -276,6 +276,15 @@ def test_a_partial_line_then_silence_still_times_out(local: LocalConnection) -> 
     assert time.monotonic() - started < 3
 
 
+@pytest.mark.parametrize("timeout", [1e9, float("inf")], ids=["31-years", "inf"])
+def test_a_timeout_too_long_for_poll_is_still_a_timeout(local: LocalConnection,
+                                                         timeout: float) -> None:
+    """poll() takes at most ~24.8 days in ms: a longer silence timeout waits in slices, and an
+    infinite one is none; neither breaks a read."""
+    result = local.run(["sh", "-c", "echo one; sleep 0.2; echo two"], timeout=timeout)
+    assert (result.exit_code, result.stdout) == (0, "one\ntwo\n")
+
+
 def test_reading_lines_starts_no_thread_per_line(local: LocalConnection,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A telemetry poll prints ~90 lines; the silence timeout used to be a Timer thread per
