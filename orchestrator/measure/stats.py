@@ -359,7 +359,10 @@ def round_medians_p(a: np.ndarray, b: np.ndarray, alpha: float) -> tuple[float, 
     (two ``bench --rounds 3`` runs) its smallest p is 2/20 = 0.1 however
     far apart they are, so two benchmarks could never differ. There, Welch's t-test on the
     log medians (a ratio is what differs; a process's speed varies by a factor)."""
-    if 2 / math.comb(a.size + b.size, a.size) < alpha or (a <= 0).any() or (b <= 0).any():
+    if (2 / math.comb(a.size + b.size, a.size) < alpha or min(a.size, b.size) < 3
+            or (a <= 0).any() or (b <= 0).any()):
+        # Fewer than 3 rounds a side: no test of 1-2 processes' medians is evidence (a t-test
+        # on 2 vs 2 called A/A noise "slower" in CI); U then simply cannot reach alpha.
         return mann_whitney_p(a, b), "Mann-Whitney U"
     la, lb = np.log(a), np.log(b)
     if la.var() == 0 and lb.var() == 0:  # identical rounds: t is undefined

@@ -292,6 +292,8 @@ def test_three_rounds_a_side_can_still_differ() -> None:
     same = compare_rounds(a, [list(np.asarray(r) * 1.0001) for r in a])
     assert same.verdict == "no significant change"
     assert "Mann-Whitney U" in (compare_rounds(a * 2, b * 2).note or "")  # 6 vs 6: U reaches
+    two = compare_rounds(a[:2], b[:2])  # 2 vs 2: no test of two processes is evidence
+    assert two.verdict == "no significant change" and "Mann-Whitney U" in (two.note or "")
 
 
 def test_round_params_split_the_timed_runs() -> None:
