@@ -59,9 +59,10 @@ def store_snapshot(settings: Settings, name: str, data: dict[str, Any]) -> list[
     transaction: a fan-out of 200 stores them one after the other (core.sqlitewrite)."""
     sensors = data.get("sensors") or {}
     now = datetime.now(UTC)
-    # The snapshot's INSERT first: it opens the write transaction (core.sqlitewrite's gate),
-    # so the device row is read inside it and the facts merged below cannot overwrite what
-    # another writer (``record_facts``) committed meanwhile. One SELECT of the device
+    # The snapshot's INSERT first: it opens the write transaction (core.sqlitewrite's gate on
+    # SQLite; on PostgreSQL the row is read FOR UPDATE), so the device row is read inside it
+    # and the facts merged below cannot overwrite what another writer (``record_facts``)
+    # committed meanwhile (tests/faults/test_facts_race.py). One SELECT of the device
     # (``record_device_report`` is handed the row), one more flush at commit.
     with session_scope(settings) as session:
         session.add(TelemetrySnapshot(
@@ -71,7 +72,7 @@ def store_snapshot(settings: Settings, name: str, data: dict[str, Any]) -> list[
             load_1m=data.get("load_1m"), mem_available_mb=data.get("mem_available_mb"),
             disk_free_bytes=data.get("disk_free_bytes")))
         session.flush()
-        device = get_device(session, name)
+        device = get_device(session, name, for_update=True)
         device.facts = {**(device.facts or {}), "sensors": sensors}
         return record_device_report(session, name, data, device=device, now=now)
 

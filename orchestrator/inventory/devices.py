@@ -209,8 +209,12 @@ def devices_window(session: Session, pattern: str | None, offset: int,
     return DevicePage([by_name[n] for n in names], total, total, offset, limit)
 
 
-def get_device(session: Session, name: str) -> Device:
-    device = session.exec(select(Device).where(Device.name == name)).first()
+def get_device(session: Session, name: str, *, for_update: bool = False) -> Device:
+    """The device named ``name``; ``for_update``: its row locked until the transaction ends
+    (PostgreSQL's row lock; SQLite has none, and its write gate serialises writers instead),
+    for a read-modify-write of its JSON facts that another writer must not interleave."""
+    query = select(Device).where(Device.name == name)
+    device = session.exec(query.with_for_update() if for_update else query).first()
     if device is None:
         raise NotFoundError(f"no device named {name!r}; see `edgefleet devices list`")
     return device
