@@ -67,9 +67,12 @@ HISTORY = (10, 30)  # points of noise before an injected step (inclusive range)
 WITHIN = 3  # points after a step by which it must be found
 NOISE_LENGTH = 40  # points of a pure-noise series
 STEPS = (0.05, 0.10, 0.20, 0.30, 0.50, 1.0, 2.0)
-GRID = [DetectorSettings(max_pvalue=p, min_points=3, windows=w)
+GRID = [DetectorSettings(max_pvalue=p, min_points=3, windows=w, min_magnitude=0.0)
         for w in ((8,), (24,), (50,), (8, 24), (8, 50)) for p in (0.001, 0.0001)] + [
-    DetectorSettings(max_pvalue=0.0001, min_points=2, windows=(8, 24))]
+    DetectorSettings(max_pvalue=0.0001, min_points=2, windows=(8, 24), min_magnitude=0.0)] + [
+    DetectorSettings(max_pvalue=p, min_points=3, windows=(8, 24), min_magnitude=m)
+    for p, m in ((0.001, 0.05), (0.001, 0.07), (0.0003, 0.04), (0.0003, 0.05),
+                 (0.0005, 0.05), (0.01, 0.07))]
 SHRINK = (0.25, 0.1, 0.05)  # the measured noise's deviations from its median, scaled
 
 
@@ -303,20 +306,22 @@ def report(noise: dict[str, np.ndarray], trials: int, grid: bool, grid_trials: i
               f"points; a +100% step found within {WITHIN} | within 10 points; on the noise "
               f"scaled x0.1, a +30% step within {WITHIN} | 10 points; and a +30% regression "
               "fixed 5 runs later: both ends found")
-        print(f"{'windows':>8} {'max_p':>7} {'min_points':>10} {'alarms':>7} {'+100%':>10} "
-              f"{'x0.1 +30%':>10} {'up-down':>8}")
+        print(f"{'windows':>8} {'max_p':>7} {'min_shift':>9} {'min_points':>10} {'alarms':>7} "
+              f"{'+100%':>10} {'x0.1 +30%':>10} {'up-down':>8}")
         for settings in GRID:
             fig = measure(noise, settings, grid_trials, (1.0,))
             quiet = measure(shrunk(noise, 0.1), settings, grid_trials, (0.3,))
             both = up_and_down(shrunk(noise, 0.1), settings, grid_trials, 0.3)
             print(f"{'+'.join(map(str, settings.windows)):>8} {settings.max_pvalue:>7g} "
+                  f"{100 * settings.min_magnitude:>8g}% "
                   f"{settings.min_points:>10} {fig.alarms_per_100:>7.2f} "
                   f"{fig.detection[1.0]:>4.0%} {fig.detection_late[1.0]:>4.0%} "
                   f"{quiet.detection[0.3]:>5.0%} {quiet.detection_late[0.3]:>4.0%} "
                   f"{both:>8.0%}", flush=True)
     fig = measure(noise, DETECTOR, trials, STEPS, seed=1)
-    print(f"\nregressions.DETECTOR: max_pvalue {DETECTOR.max_pvalue:g}, min_points "
-          f"{DETECTOR.min_points}, windows {'+'.join(map(str, DETECTOR.windows))}")
+    print(f"\nregressions.DETECTOR: max_pvalue {DETECTOR.max_pvalue:g}, min_magnitude "
+          f"{DETECTOR.min_magnitude:g}, min_points {DETECTOR.min_points}, windows "
+          f"{'+'.join(map(str, DETECTOR.windows))}")
     print(f"  false alarms: {fig.alarms_per_100:.2f} per 100 points of replayed noise "
           f"({trials} series of {NOISE_LENGTH}; goal <= 1); {fig.recorded_alarms} on the "
           f"{fig.recorded_points} recorded points in their order")
