@@ -29,6 +29,7 @@ class EnvSettings:
     max_output_mb: float | None = None
     ssh_connector: str = "auto"
     ssh_key_file: Path | None = None  # this worker's own SSH key (transport.factory.worker_key)
+    ssh_persist_s: int = 60  # ControlPersist (config.Settings.ssh_persist_s)
 
     @property
     def blob_dir(self) -> Path:
@@ -62,4 +63,16 @@ def from_env() -> EnvSettings | None:
     if timeout is None or connector not in CONNECTORS:
         return None
     key_file = Path(env["edgefleet_ssh_key_file"]) if "edgefleet_ssh_key_file" in env else None
-    return EnvSettings(home, timeout, limits[0], limits[1], connector, key_file)
+    persist = _seconds(env["edgefleet_ssh_persist_s"]) if "edgefleet_ssh_persist_s" in env else 60
+    if persist is None:
+        return None
+    return EnvSettings(home, timeout, limits[0], limits[1], connector, key_file, persist)
+
+
+def _seconds(text: str) -> int | None:
+    """A whole number of seconds, 0 to a day, as pydantic reads an int (``" 60 "`` and ``60.0``
+    too); None where it would refuse."""
+    value = _float(text)
+    if value is None or value != int(value) or not 0 <= value <= 86_400:
+        return None
+    return int(value)

@@ -30,7 +30,7 @@ def connect(target: Target, settings: Settings | EnvSettings,
     """Open ``target``'s connection. Both SSH transports check the host against the same keys
     (``hostkeys``: the database's for this host, then the known_hosts files) and log in with
     this worker's key (``worker_key``). ``poll``: for a telemetry poll, whose key exchange
-    may be the cheaper classical one (``openssh.poll_kex``; paramiko has no other)."""
+    may be the cheaper classical one (``sshclient.poll_kex``; paramiko has no other)."""
     timeout = timeout or settings.timeout_s
     limits = OutputLimits.from_mb(settings.max_line_mb, settings.max_output_mb)
     _refuse_if_aborted(target)
@@ -49,7 +49,7 @@ def connect(target: Target, settings: Settings | EnvSettings,
             from orchestrator.transport.openssh import OpenSshConnection
 
             conn = OpenSshConnection(target, trusted_keys(settings, entry), timeout, limits,
-                                     poll=poll)
+                                     poll=poll, persist_s=settings.ssh_persist_s)
         else:
             from orchestrator.transport.hostkeys import load_known
             from orchestrator.transport.ssh import SshConnection
@@ -85,7 +85,7 @@ def ssh_connector(target: Target, settings: Settings | EnvSettings) -> str:
         return target.connection
     if settings.ssh_connector != "auto":
         return settings.ssh_connector
-    from orchestrator.transport.openssh import available
+    from orchestrator.transport.sshclient import available
 
     return "openssh" if available() else "paramiko"
 

@@ -15,8 +15,10 @@ the only one ssh reads (no global file, no KnownHostsCommand, no DNS, under a fi
 HostKeyAlias); ``BatchMode`` (no prompt can hang a fleet operation), no forwarding of agent,
 X11 or ports. The key is this worker's (``factory.worker_key``: ``EDGEFLEET_SSH_KEY_FILE``).
 Commands are the same quoted lines the other transports send (``base.render_command``).
-One ``ControlMaster=auto`` socket per Connection, in a private directory, so the commands of
-one operation share one SSH connection; ``ControlPersist=no``: nothing outlives the operation.
+The commands of one operation share one SSH connection (``ControlMaster=auto``), which stays
+open ``EDGEFLEET_SSH_PERSIST_S`` (60 s) after it, as ansible-core's does, so the next
+command to that device does not pay a login again (``transport/sshpersist.py``); 0: the socket
+is the Connection's own and nothing outlives the operation.
 """
 
 from __future__ import annotations
@@ -42,6 +44,12 @@ from orchestrator.transport.base import (
 )
 from orchestrator.transport.hostkeys import known_hosts_entry
 from orchestrator.transport.local import LocalChannel
+from orchestrator.transport.sshclient import (
+    HOST_KEY_ALIAS,
+    knows_known_hosts_command,
+    poll_kex,
+)
+from orchestrator.transport.sshpersist import shared_control_path
 
 SSH_FAILED = 255  # ssh's own exit status for a failure of its own (the remote's is passed on)
 PIPE_SIZE = 1 << 20  # our end of ssh's stdin: fewer wake-ups per MiB streamed (agent/session.py)
@@ -53,71 +61,6 @@ _UNKNOWN = "Host key verification failed"
 _CONNECT_ERRORS = ("Connection refused", "Connection timed out", "Could not resolve hostname",
                    "No route to host", "Network is unreachable", "Connection closed by",
                    "Connection reset by", "kex_exchange_identification", "banner exchange")
-
-
-# The name ssh looks the host's key up by in the private known_hosts file (HostKeyAlias):
-# fixed, so no address, port or ~/.ssh/config HostName changes which line is checked.
-HOST_KEY_ALIAS = "edgefleet-device"
-_known_hosts_command: dict[str, bool] = {}  # ssh binary -> whether it knows KnownHostsCommand
-
-
-def available() -> bool:
-    """Whether a system ``ssh`` client is on PATH (``auto`` picks this transport then)."""
-    return shutil.which("ssh") is not None
-
-
-def knows_known_hosts_command(ssh: str) -> bool:
-    """Whether ``ssh`` (OpenSSH >= 8.5) has ``KnownHostsCommand``, which a user's config could
-    use to add keys; asked once per process (``ssh -G``, no connection), since an older ssh
-    refuses the option that turns it off."""
-    if ssh not in _known_hosts_command:
-        try:
-            probe = subprocess.run(  # noqa: S603 - fixed argv
-                [ssh, "-F", "/dev/null", "-G", "-o", "KnownHostsCommand=none", HOST_KEY_ALIAS],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                timeout=30, check=False)
-            _known_hosts_command[ssh] = probe.returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
-            _known_hosts_command[ssh] = False
-    return _known_hosts_command[ssh]
-
-
-# A poll's key exchange (``poll_kex``): the classical ones first.
-CLASSICAL_KEX = ("curve25519-sha256", "curve25519-sha256@libssh.org")
-_poll_kex: dict[tuple[str, str], str | None] = {}  # (ssh binary, host) -> KexAlgorithms
-
-
-def poll_kex(ssh: str, host: str) -> str | None:
-    """The key exchanges a telemetry poll offers: this host's own list (``ssh -G``: the user's
-    config, else OpenSSH's defaults; no connection), with Curve25519 moved first; None when the
-    list has none (then nothing is changed).
-
-    Why: OpenSSH 9's default, sntrup761x25519 (post-quantum hybrid), cost ~60 ms of the
-    control plane's CPU per connection here and as much on the device, against ~9 ms for
-    Curve25519: at 1,000 devices polled every minute, a whole core for key exchanges. A
-    poll carries sensor readings, so the post-quantum half (confidentiality against a future
-    quantum adversary recording today's traffic) buys nothing there; host keys and the login
-    are checked exactly as before. Pushes, benchmarks and every other operation keep the
-    default order (a model may be worth keeping secret). The device still decides: a server
-    without Curve25519 negotiates the next one in the list."""
-    key = (ssh, host)
-    if key not in _poll_kex:
-        offered: str | None = None
-        try:
-            probe = subprocess.run(  # noqa: S603 - fixed argv
-                [ssh, "-G", "--", host], stdin=subprocess.DEVNULL, capture_output=True,
-                text=True, timeout=30, check=False)
-            for line in probe.stdout.splitlines():
-                name, _, value = line.partition(" ")
-                if name == "kexalgorithms" and probe.returncode == 0:
-                    algorithms = value.strip().split(",")
-                    first = [a for a in CLASSICAL_KEX if a in algorithms]
-                    if first:
-                        offered = ",".join(first + [a for a in algorithms if a not in first])
-        except (OSError, subprocess.TimeoutExpired):
-            offered = None
-        _poll_kex[key] = offered
-    return _poll_kex[key]
 
 
 def _config_value(path: Path) -> str:
@@ -209,6 +152,16 @@ class OpenSshChannel(LocalChannel):
             self.conn.raise_ssh_failure(stderr)
         return code, stderr
 
+    def abort(self) -> None:
+        """Kill this ``ssh``; over a persistent connection, end that connection too. Why:
+        killing a multiplexed client closes the session's stdin and stdout, but not its stderr:
+        a remote command that floods stderr would go on, and the master would go on reading it
+        (tests/faults/test_flooding_device.py). The next command logs in afresh."""
+        running = self.proc.poll() is None
+        super().abort()
+        if running:
+            self.conn.end_shared()
+
     def _raise_ssh_failure(self) -> None:
         """After a failed write: if ssh itself gave up, raise what it said."""
         try:
@@ -226,15 +179,19 @@ class OpenSshConnection(Connection):
 
     def __init__(self, target: Target, trusted: Mapping[str, str], timeout: float,
                  limits: OutputLimits | None = None, ssh: str = "ssh",
-                 poll: bool = False) -> None:
+                 poll: bool = False, persist_s: int = 0) -> None:
         """``trusted``: {key type: base64}, every key the host may present
         (``hostkeys.trusted_keys``); none: any key is refused as unknown. ``poll``: a
-        telemetry poll (``poll_kex``)."""
+        telemetry poll (``poll_kex``). ``persist_s``: how long the SSH connection stays
+        open after this one's last command (``sshpersist``); 0: it closes with it."""
         super().__init__(target, limits)
         self.kex = poll_kex(ssh, target.address) if poll else None
         self.trusted = dict(trusted)
         self.timeout = timeout
         self.ssh = ssh
+        self.persist_s = persist_s
+        self.shared_path = shared_control_path(
+            ssh, target, self.trusted, self.kex) if persist_s > 0 else None
         # Private (0700): a control socket is a door into the authenticated connection, and
         # the known_hosts file beside it decides which host it may be.
         self._control_dir = tempfile.mkdtemp(prefix="ef-ssh-")
@@ -260,8 +217,13 @@ class OpenSshConnection(Connection):
                 "-o", "ForwardAgent=no", "-o", "ForwardX11=no", "-o", "ClearAllForwardings=yes",
                 "-o", "PermitLocalCommand=no", "-o", "LogLevel=ERROR",
                 "-o", f"ConnectTimeout={max(1, int(self.timeout))}",
-                "-o", "ControlMaster=auto", "-o", "ControlPersist=no",
-                "-o", f"ControlPath={self._control_dir}/%C"]
+                "-o", "ControlMaster=auto"]
+        if self.shared_path is not None:  # a dead link is noticed within ~30 s, not never
+            argv += ["-o", f"ControlPersist={self.persist_s}",
+                     "-o", f"ControlPath={self.shared_path}",
+                     "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3"]
+        else:
+            argv += ["-o", "ControlPersist=no", "-o", f"ControlPath={self._control_dir}/%C"]
         if self._hide_known_hosts_command:
             argv += ["-o", "KnownHostsCommand=none"]
         if self.kex:
@@ -367,6 +329,16 @@ class OpenSshConnection(Connection):
             f"{t.name}: host key of {t.address} is not trusted ({_ssh_said(stderr)}). Check it "
             "against the device (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then run "
             f"`edgefleet devices trust {t.name}`")
+
+    def end_shared(self) -> None:
+        """End the persistent connection (``ssh -O exit``: every session over it), if any."""
+        if self.shared_path is None:
+            return
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            subprocess.run(  # noqa: S603 - our own argv
+                [self.ssh, "-F", "/dev/null", "-o", f"ControlPath={self.shared_path}",
+                 "-O", "exit", HOST_KEY_ALIAS], stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10, check=False)
 
     def abort(self) -> None:
         """Kill every ssh process of this connection (each in its own process group)."""

@@ -20,6 +20,7 @@ from orchestrator.inventory.devices import get_device, to_target
 from orchestrator.transport import connect
 
 from ..conftest import Cli
+from .sshd import write_inventory
 from .test_push_e2e import model_folder, setup_fleet
 
 VOLATILE = {"load_1m", "load_5m", "load_15m", "mem_available_mb", "disk_free_bytes", "uptime_s"}
@@ -99,15 +100,20 @@ def kex_lines(host) -> list[str]:  # noqa: ANN001 - an SshdHost
 
 def test_a_poll_prefers_curve25519_and_a_push_keeps_the_default(cli: Cli, sshd_factory,
                                                                  tmp_path: Path) -> None:
-    """The poll's key exchange is the classical Curve25519 (openssh.poll_kex: ~60 ms less CPU
-    on each side than OpenSSH 9's post-quantum default); a push keeps the default. Read from
-    the device's sshd log (DEBUG1 logs each connection's choice)."""
+    """The poll's key exchange is the classical Curve25519 (sshclient.poll_kex: ~60 ms less CPU
+    on each side than OpenSSH 9's post-quantum default); a push keeps the default, and does
+    not reuse a poll's persistent connection, nor a poll the push's (transport.sshpersist:
+    the key exchange is part of the socket's name). Read from the device's sshd log (DEBUG1
+    logs each connection's choice)."""
     (host,) = sshd_factory(1, log_level="DEBUG1")
-    setup_fleet(cli, tmp_path, [host])
-    cli("bundle", "build", model_folder(tmp_path), "--name", "first-crack")
+    inventory = write_inventory(tmp_path / "inventory.yml", [host])
+    cli("inventory", "sync", inventory)
+    cli("devices", "trust", host.name)  # paramiko or ssh-keyscan: their own key exchanges
     before = len(kex_lines(host))
+    cli("agent", "install", host.name)
+    cli("bundle", "build", model_folder(tmp_path), "--name", "first-crack")
     assert cli("push", "first-crack", host.name, "--json").json[0]["state"] == "active"
-    pushed = kex_lines(host)[before:]
+    pushed = kex_lines(host)[before:]  # the install's, and the push's if it made its own
     assert pushed and all(k.startswith("sntrup761x25519") for k in pushed), pushed
     before = len(kex_lines(host))
     cli("telemetry", host.name, "--json")

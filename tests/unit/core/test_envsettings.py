@@ -12,9 +12,10 @@ from orchestrator.core.config import Settings
 from orchestrator.core.envsettings import from_env
 
 FIELDS = ("home", "timeout_s", "max_line_mb", "max_output_mb", "ssh_connector", "blob_dir",
-          "known_hosts", "ssh_key_file")
+          "known_hosts", "ssh_key_file", "ssh_persist_s")
 NAMES = ("EDGEFLEET_HOME", "EDGEFLEET_TIMEOUT_S", "EDGEFLEET_MAX_LINE_MB",
-         "EDGEFLEET_MAX_OUTPUT_MB", "EDGEFLEET_SSH_CONNECTOR", "EDGEFLEET_SSH_KEY_FILE")
+         "EDGEFLEET_MAX_OUTPUT_MB", "EDGEFLEET_SSH_CONNECTOR", "EDGEFLEET_SSH_KEY_FILE",
+         "EDGEFLEET_SSH_PERSIST_S")
 
 
 @pytest.fixture(autouse=True)
@@ -33,6 +34,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     {"EDGEFLEET_SSH_KEY_FILE": "/srv/worker/id_ed25519"},
     {"edgefleet_ssh_key_file": "~/keys/id ed25519"},
     {"EDGEFLEET_SSH_KEY_FILE": ""},
+    {"EDGEFLEET_SSH_PERSIST_S": "0"},
+    {"edgefleet_ssh_persist_s": " 300 "},
 ])
 def test_reads_what_settings_reads(env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
                                    tmp_path: Path) -> None:
@@ -51,6 +54,10 @@ def test_reads_what_settings_reads(env: dict[str, str], monkeypatch: pytest.Monk
     {"EDGEFLEET_TIMEOUT_S": ""},
     {"EDGEFLEET_MAX_OUTPUT_MB": "-1"},
     {"EDGEFLEET_SSH_CONNECTOR": "putty"},
+    {"EDGEFLEET_SSH_PERSIST_S": "-1"},
+    {"EDGEFLEET_SSH_PERSIST_S": "1.5"},
+    {"EDGEFLEET_SSH_PERSIST_S": "forever"},
+    {"EDGEFLEET_SSH_PERSIST_S": ""},
 ])
 def test_gives_up_where_settings_refuses(env: dict[str, str],
                                          monkeypatch: pytest.MonkeyPatch) -> None:

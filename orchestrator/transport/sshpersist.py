@@ -1,0 +1,94 @@
+"""Where a device's persistent OpenSSH connection lives: one control socket per device and
+trust, in a private per-user directory (``ControlPersist``, as ansible-core's ``~/.ansible/cp``).
+
+Why: an SSH login cost ~0.28 s here (TCP, a post-quantum key exchange, public-key
+authentication, the user's shell start), paid by every command: ``edgefleet push`` then
+``bench`` logged in twice, the server's 60 s telemetry poll once per device per minute. A
+connection kept open ``EDGEFLEET_SSH_PERSIST_S`` (60 s) after the last command lets the next one
+start a session over it (``bench/cli_startup.py``: the measured saving).
+
+What must never be shared, and how: the socket's name is a digest of everything that decided
+how that connection was made and checked: the ``ssh`` binary, address, port, user, key file,
+key exchange (a poll's classical one is not reused for a push), and the exact host keys
+trusted for the device. A key trusted, replaced or untrusted since (``devices trust``) names
+another socket, so a connection checked against the old keys is never reused; the old one
+closes on its own when idle. The directory is the user's own (0700, checked, never followed
+through a symlink): a control socket is a door into an authenticated login. Where no such
+directory can be had, or its path would be too long for a Unix socket, ``None``: the
+connection is the operation's own, as with ``EDGEFLEET_SSH_PERSIST_S=0``.
+
+What OpenSSH does that this relies on (tests/fleet/test_ssh_persist.py shows each): the master
+detaches into its own session holding none of our pipes; a stopped sshd ends it, and the next
+``ssh`` finds the socket dead and connects (and fails) on its own; ``ServerAliveInterval``
+ends a master whose device vanished silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import stat
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from orchestrator.transport.base import Target
+
+log = logging.getLogger(__name__)
+
+# sun_path is 108 bytes on Linux (104 on the BSDs); ssh first binds "<path>.<16 random chars>"
+# and renames it: keep the whole under the smaller limit.
+SOCKET_PATH_MAX = 104 - 18
+# ssh_config expands % tokens in ControlPath and splits on spaces: only plain characters.
+_PLAIN = re.compile(r"[A-Za-z0-9/._+-]+")
+
+
+def control_dir() -> Path | None:
+    """This user's private directory of control sockets: ``$XDG_RUNTIME_DIR/edgefleet-ssh``
+    (the login's own tmpfs) or ``<tmp>/edgefleet-ssh-<uid>``, created 0700; None (with a
+    warning) when that path exists as anything else: not a directory, a symlink, someone
+    else's, or open to others."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    uid = os.getuid()
+    path = (Path(runtime) / "edgefleet-ssh" if runtime and Path(runtime).is_dir()
+            else Path(tempfile.gettempdir()) / f"edgefleet-ssh-{uid}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        log.warning("no persistent SSH connections: cannot create %s (%s)", path, exc)
+        return None
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid or info.st_mode & 0o077:
+        log.warning("no persistent SSH connections: %s is not a private directory of this user "
+                    "(mode %o, owner %d); remove it", path, stat.S_IMODE(info.st_mode),
+                    info.st_uid)
+        return None
+    return path
+
+
+def socket_name(ssh: str, target: Target, trusted: Mapping[str, str], kex: str | None) -> str:
+    """The digest naming one connection: equal only for connections made and checked alike."""
+    parts = [ssh, target.address, str(target.port), target.user or "", target.key_file or "",
+             kex or "", *(f"{kind} {b64}" for kind, b64 in sorted(trusted.items()))]
+    return hashlib.blake2b("\0".join(parts).encode(), digest_size=16).hexdigest()
+
+
+def shared_control_path(ssh: str, target: Target, trusted: Mapping[str, str],
+                        kex: str | None) -> str | None:
+    """The control socket ``target``'s persistent connection uses, or None for a connection of
+    the operation's own (no private directory here, or a path ssh could not bind)."""
+    if not trusted:  # nothing trusted: the login is refused anyway, and must say so afresh
+        return None
+    directory = control_dir()
+    if directory is None:
+        return None
+    path = str(directory / socket_name(ssh, target, trusted, kex))
+    if len(path) > SOCKET_PATH_MAX or not _PLAIN.fullmatch(path):
+        log.warning("no persistent SSH connections: the socket path %r is too long or unusual "
+                    "for ssh; set XDG_RUNTIME_DIR or TMPDIR to a short plain path", path)
+        return None
+    return path

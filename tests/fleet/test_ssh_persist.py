@@ -1,0 +1,125 @@
+"""Persistent OpenSSH connections (transport.sshpersist, ``EDGEFLEET_SSH_PERSIST_S``): the next
+command to a device logs in no more; a stopped sshd still fails the next command at once and
+says so; a changed trust or key exchange never reuses a connection; the socket directory must be
+the user's own. Over real sshd hosts; logins are counted in each host's own log."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from orchestrator.transport.base import Target
+from orchestrator.transport.sshpersist import control_dir, shared_control_path, socket_name
+
+from ..conftest import Cli
+from .test_push_e2e import model_folder, setup_fleet
+
+
+def logins(host) -> int:  # noqa: ANN001 - an SshdHost
+    return host.log_text().count("Accepted publickey")
+
+
+def masters() -> dict[str, int]:
+    """socket path -> pid of each live persistent master of this user (``ssh -O check``)."""
+    directory = control_dir()
+    assert directory is not None
+    found = {}
+    for sock in directory.iterdir():
+        check = subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "check", "x"],
+                               capture_output=True, text=True, timeout=30, check=False)
+        if match := re.search(r"pid=(\d+)", check.stderr):
+            found[str(sock)] = int(match.group(1))
+    return found
+
+
+def test_the_next_command_reuses_the_login_and_a_stopped_sshd_still_fails(
+        cli: Cli, sshd_factory, tmp_path: Path) -> None:
+    (host,) = sshd_factory(1)
+    setup_fleet(cli, tmp_path, [host])  # agent install: a login, left open
+    before = logins(host)
+    cli("bundle", "build", model_folder(tmp_path), "--name", "first-crack")
+    assert cli("push", "first-crack", host.name, "--json").json[0]["state"] == "active"
+    assert logins(host) == before  # the push went over the install's connection
+    for _ in range(3):
+        assert cli("telemetry", host.name, "--json").json[0]["state"] == "ok"
+    assert logins(host) == before + 1  # a poll's own (its key exchange), once for three
+    live = masters()
+    assert live, "no persistent master left running"
+    for pid in live.values():  # detached: its own session, none of the CLI's pipes
+        assert os.getsid(pid) == pid != os.getsid(0)
+    host.stop()  # its session processes too: the masters' links end with it
+    failed = cli("telemetry", host.name, "--json", expect=1).json[0]
+    assert failed["state"] == "failed" and "cannot connect" in failed["error"], failed
+
+
+def test_persist_0_logs_in_for_every_command(cli: Cli, sshd_factory, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEFLEET_SSH_PERSIST_S", "0")
+    (host,) = sshd_factory(1)
+    setup_fleet(cli, tmp_path, [host])
+    before = logins(host)
+    for _ in range(2):
+        assert cli("telemetry", host.name, "--json").json[0]["state"] == "ok"
+    assert logins(host) == before + 2
+
+
+TARGET = Target(name="pi1", address="127.0.0.1", port=2222, user="pi")
+KEYS = {"ssh-ed25519": "AAAAC3NzaC1lZDI1NTE5AAAAIOne"}
+
+
+def test_a_connection_is_shared_only_by_connections_made_and_checked_alike() -> None:
+    base = socket_name("ssh", TARGET, KEYS, None)
+    assert socket_name("ssh", TARGET, dict(KEYS), None) == base
+    others = [
+        socket_name("ssh", TARGET, {"ssh-ed25519": "AAAAC3NzaC1lZDI1NTE5AAAAITwo"}, None),
+        socket_name("ssh", TARGET, {**KEYS, "ecdsa-sha2-nistp256": "AAAAE2"}, None),
+        socket_name("ssh", TARGET, KEYS, "curve25519-sha256"),
+        socket_name("ssh", Target(name="pi1", address="127.0.0.1", port=2223, user="pi"), KEYS,
+                    None),
+        socket_name("ssh", Target(name="pi1", address="127.0.0.1", port=2222, user="root"),
+                    KEYS, None),
+        socket_name("/opt/ssh", TARGET, KEYS, None),
+    ]
+    assert base not in others and len(set(others)) == len(others)
+
+
+@pytest.mark.parametrize("make", ["open to others", "a symlink", "a file"])
+def test_a_socket_directory_not_private_to_the_user_is_refused(
+        make: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    path = tmp_path / "edgefleet-ssh"
+    if make == "open to others":
+        path.mkdir()
+        path.chmod(0o777)
+    elif make == "a symlink":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        path.symlink_to(tmp_path / "elsewhere")
+    else:
+        path.write_text("")
+    assert control_dir() is None
+    assert shared_control_path("ssh", TARGET, KEYS, None) is None  # the operation's own
+    assert "not a private directory" in caplog.text and str(path) in caplog.text
+
+
+def test_the_socket_directory_is_made_private_and_a_long_path_is_not_used(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    short = Path(tempfile.mkdtemp(prefix="ef-"))  # pytest's tmp_path is too long for a socket
+    try:
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(short))
+        path = shared_control_path("ssh", TARGET, KEYS, None)
+        assert path is not None and Path(path).parent == short / "edgefleet-ssh"
+        assert (short / "edgefleet-ssh").stat().st_mode & 0o777 == 0o700
+        assert shared_control_path("ssh", TARGET, {}, None) is None  # nothing trusted
+    finally:
+        shutil.rmtree(short)
+    deep = tmp_path / ("d" * 90)
+    deep.mkdir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(deep))
+    assert shared_control_path("ssh", TARGET, KEYS, None) is None
