@@ -48,10 +48,10 @@ class Settings(BaseSettings):
     # ``ssh`` is on PATH). A device's ``ansible_connection: openssh|paramiko`` wins.
     ssh_connector: Literal["auto", "openssh", "paramiko"] = "auto"
     # How long (s) an OpenSSH connection to a device stays open, idle, after the operation
-    # that opened it (ControlPersist, as ansible-core's default of 60 s), so the next command
-    # to that device skips the TCP connect, key exchange and login (transport.openssh
-    # .shared_control_path); 0: each operation has its own connection, closed with it.
-    ssh_persist_s: int = Field(default=60, ge=0, le=86_400)
+    # that opened it (ControlPersist, as ansible-core's 60 s; 90 here, longer than the 60 s
+    # telemetry poll), so the next command to that device skips the TCP connect, key exchange
+    # and login (transport.sshpersist); 0: each operation has its own, closed with it.
+    ssh_persist_s: int = Field(default=90, ge=0, le=86_400)
     # What one device may send per command, in MiB: the longest line and stdout + stderr in
     # all (orchestrator.transport.base.OutputLimits); None keeps the defaults defined there.
     max_line_mb: float | None = Field(default=None, gt=0)

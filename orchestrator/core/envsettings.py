@@ -29,7 +29,7 @@ class EnvSettings:
     max_output_mb: float | None = None
     ssh_connector: str = "auto"
     ssh_key_file: Path | None = None  # this worker's own SSH key (transport.factory.worker_key)
-    ssh_persist_s: int = 60  # ControlPersist (config.Settings.ssh_persist_s)
+    ssh_persist_s: int = 90  # ControlPersist (config.Settings.ssh_persist_s)
 
     @property
     def blob_dir(self) -> Path:
@@ -63,7 +63,7 @@ def from_env() -> EnvSettings | None:
     if timeout is None or connector not in CONNECTORS:
         return None
     key_file = Path(env["edgefleet_ssh_key_file"]) if "edgefleet_ssh_key_file" in env else None
-    persist = _seconds(env["edgefleet_ssh_persist_s"]) if "edgefleet_ssh_persist_s" in env else 60
+    persist = _seconds(env["edgefleet_ssh_persist_s"]) if "edgefleet_ssh_persist_s" in env else 90
     if persist is None:
         return None
     return EnvSettings(home, timeout, limits[0], limits[1], connector, key_file, persist)

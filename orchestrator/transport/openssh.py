@@ -16,7 +16,7 @@ HostKeyAlias); ``BatchMode`` (no prompt can hang a fleet operation), no forwardi
 X11 or ports. The key is this worker's (``factory.worker_key``: ``EDGEFLEET_SSH_KEY_FILE``).
 Commands are the same quoted lines the other transports send (``base.render_command``).
 The commands of one operation share one SSH connection (``ControlMaster=auto``), which stays
-open ``EDGEFLEET_SSH_PERSIST_S`` (60 s) after it, as ansible-core's does, so the next
+open ``EDGEFLEET_SSH_PERSIST_S`` (90 s) after it, as ansible-core's does (60 s), so the next
 command to that device does not pay a login again (``transport/sshpersist.py``); 0: the socket
 is the Connection's own and nothing outlives the operation.
 """

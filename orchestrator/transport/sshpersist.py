@@ -4,11 +4,16 @@ trust, in a private per-user directory (``ControlPersist``, as ansible-core's ``
 Why: an SSH login cost ~0.28 s here (TCP, a post-quantum key exchange, public-key
 authentication, the user's shell start), paid by every command: ``edgefleet push`` then
 ``bench`` logged in twice, the server's 60 s telemetry poll once per device per minute. A
-connection kept open ``EDGEFLEET_SSH_PERSIST_S`` (60 s) after the last command lets the next one
-start a session over it (``bench/cli_startup.py``: the measured saving).
+connection kept open ``EDGEFLEET_SSH_PERSIST_S`` (90 s: longer than the server's 60 s telemetry
+poll, so a polled device is not logged into again each minute) after the last command lets the
+next one start a session over it (bench/cli_startup.py, bench/fleet_scale.py: what it saves).
+Its cost: one ``ssh`` process per device contacted in the last 90 s on the control plane
+(~2.5 MB each), and one login session on the device.
 
 What must never be shared, and how: the socket's name is a digest of everything that decided
-how that connection was made and checked: the ``ssh`` binary, address, port, user, key file,
+how that connection was made and checked: the ``ssh`` binary, the device's name (one connection
+per device, as one per Pi, even where several inventory names reach one sshd: a real sshd
+allows 10 sessions per connection), address, port, user, key file,
 key exchange (a poll's classical one is not reused for a push), and the exact host keys
 trusted for the device. A key trusted, replaced or untrusted since (``devices trust``) names
 another socket, so a connection checked against the old keys is never reused; the old one
@@ -72,8 +77,9 @@ def control_dir() -> Path | None:
 
 def socket_name(ssh: str, target: Target, trusted: Mapping[str, str], kex: str | None) -> str:
     """The digest naming one connection: equal only for connections made and checked alike."""
-    parts = [ssh, target.address, str(target.port), target.user or "", target.key_file or "",
-             kex or "", *(f"{kind} {b64}" for kind, b64 in sorted(trusted.items()))]
+    parts = [ssh, target.name, target.address, str(target.port), target.user or "",
+             target.key_file or "", kex or "",
+             *(f"{kind} {b64}" for kind, b64 in sorted(trusted.items()))]
     return hashlib.blake2b("\0".join(parts).encode(), digest_size=16).hexdigest()
 
 

@@ -85,6 +85,8 @@ def test_a_connection_is_shared_only_by_connections_made_and_checked_alike() -> 
         socket_name("ssh", Target(name="pi1", address="127.0.0.1", port=2222, user="root"),
                     KEYS, None),
         socket_name("/opt/ssh", TARGET, KEYS, None),
+        socket_name("ssh", Target(name="pi2", address="127.0.0.1", port=2222, user="pi"), KEYS,
+                    None),  # another inventory name for the same sshd: its own connection
     ]
     assert base not in others and len(set(others)) == len(others)
 
