@@ -269,6 +269,8 @@ class ChangePointPublic(Out):
 class DetectorPublic(Out):
     method: str
     max_pvalue: Number
+    min_magnitude: Number = Field(description="The least shift of the segments' means kept, "
+                                              "as a share (0.04: 4%)")
     min_points: int = Field(description="Points each segment needs")
     windows: list[int] = Field(description="Otava's window widths, one candidate pass each")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,9 +71,9 @@ def from_env() -> EnvSettings | None:
 
 
 def _seconds(text: str) -> int | None:
-    """A whole number of seconds, 0 to a day, as pydantic reads an int (``" 60 "`` and ``60.0``
-    too); None where it would refuse."""
-    value = _float(text)
-    if value is None or value != int(value) or not 0 <= value <= 86_400:
+    """A whole number of seconds, 0 to a day, as pydantic reads an int from a string (``" 60 "``
+    and ``60.0`` too, not ``1e2``); None where it would refuse."""
+    match = re.fullmatch(r"\s*\+?(\d+)(?:\.0*)?\s*", text)
+    if match is None or int(match.group(1)) > 86_400:
         return None
-    return int(value)
+    return int(match.group(1))

@@ -310,6 +310,7 @@ def regressions_public(found: Regressions) -> dict[str, Any]:
             "series": found.series, "valid_points": found.valid_points,
             "detector": {"method": "apache-otava E-Divisive means, t-test merge",
                          "max_pvalue": found.detector.max_pvalue,
+                         "min_magnitude": found.detector.min_magnitude,
                          "min_points": found.detector.min_points,
                          "windows": list(found.detector.windows)}}
 

@@ -37,6 +37,7 @@ from orchestrator.transport.base import (
     ByteProgress,
     Channel,
     Connection,
+    OutputLimitError,
     OutputLimits,
     RemotePath,
     Target,
@@ -152,15 +153,21 @@ class OpenSshChannel(LocalChannel):
             self.conn.raise_ssh_failure(stderr)
         return code, stderr
 
-    def abort(self) -> None:
-        """Kill this ``ssh``; over a persistent connection, end that connection too. Why:
-        killing a multiplexed client closes the session's stdin and stdout, but not its stderr:
-        a remote command that floods stderr would go on, and the master would go on reading it
-        (tests/faults/test_flooding_device.py). The next command logs in afresh."""
-        running = self.proc.poll() is None
-        super().abort()
-        if running:
-            self.conn.end_shared()
+    def _fail(self, error: OutputLimitError) -> None:
+        """Past an output limit: kill this ``ssh`` and, over a persistent connection, end that
+        connection too. Why: killing a multiplexed client closes the session's stdin and
+        stdout but not its stderr, so a device flooding stderr would go on, and the master on
+        reading it (tests/faults/test_flooding_device.py). The next command logs in afresh."""
+        super()._fail(error)
+        self.conn.end_shared()
+
+    def _kill(self) -> None:
+        """Silent (or not reading) for ``timeout``: as ``_fail``, the connection is suspect.
+        Other aborts (a discarded early session, an agent's error) kill only this ``ssh``: the
+        agent stops at its input's end, and another operation's sessions over the same
+        connection go on."""
+        super()._kill()
+        self.conn.end_shared()
 
     def _raise_ssh_failure(self) -> None:
         """After a failed write: if ssh itself gave up, raise what it said."""
@@ -174,8 +181,9 @@ class OpenSshChannel(LocalChannel):
 
 
 class OpenSshConnection(Connection):
-    """A device reached through the ``ssh`` binary; each command is an ``ssh`` process (the
-    first one the connection's ControlMaster, later ones multiplexed over it while it lives)."""
+    """A device reached through the ``ssh`` binary; each command is an ``ssh`` process,
+    multiplexed over one SSH connection: a persistent one (``sshpersist``), which the first
+    command of an idle device starts in the background, or else the first command's own."""
 
     def __init__(self, target: Target, trusted: Mapping[str, str], timeout: float,
                  limits: OutputLimits | None = None, ssh: str = "ssh",
@@ -192,14 +200,20 @@ class OpenSshConnection(Connection):
         self.persist_s = persist_s
         self.shared_path = shared_control_path(
             ssh, target, self.trusted, self.kex) if persist_s > 0 else None
-        # Private (0700): a control socket is a door into the authenticated connection, and
-        # the known_hosts file beside it decides which host it may be.
+        # Private (0700): the per-operation control socket (no persistence) is a door into the
+        # authenticated connection, and the known_hosts file beside it decides which host it
+        # may be. A persistent connection's known_hosts lives beside its socket instead, as
+        # long as it may (ssh may read it again when it re-keys): its content is exactly what
+        # the socket's name digests, so every connection writing it writes the same bytes.
         self._control_dir = tempfile.mkdtemp(prefix="ef-ssh-")
-        self.known_hosts = Path(self._control_dir) / "known_hosts"
-        fd = os.open(self.known_hosts, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self.known_hosts = (Path(self.shared_path + ".known_hosts") if self.shared_path
+                            else Path(self._control_dir) / "known_hosts")
+        staged = Path(self._control_dir) / "known_hosts.new"
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="ascii") as out:
             out.writelines(f"{HOST_KEY_ALIAS} {key_type} {b64}\n"
                            for key_type, b64 in self.trusted.items())
+        os.replace(staged, self.known_hosts)  # whole or not at all, for a running master too
         self._hide_known_hosts_command = knows_known_hosts_command(ssh)
         self._channels: list[OpenSshChannel] = []
         self._closed = False

@@ -22,10 +22,11 @@ through a symlink): a control socket is a door into an authenticated login. Wher
 directory can be had, or its path would be too long for a Unix socket, ``None``: the
 connection is the operation's own, as with ``EDGEFLEET_SSH_PERSIST_S=0``.
 
-What OpenSSH does that this relies on (tests/fleet/test_ssh_persist.py shows each): the master
-detaches into its own session holding none of our pipes; a stopped sshd ends it, and the next
-``ssh`` finds the socket dead and connects (and fails) on its own; ``ServerAliveInterval``
-ends a master whose device vanished silently.
+What OpenSSH does that this relies on (tests/fleet/test_ssh_persist.py shows the first two):
+the master detaches into its own session holding none of our pipes; a stopped sshd ends it, and
+the next ``ssh`` finds the socket dead and connects (and fails) on its own;
+``ServerAliveInterval`` ends a master whose device vanished silently (within ~30 s; a command
+started over it meanwhile fails or waits for that, not tested here).
 """
 
 from __future__ import annotations

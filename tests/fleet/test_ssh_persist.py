@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from orchestrator.transport.base import Target
 from orchestrator.transport.sshpersist import control_dir, shared_control_path, socket_name
 
 from ..conftest import Cli
+from ..waiting import process_gone
 from .test_push_e2e import model_folder, setup_fleet
 
 
@@ -25,12 +27,23 @@ def logins(host) -> int:  # noqa: ANN001 - an SshdHost
     return host.log_text().count("Accepted publickey")
 
 
+@pytest.fixture
+def socket_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """This test's own socket directory (short: pytest's tmp_path is too long for a socket)."""
+    runtime = Path(tempfile.mkdtemp(prefix="ef-"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    yield runtime / "edgefleet-ssh"
+    shutil.rmtree(runtime, ignore_errors=True)
+
+
 def masters() -> dict[str, int]:
-    """socket path -> pid of each live persistent master of this user (``ssh -O check``)."""
+    """socket path -> pid of each live persistent master in this test's directory."""
     directory = control_dir()
     assert directory is not None
     found = {}
     for sock in directory.iterdir():
+        if sock.suffix == ".known_hosts":
+            continue
         check = subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "check", "x"],
                                capture_output=True, text=True, timeout=30, check=False)
         if match := re.search(r"pid=(\d+)", check.stderr):
@@ -39,7 +52,7 @@ def masters() -> dict[str, int]:
 
 
 def test_the_next_command_reuses_the_login_and_a_stopped_sshd_still_fails(
-        cli: Cli, sshd_factory, tmp_path: Path) -> None:
+        cli: Cli, sshd_factory, tmp_path: Path, socket_dir: Path) -> None:
     (host,) = sshd_factory(1)
     setup_fleet(cli, tmp_path, [host])  # agent install: a login, left open
     before = logins(host)
@@ -50,10 +63,12 @@ def test_the_next_command_reuses_the_login_and_a_stopped_sshd_still_fails(
         assert cli("telemetry", host.name, "--json").json[0]["state"] == "ok"
     assert logins(host) == before + 1  # a poll's own (its key exchange), once for three
     live = masters()
-    assert live, "no persistent master left running"
+    assert len(live) == 2, live  # the install's (default kex) and the polls' (Curve25519)
     for pid in live.values():  # detached: its own session, none of the CLI's pipes
         assert os.getsid(pid) == pid != os.getsid(0)
     host.stop()  # its session processes too: the masters' links end with it
+    for pid in live.values():
+        assert process_gone(pid, 30), "a master outlived its sshd"
     failed = cli("telemetry", host.name, "--json", expect=1).json[0]
     assert failed["state"] == "failed" and "cannot connect" in failed["error"], failed
 

@@ -36,6 +36,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     {"EDGEFLEET_SSH_KEY_FILE": ""},
     {"EDGEFLEET_SSH_PERSIST_S": "0"},
     {"edgefleet_ssh_persist_s": " 300 "},
+    {"EDGEFLEET_SSH_PERSIST_S": "60.0"},
 ])
 def test_reads_what_settings_reads(env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
                                    tmp_path: Path) -> None:
@@ -58,6 +59,8 @@ def test_reads_what_settings_reads(env: dict[str, str], monkeypatch: pytest.Monk
     {"EDGEFLEET_SSH_PERSIST_S": "1.5"},
     {"EDGEFLEET_SSH_PERSIST_S": "forever"},
     {"EDGEFLEET_SSH_PERSIST_S": ""},
+    {"EDGEFLEET_SSH_PERSIST_S": "1e2"},
+    {"EDGEFLEET_SSH_PERSIST_S": "86401"},
 ])
 def test_gives_up_where_settings_refuses(env: dict[str, str],
                                          monkeypatch: pytest.MonkeyPatch) -> None:
