@@ -15,6 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.core.config import get_settings
+from orchestrator.core.db import session_scope
+from orchestrator.inventory.devices import get_device, to_target
+from orchestrator.transport import connect
 from orchestrator.transport.base import Target
 from orchestrator.transport.sshpersist import control_dir, shared_control_path, socket_name
 
@@ -140,3 +144,26 @@ def test_the_socket_directory_is_made_private_and_a_long_path_is_not_used(
     deep.mkdir()
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(deep))
     assert shared_control_path("ssh", TARGET, KEYS, None) is None
+
+
+def test_an_aborted_command_leaves_the_other_sessions_on_its_connection(
+        cli: Cli, sshd_factory, tmp_path: Path, socket_dir: Path) -> None:
+    """Two operations on one device share its connection; one aborting a command (an early
+    push discarded because the device is busy, an agent error) must not end the other's
+    session with it (only a flooding or silent device's abort ends the connection)."""
+    (host,) = sshd_factory(1)
+    setup_fleet(cli, tmp_path, [host])
+    before = logins(host)
+    settings = get_settings()
+    with session_scope(settings) as session:
+        target = to_target(get_device(session, host.name))
+    with connect(target, settings) as first, connect(target, settings) as second:
+        waiting = first.start(["sh", "-c", 'read line && echo "got $line"'])
+        other = second.start(["cat"])
+        other.write(b"x\n")
+        assert other.readline().strip() == "x"  # both sessions are live
+        other.abort()
+        waiting.write(b"hi\n")
+        assert waiting.readline().strip() == "got hi"
+        assert waiting.finish()[0] == 0
+    assert logins(host) == before  # both over the install's connection
