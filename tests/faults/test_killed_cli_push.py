@@ -1,16 +1,22 @@
-"""``kill -9`` of ``edgefleet push`` once it holds the device's lease (its blob streaming
-since it started: fleet.early), over real sshd.
+"""``kill -9`` of ``edgefleet push`` once it holds the device's lease, mid-blob (its blob
+streaming since it started: fleet.early), over real sshd.
 
 Before: the lease kept the device "busy" for 6 hours, the job stayed "running" and the
 deployment "pending". Now the next command on this host takes the dead process's lease at
 once, finalizes its job and deployment as interrupted, and the push goes through.
 A kill before the job is recorded (during the early stream alone) is
 test_killed_early_push.py.
+
+The process kills itself from inside the stream, once the push adopted it (its job and lease
+recorded) and 4 MiB went out: timing the kill from outside raced a fast stream (over a warm
+shared SSH connection the whole blob and the activation could be through first).
 """
 
 from __future__ import annotations
 
-import signal
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from sqlmodel import select
@@ -21,13 +27,32 @@ from orchestrator.core.models import Deployment, DeviceLease, Job
 from orchestrator.demo.model import make_large_model
 from tests.conftest import Cli
 
-from .procs import setup_fleet, spawn_cli, wait_until
+from .procs import REPO, setup_fleet
 
+# ``edgefleet push ARGS``; its stream pauses after 4 MiB until deploy.push_over adopts it
+# (the job and the lease exist by then), then the process SIGKILLs itself.
+KILLER = """
+import os, signal, sys, threading
+from orchestrator.fleet import early
 
-def leases(home: Path) -> list[DeviceLease]:
-    """The device leases, read while the push's process writes."""
-    with session_scope(Settings(home=home)) as session:
-        return list(session.exec(select(DeviceLease)).all())
+adopted = threading.Event()
+
+def wait_sent(self, on_bytes, real=early.EarlyPush.wait_sent):
+    adopted.set()
+    return real(self, on_bytes)
+
+def advance(self, nbytes, real=early.EarlyPush._advance):
+    real(self, nbytes)
+    if self.sent >= 4 << 20:
+        adopted.wait(60)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+early.EarlyPush.wait_sent = wait_sent
+early.EarlyPush._advance = advance
+from orchestrator.cli.main import main
+sys.argv = ["edgefleet", *sys.argv[1:]]
+main()
+"""
 
 
 def test_a_killed_push_locks_nothing_and_is_finalized(cli: Cli, home: Path, sshd_factory,
@@ -40,12 +65,13 @@ def test_a_killed_push_locks_nothing_and_is_finalized(cli: Cli, home: Path, sshd
     rows = 48 * 1024 * 1024 // (64 * 4)
     cli("bundle", "build", folder, "--name", "big", "--shape", f"x=1x{rows}", "--json")
 
-    log = tmp_path / "push.log"
-    push = spawn_cli(home, "push", "big", "pis", "--json", log=log)
-    # The lease is taken once the ORM is up, while the blob streams (it started before).
-    wait_until(lambda: leases(home), "the push to hold the lease", proc=push, log=log)
-    push.send_signal(signal.SIGKILL)
-    push.wait(30)
+    push = subprocess.Popen([sys.executable, "-c", KILLER, "push", "big", "pis", "--json"],
+                            cwd=REPO, env=dict(os.environ, EDGEFLEET_HOME=str(home)),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    output, _ = push.communicate(timeout=120)
+    assert push.returncode == -9, output.decode(errors="replace")[-3000:]
+    assert not (host.root / "current").exists()  # killed mid-blob: nothing activated
     settings = Settings(home=home)
     with session_scope(settings) as session:
         (lease,) = session.exec(select(DeviceLease)).all()  # left behind by the dead process
