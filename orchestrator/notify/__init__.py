@@ -1,5 +1,6 @@
 """Telling people outside EdgeFleet: signed webhook delivery, retried in the background
-(``webhooks``). What raises an alert is decided where the facts are (``fleet.alerts``).
+(``webhooks``; one signed POST and the receiver's check, ``wire``). What raises an alert is
+decided where the facts are (``fleet.alerts``).
 
 May import: ``core``.
 """

@@ -20,7 +20,7 @@ at least once: a receiver deduplicates on the payload's ``id`` (also the
 Signature: ``X-EdgeFleet-Signature: sha256=HEX``, the HMAC-SHA256 under
 ``EDGEFLEET_WEBHOOK_SECRET`` of ``TIMESTAMP + "." + body``, where ``X-EdgeFleet-Timestamp`` is
 the Unix time of the attempt (each retry is signed afresh). A receiver recomputes it
-(:func:`verify_signature`) and refuses a timestamp more than ``TOLERANCE_S`` away from its
+(``wire.verify_signature``) and refuses a timestamp more than ``TOLERANCE_S`` away from its
 clock, so a captured request cannot be replayed later. The secret is read from the settings at
 each attempt and goes nowhere else: not in the DB, not in an error, not in a log line. Neither
 does the URL (it may carry a token): messages name its host only (:func:`where`).
@@ -29,41 +29,30 @@ does the URL (it may carry a token): messages name its host only (:func:`where`)
 from __future__ import annotations
 
 import atexit
-import hashlib
 import heapq
-import hmac
 import itertools
-import json
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 from sqlalchemy import or_, update
 from sqlmodel import col, select
 
-from orchestrator import __version__
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.models import Alert
 from orchestrator.core.utc import utcnow
+from orchestrator.notify.wire import body_of, headers_for, post, where
 
 log = logging.getLogger(__name__)
 
 KINDS = ("regression", "device_offline", "device_throttled", "job_failed")
-SIGNATURE_HEADER = "X-EdgeFleet-Signature"
-TIMESTAMP_HEADER = "X-EdgeFleet-Timestamp"
-EVENT_HEADER = "X-EdgeFleet-Event"
-DELIVERY_HEADER = "X-EdgeFleet-Delivery"
-TOLERANCE_S = 300  # how far a receiver should accept a timestamp from its own clock
 MAX_BACKOFF_S = 300.0
-RETRY_STATUSES = frozenset({408, 425, 429})  # and every 5xx
 CLAIM_MARGIN_S = 30.0
 WORKERS = 2  # one hanging receiver leaves the other thread to the rest
 OFF_WORDS = ("", "off", "none")
@@ -86,129 +75,6 @@ def secret_of(settings: Settings) -> bytes | None:
     value = secret.get_secret_value() if secret is not None else ""
     return value.encode() if value else None
 
-
-def sign(secret: bytes, timestamp: int | str, body: bytes) -> str:
-    """The ``X-EdgeFleet-Signature`` value of ``body`` sent at ``timestamp``."""
-    message = str(timestamp).encode("ascii") + b"." + body
-    return "sha256=" + hmac.new(secret, message, hashlib.sha256).hexdigest()
-
-
-def verify_signature(secret: bytes | str, body: bytes, timestamp: str | None,
-                     signature: str | None, *, tolerance_s: float = TOLERANCE_S,
-                     now: float | None = None) -> bool:
-    """What a receiver checks (README "Alerts"): the signature matches the exact bytes
-    received and the timestamp, in constant time, and the timestamp is within ``tolerance_s``
-    of ``now`` (a replay of a captured request is refused once that has passed)."""
-    if not timestamp or not signature:
-        return False
-    try:
-        sent = int(timestamp)
-    except ValueError:
-        return False
-    if abs((time.time() if now is None else now) - sent) > tolerance_s:
-        return False
-    key = secret.encode() if isinstance(secret, str) else secret
-    return hmac.compare_digest(sign(key, sent, body), signature)
-
-
-def body_of(payload: dict[str, Any]) -> bytes:
-    """The bytes POSTed (and signed): compact JSON, keys sorted, UTF-8."""
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      default=str).encode()
-
-
-def where(url: str) -> str:
-    """A URL's host[:port] for messages: never its credentials, path or query (a token)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or "?"
-        return f"{host}:{parts.port}" if parts.port else host
-    except ValueError:
-        return "an invalid URL"
-
-
-def _scrubbed(text: str, url: str, secret: bytes | None) -> str:
-    """``text`` (an exception's words) without the URL, its path and query, or the secret."""
-    parts = urlsplit(url)
-    for piece in (url, parts.netloc, parts.path, parts.query,
-                  secret.decode(errors="replace") if secret else ""):
-        if len(piece) > 1 and piece != where(url):
-            text = text.replace(piece, "[redacted]")
-    return text
-
-
-@dataclass
-class AttemptResult:
-    ok: bool
-    retry: bool = False
-    error: str | None = None
-    retry_after_s: float | None = None
-
-
-def post(url: str, body: bytes, headers: dict[str, str], timeout_s: float,
-         secret: bytes | None = None) -> AttemptResult:
-    """One POST; what happened, in words that name the host only."""
-    # Here, not at the top: urllib.request imports http.client, email and ssl, which the CLI's
-    # light commands never need.
-    import http.client
-    import urllib.error
-    import urllib.request
-
-    class NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-            return None  # a 3xx becomes an HTTPError: a webhook does not move
-
-    host = where(url)
-    try:
-        scheme = urlsplit(url).scheme
-    except ValueError:  # its text would repeat the URL
-        return AttemptResult(False, error="the webhook URL is not valid")
-    if scheme not in ("http", "https"):
-        return AttemptResult(False, error="the webhook URL is not http:// or https://")
-    try:
-        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-        opener = urllib.request.build_opener(NoRedirect)
-        with opener.open(request, timeout=timeout_s) as response:
-            response.read(65536)
-            status = response.status
-        retry_after = None
-    except urllib.error.HTTPError as exc:
-        status = exc.code
-        retry_after = exc.headers.get("Retry-After") if exc.headers else None
-        exc.close()
-    except TimeoutError:
-        return AttemptResult(False, True, f"{host} did not answer within {timeout_s:g} s")
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        words = _scrubbed(str(reason), url, secret) or type(exc).__name__
-        if "timed out" in words:
-            return AttemptResult(False, True, f"{host} did not answer within {timeout_s:g} s")
-        return AttemptResult(False, True, f"could not reach {host}: {words}")
-    except ValueError:  # a URL urllib cannot use; its text would repeat the URL
-        return AttemptResult(False, error="the webhook URL is not valid")
-    except Exception as exc:  # anything else: its name only, never its words (the URL)
-        return AttemptResult(False, True, f"could not reach {host}: {type(exc).__name__}")
-    if 200 <= status < 300:
-        return AttemptResult(True)
-    retry = status >= 500 or status in RETRY_STATUSES
-    error = f"{host} answered HTTP {status}"
-    if 300 <= status < 400:
-        error += " (a redirect: webhooks are not redirected; give the final URL)"
-    delay = None
-    if retry_after and retry_after.strip().isdigit():
-        delay = float(retry_after.strip())
-    return AttemptResult(False, retry, error, delay)
-
-
-def headers_for(kind: str, alert_id: int, attempt: int, body: bytes,
-                secret: bytes | None, timestamp: int | None = None) -> dict[str, str]:
-    timestamp = int(time.time()) if timestamp is None else timestamp
-    headers = {"Content-Type": "application/json", "User-Agent": f"EdgeFleet/{__version__}",
-               EVENT_HEADER: kind, DELIVERY_HEADER: str(alert_id),
-               TIMESTAMP_HEADER: str(timestamp), "X-EdgeFleet-Attempt": str(attempt)}
-    if secret is not None:
-        headers[SIGNATURE_HEADER] = sign(secret, timestamp, body)
-    return headers
 
 
 def claim_hold(settings: Settings) -> timedelta:

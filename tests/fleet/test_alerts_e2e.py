@@ -19,7 +19,7 @@ from orchestrator.core.models import Alert
 from orchestrator.fleet import alerts
 from orchestrator.jobs import queue
 from orchestrator.jobs.runner import JobRunner
-from orchestrator.notify import webhooks
+from orchestrator.notify import webhooks, wire
 
 from ..conftest import Cli
 from ..webhook_receiver import Receiver
@@ -48,7 +48,7 @@ def delivered(receiver: Receiver, n: int) -> list[dict[str, Any]]:
     assert len(receiver.requests) == n, [json.loads(r.body)["summary"]
                                          for r in receiver.requests]
     for r in requests:
-        assert webhooks.verify_signature(SECRET, r.body, r.headers["X-EdgeFleet-Timestamp"],
+        assert wire.verify_signature(SECRET, r.body, r.headers["X-EdgeFleet-Timestamp"],
                                          r.headers["X-EdgeFleet-Signature"])
     return [json.loads(r.body) for r in requests]
 

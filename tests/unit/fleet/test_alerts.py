@@ -27,7 +27,7 @@ from orchestrator.core.models import Alert, Device
 from orchestrator.core.utc import utcnow
 from orchestrator.fleet import alerts
 from orchestrator.jobs import queue
-from orchestrator.notify import webhooks
+from orchestrator.notify import webhooks, wire
 from tests.conftest import Cli
 from tests.webhook_receiver import Receiver
 from web.app import create_app
@@ -87,12 +87,12 @@ def test_a_regression_is_posted_signed_and_once(tmp_path: Path, receiver: Receiv
     ts, sig = got.headers["X-EdgeFleet-Timestamp"], got.headers["X-EdgeFleet-Signature"]
     assert abs(int(ts) - time.time()) < 60
     assert readme_verify(SECRET, got.headers, got.body, time.time())
-    assert webhooks.verify_signature(SECRET, got.body, ts, sig)
-    assert not webhooks.verify_signature("another-secret", got.body, ts, sig)
-    assert not webhooks.verify_signature(SECRET, got.body.replace(b"1.23", b"1.03"), ts, sig)
-    assert not webhooks.verify_signature(SECRET, got.body, str(int(ts) + 1), sig)
+    assert wire.verify_signature(SECRET, got.body, ts, sig)
+    assert not wire.verify_signature("another-secret", got.body, ts, sig)
+    assert not wire.verify_signature(SECRET, got.body.replace(b"1.23", b"1.03"), ts, sig)
+    assert not wire.verify_signature(SECRET, got.body, str(int(ts) + 1), sig)
     # A captured request replayed later is refused by its timestamp.
-    assert not webhooks.verify_signature(SECRET, got.body, ts, sig, now=int(ts) + 301)
+    assert not wire.verify_signature(SECRET, got.body, ts, sig, now=int(ts) + 301)
     assert not readme_verify(SECRET, got.headers, got.body, int(ts) + 301)
 
     (row,) = alert_rows(settings)
