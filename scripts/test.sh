@@ -24,6 +24,9 @@ if [ ! -e /usr/libexec/qemu-binfmt/aarch64-binfmt-P ] && [ ! -x /usr/bin/qemu-aa
   packages+=(qemu-user-static binfmt-support)
 fi
 command -v debootstrap >/dev/null || packages+=(debootstrap)
+# A device rebooting under a persistent SSH connection (tests/fleet/test_device_reboot.py):
+# its sshd in a network namespace behind a veth pair.
+command -v ip >/dev/null || packages+=(iproute2)
 if [ ${#packages[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
