@@ -30,6 +30,15 @@ from orchestrator.transport.base import (
 
 _COPY_CHUNK = 1 << 20
 _READ_CHUNK = 1 << 16
+_MAX_POLL_MS = 60_000 * 60 * 24  # a day: poll's int timeout overflows past ~24.8 days
+
+
+def write_wait_ms(timeout: float | None) -> int | None:
+    """How long a write waits for the command to take some input, in poll's milliseconds;
+    None (for ever) when there is no timeout (None, 0 or infinity)."""
+    if not timeout or not math.isfinite(timeout):
+        return None
+    return min(_MAX_POLL_MS, max(1, int(timeout * 1000)))
 
 
 class LocalChannel(Channel):
@@ -65,6 +74,9 @@ class LocalChannel(Channel):
             # killing only /bin/sh left e.g. `sleep` holding stdout open until it finished.
             start_new_session=True,
         )
+        assert self.proc.stdin is not None
+        self._stdin = self.proc.stdin.fileno()
+        os.set_blocking(self._stdin, False)  # write() waits in poll, bounded by the timeout
         self._readable = select.poll()  # poll, not select: a fan-out's fds pass 1024
         self._readable.register(self.proc.stdout.fileno(),  # type: ignore[union-attr]
                                 select.POLLIN | select.POLLHUP | select.POLLERR)
@@ -122,24 +134,32 @@ class LocalChannel(Channel):
         self.abort()
 
     def write(self, data: bytes) -> None:
-        """Write all of ``data``; a command that reads none of it for ``timeout`` seconds is
-        killed (as ``readline`` does when it prints nothing), instead of blocking us forever."""
-        assert self.proc.stdin is not None
-        timer = threading.Timer(self.timeout, self._kill) if self.timeout else None
-        if timer:
-            timer.start()
+        """Write all of ``data`` straight to the command's stdin (no buffered writer, no timer
+        thread per call); a command that takes none of it for ``timeout`` seconds is killed (as
+        ``readline`` does when it prints nothing), instead of blocking us forever."""
+        view = memoryview(data)
+        poller = select.poll()
+        poller.register(self._stdin, select.POLLOUT)
+        wait_ms = write_wait_ms(self.timeout)
         try:
-            self.proc.stdin.write(data)
-            self.proc.stdin.flush()
-        except (BrokenPipeError, ValueError) as exc:
-            if self.timed_out:
-                raise TransportError(f"{self.name}: the command read none of its input for "
-                                     f"{self.timeout:g}s; command killed") from None
+            while view:
+                try:
+                    written = os.write(self._stdin, view)
+                except BlockingIOError:
+                    if not poller.poll(wait_ms):
+                        self._kill()
+                        raise TransportError(f"{self.name}: the command read none of its input "
+                                             f"for {self.timeout:g}s; command killed") from None
+                    continue
+                view = view[written:]
+        except (BrokenPipeError, ValueError, OSError) as exc:
+            self._input_refused()
             raise TransportError(f"{self.name}: the command stopped reading its input "
                                  f"({exc})") from None
-        finally:
-            if timer:
-                timer.cancel()
+
+    def _input_refused(self) -> None:
+        """The command's stdin is closed: a transport with its own failures to tell (ssh's)
+        raises them here."""
 
     def readline(self) -> str:
         bounded = self.timeout and math.isfinite(self.timeout)  # inf: no silence timeout

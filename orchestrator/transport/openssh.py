@@ -44,7 +44,7 @@ from orchestrator.transport.base import (
     render_command,
 )
 from orchestrator.transport.hostkeys import known_hosts_entry
-from orchestrator.transport.local import LocalChannel
+from orchestrator.transport.local import LocalChannel, write_wait_ms
 from orchestrator.transport.sshclient import (
     HOST_KEY_ALIAS,
     knows_known_hosts_command,
@@ -84,38 +84,13 @@ class OpenSshChannel(LocalChannel):
                  limits: OutputLimits) -> None:
         self.conn = conn
         super().__init__(conn.target.name, "", timeout, limits, argv=argv)
-        assert self.proc.stdin is not None
-        self._stdin = self.proc.stdin.fileno()
         with contextlib.suppress(OSError, ValueError, AttributeError):
             import fcntl
 
             fcntl.fcntl(self._stdin, F_SETPIPE_SZ, PIPE_SIZE)
-        os.set_blocking(self._stdin, False)  # write() waits in poll, bounded by the timeout
 
-    def write(self, data: bytes) -> None:
-        """Write all of ``data`` straight to ssh's stdin (no buffered writer, no timer thread
-        per call: a push writes ~400 chunks); ``timeout`` s without ssh taking any of it is an
-        error, as on the other transports."""
-        view = memoryview(data)
-        poller = select.poll()
-        poller.register(self._stdin, select.POLLOUT)
-        wait_ms = (self.timeout or 0) * 1000 or None
-        try:
-            while view:
-                try:
-                    written = os.write(self._stdin, view)
-                except BlockingIOError:
-                    if not poller.poll(wait_ms):
-                        self._kill()
-                        raise TransportError(f"{self.name}: the remote command read none of its "
-                                             f"input for {self.timeout:g}s; command abandoned"
-                                             ) from None
-                    continue
-                view = view[written:]
-        except (BrokenPipeError, ValueError, OSError) as exc:
-            self._raise_ssh_failure()  # ssh exited: host key, auth, network
-            raise TransportError(f"{self.name}: the remote command stopped reading its input "
-                                 f"({exc})") from None
+    def _input_refused(self) -> None:
+        self._raise_ssh_failure()  # ssh exited: host key, auth, network
 
     def write_file(self, path: Path, offset: int, on_bytes: ByteProgress | None = None,
                    chunk: int = 256 * 1024) -> None:
@@ -124,7 +99,7 @@ class OpenSshChannel(LocalChannel):
         process still imports (``fleet.early``) is not slowed to the import's pace."""
         poller = select.poll()
         poller.register(self._stdin, select.POLLOUT)
-        wait_ms = (self.timeout or 0) * 1000 or None
+        wait_ms = write_wait_ms(self.timeout)
         with open(path, "rb") as src:
             size = os.fstat(src.fileno()).st_size
             while offset < size:

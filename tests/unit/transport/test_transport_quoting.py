@@ -3,6 +3,7 @@ transport that runs them."""
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 from orchestrator.core.errors import TransportError
 from orchestrator.transport import RemotePath, Target
 from orchestrator.transport.base import quote_token, render_command, sftp_path
-from orchestrator.transport.local import LocalConnection
+from orchestrator.transport.local import LocalConnection, write_wait_ms
 from tests.waiting import process_gone
 
 HOSTILE = [
@@ -347,3 +348,17 @@ def test_a_command_that_reads_none_of_its_input_is_killed_after_the_timeout(
         reader.write(b"y" * 256 * 1024)
     reader.close_input()
     assert reader.readline() == "read\n"
+
+
+@pytest.mark.timeout(20)
+def test_a_write_without_a_silence_timeout_waits_for_a_slow_reader(
+        local: LocalConnection) -> None:
+    """No timeout (None, 0, infinity: a benchmark's session) means a write waits as long as
+    the command takes, in poll (no timer thread per write), and never overflows poll."""
+    assert [write_wait_ms(t) for t in (None, 0, math.inf, 1.0, 1e12)] == [
+        None, None, None, 1000, 86_400_000]
+    reader = local.start(["sh", "-c", "sleep 1; cat > /dev/null; echo read"], timeout=math.inf)
+    reader.write(b"z" * 2_000_000)  # blocks until the reader wakes after a second
+    reader.close_input()
+    assert reader.readline() == "read\n"
+    assert reader.finish()[0] == 0
