@@ -14,6 +14,10 @@ device is emptied of the bundle before each push: every byte travels. Then the C
 sys, from ``os.wait4``) of ``edgefleet devices list``, ``bundle list``, ``runs list`` and
 ``dataset list`` on that home.
 
+Each scp and push also reports the CPU every process of the machine used meanwhile (/proc/stat):
+ssh, sshd, the agent, the smoke test and the CLI. Divided by the cores, that is the shortest
+time the push could take on this one machine however well it overlaps: the bound it prints.
+
 Goals (issue 12): push >= 0.9x the speed of scp end to end; devices list and bundle list
 <= 0.4 s of CPU each. The sshd host, the scp command line and the links (loopback, a 940 Mbit/s
 veth pair in a network namespace, root only) are bench/push.py's. The console script next to
@@ -82,20 +86,34 @@ class Child:
     wall_s: float
     cpu_s: float  # user + sys of the process (and of any children it waited for)
     stdout: bytes
+    machine_cpu_s: float  # every process of this machine meanwhile: ssh, sshd, the agent...
+
+
+def machine_busy_s() -> float:
+    """CPU time every process of this machine has used so far (/proc/stat's first line: user,
+    nice, system, irq and softirq; not idle, iowait or the hypervisor's steal). Why: on one
+    machine the device's side (sshd, the agent's hashing and fsync, the smoke test) and ours
+    share the cores, so the CPU a push needs in all bounds how fast it can be, apart from how
+    it is scheduled."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    user, nice, system, _idle, _iowait, irq, softirq = ticks
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def run_child(argv: list[str], env: dict[str, str] | None = None) -> Child:
     """Run to completion; wall time from spawn to exit, CPU from the kernel's rusage."""
+    busy = machine_busy_s()
     started = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,  # noqa: S603
                             stderr=subprocess.DEVNULL)
     stdout = proc.stdout.read() if proc.stdout else b""
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
+    busy = machine_busy_s() - busy
     proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait for it again
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}")
-    return Child(wall, usage.ru_utime + usage.ru_stime, stdout)
+    return Child(wall, usage.ru_utime + usage.ru_stime, stdout, busy)
 
 
 def compile_tree(root: Path) -> None:
@@ -131,12 +149,16 @@ def measure(label: str, host: SshdHost, key: UserKey, model: Path, base: Path,
     run_child(push_argv, env)  # opens the connection the first warm push finds
 
     scp_s: list[float] = []
+    scp_machine_s: list[float] = []
+    machine_s: dict[str, list[float]] = {tree: [] for tree in trees}
     inproc_s: list[float] = []
     cli_s: dict[str, list[float]] = {tree: [] for tree in trees}
     cli_cpu_s: dict[str, list[float]] = {tree: [] for tree in trees}
     for _ in range(repeats):
         (base / "scp-copy").unlink(missing_ok=True)
-        scp_s.append(run_child(scp_argv).wall_s)
+        copied = run_child(scp_argv)
+        scp_s.append(copied.wall_s)
+        scp_machine_s.append(copied.machine_cpu_s)
         for tree, tree_env in trees.items():
             empty_device(host.root)
             child = run_child(push_argv, tree_env)
@@ -146,6 +168,7 @@ def measure(label: str, host: SshdHost, key: UserKey, model: Path, base: Path,
             assert (result.get("smoke") or {}).get("ok"), result
             cli_s[tree].append(child.wall_s)
             cli_cpu_s[tree].append(child.cpu_s)
+            machine_s[tree].append(child.machine_cpu_s)
         empty_device(host.root)
         started = time.perf_counter()
         outcome = push(settings, bundle, devices)[0]
@@ -185,6 +208,15 @@ def measure(label: str, host: SshdHost, key: UserKey, model: Path, base: Path,
         print(f"    push/scp speed ratio, end to end: {scp_med / cli_med:.2f}x  (goal >= "
               f"{PUSH_GOAL}x; each run: " + ", ".join(
                   f"{s / c:.2f}" for s, c in zip(scp_s, cli_s[tree], strict=True)) + ")")
+    cores = len(os.sched_getaffinity(0))
+    scp_cpu = statistics.median(scp_machine_s)
+    print(f"  CPU of every process on this machine meanwhile (ssh, sshd, the agent, the smoke "
+          f"test, the CLI), medians: scp {scp_cpu:.2f} s", end="")
+    for tree in trees:
+        need = statistics.median(machine_s[tree])
+        print(f"; push, {tree} {need:.2f} s (on {cores} cores it cannot end before "
+              f"{need / cores:.2f} s: push/scp <= {scp_med / (need / cores):.2f}x)", end="")
+    print()
     if traces and all(len(t) == len(traces[0]) for t in traces):
         print("  a fresh push's phases (this tree, warm; s since spawned, medians): "
               + ", ".join(f"{name} {statistics.median(t[name] for t in traces):.2f}"
