@@ -47,5 +47,8 @@ def serve_cmd(
             output.stderr.print("[yellow]warning:[/] this OS does not show who owns a loopback "
                                 "connection: other users of this machine can use the server. "
                                 "Create an admin token on a shared machine.")
+    # proxy_headers off: uvicorn's default trusts X-Forwarded-For from loopback peers, so any
+    # local user could name another client address and pass the local-mode checks (who owns
+    # the connection). Behind a reverse proxy, run the app under a server configured for it.
     uvicorn.run(create_app(cfg, run_jobs=worker, workers=workers), host=host, port=port,
-                log_level="warning")
+                log_level="warning", proxy_headers=False)

@@ -61,17 +61,19 @@ def test_with_an_admin_token_other_names_need_the_token(serve: Callable[..., Ser
 
 PROBE = """
 import json, sys, urllib.error, urllib.request
+request = urllib.request.Request(sys.argv[1], headers=json.loads(sys.argv[2]))
 try:
-    with urllib.request.urlopen(sys.argv[1], timeout=10) as r:
+    with urllib.request.urlopen(request, timeout=10) as r:
         print(json.dumps([r.status, r.read().decode()]))
 except urllib.error.HTTPError as e:
     print(json.dumps([e.code, e.read().decode()]))
 """
 
 
-def _get_as(user: str | None, url: str) -> tuple[int, str]:
+def _get_as(user: str | None, url: str, headers: dict[str, str] | None = None,
+            ) -> tuple[int, str]:
     python = "/usr/bin/python3"
-    argv = [python, "-c", PROBE, url]
+    argv = [python, "-c", PROBE, url, json.dumps(headers or {})]
     if user is not None:
         argv = ["runuser", "-u", user, "--", *argv]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True)
@@ -86,5 +88,11 @@ def test_another_user_of_the_machine_is_refused(serve: Callable[..., Server]) ->
     status, body = _get_as("nobody", server.url + "/api/devices")
     assert status == 403, body
     assert "only the user who started it" in body
+    # Nor by naming another client: uvicorn's proxy headers (trusted from loopback by
+    # default) would make the peer "x" (not an address) or the owner's own connection.
+    for forged in ("x", "127.0.0.1", "[::1]:1"):
+        for header in ("X-Forwarded-For", "X-Real-IP", "Forwarded"):
+            status, body = _get_as("nobody", server.url + "/api/devices", {header: forged})
+            assert status == 403, (header, forged, body)
     # The same request from the server's own user is served.
     assert _get_as(None, server.url + "/api/devices") == (200, "[]")
