@@ -139,6 +139,12 @@ def result_error(command: str, code: str, message: str, **extra: Any) -> Dict[st
             "error": error}
 
 
+def _not_a_number(name: str) -> None:
+    """NaN, Infinity and -Infinity are not JSON (RFC 8259), though Python's json writes and
+    reads them: read as null (unknown), so a device's odd number is never stored as one."""
+    return None
+
+
 def parse_lines(lines: Iterable[str], first: int = 1) -> List[Dict[str, Any]]:
     """Parse agent stdout; non-JSON lines raise ValueError naming the line (``first`` is the
     number of the first one, for readers that parse a line at a time)."""
@@ -148,7 +154,7 @@ def parse_lines(lines: Iterable[str], first: int = 1) -> List[Dict[str, Any]]:
         if not line:
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, parse_constant=_not_a_number)
         except ValueError:
             raise ValueError("agent stdout line %d is not JSON: %.200s" % (number, line)) from None
         if not isinstance(obj, dict) or obj.get("v") != PROTOCOL_VERSION:

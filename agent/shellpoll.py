@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import os
 from typing import Any, Dict, List, Optional, Set
 
@@ -235,7 +236,9 @@ def parse(text: str) -> Optional[Dict[str, Any]]:
     load_fields = (dump.files.get("/proc/loadavg") or "").split()
     try:
         load: Any = [round(float(x), 2) for x in load_fields[:3]]
-    except ValueError:
+    except (ValueError, OverflowError):  # round(inf) overflows; "nan" rounds to nan
+        load = []
+    if not all(math.isfinite(x) for x in load):
         load = []
     if len(load) != 3:
         load = [None, None, None]

@@ -10,10 +10,12 @@ nothing to do cost ~0.4 s of CPU per command when it ran on every start)."""
 from __future__ import annotations
 
 import atexit
+import json
+import math
 import threading
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -68,6 +70,28 @@ def ensure_schema(engine: Engine, url: str) -> None:
     schema.upgrade(engine, url)
 
 
+def json_text(value: Any) -> str:
+    """JSON as every JSON column stores it: NaN and +-Infinity (not JSON, RFC 8259, though
+    Python writes them by default) become null. Why: one such float in a device's facts (a
+    hostile or broken device's reply) made SQLite's JSON functions call the column malformed,
+    and the Fleet page and sorted device lists failed for everyone; PostgreSQL refuses the
+    row. The common case costs one ``json.dumps``; only a value that has one is walked."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(value), allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
 def make_engine(url: str) -> Engine:
     """A new engine on ``url``, without touching its schema (``edgefleet db`` reads where it
     stands and upgrades explicitly; everyone else goes through :func:`get_engine`)."""
@@ -79,12 +103,13 @@ def make_engine(url: str) -> Engine:
         # (pooled 5, the rest opened as needed) and the write gate (core.sqlitewrite), so
         # writers queue in order in this process instead of polling SQLite's lock.
         engine = create_engine(url, connect_args={"check_same_thread": False},
-                               pool_size=5, max_overflow=45, pool_timeout=60)
+                               pool_size=5, max_overflow=45, pool_timeout=60,
+                               json_serializer=json_text)
         event.listen(engine, "connect", _sqlite_pragmas)
         sqlitewrite.install(engine)
         return engine
     try:
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, json_serializer=json_text)
     except ModuleNotFoundError as exc:  # postgresql:// means psycopg2 to SQLAlchemy
         from orchestrator.core.schema import redact
 

@@ -8,6 +8,7 @@ matched against the model's labels (``evals.plan_eval``) before anything is queu
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from typing import Any
 
@@ -61,11 +62,15 @@ def _number(kind: str, params: dict[str, Any], key: str, default: float | None,
     value = params.get(key, default)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 \
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or (isinstance(value, float) and not math.isfinite(value)) or value < 0 \
             or (positive and value == 0):
         bound = "> 0" if positive else ">= 0"
         raise EdgeFleetError(f"{kind} job: {key!r} must be a number {bound} (got {value!r})")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer past the largest float
+        raise EdgeFleetError(f"{kind} job: {key!r} is too large (got {value!r})") from None
 
 
 def _bundle_ref(session: Session, kind: str, params: dict[str, Any], key: str) -> str:

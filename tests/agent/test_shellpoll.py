@@ -112,3 +112,12 @@ def test_a_hostile_dump_is_bounded_and_cannot_add_sections() -> None:
     assert data is not None and data["sensors"]["temp_c"] is None  # no sensor reads that
     odd = shellpoll.parse(dump(extra="@@file /etc/shadow\nroot:x\n@@unknown thing"))
     assert odd is not None and "root:x" not in json.dumps(odd)
+
+
+@pytest.mark.parametrize("loadavg", ["nan 0.31 0.20 1/180 999", "0.52 inf 0.20 1/180 999",
+                                     "1e999 0.31 0.20 1/180 999"])
+def test_a_load_average_that_is_not_a_finite_number_is_no_reading(loadavg: str) -> None:
+    """A hostile or broken device's /proc/loadavg: float() reads nan and inf, which would be
+    stored as non-JSON NaN/Infinity in the device's facts."""
+    data = shellpoll.parse(dump().replace("0.52 0.31 0.20 1/180 999", loadavg))
+    assert data is not None and data["load_1m"] is None

@@ -206,6 +206,8 @@ def latency_histogram(latencies: Sequence[float] | None) -> dict[str, Any]:
     if upper <= low:
         return {"edges": [low, low + max(abs(low) * 1e-3, 1e-6)], "counts": [int(values.size)],
                 "overflow": 0, "upper": None}
+    if not math.isfinite(upper - low):  # a span past the largest float: no bins can cover it
+        return {"edges": [], "counts": [], "overflow": 0, "upper": None}
     body = values[:inside]
     q75, q25 = _percentile(body, 75), _percentile(body, 25)
     width = 2 * (q75 - q25) / body.size ** (1 / 3)

@@ -169,6 +169,11 @@ def test_job_bounds_are_the_agents() -> None:
 
 @pytest.mark.parametrize(("kind", "params", "targets", "message"), [
     ("bench", {"bundle": "fc", "warmup": 2**70}, "all", "'warmup' must be an integer"),
+    # JSON has no NaN or Infinity, but Python's json (and so the API) reads them; stored, the
+    # job's params were no JSON any more (PostgreSQL refuses them).
+    ("push", {"bundle": "fc", "timeout": float("nan")}, "all", "'timeout' must be a number"),
+    ("push", {"bundle": "fc", "timeout": float("inf")}, "all", "'timeout' must be a number"),
+    ("push", {"bundle": "fc", "timeout": 10**400}, "all", "'timeout' is too large"),
 ])
 def test_huge_numbers_are_refused_too(records_only: Settings, kind: str,
                                       params: dict[str, Any], targets: str,

@@ -118,3 +118,12 @@ def test_a_result_is_only_reachable_through_its_own_run(stored: Stored) -> None:
         assert response.status_code == 404, url
         assert "detail" in response.json()
     assert stored.client.get(f"/runs/{stored.run_id}/results/0/charts").status_code == 422
+
+
+def test_a_latency_span_past_the_largest_float_draws_no_bins_instead_of_failing() -> None:
+    """Latencies are a device's numbers: two near +-1.7e308 made ``upper - low`` infinite and
+    the chart endpoint answered 500; the CDF still shows them."""
+    extreme = [-1.7e308, 1.0, 2.0, 1.7e308]
+    assert latency_histogram(extreme) == {"edges": [], "counts": [], "overflow": 0,
+                                          "upper": None}
+    assert latency_cdf(extreme)["x"] == sorted(extreme)
