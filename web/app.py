@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True,
 
     from orchestrator.core.errors import EdgeFleetError, NotFoundError
     from web import api, login, metrics
+    from web.bodylimit import BodyLimit
     from web.local_mode import LocalModeGuard
 
     @app.exception_handler(EdgeFleetError)
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool = True,
         return FileResponse(WEB_DIR / "static" / "favicon.ico", media_type="image/x-icon")
 
     app.add_middleware(LocalModeGuard, settings=settings)
+    app.add_middleware(BodyLimit)  # outermost of ours: a body's size is checked first
     app.include_router(api.router)
     app.include_router(metrics.router)
     app.include_router(login.router)
