@@ -30,6 +30,7 @@ from orchestrator.transport.base import (
 
 _COPY_CHUNK = 1 << 20
 _READ_CHUNK = 1 << 16
+_RELEASE_POLL_MS = 1000  # how soon a released channel's stderr reader ends
 _MAX_POLL_MS = 60_000 * 60 * 24  # a day: poll's int timeout overflows past ~24.8 days
 
 
@@ -81,18 +82,37 @@ class LocalChannel(Channel):
         self._readable.register(self.proc.stdout.fileno(),  # type: ignore[union-attr]
                                 select.POLLIN | select.POLLHUP | select.POLLERR)
         self._stderr = StderrTail(self.limits.stderr_keep)
+        self._released = threading.Event()
         self._stderr_thread = threading.Thread(target=self._drain_stderr, daemon=True)
         self._stderr_thread.start()
 
     def _drain_stderr(self) -> None:
+        """Stderr into its bounded tail until its end, or until ``release``: over a shared
+        SSH connection the master holds this pipe's other end for the session's remote
+        command, which a killed ``ssh`` does not stop, so the end may never come."""
         assert self.proc.stderr is not None
-        while chunk := self.proc.stderr.read1(_READ_CHUNK):
+        fd = self.proc.stderr.fileno()
+        ready = select.poll()
+        ready.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+        while not self._released.is_set():
+            if not ready.poll(_RELEASE_POLL_MS):
+                continue
+            chunk = os.read(fd, _READ_CHUNK)
+            if not chunk:
+                return
             self._stderr.add(chunk)
             try:
                 self.meter.add(len(chunk))
             except OutputLimitError as exc:
                 self._fail(exc)
                 return  # the group is killed; the stdout reader raises the error
+        with contextlib.suppress(OSError):
+            self.proc.stderr.close()  # whoever still writes there gets EPIPE, not a buffer
+
+    def release(self) -> None:
+        """Stop reading stderr (within ``_RELEASE_POLL_MS``) and close it: for a channel
+        given up on (aborted), whose stderr may otherwise stay open for ever."""
+        self._released.set()
 
     def _fail(self, error: OutputLimitError) -> None:
         """Remember the first limit passed and stop the command (its whole process group)."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -50,7 +51,11 @@ from orchestrator.transport.sshclient import (
     knows_known_hosts_command,
     poll_kex,
 )
-from orchestrator.transport.sshpersist import shared_control_path
+from orchestrator.transport.sshpersist import (
+    KNOWN_HOSTS_SUFFIX,
+    shared_control_path,
+    write_known_hosts,
+)
 
 SSH_FAILED = 255  # ssh's own exit status for a failure of its own (the remote's is passed on)
 PIPE_SIZE = 1 << 20  # our end of ssh's stdin: fewer wake-ups per MiB streamed (agent/session.py)
@@ -124,6 +129,7 @@ class OpenSshChannel(LocalChannel):
 
     def finish(self) -> tuple[int, str]:
         code, stderr = super().finish()
+        stderr = _MUX_NOTICE.sub("", stderr)
         if code == SSH_FAILED:
             self.conn.raise_ssh_failure(stderr)
         return code, stderr
@@ -152,7 +158,7 @@ class OpenSshChannel(LocalChannel):
             return
         self._stderr_thread.join(timeout=self.timeout or 30.0)
         if code == SSH_FAILED:
-            self.conn.raise_ssh_failure(self._stderr.text())
+            self.conn.raise_ssh_failure(_MUX_NOTICE.sub("", self._stderr.text()))
 
 
 class OpenSshConnection(Connection):
@@ -181,14 +187,15 @@ class OpenSshConnection(Connection):
         # long as it may (ssh may read it again when it re-keys): its content is exactly what
         # the socket's name digests, so every connection writing it writes the same bytes.
         self._control_dir = tempfile.mkdtemp(prefix="ef-ssh-")
-        self.known_hosts = (Path(self.shared_path + ".known_hosts") if self.shared_path
+        self.known_hosts = (Path(self.shared_path + KNOWN_HOSTS_SUFFIX) if self.shared_path
                             else Path(self._control_dir) / "known_hosts")
-        staged = Path(self._control_dir) / "known_hosts.new"
-        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as out:
-            out.writelines(f"{HOST_KEY_ALIAS} {key_type} {b64}\n"
-                           for key_type, b64 in self.trusted.items())
-        os.replace(staged, self.known_hosts)  # whole or not at all, for a running master too
+        try:
+            write_known_hosts(self.known_hosts, [f"{HOST_KEY_ALIAS} {key_type} {b64}\n"
+                                                 for key_type, b64 in self.trusted.items()])
+        except OSError as exc:
+            shutil.rmtree(self._control_dir, ignore_errors=True)
+            raise TransportError(f"{target.name}: cannot write the known_hosts file "
+                                 f"{self.known_hosts}: {exc}") from None
         self._hide_known_hosts_command = knows_known_hosts_command(ssh)
         self._channels: list[OpenSshChannel] = []
         self._closed = False
@@ -275,6 +282,13 @@ class OpenSshConnection(Connection):
                 f"({_last_line(stderr)}); check ansible_user and ansible_ssh_private_key_file")
         if any(text in stderr for text in _CONNECT_ERRORS):
             raise TransportError(f"{t.name}: cannot connect to {where}: {_last_line(stderr)}")
+        if self.shared_path and not stderr.strip() and not os.path.lexists(self.shared_path):
+            # A multiplexed session whose connection ended under it says nothing (LogLevel
+            # ERROR): without this it passes for the remote command exiting 255.
+            raise TransportError(
+                f"{t.name}: the SSH connection to {where} ended during the command (the link "
+                "dropped, or a silent or flooding command on this device had it closed); run "
+                "it again")
 
     def _offered(self) -> tuple[object | None, object | None]:
         """(the key the host offers now, the one we trust for it), the first asked again
@@ -347,7 +361,14 @@ class OpenSshConnection(Connection):
                 if stream is not None:
                     with contextlib.suppress(OSError):
                         stream.close()
+            channel.release()  # an aborted session's stderr may be held open by the master
         shutil.rmtree(self._control_dir, ignore_errors=True)
+
+
+# What a losing ``ssh`` says when another process bound the shared socket first: it then runs
+# on a connection of its own, which is no failure of the command's.
+_MUX_NOTICE = re.compile(r"^ControlSocket .* already exists, disabling multiplexing\r?\n?",
+                         re.MULTILINE)
 
 
 def _last_line(stderr: str) -> str:

@@ -31,12 +31,15 @@ started over it meanwhile fails or waits for that, not tested here).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import re
 import stat
 import tempfile
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -76,6 +79,57 @@ def control_dir() -> Path | None:
     return path
 
 
+KNOWN_HOSTS_SUFFIX = ".known_hosts"
+STAGED_PREFIX = ".known_hosts-"  # a known_hosts being written (tempfile's name), then renamed
+STALE_AFTER_S = 3600.0  # a connection's known_hosts with no socket beside it for this long
+SWEEP_EVERY_S = 600.0
+_swept: dict[Path, float] = {}  # directory -> when this process last swept it
+_sweep_lock = threading.Lock()
+
+
+def write_known_hosts(path: Path, lines: list[str]) -> None:
+    """Write ``path`` whole or not at all (a running master may read it again when it
+    re-keys): staged in its own directory, then renamed. Beside it, not in a temporary
+    directory: ``$XDG_RUNTIME_DIR`` is a file system of its own (systemd's /run/user/<uid>),
+    and a rename across file systems fails (EXDEV)."""
+    fd, staged = tempfile.mkstemp(dir=path.parent, prefix=STAGED_PREFIX, suffix=".new")
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.writelines(lines)
+        os.replace(staged, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(staged)
+        raise
+
+
+def sweep(directory: Path, now: float | None = None) -> int:
+    """Remove the known_hosts files of connections long gone (no socket beside them for
+    ``STALE_AFTER_S``) and staged files a killed process left; at most every
+    ``SWEEP_EVERY_S`` per process and directory. Why: each trust, address or key exchange
+    names a file of its own, and nothing else ever removes one. Returns how many it removed."""
+    now = time.time() if now is None else now
+    with _sweep_lock:
+        if now - _swept.get(directory, -SWEEP_EVERY_S) < SWEEP_EVERY_S:
+            return 0
+        _swept[directory] = now
+    removed = 0
+    with contextlib.suppress(OSError), os.scandir(directory) as entries:
+        for entry in entries:
+            name = entry.name
+            if name.endswith(KNOWN_HOSTS_SUFFIX):
+                if os.path.lexists(os.path.join(directory, name[:-len(KNOWN_HOSTS_SUFFIX)])):
+                    continue  # its connection is open
+            elif not name.startswith(STAGED_PREFIX):
+                continue
+            with contextlib.suppress(OSError):
+                info = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(info.st_mode) and now - info.st_mtime > STALE_AFTER_S:
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
+
+
 def socket_name(ssh: str, target: Target, trusted: Mapping[str, str], kex: str | None) -> str:
     """The digest naming one connection: equal only for connections made and checked alike."""
     parts = [ssh, target.name, target.address, str(target.port), target.user or "",
@@ -93,6 +147,7 @@ def shared_control_path(ssh: str, target: Target, trusted: Mapping[str, str],
     directory = control_dir()
     if directory is None:
         return None
+    sweep(directory)
     path = str(directory / socket_name(ssh, target, trusted, kex))
     if len(path) > SOCKET_PATH_MAX or not _PLAIN.fullmatch(path):
         log.warning("no persistent SSH connections: the socket path %r is too long or unusual "

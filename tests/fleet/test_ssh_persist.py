@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,10 +18,17 @@ import pytest
 
 from orchestrator.core.config import get_settings
 from orchestrator.core.db import session_scope
+from orchestrator.core.errors import TransportError
 from orchestrator.inventory.devices import get_device, to_target
 from orchestrator.transport import connect
 from orchestrator.transport.base import Target
-from orchestrator.transport.sshpersist import control_dir, shared_control_path, socket_name
+from orchestrator.transport.sshpersist import (
+    STALE_AFTER_S,
+    control_dir,
+    shared_control_path,
+    socket_name,
+    sweep,
+)
 
 from ..conftest import Cli
 from ..waiting import process_gone
@@ -167,3 +175,81 @@ def test_an_aborted_command_leaves_the_other_sessions_on_its_connection(
         assert waiting.readline().strip() == "got hi"
         assert waiting.finish()[0] == 0
     assert logins(host) == before  # both over the install's connection
+
+
+def test_a_socket_directory_on_its_own_file_system_works(
+        cli: Cli, sshd_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """systemd mounts ``$XDG_RUNTIME_DIR`` (/run/user/<uid>) as a tmpfs of its own: the
+    known_hosts beside the socket must not be renamed there from the temporary directory
+    (EXDEV: every connection failed with a raw OSError)."""
+    shm = Path("/dev/shm")
+    assert shm.is_dir() and os.stat(shm).st_dev != os.stat(tempfile.gettempdir()).st_dev
+    runtime = Path(tempfile.mkdtemp(prefix="ef-", dir=shm))
+    try:
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+        (host,) = sshd_factory(1)
+        setup_fleet(cli, tmp_path, [host])
+        assert cli("telemetry", host.name, "--json").json[0]["state"] == "ok"
+        assert len(masters()) == 2  # both connections persist in the tmpfs
+        assert not [p for p in (runtime / "edgefleet-ssh").iterdir()
+                    if p.name.startswith(".known_hosts-")]  # nothing staged left behind
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+def test_a_session_whose_shared_connection_is_ended_under_it_says_so(
+        cli: Cli, sshd_factory, tmp_path: Path, socket_dir: Path) -> None:
+    """A silent command's timeout ends its device's shared connection (``ssh -O exit``, so a
+    flooding or hung session cannot keep it); another command on it then ends too, and must
+    say why instead of passing for the remote command's own exit 255."""
+    (host,) = sshd_factory(1)
+    setup_fleet(cli, tmp_path, [host])
+    settings = get_settings()
+    with session_scope(settings) as session:
+        target = to_target(get_device(session, host.name))
+    with connect(target, settings) as healthy, connect(target, settings, timeout=1.0) as silent:
+        running = healthy.start(["sh", "-c", "echo started; read never; echo unreachable"])
+        assert running.readline() == "started\n"
+        stuck = silent.start(["sleep", "60"])
+        with pytest.raises(TransportError, match="no output for 1s"):
+            stuck.readline()
+        with pytest.raises(TransportError, match="SSH connection to .* ended during the command"):
+            running.finish()
+
+
+def test_stale_known_hosts_files_are_swept(tmp_path: Path) -> None:
+    now = time.time()
+    old = now - STALE_AFTER_S - 60
+    files = {"a" * 32 + ".known_hosts": old,  # its connection long gone: removed
+             "b" * 32 + ".known_hosts": old,  # its socket still there: kept
+             "c" * 32 + ".known_hosts": now - 5,  # just written, master starting: kept
+             ".known_hosts-x1.new": old,  # left by a killed process: removed
+             "unrelated.txt": old}
+    for name, mtime in files.items():
+        (tmp_path / name).write_text("x")
+        os.utime(tmp_path / name, (mtime, mtime))
+    (tmp_path / ("b" * 32)).write_text("")  # stands for the live socket
+    assert sweep(tmp_path, now) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["b" * 32, "b" * 32 + ".known_hosts", "c" * 32 + ".known_hosts", "unrelated.txt"])
+    (tmp_path / ("b" * 32)).unlink()
+    assert sweep(tmp_path, now + 1) == 0  # at most every SWEEP_EVERY_S
+
+
+def test_an_aborted_session_does_not_keep_a_reader_thread_for_ever(
+        cli: Cli, sshd_factory, tmp_path: Path, socket_dir: Path) -> None:
+    """Killing a multiplexed ``ssh`` leaves the master holding its stderr pipe for as long as
+    the remote command runs; closing the connection releases our reader of it."""
+    (host,) = sshd_factory(1)
+    setup_fleet(cli, tmp_path, [host])
+    settings = get_settings()
+    with session_scope(settings) as session:
+        target = to_target(get_device(session, host.name))
+    conn = connect(target, settings)
+    channel = conn.start(["sh", "-c", "echo up; exec sleep 60"])
+    assert channel.readline() == "up\n"
+    channel.abort()  # as a discarded early push: this ssh only, the connection stays
+    reader = channel._stderr_thread  # noqa: SLF001 - what this test is about
+    conn.close()
+    reader.join(10)
+    assert not reader.is_alive()  # ended within a second of close, not after the sleep
