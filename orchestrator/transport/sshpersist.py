@@ -26,7 +26,14 @@ What OpenSSH does that this relies on (tests/fleet/test_ssh_persist.py shows the
 the master detaches into its own session holding none of our pipes; a stopped sshd ends it, and
 the next ``ssh`` finds the socket dead and connects (and fails) on its own;
 ``ServerAliveInterval`` ends a master whose device vanished silently (within ~30 s; a command
-started over it meanwhile fails or waits for that, not tested here).
+started over it meanwhile fails or waits for that, not tested here); a master whose device
+rebooted meets a RST on its first use, and the ``ssh`` that asked falls back to a connection
+of its own (tests/fleet/test_device_reboot.py).
+
+Not in the digest: the user's ``~/.ssh/config`` (``HostName``, ``ProxyJump``, ``IdentityFile``)
+and an ssh-agent's keys. A change there reaches a device once its open connection has been
+idle for ``EDGEFLEET_SSH_PERSIST_S`` (or at once with ``ssh -O exit``); host keys are checked
+by the digest's known_hosts whatever the config says.
 """
 
 from __future__ import annotations
