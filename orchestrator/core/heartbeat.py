@@ -9,6 +9,7 @@ renew outside the lock so a slow database never blocks ``hold``/``drop``); two c
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
@@ -16,6 +17,7 @@ from typing import Generic, TypeVar
 from orchestrator.core.config import Settings
 
 K = TypeVar("K", bound=Hashable)
+log = logging.getLogger(__name__)
 
 
 class Heartbeat(Generic[K]):
@@ -42,6 +44,11 @@ class Heartbeat(Generic[K]):
         with self._lock:
             self._held.pop(key, None)
 
+    def holds(self, key: K) -> bool:
+        """Whether this process is renewing ``key`` now (so it is alive, whatever its age)."""
+        with self._lock:
+            return key in self._held
+
     def _beat(self) -> None:
         while True:
             with self._lock:
@@ -52,4 +59,9 @@ class Heartbeat(Generic[K]):
                 self._wake.wait(max(0.05, interval))
                 held = list(self._held.items())
             if held:
-                self._renew(held)
+                try:
+                    self._renew(held)
+                except Exception:  # noqa: BLE001 - the loop must outlive any one failure
+                    # Why: a dead heartbeat thread makes this live process look dead to every
+                    # other worker (its jobs interrupted, its leases taken while it works on).
+                    log.exception("%s: renewing failed; the next beat retries", self.name)

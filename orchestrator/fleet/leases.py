@@ -58,6 +58,10 @@ class DeviceBusy(EdgeFleetError):
         return f"waiting for {self.device}: {self.operation} {who}"
 
 
+class LeaseLost(EdgeFleetError):
+    """The device's lease went to another operation while this one held it."""
+
+
 @dataclass(frozen=True)
 class Waiting:
     """How a job's work waits for a busy device (``waiting_as``)."""
@@ -229,12 +233,21 @@ def renew(settings: Settings, device: str, holder: str) -> bool:
             .values(expires_at=expires)).rowcount)
 
 
+_lost: set[tuple[str, str]] = set()  # (device, holder) whose lease another process took
+
+
 def _renew(held: list[tuple[tuple[str, str], Settings]]) -> None:
     for (device, holder), settings in held:
         try:
-            if not renew(settings, device, holder):
-                log.warning("%s: lost its lease (expired while this process was stopped?); "
-                            "another operation may now use it", device)
+            if not renew(settings, device, holder) and (device, holder) not in _lost:
+                # Frozen past the TTL (SIGSTOP, a stalled VM) and someone took the device:
+                # two operations must never drive it at once, so ours stops here.
+                _lost.add((device, holder))
+                from orchestrator.transport import abort_device
+
+                aborted = abort_device(device)
+                log.error("%s: lost its lease (expired while this process was stopped?) to "
+                          "another operation; %d connection(s) to it aborted", device, aborted)
         except OperationalError as exc:  # the DB was busy: the next beat retries
             log.warning("%s: lease heartbeat failed: %s", device, exc)
 
@@ -245,11 +258,25 @@ _heartbeat: Heartbeat[tuple[str, str]] = Heartbeat(
 
 @contextmanager
 def leased(settings: Settings, device: str, operation: str) -> Iterator[str]:
+    """Hold ``device`` for ``operation`` while the block runs. If another process takes the
+    lease meanwhile (this one was frozen past its TTL), this process's connections to the
+    device are aborted and the block ends in ``LeaseLost``, whatever it did."""
     holder = holder_id()
     acquire_waiting(settings, device, operation, holder, _waiting.get())
     _heartbeat.hold(settings, (device, holder))
+    lost = LeaseLost(f"{device}: stopped: its lease was taken by another operation while this "
+                     "process was not renewing it (frozen past EDGEFLEET_LEASE_TTL_S?); what it "
+                     "did meanwhile is not to be trusted: run the command again")
     try:
         yield holder
+    except BaseException as exc:
+        if (device, holder) in _lost:
+            raise lost from exc
+        raise
+    else:  # an aborted command may also just end (its output cut short): the same verdict
+        if (device, holder) in _lost:
+            raise lost
     finally:
         _heartbeat.drop((device, holder))
+        _lost.discard((device, holder))
         release(settings, device, holder)

@@ -14,6 +14,7 @@ worker's jobs and devices within a minute; the tests shorten both to seconds.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -44,13 +45,32 @@ def beat(settings: Settings, job_ids: list[int]) -> int:
                                .values(heartbeat_at=datetime.now(UTC))).rowcount
 
 
+def interrupted_elsewhere(settings: Settings, job_ids: list[int]) -> list[int]:
+    """Of these jobs (run by this process), those another process marked interrupted."""
+    with session_scope(settings) as session:
+        return list(session.exec(select(Job.id).where(col(Job.id).in_(job_ids),
+                                                      col(Job.state) == "interrupted")).all())
+
+
+# job id -> what stops it here: set when its row stops being "running" under this process
+# (another worker's sweep marked it interrupted while this one was frozen past the TTL).
+_on_stopped: dict[int, threading.Event] = {}
+
+
 def _renew(held: list[tuple[int, Settings]]) -> None:
     by_db: dict[str, tuple[Settings, list[int]]] = {}
     for job_id, settings in held:
         by_db.setdefault(settings.db_url, (settings, []))[1].append(job_id)
     for settings, job_ids in by_db.values():
         try:
-            beat(settings, job_ids)
+            if beat(settings, job_ids) < len(job_ids):
+                for job_id in interrupted_elsewhere(settings, job_ids):
+                    stop = _on_stopped.get(job_id)
+                    if stop is not None and not stop.is_set():
+                        log.error("job %s was marked interrupted by another process (this one "
+                                  "stopped heartbeating for longer than EDGEFLEET_JOB_TTL_S?): "
+                                  "stopping its work here", job_id)
+                        stop.set()
         except OperationalError as exc:  # the DB was busy: the next beat retries
             log.warning("jobs %s: heartbeat failed: %s", job_ids, exc)
 
@@ -60,14 +80,20 @@ _heartbeat: Heartbeat[int] = Heartbeat("edgefleet-job-heartbeat", lambda s: s.jo
 
 
 @contextmanager
-def beating(settings: Settings, job_id: int) -> Iterator[None]:
-    """Heartbeat ``job_id`` while the block runs it in this process."""
+def beating(settings: Settings, job_id: int,
+            stop: threading.Event | None = None) -> Iterator[None]:
+    """Heartbeat ``job_id`` while the block runs it in this process; ``stop`` is set if its
+    row stops being "running" meanwhile (the job's cancel flag: its work stops at the next
+    boundary instead of writing on as a zombie)."""
     beat(settings, [job_id])
+    if stop is not None:
+        _on_stopped[job_id] = stop
     _heartbeat.hold(settings, job_id)
     try:
         yield
     finally:
         _heartbeat.drop(job_id)
+        _on_stopped.pop(job_id, None)
 
 
 def _stopped_why(job: Job) -> str:
@@ -84,8 +110,9 @@ def sweep(settings: Settings, now: datetime | None = None) -> list[int]:
     cutoff = (now or datetime.now(UTC)) - timedelta(seconds=settings.job_ttl_s)
     last = func.coalesce(col(Job.heartbeat_at), col(Job.started_at))
     with session_scope(settings) as session:
-        stale = session.exec(select(Job).where(col(Job.state) == "running",
-                                               last < cutoff)).all()
+        stale = [job for job in session.exec(select(Job).where(col(Job.state) == "running",
+                                                               last < cutoff)).all()
+                 if not _heartbeat.holds(job.id)]  # this process runs it: alive, only slow
         dead = queue.interrupt(session, stale, _stopped_why) if stale else []
         processes = {":".join((j.worker or "").split(":")[:2]) for j in stale if j.id in dead}
     freed: list[str] = []
@@ -112,5 +139,5 @@ def attended(ctx: context.JobContext) -> Iterator[None]:
             ctx.wait_view(device, text)
 
     policy = leases.Waiting(ctx.job_id, ctx.settings.lease_wait_s, on_wait, ctx.check)
-    with beating(ctx.settings, ctx.job_id), leases.waiting_as(policy):
+    with beating(ctx.settings, ctx.job_id, ctx.cancel), leases.waiting_as(policy):
         yield

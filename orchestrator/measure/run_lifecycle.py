@@ -86,8 +86,9 @@ def close_runs(settings: Settings, runs: Sequence[Run], outcomes: Sequence[Outco
         for run in runs:
             stored = session.get(Run, run.id)
             assert stored is not None
-            stored.state, stored.finished_at = state, datetime.now(UTC)
-            session.add(stored)
+            if stored.state == "running":  # else another process already closed it
+                stored.state, stored.finished_at = state, datetime.now(UTC)
+                session.add(stored)
             finished.append(stored)
         session.flush()
         session.expunge_all()

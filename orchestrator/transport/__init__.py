@@ -4,6 +4,7 @@ Everything above this package speaks in argv tokens; quoting happens here, once,
 """
 
 from orchestrator.transport.base import CommandResult, Connection, RemotePath, Target
-from orchestrator.transport.factory import abort_all, connect
+from orchestrator.transport.factory import abort_all, abort_device, connect
 
-__all__ = ["CommandResult", "Connection", "RemotePath", "Target", "abort_all", "connect"]
+__all__ = ["CommandResult", "Connection", "RemotePath", "Target", "abort_all", "abort_device",
+           "connect"]

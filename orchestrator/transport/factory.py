@@ -106,3 +106,17 @@ def abort_all() -> None:
             conn.abort()
         except Exception as exc:  # one device's teardown error must not spare the others
             log.warning("%s: abort failed: %s", conn.target.name, exc)
+
+
+def abort_device(name: str) -> int:
+    """Abort this process's open connections to the device ``name`` (its lease was lost:
+    another operation now owns the device, so ours must stop touching it). How many."""
+    aborted = 0
+    for conn in list(_open):
+        if conn.target.name == name:
+            try:
+                conn.abort()
+                aborted += 1
+            except Exception as exc:  # noqa: BLE001 - the others must still be aborted
+                log.warning("%s: abort failed: %s", name, exc)
+    return aborted

@@ -97,3 +97,50 @@ def test_a_killed_holder_on_this_host_is_detected_at_once(home: Path, holder) ->
     proc.wait(30)
     assert _take(settings)
     assert _expiry(settings)[0] == "taker:1:x"  # type: ignore[index]
+
+
+WORKER = """
+import sys
+from orchestrator.core.config import Settings
+from orchestrator.fleet.leases import LeaseLost, leased
+from orchestrator.transport import connect
+from orchestrator.transport.base import Target
+
+settings = Settings()
+device = Target(name="pi1", address="localhost", connection="local")
+try:
+    with leased(settings, "pi1", "bench") as holder, connect(device, settings, 600) as conn:
+        running = conn.start(["sleep", "600"])  # the device busy with our work
+        print(holder, flush=True)
+        running.readline()
+except LeaseLost as exc:
+    print("lost:", exc, flush=True)
+    sys.exit(3)
+"""
+
+
+def test_a_thawed_holder_whose_lease_was_taken_stops_its_device_work(home: Path) -> None:
+    """Frozen past the TTL, then thawed after another process took the device: the old
+    holder's heartbeat finds the lease gone, aborts its own connections to the device (two
+    operations must never drive one Pi at once) and fails saying why, instead of working on."""
+    settings = Settings(home=home, lease_ttl_s=1.5)
+    get_engine(settings)
+    env = dict(os.environ, EDGEFLEET_HOME=str(home), EDGEFLEET_LEASE_TTL_S="1.5")
+    proc = subprocess.Popen([sys.executable, "-c", WORKER], stdout=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        assert proc.stdout is not None
+        holder_id = proc.stdout.readline().strip()
+        assert holder_id.split(":")[1] == str(proc.pid)
+        proc.send_signal(signal.SIGSTOP)
+        wait_until(lambda: _take(settings), "the frozen holder's lease to expire", 30)
+        proc.send_signal(signal.SIGCONT)
+        out, _ = proc.communicate(timeout=60)  # well before the sleep's 600 s
+        assert proc.returncode == 3, out
+        assert out.startswith("lost: pi1: stopped: its lease was taken"), out
+        assert _expiry(settings)[0] == "taker:1:x"  # type: ignore[index]
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+            proc.wait(30)

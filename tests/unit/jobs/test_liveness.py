@@ -15,7 +15,8 @@ from orchestrator.core.db import session_scope
 from orchestrator.core.errors import EdgeFleetError
 from orchestrator.core.models import Deployment, DeviceLease, Job, Run
 from orchestrator.fleet import leases
-from orchestrator.jobs import liveness
+from orchestrator.jobs import liveness, queue
+from orchestrator.measure.run_lifecycle import close_runs
 from tests.faults.procs import wait_until
 
 OTHER = "lab-b.example:4242:abcd1234"  # a worker on another host: its pid cannot be checked
@@ -81,6 +82,58 @@ def test_a_job_being_run_is_heartbeated(home: Path) -> None:
         assert first is not None and datetime.now(UTC) - first < timedelta(seconds=5)
         wait_until(lambda: (beat_at() or first) > first, "a second heartbeat", 30)
         assert liveness.sweep(settings) == []
+
+
+def test_a_job_marked_interrupted_elsewhere_is_stopped_here_and_a_held_one_never_swept(
+        home: Path) -> None:
+    """This process froze past the TTL (a stalled VM): another worker's sweep marked its job
+    interrupted. Thawed, its heartbeat finds that and sets the job's cancel flag, so the work
+    stops at its next boundary instead of writing on; its run stays interrupted. And the sweep
+    a process runs itself never marks a job it is renewing (alive, however old the row)."""
+    settings = Settings(home=home, job_ttl_s=0.4)
+    job_id = _job(settings, OTHER, heartbeat_age_s=60)
+    with session_scope(settings) as session:
+        run = Run(bundle_name="fc", bundle_version="1", bundle_digest="d" * 64, targets="pi3",
+                  job_id=job_id, state="running", created_by="tester")
+        session.add(run)
+        session.flush()
+        run_id = run.id
+    stop = threading.Event()
+    with liveness.beating(settings, job_id, stop):
+        with session_scope(settings) as session:  # its row aged past the TTL meanwhile
+            session.get(Job, job_id).heartbeat_at = datetime.now(UTC) - timedelta(minutes=5)  # type: ignore[union-attr]
+        assert liveness.sweep(settings) == []  # held here: not swept by this process
+        with session_scope(settings) as session:  # another worker's sweep, as it writes it
+            queue.interrupt(session, [session.get(Job, job_id)], lambda job: "gone")  # type: ignore[list-item]
+        assert stop.wait(30), "the job's work was not told to stop"
+    with session_scope(settings) as session:
+        stored = session.get(Run, run_id)
+        session.expunge(stored)
+    close_runs(settings, [stored], [], cancelled=False)  # type: ignore[list-item]
+    with session_scope(settings) as session:
+        assert session.get(Run, run_id).state == "interrupted"  # type: ignore[union-attr]
+
+
+def test_a_heartbeat_outlives_an_unexpected_error(home: Path) -> None:
+    """One renewal failing with anything (a pool timeout, a driver bug) must not end the
+    thread: a live process would look dead to every other worker from then on."""
+    from orchestrator.core.heartbeat import Heartbeat
+
+    calls: list[int] = []
+    second = threading.Event()
+
+    def renew(held: list[tuple[str, Settings]]) -> None:
+        calls.append(len(held))
+        if len(calls) == 1:
+            raise RuntimeError("QueuePool limit reached")
+        second.set()
+
+    beat = Heartbeat("test-heartbeat", lambda s: 0.2, renew)
+    beat.hold(Settings(home=home), "x")
+    try:
+        assert second.wait(30), "no renewal after the failing one"
+    finally:
+        beat.drop("x")
 
 
 def _policy(seen: list[str | None], wait_s: float = 60.0,
