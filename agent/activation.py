@@ -174,6 +174,9 @@ def activate(store: Store, request: Request) -> Dict[str, Any]:
         if signed is not None:
             entry["signed_by"] = signed["key"]
         try:
+            # The signature first: once the activation commits, a crash or a full disk must
+            # not leave the live version without it (a rollback to it is checked against it).
+            signatures.remember(store, request.digest, request.signature)
             journal.begin(store, state, "activate", entry)
         except BaseException:
             state["pending"] = None
@@ -195,7 +198,9 @@ def activate(store: Store, request: Request) -> Dict[str, Any]:
                 store.verifier.cache.save()
             raise
         crash_point("committed")
-        signatures.record_committed(store, entry, state["history"], request.signature)
+        record_error = _record_committed(store, entry, state["history"], request.signature)
+        if record_error:
+            data["trust_record_error"] = record_error
         try:
             data["pruned"] = prune(store, state)
         except (OSError, AgentError) as exc:
@@ -283,9 +288,24 @@ def rollback(store: Store) -> Dict[str, Any]:
             journal.revert_quietly(store, state)
             raise
         # asked for: the floor goes down with it
-        signatures.record_committed(store, target, state["history"])
+        record_error = _record_committed(store, target, state["history"], None)
         store.verifier.cache.save()
-        return {"active": dict(target), "previous": dict(rolled_from), "skipped": skipped}
+        result = {"active": dict(target), "previous": dict(rolled_from), "skipped": skipped}
+        if record_error:
+            result["trust_record_error"] = record_error
+        return result
+
+
+def _record_committed(store: Store, entry: Dict[str, Any], history: List[Dict[str, Any]],
+                      signature: Optional[Dict[str, str]]) -> Optional[str]:
+    """``signatures.record_committed`` after a commit; what failed, if anything. Why not
+    raised: the version is live by now, and an error would report the push or rollback as
+    failed (a full disk here said ``no_space`` about a committed activation)."""
+    try:
+        signatures.record_committed(store, entry, history, signature)
+    except (OSError, AgentError) as exc:
+        return "the version is active, but its trust records were not updated: %s" % exc
+    return None
 
 
 def plan(store: Store, request: Request) -> Dict[str, Any]:

@@ -44,8 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_STDIN_BYTES = 32 << 20  # a command's input: a manifest, a dataset's (as a session line)
+
+
 def read_stdin_json(stdin: IO[bytes]) -> Any:
-    raw = stdin.read()
+    raw = stdin.read(MAX_STDIN_BYTES + 1)  # bounded: never the whole of an endless stream
+    if len(raw) > MAX_STDIN_BYTES:
+        raise AgentError(E_BAD_INPUT, "stdin holds more than %d bytes: not a command's input"
+                         % MAX_STDIN_BYTES)
     if not raw.strip():
         raise AgentError(E_BAD_INPUT, "expected one JSON document on stdin, got nothing")
     try:

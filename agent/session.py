@@ -45,6 +45,8 @@ from agent.protocol import (
 from agent.store import Store
 
 RECEIVE_CHUNK = 1 << 20
+# The longest request line read: an activate's or dataset's manifest (10^4 files: ~2 MB).
+MAX_REQUEST_LINE = 32 << 20
 F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ, named there only from Python 3.10
 PIPE_SIZE = 1 << 20  # /proc/sys/fs/pipe-max-size's default: allowed without privileges
 WRITEBACK_EVERY = 8 << 20
@@ -274,11 +276,16 @@ def serve(store: Store, stream: IO[bytes], emit: Emit, handle: Handler,
 def _serve(store: Store, stream: IO[bytes], emit: Emit, handle: Handler,
            error_for: Callable[[BaseException], Dict[str, Any]]) -> int:
     while True:
-        header = stream.readline()
+        header = stream.readline(MAX_REQUEST_LINE + 1)
         if not header:
             return 0
         command = "?"
         try:
+            if len(header) > MAX_REQUEST_LINE and not header.endswith(b"\n"):
+                # Out of step with the control plane (or not it at all): the rest of the
+                # stream cannot be read as requests, and it must not be held in memory.
+                raise AgentError(E_BAD_INPUT, "session request line longer than %d bytes; "
+                                 "session ended" % MAX_REQUEST_LINE)
             try:
                 request = json.loads(header.decode("utf-8"))
             except (UnicodeDecodeError, ValueError) as exc:
@@ -296,7 +303,10 @@ def _serve(store: Store, stream: IO[bytes], emit: Emit, handle: Handler,
             emit(result_ok(command, data))
             if command == "plan" and not data.get("already_active"):
                 _prewarm_smoke(request.get("input"))  # the control plane is already sending
-        except (AgentError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - answered, as any other error of a request
+            # An AgentError or OSError is the request's own failure; anything else (a request
+            # nested too deep for json: RecursionError) too, without a traceback ending the
+            # session. A failed receive leaves the byte stream out of step: the session ends.
             error = error_for(exc)
             emit(result_error(command, error.pop("code"), error.pop("message"), **error))
             if command in ("receive", "?"):

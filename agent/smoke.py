@@ -42,6 +42,19 @@ from agent.protocol import (
 
 REL_FLOOR = 1e-12  # max_rel divides by max(|expected|, REL_FLOOR) (docs/pipeline.md)
 STDERR_TAIL = 12
+# How long the smoke child may take (start, imports, load, run) before it is killed and the
+# activation reverted. Why a bound: the activation holds the device's lock meanwhile, and a
+# model that hangs while loading would keep every later push, rollback and bench waiting.
+SMOKE_TIMEOUT_ENV = "EDGEFLEET_SMOKE_TIMEOUT_S"
+SMOKE_TIMEOUT_S = 300.0
+
+
+def smoke_timeout_s() -> float:
+    try:
+        value = float(os.environ.get(SMOKE_TIMEOUT_ENV, SMOKE_TIMEOUT_S))
+    except ValueError:
+        return SMOKE_TIMEOUT_S
+    return value if 0 < value < float("inf") else SMOKE_TIMEOUT_S
 
 Emit = Callable[[Dict[str, Any]], None]
 
@@ -154,6 +167,7 @@ def run_smoke(vdir: str, golden: Dict[str, Any], emit: Emit) -> Dict[str, Any]:
             "rtol": golden["rtol"], "atol": golden["atol"], "model": golden["model"]}
     emit(event("smoke", phase="start", model=golden["model"]))
     started = time.perf_counter()
+    timed_out: Optional[float] = None
     proc = _take_child()
     try:
         # The spec goes first, then the crash point "during the smoke test" (agent.journal):
@@ -166,7 +180,13 @@ def run_smoke(vdir: str, golden: Dict[str, Any], emit: Emit) -> Dict[str, Any]:
         except BrokenPipeError:
             pass  # it died early (a pre-warmed child): its exit status and stderr say why
         crash_point("smoke")
-        out, err = proc.communicate()
+        limit = smoke_timeout_s()
+        try:
+            out, err = proc.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            timed_out = limit
     finally:
         if proc.poll() is None:  # interrupted: never leave a child behind
             proc.kill()
@@ -187,7 +207,10 @@ def run_smoke(vdir: str, golden: Dict[str, Any], emit: Emit) -> Dict[str, Any]:
         report = dict(result["data"])
     else:
         tail = "\n".join(stderr.rstrip("\n").splitlines()[-STDERR_TAIL:])
-        if result is not None:
+        if timed_out is not None:
+            why = ("the smoke test took longer than %g s (%s) and was killed" %
+                   (timed_out, SMOKE_TIMEOUT_ENV))
+        elif result is not None:
             why = str((result.get("error") or {}).get("message"))
         elif proc.returncode < 0:
             number = -proc.returncode

@@ -123,11 +123,16 @@ def push_over(conn: Connection, bundle: Bundle, store: BlobStore, progress: Push
                 "rolled_back_to": exc.detail.get("rolled_back_to")})
     state = "active" if result.get("changed", True) else "unchanged"
     smoke = result.get("smoke")
-    return Outcome(target.name, True, state, data={
-        "bytes_sent": sent, "resumed_bytes": resumed, "previous": result.get("previous"),
-        "smoke_detail": smoke,
-        "smoke": smoke_summary(smoke) if smoke else
-        "no golden outputs" if state == "active" else None})
+    data = {"bytes_sent": sent, "resumed_bytes": resumed, "previous": result.get("previous"),
+            "smoke_detail": smoke,
+            "smoke": smoke_summary(smoke) if smoke else
+            "no golden outputs" if state == "active" else None}
+    # What went wrong after the version went live (a clean-up, the trust records): the push
+    # succeeded, and the user should still hear of it.
+    warnings = [str(result[k]) for k in ("trust_record_error", "prune_error") if result.get(k)]
+    if warnings:
+        data["warnings"] = warnings
+    return Outcome(target.name, True, state, data=data)
 
 
 SMOKE_FIELDS = ("reason", "outputs", "max_abs", "max_rel", "error", "ms", "rolled_back_to")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -240,3 +241,30 @@ def test_a_writeback_error_is_raised_not_swallowed(tmp_path: Path) -> None:
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def test_an_endless_request_line_ends_the_session_in_bounded_memory(
+        pyz: Path, root: Path) -> None:
+    """A stream out of step (or not the control plane at all): 300 MiB with no newline was
+    read whole into the agent's memory (~331 MB on a Pi with 1 GB)."""
+    from agent.session import MAX_REQUEST_LINE
+
+    proc = subprocess.Popen([sys.executable, str(pyz), f"--root={root}", "session"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env=agent_env())
+    chunk = b"x" * (1 << 20)
+    try:
+        for _ in range(MAX_REQUEST_LINE // len(chunk) * 4):  # four times the limit
+            proc.stdin.write(chunk)  # type: ignore[union-attr]
+        proc.stdin.close()  # type: ignore[union-attr]
+    except BrokenPipeError:
+        pass  # the agent stopped reading: what we want
+    out = proc.stdout.read()  # type: ignore[union-attr]
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    results = [m for m in parse_lines(out.decode().splitlines()) if m["type"] == "result"]
+    assert proc.returncode == 1 and len(results) == 1, out[-2000:]
+    assert results[0]["error"]["code"] == "bad_input"
+    assert "longer than" in results[0]["error"]["message"]
+    assert usage.ru_maxrss < (MAX_REQUEST_LINE >> 10) * 2 + 100_000, usage.ru_maxrss  # kB
+

@@ -12,11 +12,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 import onnx
-from agent_helpers import Bundle, make_bundle, push, read_state, run_agent, upload
+from agent_helpers import Bundle, agent_env, make_bundle, push, read_state, run_agent, upload
 from onnx import TensorProto, helper, numpy_helper
 
 from agent.protocol import manifest_digest
@@ -185,3 +186,59 @@ def test_malformed_golden_is_refused_before_anything_changes(pyz: Path, root: Pa
     assert error["code"] == "bad_input" and "nope.npz" in error["message"]
     assert not (root / "current").exists()
     assert not (root / "versions").exists() or version_dirs(root) == []
+
+
+def endless_model() -> bytes:
+    """The linear model's inputs and outputs, with a Loop of 10^7 [1,512]x[512,512] MatMuls
+    on a state made from ``x`` (so nothing is folded at load) feeding the logits: a model that
+    runs for hours, as one hanging in a driver would."""
+    rng = np.random.default_rng(0)
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("MatMul", ["s_in", "big"], ["s_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("s_in", TensorProto.FLOAT, [1, 512])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("s_out", TensorProto.FLOAT, [1, 512])])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "p"], ["s0"]),
+         helper.make_node("Loop", ["trips", "go", "s0"], ["s"], body=body),
+         helper.make_node("ReduceSum", ["s"], ["r"], keepdims=1),
+         helper.make_node("Mul", ["r", "zero"], ["nothing"]),
+         helper.make_node("MatMul", ["x", "w"], ["h"]),
+         helper.make_node("Add", ["h", "nothing"], ["logits"]),
+         helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0)],
+        "endless",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3]),
+         helper.make_tensor_value_info("label", TensorProto.INT64, [1])],
+        [numpy_helper.from_array(rng.standard_normal((4, 512)).astype(np.float32), "p"),
+         numpy_helper.from_array(np.eye(512, dtype=np.float32), "big"),
+         numpy_helper.from_array(np.array(10**7, dtype=np.int64), "trips"),
+         numpy_helper.from_array(np.array(True), "go"),
+         numpy_helper.from_array(np.zeros((1, 1), np.float32), "zero"),
+         numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString(deterministic=True)
+
+
+def test_a_smoke_test_that_never_ends_is_killed_and_the_previous_version_stays(
+        pyz: Path, root: Path, tmp_path: Path) -> None:
+    """The activation holds the device's lock while its smoke child runs: without a bound, a
+    model that hangs kept every later push, rollback and bench waiting for ever."""
+    push(pyz, root, golden_bundle(tmp_path, "1"), plan=False)
+    slow = golden_bundle(tmp_path, "2", device_model=endless_model())
+    upload(root, slow)
+    started = time.monotonic()
+    run = run_agent(pyz, root, "activate", slow.request,
+                    env=agent_env(EDGEFLEET_SMOKE_TIMEOUT_S="2"))
+    assert time.monotonic() - started < 50  # run_agent itself gives up at 60 s
+    error = run.error
+    assert error["code"] == "smoke_failed", error
+    assert "took longer than 2 s (EDGEFLEET_SMOKE_TIMEOUT_S) and was killed" in error["message"]
+    assert read_state(root)["history"][-1]["version"] == "1"
+    assert run_agent(pyz, root, "verify", {}).ok  # the lock is free, version 1 intact
