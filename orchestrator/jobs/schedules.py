@@ -158,11 +158,32 @@ def due(settings: Settings, now: datetime) -> list[Job]:
                                      f"schedule {schedule.id} could not start: {exc}",
                                      origin="schedule", created_by=schedule.created_by,
                                      schedule_id=schedule.id)
+        except Exception:  # noqa: BLE001 - the period must not be lost with the job
+            # The database failed (busy, gone): nothing was started, so the claim is undone
+            # and the next tick fires it again (before, the period was skipped silently).
+            log.exception("schedule %s: starting its job failed; it fires at the next tick",
+                          schedule.id)
+            _unclaim(settings, schedule, following)
+            continue
         with session_scope(settings) as session:
             session.execute(update(Schedule).where(col(Schedule.id) == schedule.id)
                             .values(last_job_id=job.id))
         created.append(job)
     return created
+
+
+def _unclaim(settings: Settings, schedule: Schedule, following: datetime | None) -> None:
+    """Put ``schedule`` back where it was before this process claimed it (unless it was
+    changed since)."""
+    at = (col(Schedule.next_run_at).is_(None) if following is None
+          else col(Schedule.next_run_at) == following)
+    try:
+        with session_scope(settings) as session:
+            session.execute(update(Schedule).where(col(Schedule.id) == schedule.id, at)
+                            .values(next_run_at=schedule.next_run_at, enabled=True))
+    except Exception:  # noqa: BLE001 - still failing: logged; the schedule waits for its next
+        log.exception("schedule %s: could not be put back; it fires at its next time",
+                      schedule.id)
 
 
 def schedule_state(s: Schedule) -> str:
