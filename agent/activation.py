@@ -319,6 +319,8 @@ def plan(store: Store, request: Request) -> Dict[str, Any]:
         signed = signatures.check(store, request, active)  # refused: nothing is sent
         present, missing, corrupt = blob_status(store, request)
         already = store.is_already_active(request, active)
+        if store.parts is not None and not already:  # kept from other sessions' prunes
+            store.parts.want(request.sizes)
         store.verifier.cache.save()
     extra: Dict[str, Any] = {}
     if store.parts is not None and not already:

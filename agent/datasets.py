@@ -85,6 +85,8 @@ def plan(store: Store, request: Request) -> Dict[str, Any]:
         corrupt: List[str] = []
         if not staged:
             present, missing, corrupt = blob_status(store, request)
+            if store.parts is not None:  # kept from other sessions' prunes (agent.parts)
+                store.parts.want(request.sizes)
         store.verifier.cache.save()
     data: Dict[str, Any] = {
         "already_staged": staged, "missing": missing,

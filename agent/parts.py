@@ -36,6 +36,11 @@ from agent.protocol import E_BAD_INPUT, HASH_CHUNK, event
 
 PART_RE = re.compile(r"([0-9a-f]{64})\.([0-9a-f]{16})\.part")  # fullmatch
 ORPHAN_AGE_S = 24 * 3600  # a part nobody owns, older than this, is deleted at prune
+WANTS_SUFFIX = ".wants"  # sessions/<owner>.wants: the blobs a live session means to use
+
+
+def sessions_dir(store: Any) -> str:
+    return os.path.join(store.root, "sessions")
 
 
 class Part:
@@ -54,10 +59,14 @@ def lock_existing(path: str, mode: int = os.O_RDONLY) -> Optional[int]:
     import fcntl
 
     try:
-        fd = os.open(path, mode)
-    except OSError:  # gone, or not openable for writing: not ours to take
+        # Never through a symlink: one planted in incoming/ would have a resume read, grow,
+        # chmod and land a file outside the agent's root; nor block on a planted fifo.
+        fd = os.open(path, mode | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:  # gone, a symlink, or not openable for writing: not ours to take
         return None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a fifo or a device: not a part
+            raise OSError("not a regular file")
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
@@ -72,6 +81,42 @@ class Parts:
         self.store = store
         self.owner = os.urandom(8).hex()
         self.held: Dict[str, Part] = {}
+        self._wanted: List[str] = []
+        self._wants_fd: Optional[int] = None
+
+    def want(self, shas: Iterable[str]) -> None:
+        """Record that this session is about to use these blobs (a plan lists them: present
+        ones and ones to receive), in ``sessions/<owner>.wants``, locked for the session's
+        life. Why: another session's activation prunes every blob its kept versions do not
+        use, and deleted the blobs this one had just received or been told were present
+        (its activate then failed: missing blob). ``agent.prune`` keeps what a live session
+        wants. Called under the root lock, as prune is: a reader never sees half a file."""
+        import fcntl
+
+        new = [sha for sha in shas if sha not in self._wanted]
+        if not new:
+            return
+        if self._wants_fd is None:
+            os.makedirs(sessions_dir(self.store), exist_ok=True)
+            tmp = os.path.join(sessions_dir(self.store), ".%s.wants.new" % self.owner)
+            with writing(tmp):
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.rename(tmp, self.wants_path)
+            except BaseException:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            self._wants_fd = fd
+        with writing(self.wants_path):
+            os.write(self._wants_fd, "".join(sha + "\n" for sha in new).encode("ascii"))
+        self._wanted.extend(new)
+
+    @property
+    def wants_path(self) -> str:
+        return os.path.join(sessions_dir(self.store), "%s%s" % (self.owner, WANTS_SUFFIX))
 
     def path(self, sha: str) -> str:
         return os.path.join(self.store.incoming, "%s.%s.part" % (sha, self.owner))
@@ -171,10 +216,42 @@ class Parts:
         _unlink_and_close(part.path, part.fd)
 
     def close(self) -> None:
-        """End of the session: the parts claimed but not received stay resumable."""
+        """End of the session: the parts claimed but not received stay resumable; what it
+        wanted is wanted no more."""
         for part in self.held.values():
             self.release(part)
         self.held.clear()
+        if self._wants_fd is not None:
+            _unlink_and_close(self.wants_path, self._wants_fd)
+            self._wants_fd = None
+
+
+def wanted_by_live_sessions(store: Any) -> Optional[set]:
+    """The blobs live sessions (other agent processes, and this one) have planned to use; the
+    records of dead ones are deleted. None when one cannot be read: then nothing is sure."""
+    wanted: set = set()
+    for name in _names(sessions_dir(store)):
+        path = os.path.join(sessions_dir(store), name)
+        if name.startswith(".") and name.endswith(".wants.new"):  # a session died creating it
+            fd = lock_existing(path)
+            if fd is not None:
+                _unlink_and_close(path, fd)
+            continue
+        if not name.endswith(WANTS_SUFFIX):
+            continue
+        fd = lock_existing(path)
+        if fd is not None:  # nobody holds it: its session is gone
+            _unlink_and_close(path, fd)
+            continue
+        try:
+            with open(path, "rb") as handle:
+                text = handle.read(1 << 24).decode("ascii")
+        except FileNotFoundError:
+            continue  # ended meanwhile
+        except (OSError, UnicodeDecodeError):
+            return None
+        wanted.update(line for line in text.split("\n") if len(line) == 64)
+    return wanted
 
 
 def _names(directory: str) -> List[str]:

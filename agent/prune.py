@@ -13,7 +13,7 @@ import os
 from typing import Any, Dict, Iterable, List, Tuple
 
 from agent.fsutil import remove_tree
-from agent.parts import sweep
+from agent.parts import sweep, wanted_by_live_sessions
 from agent.protocol import is_sha256
 from agent.store import MANIFEST_NAME, STAGING_PREFIX, Store, parse_manifest_bytes
 
@@ -92,6 +92,10 @@ def prune(store: Store, state: Dict[str, Any]) -> List[str]:
             referenced.update(f["sha256"] for f in manifest["files"])
         except (OSError, ValueError, KeyError, TypeError):
             return pruned  # cannot tell what is still needed: keep every blob
+    wanted = wanted_by_live_sessions(store)
+    if wanted is None:
+        return pruned  # a live session's plan cannot be read: keep every blob
+    referenced |= wanted  # another session's blobs, received or planned, stay for its activate
     cache = store.verifier.cache
     still_linked: List[os.stat_result] = []  # by a staged dataset (agent.datasets)
     for name in os.listdir(store.blobs):

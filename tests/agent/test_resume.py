@@ -6,8 +6,10 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import random
 import re
+import stat
 import subprocess
 import sys
 import time
@@ -243,3 +245,23 @@ def test_a_dataset_push_resumes_too(pyz: Path, root: Path) -> None:
     assert results[1]["data"]["resumed_from"] == CUT
     staged = root / results[0]["data"]["dir"] / "samples" / "0.npy"
     assert staged.read_bytes() == DATA and parts(root) == []
+
+
+def test_a_part_planted_as_a_symlink_or_fifo_is_never_followed(pyz: Path, root: Path,
+                                                               tmp_path: Path) -> None:
+    """Whoever can write incoming/ (another program of the device's user) plants a symlink to
+    a file outside the root, or a fifo, under a dead part's name: the plan neither offers it
+    for resume (before, it read, grew, chmodded and landed the outside file) nor hangs."""
+    bundle = model_bundle()
+    sha = bundle.sha_of("model.onnx")
+    drop_midway(pyz, root, bundle)
+    (real,) = parts(root)
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(DATA[:CUT])  # even a prefix of the right bytes
+    real.unlink()
+    real.symlink_to(outside)
+    fifo = real.with_name(f"{sha}.{'f' * 16}.part")
+    os.mkfifo(fifo)
+    code, results = one_shot(pyz, root, request("plan", bundle.request))
+    assert code == 0 and results[0]["data"]["resume"] == {}
+    assert outside.read_bytes() == DATA[:CUT] and stat.S_IMODE(outside.stat().st_mode) != 0o444
