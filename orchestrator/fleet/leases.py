@@ -239,7 +239,10 @@ _lost: set[tuple[str, str]] = set()  # (device, holder) whose lease another proc
 def _renew(held: list[tuple[tuple[str, str], Settings]]) -> None:
     for (device, holder), settings in held:
         try:
-            if not renew(settings, device, holder) and (device, holder) not in _lost:
+            if not renew(settings, device, holder) and (device, holder) not in _lost \
+                    and _heartbeat.holds((device, holder)):
+                # (Still held: not a lease its block released since this beat began, as
+                # ``leased`` stops renewing before it releases.)
                 # Frozen past the TTL (SIGSTOP, a stalled VM) and someone took the device:
                 # two operations must never drive it at once, so ours stops here.
                 _lost.add((device, holder))

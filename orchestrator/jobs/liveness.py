@@ -66,7 +66,7 @@ def _renew(held: list[tuple[int, Settings]]) -> None:
             if beat(settings, job_ids) < len(job_ids):
                 for job_id in interrupted_elsewhere(settings, job_ids):
                     stop = _on_stopped.get(job_id)
-                    if stop is not None and not stop.is_set():
+                    if stop is not None and not stop.is_set() and _heartbeat.holds(job_id):
                         log.error("job %s was marked interrupted by another process (this one "
                                   "stopped heartbeating for longer than EDGEFLEET_JOB_TTL_S?): "
                                   "stopping its work here", job_id)

@@ -144,3 +144,27 @@ def test_a_thawed_holder_whose_lease_was_taken_stops_its_device_work(home: Path)
             proc.send_signal(signal.SIGCONT)
             proc.kill()
             proc.wait(30)
+
+
+def test_a_renewal_racing_a_normal_release_aborts_nothing(home: Path) -> None:
+    """The heartbeat takes its list of leases, then the block releases one (its work done) and
+    the next operation leases the device again under another holder id: the stale renewal
+    finds no row. That is a release, not a lost lease: the next operation's connection to the
+    device must live on."""
+    from orchestrator.fleet import leases
+    from orchestrator.fleet.leases import leased
+    from orchestrator.transport import connect
+    from orchestrator.transport.base import Target
+
+    settings = Settings(home=home)
+    get_engine(settings)
+    with leased(settings, "pi1", "push") as first:
+        pass  # done, released
+    device = Target(name="pi1", address="localhost", connection="local")
+    with leased(settings, "pi1", "bench"), connect(device, settings, 60) as conn:
+        running = conn.start(["cat"])
+        leases._renew([(("pi1", first), settings)])  # the beat that began before the release
+        running.write(b"still here\n")
+        assert running.readline() == "still here\n"
+        running.close_input()
+        assert running.finish()[0] == 0
