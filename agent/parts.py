@@ -93,7 +93,8 @@ class Parts:
         wants. Called under the root lock, as prune is: a reader never sees half a file."""
         import fcntl
 
-        new = [sha for sha in shas if sha not in self._wanted]
+        known = set(self._wanted)
+        new = [sha for sha in dict.fromkeys(shas) if sha not in known]
         if not new:
             return
         if self._wants_fd is None:

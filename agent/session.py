@@ -26,6 +26,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 from typing import IO, Any, Callable, Dict, Optional, Tuple
 
 from agent import journal
@@ -301,8 +302,6 @@ def _serve(store: Store, stream: IO[bytes], emit: Emit, handle: Handler,
             else:
                 data = handle(command, store, request.get("input"))
             emit(result_ok(command, data))
-            if command == "plan" and not data.get("already_active"):
-                _prewarm_smoke(request.get("input"))  # the control plane is already sending
         except Exception as exc:  # noqa: BLE001 - answered, as any other error of a request
             # An AgentError or OSError is the request's own failure; anything else (a request
             # nested too deep for json: RecursionError) too, without a traceback ending the
@@ -311,3 +310,9 @@ def _serve(store: Store, stream: IO[bytes], emit: Emit, handle: Handler,
             emit(result_error(command, error.pop("code"), error.pop("message"), **error))
             if command in ("receive", "?"):
                 return 1
+            continue
+        if command == "plan" and not data.get("already_active"):
+            try:  # outside the request's try: its result is sent, a second one never is
+                _prewarm_smoke(request.get("input"))  # the control plane is already sending
+            except Exception:  # noqa: BLE001 - a warm child is an optimisation only
+                traceback.print_exc()

@@ -245,10 +245,10 @@ def _renew(held: list[tuple[tuple[str, str], Settings]]) -> None:
                 # ``leased`` stops renewing before it releases.)
                 # Frozen past the TTL (SIGSTOP, a stalled VM) and someone took the device:
                 # two operations must never drive it at once, so ours stops here.
-                _lost.add((device, holder))
                 from orchestrator.transport import abort_device
 
                 aborted = abort_device(device)
+                _lost.add((device, holder))  # after the abort: a failed one is tried again
                 log.error("%s: lost its lease (expired while this process was stopped?) to "
                           "another operation; %d connection(s) to it aborted", device, aborted)
         except OperationalError as exc:  # the DB was busy: the next beat retries

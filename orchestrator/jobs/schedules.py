@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from croniter import CroniterError, croniter
-from sqlalchemy import update
+from sqlalchemy import and_, update
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, select
 
 from orchestrator.access import audit
@@ -158,7 +159,7 @@ def due(settings: Settings, now: datetime) -> list[Job]:
                                      f"schedule {schedule.id} could not start: {exc}",
                                      origin="schedule", created_by=schedule.created_by,
                                      schedule_id=schedule.id)
-        except Exception:  # noqa: BLE001 - the period must not be lost with the job
+        except DBAPIError:  # the database, not the schedule: the period must not be lost
             # The database failed (busy, gone): nothing was started, so the claim is undone
             # and the next tick fires it again (before, the period was skipped silently).
             log.exception("schedule %s: starting its job failed; it fires at the next tick",
@@ -177,6 +178,7 @@ def _unclaim(settings: Settings, schedule: Schedule, following: datetime | None)
     changed since)."""
     at = (col(Schedule.next_run_at).is_(None) if following is None
           else col(Schedule.next_run_at) == following)
+    at = and_(at, col(Schedule.enabled) == (following is not None))  # not paused since
     try:
         with session_scope(settings) as session:
             session.execute(update(Schedule).where(col(Schedule.id) == schedule.id, at)

@@ -112,7 +112,15 @@ def abort_device(name: str) -> int:
     """Abort this process's open connections to the device ``name`` (its lease was lost:
     another operation now owns the device, so ours must stop touching it). How many."""
     aborted = 0
-    for conn in list(_open):
+    for _ in range(100):  # a connect() in another thread may change the set mid-copy
+        try:
+            opened = list(_open)
+            break
+        except RuntimeError:
+            continue
+    else:
+        opened = []
+    for conn in opened:
         if conn.target.name == name:
             try:
                 conn.abort()

@@ -231,9 +231,9 @@ def test_malformed_signature_is_bad_input(pyz: Path, root: Path) -> None:
 def test_a_signature_that_cannot_be_kept_fails_the_push_before_it_commits(
         pyz: Path, root: Path, release: Ed25519PrivateKey) -> None:
     """The version's signature is written before the activation begins: where it cannot be
-    (here ``trust/signatures`` is a file, as a full disk or a broken SD card would refuse it), the push
-    fails with the previous version active. Before, it was written after the commit, and the
-    push reported a failure while the new version was already live."""
+    (here ``trust/signatures`` is a file, as a full disk or a broken SD card would refuse it),
+    the push fails with the previous version active. Before, it was written after the commit,
+    and the push reported a failure while the new version was already live."""
     push(pyz, root, make_bundle("m", "1", {"model.onnx": b"one"}), plan=False)
     (root / "trust").mkdir()
     (root / "trust" / "signatures").write_text("not a directory")
