@@ -8,8 +8,9 @@ A kill before the job is recorded (during the early stream alone) is
 test_killed_early_push.py.
 
 The process kills itself from inside the stream, once the push adopted it (its job and lease
-recorded) and 4 MiB went out: timing the kill from outside raced a fast stream (over a warm
-shared SSH connection the whole blob and the activation could be through first).
+recorded) and 4 MiB went out, on SQLite (early stream) and PostgreSQL (no early stream)
+alike: timing the kill from outside raced a fast stream (over a warm shared SSH connection
+the whole blob and the activation could be through first).
 """
 
 from __future__ import annotations
@@ -29,26 +30,34 @@ from tests.conftest import Cli
 
 from .procs import REPO, setup_fleet
 
-# ``edgefleet push ARGS``; its stream pauses after 4 MiB until deploy.push_over adopts it
-# (the job and the lease exist by then), then the process SIGKILLs itself.
+# ``edgefleet push ARGS``; its stream pauses after 4 MiB until deploy.push_over runs (the job
+# and the lease exist by then), then the process SIGKILLs itself. The stream is the early one
+# (fleet.early, SQLite) or push_over's own (no early stream: PostgreSQL); both send through
+# AgentSession.send_blobs.
 KILLER = """
 import os, signal, sys, threading
-from orchestrator.fleet import early
+from orchestrator.fleet import agentclient, deploy
 
 adopted = threading.Event()
 
-def wait_sent(self, on_bytes, real=early.EarlyPush.wait_sent):
+def push_over(*args, real=deploy.push_over, **kwargs):
     adopted.set()
-    return real(self, on_bytes)
+    return real(*args, **kwargs)
 
-def advance(self, nbytes, real=early.EarlyPush._advance):
-    real(self, nbytes)
-    if self.sent >= 4 << 20:
-        adopted.wait(60)
-        os.kill(os.getpid(), signal.SIGKILL)
+def send_blobs(self, blobs, on_bytes=None, real=agentclient.AgentSession.send_blobs):
+    sent = 0
+    def counted(n):
+        nonlocal sent
+        sent += n
+        if on_bytes:
+            on_bytes(n)
+        if sent >= 4 << 20:
+            adopted.wait(60)
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, blobs, on_bytes=counted)
 
-early.EarlyPush.wait_sent = wait_sent
-early.EarlyPush._advance = advance
+deploy.push_over = push_over
+agentclient.AgentSession.send_blobs = send_blobs
 from orchestrator.cli.main import main
 sys.argv = ["edgefleet", *sys.argv[1:]]
 main()
