@@ -28,12 +28,13 @@ and a few runs show it in bursts (the sum over the timed runs stays exact; READM
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from agent import journal
+from agent import inuse, journal
 from agent.children import (
     emit_measured,
     failed_entry,
@@ -131,16 +132,43 @@ def find_version(store: Store, digest: str) -> Tuple[Dict[str, Any], str]:
                      % (label, ref or "NAME@VERSION"), digest=digest)
 
 
+@contextlib.contextmanager
+def holding_version(store: Store, digest: str,
+                    verb: str = "bench") -> Iterator[Tuple[Dict[str, Any], str]]:
+    """(history entry, version dir) of ``digest``, verified and held against prunes
+    (agent.inuse) until the block ends: both under the root lock, so a push's prune cannot
+    remove it in between, nor while it is measured."""
+    def find() -> Tuple[Dict[str, Any], str]:
+        try:
+            return find_version(store, digest)
+        except AgentError as exc:
+            if exc.code == E_NOT_ON_DEVICE:
+                exc.message = exc.message.replace("then bench it", "then %s it" % verb)
+            raise
+
+    find()  # first without the lock: a root never used has nothing to lock
+    with contextlib.ExitStack() as held:
+        with journal.locked(store):
+            entry, vdir = find()  # again: a prune may have come in between
+            held.enter_context(inuse.reading(vdir))
+            problem = store.version_problem(entry)
+            store.verifier.cache.save()
+        if problem is not None:
+            raise AgentError(E_VERIFY_FAILED, "%s@%s on this device fails verification (%s); "
+                             "push it again" % (entry.get("name"), entry.get("version"),
+                                                problem), digest=digest)
+        yield entry, vdir
+
+
 def bench(store: Store, doc: Any) -> Dict[str, Any]:
     req = parse_request(doc)
-    entry, vdir = find_version(store, req["digest"])
+    with holding_version(store, req["digest"]) as (entry, vdir):
+        return _bench(store, req, entry, vdir)
+
+
+def _bench(store: Store, req: Dict[str, Any], entry: Dict[str, Any],
+           vdir: str) -> Dict[str, Any]:
     label = "%s@%s" % (entry.get("name"), entry.get("version"))
-    with journal.locked(store):
-        problem = store.version_problem(entry)
-        store.verifier.cache.save()
-    if problem is not None:
-        raise AgentError(E_VERIFY_FAILED, "%s on this device fails verification (%s); push it "
-                         "again" % (label, problem), digest=req["digest"])
     with open(os.path.join(vdir, MANIFEST_NAME), "rb") as handle:
         manifest = parse_manifest_bytes(handle.read())
     files = manifest_files(manifest)

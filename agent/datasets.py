@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from agent import journal
 from agent.fsutil import AgentError, disk_free_bytes, remove_tree
+from agent.inuse import in_use
 from agent.protocol import E_BAD_INPUT, is_sha256
 from agent.store import STAGING_PREFIX, Request, Store, blob_status, parse_manifest_bytes
 from agent.store import parse_request as parse_bundle_request
@@ -136,6 +137,8 @@ def prune(store: Store, keep: str) -> List[str]:
     pruned = []
     for _mtime, name in entries[KEEP_DATASETS:]:
         path = os.path.join(top, name)
+        if in_use(path):
+            continue  # an eval reads it (agent.inuse): a later prune removes it
         for dirpath, _dirs, files in os.walk(path):
             for filename in files:
                 store.verifier.cache.forget(os.path.join(dirpath, filename))

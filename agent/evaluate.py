@@ -24,14 +24,15 @@ Why one fresh child per thread count, why gc is off while timing: see agent.benc
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import os
 import time
 from typing import Any, Callable, Dict, List
 
-from agent import journal
-from agent.bench import E_NOT_ON_DEVICE, MAX_THREADS, find_version, latency_stats, read_rss_mb
+from agent import inuse, journal
+from agent.bench import MAX_THREADS, holding_version, latency_stats, read_rss_mb
 from agent.children import (
     child_command,
     emit_measured,
@@ -47,7 +48,6 @@ from agent.inputs import NUMPY_DTYPES
 from agent.protocol import (
     E_BAD_INPUT,
     E_MISSING_DEPENDENCY,
-    E_VERIFY_FAILED,
     check_relative_path,
     event,
     is_sha256,
@@ -133,20 +133,17 @@ def _feeding(manifest: Dict[str, Any], vdir: str, data: Dict[str, Any], ddir: st
 
 def evaluate(store: Store, doc: Any) -> Dict[str, Any]:
     req = parse_request(doc)
-    try:
-        entry, vdir = find_version(store, req["digest"])
-    except AgentError as exc:
-        if exc.code == E_NOT_ON_DEVICE:
-            exc.message = exc.message.replace("then bench it", "then evaluate it")
-        raise
+    with holding_version(store, req["digest"], "evaluate") as (entry, vdir), \
+            contextlib.ExitStack() as held:
+        with journal.locked(store):
+            data, ddir = load_staged(store, req["dataset"])
+            held.enter_context(inuse.reading(ddir))  # against a dataset_stage's prune
+        return _evaluate(store, req, entry, vdir, data, ddir)
+
+
+def _evaluate(store: Store, req: Dict[str, Any], entry: Dict[str, Any], vdir: str,
+              data: Dict[str, Any], ddir: str) -> Dict[str, Any]:
     label = "%s@%s" % (entry.get("name"), entry.get("version"))
-    with journal.locked(store):
-        problem = store.version_problem(entry)
-        store.verifier.cache.save()
-    if problem is not None:
-        raise AgentError(E_VERIFY_FAILED, "%s on this device fails verification (%s); push it "
-                         "again" % (label, problem), digest=req["digest"])
-    data, ddir = load_staged(store, req["dataset"])
     with open(os.path.join(vdir, MANIFEST_NAME), "rb") as handle:
         manifest = parse_manifest_bytes(handle.read())
     try:

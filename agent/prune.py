@@ -13,6 +13,7 @@ import os
 from typing import Any, Dict, Iterable, List, Tuple
 
 from agent.fsutil import remove_tree
+from agent.inuse import in_use
 from agent.parts import sweep, wanted_by_live_sessions
 from agent.protocol import is_sha256
 from agent.store import MANIFEST_NAME, STAGING_PREFIX, Store, parse_manifest_bytes
@@ -61,7 +62,8 @@ def prune(store: Store, state: Dict[str, Any]) -> List[str]:
 
     State is saved before anything is deleted, so a crash mid-prune leaves only orphans that
     the next prune removes, never a history entry pointing at a deleted dir. Only called with
-    nothing pending (after a commit), so every dir outside the history is an orphan.
+    nothing pending (after a commit), so every dir outside the history is an orphan; one a
+    running bench or eval reads is left for a later prune (agent.inuse).
     """
     kept = _kept_history(state["history"])
     if kept != state["history"]:
@@ -80,6 +82,8 @@ def prune(store: Store, state: Dict[str, Any]) -> List[str]:
     for name in sorted(os.listdir(store.versions)):
         if name in keep_names:
             continue
+        if in_use(os.path.join(store.versions, name)):
+            continue  # a bench or eval reads it (agent.inuse): the next prune removes it
         remove_version_dir(store, os.path.join(store.versions, name))
         if not name.startswith(STAGING_PREFIX):
             pruned.append("versions/" + name)

@@ -7,11 +7,14 @@ for free. (A plain module, not conftest, so tests can import it by a name no oth
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,3 +177,41 @@ def fake_vcgencmd(base: Path, throttled: str = "0x50005", temp: str = "52.1",
     script.write_text("#!/bin/sh\n" + body + "\n")
     script.chmod(0o755)
     return bindir
+
+
+def run_watching(pyz: Path, root: Path, command: str, request: dict[str, Any],
+                 env: dict[str, str], on_event: Callable[[dict[str, Any]], None]) -> AgentRun:
+    """``command`` with ``on_event`` called on each progress line as it arrives."""
+    stderr_path = root.parent / "agent-stderr.log"
+    with open(stderr_path, "wb") as stderr:
+        proc = subprocess.Popen([sys.executable, str(pyz), "--root", str(root), command],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+                                env=env)
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(json.dumps(request).encode())
+        proc.stdin.close()
+        raw_lines = []
+        for raw in proc.stdout:
+            raw_lines.append(raw.decode())
+            obj = json.loads(raw)
+            if obj["type"] == "progress":
+                on_event(obj)
+        returncode = proc.wait(timeout=60)
+    lines = parse_lines(raw_lines)
+    assert [line["type"] for line in lines].count("result") == 1 and lines[-1]["type"] == "result"
+    assert returncode == (0 if lines[-1]["ok"] else 1)
+    return AgentRun(returncode, lines, stderr_path.read_text())
+
+
+@contextlib.contextmanager
+def stopped_with_parent(child: int) -> Iterator[None]:
+    """SIGSTOP a measuring child and the agent that started it for the block: what the block
+    does happens before the agent's next step, however fast the machine."""
+    agent = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    for pid in (agent, child):
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in (child, agent):
+            os.kill(pid, signal.SIGCONT)

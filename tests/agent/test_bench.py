@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,10 +22,21 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from agent_helpers import REPO, AgentRun, Bundle, agent_env, make_bundle, push, run_agent, write
+from agent_helpers import (
+    REPO,
+    AgentRun,
+    Bundle,
+    agent_env,
+    make_bundle,
+    push,
+    run_agent,
+    run_watching,
+    stopped_with_parent,
+    write,
+)
 from onnx import TensorProto, helper, numpy_helper
 
-from agent.protocol import manifest_digest, parse_lines
+from agent.protocol import manifest_digest
 
 MB = 1024 * 1024
 THERMAL = "class/thermal/thermal_zone0/temp"
@@ -115,25 +125,7 @@ def bench(pyz: Path, root: Path, bundle: Bundle, env: dict[str, str], **fields: 
 def bench_watching(pyz: Path, root: Path, request: dict[str, Any], env: dict[str, str],
                    on_event: Callable[[dict[str, Any]], None]) -> AgentRun:
     """``bench`` with ``on_event`` called on each progress line as it arrives."""
-    stderr_path = root.parent / "agent-stderr.log"
-    with open(stderr_path, "wb") as stderr:
-        proc = subprocess.Popen([sys.executable, str(pyz), "--root", str(root), "bench"],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
-                                env=env)
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(json.dumps(request).encode())
-        proc.stdin.close()
-        raw_lines = []
-        for raw in proc.stdout:
-            raw_lines.append(raw.decode())
-            obj = json.loads(raw)
-            if obj["type"] == "progress":
-                on_event(obj)
-        returncode = proc.wait(timeout=60)
-    lines = parse_lines(raw_lines)
-    assert [line["type"] for line in lines].count("result") == 1 and lines[-1]["type"] == "result"
-    assert returncode == (0 if lines[-1]["ok"] else 1)
-    return AgentRun(returncode, lines, stderr_path.read_text())
+    return run_watching(pyz, root, "bench", request, env, on_event)
 
 
 def on_first_timed(action: Callable[[], None]) -> Callable[[dict[str, Any]], None]:
@@ -365,3 +357,38 @@ def test_python_m_agent_session(root: Path, tmp_path: Path, pyz: Path) -> None:
     assert entry["telemetry"]["throttled_bits"] == 0
     assert entry["telemetry"]["samples"][0][3] == 0x50000
     assert any("already occurred since boot" in r and "0x50000" in r for r in entry["reasons"])
+
+
+def test_a_push_meanwhile_does_not_prune_the_version_being_measured(
+        pyz: Path, root: Path, tmp_path: Path) -> None:
+    """Four pushes of other bundles while a bench runs push its version out of the history;
+    before agent.inuse their prune deleted its dir under it, and the second thread count's
+    child failed to load the model. Now the dir stays until the bench is over, and the next
+    prune removes it."""
+    bundle = model_bundle("plain", plain_model())
+    measured_dir = push(pyz, root, bundle, plan=False).data["dir"]
+    others = [make_bundle("other", f"{n}.0", {"model.onnx": b"other %d" % n})
+              for n in range(1, 6)]
+    pushed: list[dict[str, Any]] = []
+
+    def push_four_others(ev: dict[str, Any]) -> None:
+        # The bench (agent and child) is stopped while the pushes run: its next thread count
+        # loads the model after them, however fast the machine.
+        if not pushed and ev["event"] == "bench" and ev["threads"] == 1:
+            with stopped_with_parent(ev["pid"]):
+                pushed.extend(push(pyz, root, other, plan=False).data for other in others[:4])
+
+    run = bench_watching(pyz, root, {"digest": bundle.digest, "threads": [1, 2], "warmup": 0,
+                                     "runs": 3}, FakePi(tmp_path).env, push_four_others)
+    assert [p["pruned"] for p in pushed] == [[]] * 4  # in use: kept
+    assert measured_dir not in [e["dir"] for e in read_history(root)]
+    first, second = run.data["results"]
+    assert first["ok"] and second["ok"], (first, second)
+    assert second["threads"] == 2 and second["runs"] >= 3
+    assert (root / measured_dir).is_dir()
+    after = push(pyz, root, others[4], plan=False).data  # nobody reads it now
+    assert measured_dir in after["pruned"] and not (root / measured_dir).exists()
+
+
+def read_history(root: Path) -> list[dict[str, Any]]:
+    return json.loads((root / "state.json").read_text())["history"]

@@ -24,6 +24,8 @@ from agent_helpers import (
     make_bundle,
     push,
     run_agent,
+    run_watching,
+    stopped_with_parent,
 )
 from onnx import TensorProto, helper, numpy_helper
 
@@ -178,6 +180,38 @@ def test_a_staged_dataset_survives_pruning_and_is_not_resent(pyz: Path, root: Pa
     assert again["plan"]["already_staged"] and again["plan"]["missing"] == []
     assert again["stage"]["changed"] is False
     assert evaluate(pyz, root, model_bundle("2"), ds, env, threads=[1]).data["results"][0]["ok"]
+
+
+def test_prunes_meanwhile_keep_what_an_eval_reads(pyz: Path, root: Path, tmp_path: Path,
+                                                  env: dict[str, str]) -> None:
+    """Four bundles and four datasets staged while an eval runs push its version and its
+    dataset out; before agent.inuse their prunes deleted both under it (the second thread
+    count found no model). Now both stay until the eval is over."""
+    bundle, ds = model_bundle("1"), tensor_dataset()
+    measured_dir = push(pyz, root, bundle, env=env).data["dir"]
+    dataset_dir = stage(pyz, root, ds, env)["stage"]["dir"]
+    pruned: list[str] = []
+
+    def push_and_stage_others(ev: dict[str, Any]) -> None:
+        if not pruned and ev["event"] == "eval" and ev["threads"] == 1:
+            with stopped_with_parent(ev["pid"]):
+                for n in range(2, 6):
+                    pruned.extend(push(pyz, root, model_bundle(str(n)), env=env).data["pruned"])
+                    other = dataset("tensors", {"tensors.npz": npy(X * n)},
+                                    [{"id": "#0", "path": "tensors.npz", "label": "bark"}])
+                    pruned.extend(stage(pyz, root, other, env)["stage"]["pruned"])
+                pruned.append("done")
+
+    run = run_watching(pyz, root, "eval", {"digest": bundle.digest, "dataset": ds.digest,
+                                           "threads": [1, 2], "warmup": 1}, env,
+                       push_and_stage_others)
+    assert pruned == ["done"]  # both in use: kept
+    assert [(r["threads"], r["ok"]) for r in run.data["results"]] == [(1, True), (2, True)]
+    after = push(pyz, root, model_bundle("6"), env=env).data  # nobody reads them now
+    assert measured_dir in after["pruned"] and not (root / measured_dir).exists()
+    last = dataset("tensors", {"tensors.npz": npy(X * 7)},
+                   [{"id": "#0", "path": "tensors.npz", "label": "bark"}])
+    assert dataset_dir in stage(pyz, root, last, env)["stage"]["pruned"]
 
 
 def test_eval_errors_say_what_to_do(pyz: Path, root: Path, env: dict[str, str]) -> None:
