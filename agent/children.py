@@ -70,11 +70,35 @@ def _drain(stream: IO[bytes], tail: Deque[str]) -> None:
 BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
+# The pid of the agent that started a measurement child (die_with_parent).
+PARENT_PID_VAR = "EDGEFLEET_MEASURE_PARENT"
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
 def child_env() -> Dict[str, str]:
     env = dict(os.environ)
     for name in BLAS_THREAD_VARS:
         env.setdefault(name, "1")
+    env[PARENT_PID_VAR] = str(os.getpid())
     return env
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this measurement child when the agent that started it dies,
+    and exit now if it is already gone.
+
+    Why: an agent killed mid-bench (the OOM killer, a dropped session's kill) left its child
+    measuring for as long as its runs lasted, minutes on a Pi, at up to 4 threads: the next
+    bench on the device was measured beside it, its numbers slowed and nothing flagged them.
+    Linux only (``prctl``); elsewhere the child outlives the agent as before. The signal
+    follows the thread that started the child, which waits for it in run_child."""
+    with contextlib.suppress(OSError, AttributeError, ImportError):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    expected = os.environ.get(PARENT_PID_VAR)
+    if expected and expected != str(os.getppid()):
+        os._exit(1)  # the agent died before the prctl: nobody reads our result
 
 
 def run_child(spec: Dict[str, Any], emit: Emit, runtime: Dict[str, Any],
@@ -212,6 +236,7 @@ def sampled(entry: Dict[str, Any], spec: Dict[str, Any],
 
 def serve_child(name: str, measure_fn: Callable[[Dict[str, Any], Emit], Dict[str, Any]]) -> int:
     """A measurement child's main: spec on stdin, progress events and one result line out."""
+    die_with_parent()
     out = private_stdout()  # a native library writing to fd 1 must not break the protocol
 
     def emit(obj: Dict[str, Any]) -> None:
