@@ -57,6 +57,7 @@ from orchestrator.transport.sshpersist import (
     write_known_hosts,
 )
 
+PROBE_S = 10.0  # how long a live shared connection may take to run `true` (shared_answers)
 SSH_FAILED = 255  # ssh's own exit status for a failure of its own (the remote's is passed on)
 PIPE_SIZE = 1 << 20  # our end of ssh's stdin: fewer wake-ups per MiB streamed (agent/session.py)
 F_SETPIPE_SZ = 1031
@@ -143,12 +144,15 @@ class OpenSshChannel(LocalChannel):
         self.conn.end_shared()
 
     def _kill(self) -> None:
-        """Silent (or not reading) for ``timeout``: as ``_fail``, the connection is suspect.
-        Other aborts (a discarded early session, an agent's error) kill only this ``ssh``: the
-        agent stops at its input's end, and another operation's sessions over the same
-        connection go on."""
+        """Silent (or not reading) for ``timeout``: kill this ``ssh``; end the shared
+        connection too only when it no longer carries a new session (a dead link: the next
+        command then logs in afresh at once). Why ask first: a hung command on a live
+        connection is no reason to end the other operations' sessions over it (a bench
+        streaming results while a poll hangs); and a silent command floods nothing. Other
+        aborts (a discarded early session, an agent's error) kill only this ``ssh``."""
         super()._kill()
-        self.conn.end_shared()
+        if not self.conn.shared_answers():
+            self.conn.end_shared()
 
     def _raise_ssh_failure(self) -> None:
         """After a failed write: if ssh itself gave up, raise what it said."""
@@ -332,6 +336,23 @@ class OpenSshConnection(Connection):
             f"{t.name}: host key of {t.address} is not trusted ({_ssh_said(stderr)}). Check it "
             "against the device (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then run "
             f"`edgefleet devices trust {t.name}`")
+
+    def shared_answers(self, within: float = PROBE_S) -> bool:
+        """Whether the shared connection runs a new session (``true``) within ``within`` s.
+        ``ProxyCommand=false`` keeps the probe from logging in by itself when the connection
+        is gone (only a session that is not multiplexed would use it)."""
+        if self.shared_path is None:
+            return False
+        argv = self.ssh_argv("true")
+        argv[argv.index("ControlMaster=auto")] = "ControlMaster=no"
+        argv[argv.index("--"):argv.index("--")] = ["-o", "ProxyCommand=false"]
+        try:
+            return subprocess.run(  # noqa: S603 - our own argv
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, timeout=min(within, self.timeout),
+                check=False).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            return False
 
     def end_shared(self) -> None:
         """End the persistent connection (``ssh -O exit``: every session over it), if any."""

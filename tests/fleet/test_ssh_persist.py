@@ -5,9 +5,11 @@ the user's own. Over real sshd hosts; logins are counted in each host's own log.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -197,11 +199,48 @@ def test_a_socket_directory_on_its_own_file_system_works(
         shutil.rmtree(runtime, ignore_errors=True)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process under ``pid`` (sshd's per-connection processes and what they run)."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        children = Path(f"/proc/{parent}/task/{parent}/children")
+        kids = [int(k) for k in children.read_text().split()] if children.exists() else []
+        found += kids
+        todo += kids
+    return found
+
+
+def test_a_silent_command_on_a_live_connection_ends_only_itself(
+        cli: Cli, sshd_factory, tmp_path: Path, socket_dir: Path) -> None:
+    """A command silent past its timeout is killed; its device's shared connection still runs
+    a new session, so it stays, and so does another operation's session over it (before, the
+    timeout ended the connection, ``ssh -O exit``, and the other session with it)."""
+    (host,) = sshd_factory(1)
+    setup_fleet(cli, tmp_path, [host])
+    settings = get_settings()
+    with session_scope(settings) as session:
+        target = to_target(get_device(session, host.name))
+    before = logins(host)
+    with connect(target, settings) as healthy, connect(target, settings, timeout=1.0) as silent:
+        running = healthy.start(["sh", "-c", 'echo started; read line; echo "got $line"'])
+        assert running.readline() == "started\n"
+        stuck = silent.start(["sleep", "60"])
+        with pytest.raises(TransportError, match="no output for 1s"):
+            stuck.readline()
+        running.write(b"more\n")
+        assert running.readline() == "got more\n"
+        assert running.finish()[0] == 0
+        assert len(masters()) == 1
+    assert logins(host) - before <= 1  # the one connection both used (none if it was warm)
+
+
 def test_a_session_whose_shared_connection_is_ended_under_it_says_so(
         cli: Cli, sshd_factory, tmp_path: Path, socket_dir: Path) -> None:
-    """A silent command's timeout ends its device's shared connection (``ssh -O exit``, so a
-    flooding or hung session cannot keep it); another command on it then ends too, and must
-    say why instead of passing for the remote command's own exit 255."""
+    """A dead link (here the device's sshd stopped, SIGSTOP): a silent command's timeout finds
+    that its shared connection runs no new session either and ends it (the next command logs
+    in afresh); another command on it then ends too, and must say why instead of passing for
+    the remote command's own exit 255."""
     (host,) = sshd_factory(1)
     setup_fleet(cli, tmp_path, [host])
     settings = get_settings()
@@ -210,11 +249,22 @@ def test_a_session_whose_shared_connection_is_ended_under_it_says_so(
     with connect(target, settings) as healthy, connect(target, settings, timeout=1.0) as silent:
         running = healthy.start(["sh", "-c", "echo started; read never; echo unreachable"])
         assert running.readline() == "started\n"
-        stuck = silent.start(["sleep", "60"])
-        with pytest.raises(TransportError, match="no output for 1s"):
-            stuck.readline()
-        with pytest.raises(TransportError, match="SSH connection to .* ended during the command"):
-            running.finish()
+        assert host.pid is not None
+        frozen = descendants(host.pid)
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            stuck = silent.start(["true"])
+            with pytest.raises(TransportError, match="no output for 1s"):
+                stuck.readline()
+            with pytest.raises(TransportError,
+                               match="SSH connection to .* ended during the command"):
+                running.finish()
+            assert masters() == {}
+        finally:
+            for pid in frozen:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
 
 
 def test_stale_known_hosts_files_are_swept(tmp_path: Path) -> None:
