@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -36,6 +36,7 @@ from sqlmodel import select
 
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
+from orchestrator.core.dbclock import db_now
 from orchestrator.core.errors import EdgeFleetError
 from orchestrator.core.heartbeat import Heartbeat
 from orchestrator.core.models import DeviceLease
@@ -112,10 +113,10 @@ def holder_gone(holder: str) -> bool:
 def acquire(settings: Settings, device: str, operation: str, holder: str,
             ttl_s: float | None = None, job_id: int | None = None) -> None:
     ttl = settings.lease_ttl_s if ttl_s is None else ttl_s
-    now = datetime.now(UTC)
-    expires = now + timedelta(seconds=ttl)
     try:
         with session_scope(settings) as session:
+            now = db_now(session)  # one clock for every host (core.dbclock)
+            expires = now + timedelta(seconds=ttl)
             session.add(DeviceLease(device_name=device, holder=holder, operation=operation,
                                     acquired_at=now, expires_at=expires, job_id=job_id))
         return
@@ -126,6 +127,8 @@ def acquire(settings: Settings, device: str, operation: str, holder: str,
         if current is None:  # released between our two statements: try once more
             pass
         else:
+            now = db_now(session)
+            expires = now + timedelta(seconds=ttl)
             stale = DeviceLease.expires_at < now  # type: ignore[operator]
             if holder_gone(current.holder):
                 stale = DeviceLease.holder == current.holder  # type: ignore[assignment]
@@ -180,8 +183,8 @@ def acquire_waiting(settings: Settings, device: str, operation: str, holder: str
 def release_expired(settings: Settings) -> list[str]:
     """Delete leases past their expiry (their holder stopped heartbeating, on any host): the
     devices they name are free again, and the Fleet page no longer shows them busy."""
-    now = datetime.now(UTC)
     with session_scope(settings) as session:
+        now = db_now(session)
         expired = session.exec(select(DeviceLease).where(
             DeviceLease.expires_at < now)).all()  # type: ignore[operator]
         for lease in expired:
@@ -225,8 +228,8 @@ def release(settings: Settings, device: str, holder: str) -> None:
 def renew(settings: Settings, device: str, holder: str) -> bool:
     """Push the lease's expiry a TTL ahead; False if it is no longer ours (it expired while
     this process was frozen, and someone took it)."""
-    expires = datetime.now(UTC) + timedelta(seconds=settings.lease_ttl_s)
     with session_scope(settings) as session:
+        expires = db_now(session) + timedelta(seconds=settings.lease_ttl_s)
         return bool(session.execute(
             update(DeviceLease).where(DeviceLease.device_name == device,
                                       DeviceLease.holder == holder)

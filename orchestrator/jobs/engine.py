@@ -44,6 +44,7 @@ from sqlalchemy.exc import IntegrityError
 
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
+from orchestrator.core.dbclock import db_now
 from orchestrator.core.models import Job
 from orchestrator.fleet.leases import release_dead_holders
 from orchestrator.jobs import liveness, queue, runner, schedules
@@ -64,8 +65,8 @@ def conninfo(db_url: str) -> str:
 def redefer_lost(settings: Settings) -> list[int]:
     """Queued jobs older than ``job_ttl_s`` with no task waiting to run them (their task was
     fetched by a worker that died before claiming the job): a new task each."""
-    cutoff = datetime.now(UTC) - timedelta(seconds=settings.job_ttl_s)
     with session_scope(settings) as session:
+        cutoff = db_now(session) - timedelta(seconds=settings.job_ttl_s)
         queued = session.execute(select(Job.id).where(  # type: ignore[call-overload]
             Job.state == "queued", Job.created_at < cutoff)).scalars().all()
         lost = [job_id for job_id in queued

@@ -17,7 +17,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, update
 from sqlalchemy.exc import OperationalError
@@ -25,6 +25,7 @@ from sqlmodel import col, select
 
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
+from orchestrator.core.dbclock import db_now
 from orchestrator.core.heartbeat import Heartbeat
 from orchestrator.core.models import Job
 from orchestrator.fleet import leases
@@ -42,7 +43,7 @@ def beat(settings: Settings, job_ids: list[int]) -> int:
     with session_scope(settings) as session:
         return session.execute(update(Job).where(col(Job.id).in_(job_ids),
                                                  col(Job.state) == "running")
-                               .values(heartbeat_at=datetime.now(UTC))).rowcount
+                               .values(heartbeat_at=db_now(session))).rowcount
 
 
 def interrupted_elsewhere(settings: Settings, job_ids: list[int]) -> list[int]:
@@ -107,9 +108,9 @@ def sweep(settings: Settings, now: datetime | None = None) -> list[int]:
     """Mark running jobs whose heartbeat is older than ``job_ttl_s`` interrupted (with their
     runs and pending deployments), delete the leases of the processes that ran them and every
     expired lease. Safe from any number of workers at once: each job is marked by one."""
-    cutoff = (now or datetime.now(UTC)) - timedelta(seconds=settings.job_ttl_s)
     last = func.coalesce(col(Job.heartbeat_at), col(Job.started_at))
     with session_scope(settings) as session:
+        cutoff = (now or db_now(session)) - timedelta(seconds=settings.job_ttl_s)
         stale = [job for job in session.exec(select(Job).where(col(Job.state) == "running",
                                                                last < cutoff)).all()
                  if not _heartbeat.holds(job.id)]  # this process runs it: alive, only slow

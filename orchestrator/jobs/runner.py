@@ -21,6 +21,7 @@ from sqlmodel import col, select
 
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
+from orchestrator.core.dbclock import db_now
 from orchestrator.core.errors import EdgeFleetError
 from orchestrator.core.models import Device, Job
 from orchestrator.fleet.leases import release_dead_holders
@@ -146,8 +147,8 @@ def claim(settings: Settings, job_id: int, worker_id: str) -> bool:
     """Take a queued job for ``worker_id`` (host:pid:token): a conditional UPDATE, so of any
     number of workers (threads, processes, hosts) offered the same job — or one task engine
     delivering it twice — exactly one gets it."""
-    now = datetime.now(UTC)
     with session_scope(settings) as session:
+        now = db_now(session)  # what the heartbeat sweep compares (core.dbclock)
         return bool(session.execute(
             update(Job).where(col(Job.id) == job_id, col(Job.state) == "queued")
             .values(state="running", worker=worker_id, started_at=now, heartbeat_at=now)

@@ -15,12 +15,12 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator.access import audit
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
+from orchestrator.core.dbclock import db_now
 from orchestrator.core.models import Job
 from orchestrator.jobs import context, execute, liveness
 from orchestrator.jobs.queue import TERMINAL, finish_job, recover_interrupted
@@ -130,8 +130,8 @@ def track(settings: Settings, kind: str, params: dict[str, Any], targets: str, *
     First, what earlier processes on this host left running when they died is finalized."""
     recover_interrupted(settings)
     actor = actor or audit.local_actor()
-    now = datetime.now(UTC)
     with session_scope(settings) as session:
+        now = db_now(session)  # what the heartbeat sweep compares (core.dbclock)
         # The checks and defaults of a queued job: the same params run the same way.
         params = execute.validate_params(session, kind, params, targets)
         job = Job(kind=kind, params=params, targets=targets, origin="cli", state="running",
