@@ -98,6 +98,10 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     expected = os.environ.get(PARENT_PID_VAR)
     if expected and expected != str(os.getppid()):
+        sys.stderr.write("edgefleet-agent: measurement child %d: its agent (pid %s) is gone "
+                         "(or started it through a launcher that forks); exiting\n"
+                         % (os.getpid(), expected))
+        sys.stderr.flush()
         os._exit(1)  # the agent died before the prctl: nobody reads our result
 
 

@@ -42,7 +42,7 @@ from agent.children import (
     sampled,
     serve_child,
 )
-from agent.datasets import load_staged
+from agent.datasets import dataset_dir, load_staged
 from agent.fsutil import AgentError
 from agent.inputs import NUMPY_DTYPES
 from agent.protocol import (
@@ -135,9 +135,10 @@ def evaluate(store: Store, doc: Any) -> Dict[str, Any]:
     req = parse_request(doc)
     with holding_version(store, req["digest"], "evaluate") as (entry, vdir), \
             contextlib.ExitStack() as held:
-        with journal.locked(store):
-            data, ddir = load_staged(store, req["dataset"])
-            held.enter_context(inuse.reading(ddir))  # against a dataset_stage's prune
+        with journal.locked(store):  # held against a dataset_stage's prune (agent.inuse)
+            if is_sha256(req["dataset"]) and os.path.isdir(dataset_dir(store, req["dataset"])):
+                held.enter_context(inuse.reading(dataset_dir(store, req["dataset"])))
+        data, ddir = load_staged(store, req["dataset"])  # verified without the root lock
         return _evaluate(store, req, entry, vdir, data, ddir)
 
 

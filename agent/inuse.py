@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import sys
 from typing import Iterator
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -28,7 +29,11 @@ def reading(path: str) -> Iterator[None]:
     right after checking the dir: a prune cannot come in between."""
     fd = os.open(path, _DIR_FLAGS)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError as exc:  # a file system without flock (some NFS roots): as before
+            sys.stderr.write("edgefleet-agent: cannot hold %s against prunes (%s)\n"
+                             % (path, exc))
         yield
     finally:
         os.close(fd)  # closing releases the flock
@@ -45,6 +50,8 @@ def in_use(path: str) -> bool:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
+    except OSError:
+        return False  # no flock on this file system: nobody can hold it (reading says so)
     finally:
         os.close(fd)
     return False

@@ -338,7 +338,9 @@ class OpenSshConnection(Connection):
             f"`edgefleet devices trust {t.name}`")
 
     def shared_answers(self, within: float = PROBE_S) -> bool:
-        """Whether the shared connection runs a new session (``true``) within ``within`` s.
+        """Whether the shared connection runs a new session (``true``) within ``within`` s (not
+        the command's silence timeout, which may be short: a busy live link must not pass
+        for dead).
         ``ProxyCommand=false`` keeps the probe from logging in by itself when the connection
         is gone (only a session that is not multiplexed would use it)."""
         if self.shared_path is None:
@@ -349,7 +351,7 @@ class OpenSshConnection(Connection):
         try:
             return subprocess.run(  # noqa: S603 - our own argv
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL, timeout=min(within, self.timeout),
+                stderr=subprocess.DEVNULL, timeout=within,
                 check=False).returncode == 0
         except (OSError, subprocess.TimeoutExpired):
             return False

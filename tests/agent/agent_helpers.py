@@ -181,7 +181,8 @@ def fake_vcgencmd(base: Path, throttled: str = "0x50005", temp: str = "52.1",
 
 def run_watching(pyz: Path, root: Path, command: str, request: dict[str, Any],
                  env: dict[str, str], on_event: Callable[[dict[str, Any]], None]) -> AgentRun:
-    """``command`` with ``on_event`` called on each progress line as it arrives."""
+    """``command`` with ``on_event`` called on each progress line as it arrives (with the
+    agent's pid added as ``agent_pid``)."""
     stderr_path = root.parent / "agent-stderr.log"
     with open(stderr_path, "wb") as stderr:
         proc = subprocess.Popen([sys.executable, str(pyz), "--root", str(root), command],
@@ -195,7 +196,7 @@ def run_watching(pyz: Path, root: Path, command: str, request: dict[str, Any],
             raw_lines.append(raw.decode())
             obj = json.loads(raw)
             if obj["type"] == "progress":
-                on_event(obj)
+                on_event(dict(obj, agent_pid=proc.pid))
         returncode = proc.wait(timeout=60)
     lines = parse_lines(raw_lines)
     assert [line["type"] for line in lines].count("result") == 1 and lines[-1]["type"] == "result"
@@ -204,14 +205,17 @@ def run_watching(pyz: Path, root: Path, command: str, request: dict[str, Any],
 
 
 @contextlib.contextmanager
-def stopped_with_parent(child: int) -> Iterator[None]:
-    """SIGSTOP a measuring child and the agent that started it for the block: what the block
-    does happens before the agent's next step, however fast the machine."""
-    agent = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    for pid in (agent, child):
-        os.kill(pid, signal.SIGSTOP)
+def stopped(event: dict[str, Any]) -> Iterator[None]:
+    """SIGSTOP the agent of a ``run_watching`` event (first: it starts no next child then) and
+    the measuring child that sent it, if still there, for the block: what the block does
+    happens before the agent's next step, however fast the machine."""
+    pids = [event["agent_pid"], event["pid"]]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):  # a fast child may be done already
+            os.kill(pid, signal.SIGSTOP)
     try:
         yield
     finally:
-        for pid in (child, agent):
-            os.kill(pid, signal.SIGCONT)
+        for pid in reversed(pids):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)

@@ -31,7 +31,7 @@ from agent_helpers import (
     push,
     run_agent,
     run_watching,
-    stopped_with_parent,
+    stopped,
     write,
 )
 from onnx import TensorProto, helper, numpy_helper
@@ -375,7 +375,7 @@ def test_a_push_meanwhile_does_not_prune_the_version_being_measured(
         # The bench (agent and child) is stopped while the pushes run: its next thread count
         # loads the model after them, however fast the machine.
         if not pushed and ev["event"] == "bench" and ev["threads"] == 1:
-            with stopped_with_parent(ev["pid"]):
+            with stopped(ev):
                 pushed.extend(push(pyz, root, other, plan=False).data for other in others[:4])
 
     run = bench_watching(pyz, root, {"digest": bundle.digest, "threads": [1, 2], "warmup": 0,

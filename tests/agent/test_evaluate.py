@@ -25,7 +25,7 @@ from agent_helpers import (
     push,
     run_agent,
     run_watching,
-    stopped_with_parent,
+    stopped,
 )
 from onnx import TensorProto, helper, numpy_helper
 
@@ -194,7 +194,7 @@ def test_prunes_meanwhile_keep_what_an_eval_reads(pyz: Path, root: Path, tmp_pat
 
     def push_and_stage_others(ev: dict[str, Any]) -> None:
         if not pruned and ev["event"] == "eval" and ev["threads"] == 1:
-            with stopped_with_parent(ev["pid"]):
+            with stopped(ev):
                 for n in range(2, 6):
                     pruned.extend(push(pyz, root, model_bundle(str(n)), env=env).data["pruned"])
                     other = dataset("tensors", {"tensors.npz": npy(X * n)},
