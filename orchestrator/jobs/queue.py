@@ -30,6 +30,7 @@ from sqlmodel import Session, col, select
 from orchestrator.access import audit
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
+from orchestrator.core.dbclock import db_now
 from orchestrator.core.errors import EdgeFleetError, NotFoundError
 from orchestrator.core.models import Deployment, Job, Run
 from orchestrator.fleet import alerts
@@ -110,7 +111,8 @@ def submit(settings: Settings, kind: str, params: dict[str, Any] | None, targets
         checked = execute.validate_params(session, kind, params, targets)
         job = Job(kind=kind, params=checked, targets=targets, origin=origin,
                   created_by=(actor or "") if created_by is None else created_by,
-                  schedule_id=schedule_id)
+                  schedule_id=schedule_id,
+                  created_at=db_now(session))  # engine.redefer_lost compares it (core.dbclock)
         session.add(job)
         session.flush()
         if actor is not None:

@@ -16,11 +16,15 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
+from orchestrator.core import utc
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.models import DeviceLease, Job
 from orchestrator.fleet import leases
-from orchestrator.jobs import liveness
+from orchestrator.jobs import liveness, queue
+from tests.conftest import Cli
+
+from .procs import REPO
 
 SKEW = timedelta(minutes=2)
 
@@ -76,3 +80,12 @@ def test_a_host_ahead_does_not_interrupt_a_healthy_workers_job(
         assert stored is not None and stored.state == "running"
         assert stored.heartbeat_at is not None
         assert stored.heartbeat_at - datetime.now(UTC) < timedelta(seconds=60)
+
+
+def test_a_job_queued_on_a_host_ahead_is_dated_by_the_database(
+        cli: Cli, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``engine.redefer_lost`` compares with the database's clock: the job's creation."""
+    cli("inventory", "sync", REPO / "inventory" / "example.yml")
+    monkeypatch.setattr(utc, "datetime", AheadClock)  # the models' default timestamps too
+    job = queue.submit(Settings(home=home), "telemetry", {}, "all", actor="tester")
+    assert abs(job.created_at - datetime.now(UTC)) < timedelta(seconds=60)
