@@ -31,7 +31,7 @@ from orchestrator.fleet.agentclient import AgentSession, call_agent
 from orchestrator.fleet.fanout import Outcome, fan_out
 from orchestrator.fleet.leases import leased
 from orchestrator.inventory.devices import DeviceReport, get_device, record_device_report, to_target
-from orchestrator.transport import Connection, Target, connect
+from orchestrator.transport import Connection, Target, adopt, connect
 
 
 class PushProgress(Protocol):
@@ -232,7 +232,7 @@ def push(settings: Settings, bundle: Bundle, devices: Sequence[Device], forks: i
         begun = early.claim(target.name, bundle.digest, push_signature(bundle))
         try:
             with leased(settings, target.name, "push"), \
-                    (begun.connection() if begun else
+                    (adopt(begun.connection()) if begun else
                      connect(target, settings, timeout)) as conn:
                 outcome = push_over(conn, bundle, store, counted, timeout, report, begun)
         except EdgeFleetError as exc:

@@ -40,6 +40,7 @@ from orchestrator.core.dbclock import db_now
 from orchestrator.core.errors import EdgeFleetError
 from orchestrator.core.heartbeat import Heartbeat
 from orchestrator.core.models import DeviceLease
+from orchestrator.transport import abort_device, under_lease
 
 log = logging.getLogger(__name__)
 
@@ -248,10 +249,11 @@ def _renew(held: list[tuple[tuple[str, str], Settings]]) -> None:
                 # ``leased`` stops renewing before it releases.)
                 # Frozen past the TTL (SIGSTOP, a stalled VM) and someone took the device:
                 # two operations must never drive it at once, so ours stops here.
-                from orchestrator.transport import abort_device
-
-                aborted = abort_device(device)
-                _lost.add((device, holder))  # after the abort: a failed one is tried again
+                # Marked first: a block that its aborted connection lets end at once must
+                # already see the loss, or it would pass for a success (abort_device logs,
+                # and does not raise, what one connection's teardown raises).
+                _lost.add((device, holder))
+                aborted = abort_device(device, holder)
                 log.error("%s: lost its lease (expired while this process was stopped?) to "
                           "another operation; %d connection(s) to it aborted", device, aborted)
         except OperationalError as exc:  # the DB was busy: the next beat retries
@@ -266,7 +268,8 @@ _heartbeat: Heartbeat[tuple[str, str]] = Heartbeat(
 def leased(settings: Settings, device: str, operation: str) -> Iterator[str]:
     """Hold ``device`` for ``operation`` while the block runs. If another process takes the
     lease meanwhile (this one was frozen past its TTL), this process's connections to the
-    device are aborted and the block ends in ``LeaseLost``, whatever it did."""
+    device are aborted and the block ends in ``LeaseLost``, whatever it did: those it opened in
+    the block (or ``transport.adopt``-ed), not a lease-free telemetry poll's."""
     holder = holder_id()
     acquire_waiting(settings, device, operation, holder, _waiting.get())
     _heartbeat.hold(settings, (device, holder))
@@ -274,7 +277,8 @@ def leased(settings: Settings, device: str, operation: str) -> Iterator[str]:
                      "process was not renewing it (frozen past EDGEFLEET_LEASE_TTL_S?); what it "
                      "did meanwhile is not to be trusted: run the command again")
     try:
-        yield holder
+        with under_lease(holder):
+            yield holder
     except BaseException as exc:
         if (device, holder) in _lost:
             raise lost from exc

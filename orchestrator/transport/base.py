@@ -282,6 +282,8 @@ class Connection(ABC):
     def __init__(self, target: Target, limits: OutputLimits | None = None) -> None:
         self.target = target
         self.limits = limits or OutputLimits()
+        # The device lease it works under (``factory.under_lease``); None: lease-free.
+        self.lease_holder: str | None = None
 
     def run(
         self,

@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +26,27 @@ log = logging.getLogger(__name__)
 # Ctrl-C can abort them all at once (``abort_all``); after it, no new one opens.
 _open: weakref.WeakSet[Connection] = weakref.WeakSet()
 _aborted = threading.Event()
+# The device lease (its holder id) under which this context opens connections: set by
+# ``fleet.leases.leased`` for its block (fan-out threads copy it), so that a lost lease aborts
+# that operation's connections only, never a lease-free telemetry poll of the same device.
+_lease_holder: ContextVar[str | None] = ContextVar("edgefleet_lease_holder", default=None)
+
+
+@contextmanager
+def under_lease(holder: str) -> Iterator[None]:
+    """Connections opened (or ``adopt``-ed) in this block belong to the lease ``holder``."""
+    token = _lease_holder.set(holder)
+    try:
+        yield
+    finally:
+        _lease_holder.reset(token)
+
+
+def adopt(conn: Connection) -> Connection:
+    """Put a connection opened before its lease was taken (a CLI push's early session) under
+    the current lease, as if it had been opened in it."""
+    conn.lease_holder = _lease_holder.get()
+    return conn
 
 
 def connect(target: Target, settings: Settings | EnvSettings,
@@ -55,6 +79,7 @@ def connect(target: Target, settings: Settings | EnvSettings,
             from orchestrator.transport.ssh import SshConnection
 
             conn = SshConnection(target, load_known(settings, entry), timeout, limits)
+    conn.lease_holder = _lease_holder.get()
     _open.add(conn)
     if _aborted.is_set():  # opened while abort_all ran
         conn.abort()
@@ -108,9 +133,10 @@ def abort_all() -> None:
             log.warning("%s: abort failed: %s", conn.target.name, exc)
 
 
-def abort_device(name: str) -> int:
-    """Abort this process's open connections to the device ``name`` (its lease was lost:
-    another operation now owns the device, so ours must stop touching it). How many."""
+def abort_device(name: str, holder: str) -> int:
+    """Abort this process's open connections to the device ``name`` under the lease ``holder``
+    (lost: another operation now owns the device, so ours must stop touching it). Lease-free
+    ones (a telemetry poll) and another lease's live on. How many were aborted."""
     aborted = 0
     for _ in range(100):  # a connect() in another thread may change the set mid-copy
         try:
@@ -121,7 +147,7 @@ def abort_device(name: str) -> int:
     else:
         opened = []
     for conn in opened:
-        if conn.target.name == name:
+        if conn.target.name == name and conn.lease_holder == holder:
             try:
                 conn.abort()
                 aborted += 1

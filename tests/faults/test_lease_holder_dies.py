@@ -100,21 +100,34 @@ def test_a_killed_holder_on_this_host_is_detected_at_once(home: Path, holder) ->
 
 
 WORKER = """
-import sys
+import sys, threading
 from orchestrator.core.config import Settings
 from orchestrator.fleet.leases import LeaseLost, leased
-from orchestrator.transport import connect
+from orchestrator.transport import adopt, connect
 from orchestrator.transport.base import Target
 
 settings = Settings()
 device = Target(name="pi1", address="localhost", connection="local")
+# Lease-free, as the server's telemetry poll of the same device: it must outlive the loss.
+poll_conn = connect(device, settings, 600)
+poll = poll_conn.start(["cat"])
+# Opened before the lease and adopted in it, as a CLI push's early session: it must not.
+early = connect(device, settings, 600)
+early_cmd = early.start(["sleep", "600"])
+early_end = []
+threading.Thread(target=lambda: early_end.append(early_cmd.readline()), daemon=True).start()
 try:
     with leased(settings, "pi1", "bench") as holder, connect(device, settings, 600) as conn:
+        adopt(early)
         running = conn.start(["sleep", "600"])  # the device busy with our work
         print(holder, flush=True)
         running.readline()
 except LeaseLost as exc:
     print("lost:", exc, flush=True)
+    poll.write(b"poll alive\\n")
+    print("poll:", poll.readline().strip(), flush=True)
+    early_cmd.finish()  # ended by the abort, not by its 600 s
+    print("early ended", flush=True)
     sys.exit(3)
 """
 
@@ -122,7 +135,9 @@ except LeaseLost as exc:
 def test_a_thawed_holder_whose_lease_was_taken_stops_its_device_work(home: Path) -> None:
     """Frozen past the TTL, then thawed after another process took the device: the old
     holder's heartbeat finds the lease gone, aborts its own connections to the device (two
-    operations must never drive one Pi at once) and fails saying why, instead of working on."""
+    operations must never drive one Pi at once) and fails saying why, instead of working on.
+    Its own: those opened under that lease or adopted into it, not a lease-free telemetry
+    poll of the same device that this process also runs."""
     settings = Settings(home=home, lease_ttl_s=1.5)
     get_engine(settings)
     env = dict(os.environ, EDGEFLEET_HOME=str(home), EDGEFLEET_LEASE_TTL_S="1.5")
@@ -138,6 +153,7 @@ def test_a_thawed_holder_whose_lease_was_taken_stops_its_device_work(home: Path)
         out, _ = proc.communicate(timeout=60)  # well before the sleep's 600 s
         assert proc.returncode == 3, out
         assert out.startswith("lost: pi1: stopped: its lease was taken"), out
+        assert "poll: poll alive\n" in out and out.endswith("early ended\n"), out
         assert _expiry(settings)[0] == "taker:1:x"  # type: ignore[index]
     finally:
         if proc.poll() is None:
