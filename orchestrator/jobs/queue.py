@@ -104,25 +104,41 @@ def submit(settings: Settings, kind: str, params: dict[str, Any] | None, targets
     eval is audited under that name in the job's own transaction. ``None`` is the control plane
     acting by itself (a schedule firing, whose creation was audited; the telemetry poller):
     no event. Required, so that a new caller cannot forget to say which it is."""
+    with session_scope(settings) as session:
+        job = add_job(session, settings, kind, params, targets, actor=actor, origin=origin,
+                      created_by=created_by, schedule_id=schedule_id)
+    wake_runners(settings)
+    return job
+
+
+def add_job(session: Session, settings: Settings, kind: str, params: dict[str, Any] | None,
+            targets: str, *, actor: str | None, origin: str, created_by: str | None = None,
+            schedule_id: int | None = None) -> Job:
+    """``submit``'s checks and rows in the caller's transaction (a schedule's claim and the
+    job it fires commit together); the caller wakes the runners after its commit. Params are
+    checked before anything is added, so an EdgeFleetError leaves the session as it was."""
     if origin not in ORIGINS:
         raise EdgeFleetError(f"job origin {origin!r}: choose one of {', '.join(ORIGINS)}")
     targets = execute.default_targets(kind, targets)
-    with session_scope(settings) as session:
-        checked = execute.validate_params(session, kind, params, targets)
-        job = Job(kind=kind, params=checked, targets=targets, origin=origin,
-                  created_by=(actor or "") if created_by is None else created_by,
-                  schedule_id=schedule_id,
-                  created_at=db_now(session))  # engine.redefer_lost compares it (core.dbclock)
-        session.add(job)
-        session.flush()
-        if actor is not None:
-            audit.add_job_event(session, actor, job)
-        if is_postgresql(settings.db_url):
-            defer_task(session, job.id)  # type: ignore[arg-type]
+    checked = execute.validate_params(session, kind, params, targets)
+    job = Job(kind=kind, params=checked, targets=targets, origin=origin,
+              created_by=(actor or "") if created_by is None else created_by,
+              schedule_id=schedule_id,
+              created_at=db_now(session))  # engine.redefer_lost compares it (core.dbclock)
+    session.add(job)
+    session.flush()
+    if actor is not None:
+        audit.add_job_event(session, actor, job)
+    if is_postgresql(settings.db_url):
+        defer_task(session, job.id)  # type: ignore[arg-type]
+    return job
+
+
+def wake_runners(settings: Settings) -> None:
+    """Wake this process's runners on ``settings``' database: a job was queued."""
     for runner in list(_runners):
         if runner.settings.db_url == settings.db_url:
             runner.wake()
-    return job
 
 
 def is_postgresql(url: str) -> bool:
@@ -245,15 +261,24 @@ def record_failed(settings: Settings, kind: str, params: dict[str, Any], targets
                   error: str, *, origin: str, created_by: str = "",
                   schedule_id: int | None = None) -> Job:
     """A job that could not even start (a schedule firing with a bundle since deleted): kept
-    as a failed row so the UI shows why nothing ran."""
-    now = datetime.now(UTC)
+    as a failed row so the UI shows why nothing ran; its alert goes out once it is stored."""
     with session_scope(settings) as session:
-        job = Job(kind=kind, params=params, targets=targets, origin=origin,
-                  created_by=created_by, schedule_id=schedule_id, state="failed", error=error,
-                  started_at=now, finished_at=now)
-        session.add(job)
-        session.flush()
+        job = add_failed(session, kind, params, targets, error, origin=origin,
+                         created_by=created_by, schedule_id=schedule_id)
     alerts.job_failed(settings, job.id)
+    return job
+
+
+def add_failed(session: Session, kind: str, params: dict[str, Any], targets: str, error: str,
+               *, origin: str, created_by: str = "", schedule_id: int | None = None) -> Job:
+    """``record_failed``'s row in the caller's transaction (its alert is the caller's, after
+    the commit: ``alerts.job_failed``)."""
+    now = datetime.now(UTC)
+    job = Job(kind=kind, params=params, targets=targets, origin=origin,
+              created_by=created_by, schedule_id=schedule_id, state="failed", error=error,
+              started_at=now, finished_at=now)
+    session.add(job)
+    session.flush()
     return job
 
 

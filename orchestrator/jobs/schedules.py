@@ -7,7 +7,8 @@ classic five fields (minute hour day-of-month month day-of-week) in UTC.
 The server's scheduler thread calls ``due()`` every poll. A schedule fires at most once per
 pass: one that was due several times while the server was down fires once, then moves to its
 next time after now (a missed nightly bench is run once, not replayed N times). Firing is claimed
-with a conditional UPDATE on ``next_run_at``, so two server processes never fire it twice.
+with a conditional UPDATE on ``next_run_at``, so two server processes never fire it twice, in
+the transaction that stores its job, so a process dying between the two loses no period.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from croniter import CroniterError, croniter
-from sqlalchemy import and_, update
+from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, select
 
@@ -27,6 +28,7 @@ from orchestrator.core.db import session_scope
 from orchestrator.core.errors import EdgeFleetError, NotFoundError
 from orchestrator.core.models import Job, Schedule
 from orchestrator.core.utc import as_utc
+from orchestrator.fleet import alerts
 from orchestrator.jobs import execute, queue
 
 log = logging.getLogger(__name__)
@@ -142,50 +144,43 @@ def due(settings: Settings, now: datetime) -> list[Job]:
     created: list[Job] = []
     for schedule in ready:
         following = next_fire(schedule.cron, now) if schedule.cron else None
-        with session_scope(settings) as session:
-            claimed = session.execute(
-                update(Schedule).where(col(Schedule.id) == schedule.id, col(Schedule.enabled),
-                                       col(Schedule.next_run_at) == schedule.next_run_at)
-                .values(next_run_at=following, enabled=following is not None)).rowcount
-        if not claimed:  # another process fired it, or it was deleted or changed meanwhile
-            continue
+        refused = False
         try:
-            job = queue.submit(settings, schedule.kind, schedule.params, schedule.targets,
-                              actor=None, origin="schedule", created_by=schedule.created_by,
-                              schedule_id=schedule.id)
-        except EdgeFleetError as exc:
-            log.warning("schedule %s could not start a job: %s", schedule.id, exc)
-            job = queue.record_failed(settings, schedule.kind, schedule.params, schedule.targets,
-                                     f"schedule {schedule.id} could not start: {exc}",
-                                     origin="schedule", created_by=schedule.created_by,
-                                     schedule_id=schedule.id)
+            # One transaction: the claim, the job it fires and last_job_id commit together, so
+            # a crash (or a failing database) between them loses no period and fires none
+            # twice; a rollback puts the schedule back as it was, for the next tick.
+            with session_scope(settings) as session:
+                claimed = session.execute(
+                    update(Schedule).where(col(Schedule.id) == schedule.id,
+                                           col(Schedule.enabled),
+                                           col(Schedule.next_run_at) == schedule.next_run_at)
+                    .values(next_run_at=following, enabled=following is not None)).rowcount
+                if not claimed:  # another process fired it, or it was deleted or changed
+                    continue
+                try:
+                    job = queue.add_job(session, settings, schedule.kind, schedule.params,
+                                        schedule.targets, actor=None, origin="schedule",
+                                        created_by=schedule.created_by,
+                                        schedule_id=schedule.id)
+                except EdgeFleetError as exc:
+                    log.warning("schedule %s could not start a job: %s", schedule.id, exc)
+                    refused = True
+                    job = queue.add_failed(session, schedule.kind, schedule.params,
+                                           schedule.targets,
+                                           f"schedule {schedule.id} could not start: {exc}",
+                                           origin="schedule", created_by=schedule.created_by,
+                                           schedule_id=schedule.id)
+                session.execute(update(Schedule).where(col(Schedule.id) == schedule.id)
+                                .values(last_job_id=job.id))
         except DBAPIError:  # the database, not the schedule: the period must not be lost
-            # The database failed (busy, gone): nothing was started, so the claim is undone
-            # and the next tick fires it again (before, the period was skipped silently).
             log.exception("schedule %s: starting its job failed; it fires at the next tick",
                           schedule.id)
-            _unclaim(settings, schedule, following)
             continue
-        with session_scope(settings) as session:
-            session.execute(update(Schedule).where(col(Schedule.id) == schedule.id)
-                            .values(last_job_id=job.id))
+        queue.wake_runners(settings)
+        if refused:
+            alerts.job_failed(settings, job.id)
         created.append(job)
     return created
-
-
-def _unclaim(settings: Settings, schedule: Schedule, following: datetime | None) -> None:
-    """Put ``schedule`` back where it was before this process claimed it (unless it was
-    changed since)."""
-    at = (col(Schedule.next_run_at).is_(None) if following is None
-          else col(Schedule.next_run_at) == following)
-    at = and_(at, col(Schedule.enabled) == (following is not None))  # not paused since
-    try:
-        with session_scope(settings) as session:
-            session.execute(update(Schedule).where(col(Schedule.id) == schedule.id, at)
-                            .values(next_run_at=schedule.next_run_at, enabled=True))
-    except Exception:  # noqa: BLE001 - still failing: logged; the schedule waits for its next
-        log.exception("schedule %s: could not be put back; it fires at its next time",
-                      schedule.id)
 
 
 def schedule_state(s: Schedule) -> str:

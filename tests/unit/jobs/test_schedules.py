@@ -121,8 +121,8 @@ def test_cron_schedule_fires_once_per_due_time_and_advances(settings: Settings) 
 
 def test_a_firing_whose_job_the_database_failed_to_store_fires_at_the_next_tick(
         settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The claim (next time moved on) is its own transaction: when storing the job then fails
-    for the database's sake (busy, gone), the claim is undone instead of the period lost."""
+    """The claim (next time moved on) shares the job's transaction: when storing the job fails
+    for the database's sake (busy, gone), the claim rolls back instead of the period lost."""
     from sqlalchemy.exc import OperationalError
 
     from orchestrator.jobs import queue
@@ -131,15 +131,15 @@ def test_a_firing_whose_job_the_database_failed_to_store_fires_at_the_next_tick(
                                actor="alice")
     first = created.next_run_at
     assert first is not None
-    real_submit = queue.submit
+    real_add = queue.add_job
 
     def locked(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise OperationalError("INSERT INTO jobs", {}, Exception("database is locked"))
 
-    monkeypatch.setattr(queue, "submit", locked)
+    monkeypatch.setattr(queue, "add_job", locked)
     assert schedules.due(settings, first + timedelta(minutes=1)) == []
     assert stored(settings, created.id).next_run_at == first  # type: ignore[arg-type]
-    monkeypatch.setattr(queue, "submit", real_submit)
+    monkeypatch.setattr(queue, "add_job", real_add)
     (job,) = schedules.due(settings, first + timedelta(minutes=2))  # the next tick
     assert job.schedule_id == created.id and len(schedule_jobs(settings)) == 1
 
