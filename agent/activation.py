@@ -14,7 +14,7 @@ import os
 import shutil
 import stat
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
 from agent import journal, signatures
 from agent.fsutil import (
@@ -113,11 +113,16 @@ def build_dir(store: Store, request: Request, parent: str, manifest_name: str, f
     Shared by bundle versions and staged datasets."""
     staging = os.path.join(parent, STAGING_PREFIX + os.urandom(8).hex())
     os.mkdir(staging)
+    subdirs: Set[str] = set()  # every folder below staging: each one's entries need an fsync
     try:
         for entry in request.files:
             dst = os.path.join(staging, entry["path"])
+            folder = os.path.dirname(dst)
             with writing(dst):
-                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                os.makedirs(folder, exist_ok=True)
+            while folder != staging and folder not in subdirs:
+                subdirs.add(folder)
+                folder = os.path.dirname(folder)
             _link_or_copy(store.blob_path(entry["sha256"]), dst, store.verifier.cache)
         bad = store.verifier.check_all(staging, request.files)
         if bad is not None:
@@ -128,6 +133,10 @@ def build_dir(store: Store, request: Request, parent: str, manifest_name: str, f
             handle.write(canonical_json(request.manifest))
             handle.flush()
             os.fsync(handle.fileno())
+        # Deepest first, then staging itself: after a power cut the renamed dir holds every
+        # file (labels/classes.txt too), not only those at its top.
+        for folder in sorted(subdirs, key=lambda f: (-f.count(os.sep), f)):
+            fsync_dir(folder)
         fsync_dir(staging)
         if os.path.lexists(final):
             remove_tree(final)
