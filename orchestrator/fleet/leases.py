@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -39,6 +38,7 @@ from orchestrator.core.db import session_scope
 from orchestrator.core.dbclock import db_now
 from orchestrator.core.errors import EdgeFleetError
 from orchestrator.core.heartbeat import Heartbeat
+from orchestrator.core.hostid import this_host
 from orchestrator.core.models import DeviceLease
 from orchestrator.transport import abort_device, under_lease
 
@@ -90,7 +90,7 @@ def waiting_as(policy: Waiting) -> Iterator[None]:
 
 
 def holder_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return f"{this_host()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -108,7 +108,7 @@ def holder_gone(holder: str) -> bool:
     Another host's holders cannot be checked from here: their heartbeat decides."""
     owner_host, _, rest = holder.partition(":")
     pid = rest.partition(":")[0]
-    return owner_host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid))
+    return owner_host == this_host() and pid.isdigit() and not _pid_alive(int(pid))
 
 
 def acquire(settings: Settings, device: str, operation: str, holder: str,

@@ -32,7 +32,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -45,6 +44,7 @@ from sqlalchemy.exc import IntegrityError
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.dbclock import db_now
+from orchestrator.core.hostid import this_host
 from orchestrator.core.models import Job
 from orchestrator.fleet.leases import release_dead_holders
 from orchestrator.jobs import liveness, queue, runner, schedules
@@ -107,7 +107,7 @@ class TaskWorker:
 
         self.settings, self.workers = settings, workers
         self.token = uuid.uuid4().hex[:8]
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{self.token}"
+        self.worker_id = f"{this_host()}:{os.getpid()}:{self.token}"
         self.app = procrastinate.App(
             connector=procrastinate.PsycopgConnector(conninfo=conninfo(settings.db_url)))
         self._register(telemetry_interval_s is not None)

@@ -17,7 +17,6 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +31,7 @@ from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.dbclock import db_now
 from orchestrator.core.errors import EdgeFleetError, NotFoundError
+from orchestrator.core.hostid import this_host
 from orchestrator.core.models import Deployment, Job, Run
 from orchestrator.fleet import alerts
 from orchestrator.jobs import execute
@@ -350,7 +350,7 @@ def recover_interrupted(settings: Settings) -> list[int]:
     """Mark jobs whose worker process (on this host: by its pid) is gone as interrupted;
     returns their ids. Another host's dead processes are found by their heartbeats
     (``jobs.liveness.sweep``)."""
-    host = socket.gethostname()
+    host = this_host()
     with session_scope(settings) as session:
         running = session.exec(select(Job).where(Job.state == "running")).all()
         dead = interrupt(session, [j for j in running if _orphaned(j.worker, host)],

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 import uuid
@@ -23,6 +22,7 @@ from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.dbclock import db_now
 from orchestrator.core.errors import EdgeFleetError
+from orchestrator.core.hostid import this_host
 from orchestrator.core.models import Device, Job
 from orchestrator.fleet.leases import release_dead_holders
 from orchestrator.jobs import context, execute, liveness, queue, schedules
@@ -41,7 +41,7 @@ class JobRunner:
         self.settings, self.workers, self.poll_s = settings, workers, poll_s
         self.telemetry_interval_s = telemetry_interval_s
         self.token = uuid.uuid4().hex[:8]
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{self.token}"
+        self.worker_id = f"{this_host()}:{os.getpid()}:{self.token}"
         self._wakeup = threading.Event()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []

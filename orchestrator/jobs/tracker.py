@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from orchestrator.access import audit
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.dbclock import db_now
+from orchestrator.core.hostid import this_host
 from orchestrator.core.models import Job
 from orchestrator.jobs import context, execute, liveness
 from orchestrator.jobs.queue import TERMINAL, finish_job, recover_interrupted
@@ -136,7 +136,7 @@ def track(settings: Settings, kind: str, params: dict[str, Any], targets: str, *
         params = execute.validate_params(session, kind, params, targets)
         job = Job(kind=kind, params=params, targets=targets, origin="cli", state="running",
                   created_by=actor, started_at=now, heartbeat_at=now,
-                  worker=f"{socket.gethostname()}:{os.getpid()}")
+                  worker=f"{this_host()}:{os.getpid()}")
         session.add(job)
         session.flush()
         audit.add_job_event(session, actor, job)

@@ -33,7 +33,6 @@ import heapq
 import itertools
 import logging
 import os
-import socket
 import threading
 import time
 import uuid
@@ -45,6 +44,7 @@ from sqlmodel import col, select
 
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
+from orchestrator.core.hostid import this_host
 from orchestrator.core.models import Alert
 from orchestrator.core.utc import utcnow
 from orchestrator.notify.wire import body_of, headers_for, post, where
@@ -57,7 +57,7 @@ CLAIM_MARGIN_S = 30.0
 WORKERS = 2  # one hanging receiver leaves the other thread to the rest
 OFF_WORDS = ("", "off", "none")
 # This process, as the holder of the alerts it is delivering.
-CLAIM = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+CLAIM = f"{this_host()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def webhook_url(settings: Settings, kind: str) -> str | None:

@@ -11,7 +11,6 @@ server is killed.
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from sqlmodel import col, select
 
 from orchestrator.core.config import get_settings
 from orchestrator.core.db import session_scope
+from orchestrator.core.hostid import this_host
 from orchestrator.core.models import DeviceLease, Result
 
 from ..conftest import Cli
@@ -55,7 +55,7 @@ def test_sigkill_mid_bench_interrupts_keeps_results_frees_lease(
 
     # Mid-flight: the job runs, the first device's result is stored, the second device is
     # leased by this server process and still measuring.
-    ours = f"{socket.gethostname()}:{server.proc.pid}:"
+    ours = f"{this_host()}:{server.proc.pid}:"
 
     def mid_flight() -> list[tuple[Any, ...]] | None:
         results = stored_results()

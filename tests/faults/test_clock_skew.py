@@ -9,7 +9,6 @@ healthy worker's running job interrupted. Now both are judged by the database's 
 from __future__ import annotations
 
 import os
-import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from sqlmodel import select
 from orchestrator.core import utc
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
+from orchestrator.core.hostid import this_host
 from orchestrator.core.models import DeviceLease, Job
 from orchestrator.fleet import leases
 from orchestrator.jobs import liveness, queue
@@ -48,7 +48,7 @@ def test_a_host_ahead_does_not_take_a_live_lease(home: Path, skewed_host: None) 
     with pytest.MonkeyPatch.context() as on_time:  # the holder's host keeps good time
         for module in (leases, liveness):
             on_time.setattr(module, "datetime", datetime, raising=False)
-        holder = f"{socket.gethostname()}:{os.getpid()}:aaaa0000"  # alive: this process
+        holder = f"{this_host()}:{os.getpid()}:aaaa0000"  # alive: this process
         leases.acquire(settings, "pi1", "bench", holder)
     with pytest.raises(leases.DeviceBusy, match="busy with a bench"):
         leases.acquire(settings, "pi1", "push", "lab-b.example:4242:bbbb1111")

@@ -69,12 +69,12 @@ def test_expired_lease_is_taken_over(home: Path) -> None:
 
 def test_leases_of_dead_processes_are_freed(home: Path) -> None:
     import os
-    import socket
 
+    from orchestrator.core.hostid import this_host
     from orchestrator.fleet.leases import release_dead_holders
 
     settings = get_settings()
-    host = socket.gethostname()
+    host = this_host()
     acquire(settings, "crashed", "bench", f"{host}:999999:dead0000")
     acquire(settings, "alive", "push", f"{host}:{os.getpid()}:live0000")
     acquire(settings, "elsewhere", "push", "other-host:999999:abcd0000")

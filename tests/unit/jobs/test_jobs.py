@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from orchestrator.artifacts.bundles import build_bundle
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.errors import EdgeFleetError
+from orchestrator.core.hostid import this_host
 from orchestrator.core.models import Deployment, DeviceLease, Job, Result, Run, TelemetrySnapshot
 from orchestrator.demo.model import make_demo_classifier
 from orchestrator.demo.simulate import create_simulated_device
@@ -355,7 +355,7 @@ def test_cancel_a_running_push_between_devices(tmp_path: Path,
 
 def test_restart_marks_only_jobs_of_dead_processes_interrupted(tmp_path: Path) -> None:
     settings = make_fleet(tmp_path, install=False)
-    host = socket.gethostname()
+    host = this_host()
     with session_scope(settings) as session:
         run_row = Run(bundle_name="fc", bundle_version="1", bundle_digest="d", targets="all",
                       created_by="x")
@@ -489,7 +489,7 @@ def test_cli_push_and_bench_are_recorded_as_cli_jobs(cli: Cli, home: Path,
                   "--json").json
     bench_job, push_job = all_jobs(settings)
     assert (push_job.kind, push_job.origin, push_job.state) == ("push", "cli", "succeeded")
-    assert push_job.worker == f"{socket.gethostname()}:{os.getpid()}"
+    assert push_job.worker == f"{this_host()}:{os.getpid()}"
     assert push_job.params["bundle"] == "fc@1" and push_job.targets == "all"
     assert [d["bytes_sent"] for d in push_job.result["devices"]] == \
         [d["bytes_sent"] for d in pushed]
