@@ -92,6 +92,7 @@ def can_check_peers() -> bool:
 
 
 IN_PROCESS_CLIENT = "testclient"  # the peer name starlette.testclient gives its requests
+FORWARDED = {"x-forwarded-for", "forwarded"}  # headers a proxy-trusting server takes a peer from
 
 
 def refusal(scope: Scope, headers: dict[str, str]) -> str | None:
@@ -102,8 +103,12 @@ def refusal(scope: Scope, headers: dict[str, str]) -> str | None:
                 f"only to {LOOPBACK_NAMES} (a web page may not rebind its own name to it). "
                 "To serve other names, create one: `edgefleet tokens create --role admin`")
     client, server = scope.get("client"), scope.get("server")
-    if client and client[0] == IN_PROCESS_CLIENT:
-        return None  # Starlette's in-process test client: there is no socket peer to check
+    if client and client[0] == IN_PROCESS_CLIENT and not FORWARDED.intersection(headers):
+        # Starlette's in-process test client: there is no socket peer to check. Not when the
+        # name came from a forwarding header: behind a server that trusts them from loopback
+        # (uvicorn's default proxy_headers), `X-Forwarded-For: testclient` from another local
+        # user would otherwise pass for it.
+        return None
     try:
         client_ip = _normal(client[0]) if client else None
     except ValueError:  # not an address: never taken on trust (a forged forwarding header)

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +20,8 @@ import httpx
 import pytest
 
 from tests.conftest import Cli
-from tests.live_server import Server
+from tests.fleet.sshd import free_port
+from tests.live_server import REPO, Server
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "inventory" / "example.yml"
 
@@ -96,3 +98,38 @@ def test_another_user_of_the_machine_is_refused(serve: Callable[..., Server]) ->
             assert status == 403, (header, forged, body)
     # The same request from the server's own user is served.
     assert _get_as(None, server.url + "/api/devices") == (200, "[]")
+
+
+class ProxyTrustingServer(Server):
+    """The app under plain ``uvicorn --factory`` (as a user may run it, or behind gunicorn):
+    uvicorn's default proxy_headers takes the peer from X-Forwarded-For sent from loopback."""
+
+    def __init__(self, home: Path, log_path: Path) -> None:  # noqa: D107 - see the class
+        self.home, self.log_path, self.token = home, log_path, None
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ, EDGEFLEET_HOME=str(home))
+        with log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "--factory", "web.app:create_app",
+                 "--host", "127.0.0.1", "--port", str(self.port)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                cwd=REPO)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="starting a process as another user needs root")
+def test_another_user_naming_the_in_process_test_client_is_refused(home: Path,
+                                                                   tmp_path: Path) -> None:
+    """``testclient`` is the peer Starlette's in-process test client has (no socket to check);
+    sent as X-Forwarded-For through a proxy-trusting server, it used to pass the gate."""
+    server = ProxyTrustingServer(home, tmp_path / "uvicorn.log")
+    try:
+        server.wait_ready()
+        for header in ("X-Forwarded-For", "Forwarded"):
+            forged = "testclient" if header == "X-Forwarded-For" else "for=testclient"
+            status, body = _get_as("nobody", server.url + "/api/devices", {header: forged})
+            assert status == 403, (header, body)
+        assert _get_as(None, server.url + "/api/devices") == (200, "[]")
+    finally:
+        server.proc.terminate()
+        server.proc.wait(30)
