@@ -146,7 +146,8 @@ def holding_version(store: Store, digest: str,
                 exc.message = exc.message.replace("then bench it", "then %s it" % verb)
             raise
 
-    find()  # first without the lock: a root never used has nothing to lock
+    if not os.path.isdir(store.root):
+        find()  # a root never used has nothing to lock: say "not on this device" instead
     with contextlib.ExitStack() as held:
         with journal.locked(store):
             entry, vdir = find()  # again: a prune may have come in between
