@@ -20,6 +20,7 @@ from sqlmodel import col, select
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.models import Device, Job, Result, Run
+from orchestrator.core.numbers import finite
 from orchestrator.measure.trends import BENCH
 
 ONLINE_WINDOW = timedelta(minutes=3)
@@ -47,10 +48,12 @@ class FleetCollector(Collector):
         with session_scope(self.settings) as session:
             for device in session.exec(select(Device)).all():
                 sensors = (device.facts or {}).get("sensors") or {}
-                if sensors.get("temp_c") is not None:
-                    temp.add_metric([device.name], sensors["temp_c"])
-                if sensors.get("throttled") is not None:
-                    bits.add_metric([device.name], sensors["throttled"])
+                # finite(): a row stored before answers were checked (fleet.answers) may hold
+                # anything a device sent; one bad row must not fail the whole scrape.
+                if (celsius := finite(sensors.get("temp_c"))) is not None:
+                    temp.add_metric([device.name], celsius)
+                if (word := finite(sensors.get("throttled"))) is not None:
+                    bits.add_metric([device.name], word)
                 seen = device.last_seen
                 online.add_metric([device.name], float(
                     seen is not None and now - seen < ONLINE_WINDOW))

@@ -77,6 +77,27 @@ def _install_hint(exit_code: int, stderr: str, name: str) -> str:
     return ""
 
 
+def answer(result: dict[str, Any], name: str) -> dict[str, Any]:
+    """A result line's ``data`` (an object), or the AgentError it carries. The device's JSON
+    is untrusted: a result whose data or error is not an object, or whose message is not a
+    string, is refused here, naming the device, instead of failing deep in whoever reads it
+    (a deployment left pending by an AttributeError)."""
+    if not result.get("ok"):
+        error = result.get("error")
+        error = error if isinstance(error, dict) else {}
+        message, code = error.get("message"), error.get("code")
+        raise AgentError(f"{name}: {message if isinstance(message, str) else 'agent error'}",
+                         code=code if isinstance(code, str) else "", detail=error)
+    data = result.get("data")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise TransportError(f"{name}: the agent answered a result that is not a JSON object "
+                             f"({type(data).__name__}); reinstall it: "
+                             f"`edgefleet agent install {name}`")
+    return data
+
+
 def agent_argv(python: str, agent_path: str, root: str, command: str) -> list[str]:
     # "--root=<path>": a root starting with "-" must not be read as an option.
     return [RemotePath(python), RemotePath(agent_path), f"--root={root}", command]
@@ -129,12 +150,7 @@ def call_agent(
             f"{_install_hint(result.exit_code, result.stderr, target.name)}: "
             f"{result.stderr.strip()[-500:]}"
         )
-    last = results[-1]
-    if not last.get("ok"):
-        error = last.get("error") or {}
-        raise AgentError(f"{target.name}: {error.get('message', 'agent error')}",
-                         code=error.get("code", ""), detail=error)
-    return last.get("data") or {}
+    return answer(results[-1], target.name)
 
 
 
@@ -205,11 +221,7 @@ class AgentSession:
                     on_event(obj)
                 continue
             if obj.get("type") == "result":
-                if not obj.get("ok"):
-                    error = obj.get("error") or {}
-                    raise AgentError(f"{self.name}: {error.get('message', 'agent error')}",
-                                     code=error.get("code", ""), detail=error)
-                return obj.get("data") or {}
+                return answer(obj, self.name)
         code, stderr = self.channel.finish()
         message = stderr.strip()[-500:] or "no message"
         raise TransportError(f"{self.name}: agent session ended during {command} (exit {code}): "

@@ -10,6 +10,7 @@ its journal reverted after a crash) corrects the DB first (devices.record_device
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -32,6 +33,8 @@ from orchestrator.fleet.fanout import Outcome, fan_out
 from orchestrator.fleet.leases import leased
 from orchestrator.inventory.devices import DeviceReport, get_device, record_device_report, to_target
 from orchestrator.transport import Connection, Target, adopt, connect
+
+log = logging.getLogger(__name__)
 
 
 class PushProgress(Protocol):
@@ -161,6 +164,17 @@ def rolled_back_active(rolled_back_to: dict[str, Any] | None) -> tuple[str | Non
             rolled_back_to.get("digest"))
 
 
+def unexpected(device: str, operation: str, exc: Exception,
+               data: dict[str, Any] | None = None) -> Outcome:
+    """A device step's failure nobody foresaw (a bug, an answer of a shape no check caught):
+    logged with its traceback, and a failed outcome saying so, so that the device's row is
+    closed and the other devices go on."""
+    log.exception("%s: %s failed unexpectedly", device, operation)
+    return Outcome(device, False, "failed", f"{device}: {operation} failed unexpectedly "
+                   f"({type(exc).__name__}: {str(exc)[:300]}); the server log has the details",
+                   data=dict(data or {}))
+
+
 def _finish(settings: Settings, deployment_id: int, outcome: Outcome,
             active: tuple[str | None, str | None] | None,
             report: DeviceReport | None = None) -> None:
@@ -238,6 +252,8 @@ def push(settings: Settings, bundle: Bundle, devices: Sequence[Device], forks: i
         except EdgeFleetError as exc:
             outcome = Outcome(target.name, False, "failed", str(exc),
                               data={"bytes_sent": counted.sent})
+        except Exception as exc:  # noqa: BLE001 - the row must close, whatever broke
+            outcome = unexpected(target.name, "push", exc, {"bytes_sent": counted.sent})
         finally:
             if begun is not None:
                 begun.discard()  # closed already when adopted; stopped if it was not
@@ -282,6 +298,8 @@ def rollback(settings: Settings, devices: Sequence[Device], forks: int = 10,
             outcome = Outcome(target.name, False, state, str(exc))
         except EdgeFleetError as exc:
             outcome = Outcome(target.name, False, "failed", str(exc))
+        except Exception as exc:  # noqa: BLE001 - the row must close, whatever broke
+            outcome = unexpected(target.name, "rollback", exc)
         outcome.duration_s = time.monotonic() - started
         _finish(settings, row_ids[target.name], outcome, active, report)
         return outcome

@@ -17,6 +17,7 @@ from orchestrator.core.db import session_scope
 from orchestrator.core.models import Device, TelemetrySnapshot
 from orchestrator.fleet import alerts
 from orchestrator.fleet.agentclient import call_agent
+from orchestrator.fleet.answers import checked_answer
 from orchestrator.fleet.fanout import Outcome, fan_out
 from orchestrator.inventory.devices import get_device, record_device_report, to_target
 from orchestrator.transport import Connection, Target, connect
@@ -27,7 +28,7 @@ def take_snapshots(settings: Settings, devices: Sequence[Device], forks: int = 1
                    timeout: float | None = None) -> list[Outcome]:
     def step(target: Target) -> Outcome:
         with connect(target, settings, timeout, poll=True) as conn:
-            data = read_telemetry(conn, timeout)
+            data = checked_answer(read_telemetry(conn, timeout))  # the device's JSON: untrusted
         recovered = store_snapshot(settings, target.name, data)
         row = snapshot_row(data)
         if recovered:

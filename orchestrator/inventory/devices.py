@@ -242,15 +242,32 @@ class DeviceReport:
     data: dict[str, Any] = field(default_factory=dict)
 
     def note(self, result: dict[str, Any]) -> dict[str, Any]:
-        """Keep what ``result`` (a command's data, or an error's detail) says; returns it."""
-        self.data.setdefault("recovered", []).extend(result.get("recovered") or [])
-        if "active" in result and not result.get("state_error"):
-            self.data["active"] = result["active"]
+        """Keep what ``result`` (a command's data, or an error's detail) says; returns it.
+        Untrusted: only an ``active`` that is an object (or null) and ``recovered`` entries that
+        are objects are kept; anything else is ignored, as if the device had said nothing."""
+        recovered = result.get("recovered")
+        if isinstance(recovered, list):
+            self.data.setdefault("recovered", []).extend(
+                r for r in recovered if isinstance(r, dict))
+        active = result.get("active")
+        if "active" in result and (active is None or _is_entry(active)) \
+                and not result.get("state_error"):
+            self.data["active"] = active
         return result
 
 
+def _is_entry(entry: object) -> bool:
+    """Whether a device's ``active``/``abandoned`` is a history entry we can record: an object
+    whose name, version and digest are strings."""
+    return isinstance(entry, dict) and all(
+        isinstance(entry.get(key), str) for key in ("name", "version", "digest"))
+
+
+DIGEST_LIMIT = 128  # a sha256 digest is 64 hex characters; a device may send anything
+
+
 def _ref(entry: dict[str, Any]) -> str:
-    return f"{entry.get('name')}@{entry.get('version')}"
+    return f"{entry['name'][:200]}@{entry['version'][:100]}"
 
 
 def record_device_report(session: Session, name: str, report: dict[str, Any], *,
@@ -267,26 +284,29 @@ def record_device_report(session: Session, name: str, report: dict[str, Any], *,
     eval, verify, rollback). ``device``: its row, when the caller has it loaded already."""
     device = device if device is not None else get_device(session, name)
     now = now or datetime.now(UTC)
-    recovered = [r for r in report.get("recovered") or [] if isinstance(r, dict)]
+    recovered = report.get("recovered")
+    recovered = [r for r in recovered if isinstance(r, dict)] \
+        if isinstance(recovered, list) else []
     if "active" in report:
         known, active = True, report["active"]
     elif recovered:  # an error result: its reports still say what is active now
         known, active = True, recovered[-1].get("active")
     else:
         known, active = False, None
-    if known and not report.get("state_error"):
+    if known and (active is None or _is_entry(active)) and not report.get("state_error"):
         device.active_bundle = _ref(active) if active else None
-        device.active_digest = active.get("digest") if active else None
+        device.active_digest = active["digest"][:DIGEST_LIMIT] if active else None
     for item in recovered:
-        entry = item.get("abandoned") or item.get("active") or {}
+        entry = next((e for e in (item.get("abandoned"), item.get("active")) if _is_entry(e)),
+                     {})
         session.add(Deployment(
-            device_name=name, operation="recover", state=str(item.get("action")),
+            device_name=name, operation="recover", state=str(item.get("action"))[:40],
             bundle_name=entry.get("name"), bundle_version=entry.get("version"),
-            bundle_digest=entry.get("digest"), error=item.get("message"), started_at=now,
-            finished_at=now))
+            bundle_digest=entry.get("digest"), error=str(item.get("message"))[:2000],
+            started_at=now, finished_at=now))
     device.last_seen = now
     session.add(device)
-    return [str(item.get("message")) for item in recovered]
+    return [str(item.get("message"))[:2000] for item in recovered]
 
 
 RECENT_DEPLOYMENTS = 20  # a device's history at a glance: a page, not an archive

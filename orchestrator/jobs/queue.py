@@ -54,6 +54,8 @@ INTERRUPTED_BY_ORIGIN = {
 CANCELLED_BY = "cancelled by "  # the start of a cancelled job's error, then who asked
 INTERRUPTED_DEPLOYMENT = ("interrupted: the process pushing died; the device reports what it "
                           "runs at the next contact (`edgefleet telemetry`, push or verify)")
+UNRECORDED_DEPLOYMENT = ("the job ended before this device's outcome was recorded (see the job's "
+                         "error); the device reports what it runs at the next contact")
 POLLER = "telemetry-poller"  # created_by of the periodic telemetry jobs
 
 
@@ -249,10 +251,15 @@ def finish_job(settings: Settings, job_id: int, outcome: execute.JobOutcome) -> 
         if (outcome.state == "cancelled" and asked and asked.startswith(CANCELLED_BY)
                 and (error or "").startswith("cancelled")):
             error = asked + (error or "")[len("cancelled"):]  # "cancelled by NAME: ..."
+        now = datetime.now(UTC)
         finished = session.execute(
             update(Job).where(col(Job.id) == job_id, col(Job.state) == "running")
             .values(state=outcome.state, result=outcome.result, error=error,
-                    run_id=outcome.run_id, finished_at=datetime.now(UTC))).rowcount
+                    run_id=outcome.run_id, finished_at=now)).rowcount
+        if finished:  # a device step that could not close its row must not leave it pending
+            session.execute(update(Deployment).where(
+                col(Deployment.job_id) == job_id, col(Deployment.finished_at).is_(None))
+                .values(state="failed", finished_at=now, error=UNRECORDED_DEPLOYMENT))
     if finished and outcome.state == "failed":
         alerts.job_failed(settings, job_id)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.core.numbers import finite
 from orchestrator.core.utc import as_utc, parse_utc
 from orchestrator.present import advice, progress_words
 
@@ -80,11 +81,13 @@ def throttle_badges(flags: dict[str, Any] | None, temp_c: float | None,
     A sticky bit alone still deserves its hint: a Pi that under-volted once since boot has a
     weak supply even if it is idle now.
     """
-    flags = flags or {}
+    # Rows stored before answers were checked (fleet.answers) may hold anything a device sent.
+    flags = flags if isinstance(flags, dict) else {}
+    temp_c = finite(temp_c)
     badges: list[dict[str, str]] = []
-    now_words = list(flags.get("now") or [])
+    now_words = _words(flags.get("now"))
     for when in ("now", "since_boot"):
-        for word in flags.get(when) or []:
+        for word in _words(flags.get(when)):
             if when == "since_boot" and word in now_words:
                 continue
             label = THROTTLE_WORDS.get(word, str(word).replace("_", " "))
@@ -95,6 +98,10 @@ def throttle_badges(flags: dict[str, Any] | None, temp_c: float | None,
         badges.append({"word": "temp_over_80c", "label": f"over {TEMP_LIMIT_C:.0f} °C",
                        "hint": HOT_HINT, "when": "now"})
     return badges
+
+
+def _words(value: object) -> list[str]:
+    return [w for w in value if isinstance(w, str)] if isinstance(value, list) else []
 
 
 def hints(badges: Iterable[dict[str, str]]) -> list[str]:

@@ -1,0 +1,55 @@
+"""What a device's telemetry answer may contain, checked before anything stores it.
+
+Why: the answer is the device's JSON (the agent's ``telemetry``, or the shell poll's dump the
+control plane parses), and a device is untrusted. Stored as is, a ``"temp_c": "95"`` reached
+every reader that compares or exports numbers (the Fleet page, /metrics, sorting by
+temperature) and failed each with a 500, every minute the poll re-stored it. Here every field
+the control plane reads gets its type or becomes None (unknown); the throttle flags and the hex
+form are derived again from the bits (``agent.sensors.decode_throttled``), not believed; texts
+are clipped; keys nobody reads are dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.sensors import decode_throttled
+from orchestrator.core.numbers import count, finite
+
+ANSWER_NUMBERS = ("load_1m", "load_5m", "load_15m", "uptime_s")
+ANSWER_COUNTS = ("cores", "mem_total_mb", "mem_available_mb", "disk_free_bytes")
+SENSOR_NUMBERS = ("temp_c", "freq_mhz", "freq_mhz_min", "freq_mhz_max", "power_w")
+# Passed on for record_device_report, which checks their shapes itself (inventory.devices).
+PASSED_ON = ("active", "recovered", "state_error", "current_error")
+TEXT_LIMIT = 500
+
+
+def _text(value: Any) -> str | None:
+    return value[:TEXT_LIMIT] if isinstance(value, str) else None
+
+
+def checked_sensors(sensors: Any) -> dict[str, Any]:
+    """A ``sensors`` object with its numbers checked and its throttle fields derived."""
+    sensors = sensors if isinstance(sensors, dict) else {}
+    out: dict[str, Any] = {key: finite(sensors.get(key)) for key in SENSOR_NUMBERS
+                           if key in sensors}
+    bits = count(sensors.get("throttled"), 2**32 - 1)  # get_throttled is a 32-bit word
+    out.update(throttled=bits, throttled_hex=hex(bits) if bits is not None else None,
+               throttle_flags=decode_throttled(bits) if bits is not None else None)
+    sources = sensors.get("sources")
+    if isinstance(sources, dict):
+        out["sources"] = {str(k)[:40]: _text(v) for k, v in list(sources.items())[:8]}
+    return out
+
+
+def checked_answer(data: dict[str, Any]) -> dict[str, Any]:
+    """The telemetry answer with every field the control plane reads of the right type."""
+    out: dict[str, Any] = {"sensors": checked_sensors(data.get("sensors")),
+                           "simulated": data.get("simulated") is True}
+    out.update({key: finite(data.get(key)) for key in ANSWER_NUMBERS})
+    out.update({key: count(data.get(key)) for key in ANSWER_COUNTS})
+    out.update({key: data[key] for key in PASSED_ON if key in data})
+    for key in ("state_error", "current_error"):
+        if key in out:
+            out[key] = _text(out[key]) if out[key] is not None else None
+    return out
