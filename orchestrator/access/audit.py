@@ -86,8 +86,8 @@ ACTIONS = ("push", "bench", "eval", "rollback", "inventory.sync", "job.cancel",
 JOB_ACTIONS = ("push", "bench", "eval", "rollback")
 
 REDACTED = "[redacted]"
-_SECRET_KEYS = re.compile(r"secret|password|passphrase|private_key|token_hash|api_key",
-                          re.IGNORECASE)
+_SECRET_KEYS = re.compile(r"secret|password|passphrase|private_key|token_hash|api_key"
+                          r"|(?:^|_)(?:pass|passwd|token)$", re.IGNORECASE)
 _TOKEN_LIKE = re.compile(r"\bef_[A-Za-z0-9_-]{20,}")
 
 

@@ -64,8 +64,20 @@ SECRET_VARS = frozenset(
         "ansible_sudo_password",
         "ansible_su_pass",
         "ansible_su_password",
+        "ansible_paramiko_pass",
+        "ansible_paramiko_password",
     }
 )
+# And any variable named like one (a plugin's ``*_pass``, a user's ``api_token``): a label
+# that is really a password would be stored, shown to viewers and kept in the audit log.
+SECRET_NAME_RE = re.compile(
+    r"(?:^|_)(?:pass|passwd|password|passphrase|secret|token|api_key|private_key)$",
+    re.IGNORECASE)
+
+
+def is_secret_var(name: str) -> bool:
+    """Whether the variable ``name`` holds a secret: never a label, never stored."""
+    return name in SECRET_VARS or SECRET_NAME_RE.search(name) is not None
 HOST_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 GROUP_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 VAR_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -84,7 +96,7 @@ def parse_var(name: str, node: Node, base_dir: Path) -> Any:
     """The typed value of one variable definition (SECRET for values never to be shown)."""
     target = FIELD_VARS.get(name)
     if target is None:
-        return SECRET if name in SECRET_VARS else to_python(node)
+        return SECRET if is_secret_var(name) else to_python(node)
     if target == "env":
         return _env(node)
     if target == "port":

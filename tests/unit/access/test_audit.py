@@ -66,8 +66,12 @@ def test_secrets_in_detail_are_redacted(settings: Settings) -> None:
     with session_scope(settings) as session:
         audit.add_event(session, "bob", "push", "job:1",
                         {"password": "hunter2", "env": {"API_KEY": "k", "mode": "fast"},
-                         "note": f"used {token} here", "items": [{"secret": "s"}]})
+                         "note": f"used {token} here", "items": [{"secret": "s"}],
+                         "labels": {"ansible_paramiko_pass": "p", "grafana_token": "t",
+                                    "bypass": "kept"}})
     detail = events(settings)[0]["detail"]
+    assert detail["labels"] == {"ansible_paramiko_pass": audit.REDACTED,
+                                "grafana_token": audit.REDACTED, "bypass": "kept"}
     assert detail["password"] == audit.REDACTED and detail["env"]["API_KEY"] == audit.REDACTED
     assert detail["env"]["mode"] == "fast" and detail["items"] == [{"secret": audit.REDACTED}]
     assert token not in detail["note"] and detail["note"].startswith("used ")

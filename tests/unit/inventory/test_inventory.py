@@ -393,8 +393,14 @@ def test_secrets_never_become_labels() -> None:
                 6162
               nested: {ok: 1, key: !vault "$ANSIBLE_VAULT;1.1;AES256"}
               room: lab
+              ansible_paramiko_pass: hunter2
+              ansible_paramiko_password: hunter2
+              grafana_token: hunter2
+              db_passwd: hunter2
+              webhook_secret: hunter2
+              bypass_cache: yes
         """, "pi")
-    assert pi.labels == {"room": "lab"}
+    assert pi.labels == {"room": "lab", "bypass_cache": True}
 
 
 def test_unsafe_tag_is_plain_text() -> None:
