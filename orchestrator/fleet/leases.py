@@ -23,7 +23,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -40,6 +40,7 @@ from orchestrator.core.errors import EdgeFleetError
 from orchestrator.core.heartbeat import Heartbeat
 from orchestrator.core.hostid import this_host
 from orchestrator.core.models import DeviceLease
+from orchestrator.core.utc import as_utc
 from orchestrator.transport import abort_device, under_lease
 
 log = logging.getLogger(__name__)
@@ -196,13 +197,19 @@ def release_expired(settings: Settings) -> list[str]:
     return [lease.device_name for lease in expired]
 
 
-def release_held_by(settings: Settings, process: str) -> list[str]:
-    """Delete the leases of the process ``host:pid`` (a worker found dead by its jobs'
-    heartbeats: its lease heartbeats stopped with it)."""
+def release_held_by(settings: Settings, process: str, job_ids: Sequence[int]) -> list[str]:
+    """Delete the leases of the process ``host:pid`` whose jobs ``job_ids`` were found dead by
+    their heartbeats, and its other leases that have expired (a dead process renews none).
+
+    Not every lease it holds: a live process whose one job could not record its end (the
+    database was busy past its timeout) stops that job's heartbeat only, and its other jobs'
+    leases are renewed and theirs; deleting them made those jobs lose their devices."""
     host, _, pid = process.partition(":")
     with session_scope(settings) as session:
+        now = db_now(session)
         held = [lease for lease in session.exec(select(DeviceLease)).all()
-                if lease.holder.split(":")[:2] == [host, pid.partition(":")[0]]]
+                if lease.holder.split(":")[:2] == [host, pid.partition(":")[0]]
+                and (lease.job_id in job_ids or as_utc(lease.expires_at) < now)]
         for lease in held:
             session.delete(lease)
     return [lease.device_name for lease in held]
@@ -285,6 +292,17 @@ def leased(settings: Settings, device: str, operation: str) -> Iterator[str]:
         raise
     else:  # an aborted command may also just end (its output cut short): the same verdict
         if (device, holder) in _lost:
+            raise lost
+        # Asked once more, now: a holder thawed after another operation took the device may
+        # end its block (its answer already read) before the next heartbeat would notice,
+        # and what it did there must not pass for a success.
+        _heartbeat.drop((device, holder))
+        try:
+            still_ours = renew(settings, device, holder)
+        except OperationalError as exc:  # busy: as a heartbeat would, take it as renewed
+            log.warning("%s: lease check at the end failed: %s", device, exc)
+            still_ours = True
+        if not still_ours:
             raise lost
     finally:
         _heartbeat.drop((device, holder))

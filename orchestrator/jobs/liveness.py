@@ -115,10 +115,14 @@ def sweep(settings: Settings, now: datetime | None = None) -> list[int]:
                                                                last < cutoff)).all()
                  if not _heartbeat.holds(job.id)]  # this process runs it: alive, only slow
         dead = queue.interrupt(session, stale, _stopped_why) if stale else []
-        processes = {":".join((j.worker or "").split(":")[:2]) for j in stale if j.id in dead}
+        processes: dict[str, list[int]] = {}
+        for job in stale:
+            if job.id in dead:
+                process = ":".join((job.worker or "").split(":")[:2])
+                processes.setdefault(process, []).append(job.id)  # type: ignore[arg-type]
     freed: list[str] = []
-    for process in sorted(p for p in processes if ":" in p):
-        freed += leases.release_held_by(settings, process)
+    for process, jobs in sorted((p, j) for p, j in processes.items() if ":" in p):
+        freed += leases.release_held_by(settings, process, jobs)
     freed += leases.release_expired(settings)
     if dead:
         log.warning("marked jobs %s interrupted: their process stopped heartbeating", dead)

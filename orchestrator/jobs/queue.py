@@ -18,12 +18,14 @@ import json
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sqlalchemy import or_, text, update
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
 
 from orchestrator.access import audit
@@ -242,9 +244,29 @@ def job_public(job: Job) -> dict[str, Any]:
     }
 
 
+FINISH_ATTEMPTS = 5  # a job's end is retried through a busy or briefly gone database
+
+
 def finish_job(settings: Settings, job_id: int, outcome: execute.JobOutcome) -> None:
     """A running job's terminal state (a job another process already finalized stays as
-    it is)."""
+    it is). Retried on a database error (busy past its timeout, a dropped connection), with
+    backoff: given up, the job would stay "running" until a sweep called its finished work
+    "interrupted". Safe to repeat: the update only changes a running job."""
+    for attempt in range(FINISH_ATTEMPTS):
+        try:
+            finished = _finish_once(settings, job_id, outcome)
+            break
+        except OperationalError as exc:
+            if attempt == FINISH_ATTEMPTS - 1:
+                raise
+            log.warning("job %s: recording its end failed (%s); retrying", job_id,
+                        str(exc).splitlines()[0][:200])
+            time.sleep(min(2.0 ** attempt, 8.0))  # backoff between attempts, not a sync wait
+    if finished and outcome.state == "failed":
+        alerts.job_failed(settings, job_id)
+
+
+def _finish_once(settings: Settings, job_id: int, outcome: execute.JobOutcome) -> bool:
     with session_scope(settings) as session:
         error = outcome.error
         asked = session.exec(select(Job.error).where(Job.id == job_id)).first()
@@ -260,8 +282,7 @@ def finish_job(settings: Settings, job_id: int, outcome: execute.JobOutcome) -> 
             session.execute(update(Deployment).where(
                 col(Deployment.job_id) == job_id, col(Deployment.finished_at).is_(None))
                 .values(state="failed", finished_at=now, error=UNRECORDED_DEPLOYMENT))
-    if finished and outcome.state == "failed":
-        alerts.job_failed(settings, job_id)
+    return bool(finished)
 
 
 def record_failed(settings: Settings, kind: str, params: dict[str, Any], targets: str,

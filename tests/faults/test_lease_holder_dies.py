@@ -81,10 +81,11 @@ def test_a_frozen_holder_loses_its_lease_within_the_ttl(home: Path, holder) -> N
     proc.send_signal(signal.SIGSTOP)
     wait_until(lambda: _take(settings), "the frozen holder's lease to expire", 30)
     assert _expiry(settings)[0] == "taker:1:x"  # type: ignore[index]
-    # Thawed, the old holder's heartbeat finds the lease gone and does not take it back.
+    # Thawed, the old holder does not take the lease back, and its block fails (LeaseLost,
+    # the traceback's exit 1) whether its heartbeat or the block's end notices first.
     proc.send_signal(signal.SIGCONT)
     proc.stdin.close()  # type: ignore[union-attr]
-    assert proc.wait(30) == 0
+    assert proc.wait(30) == 1
     assert _expiry(settings)[0] == "taker:1:x"  # type: ignore[index]
     release(settings, "pi1", "taker:1:x")
 
@@ -184,3 +185,44 @@ def test_a_renewal_racing_a_normal_release_aborts_nothing(home: Path) -> None:
         assert running.readline() == "still here\n"
         running.close_input()
         assert running.finish()[0] == 0
+
+
+ENDING = """
+import sys
+from orchestrator.core.config import Settings
+from orchestrator.fleet.leases import LeaseLost, leased
+try:
+    with leased(Settings(), "pi1", "push") as holder:
+        print(holder, flush=True)
+        sys.stdin.readline()  # the device's answer, already read: the block ends at once
+    print("done", flush=True)
+except LeaseLost as exc:
+    print("lost:", exc, flush=True)
+"""
+
+
+def test_a_block_ending_before_the_next_heartbeat_still_sees_its_lease_lost(home: Path) -> None:
+    """The lease was taken while its holder did not renew it (frozen past the TTL: here the
+    takeover is written directly, and the TTL is a minute, so no heartbeat comes in between),
+    then the holder's block ends at once. It used to end as a success; the block's end now
+    asks the database, and the operation fails saying why."""
+    settings = Settings(home=home)
+    get_engine(settings)
+    env = dict(os.environ, EDGEFLEET_HOME=str(home), EDGEFLEET_LEASE_TTL_S="60")
+    proc = subprocess.Popen([sys.executable, "-c", ENDING], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        holder_id = proc.stdout.readline().strip()
+        with session_scope(settings) as session:
+            lease = session.get(DeviceLease, "pi1")
+            assert lease is not None and lease.holder == holder_id
+            lease.holder = "taker:1:x"  # what a takeover after its expiry writes
+            session.add(lease)
+        out, _ = proc.communicate("answer\n", timeout=60)
+        assert out.startswith("lost: pi1: stopped: its lease was taken"), out
+        assert _expiry(settings)[0] == "taker:1:x"  # type: ignore[index]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)

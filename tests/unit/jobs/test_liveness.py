@@ -3,6 +3,7 @@ device, on the real database of the run (SQLite, or PostgreSQL in the PostgreSQL
 
 from __future__ import annotations
 
+import logging
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -58,6 +59,75 @@ def test_a_job_of_a_silent_worker_on_another_host_is_interrupted_and_its_leases_
         assert session.exec(select(Deployment)).one().state == "interrupted"
         held = {lease.device_name for lease in session.exec(select(DeviceLease))}
     assert held == {"pi4"}  # the dead worker's device is free, the live one's is not
+
+
+def test_one_stalled_job_does_not_free_the_leases_of_its_live_process_other_jobs(
+        home: Path) -> None:
+    """A live worker runs two jobs; one could not record its end (its heartbeat stopped with
+    it), the other benches on, renewing its lease. The sweep interrupts the first and frees
+    its device, not the second's: the worker is alive, so its other leases are still its own
+    (it used to free every lease of the process, and the bench then lost its device)."""
+    settings = Settings(home=home, job_ttl_s=30)
+    stalled = _job(settings, "lab-b.example:4242:abcd1234", heartbeat_age_s=31)
+    benching = _job(settings, "lab-b.example:4242:abcd1234", heartbeat_age_s=2)
+    leases.acquire(settings, "pi3", "push", "lab-b.example:4242:1111aaaa", job_id=stalled)
+    leases.acquire(settings, "pi4", "bench", "lab-b.example:4242:2222bbbb", job_id=benching)
+    assert liveness.sweep(settings) == [stalled]
+    with session_scope(settings) as session:
+        held = {lease.device_name for lease in session.exec(select(DeviceLease))}
+    assert held == {"pi4"}
+    assert leases.renew(settings, "pi4", "lab-b.example:4242:2222bbbb")  # still the bench's
+
+
+@pytest.mark.sqlite_only  # the lock is SQLite's; PostgreSQL's rows lock one by one
+def test_a_job_end_is_recorded_through_a_database_busy_past_its_timeout(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process holds the SQLite write lock longer than the busy timeout (here 0.2 s):
+    the first attempt to record the job's end fails with "database is locked"; it is retried,
+    and recorded once the lock is gone, instead of the job staying "running" until a sweep
+    calls its finished work interrupted."""
+    import subprocess
+    import sys
+
+    from orchestrator.core import db
+    from orchestrator.jobs import execute
+
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 200)
+    settings = Settings(home=home)
+    job_id = _job(settings, "lab-b.example:4242:abcd1234", heartbeat_age_s=1)
+    locker = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], "
+         "isolation_level=None); c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); "
+         "sys.stdin.readline()", str(settings.home / "edgefleet.db")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert locker.stdout is not None and locker.stdin is not None
+    assert locker.stdout.readline() == "locked\n"
+    retried = threading.Event()
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "retrying" in record.getMessage():
+                retried.set()
+
+    handler = Seen()
+    logging.getLogger(queue.__name__).addHandler(handler)
+    try:
+        done = threading.Thread(target=queue.finish_job, args=(
+            settings, job_id, execute.JobOutcome("succeeded", {"ok": 1})))
+        done.start()
+        assert retried.wait(60)  # the first attempt met the lock
+        locker.stdin.write("\n")
+        locker.stdin.flush()
+        assert locker.wait(30) == 0
+        done.join(60)
+        assert not done.is_alive()
+    finally:
+        logging.getLogger(queue.__name__).removeHandler(handler)
+        if locker.poll() is None:
+            locker.kill()
+    with session_scope(settings) as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.state == "succeeded" and job.result == {"ok": 1}
 
 
 def test_expired_leases_are_deleted_by_the_sweep(home: Path) -> None:
