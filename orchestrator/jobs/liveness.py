@@ -106,8 +106,9 @@ def _stopped_why(job: Job) -> str:
 
 def sweep(settings: Settings, now: datetime | None = None) -> list[int]:
     """Mark running jobs whose heartbeat is older than ``job_ttl_s`` interrupted (with their
-    runs and pending deployments), delete the leases of the processes that ran them and every
-    expired lease. Safe from any number of workers at once: each job is marked by one."""
+    runs and pending deployments), delete those jobs' leases and every expired lease. Safe
+    from any number of workers (and CLI commands: ``tracker.track``) at once: each job is
+    marked by one."""
     last = func.coalesce(col(Job.heartbeat_at), col(Job.started_at))
     with session_scope(settings) as session:
         cutoff = (now or db_now(session)) - timedelta(seconds=settings.job_ttl_s)

@@ -11,9 +11,12 @@ by its heartbeat."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -85,3 +88,43 @@ def test_its_running_job_is_not_marked_interrupted(home: Path,
                             worker=f"{who}:{gone}:cccc0000") for who in (host, this_host()))
         session.add_all([theirs, ours])
     assert queue.recover_interrupted(settings) == [ours.id]  # only this host's dead pid
+
+
+KILLED_CLI_JOB = """
+import os, signal
+from orchestrator.core.config import Settings
+from orchestrator.jobs import tracker
+with tracker.track(Settings(), "verify", {}, "all") as job:
+    print(job.job_id, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_cli_job_killed_in_another_namespace_is_finalized_by_the_next_cli_command(
+        home: Path, tmp_path: Path) -> None:
+    """A CLI command killed where its pid means nothing here (a container run per command, or
+    before a reboot: another host id), with no server or worker ever sweeping: the next CLI
+    command judges it by its heartbeat, as a worker would, instead of leaving it running."""
+    from orchestrator.jobs import tracker
+    from tests.unit.jobs.test_jobs import make_fleet
+
+    settings = make_fleet(tmp_path, install=False, settings=Settings(home=home, job_ttl_s=30))
+    # Under a shell: the namespace's pid 1 could not be killed by its own SIGKILL.
+    out = subprocess.run(["unshare", "--pid", "--fork", "sh", "-c", '"$0" -c "$1"',
+                          sys.executable, KILLED_CLI_JOB],
+                         capture_output=True, text=True, cwd=REPO, timeout=120,
+                         env=dict(os.environ, EDGEFLEET_HOME=str(home)))
+    assert out.returncode == 128 + signal.SIGKILL, out  # the shell's status for it
+    dead = int(out.stdout)
+    with session_scope(settings) as session:
+        job = session.get(Job, dead)
+        assert job is not None and job.state == "running" and not job.worker.startswith(
+            f"{this_host()}:")
+        job.heartbeat_at = datetime.now(UTC) - timedelta(seconds=31)  # a TTL has passed
+        session.add(job)
+    with tracker.track(settings, "verify", {}, "all"):
+        pass
+    with session_scope(settings) as session:
+        job = session.get(Job, dead)
+        assert job is not None and job.state == "interrupted"
+        assert "stopped renewing its heartbeat" in (job.error or "")
