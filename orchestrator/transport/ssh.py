@@ -31,7 +31,7 @@ from orchestrator.transport.base import (
     render_command,
     sftp_path,
 )
-from orchestrator.transport.hostkeys import changed_key_error, unknown_key_error
+from orchestrator.transport.hostkeys import changed_key_error, fingerprint, unknown_key_error
 
 _RECV = 1 << 16
 _SFTP_WRITE = 255 * 1024
@@ -57,6 +57,35 @@ class RefuseUnknownHostKey(paramiko.MissingHostKeyPolicy):
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
                          key: paramiko.PKey) -> None:
         raise unknown_key_error(self.device, hostname, key)
+
+
+class RefuseUnknownJumpHost(paramiko.MissingHostKeyPolicy):
+    """A ProxyJump host's unknown key: an error saying where its key must be trusted."""
+
+    def __init__(self, device: str, jump: str) -> None:
+        self.device, self.jump = device, jump
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
+                         key: paramiko.PKey) -> None:
+        raise HostKeyError(
+            f"{self.device}: the host key of its jump host {self.jump} ({hostname}, ProxyJump "
+            f"in ~/.ssh/config) is not in ~/.ssh/known_hosts ({key.get_name()} "
+            f"{fingerprint(key)}); nothing was sent. Check it against the jump host, then add "
+            f"it (`ssh {self.jump}` once, accepting it), or use the OpenSSH connector")
+
+
+def _refuse_unknown_jump_hosts(connection: fabric.Connection, device: str) -> None:
+    """The jump hosts of a ``ProxyJump`` in ~/.ssh/config, which Fabric builds itself with
+    its AutoAddPolicy and no known keys (a fake bastion was accepted and handed the login):
+    checked against the user's ~/.ssh/known_hosts, an unknown key refused, as OpenSSH's own
+    jump connection does under BatchMode."""
+    hop = connection.gateway
+    while isinstance(hop, fabric.Connection):
+        hop.client.set_missing_host_key_policy(RefuseUnknownJumpHost(device, hop.original_host))
+        # None readable: every key of the jump host is then unknown, and refused.
+        with contextlib.suppress(OSError, paramiko.SSHException):
+            hop.client.load_system_host_keys()
+        hop = hop.gateway
 
 
 def _wait_readable(channel: paramiko.Channel, timeout: float) -> None:
@@ -212,6 +241,7 @@ class SshConnection(Connection):
         for hostname, keys in known.items():
             for key_type, key in keys.items():
                 trusted.add(hostname, key_type, key)
+        _refuse_unknown_jump_hosts(self._fabric, target.name)
         self._sftp: paramiko.SFTPClient | None = None
         self._open()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.core.config import Settings
-from orchestrator.core.errors import TransportError
+from orchestrator.core.errors import HostKeyError, TransportError
 from orchestrator.transport.base import Target
 from orchestrator.transport.hostkeys import load_known, trust
 from orchestrator.transport.ssh import SshConnection, ssh_destination
@@ -43,3 +43,32 @@ def test_ssh_config_port_is_used_when_the_inventory_gives_none(
     closed = Target("roaster-pi", "roaster-pi", port=free_port())
     with pytest.raises(TransportError, match=rf"roaster-pi:{closed.port}"):
         SshConnection(closed, known, 5.0)
+
+
+@pytest.mark.timeout(60)
+def test_a_proxyjump_host_with_an_unknown_key_is_refused(
+        sshd_factory: SshdFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """~/.ssh/config sends the device through a ProxyJump host. Fabric built that hop with its
+    AutoAddPolicy: any key the jump host showed was accepted and handed the login. Now its key
+    must be in the user's ~/.ssh/known_hosts, as OpenSSH's own jump requires; the device's
+    key is still checked against EdgeFleet's trusted keys."""
+    jump, device = sshd_factory(2)
+    home = tmp_path / "user-home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text(
+        f"Host bastion\n  HostName 127.0.0.1\n  Port {jump.port}\n  User {jump.user}\n"
+        f"  IdentityFile {jump.key_file}\n"
+        f"Host lab-pi\n  HostName 127.0.0.1\n  Port {device.port}\n  User {device.user}\n"
+        f"  IdentityFile {device.key_file}\n  ProxyJump bastion\n")
+    monkeypatch.setenv("HOME", str(home))
+    settings = Settings(home=tmp_path / "edgefleet-home")
+    trust("lab-pi", *ssh_destination("lab-pi", 22), settings, 10.0)  # the device's key only
+    target = Target("lab-pi", "lab-pi")
+    with pytest.raises(HostKeyError, match=r"lab-pi: the host key of its jump host bastion "
+                                           r"\(\[127\.0\.0\.1\]:\d+, ProxyJump .* is not in "
+                                           r"~/\.ssh/known_hosts .*`ssh bastion` once"):
+        SshConnection(target, load_known(settings), 10.0)
+    # Its key in the user's known_hosts (as `ssh bastion` once would leave it): through.
+    jump.write_known_hosts(home / ".ssh" / "known_hosts")
+    with SshConnection(target, load_known(settings), 10.0) as conn:
+        assert conn.start(["echo", "reached"]).readline() == "reached\n"
