@@ -89,33 +89,50 @@ def record(settings: Settings, kind: str, subject: str, dedupe_key: str, summary
            data: dict[str, Any], now: datetime | None = None) -> int | None:
     """Record an alert unless one with ``dedupe_key`` exists, and start delivering it in the
     background when ``kind`` has a webhook. The new alert's id; None if it was known."""
+    try:
+        with session_scope(settings) as session:
+            alert_id = add(session, settings, kind, subject, dedupe_key, summary, data, now)
+    except IntegrityError:  # another process recorded the same event a moment ago
+        return None
+    if alert_id is not None:
+        deliver(settings, alert_id)
+    return alert_id
+
+
+def add(session: Session, settings: Settings, kind: str, subject: str, dedupe_key: str,
+        summary: str, data: dict[str, Any], now: datetime | None = None) -> int | None:
+    """``record``'s row in the caller's transaction (an event and its alert commit together:
+    a crash between two commits lost the alert for good); the caller ``deliver``s it after
+    its commit. Claimed for this process meanwhile, so if it dies before delivering, another
+    process's sweep delivers it once the claim lapses."""
     if kind not in KINDS:
         raise ValueError(f"alert kind {kind!r} is not one of {', '.join(KINDS)}")
     now = now or utcnow()
     url = webhooks.webhook_url(settings, kind)
     payload = {"id": None, "event": kind, "at": now.isoformat(), "subject": subject,
                "summary": summary, "data": data, "source": "edgefleet"}
-    try:
-        with session_scope(settings) as session:
-            if _known(session, dedupe_key):
-                return None
-            alert = Alert(kind=kind, subject=subject, dedupe_key=dedupe_key, summary=summary,
-                          payload=payload, state="pending" if url else "off", created_at=now)
-            if url:  # ours to deliver: a sweep elsewhere leaves it alone meanwhile
-                alert.next_attempt_at = now
-                alert.claimed_by = webhooks.CLAIM
-                alert.claimed_until = now + webhooks.claim_hold(settings)
-            session.add(alert)
-            session.flush()
-            alert_id = alert.id
-            alert.payload = {**payload, "id": alert_id}
-    except IntegrityError:  # another process recorded the same event a moment ago
+    if _known(session, dedupe_key):
         return None
-    assert alert_id is not None
-    log.info("alert %s (%s): %s", alert_id, kind, summary)
-    if url:
-        webhooks.DELIVERER.put(settings, alert_id)
-    return alert_id
+    alert = Alert(kind=kind, subject=subject, dedupe_key=dedupe_key, summary=summary,
+                  payload=payload, state="pending" if url else "off", created_at=now)
+    if url:  # ours to deliver: a sweep elsewhere leaves it alone meanwhile
+        alert.next_attempt_at = now
+        alert.claimed_by = webhooks.CLAIM
+        alert.claimed_until = now + webhooks.claim_hold(settings)
+    session.add(alert)
+    session.flush()
+    alert.payload = {**payload, "id": alert.id}
+    log.info("alert %s (%s): %s", alert.id, kind, summary)
+    return alert.id
+
+
+def deliver(settings: Settings, alert_id: int) -> None:
+    """Start delivering a committed alert in the background, when its kind has a webhook."""
+    with session_scope(settings) as session:
+        alert = session.get(Alert, alert_id)
+        if alert is None or alert.state != "pending":
+            return
+    webhooks.DELIVERER.put(settings, alert_id)
 
 
 # --- regression ------------------------------------------------------------------------------
@@ -163,22 +180,31 @@ def notify_regression(settings: Settings, *, device: str, bundle: str, precision
 @_never_raises
 def job_failed(settings: Settings, job_id: int) -> int | None:
     """The alert of a job that ended "failed" (none for telemetry jobs: see the module
-    docstring). Called by ``jobs.finish_job`` and ``jobs.record_failed``."""
+    docstring), recorded on its own: for a job whose end was committed without it."""
     with session_scope(settings) as session:
-        job = session.get(Job, job_id)
-        if job is None or job.state != "failed" or job.kind == "telemetry":
-            return None
-        bundle = (job.params or {}).get("bundle")
-        data = {"job_id": job.id, "kind": job.kind, "targets": job.targets,
-                "origin": job.origin, "created_by": job.created_by, "bundle": bundle,
-                "error": _clip(job.error), "run_id": job.run_id,
-                "schedule_id": job.schedule_id,
-                "finished_at": job.finished_at.isoformat() if job.finished_at else None}
+        alert_id = add_job_failed(session, settings, job_id)
+    if alert_id is not None:
+        deliver(settings, alert_id)
+    return alert_id
+
+
+def add_job_failed(session: Session, settings: Settings, job_id: int) -> int | None:
+    """``job_failed``'s alert in the transaction that ends the job (``jobs.finish_job``,
+    ``jobs.record_failed``, a refused schedule): the caller ``deliver``s it after the commit."""
+    job = session.get(Job, job_id)
+    if job is None or job.state != "failed" or job.kind == "telemetry":
+        return None
+    bundle = (job.params or {}).get("bundle")
+    data = {"job_id": job.id, "kind": job.kind, "targets": job.targets,
+            "origin": job.origin, "created_by": job.created_by, "bundle": bundle,
+            "error": _clip(job.error), "run_id": job.run_id,
+            "schedule_id": job.schedule_id,
+            "finished_at": job.finished_at.isoformat() if job.finished_at else None}
     what = f"{job.kind} job {job_id}" + (f" ({bundle} on {job.targets})" if bundle else "")
     first_line = (job.error or "no error recorded").splitlines()[0]
     summary = f"{what} failed: {first_line[:300]}"
-    return record(settings, "job_failed", f"job:{job_id}", f"job_failed:{job_id}", summary,
-                  data)
+    return add(session, settings, "job_failed", f"job:{job_id}", f"job_failed:{job_id}",
+               summary, data)
 
 
 # --- telemetry: offline and throttled devices -------------------------------------------------

@@ -254,7 +254,7 @@ def finish_job(settings: Settings, job_id: int, outcome: execute.JobOutcome) -> 
     "interrupted". Safe to repeat: the update only changes a running job."""
     for attempt in range(FINISH_ATTEMPTS):
         try:
-            finished = _finish_once(settings, job_id, outcome)
+            finished, alert_id = _finish_once(settings, job_id, outcome)
             break
         except OperationalError as exc:
             if attempt == FINISH_ATTEMPTS - 1:
@@ -262,11 +262,16 @@ def finish_job(settings: Settings, job_id: int, outcome: execute.JobOutcome) -> 
             log.warning("job %s: recording its end failed (%s); retrying", job_id,
                         str(exc).splitlines()[0][:200])
             time.sleep(min(2.0 ** attempt, 8.0))  # backoff between attempts, not a sync wait
-    if finished and outcome.state == "failed":
-        alerts.job_failed(settings, job_id)
+    if alert_id is not None:
+        alerts.deliver(settings, alert_id)
+    elif finished and outcome.state == "failed":
+        alerts.job_failed(settings, job_id)  # its alert could not be added with the end
 
 
-def _finish_once(settings: Settings, job_id: int, outcome: execute.JobOutcome) -> bool:
+def _finish_once(settings: Settings, job_id: int,
+                 outcome: execute.JobOutcome) -> tuple[bool, int | None]:
+    """One attempt: (whether this call ended the job, the id of its failure's alert, added in
+    the same transaction so that no crash between two commits loses it)."""
     with session_scope(settings) as session:
         error = outcome.error
         asked = session.exec(select(Job.error).where(Job.id == job_id)).first()
@@ -282,7 +287,23 @@ def _finish_once(settings: Settings, job_id: int, outcome: execute.JobOutcome) -
             session.execute(update(Deployment).where(
                 col(Deployment.job_id) == job_id, col(Deployment.finished_at).is_(None))
                 .values(state="failed", finished_at=now, error=UNRECORDED_DEPLOYMENT))
-    return bool(finished)
+        alert_id = add_failure_alert(session, settings, job_id) \
+            if finished and outcome.state == "failed" else None
+    return bool(finished), alert_id
+
+
+def add_failure_alert(session: Session, settings: Settings, job_id: int) -> int | None:
+    """A failed job's alert in its ending transaction, in a savepoint: an error of the
+    alert's own rolls back only the alert (then recorded after the commit, as before),
+    never the job's end."""
+    try:
+        with session.begin_nested():
+            return alerts.add_job_failed(session, settings, job_id)
+    except OperationalError:
+        raise  # the database, not the alert: the whole attempt is retried
+    except Exception:  # noqa: BLE001 - logged; job_failed tries again after the commit
+        log.exception("job %s: its failure alert could not be added with its end", job_id)
+        return None
 
 
 def record_failed(settings: Settings, kind: str, params: dict[str, Any], targets: str,
@@ -293,7 +314,11 @@ def record_failed(settings: Settings, kind: str, params: dict[str, Any], targets
     with session_scope(settings) as session:
         job = add_failed(session, kind, params, targets, error, origin=origin,
                          created_by=created_by, schedule_id=schedule_id)
-    alerts.job_failed(settings, job.id)
+        alert_id = add_failure_alert(session, settings, job.id)  # type: ignore[arg-type]
+    if alert_id is not None:
+        alerts.deliver(settings, alert_id)
+    else:
+        alerts.job_failed(settings, job.id)  # type: ignore[arg-type]
     return job
 
 

@@ -144,6 +144,7 @@ def due(settings: Settings, now: datetime) -> list[Job]:
     created: list[Job] = []
     for schedule in ready:
         following = next_fire(schedule.cron, now) if schedule.cron else None
+        alert_id: int | None = None
         refused = False
         try:
             # One transaction: the claim, the job it fires and last_job_id commit together, so
@@ -170,6 +171,7 @@ def due(settings: Settings, now: datetime) -> list[Job]:
                                            f"schedule {schedule.id} could not start: {exc}",
                                            origin="schedule", created_by=schedule.created_by,
                                            schedule_id=schedule.id)
+                    alert_id = queue.add_failure_alert(session, settings, job.id)  # type: ignore[arg-type]
                 session.execute(update(Schedule).where(col(Schedule.id) == schedule.id)
                                 .values(last_job_id=job.id))
         except DBAPIError:  # the database, not the schedule: the period must not be lost
@@ -177,8 +179,10 @@ def due(settings: Settings, now: datetime) -> list[Job]:
                           schedule.id)
             continue
         queue.wake_runners(settings)
-        if refused:
-            alerts.job_failed(settings, job.id)
+        if alert_id is not None:
+            alerts.deliver(settings, alert_id)
+        elif refused:
+            alerts.job_failed(settings, job.id)  # type: ignore[arg-type]
         created.append(job)
     return created
 
