@@ -77,6 +77,7 @@ if [ $# -eq 0 ] && [ "${EDGEFLEET_TEST_POSTGRESQL:-1}" != 0 ]; then
     tests/faults/test_killed_cli_push.py tests/faults/test_worker_host_dies.py \
     tests/faults/test_facts_race.py tests/faults/test_killed_scheduler.py \
     tests/faults/test_same_hostname_other_host.py tests/faults/test_killed_alert.py \
+    tests/faults/test_clock_skew.py \
     tests/unit/transport/test_hostkeys.py tests/fleet/test_shared_state.py \
     tests/fleet/test_shared_state_s3.py
 fi

@@ -41,6 +41,7 @@ from sqlmodel import Session, col, select
 
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
+from orchestrator.core.dbclock import db_now
 from orchestrator.core.errors import EdgeFleetError
 from orchestrator.core.models import Alert, Device, Job, TelemetrySnapshot
 from orchestrator.core.utc import utcnow
@@ -116,9 +117,10 @@ def add(session: Session, settings: Settings, kind: str, subject: str, dedupe_ke
     alert = Alert(kind=kind, subject=subject, dedupe_key=dedupe_key, summary=summary,
                   payload=payload, state="pending" if url else "off", created_at=now)
     if url:  # ours to deliver: a sweep elsewhere leaves it alone meanwhile
-        alert.next_attempt_at = now
+        claimed = db_now(session)  # what every host's sweep compares (core.dbclock)
+        alert.next_attempt_at = claimed
         alert.claimed_by = webhooks.CLAIM
-        alert.claimed_until = now + webhooks.claim_hold(settings)
+        alert.claimed_until = claimed + webhooks.claim_hold(settings)
     session.add(alert)
     session.flush()
     alert.payload = {**payload, "id": alert.id}

@@ -36,7 +36,7 @@ import os
 import threading
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, update
@@ -44,6 +44,7 @@ from sqlmodel import col, select
 
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
+from orchestrator.core.dbclock import db_now
 from orchestrator.core.hostid import this_host
 from orchestrator.core.models import Alert
 from orchestrator.core.utc import utcnow
@@ -94,8 +95,8 @@ def deliver_once(settings: Settings, alert_id: int) -> float | None:
     """One attempt at a pending alert this process may claim. Returns the delay until the
     next attempt, or None when there is none (delivered, failed for good, claimed by another
     live process, or nothing to do)."""
-    now = utcnow()
     with session_scope(settings) as session:
+        now = db_now(session)  # claims are compared by one clock on every host (core.dbclock)
         taken = session.execute(
             update(Alert).where(col(Alert.id) == alert_id, col(Alert.state) == "pending",
                                 or_(col(Alert.claimed_by) == CLAIM,
@@ -119,7 +120,7 @@ def deliver_once(settings: Settings, alert_id: int) -> float | None:
     body = body_of(payload)
     result = post(url, body, headers_for(kind, alert_id, attempt, body, secret),
                   settings.webhook_timeout_s, secret)
-    done = utcnow()
+    done = _db_now(settings)
     if result.ok:
         _record(settings, alert_id, state="delivered", attempts=attempt, delivered_at=done,
                 claimed_by=None, claimed_until=None, next_attempt_at=None)
@@ -138,6 +139,11 @@ def deliver_once(settings: Settings, alert_id: int) -> float | None:
             claimed_by=None, claimed_until=None, next_attempt_at=None)
     log.warning("alert %s (%s) not delivered: %s", alert_id, kind, error)
     return None
+
+
+def _db_now(settings: Settings) -> datetime:
+    with session_scope(settings) as session:
+        return db_now(session)
 
 
 def _record(settings: Settings, alert_id: int, **values: Any) -> None:
@@ -238,7 +244,7 @@ class Deliverer:
                 with session_scope(settings) as session:
                     session.execute(update(Alert).where(
                         col(Alert.id) == alert_id, col(Alert.claimed_by) == CLAIM,
-                        col(Alert.state) == "pending").values(claimed_until=utcnow()))
+                        col(Alert.state) == "pending").values(claimed_until=db_now(session)))
             except Exception:  # exiting anyway: the claim lapses by itself
                 log.debug("could not release the claim on alert %s", alert_id)
         log.warning("%d alert(s) not delivered yet; a running `edgefleet serve` delivers "
@@ -260,9 +266,9 @@ def sweep(settings: Settings, min_interval_s: float | None = None, limit: int = 
     if last is not None and time.monotonic() - last < interval:
         return 0
     _last_sweep[settings.db_url] = time.monotonic()
-    now = utcnow()
     try:
         with session_scope(settings) as session:
+            now = db_now(session)
             rows = session.exec(select(Alert.id, Alert.next_attempt_at).where(
                 col(Alert.state) == "pending",
                 or_(col(Alert.claimed_until).is_(None), col(Alert.claimed_until) < now))

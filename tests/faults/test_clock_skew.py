@@ -89,3 +89,32 @@ def test_a_job_queued_on_a_host_ahead_is_dated_by_the_database(
     monkeypatch.setattr(utc, "datetime", AheadClock)  # the models' default timestamps too
     job = queue.submit(Settings(home=home), "telemetry", {}, "all", actor="tester")
     assert abs(job.created_at - datetime.now(UTC)) < timedelta(seconds=60)
+
+
+def test_a_host_ahead_does_not_take_a_live_alert_delivery_claim(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another live process is delivering an alert (its claim runs 30 s more, by the
+    database's clock); a host two minutes ahead sweeping for undelivered alerts must leave it
+    alone (it used to take it: duplicate POSTs, attempts counted twice)."""
+    from orchestrator.core.dbclock import db_now
+    from orchestrator.core.models import Alert
+    from orchestrator.notify import webhooks
+
+    settings = Settings(home=home, webhook_url="http://127.0.0.1:9/never-reached")
+    with session_scope(settings) as session:
+        now = db_now(session)
+        alert = Alert(kind="job_failed", subject="job:1", dedupe_key="job_failed:1",
+                      summary="push job 1 failed", payload={}, state="pending",
+                      created_at=now, next_attempt_at=now, claimed_by="lab-c.example:99:ff00",
+                      claimed_until=now + timedelta(seconds=30))
+        session.add(alert)
+        session.flush()
+        alert_id = alert.id
+    assert alert_id is not None
+    monkeypatch.setattr(utc, "datetime", AheadClock)  # utcnow() on this host
+    assert webhooks.sweep(settings, min_interval_s=0) == 0
+    assert webhooks.deliver_once(settings, alert_id) is None  # not ours to try
+    with session_scope(settings) as session:
+        stored = session.get(Alert, alert_id)
+        assert stored is not None and stored.claimed_by == "lab-c.example:99:ff00"
+        assert stored.attempts == 0
