@@ -47,7 +47,9 @@ class FleetCollector(Collector):
         now = datetime.now(UTC)
         with session_scope(self.settings) as session:
             for device in session.exec(select(Device)).all():
-                sensors = (device.facts or {}).get("sensors") or {}
+                facts = device.facts if isinstance(device.facts, dict) else {}
+                sensors = facts.get("sensors")
+                sensors = sensors if isinstance(sensors, dict) else {}
                 # finite(): a row stored before answers were checked (fleet.answers) may hold
                 # anything a device sent; one bad row must not fail the whole scrape.
                 if (celsius := finite(sensors.get("temp_c"))) is not None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from orchestrator.core.dbfile import open_current
 from orchestrator.core.errors import NotFoundError
+from orchestrator.core.numbers import finite
 from orchestrator.core.patterns import match
 from orchestrator.core.utc import parse_utc
 
@@ -33,9 +34,13 @@ T = TypeVar("T")
 
 
 def device_public(device: Device | SimpleNamespace) -> dict[str, Any]:
-    """The JSON shape for one device: no key paths, no environment values."""
-    facts = device.facts or {}
-    sensors = facts.get("sensors") or {}
+    """The JSON shape for one device: no key paths, no environment values. What the device
+    reported is typed here again: a row stored before its answers were checked
+    (fleet.answers) may hold anything the device sent, and one such row must not fail a
+    page for every device."""
+    facts = _object(device.facts)
+    sensors = _object(facts.get("sensors"))
+    hex_word = sensors.get("throttled_hex")
     return {
         "name": device.name,
         "address": device.address,
@@ -52,12 +57,17 @@ def device_public(device: Device | SimpleNamespace) -> dict[str, Any]:
         "arch": facts.get("arch"),
         "cores": facts.get("cores"),
         "ram_mb": facts.get("ram_mb"),
-        "onnxruntime": (facts.get("onnxruntime") or {}).get("version"),
-        "temp_c": sensors.get("temp_c"),
-        "throttled_hex": sensors.get("throttled_hex"),
-        "throttle_flags": sensors.get("throttle_flags"),
+        "onnxruntime": _object(facts.get("onnxruntime")).get("version"),
+        "temp_c": finite(sensors.get("temp_c")),
+        "throttled_hex": hex_word if isinstance(hex_word, str) else None,
+        "throttle_flags": sensors.get("throttle_flags")
+        if isinstance(sensors.get("throttle_flags"), dict) else None,
         "source": device.source,
     }
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def manifest_of(bundle: Bundle | SimpleNamespace) -> dict[str, Any]:

@@ -128,8 +128,11 @@ def add(session: Session, settings: Settings, kind: str, subject: str, dedupe_ke
     return alert.id
 
 
+@_never_raises
 def deliver(settings: Settings, alert_id: int) -> None:
-    """Start delivering a committed alert in the background, when its kind has a webhook."""
+    """Start delivering a committed alert in the background, when its kind has a webhook.
+    Never raises: the event it announces is committed already (an alert left pending is
+    delivered by a server's sweep once its claim lapses)."""
     with session_scope(settings) as session:
         alert = session.get(Alert, alert_id)
         if alert is None or alert.state != "pending":

@@ -171,7 +171,8 @@ def unexpected(device: str, operation: str, exc: Exception,
     closed and the other devices go on."""
     log.exception("%s: %s failed unexpectedly", device, operation)
     return Outcome(device, False, "failed", f"{device}: {operation} failed unexpectedly "
-                   f"({type(exc).__name__}: {str(exc)[:300]}); the server log has the details",
+                   f"({type(exc).__name__}: {str(exc)[:300]}); the traceback is in the log (the "
+                   "server's, or the command's stderr)",
                    data=dict(data or {}))
 
 

@@ -244,6 +244,14 @@ def renew(settings: Settings, device: str, holder: str) -> bool:
             .values(expires_at=expires)).rowcount)
 
 
+def held_by(settings: Settings, device: str, holder: str) -> bool:
+    """Whether ``holder`` still holds ``device``'s lease (a read: the block's end asks it,
+    then releases)."""
+    with session_scope(settings) as session:
+        return session.exec(select(DeviceLease.device_name).where(
+            DeviceLease.device_name == device, DeviceLease.holder == holder)).first() is not None
+
+
 _lost: set[tuple[str, str]] = set()  # (device, holder) whose lease another process took
 
 
@@ -298,7 +306,7 @@ def leased(settings: Settings, device: str, operation: str) -> Iterator[str]:
         # and what it did there must not pass for a success.
         _heartbeat.drop((device, holder))
         try:
-            still_ours = renew(settings, device, holder)
+            still_ours = held_by(settings, device, holder)
         except OperationalError as exc:  # busy: as a heartbeat would, take it as renewed
             log.warning("%s: lease check at the end failed: %s", device, exc)
             still_ours = True

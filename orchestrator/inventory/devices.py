@@ -302,11 +302,17 @@ def record_device_report(session: Session, name: str, report: dict[str, Any], *,
         session.add(Deployment(
             device_name=name, operation="recover", state=str(item.get("action"))[:40],
             bundle_name=entry.get("name"), bundle_version=entry.get("version"),
-            bundle_digest=entry.get("digest"), error=str(item.get("message"))[:2000],
+            bundle_digest=entry.get("digest"), error=_message(item),
             started_at=now, finished_at=now))
     device.last_seen = now
     session.add(device)
-    return [str(item.get("message"))[:2000] for item in recovered]
+    return [_message(item) or "" for item in recovered]
+
+
+def _message(item: dict[str, Any]) -> str | None:
+    """A recovery report's message: text, clipped (a device may send anything)."""
+    message = item.get("message")
+    return None if message is None else str(message)[:2000]
 
 
 RECENT_DEPLOYMENTS = 20  # a device's history at a glance: a page, not an archive

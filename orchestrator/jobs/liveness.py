@@ -7,7 +7,8 @@ cannot be asked. So every process running a job (a worker, a server, the CLI run
 renews the job's ``heartbeat_at`` every quarter of ``EDGEFLEET_JOB_TTL_S`` from one thread, and
 every worker's periodic pass (``sweep``, every ``EDGEFLEET_TICK_S``) marks running jobs whose
 heartbeat is older than the TTL ``interrupted`` — finished results kept, never re-run — and
-deletes that process's device leases and any expired one. Defaults (45 s + 5 s) free a dead
+deletes those jobs' device leases and any expired one (a CLI command sweeps CLI jobs the same
+way when it starts: ``tracker.track``). Defaults (45 s + 5 s) free a dead
 worker's jobs and devices within a minute; the tests shorten both to seconds.
 """
 
@@ -104,16 +105,20 @@ def _stopped_why(job: Job) -> str:
                           when=f"{last:%Y-%m-%d %H:%M:%S}" if last else "?")
 
 
-def sweep(settings: Settings, now: datetime | None = None) -> list[int]:
+def sweep(settings: Settings, now: datetime | None = None, *,
+          origin: str | None = None) -> list[int]:
     """Mark running jobs whose heartbeat is older than ``job_ttl_s`` interrupted (with their
     runs and pending deployments), delete those jobs' leases and every expired lease. Safe
     from any number of workers (and CLI commands: ``tracker.track``) at once: each job is
-    marked by one."""
+    marked by one. ``origin``: only jobs of that origin (a CLI command sweeps CLI jobs only:
+    a server may run with a longer EDGEFLEET_JOB_TTL_S than the CLI's environment says)."""
     last = func.coalesce(col(Job.heartbeat_at), col(Job.started_at))
     with session_scope(settings) as session:
         cutoff = (now or db_now(session)) - timedelta(seconds=settings.job_ttl_s)
-        stale = [job for job in session.exec(select(Job).where(col(Job.state) == "running",
-                                                               last < cutoff)).all()
+        stale_jobs = select(Job).where(col(Job.state) == "running", last < cutoff)
+        if origin is not None:
+            stale_jobs = stale_jobs.where(col(Job.origin) == origin)
+        stale = [job for job in session.exec(stale_jobs).all()
                  if not _heartbeat.holds(job.id)]  # this process runs it: alive, only slow
         dead = queue.interrupt(session, stale, _stopped_why) if stale else []
         processes: dict[str, list[int]] = {}

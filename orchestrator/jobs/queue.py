@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sqlalchemy import or_, text, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, col, select
 
 from orchestrator.access import audit
@@ -299,8 +299,8 @@ def add_failure_alert(session: Session, settings: Settings, job_id: int) -> int 
     try:
         with session.begin_nested():
             return alerts.add_job_failed(session, settings, job_id)
-    except OperationalError:
-        raise  # the database, not the alert: the whole attempt is retried
+    except DBAPIError:
+        raise  # the database, not the alert: the whole attempt fails (and is retried)
     except Exception:  # noqa: BLE001 - logged; job_failed tries again after the commit
         log.exception("job %s: its failure alert could not be added with its end", job_id)
         return None
@@ -324,8 +324,8 @@ def record_failed(settings: Settings, kind: str, params: dict[str, Any], targets
 
 def add_failed(session: Session, kind: str, params: dict[str, Any], targets: str, error: str,
                *, origin: str, created_by: str = "", schedule_id: int | None = None) -> Job:
-    """``record_failed``'s row in the caller's transaction (its alert is the caller's, after
-    the commit: ``alerts.job_failed``)."""
+    """``record_failed``'s row in the caller's transaction; its alert is the caller's too
+    (``add_failure_alert`` in the same transaction, delivered after the commit)."""
     now = datetime.now(UTC)
     job = Job(kind=kind, params=params, targets=targets, origin=origin,
               created_by=created_by, schedule_id=schedule_id, state="failed", error=error,

@@ -158,17 +158,28 @@ def due(settings: Settings, now: datetime) -> list[Job]:
                     .values(next_run_at=following, enabled=following is not None)).rowcount
                 if not claimed:  # another process fired it, or it was deleted or changed
                     continue
+                why: str | None = None
                 try:
-                    job = queue.add_job(session, settings, schedule.kind, schedule.params,
-                                        schedule.targets, actor=None, origin="schedule",
-                                        created_by=schedule.created_by,
-                                        schedule_id=schedule.id)
+                    with session.begin_nested():  # after the claim's write: a savepoint
+                        job = queue.add_job(session, settings, schedule.kind, schedule.params,
+                                            schedule.targets, actor=None, origin="schedule",
+                                            created_by=schedule.created_by,
+                                            schedule_id=schedule.id)
                 except EdgeFleetError as exc:
                     log.warning("schedule %s could not start a job: %s", schedule.id, exc)
+                    why = str(exc)
+                except DBAPIError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a bug or a broken stored manifest
+                    # Refused like a bad parameter: re-raised, it would roll the claim back
+                    # and fail the same way at every tick, starving every later schedule.
+                    log.exception("schedule %s could not start a job", schedule.id)
+                    why = f"{type(exc).__name__}: {exc}"
+                if why is not None:
                     refused = True
                     job = queue.add_failed(session, schedule.kind, schedule.params,
                                            schedule.targets,
-                                           f"schedule {schedule.id} could not start: {exc}",
+                                           f"schedule {schedule.id} could not start: {why}",
                                            origin="schedule", created_by=schedule.created_by,
                                            schedule_id=schedule.id)
                     alert_id = queue.add_failure_alert(session, settings, job.id)  # type: ignore[arg-type]

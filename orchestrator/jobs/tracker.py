@@ -129,10 +129,11 @@ def track(settings: Settings, kind: str, params: dict[str, Any], targets: str, *
     (push, bench or eval, as the server's queue records them) are one transaction.
     First, what earlier processes left running when they died is finalized: on this host by
     their pids, elsewhere (or before a reboot, whose host id differs: core.hostid) by their
-    stale heartbeats, so a fleet run from the CLI alone, with no server or worker to sweep,
-    never keeps a dead command's job "running"."""
+    stale heartbeats (CLI jobs only: a server's are its workers' to judge, by their own TTL),
+    so a fleet run from the CLI alone, with no server or worker to sweep, never keeps a dead
+    command's job "running"."""
     recover_interrupted(settings)
-    liveness.sweep(settings)
+    liveness.sweep(settings, origin="cli")
     actor = actor or audit.local_actor()
     with session_scope(settings) as session:
         now = db_now(session)  # what the heartbeat sweep compares (core.dbclock)

@@ -88,6 +88,17 @@ def _refuse_unknown_jump_hosts(connection: fabric.Connection, device: str) -> No
         hop = hop.gateway
 
 
+def _unopened_jump(connection: fabric.Connection) -> bool:
+    """Whether a ProxyJump hop of ``connection`` is not connected: the failure was that
+    hop's (Fabric opens the hops first, each before the next), not the device's."""
+    hop = connection.gateway
+    while isinstance(hop, fabric.Connection):
+        if not hop.is_connected:
+            return True
+        hop = hop.gateway
+    return False
+
+
 def _wait_readable(channel: paramiko.Channel, timeout: float) -> None:
     """Until ``channel`` has something to read, at most ``timeout`` s. poll, not select:
     select refuses descriptors >= 1024, which a control plane talking to hundreds of devices
@@ -252,6 +263,14 @@ class SshConnection(Connection):
         except HostKeyError:
             raise
         except paramiko.BadHostKeyException as exc:
+            if _unopened_jump(self._fabric):
+                raise HostKeyError(  # a ProxyJump host's key: the user's known_hosts, not ours
+                    f"{self.target.name}: HOST KEY CHANGED for its jump host {exc.hostname} "
+                    f"(ProxyJump in ~/.ssh/config): it offered {exc.key.get_name()} "
+                    f"{fingerprint(exc.key)}, ~/.ssh/known_hosts has "
+                    f"{fingerprint(exc.expected_key)}. Nothing was sent. If the jump host was "
+                    "reinstalled, check its new key and replace its line in ~/.ssh/known_hosts"
+                ) from None
             raise changed_key_error(self.target.name, where, exc.key, exc.expected_key) from None
         except paramiko.AuthenticationException as exc:
             raise TransportError(

@@ -103,3 +103,22 @@ def test_data_that_is_not_an_object_is_refused_naming_the_device(home: Path,
         (row,) = session.exec(select(Deployment)).all()
     assert row.state == "failed" and row.finished_at is not None
     assert os.environ.get("HOSTILE_COMMAND") is None  # the device's env only
+
+
+def test_rows_stored_before_answers_were_checked_break_no_page(home: Path,
+                                                               tmp_path: Path) -> None:
+    """A device row written by an older version from a hostile answer (as it was stored)."""
+    settings = hostile_device(tmp_path, home, "none", {})
+    with session_scope(settings) as session:
+        (device,) = all_devices(session)
+        device.facts = {"sensors": {"temp_c": "95", "throttled": "0x50000",
+                                    "throttle_flags": "all", "throttled_hex": 5},
+                        "onnxruntime": "1.2"}
+        session.add(device)
+    client = TestClient(create_app(settings, run_jobs=False), base_url="http://127.0.0.1")
+    for path in ("/", "/?sort=temp", "/metrics", "/devices/pi-evil", "/api/devices"):
+        assert client.get(path).status_code == 200, path
+    with session_scope(settings) as session:
+        session.exec(select(Device)).one().facts = {"sensors": ["not", "an", "object"]}
+    for path in ("/", "/metrics", "/api/devices"):
+        assert client.get(path).status_code == 200, path

@@ -122,9 +122,15 @@ def test_a_cli_job_killed_in_another_namespace_is_finalized_by_the_next_cli_comm
             f"{this_host()}:")
         job.heartbeat_at = datetime.now(UTC) - timedelta(seconds=31)  # a TTL has passed
         session.add(job)
+        # A server's job, as old: its workers judge it, by the server's own (maybe longer) TTL.
+        served = Job(kind="telemetry", targets="all", origin="server", state="running",
+                     worker="lab-b.example:4242:abcd1234", started_at=job.heartbeat_at,
+                     heartbeat_at=job.heartbeat_at)
+        session.add(served)
     with tracker.track(settings, "verify", {}, "all"):
         pass
     with session_scope(settings) as session:
         job = session.get(Job, dead)
         assert job is not None and job.state == "interrupted"
         assert "stopped renewing its heartbeat" in (job.error or "")
+        assert session.get(Job, served.id).state == "running"  # type: ignore[union-attr]

@@ -72,3 +72,10 @@ def test_a_proxyjump_host_with_an_unknown_key_is_refused(
     jump.write_known_hosts(home / ".ssh" / "known_hosts")
     with SshConnection(target, load_known(settings), 10.0) as conn:
         assert conn.start(["echo", "reached"]).readline() == "reached\n"
+    # Another key on record for the jump host: its change is named, and where to fix it.
+    (home / ".ssh" / "known_hosts").write_text(
+        f"[127.0.0.1]:{jump.port} {device.host_public_key_line}\n")
+    with pytest.raises(HostKeyError, match=r"lab-pi: HOST KEY CHANGED for its jump host "
+                                           r"127\.0\.0\.1 \(ProxyJump.*replace its "
+                                           r"line in ~/\.ssh/known_hosts"):
+        SshConnection(target, load_known(settings), 10.0)

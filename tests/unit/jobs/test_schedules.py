@@ -192,3 +192,31 @@ def test_runner_tick_fires_a_due_schedule_and_runs_it(tmp_path: Path) -> None:
     assert done is not None and done.id == queued.id and done.schedule_id == created.id
     assert done.state == "succeeded", done.error
     assert runner.tick() == []
+
+
+def test_a_schedule_that_breaks_unexpectedly_is_refused_and_starves_no_other(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A firing that raises something no check foresaw (a bug, a stored manifest that no
+    longer parses) is recorded as a failed job like a refused one and the schedule moves on;
+    re-raised, it rolled its claim back and failed the same way at every tick, ahead of
+    every schedule due after it."""
+    from orchestrator.jobs import execute
+
+    broken = schedules.create(settings, "push", {"bundle": "fc"}, "pi-a", run_at=T0,
+                              actor="alice")
+    fine = schedules.create(settings, "telemetry", {}, "all", run_at=T0 + timedelta(minutes=1),
+                            actor="alice")
+    checked = execute.validate_params
+
+    def breaks_on_push(session, kind, params, targets):  # type: ignore[no-untyped-def]
+        if kind == "push":
+            raise ValueError("manifest.json: Expecting value: line 1 column 1")
+        return checked(session, kind, params, targets)
+
+    monkeypatch.setattr(execute, "validate_params", breaks_on_push)
+    failed, fired = schedules.due(settings, T0 + timedelta(minutes=2))
+    assert (failed.schedule_id, failed.state) == (broken.id, "failed")
+    assert failed.error == f"schedule {broken.id} could not start: ValueError: " \
+        "manifest.json: Expecting value: line 1 column 1"
+    assert (fired.schedule_id, fired.state) == (fine.id, "queued")
+    assert schedules.due(settings, T0 + timedelta(minutes=3)) == []  # each fired once
