@@ -12,8 +12,9 @@ kind                    raised by                                      once per 
 ``device_throttled``    a telemetry reading with a get_throttled       reading; a condition
                         condition the previous reading of the device   re-alerts only after
                         did not have (:func:`after_telemetry`)         the repeat window
-``job_failed``          a job ending "failed" (:func:`job_failed`,     job
-                        from ``jobs.finish_job``/``record_failed``)
+``job_failed``          a job ending "failed" (:func:`add_job_failed`  job
+                        in the transaction that ends it:
+                        ``jobs.finish_job``/``record_failed``)
 ======================= ============================================== =======================
 
 Every alert is an ``Alert`` row unique by its dedupe key, so an outage noticed by every poll,
@@ -24,8 +25,10 @@ row is still written (state ``off``): what would have been sent stays visible.
 The hooks are called from the operations themselves (a poll, a job finishing) and never raise
 or wait: they write one row, hand its id to the background deliverer and return; any error of
 theirs is logged and swallowed (the operation that raised an alert must not fail because of
-it). Telemetry jobs raise no ``job_failed``: one fails whenever a device does not answer, which
-is the ``device_offline`` alert's business, and the poller runs one every minute.
+it). A failed job's alert is written in the job's own ending transaction (a savepoint, so an
+error of the alert's rolls back only the alert), so no crash leaves one without the other.
+Telemetry jobs raise no ``job_failed``: one fails whenever a device does not answer, which is
+the ``device_offline`` alert's business, and the poller runs one every minute.
 """
 
 from __future__ import annotations
