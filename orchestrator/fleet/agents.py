@@ -24,6 +24,7 @@ from orchestrator.core.db import session_scope
 from orchestrator.core.errors import AgentError, TransportError
 from orchestrator.core.models import Device
 from orchestrator.fleet.agentclient import call_agent
+from orchestrator.fleet.answers import checked_facts
 from orchestrator.fleet.fanout import Outcome, fan_out
 from orchestrator.inventory.devices import record_facts, to_target
 from orchestrator.transport import Connection, RemotePath, Target, connect
@@ -69,7 +70,8 @@ def upload_agent(conn: Connection, package: AgentPackage) -> None:
 
 def read_facts(conn: Connection, python: str | None = None) -> dict[str, Any]:
     try:
-        return call_agent(conn, "facts", python=python)
+        # The device's JSON, typed before anyone reads or stores it (fleet.answers).
+        return checked_facts(call_agent(conn, "facts", python=python))
     except AgentError as exc:
         if exc.code == "python_too_old":
             raise AgentError(f"{exc} (edgefleet_python on {conn.target.name})", exc.code) from None
@@ -105,7 +107,7 @@ def install_on(conn: Connection, package: AgentPackage, with_deps: bool,
     if trust is not None:
         data["pinned"] = ", ".join(pinned) or "none"
     if missing:
-        py = facts.get("python", {})
+        py = facts.get("python") or {}
         return Outcome(
             target.name, False, "missing-deps",
             f"{target.name}: {', '.join(missing)} not importable by Python "

@@ -1,4 +1,4 @@
-"""What a device's telemetry answer may contain, checked before anything stores it.
+"""What a device's telemetry and facts answers may contain, checked before anything stores them.
 
 Why: the answer is the device's JSON (the agent's ``telemetry``, or the shell poll's dump the
 control plane parses), and a device is untrusted. Stored as is, a ``"temp_c": "95"`` reached
@@ -52,4 +52,41 @@ def checked_answer(data: dict[str, Any]) -> dict[str, Any]:
     for key in ("state_error", "current_error"):
         if key in out:
             out[key] = _text(out[key]) if out[key] is not None else None
+    return out
+
+
+FACT_TEXTS = ("agent_version", "root", "pi_model", "arch", "os", "kernel", "hostname", "numpy")
+FACT_COUNTS = ("protocol", "cores", "ram_mb", "disk_free_bytes")
+FACT_OBJECTS = ("python", "onnxruntime", "import_errors")  # of short texts (and lists of them)
+
+
+def _flat(value: Any) -> dict[str, Any] | None:
+    """An object of texts, numbers, booleans, None and lists of texts; else None."""
+    if not isinstance(value, dict):
+        return None
+    out: dict[str, Any] = {}
+    for key, item in list(value.items())[:32]:
+        if isinstance(item, list):
+            out[str(key)[:80]] = [_text(i) for i in item[:32] if isinstance(i, str)]
+        elif isinstance(item, bool) or item is None:
+            out[str(key)[:80]] = item
+        else:
+            out[str(key)[:80]] = finite(item) if not isinstance(item, str) else _text(item)
+    return out
+
+
+def checked_facts(facts: dict[str, Any]) -> dict[str, Any]:
+    """The ``facts`` answer with every field a reader uses of the right type (pages, /api,
+    the install's checks, sorting by temperature in SQL), its sensors as a poll's."""
+    out: dict[str, Any] = {key: _text(facts.get(key)) for key in FACT_TEXTS if key in facts}
+    out.update({key: count(facts.get(key)) for key in FACT_COUNTS if key in facts})
+    out.update({key: _flat(facts.get(key)) for key in FACT_OBJECTS if key in facts})
+    out["simulated"] = facts.get("simulated") is True
+    if "pinned_keys" in facts:
+        keys = facts.get("pinned_keys")
+        out["pinned_keys"] = [_text(k) for k in keys[:64] if isinstance(k, str)] \
+            if isinstance(keys, list) else None
+    if "sensors" in facts:
+        out["sensors"] = checked_sensors(facts.get("sensors"))
+    out.update({key: facts[key] for key in PASSED_ON if key in facts})
     return out

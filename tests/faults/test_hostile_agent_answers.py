@@ -122,3 +122,27 @@ def test_rows_stored_before_answers_were_checked_break_no_page(home: Path,
         session.exec(select(Device)).one().facts = {"sensors": ["not", "an", "object"]}
     for path in ("/", "/metrics", "/api/devices"):
         assert client.get(path).status_code == 200, path
+
+
+def test_facts_of_the_wrong_types_are_stored_typed(home: Path, tmp_path: Path) -> None:
+    """The install's ``facts`` answered with every field of the wrong type: the install says
+    what is missing, and what is stored (and shown, and sorted on) has its types."""
+    hostile = {"agent_version": {"x": 1}, "python": "3", "onnxruntime": ["1.2"], "numpy": 5,
+               "cores": "4", "ram_mb": -1, "pi_model": 7, "pinned_keys": "all",
+               "sensors": {"temp_c": "95"}, "disk_free_bytes": "lots", "os": ["x"]}
+    settings = hostile_device(tmp_path, home, "none", {})
+    wrapper_env = {"HOSTILE_COMMAND": "facts", "HOSTILE_DATA": json.dumps(hostile)}
+    with session_scope(settings) as session:
+        (device,) = all_devices(session)
+        device.env = {**device.env, **wrapper_env}
+        session.add(device)
+    (outcome,) = install_agents(settings, devices_of(settings))[1]
+    assert outcome.state == "missing-deps" and "numpy" in outcome.error, outcome
+    (device,) = devices_of(settings)
+    assert device.agent_version is None
+    facts = device.facts
+    assert facts["cores"] is None and facts["python"] is None and facts["numpy"] is None
+    assert facts["sensors"]["temp_c"] is None and facts["pinned_keys"] is None
+    client = TestClient(create_app(settings, run_jobs=False), base_url="http://127.0.0.1")
+    for path in ("/", "/?sort=temp", "/metrics", "/devices/pi-evil", "/api/devices"):
+        assert client.get(path).status_code == 200, path
