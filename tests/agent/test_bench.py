@@ -178,7 +178,11 @@ def test_latency_stats_per_process_rss_and_clean_telemetry(
         assert stats["min"] <= stats["p50"] <= stats["p90"] <= stats["p95"] <= stats["p99"]
         # the CPU time of each timed run too (what change-point detection reads), same count
         cpu = entry["cpu_ms"]
-        assert cpu["n"] == len(lat) and 0 < cpu["min"] <= cpu["p50"] <= cpu["max"]
+        assert cpu["n"] == len(lat) and 0 <= cpu["min"] <= cpu["p50"] <= cpu["max"]
+        # p50, not min, > 0: one run of a ~20 us inference can read 0.0 of process CPU time
+        # (a CI run under load had 1 such run of 10,966; Linux adds another running thread's
+        # time to the process clock at a scheduler tick). The latencies above are exact.
+        assert cpu["p50"] > 0
         assert entry["load_ms"] > 0 and entry["first_inference_ms"] > 0
         assert 0 < entry["rss_before_load_mb"] <= entry["peak_rss_mb"]
         assert 0 < entry["steady_rss_mb"] <= entry["peak_rss_mb"]
