@@ -66,7 +66,8 @@ class FleetCollector(Collector):
                       .order_by(col(Result.id)))
             seen_keys: dict[tuple[str, str, str], float] = {}
             for name, bundle, version, threads, value in session.exec(latest).all():
-                seen_keys[(name, f"{bundle}@{version}", str(threads))] = value
+                if finite(value) is not None:  # an older row stored before entries.py
+                    seen_keys[(name, f"{bundle}@{version}", str(threads))] = value
             for key, value in seen_keys.items():
                 p50.add_metric(list(key), value)
             for state, count in session.exec(select(Job.state, func.count()).group_by(

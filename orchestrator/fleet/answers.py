@@ -60,7 +60,7 @@ FACT_COUNTS = ("protocol", "cores", "ram_mb", "disk_free_bytes")
 FACT_OBJECTS = ("python", "onnxruntime", "import_errors")  # of short texts (and lists of them)
 
 
-def _flat(value: Any) -> dict[str, Any] | None:
+def flat(value: Any) -> dict[str, Any] | None:
     """An object of texts, numbers, booleans, None and lists of texts; else None."""
     if not isinstance(value, dict):
         return None
@@ -80,7 +80,7 @@ def checked_facts(facts: dict[str, Any]) -> dict[str, Any]:
     the install's checks, sorting by temperature in SQL), its sensors as a poll's."""
     out: dict[str, Any] = {key: _text(facts.get(key)) for key in FACT_TEXTS if key in facts}
     out.update({key: count(facts.get(key)) for key in FACT_COUNTS if key in facts})
-    out.update({key: _flat(facts.get(key)) for key in FACT_OBJECTS if key in facts})
+    out.update({key: flat(facts.get(key)) for key in FACT_OBJECTS if key in facts})
     out["simulated"] = facts.get("simulated") is True
     if "pinned_keys" in facts:
         keys = facts.get("pinned_keys")
@@ -89,4 +89,24 @@ def checked_facts(facts: dict[str, Any]) -> dict[str, Any]:
     if "sensors" in facts:
         out["sensors"] = checked_sensors(facts.get("sensors"))
     out.update({key: facts[key] for key in PASSED_ON if key in facts})
+    return out
+
+
+SMOKE_NUMBERS = ("max_abs", "max_rel", "ms", "load_ms", "run_ms", "heap_reserved_mb")
+
+
+def checked_smoke(value: Any) -> dict[str, Any]:
+    """A smoke-test report (an activation's ``smoke``, or a ``smoke_failed`` error's detail)
+    with its numbers finite, its texts clipped, at most 64 outputs: it is printed in the push
+    table and kept in the job's result. ``rolled_back_to`` is passed on for the caller to
+    check as a history entry (``inventory.devices.history_ref``)."""
+    value = value if isinstance(value, dict) else {}
+    outputs = value.get("outputs")
+    out: dict[str, Any] = {"ok": value.get("ok") is True, "reason": _text(value.get("reason")),
+                           "error": _text(value.get("error")),
+                           "onnxruntime": _text(value.get("onnxruntime")),
+                           "outputs": [flat(o) for o in outputs[:64] if isinstance(o, dict)]
+                           if isinstance(outputs, list) else []}
+    out.update({key: finite(value.get(key)) for key in SMOKE_NUMBERS})
+    out["rolled_back_to"] = value.get("rolled_back_to")
     return out

@@ -29,9 +29,17 @@ from orchestrator.core.listings import push_signature
 from orchestrator.core.models import Bundle, Deployment, Device
 from orchestrator.fleet import early
 from orchestrator.fleet.agentclient import AgentSession, call_agent
+from orchestrator.fleet.answers import checked_smoke
 from orchestrator.fleet.fanout import Outcome, fan_out
 from orchestrator.fleet.leases import leased
-from orchestrator.inventory.devices import DeviceReport, get_device, record_device_report, to_target
+from orchestrator.inventory.devices import (
+    DeviceReport,
+    get_device,
+    history_ref,
+    is_history_entry,
+    record_device_report,
+    to_target,
+)
 from orchestrator.transport import Connection, Target, adopt, connect
 
 log = logging.getLogger(__name__)
@@ -120,12 +128,13 @@ def push_over(conn: Connection, bundle: Bundle, store: BlobStore, progress: Push
             if exc.code != E_SMOKE_FAILED:
                 raise
             # The agent kept the previous version; the session is intact, so end it normally.
+            failed = checked_smoke(exc.detail)
             return Outcome(target.name, False, "failed", str(exc), data={
-                "bytes_sent": sent, "resumed_bytes": resumed, "smoke": smoke_summary(exc.detail),
-                "smoke_detail": {key: exc.detail.get(key) for key in SMOKE_FIELDS},
-                "rolled_back_to": exc.detail.get("rolled_back_to")})
+                "bytes_sent": sent, "resumed_bytes": resumed, "smoke": smoke_summary(failed),
+                "smoke_detail": {key: failed.get(key) for key in SMOKE_FIELDS},
+                "rolled_back_to": failed["rolled_back_to"]})
     state = "active" if result.get("changed", True) else "unchanged"
-    smoke = result.get("smoke")
+    smoke = checked_smoke(result["smoke"]) if result.get("smoke") else None
     data = {"bytes_sent": sent, "resumed_bytes": resumed, "previous": result.get("previous"),
             "smoke_detail": smoke,
             "smoke": smoke_summary(smoke) if smoke else
@@ -149,19 +158,19 @@ def smoke_summary(smoke: dict[str, Any]) -> str:
         return "failed: model did not load"
     else:
         head = "failed"
-    diffs = ("" if smoke.get("max_abs") is None else
-             f", max abs {smoke['max_abs']:.2g}, max rel {smoke['max_rel']:.2g}")
+    worst = [smoke.get("max_abs"), smoke.get("max_rel")]  # checked_smoke: finite or None
+    diffs = ("" if None in worst else f", max abs {worst[0]:.2g}, max rel {worst[1]:.2g}")
     took = f", {smoke['ms']:.0f} ms" if smoke.get("ms") is not None else ""
     return f"{head}{diffs}{took}"
 
 
-def rolled_back_active(rolled_back_to: dict[str, Any] | None) -> tuple[str | None, str | None]:
+def rolled_back_active(rolled_back_to: Any) -> tuple[str | None, str | None] | None:
     """The device's active bundle after a failed smoke test: the version it kept (the new one
-    never went live; the field keeps its old name). (None, None): nothing active."""
+    never went live; the field keeps its old name). (None, None): nothing active; None:
+    unknown (the device's answer is not a history entry: its next contact will say)."""
     if not rolled_back_to:
         return None, None
-    return (f"{rolled_back_to.get('name')}@{rolled_back_to.get('version')}",
-            rolled_back_to.get("digest"))
+    return history_ref(rolled_back_to)
 
 
 def unexpected(device: str, operation: str, exc: Exception,
@@ -289,10 +298,15 @@ def rollback(settings: Settings, devices: Sequence[Device], forks: int = 10,
             with leased(settings, target.name, "rollback"), \
                     connect(target, settings, timeout) as conn:
                 result = report.note(call_agent(conn, "rollback", {}))
-            now = result["active"]
-            active = (f"{now['name']}@{now['version']}", now["digest"])
-            outcome = Outcome(target.name, True, "rolled-back",
-                              data={"active": active[0], "from": result.get("previous")})
+            active = history_ref(result.get("active"))
+            if active is None:
+                raise EdgeFleetError(f"{target.name}: the device's rollback answer names no "
+                                     "active version; its next contact (telemetry, verify) "
+                                     "will say what it runs")
+            previous = result.get("previous")
+            outcome = Outcome(target.name, True, "rolled-back", data={
+                "active": active[0], "from": {key: previous[key][:200] for key in (
+                    "name", "version", "digest")} if is_history_entry(previous) else None})
         except AgentError as exc:
             report.note(exc.detail)
             state = "nothing-to-roll-back" if exc.code == E_NOTHING_TO_ROLL_BACK else "failed"

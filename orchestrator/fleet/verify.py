@@ -17,36 +17,52 @@ from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.errors import AgentError
 from orchestrator.core.models import Device
+from orchestrator.core.numbers import count
 from orchestrator.fleet.agentclient import call_agent
+from orchestrator.fleet.answers import checked_smoke
 from orchestrator.fleet.fanout import Outcome, fan_out
 from orchestrator.fleet.leases import leased
-from orchestrator.inventory.devices import record_device_report, to_target
+from orchestrator.inventory.devices import history_ref, record_device_report, to_target
 from orchestrator.transport import Target, connect
 
+# What one verify outcome keeps of a device's lists: enough to say what is off and where.
+MOST_PROBLEMS = 20
+MOST_FILES = 100
 
-def _ref(active: dict[str, Any] | None) -> str | None:
-    return f"{active.get('name')}@{active.get('version')}" if active else None
+
+def _texts(value: Any, most: int) -> list[str]:
+    return [v[:500] for v in value[:most] if isinstance(v, str)] if isinstance(value, list) \
+        else []
 
 
 def verify_outcome(device: str, result: dict[str, Any]) -> Outcome:
     """The agent's ``verify`` result as one outcome; the error lists everything that is off and
-    says how to repair it."""
-    ref = _ref(result.get("active"))
-    files = result.get("files") or {}
-    smoke = result.get("smoke")
-    problems: list[str] = list(result.get("problems") or [])
-    problems += [f"{path}: {why}" for path, why in sorted((files.get("problems") or {}).items())]
-    if smoke and not smoke.get("ok"):
-        problems.append("golden outputs: " + str(smoke.get("message") or smoke.get("error")))
+    says how to repair it. Every field is checked and every list clipped: the answer is the
+    device's, and the outcome goes into the job's result and its error."""
+    known = history_ref(result.get("active"))
+    ref = known[0] if known else None
+    files = result.get("files") if isinstance(result.get("files"), dict) else {}
+    raw_smoke = result.get("smoke")
+    smoke = checked_smoke(raw_smoke) if isinstance(raw_smoke, dict) else None
+    problems = _texts(result.get("problems"), MOST_PROBLEMS)
+    by_file = files.get("problems")
+    if isinstance(by_file, dict):
+        problems += [f"{str(path)[:300]}: {str(why)[:300]}"
+                     for path, why in sorted(by_file.items(), key=str)[:MOST_PROBLEMS]]
+    if smoke is not None and not smoke["ok"]:
+        message = raw_smoke.get("message")  # type: ignore[union-attr]
+        problems.append("golden outputs: " + str(
+            message[:500] if isinstance(message, str) else smoke["error"]))
     data = {
-        "bundle": ref, "digest": (result.get("active") or {}).get("digest"),
-        "files_checked": files.get("checked", 0), "failed_files": files.get("failed", []),
-        "smoke": None if smoke is None else ("passed" if smoke.get("ok") else "failed"),
-        "max_abs": smoke.get("max_abs") if smoke else None,
-        "max_rel": smoke.get("max_rel") if smoke else None,
-        "smoke_ms": smoke.get("ms") if smoke else None,
+        "bundle": ref, "digest": known[1] if known else None,
+        "files_checked": count(files.get("checked")) or 0,
+        "failed_files": _texts(files.get("failed"), MOST_FILES),
+        "smoke": None if smoke is None else ("passed" if smoke["ok"] else "failed"),
+        "max_abs": smoke["max_abs"] if smoke else None,
+        "max_rel": smoke["max_rel"] if smoke else None,
+        "smoke_ms": smoke["ms"] if smoke else None,
     }
-    if result.get("ok"):
+    if result.get("ok") is True:
         return Outcome(device, True, "verified", data=data)
     error = (f"{device}: {ref} fails verification: " + "; ".join(problems)
              + f". Push it again to repair the files (edgefleet push {ref} {device})")

@@ -250,13 +250,13 @@ class DeviceReport:
             self.data.setdefault("recovered", []).extend(
                 r for r in recovered if isinstance(r, dict))
         active = result.get("active")
-        if "active" in result and (active is None or _is_entry(active)) \
+        if "active" in result and (active is None or is_history_entry(active)) \
                 and not result.get("state_error"):
             self.data["active"] = active
         return result
 
 
-def _is_entry(entry: object) -> bool:
+def is_history_entry(entry: object) -> bool:
     """Whether a device's ``active``/``abandoned`` is a history entry we can record: an object
     whose name, version and digest are strings."""
     return isinstance(entry, dict) and all(
@@ -268,6 +268,15 @@ DIGEST_LIMIT = 128  # a sha256 digest is 64 hex characters; a device may send an
 
 def _ref(entry: dict[str, Any]) -> str:
     return f"{entry['name'][:200]}@{entry['version'][:100]}"
+
+
+def history_ref(entry: object) -> tuple[str, str] | None:
+    """(NAME@VERSION, digest) of a device's history entry, clipped as the DB keeps them; None
+    when it is not one (``is_history_entry``)."""
+    if not is_history_entry(entry):
+        return None
+    assert isinstance(entry, dict)
+    return _ref(entry), entry["digest"][:DIGEST_LIMIT]
 
 
 def record_device_report(session: Session, name: str, report: dict[str, Any], *,
@@ -293,12 +302,12 @@ def record_device_report(session: Session, name: str, report: dict[str, Any], *,
         known, active = True, recovered[-1].get("active")
     else:
         known, active = False, None
-    if known and (active is None or _is_entry(active)) and not report.get("state_error"):
+    if known and (active is None or is_history_entry(active)) and not report.get("state_error"):
         device.active_bundle = _ref(active) if active else None
         device.active_digest = active["digest"][:DIGEST_LIMIT] if active else None
     for item in recovered:
-        entry = next((e for e in (item.get("abandoned"), item.get("active")) if _is_entry(e)),
-                     {})
+        entry = next((e for e in (item.get("abandoned"), item.get("active"))
+                      if is_history_entry(e)), {})
         session.add(Deployment(
             device_name=name, operation="recover", state=str(item.get("action"))[:40],
             bundle_name=entry.get("name"), bundle_version=entry.get("version"),

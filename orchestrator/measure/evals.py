@@ -40,17 +40,21 @@ from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
 from orchestrator.core.errors import AgentError, EdgeFleetError
 from orchestrator.core.models import Bundle, Dataset, Device, Result, Run
+from orchestrator.core.numbers import finite
 from orchestrator.fleet.agentclient import AgentSession, plan_uploads
 from orchestrator.fleet.fanout import Outcome, fan_out
 from orchestrator.fleet.leases import leased
 from orchestrator.inventory.devices import DeviceReport, record_device_report, to_target
 from orchestrator.measure import evalmetrics
+from orchestrator.measure.entries import checked_common, checked_entries
 from orchestrator.measure.run_lifecycle import (
     close_runs,
     failure_row,
     keeping,
+    missing_threads,
     open_runs,
     session_failure,
+    unexpected_failure,
 )
 from orchestrator.measure.runs import result_row
 from orchestrator.transport import Target, connect
@@ -123,23 +127,54 @@ def push_dataset(agent: AgentSession, dataset: Dataset, store: BlobStore,
 
 def score(entry: dict[str, Any], plan: EvalPlan) -> dict[str, Any]:
     """``detail`` additions for one device x threads entry: metrics, samples, preprocessing."""
-    samples = entry.get("samples") or []
+    samples = checked_samples(entry.get("samples"), plan)
     names = plan.class_names
     probs = np.asarray([s["probs"] for s in samples], dtype=np.float64)
     if probs.ndim != 2 or probs.shape[1] != len(names):
         raise EdgeFleetError(f"the model gave {probs.shape[-1] if probs.ndim == 2 else '?'} "
                              f"scores per sample but has {len(names)} labels ({', '.join(names)})")
-    labels = [names.index(plan.label_of(s["label"])) for s in samples]
+    labels = [names.index(s["label"]) for s in samples]
     metrics = evalmetrics.evaluate(labels, probs, names, plan.positive, plan.threshold)
     preds = metrics.pop("predictions")
     return {
         "eval": metrics,
-        "preprocessing_ms": [s.get("pre_ms") for s in samples],
+        "preprocessing_ms": [s["pre_ms"] for s in samples],
         "preprocessing_stats": entry.get("preprocessing_ms"),
-        "samples": [{"id": s["id"], "label": plan.label_of(s["label"]), "pred": names[p],
+        "samples": [{"id": s["id"], "label": s["label"], "pred": names[p],
                      "probs": s["probs"]} for s, p in zip(samples, preds, strict=True)],
         "output": entry.get("output"), "energy": entry.get("energy"),
     }
+
+
+def checked_samples(samples: Any, plan: EvalPlan) -> list[dict[str, Any]]:
+    """The device's predictions, one per sample of the dataset, each once, in the dataset's
+    order; the label is the dataset's (the device only says what the model answered).
+
+    Why: a device is untrusted, and its sample list was scored as sent: an ``"id": [1]``
+    made the run's agreement (a dict keyed by id) fail on every view of the run for good, a
+    ``"pre_ms": "x"`` the run page's median, and a device that left samples out or repeated
+    one was scored on another dataset than the one named."""
+    wanted = [(s["id"], plan.label_of(s["label"])) for s in plan.manifest["samples"]]
+    given: dict[str, dict[str, Any]] = {}
+    for s in samples if isinstance(samples, list) else []:
+        if not isinstance(s, dict) or not isinstance(s.get("id"), str) or s["id"] in given:
+            raise EdgeFleetError("the device's predictions are not one object per sample with "
+                                 "its id, each once")
+        given[s["id"]] = s
+    if len(given) != len(wanted) or any(i not in given for i, _ in wanted):
+        raise EdgeFleetError(f"the device answered {len(given)} samples, not the dataset's "
+                             f"{len(wanted)}")
+    out = []
+    for sample_id, label in wanted:
+        s = given[sample_id]
+        probs = s.get("probs")
+        checked = [finite(p) for p in probs] if isinstance(probs, list) else [None]
+        if None in checked:
+            raise EdgeFleetError(f"sample {sample_id[:80]}: the device's scores are not a list "
+                                 "of finite numbers")
+        out.append({"id": sample_id, "label": label, "probs": checked,
+                    "pre_ms": finite(s.get("pre_ms"))})
+    return out
 
 
 def evaluate(settings: Settings, bundle: Bundle, dataset: Dataset, devices: Sequence[Device],
@@ -203,7 +238,7 @@ def evaluate(settings: Settings, bundle: Bundle, dataset: Dataset, devices: Sequ
                     session.add_all(new.values())
                 stored.update(new)
 
-        keep = keeping(measured, relay)
+        keep = keeping(measured, relay, threads)
 
         def handle(event: dict[str, Any]) -> None:
             keep(event)
@@ -218,14 +253,22 @@ def evaluate(settings: Settings, bundle: Bundle, dataset: Dataset, devices: Sequ
                     relay({"event": "dataset", "phase": "push"})
                 sent = push_dataset(agent, dataset, store, plan.manifest)
                 data = report.note(agent.call("eval", request, on_event=handle))
-            measured[:] = [(entry, data) for entry in data.get("results") or []]
+            common = checked_common(data)
+            measured[:] = [(entry, common) for entry in checked_entries(data, threads)]
         except (AgentError, EdgeFleetError) as exc:
             if isinstance(exc, AgentError):
                 report.note(exc.detail)
             failure = session_failure(target.name, exc, cancelled,
                                       f"{bundle.name}@{bundle.version}")
             errors.append(failure)
+        except Exception as exc:  # noqa: BLE001 - the finished thread counts must stay
+            failure = unexpected_failure(target.name, "eval", exc)
+            errors.append(failure)
         store_finished()  # what the result line adds (all an older agent sends)
+        if failure is None:
+            failure = missing_threads(target.name, threads, stored)
+            if failure is not None:
+                errors.append(failure)
         for entry, _ in measured:
             row = stored[entry.get("threads")]
             if not row.ok:

@@ -7,7 +7,8 @@ Split from ``runs`` so that ``evals`` shares these without going through the ben
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import logging
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,15 +21,26 @@ from orchestrator.core.errors import AgentError, EdgeFleetError
 from orchestrator.core.listings import interrupted_reason
 from orchestrator.core.models import Job, Result, Run
 from orchestrator.fleet.fanout import Outcome
+from orchestrator.measure.entries import checked_common, checked_entry
+
+log = logging.getLogger(__name__)
 
 
 def keeping(finished: list[tuple[dict[str, Any], dict[str, Any]]],
-            inner: Callable[[dict[str, Any]], None] | None) -> Callable[[dict[str, Any]], None]:
+            inner: Callable[[dict[str, Any]], None] | None,
+            asked: Collection[int]) -> Callable[[dict[str, Any]], None]:
     """An agent event handler that keeps each finished thread count's ``(entry, common)``
-    (event ``measured``) and passes every other event on to ``inner``."""
+    (event ``measured``), checked (``entries.checked_entry``: only thread counts ``asked``,
+    each once per call, however many times a device repeats it), and passes every other event
+    on to ``inner``."""
+    seen: set[int] = set()
+
     def on_event(event: dict[str, Any]) -> None:
-        if event.get("event") == "measured" and isinstance(event.get("entry"), dict):
-            finished.append((event["entry"], event.get("common") or {}))
+        if event.get("event") == "measured":
+            entry = checked_entry(event.get("entry"), asked)
+            if entry is not None and entry["threads"] not in seen:
+                seen.add(entry["threads"])
+                finished.append((entry, checked_common(event.get("common"))))
         elif inner is not None:
             inner(event)
 
@@ -45,6 +57,24 @@ def session_failure(device: str, exc: EdgeFleetError, cancelled: Callable[[], bo
     if isinstance(exc, AgentError) and exc.code == "not_on_device":
         failure += f" (push it first: `edgefleet push {bundle_ref} {device}`)"
     return failure
+
+
+def unexpected_failure(device: str, operation: str, exc: Exception) -> str:
+    """What a device's session says when it failed in a way nobody foresaw (a bug, an answer
+    of a shape no check caught): logged with its traceback, and worded as a failure, so the
+    device's failure row is written, its finished thread counts stay, and the others go on."""
+    log.exception("%s: %s failed unexpectedly", device, operation)
+    return (f"{device}: {operation} failed unexpectedly ({type(exc).__name__}: "
+            f"{str(exc)[:300]}); the traceback is in the log (the server's, or the command's "
+            "stderr)")
+
+
+def missing_threads(device: str, asked: Iterable[int], answered: Iterable[Any]) -> str | None:
+    """The failure of a session that ended well but answered no result for some thread
+    counts asked (a device may drop or mislabel them): the run must not pass as complete."""
+    missing = sorted(set(asked) - set(answered))
+    return (f"{device}: the device's answer has no result for threads "
+            f"{', '.join(map(str, missing))}") if missing else None
 
 
 def failure_row(run: Run, device: str, failure: str, kept: Iterable[Any], simulated: bool,

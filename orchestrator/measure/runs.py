@@ -27,14 +27,17 @@ from orchestrator.fleet.agentclient import AgentSession
 from orchestrator.fleet.fanout import Outcome, fan_out
 from orchestrator.fleet.leases import leased
 from orchestrator.inventory.devices import DeviceReport, record_device_report, to_target
+from orchestrator.measure.entries import checked_common, checked_entries
 from orchestrator.measure.rounds import BENCH_ROUNDS, merge_rounds
 from orchestrator.measure.run_lifecycle import (
     close_runs,
     failure_row,
     keeping,
+    missing_threads,
     open_runs,
     session_failure,
     state_reason,
+    unexpected_failure,
 )
 from orchestrator.transport import Target, connect
 
@@ -186,7 +189,7 @@ def bench(settings: Settings, bundles: Sequence[Bundle], devices: Sequence[Devic
             stored[index].update(threads for threads, _ in complete)
 
         def on_event(index: int, round_index: int) -> Callable[[dict[str, Any]], None]:
-            keep = keeping(measured[index], relay(target.name))
+            keep = keeping(measured[index], relay(target.name), params.threads)
 
             def handle(event: dict[str, Any]) -> None:
                 if rounds > 1 and event.get("event") == "bench":  # progress says which round
@@ -215,13 +218,24 @@ def bench(settings: Settings, bundles: Sequence[Bundle], devices: Sequence[Devic
                             on_event=on_event(index, round_index)))
                         # The result line is authoritative (and all an older agent sends).
                         del measured[index][mark:]
-                        measured[index].extend((e, data) for e in data.get("results") or [])
+                        common = checked_common(data)
+                        measured[index].extend(
+                            (e, common) for e in checked_entries(data, params.threads))
                         store_complete(index)
         except (AgentError, EdgeFleetError) as exc:
             if isinstance(exc, AgentError):
                 report.note(exc.detail)
             failure = session_failure(target.name, exc, cancelled, "NAME@VERSION")
             errors.append(failure)
+        except Exception as exc:  # noqa: BLE001 - the finished thread counts must stay
+            failure = unexpected_failure(target.name, "bench", exc)
+            errors.append(failure)
+        if failure is None:
+            failure = next((why for why in (missing_threads(target.name, params.threads,
+                                                            by_threads(index))
+                                            for index in range(len(bundles))) if why), None)
+            if failure is not None:
+                errors.append(failure)
         for index, (run, bundle) in enumerate(zip(runs, bundles, strict=True)):
             grouped = by_threads(index)
             # After a failure, a thread count with only some of its rounds is dropped: it
