@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import sys
 import time
 from typing import Any, Dict, List, Optional, Set
 
@@ -317,6 +318,24 @@ def _record_committed(store: Store, entry: Dict[str, Any], history: List[Dict[st
     return None
 
 
+def _reclaim(store: Store, state: Dict[str, Any], request: Request) -> List[str]:
+    """Before a plan measures the free space: remove what no version needs (``prune``), the
+    plan's own blobs kept.
+
+    Why here and not only after a commit: a failed activation (a smoke test that failed, a
+    full disk while staging, a kill mid-copy) left its blobs and staging behind, and the next
+    prune came only with a successful activation. Each failed bundle's model stayed, until
+    the free space the plan reports refused every push ("not enough disk space"), which the
+    only clean-up that would make room could then never run."""
+    if state.get("pending") is not None:
+        return []
+    try:
+        return prune(store, state, keep=request.sizes)
+    except (OSError, AgentError) as exc:  # a clean-up only: the plan answers as before
+        sys.stderr.write("edgefleet-agent: clean-up before the plan failed: %s\n" % exc)
+        return []
+
+
 def plan(store: Store, request: Request) -> Dict[str, Any]:
     """What the control plane must upload before ``activate``; deletes corrupt blobs. In a
     session, ``resume`` offers the bytes a dropped transfer left of a missing blob."""
@@ -324,8 +343,10 @@ def plan(store: Store, request: Request) -> Dict[str, Any]:
 
     store.ensure_layout()
     with journal.locked(store):
-        active = store.active()
+        state = store.load_state()  # reverted already if a dead process left it pending
+        active = store.active(state)
         signed = signatures.check(store, request, active)  # refused: nothing is sent
+        pruned = _reclaim(store, state, request)
         present, missing, corrupt = blob_status(store, request)
         already = store.is_already_active(request, active)
         if store.parts is not None and not already:  # kept from other sessions' prunes
@@ -347,5 +368,6 @@ def plan(store: Store, request: Request) -> Dict[str, Any]:
         "disk_free_bytes": disk_free_bytes(store.root),
         "onnxruntime": onnxruntime_version_fast(),
         "signature": signed,
+        "pruned": pruned,
         **extra,
     }

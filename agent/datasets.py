@@ -153,7 +153,8 @@ def load_staged(store: Store, digest: str) -> Tuple[Dict[str, Any], str]:
         raise AgentError(E_BAD_INPUT, "dataset must be a 64 hex digit digest, got %r"
                          % (digest,))
     problem = staged_problem(store, digest)
-    store.verifier.cache.save()
+    with journal.locked(store):  # another command may save the cache meanwhile (hashcache)
+        store.verifier.cache.save()
     if problem is not None:
         raise AgentError(E_DATASET_NOT_ON_DEVICE, "dataset %s is not usable on this device (%s):"
                          " `edgefleet eval` pushes it first" % (digest[:16], problem),

@@ -41,6 +41,27 @@ PROGRESS_INTERVAL_S = 0.25
 Entry = Tuple[int, int, int, str]  # size, mtime_ns, ctime_ns, sha256
 
 
+def _read_entries(path: str) -> Dict[str, Entry]:
+    """The entries of ``cache/hashes.json``; an unreadable file counts as empty."""
+    try:
+        raw = read_json(path)
+    except (OSError, ValueError) as exc:
+        sys.stderr.write("edgefleet-agent: ignoring unreadable %s: %s\n" % (path, exc))
+        raw = None
+    entries: Dict[str, Entry] = {}
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            # 3-item entries (no ctime) come from an older agent: hashed again once
+            if (
+                isinstance(value, list)
+                and len(value) == 4
+                and all(isinstance(v, int) for v in value[:3])
+                and is_sha256(value[3])
+            ):
+                entries[key] = (value[0], value[1], value[2], value[3])
+    return entries
+
+
 def cache_key(st: os.stat_result) -> str:
     return "%d:%d" % (st.st_dev, st.st_ino)
 
@@ -50,24 +71,12 @@ class HashCache:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.entries: Dict[str, Entry] = {}
         self.memo: Dict[str, Entry] = {}
         self.dirty = False
-        try:
-            raw = read_json(path)
-        except (OSError, ValueError) as exc:
-            sys.stderr.write("edgefleet-agent: ignoring unreadable %s: %s\n" % (path, exc))
-            raw = None
-        if isinstance(raw, dict):
-            for key, value in raw.items():
-                # 3-item entries (no ctime) come from an older agent: hashed again once
-                if (
-                    isinstance(value, list)
-                    and len(value) == 4
-                    and all(isinstance(v, int) for v in value[:3])
-                    and is_sha256(value[3])
-                ):
-                    self.entries[key] = (value[0], value[1], value[2], value[3])
+        # What this process changed (None: removed), applied to the file as it is at save
+        # time: another command may have saved it since this one read it (see ``save``).
+        self.changes: Dict[str, Optional[Entry]] = {}
+        self.entries: Dict[str, Entry] = _read_entries(path)
 
     def lookup(self, st: os.stat_result) -> Optional[str]:
         """The cached sha256 for this stat, or None when unknown or anything changed."""
@@ -83,11 +92,18 @@ class HashCache:
         entry = _times(st) + (sha,)
         self.memo[key] = entry
         if min(st.st_mtime_ns, st.st_ctime_ns) < hash_started_ns - RACY_WINDOW_NS:
-            self.entries[key] = entry
-            self.dirty = True
+            self._set(key, entry)
         elif key in self.entries:
-            del self.entries[key]
-            self.dirty = True
+            self._set(key, None)
+
+    def _set(self, key: str, entry: Optional[Entry]) -> None:
+        """Change (or, with None, remove) an entry, remembering it for ``save``."""
+        if entry is None:
+            self.entries.pop(key, None)
+        else:
+            self.entries[key] = entry
+        self.changes[key] = entry
+        self.dirty = True
 
     def carry(self, before: os.stat_result, after: os.stat_result) -> None:
         """We linked, unlinked, chmod-ed or renamed a file whose stat was ``before``: if the
@@ -102,8 +118,8 @@ class HashCache:
             return
         persisted = self.entries.get(key, (None,) * 4)[:3] == _times(before)
         self.memo.pop(key, None)
-        self.entries.pop(key, None)
-        self.dirty = self.dirty or persisted
+        if key in self.entries:
+            self._set(key, None)
         if persisted:
             self.record(after, sha, time.time_ns())
         else:
@@ -116,26 +132,40 @@ class HashCache:
         except OSError:
             return
         self.memo.pop(key, None)
-        if self.entries.pop(key, None) is not None:
-            self.dirty = True
+        if key in self.entries:
+            self._set(key, None)
 
     def retain(self, keys: Iterable[str]) -> None:
         """Keep only entries for inodes still in the store, so the file does not grow forever."""
         keep = set(keys)
         for key in list(self.entries):
             if key not in keep:
-                del self.entries[key]
-                self.dirty = True
+                self._set(key, None)
 
     def save(self) -> None:
-        """Persist; failure only costs a re-hash next time, so it is reported, not fatal."""
+        """Persist this process's changes onto the file as it is now (callers hold the root
+        lock); failure only costs a re-hash next time, so it is reported, not fatal.
+
+        Why not the whole table as this process read it: the table was read when the command
+        started, and another command may have saved since. ``verify`` drops the entry of a
+        file it found rotten; an ``eval`` that started before it and saved its stale table
+        after put the entry back, and the next push then said "unchanged" and bench and
+        rollback trusted the corrupt model."""
         if not self.dirty:
             return
+        current = _read_entries(self.path)
+        for key, entry in self.changes.items():
+            if entry is None:
+                current.pop(key, None)
+            else:
+                current[key] = entry
+        self.entries = current
         data = {k: list(v) for k, v in sorted(self.entries.items())}
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             atomic_write_json(self.path, data)
             self.dirty = False
+            self.changes.clear()
         except (OSError, AgentError) as exc:
             sys.stderr.write("edgefleet-agent: could not save %s: %s\n" % (self.path, exc))
 

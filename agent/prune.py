@@ -55,15 +55,16 @@ def _kept_history(history: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return kept
 
 
-def prune(store: Store, state: Dict[str, Any]) -> List[str]:
+def prune(store: Store, state: Dict[str, Any], keep: Iterable[str] = ()) -> List[str]:
     """Keep current + 3 previous distinct versions; delete other dirs and unreferenced blobs,
     and the uploads nobody owns that were left in incoming/ more than a day ago (agent.parts:
     a dropped transfer's part stays resumable until then). Returns what went, as paths.
 
     State is saved before anything is deleted, so a crash mid-prune leaves only orphans that
     the next prune removes, never a history entry pointing at a deleted dir. Only called with
-    nothing pending (after a commit), so every dir outside the history is an orphan; one a
-    running bench or eval reads is left for a later prune (agent.inuse).
+    nothing pending (after a commit, or before a plan: ``plan``), so every dir outside the
+    history is an orphan; one a running bench or eval reads is left for a later prune
+    (agent.inuse). ``keep``: blobs to keep as well (the ones the plan asks about).
     """
     kept = _kept_history(state["history"])
     if kept != state["history"]:
@@ -88,7 +89,7 @@ def prune(store: Store, state: Dict[str, Any]) -> List[str]:
         if not name.startswith(STAGING_PREFIX):
             pruned.append("versions/" + name)
 
-    referenced = set()
+    referenced = set(keep)
     for name in keep_names:
         try:
             with open(os.path.join(store.versions, name, MANIFEST_NAME), "rb") as handle:

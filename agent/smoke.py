@@ -355,7 +355,15 @@ def check(spec: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def child_main() -> int:
-    """Entry point of the smoke-test child: spec on stdin, one result line."""
+    """Entry point of the smoke-test child: spec on stdin, one result line.
+
+    It dies with the agent that started it (``children.die_with_parent``): the smoke test's
+    time limit is kept by that agent, so a child left behind by a killed agent ran a hanging
+    model for ever, holding its heap reserve and the model, and the retried push's own smoke
+    test was measured (or OOM-killed) beside it."""
+    from agent.children import die_with_parent
+
+    die_with_parent()
     out = private_stdout()  # a native library writing to fd 1 must not break the protocol
     with contextlib.suppress(Exception):  # an import failure is reported by check()
         import onnxruntime  # noqa: F401 - before waiting for the spec (see prewarm)

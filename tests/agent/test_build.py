@@ -111,3 +111,24 @@ def test_no_compiled_copy_when_it_cannot_be_written_and_old_copies_are_pruned(
     # The new copy and the two newest old ones stay (an older agent may still be running).
     new = f"agent-{built.sha256[:16]}-{sys.implementation.cache_tag}.zip"
     assert sorted(p.name for p in cache.iterdir()) == sorted([p.name for p in stale[2:]] + [new])
+
+
+def test_a_flipped_byte_in_the_compiled_copy_is_caught_and_the_copy_made_again(
+        tmp_path: Path) -> None:
+    """zipimport checks no CRC and the .pyc files are unchecked: one flipped bit in the copy
+    made every later command fail (the same .pyz names the same copy, so it was reused for
+    good). The copy's own CRC-32 is checked at each start; a bad copy is made again."""
+    built = build_zipapp(tmp_path / "agent" / "edgefleet-agent.pyz")
+    assert run_agent(built.path, tmp_path / "root", "status").ok
+    copy = built.path.parent / "cache" / f"agent-{built.sha256[:16]}-" \
+                                         f"{sys.implementation.cache_tag}.zip"
+    good = copy.read_bytes()
+    with zipfile.ZipFile(copy) as archive:
+        info = archive.getinfo("agent/cli.pyc")
+    flipped = bytearray(good)
+    where = info.header_offset + 30 + len(info.filename) + info.compress_size // 2
+    flipped[where] ^= 0x10  # inside cli.pyc's code object
+    copy.write_bytes(bytes(flipped))
+    again = run_agent(built.path, tmp_path / "root", "status")
+    assert again.ok and again.data["active"] is None
+    assert copy.read_bytes() == good  # made again, byte for byte

@@ -141,3 +141,26 @@ def test_check_reports_why(tmp_path: Path) -> None:
     assert v.check(str(tmp_path / "nope"), good, 5, "nope") == "missing"
     os.symlink(f, tmp_path / "sym")
     assert v.check(str(tmp_path / "sym"), good, 5, "sym") == "not a regular file"
+
+
+def test_a_save_keeps_what_another_command_saved_meanwhile(tmp_path: Path) -> None:
+    """Two commands read the cache; one (``verify``) drops a rotten model's entry and saves;
+    the other (an ``eval`` that started before, hashing its dataset) saves after. The dropped
+    entry stays dropped: before, the second save wrote its whole stale table back, and the
+    next push, bench and rollback trusted the corrupt model from the cache."""
+    model = aged_file(tmp_path / "model", b"m" * 1000)
+    sample = aged_file(tmp_path / "sample", b"s" * 1000)
+    first, _ = verifier(tmp_path)
+    first.sha256(str(model), "model")
+    first.cache.save()
+    verify_cmd, _ = verifier(tmp_path)
+    eval_cmd, _ = verifier(tmp_path)  # read while the model's entry was still there
+    verify_cmd.cache.forget(str(model))
+    verify_cmd.cache.save()
+    eval_cmd.sha256(str(sample), "sample")  # a change of its own, so it saves
+    eval_cmd.cache.save()
+    on_disk = json.loads((tmp_path / "cache" / "hashes.json").read_text())
+    assert set(on_disk) == {cache_key(sample.stat())}
+    later, _ = verifier(tmp_path)
+    later.sha256(str(model), "model")
+    assert later.hashed_files == 1  # hashed again, not trusted from the cache

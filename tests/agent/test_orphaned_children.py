@@ -13,9 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent_helpers import push
+from agent_helpers import agent_env, push, read_state, upload
 from test_bench import FakePi, model_bundle
-from test_smoke import endless_model
+from test_smoke import endless_model, golden_bundle
 
 
 def wait_for_exit(pid: int, timeout: float) -> bool:
@@ -55,3 +55,43 @@ def test_the_child_dies_with_a_killed_agent(pyz: Path, root: Path, tmp_path: Pat
     finally:
         if not wait_for_exit(child, 0):
             os.kill(child, signal.SIGKILL)
+
+
+def measure_children_of(agent_pid: int) -> list[int]:
+    """Live processes that an agent with this pid started as measurement or smoke-test
+    children (agent.children.child_env marks them), wherever they were reparented."""
+    marker = f"EDGEFLEET_MEASURE_PARENT={agent_pid}\0".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker in (proc / "environ").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_the_smoke_child_dies_with_an_agent_killed_during_the_smoke_test(
+        pyz: Path, root: Path, tmp_path: Path) -> None:
+    """The smoke test's time limit lives in the agent: a child left behind by an agent killed
+    during the test (crash point ``smoke``: the child has its spec) ran a hanging model for
+    ever, with its heap reserve and the model in memory, beside the retried push's own."""
+    push(pyz, root, golden_bundle(tmp_path, "1"), plan=False)
+    hanging = golden_bundle(tmp_path, "2", device_model=endless_model())
+    upload(root, hanging)
+    agent = subprocess.Popen([sys.executable, str(pyz), "--root", str(root), "activate"],
+                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL,
+                             env=agent_env(EDGEFLEET_AGENT_CRASH_AT="smoke"))
+    agent.communicate(json.dumps(hanging.request).encode(), timeout=60)
+    assert agent.returncode == -signal.SIGKILL  # killed at the crash point, child running
+    left = measure_children_of(agent.pid)
+    try:
+        assert all(wait_for_exit(pid, 30) for pid in left), "the smoke child outlived its agent"
+    finally:
+        for pid in left:
+            if not wait_for_exit(pid, 0):
+                os.kill(pid, signal.SIGKILL)
+    assert read_state(root)["history"][-1]["version"] == "1"

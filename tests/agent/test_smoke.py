@@ -242,3 +242,31 @@ def test_a_smoke_test_that_never_ends_is_killed_and_the_previous_version_stays(
     assert "took longer than 2 s (EDGEFLEET_SMOKE_TIMEOUT_S) and was killed" in error["message"]
     assert read_state(root)["history"][-1]["version"] == "1"
     assert run_agent(pyz, root, "verify", {}).ok  # the lock is free, version 1 intact
+
+
+def test_a_failed_activation_leaves_nothing_that_fills_the_disk(pyz: Path, root: Path,
+                                                                tmp_path: Path) -> None:
+    """Each bundle whose smoke test failed left its blobs in blobs/, and the clean-up came only
+    with a successful activation: on a small SD card the free space the plan reports then
+    refused every later push, the clean-up that would make room included. The next plan
+    removes them (its own blobs kept)."""
+    good = golden_bundle(tmp_path, "1")
+    push(pyz, root, good, plan=False)
+    for seed in (1, 2):
+        bad = golden_bundle(tmp_path, f"bad-{seed}", seed, logits_shift=0.5)
+        assert activate(pyz, root, bad).error["code"] == "smoke_failed"
+    assert len(list((root / "blobs").iterdir())) > len(good.contents)  # as it was left
+    (root / "versions" / ".staging-killed").mkdir()  # a copy a SIGKILL interrupted
+    (root / "versions" / ".staging-killed" / "model.onnx").write_bytes(b"x" * 4096)
+    following = golden_bundle(tmp_path, "2", 3)
+    model = following.sha_of("model.onnx")  # received by an earlier try, not activated yet
+    (root / "blobs" / model).write_bytes(following.contents[model])
+    planned = run_agent(pyz, root, "plan", following.request).data
+    kept = {p.name for p in (root / "blobs").iterdir()}
+    assert kept == set(good.contents) | {model}
+    assert not (root / "versions" / ".staging-killed").exists()
+    present = {model} | (set(following.contents) & set(good.contents))  # shared inputs
+    assert set(planned["present"]) == present
+    assert set(planned["missing"]) == set(following.contents) - present
+    assert read_state(root)["history"][-1]["version"] == "1"
+    push(pyz, root, following)  # and the next push goes through
