@@ -161,6 +161,7 @@ def activate(store: Store, request: Request) -> Dict[str, Any]:
     from agent import smoke
 
     golden = smoke.golden_of(request.manifest)  # a malformed key is refused before any change
+    golden = golden or smoke.load_check_of(request.manifest)  # no golden: a load check
     store.ensure_layout()
     with journal.locked(store):  # reverts whatever a dead process left pending (agent.journal)
         state = store.load_state()
@@ -232,7 +233,7 @@ def _smoke_or_revert(store: Store, state: Dict[str, Any], previous: Optional[Dic
     if report["ok"]:
         return {key: report.get(key) for key in ("ok", "outputs", "ms", "load_ms", "run_ms",
                                                  "max_abs", "max_rel", "onnxruntime",
-                                                 "heap_reserved_mb")}
+                                                 "heap_reserved_mb", "load_only")}
     journal.revert(store, state)
     store.verifier.cache.save()
     if previous is not None:

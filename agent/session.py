@@ -249,11 +249,13 @@ def land(store: Store, part: str, sha: str, size: int, label: str, started_ns: i
 
 
 def _prewarm_smoke(request: Any) -> None:
-    """A plan that will be followed by an activation with a smoke test: start its child now."""
+    """A plan that will be followed by an activation with a smoke test (golden outputs, or a
+    load check): start its child now."""
     from agent import smoke
 
     manifest = request.get("manifest") if isinstance(request, dict) else None
-    if isinstance(manifest, dict) and manifest.get("golden") is not None:
+    if isinstance(manifest, dict) and (manifest.get("golden") is not None
+                                       or smoke.load_check_of(manifest) is not None):
         try:
             smoke.prewarm(manifest)
         except OSError as exc:  # the plan's result is out: the activation will start one

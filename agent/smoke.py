@@ -89,6 +89,23 @@ def golden_of(manifest: Dict[str, Any]) -> Optional[Dict[str, Any]]:
             "model": model["path"]}
 
 
+def load_check_of(manifest: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """A bundle without golden outputs: the smoke test only loads its model (``check``'s
+    load-only form), so what goes live is at least a model this onnxruntime loads. None when
+    the manifest names no model file of the bundle (nothing to load).
+
+    Why: such a bundle (a dynamic dimension no --shape resolved, an output that is not a
+    tensor) went live unchecked; a model this device's onnxruntime cannot load (a newer
+    opset, a truncated export) was found by the first bench, with the device already on it."""
+    model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
+    paths = set(f.get("path") for f in manifest.get("files") or [] if isinstance(f, dict))
+    try:
+        path = check_relative_path(model.get("path"))
+    except (ValueError, TypeError):
+        return None
+    return {"model": path, "load_only": True} if path in paths else None
+
+
 # -- the agent process ----------------------------------------------------------------------
 def smoke_command() -> List[str]:
     """``bench``'s child command (same interpreter, same agent code) with our bootstrap."""
@@ -161,10 +178,11 @@ def run_smoke(vdir: str, golden: Dict[str, Any], emit: Emit) -> Dict[str, Any]:
     Returns ``{"ok", "reason": None|"mismatch"|"load_failed", "error", "outputs", "max_abs",
     "max_rel", "ms", ...}``; ``ms`` is the whole cost: child start, imports, load and run.
     """
-    spec = {"model_path": os.path.join(vdir, golden["model"]),
-            "inputs": os.path.join(vdir, golden["inputs"]),
-            "outputs": os.path.join(vdir, golden["outputs"]),
-            "rtol": golden["rtol"], "atol": golden["atol"], "model": golden["model"]}
+    spec = {"model_path": os.path.join(vdir, golden["model"]), "model": golden["model"]}
+    if not golden.get("load_only"):
+        spec.update(inputs=os.path.join(vdir, golden["inputs"]),
+                    outputs=os.path.join(vdir, golden["outputs"]),
+                    rtol=golden["rtol"], atol=golden["atol"])
     emit(event("smoke", phase="start", model=golden["model"]))
     started = time.perf_counter()
     timed_out: Optional[float] = None
@@ -317,15 +335,17 @@ def golden_session_options(ort: Any) -> Any:
 
 
 def check(spec: Dict[str, Any]) -> Dict[str, Any]:
-    """In the child: load, run once on 1 thread (as the build did), compare."""
+    """In the child: load, run once on 1 thread (as the build did), compare; a spec without
+    golden inputs (``load_check_of``) only loads."""
     failed: Dict[str, Any] = {"ok": False, "reason": "load_failed", "outputs": []}
     try:
         import onnxruntime as ort
     except Exception as exc:
         return dict(failed, error="onnxruntime cannot be imported (%s: %s)"
                     % (type(exc).__name__, exc))
-    feeds = _load_npz(spec["inputs"])
-    expected = _load_npz(spec["outputs"])
+    load_only = "inputs" not in spec
+    feeds = {} if load_only else _load_npz(spec["inputs"])
+    expected = {} if load_only else _load_npz(spec["outputs"])
     options = golden_session_options(ort)
     clock = time.perf_counter
     start = clock()
@@ -336,6 +356,9 @@ def check(spec: Dict[str, Any]) -> Dict[str, Any]:
         return dict(failed, error="onnxruntime %s cannot load it: %s" % (ort.__version__, exc),
                     onnxruntime=ort.__version__)
     load_ms = (clock() - start) * 1000.0
+    if load_only:
+        return {"ok": True, "reason": None, "error": None, "outputs": [], "load_only": True,
+                "load_ms": round(load_ms, 2), "onnxruntime": ort.__version__}
     start = clock()
     try:
         names = [o.name for o in session.get_outputs()]

@@ -146,8 +146,8 @@ def compute_golden(
         if "path" in exc.extra:  # the bundle's own sample inputs do not fit the model
             raise BundleError(f"{display_name}: {exc.message}") from None
         # For an unresolved dynamic dim the message already says which --shape to pass.
-        return GoldenResult(None, "no golden outputs, so devices will not smoke-test this "
-                            f"bundle: {exc.message}")
+        return GoldenResult(None, "no golden outputs, so devices will only check that its "
+                            f"model loads: {exc.message}")
     feeds = build_inputs(plan)
     options = golden_session_options(ort)
     try:

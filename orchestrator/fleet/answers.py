@@ -102,7 +102,8 @@ def checked_smoke(value: Any) -> dict[str, Any]:
     check as a history entry (``inventory.devices.history_ref``)."""
     value = value if isinstance(value, dict) else {}
     outputs = value.get("outputs")
-    out: dict[str, Any] = {"ok": value.get("ok") is True, "reason": _text(value.get("reason")),
+    out: dict[str, Any] = {"ok": value.get("ok") is True, "load_only": value.get("load_only")
+                           is True, "reason": _text(value.get("reason")),
                            "error": _text(value.get("error")),
                            "onnxruntime": _text(value.get("onnxruntime")),
                            "outputs": [flat(o) for o in outputs[:64] if isinstance(o, dict)]

@@ -152,6 +152,9 @@ SMOKE_FIELDS = ("reason", "outputs", "max_abs", "max_rel", "error", "ms", "rolle
 
 def smoke_summary(smoke: dict[str, Any]) -> str:
     """One cell for the push table: passed/failed, worst differences, time it took."""
+    if smoke.get("ok") and smoke.get("load_only"):  # no golden outputs: the model loads
+        took = f", {smoke['ms']:.0f} ms" if smoke.get("ms") is not None else ""
+        return f"loaded (no golden outputs to compare){took}"
     if smoke.get("ok"):
         head = "passed"
     elif smoke.get("reason") == "load_failed":

@@ -184,7 +184,7 @@ def test_a_plan_with_golden_prewarms_the_smoke_child_and_an_unused_one_exits(
                      lambda command, store, payload: cli.handle(command, store, lambda: payload),
                      cli._error_for)
 
-    assert run(plain.manifest) == 0 and spawned == []  # no golden: nothing to warm
+    assert run(plain.manifest) == 0 and spawned == []  # no model named: nothing to warm
     assert run(golden) == 0 and len(spawned) == 1
     assert sizes == [1000]  # the model's size from the manifest: what agent.heap reserves for
     assert spawned[0].returncode == 0  # given EOF, it exited cleanly: no child left behind

@@ -270,3 +270,22 @@ def test_a_failed_activation_leaves_nothing_that_fills_the_disk(pyz: Path, root:
     assert set(planned["missing"]) == set(following.contents) - present
     assert read_state(root)["history"][-1]["version"] == "1"
     push(pyz, root, following)  # and the next push goes through
+
+
+def no_golden_bundle(version: str, model: bytes) -> Bundle:
+    base = make_bundle("m", version, {"model.onnx": model})
+    manifest = dict(base.manifest, model={"path": "model.onnx", "inputs": SIGNATURE})
+    return Bundle(manifest, manifest_digest(manifest), base.contents)
+
+
+def test_without_golden_outputs_the_model_must_still_load(pyz: Path, root: Path) -> None:
+    """A bundle without golden outputs (a dimension no --shape resolved, an output that is not
+    a tensor) went live unchecked: a model this device's onnxruntime cannot load was found by
+    the first bench, with the device already running it. Now its smoke test loads it."""
+    loads = push(pyz, root, no_golden_bundle("1", linear_model(0)), plan=False).data
+    assert loads["smoke"]["ok"] and loads["smoke"]["load_only"]
+    broken = no_golden_bundle("2", linear_model(1)[:-40])  # a truncated export
+    error = activate(pyz, root, broken).error
+    assert error["code"] == "smoke_failed" and error["reason"] == "load_failed", error
+    assert "did not load" in error["message"] and "1 stays active" in error["message"]
+    assert read_state(root)["history"][-1]["version"] == "1"

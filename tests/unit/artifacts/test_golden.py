@@ -150,7 +150,7 @@ def test_unresolved_dynamic_dim_builds_without_golden_and_says_how(home: Path,
     assert result.created and "golden" not in manifest
     assert [f["path"] for f in manifest["files"]] == ["dyn.onnx"]
     assert result.note is not None and "no golden outputs" in result.note
-    assert "will not smoke-test" in result.note
+    assert "will only check that its model loads" in result.note
     # The batch is 1 by default; the sequence length has no default, and the note names it.
     assert "dimension 1 ('seq')" in result.note and "--shape x=1x1x4" in result.note
     assert "input_shapes" not in manifest and "shape_defaults" not in manifest
