@@ -258,6 +258,10 @@ def test_a_failed_activation_leaves_nothing_that_fills_the_disk(pyz: Path, root:
     assert len(list((root / "blobs").iterdir())) > len(good.contents)  # as it was left
     (root / "versions" / ".staging-killed").mkdir()  # a copy a SIGKILL interrupted
     (root / "versions" / ".staging-killed" / "model.onnx").write_bytes(b"x" * 4096)
+    left = [root / "cache" / ".hashes.json.tmp-0badf00d", root / "trust" / ".sig-killed"]
+    for temp in left:  # a kill between a temp file's creation and its rename
+        temp.parent.mkdir(exist_ok=True)
+        temp.write_bytes(b"{")
     following = golden_bundle(tmp_path, "2", 3)
     model = following.sha_of("model.onnx")  # received by an earlier try, not activated yet
     (root / "blobs" / model).write_bytes(following.contents[model])
@@ -265,6 +269,7 @@ def test_a_failed_activation_leaves_nothing_that_fills_the_disk(pyz: Path, root:
     kept = {p.name for p in (root / "blobs").iterdir()}
     assert kept == set(good.contents) | {model}
     assert not (root / "versions" / ".staging-killed").exists()
+    assert not any(temp.exists() for temp in left)
     present = {model} | (set(following.contents) & set(good.contents))  # shared inputs
     assert set(planned["present"]) == present
     assert set(planned["missing"]) == set(following.contents) - present
