@@ -263,11 +263,14 @@ def repair(store: Any) -> Optional[Dict[str, Any]]:
     if history and store.version_path(history[-1]) is None:
         raise AgentError(E_INTERNAL, "state.json's active entry has no valid dir (%r); move the "
                          "file away to start a fresh history" % (history[-1].get("dir"),))
-    if history and not os.path.isdir(store.version_path(history[-1])):
+    if history and not os.path.isdir(store.version_path(history[-1])) and was is not None \
+            and os.path.isdir(os.path.join(store.root, was)):
         # Committed dirs exist (prune deletes only outside the history, after saving it): a
-        # missing one is a damaged state.json (a flipped byte in a name) or a hand's rm.
-        # Pointing current at it would leave the device with nothing to run, and the next
-        # prune would delete the dir current points at now, as outside the history.
+        # missing one while current still points at a real version is a damaged state.json
+        # (a flipped byte in a name). Pointing current at it would leave the device with
+        # nothing to run, and the next prune would delete the dir current points at now, as
+        # outside the history. (With current gone too, a hand's rm: repaired as before, and
+        # the next push installs again.)
         raise AgentError(E_INTERNAL, "state.json's active entry %s@%s names %s, which does not "
                          "exist (current points at %s); nothing was changed. Restore state.json"
                          " or move it away to start a fresh history, then push again"
