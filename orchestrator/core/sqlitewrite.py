@@ -48,6 +48,10 @@ class WriteGate:
         self._abandoned: set[int] = set()  # tickets whose holders stopped waiting
         self._thread: int | None = None  # the holder's thread
         self._conn: object | None = None  # the holder's DBAPI connection
+        # Turns given (not skipped): what a waiter counts as the queue moving. A waiter that
+        # gives up behind a stuck holder advances ``_serving`` without a write, and must not
+        # restart the others' wait.
+        self._granted = 0
 
     @property
     def holder(self) -> object | None:
@@ -63,10 +67,10 @@ class WriteGate:
                 return False
             ticket = self._next
             self._next += 1
-            seen = self._serving
+            seen = self._granted
             while self._serving != ticket or self._conn is not None:
-                if self._serving != seen:  # the queue moved: only a stuck holder times out
-                    seen, deadline = self._serving, time.monotonic() + timeout
+                if self._granted != seen:  # a write got its turn: only a stuck queue times out
+                    seen, deadline = self._granted, time.monotonic() + timeout
                 left = deadline - time.monotonic()
                 if left <= 0:
                     self._abandoned.add(ticket)
@@ -76,6 +80,7 @@ class WriteGate:
                 self._cond.wait(left)
             self._thread, self._conn = me, conn
             self._serving += 1
+            self._granted += 1
             self._skip_abandoned()
             return True
 

@@ -11,8 +11,9 @@ its audit event), its Deployment rows and takes the device leases meanwhile. The
 sent itself and goes on to ``activate`` as always.
 
 What may happen before the job is recorded and the lease is held, and why that is honest:
-opening a session, the ``plan`` (read-only but for repairing what a dead process left pending,
-which the agent does under its root lock, as for any caller), and blobs written into the
+opening a session, the ``plan`` (read-only but for repairing what a dead process left pending
+and pruning what no version in the device's history needs, both under the agent's root lock, as
+for any caller; the plan's own blobs are kept), and blobs written into the
 agent's own ``incoming/*.part`` files, each verified by sha256 before it is kept. Nothing the
 device runs changes: activation, the smoke test and everything recorded wait for the lease and
 the job, as before. A device with a live lease (another operation is on it) is not started

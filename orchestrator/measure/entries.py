@@ -111,12 +111,12 @@ def checked_entry(entry: Any, asked: Collection[int]) -> dict[str, Any] | None:
     out["latency_ms"] = stats(entry.get("latency_ms"))
     out["preprocessing_ms"] = stats(entry.get("preprocessing_ms"))
     cpu = entry.get("cpu_ms")
-    out["cpu_ms"] = {"p50": finite(cpu.get("p50"))} if isinstance(cpu, dict) else None
+    cpu_p50 = finite(cpu.get("p50")) if isinstance(cpu, dict) else None
+    out["cpu_ms"] = {"p50": cpu_p50} if cpu_p50 is not None else None  # merge_rounds: all or none
     out["telemetry"] = telemetry(entry.get("telemetry"), flags)
     out["energy"] = energy(entry.get("energy"))
     out["output"] = text(entry.get("output"))
-    sizes = entry.get("round_sizes")
-    out["round_sizes"] = [count(s) for s in sizes[:64]] if isinstance(sizes, list) else None
+    out["round_sizes"] = None  # merge_rounds says where its rounds start; a device never does
     latencies = entry.get("latencies_ms")
     out["latencies_ms"] = numbers(latencies, MAX_LATENCIES) if latencies is not None else None
     samples = entry.get("samples")
@@ -143,8 +143,13 @@ def failed_because(out: dict[str, Any]) -> str | None:
 def energy(value: Any) -> dict[str, Any] | None:
     """An energy summary (agent.sampler.energy_summary); "available" only with a finite mean
     power, which every reader of an available one multiplies."""
-    out = flat(value)
-    if out is not None and out.get("available") is True and out.get("mean_w") is None:
+    if not isinstance(value, dict):
+        return None
+    out = {"available": value.get("available") is True, "mean_w": finite(value.get("mean_w")),
+           "mj_per_inference": finite(value.get("mj_per_inference")),
+           "samples": count(value.get("samples")), "source": text(value.get("source")),
+           "reason": text(value.get("reason"))}
+    if out["available"] and out["mean_w"] is None:
         return {"available": False, "reason": "the device's energy figures are not numbers"}
     return out
 

@@ -128,3 +128,24 @@ def test_a_long_queue_that_moves_never_gives_up() -> None:
     for thread in threads:
         thread.join(30)
     assert got == [True] * 8
+
+
+def test_waiters_behind_a_stuck_holder_give_up_after_one_wait_each() -> None:
+    """A waiter that gives up behind a holder that never ends its write must not count as the
+    queue moving for those behind it: each gives up after its own wait (1 s here), not after
+    the sum of the waits before it (6 s for the sixth)."""
+    gate = WriteGate()
+    assert gate.acquire(object())  # never released
+    ended: list[float] = []
+    started = time.monotonic()
+
+    def writer() -> None:
+        assert gate.acquire(object(), timeout=1.0) is False
+        ended.append(time.monotonic() - started)
+
+    threads = [threading.Thread(target=writer) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(ended) == 6 and max(ended) < 2.5, ended

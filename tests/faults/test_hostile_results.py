@@ -141,10 +141,12 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
     return Lab(settings, bundle, dataset)
 
 
-def run_bench(lab: Lab, patch: dict[str, Any]) -> tuple[Run, list[Result], Any]:
+def run_bench(lab: Lab, patch: dict[str, Any], rounds: int = 1,
+              ) -> tuple[Run, list[Result], Any]:
     devices = lab.hostile(patch)
     (run,), (outcome,) = bench(lab.settings, [lab.bundle], devices,
-                               BenchParams(threads=[1], warmup=1, runs=5), "pi-evil")
+                               BenchParams(threads=[1], warmup=1, runs=5), "pi-evil",
+                               rounds=rounds)
     with session_scope(lab.settings) as session:
         rows = list(session.exec(select(Result).where(col(Result.run_id) == run.id)).all())
         session.expunge_all()
@@ -181,6 +183,24 @@ def test_fields_of_the_wrong_type_are_stored_typed(lab: Lab) -> None:
     assert row.telemetry_status == "unknown" and row.throttled_bits is None
     assert row.detail["inputs"] is None and row.detail["energy"] is None
     lab.pages_answer(f"/runs/{run.id}", f"/api/runs/{run.id}")
+
+
+def test_odd_cpu_energy_and_round_fields_merge_over_rounds(lab: Lab) -> None:
+    """Over several rounds (a gate runs 5) the rounds are merged: a CPU p50 or an energy
+    figure that is not a number used to fail the merge outside any handler, losing the
+    device's rows; a device's own ``round_sizes`` failed the compare page's split."""
+    patch = {"entry": {"cpu_ms": {"p50": "x"}, "round_sizes": [None, 3],
+                       "energy": {"available": True, "mean_w": "x", "mj_per_inference": "y",
+                                  "samples": "z"}}}
+    run, (row,), outcome = run_bench(lab, patch, rounds=2)
+    assert row.ok and outcome.ok, (row.error, outcome.error)
+    assert row.cpu_p50_ms is None and row.detail["round_sizes"] == [3, 2]
+    assert row.detail["energy"]["available"] is False
+    lab.pages_answer(f"/runs/{run.id}", f"/api/runs/{run.id}",
+                     f"/runs/compare?a={run.id}&b={run.id}")
+    run, (row,), outcome = run_bench(lab, {"entry": {"round_sizes": [None, 3]}})
+    assert row.ok and row.detail["round_sizes"] is None
+    lab.pages_answer(f"/runs/{run.id}", f"/runs/compare?a={run.id}&b={run.id}")
 
 
 def test_an_error_that_is_an_object_still_writes_the_failure_row(lab: Lab) -> None:
