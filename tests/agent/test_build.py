@@ -131,4 +131,8 @@ def test_a_flipped_byte_in_the_compiled_copy_is_caught_and_the_copy_made_again(
     copy.write_bytes(bytes(flipped))
     again = run_agent(built.path, tmp_path / "root", "status")
     assert again.ok and again.data["active"] is None
-    assert copy.read_bytes() == good  # made again, byte for byte
+    remade = copy.read_bytes()
+    assert remade != bytes(flipped)  # made again (marshal's bytes may differ from run to run)
+    with zipfile.ZipFile(copy) as archive:
+        assert archive.testzip() is None  # every member's CRC matches
+        assert archive.comment.startswith(b"edgefleet-crc32:")
