@@ -24,8 +24,15 @@ PASSED_ON = ("active", "recovered", "state_error", "current_error")
 TEXT_LIMIT = 500
 
 
-def _text(value: Any) -> str | None:
-    return value[:TEXT_LIMIT] if isinstance(value, str) else None
+def text(value: Any, limit: int = TEXT_LIMIT) -> str | None:
+    """A string clipped to ``limit`` characters; anything else None."""
+    return value[:limit] if isinstance(value, str) else None
+
+
+def texts(value: Any, most: int = 32) -> list[str]:
+    """The strings of a list, at most ``most`` of them, each clipped; anything else []."""
+    return [t for t in (text(v) for v in value[:most]) if t is not None] \
+        if isinstance(value, list) else []
 
 
 def checked_sensors(sensors: Any) -> dict[str, Any]:
@@ -38,7 +45,7 @@ def checked_sensors(sensors: Any) -> dict[str, Any]:
                throttle_flags=decode_throttled(bits) if bits is not None else None)
     sources = sensors.get("sources")
     if isinstance(sources, dict):
-        out["sources"] = {str(k)[:40]: _text(v) for k, v in list(sources.items())[:8]}
+        out["sources"] = {str(k)[:40]: text(v) for k, v in list(sources.items())[:8]}
     return out
 
 
@@ -51,7 +58,7 @@ def checked_answer(data: dict[str, Any]) -> dict[str, Any]:
     out.update({key: data[key] for key in PASSED_ON if key in data})
     for key in ("state_error", "current_error"):
         if key in out:
-            out[key] = _text(out[key]) if out[key] is not None else None
+            out[key] = text(out[key]) if out[key] is not None else None
     return out
 
 
@@ -67,24 +74,24 @@ def flat(value: Any) -> dict[str, Any] | None:
     out: dict[str, Any] = {}
     for key, item in list(value.items())[:32]:
         if isinstance(item, list):
-            out[str(key)[:80]] = [_text(i) for i in item[:32] if isinstance(i, str)]
+            out[str(key)[:80]] = [text(i) for i in item[:32] if isinstance(i, str)]
         elif isinstance(item, bool) or item is None:
             out[str(key)[:80]] = item
         else:
-            out[str(key)[:80]] = finite(item) if not isinstance(item, str) else _text(item)
+            out[str(key)[:80]] = finite(item) if not isinstance(item, str) else text(item)
     return out
 
 
 def checked_facts(facts: dict[str, Any]) -> dict[str, Any]:
     """The ``facts`` answer with every field a reader uses of the right type (pages, /api,
     the install's checks, sorting by temperature in SQL), its sensors as a poll's."""
-    out: dict[str, Any] = {key: _text(facts.get(key)) for key in FACT_TEXTS if key in facts}
+    out: dict[str, Any] = {key: text(facts.get(key)) for key in FACT_TEXTS if key in facts}
     out.update({key: count(facts.get(key)) for key in FACT_COUNTS if key in facts})
     out.update({key: flat(facts.get(key)) for key in FACT_OBJECTS if key in facts})
     out["simulated"] = facts.get("simulated") is True
     if "pinned_keys" in facts:
         keys = facts.get("pinned_keys")
-        out["pinned_keys"] = [_text(k) for k in keys[:64] if isinstance(k, str)] \
+        out["pinned_keys"] = [text(k) for k in keys[:64] if isinstance(k, str)] \
             if isinstance(keys, list) else None
     if "sensors" in facts:
         out["sensors"] = checked_sensors(facts.get("sensors"))
@@ -103,9 +110,9 @@ def checked_smoke(value: Any) -> dict[str, Any]:
     value = value if isinstance(value, dict) else {}
     outputs = value.get("outputs")
     out: dict[str, Any] = {"ok": value.get("ok") is True, "load_only": value.get("load_only")
-                           is True, "reason": _text(value.get("reason")),
-                           "error": _text(value.get("error")),
-                           "onnxruntime": _text(value.get("onnxruntime")),
+                           is True, "reason": text(value.get("reason")),
+                           "error": text(value.get("error")),
+                           "onnxruntime": text(value.get("onnxruntime")),
                            "outputs": [flat(o) for o in outputs[:64] if isinstance(o, dict)]
                            if isinstance(outputs, list) else []}
     out.update({key: finite(value.get(key)) for key in SMOKE_NUMBERS})

@@ -19,7 +19,7 @@ from orchestrator.core.errors import AgentError
 from orchestrator.core.models import Device
 from orchestrator.core.numbers import count
 from orchestrator.fleet.agentclient import call_agent
-from orchestrator.fleet.answers import checked_smoke
+from orchestrator.fleet.answers import checked_smoke, texts
 from orchestrator.fleet.fanout import Outcome, fan_out
 from orchestrator.fleet.leases import leased
 from orchestrator.inventory.devices import history_ref, record_device_report, to_target
@@ -28,11 +28,6 @@ from orchestrator.transport import Target, connect
 # What one verify outcome keeps of a device's lists: enough to say what is off and where.
 MOST_PROBLEMS = 20
 MOST_FILES = 100
-
-
-def _texts(value: Any, most: int) -> list[str]:
-    return [v[:500] for v in value[:most] if isinstance(v, str)] if isinstance(value, list) \
-        else []
 
 
 def verify_outcome(device: str, result: dict[str, Any]) -> Outcome:
@@ -44,7 +39,7 @@ def verify_outcome(device: str, result: dict[str, Any]) -> Outcome:
     files = result.get("files") if isinstance(result.get("files"), dict) else {}
     raw_smoke = result.get("smoke")
     smoke = checked_smoke(raw_smoke) if isinstance(raw_smoke, dict) else None
-    problems = _texts(result.get("problems"), MOST_PROBLEMS)
+    problems = texts(result.get("problems"), MOST_PROBLEMS)
     by_file = files.get("problems")
     if isinstance(by_file, dict):
         problems += [f"{str(path)[:300]}: {str(why)[:300]}"
@@ -56,7 +51,7 @@ def verify_outcome(device: str, result: dict[str, Any]) -> Outcome:
     data = {
         "bundle": ref, "digest": known[1] if known else None,
         "files_checked": count(files.get("checked")) or 0,
-        "failed_files": _texts(files.get("failed"), MOST_FILES),
+        "failed_files": texts(files.get("failed"), MOST_FILES),
         "smoke": None if smoke is None else ("passed" if smoke["ok"] else "failed"),
         "max_abs": smoke["max_abs"] if smoke else None,
         "max_rel": smoke["max_rel"] if smoke else None,

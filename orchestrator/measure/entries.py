@@ -19,10 +19,9 @@ from typing import Any
 
 from agent.sensors import decode_throttled
 from orchestrator.core.numbers import count, finite
-from orchestrator.fleet.answers import flat
+from orchestrator.fleet.answers import flat, text, texts
 
 ERROR_LIMIT = 2000
-TEXT_LIMIT = 500
 # The agent's own bounds (agent.bench.MAX_TIMED_RUNS; 3,600 s sampled at most at 50 Hz).
 MAX_LATENCIES = 1_000_000
 MAX_SAMPLES = 200_000
@@ -33,15 +32,6 @@ NUMBERS = ("load_ms", "first_inference_ms", "peak_rss_mb", "steady_rss_mb", "rss
 COUNTS = ("warmup", "runs")
 TELEMETRY_NUMBERS = ("interval_s", "temp_c_min", "temp_c_max", "freq_mhz_min", "freq_mhz_max")
 STATUSES = ("clean", "throttled", "unknown")
-
-
-def text(value: Any, limit: int = TEXT_LIMIT) -> str | None:
-    return value[:limit] if isinstance(value, str) else None
-
-
-def texts(value: Any, most: int = 32) -> list[str]:
-    return [t for t in (text(v) for v in value[:most]) if t is not None] \
-        if isinstance(value, list) else []
 
 
 def stats(value: Any) -> dict[str, Any] | None:
