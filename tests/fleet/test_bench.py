@@ -194,11 +194,12 @@ def test_compare_and_gate(cli: Cli, sshd_factory, tmp_path: Path) -> None:
     # The same bundle against itself, interleaved ABBA on the device: the gate passes and the
     # two arms agree within the noise. (Not "no significant change" at any price: a rank test
     # at a fixed alpha calls an A/A run different by design now and then, and this shared
-    # 2-core machine drifts by several percent; CI once saw 0.90-0.99 here, "faster".)
+    # 2-core machine drifts by several percent; CI once saw 0.90-0.99 here, "faster", and once
+    # "slower" beyond 5%, failing a 5% gate. So the A/A gate's bound is above this machine's
+    # noise: what is checked is that the same model passes a bound the 16x model is far past.)
     same = cli("bench", "big", "pis", "--threads", "1", "--warmup", "3", "--runs", "60",
-               "--rounds", "6", "--baseline", "big", "--json").json
+               "--rounds", "6", "--baseline", "big", "--max-regression", "25%", "--json").json
     (aa,) = same["comparison"]
-    assert aa["verdict"] != "slower" or aa["ratio"] < 1.05, aa
     assert 0.8 < aa["ratio"] < 1.25 and aa["ci_low"] < 1.1 and aa["ci_high"] > 0.9, aa
     assert not same["gate"]["failed"]
     a, b = (run["id"] for run in same["runs"])
