@@ -56,16 +56,42 @@ def resume_offset(local: Path, size: int, offer: object) -> int:
 
 
 def plan_uploads(plan: Mapping[str, Any], files: Mapping[str, Mapping[str, Any]],
-                 local: Callable[[str], Path]) -> list[BlobUpload]:
-    """The blobs an agent's plan (``plan``/``dataset_plan``) says are missing, each from the
-    prefix the device kept of it when that prefix checks out (``resume_offset``)."""
-    resume = plan.get("resume") or {}
+                 local: Callable[[str], Path], name: str) -> list[BlobUpload]:
+    """The blobs an agent's plan (``plan``/``dataset_plan``) says are missing, each once and
+    from the prefix the device kept of it when that prefix checks out (``resume_offset``).
+
+    The plan is the device's answer, so untrusted: a ``missing`` that is not a list of this
+    manifest's blobs is refused naming the device (before, a sha the bundle lacks ended as
+    "failed unexpectedly (KeyError ...)"), and nothing is sent."""
+    missing = plan.get("missing") or []
+    if not isinstance(missing, list):
+        raise TransportError(f"{name}: the agent's plan lists its missing blobs as "
+                             f"{type(missing).__name__}, not a list; reinstall it: "
+                             f"`edgefleet agent install {name}`")
+    unknown = [sha for sha in missing if not isinstance(sha, str) or sha not in files]
+    if unknown:
+        shown = ", ".join(repr(sha)[:70] for sha in unknown[:3])
+        raise TransportError(f"{name}: the agent asked for {len(unknown)} blob"
+                             f"{'s' if len(unknown) != 1 else ''} this manifest does not have "
+                             f"({shown}); nothing was sent. Reinstall the agent: "
+                             f"`edgefleet agent install {name}`")
+    resume = plan.get("resume")
+    resume = resume if isinstance(resume, Mapping) else {}
     uploads = []
-    for sha in plan.get("missing") or []:
+    for sha in dict.fromkeys(missing):
         size, path = files[sha]["size"], local(sha)
         uploads.append(BlobUpload(sha, size, files[sha]["path"], path,
                                   resume_offset(path, size, resume.get(sha))))
     return uploads
+
+
+def disk_free(plan: Mapping[str, Any]) -> int | None:
+    """The free bytes a plan reports, or None when it reports no usable number (a device's
+    answer: a string or a float here must not fail the comparison with what is to send)."""
+    free = plan.get("disk_free_bytes")
+    if isinstance(free, bool) or not isinstance(free, int):
+        return None
+    return free
 
 
 def _install_hint(exit_code: int, stderr: str, name: str) -> str:

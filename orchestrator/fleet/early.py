@@ -44,7 +44,7 @@ from orchestrator.artifacts.blobstore import BlobStore
 from orchestrator.artifacts.onnxinfo import version_tuple
 from orchestrator.core import listings
 from orchestrator.core.errors import EdgeFleetError
-from orchestrator.fleet.agentclient import AgentSession, BlobUpload, plan_uploads
+from orchestrator.fleet.agentclient import AgentSession, BlobUpload, disk_free, plan_uploads
 from orchestrator.transport import Connection, Target, connect
 
 if TYPE_CHECKING:
@@ -107,8 +107,8 @@ def plan_push(session: AgentSession, target: Target, manifest: Mapping[str, Any]
     if plan.get("already_active"):
         return Planned(plan)
     files = {f["sha256"]: f for f in manifest["files"]}
-    planned = Planned(plan, plan_uploads(plan, files, blobs.path))
-    free = plan.get("disk_free_bytes")
+    planned = Planned(plan, plan_uploads(plan, files, blobs.path, target.name))
+    free = disk_free(plan)
     if free is not None and planned.total > free:
         raise EdgeFleetError(
             f"{target.name}: not enough disk space: {planned.total / 1e6:.1f} MB to send, "

@@ -41,7 +41,7 @@ from orchestrator.core.db import session_scope
 from orchestrator.core.errors import AgentError, EdgeFleetError
 from orchestrator.core.models import Bundle, Dataset, Device, Result, Run
 from orchestrator.core.numbers import finite
-from orchestrator.fleet.agentclient import AgentSession, plan_uploads
+from orchestrator.fleet.agentclient import AgentSession, disk_free, plan_uploads
 from orchestrator.fleet.fanout import Outcome, fan_out
 from orchestrator.fleet.leases import leased
 from orchestrator.inventory.devices import DeviceReport, record_device_report, to_target
@@ -113,9 +113,10 @@ def push_dataset(agent: AgentSession, dataset: Dataset, store: BlobStore,
     if plan.get("already_staged"):
         return 0
     files = {f["sha256"]: f for f in manifest["files"]}
-    uploads = plan_uploads(plan, files, store.path)  # a dropped transfer's prefix is kept
+    # a dropped transfer's prefix is kept (plan_uploads)
+    uploads = plan_uploads(plan, files, store.path, agent.name)
     total = sum(u.to_send for u in uploads)
-    free = plan.get("disk_free_bytes")
+    free = disk_free(plan)
     if free is not None and total > free:
         raise EdgeFleetError(f"{agent.name}: not enough disk space for dataset {dataset.name}@"
                              f"{dataset.version}: {total / 1e6:.1f} MB to send, "

@@ -81,6 +81,8 @@ for raw in proc.stdout:
         line["data"].update(patch.get("common", {}))
     elif line.get("type") == "result" and command in patch.get("answer", {}):
         line = patch["answer"][command]
+    elif line.get("type") == "result" and line.get("ok") and command in patch.get("data", {}):
+        line["data"].update(patch["data"][command])
     sys.stdout.write(json.dumps(line) + "\\n")
     sys.stdout.flush()
 sys.exit(proc.wait())
@@ -276,3 +278,20 @@ def test_a_verify_answer_is_clipped(lab: Lab) -> None:
     assert len(outcome.data["failed_files"]) == 100
     assert all(len(f) == 500 for f in outcome.data["failed_files"])
     assert len(outcome.error or "") < 20_000
+
+
+def test_a_plan_asking_for_blobs_the_bundle_lacks_is_refused_naming_the_device(
+        lab: Lab) -> None:
+    """Before: a sha the manifest lacks was a KeyError ("failed unexpectedly"), a string for
+    ``missing`` was read letter by letter, ``disk_free_bytes: "x"`` a TypeError."""
+    for missing in (["ab" * 32], "abc", [["x"]]):
+        (outcome,) = deploy.push(lab.settings, lab.bundle,
+                                 lab.hostile({"data": {"plan": {
+                                     "missing": missing, "already_active": False}}}))
+        assert not outcome.ok and (outcome.error or "").startswith("pi-evil: the agent"), outcome
+        assert "unexpectedly" not in outcome.error and "reinstall" in outcome.error.lower()
+        row = deployments(lab)[-1]
+        assert (row.operation, row.state) == ("push", "failed") and row.finished_at is not None
+    (outcome,) = deploy.push(lab.settings, lab.bundle, lab.hostile({"data": {"plan": {
+        "disk_free_bytes": "x", "already_active": False}}}))
+    assert outcome.ok, outcome.error
