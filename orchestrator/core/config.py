@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     # (orchestrator.inventory.sync.readable_path); default: ``home``.
     inventory_dir: Path | None = None
     timeout_s: float = 30.0
+    # How long an SSH login may take (TCP, key exchange, authentication), and how much longer
+    # than timeout_s a command may stay silent before its first output (the login, the
+    # device's shell start, the agent's imports: transport.base.Channel.start_s). None: as
+    # timeout_s. Raise it where the controller's CPU is the bottleneck (many forks at once).
+    ssh_login_timeout_s: float | None = Field(default=None, gt=0)
     # Which SSH client reaches an ``ansible_connection: ssh`` device (orchestrator.transport.
     # factory.ssh_connector): the system ``ssh`` ("openssh"), paramiko, or "auto" (OpenSSH where
     # ``ssh`` is on PATH). A device's ``ansible_connection: openssh|paramiko`` wins.

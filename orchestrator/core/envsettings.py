@@ -31,6 +31,7 @@ class EnvSettings:
     ssh_connector: str = "auto"
     ssh_key_file: Path | None = None  # this worker's own SSH key (transport.factory.worker_key)
     ssh_persist_s: int = 90  # ControlPersist (config.Settings.ssh_persist_s)
+    ssh_login_timeout_s: float | None = None  # config.Settings.ssh_login_timeout_s
 
     @property
     def blob_dir(self) -> Path:
@@ -67,7 +68,12 @@ def from_env() -> EnvSettings | None:
     persist = _seconds(env["edgefleet_ssh_persist_s"]) if "edgefleet_ssh_persist_s" in env else 90
     if persist is None:
         return None
-    return EnvSettings(home, timeout, limits[0], limits[1], connector, key_file, persist)
+    login = None
+    if "edgefleet_ssh_login_timeout_s" in env:
+        login = _float(env["edgefleet_ssh_login_timeout_s"])
+        if login is None or login <= 0:
+            return None
+    return EnvSettings(home, timeout, limits[0], limits[1], connector, key_file, persist, login)
 
 
 def _seconds(text: str) -> int | None:

@@ -238,7 +238,29 @@ def sftp_path(path: str) -> str:
 
 
 class Channel(ABC):
-    """A running remote command we talk to: bytes in on stdin, lines out of stdout."""
+    """A running remote command we talk to: bytes in on stdin, lines out of stdout.
+
+    ``start_s``: how much longer than its silence timeout the command may stay silent before
+    its first stdout byte: an SSH login, the device's shell start (a ``pyenv init`` in its
+    ``.bashrc``) and the agent's imports come before it. 200 logins at once on a 2-core
+    controller took more than the 30 s silence timeout, which then failed devices that were
+    only waiting their turn (README, "1,000 devices"). 0 for local commands."""
+
+    start_s: float = 0.0
+    heard: bool = False  # a stdout byte came: from here on, only the silence timeout counts
+
+    def silence_allowed(self, timeout: float) -> float:
+        """The silence allowed now: ``timeout``, plus ``start_s`` until the first output."""
+        return timeout if self.heard else timeout + self.start_s
+
+    def silence_message(self, timeout: float) -> str:
+        """"no output for 1s" / "no output for 61s (1s + 60s to log in and start)"."""
+        allowed = self.silence_allowed(timeout)
+        if self.heard or not self.start_s:
+            return f"no output for {allowed:g}s"
+        return (f"no output for {allowed:g}s ({timeout:g}s + {self.start_s:g}s to log in and "
+                "start; raise EDGEFLEET_TIMEOUT_S or EDGEFLEET_SSH_LOGIN_TIMEOUT_S for a "
+                "device that is only slow)")
 
     @abstractmethod
     def write(self, data: bytes) -> None:

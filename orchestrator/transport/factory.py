@@ -73,12 +73,14 @@ def connect(target: Target, settings: Settings | EnvSettings,
             from orchestrator.transport.openssh import OpenSshConnection
 
             conn = OpenSshConnection(target, trusted_keys(settings, entry), timeout, limits,
-                                     poll=poll, persist_s=settings.ssh_persist_s)
+                                     poll=poll, persist_s=settings.ssh_persist_s,
+                                     login_s=settings.ssh_login_timeout_s)
         else:
             from orchestrator.transport.hostkeys import load_known
             from orchestrator.transport.ssh import SshConnection
 
-            conn = SshConnection(target, load_known(settings, entry), timeout, limits)
+            conn = SshConnection(target, load_known(settings, entry), timeout, limits,
+                                 login_s=settings.ssh_login_timeout_s)
     conn.lease_holder = _lease_holder.get()
     _open.add(conn)
     if _aborted.is_set():  # opened while abort_all ran

@@ -132,6 +132,7 @@ class LocalChannel(Channel):
                     return None
                 data = os.read(fd, _READ_CHUNK)
                 if data:
+                    self.heard = True
                     self._lines.feed(data)
                 else:
                     self._eof = True
@@ -160,16 +161,16 @@ class LocalChannel(Channel):
         view = memoryview(data)
         poller = select.poll()
         poller.register(self._stdin, select.POLLOUT)
-        wait_ms = write_wait_ms(self.timeout)
         try:
             while view:
                 try:
                     written = os.write(self._stdin, view)
                 except BlockingIOError:
-                    if not poller.poll(wait_ms):
+                    if not poller.poll(self.write_wait_ms()):
                         self._kill()
                         raise TransportError(f"{self.name}: the command read none of its input "
-                                             f"for {self.timeout:g}s; command killed") from None
+                                             f"for {self._allowed():g}s; command killed"
+                                             ) from None
                     continue
                 view = view[written:]
         except (BrokenPipeError, ValueError, OSError) as exc:
@@ -177,17 +178,28 @@ class LocalChannel(Channel):
             raise TransportError(f"{self.name}: the command stopped reading its input "
                                  f"({exc})") from None
 
+    def _allowed(self) -> float:
+        return self.silence_allowed(self.timeout) if self.timeout else 0.0
+
+    def write_wait_ms(self) -> int | None:
+        """How long a write may wait now (the login's allowance until the first output: ssh
+        takes none of its stdin before the session is open)."""
+        return write_wait_ms(self._allowed())
+
     def _input_refused(self) -> None:
         """The command's stdin is closed: a transport with its own failures to tell (ssh's)
         raises them here."""
 
     def readline(self) -> str:
         bounded = self.timeout and math.isfinite(self.timeout)  # inf: no silence timeout
-        line = self._next_line(time.monotonic() + self.timeout if bounded else None)
+        allowed = self._allowed()
+        line = self._next_line(time.monotonic() + allowed if bounded else None)
         if line is None:
             self._kill()
         if self.timed_out:
-            raise TransportError(f"{self.name}: no output for {self.timeout:g}s; command killed")
+            assert self.timeout is not None
+            raise TransportError(f"{self.name}: {self.silence_message(self.timeout)}; "
+                                 "command killed")
         assert line is not None
         return line
 

@@ -24,6 +24,7 @@ is the Connection's own and nothing outlives the operation.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import select
@@ -45,7 +46,7 @@ from orchestrator.transport.base import (
     render_command,
 )
 from orchestrator.transport.hostkeys import known_hosts_entry
-from orchestrator.transport.local import LocalChannel, write_wait_ms
+from orchestrator.transport.local import LocalChannel
 from orchestrator.transport.sshclient import (
     HOST_KEY_ALIAS,
     knows_known_hosts_command,
@@ -90,6 +91,7 @@ class OpenSshChannel(LocalChannel):
                  limits: OutputLimits) -> None:
         self.conn = conn
         super().__init__(conn.target.name, "", timeout, limits, argv=argv)
+        self.start_s = conn.login_s
         with contextlib.suppress(OSError, ValueError, AttributeError):
             import fcntl
 
@@ -105,18 +107,17 @@ class OpenSshChannel(LocalChannel):
         process still imports (``fleet.early``) is not slowed to the import's pace."""
         poller = select.poll()
         poller.register(self._stdin, select.POLLOUT)
-        wait_ms = write_wait_ms(self.timeout)
         with open(path, "rb") as src:
             size = os.fstat(src.fileno()).st_size
             while offset < size:
                 try:
                     sent = os.sendfile(self._stdin, src.fileno(), offset, size - offset)
                 except BlockingIOError:
-                    if not poller.poll(wait_ms):
+                    if not poller.poll(self.write_wait_ms()):
                         self._kill()
                         raise TransportError(f"{self.name}: the remote command read none of its "
-                                             f"input for {self.timeout:g}s; command abandoned"
-                                             ) from None
+                                             f"input for {self._allowed():g}s; command "
+                                             "abandoned") from None
                     continue
                 except OSError as exc:
                     self._raise_ssh_failure()
@@ -172,15 +173,18 @@ class OpenSshConnection(Connection):
 
     def __init__(self, target: Target, trusted: Mapping[str, str], timeout: float,
                  limits: OutputLimits | None = None, ssh: str = "ssh",
-                 poll: bool = False, persist_s: int = 0) -> None:
+                 poll: bool = False, persist_s: int = 0, login_s: float | None = None) -> None:
         """``trusted``: {key type: base64}, every key the host may present
         (``hostkeys.trusted_keys``); none: any key is refused as unknown. ``poll``: a
         telemetry poll (``poll_kex``). ``persist_s``: how long the SSH connection stays
-        open after this one's last command (``sshpersist``); 0: it closes with it."""
+        open after this one's last command (``sshpersist``); 0: it closes with it.
+        ``login_s``: how long a login may take (ssh's ConnectTimeout, and each command's
+        allowance before its first output, ``Channel.start_s``); default ``timeout``."""
         super().__init__(target, limits)
         self.kex = poll_kex(ssh, target.address) if poll else None
         self.trusted = dict(trusted)
         self.timeout = timeout
+        self.login_s = timeout if login_s is None else login_s
         self.ssh = ssh
         self.persist_s = persist_s
         self.shared_path = shared_control_path(
@@ -216,7 +220,7 @@ class OpenSshConnection(Connection):
                 "-o", "CheckHostIP=no", "-o", "VerifyHostKeyDNS=no", "-o", "UpdateHostKeys=no",
                 "-o", "ForwardAgent=no", "-o", "ForwardX11=no", "-o", "ClearAllForwardings=yes",
                 "-o", "PermitLocalCommand=no", "-o", "LogLevel=ERROR",
-                "-o", f"ConnectTimeout={max(1, int(self.timeout))}",
+                "-o", f"ConnectTimeout={max(1, math.ceil(self.login_s))}",
                 "-o", "ControlMaster=auto"]
         if self.shared_path is not None:  # a dead link is noticed within ~30 s, not never
             argv += ["-o", f"ControlPersist={self.persist_s}",

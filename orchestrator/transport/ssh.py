@@ -8,6 +8,7 @@ known_hosts files), so a host key is never accepted silently.
 from __future__ import annotations
 
 import contextlib
+import math
 import select
 import time
 from collections.abc import Mapping, Sequence
@@ -115,8 +116,9 @@ class SshChannel(Channel):
     receive, and paramiko itself buffers at most the channel window (the sender waits)."""
 
     def __init__(self, name: str, channel: paramiko.Channel, timeout: float,
-                 limits: OutputLimits | None = None) -> None:
+                 limits: OutputLimits | None = None, start_s: float = 0.0) -> None:
         self.name = name
+        self.start_s = start_s  # the device's shell start (the login is over: connect's)
         self.channel = channel
         self.timeout = timeout
         self.limits = limits or OutputLimits()
@@ -133,12 +135,13 @@ class SshChannel(Channel):
     def write(self, data: bytes) -> None:
         """Send all of ``data``; waiting more than ``timeout`` seconds for the remote command to
         take any of it (its window stays full) raises instead of blocking us forever."""
-        self.channel.settimeout(self.timeout)  # sendall's wait for window; reads use select
+        allowed = self.silence_allowed(self.timeout)
+        self.channel.settimeout(allowed)  # sendall's wait for window; reads use select
         try:
             self.channel.sendall(data)
         except TimeoutError:
             raise TransportError(f"{self.name}: the remote command read none of its input for "
-                                 f"{self.timeout:g}s; command abandoned") from None
+                                 f"{allowed:g}s; command abandoned") from None
         except (OSError, paramiko.SSHException) as exc:
             raise TransportError(f"{self.name}: the remote command stopped reading its input "
                                  f"({exc or 'channel closed'})") from None
@@ -146,7 +149,7 @@ class SshChannel(Channel):
     def _fill(self) -> None:
         """Wait for more output (stdout or stderr) or EOF, at most ``timeout`` seconds."""
         channel = self.channel
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + self.silence_allowed(self.timeout)
         while True:
             if channel.recv_stderr_ready():
                 self._take_stderr()
@@ -154,6 +157,7 @@ class SshChannel(Channel):
             if channel.recv_ready():
                 data = channel.recv(_RECV)
                 if data:
+                    self.heard = True
                     self._lines.feed(data)
                 else:
                     self._eof = True
@@ -164,7 +168,7 @@ class SshChannel(Channel):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TransportError(
-                    f"{self.name}: no output for {self.timeout:g}s; command abandoned")
+                    f"{self.name}: {self.silence_message(self.timeout)}; command abandoned")
             _wait_readable(channel, remaining)
 
     def readline(self) -> str:
@@ -225,12 +229,16 @@ def ssh_destination(address: str, port: int) -> tuple[str, int]:
 
 class SshConnection(Connection):
     def __init__(self, target: Target, known: paramiko.HostKeys, timeout: float,
-                 limits: OutputLimits | None = None) -> None:
+                 limits: OutputLimits | None = None, login_s: float | None = None) -> None:
+        """``login_s``: how long the login may take (connect, banner, authentication: each),
+        and each command's allowance before its first output (``Channel.start_s``); default
+        ``timeout``."""
         super().__init__(target, limits)
         self.timeout = timeout
+        self.login_s = login_s = timeout if login_s is None else login_s
         connect_kwargs: dict[str, object] = {
-            "banner_timeout": timeout,
-            "auth_timeout": timeout,
+            "banner_timeout": login_s,
+            "auth_timeout": login_s,
             "transport_factory": gcm_first_transport,
         }
         if target.key_file:
@@ -243,7 +251,7 @@ class SshConnection(Connection):
             host=target.address,
             port=None if target.port == DEFAULT_SSH_PORT else target.port,
             user=target.user,
-            connect_timeout=max(1, int(timeout)),
+            connect_timeout=max(1, math.ceil(login_s)),
             connect_kwargs=connect_kwargs,
         )
         client = self._fabric.client
@@ -298,7 +306,7 @@ class SshConnection(Connection):
             channel.exec_command(render_command(argv, env))
         except (OSError, paramiko.SSHException) as exc:
             raise TransportError(f"{self.target.name}: command failed to start: {exc}") from None
-        return SshChannel(self.target.name, channel, timeout, self.limits)
+        return SshChannel(self.target.name, channel, timeout, self.limits, self.login_s)
 
     def sftp(self) -> paramiko.SFTPClient:
         if self._sftp is None:

@@ -144,13 +144,16 @@ class SshdHost:
         sftp_server: str = "internal-sftp",
         log_level: str = "INFO",
         kex: str | None = None,
+        shell_start: Path | None = None,
     ) -> None:
         """``odd_root`` / ``odd_sim_dir`` put spaces, quotes and a ``$`` in those paths;
         ``sim_options`` go to :func:`create_simulated_device`; ``port`` is tried first.
         ``netns``/``address``: run sshd inside that network namespace, listening on ``address``
         (bench/push.py uses this for a LAN-shaped link). ``sftp_server``: the sftp subsystem;
         stock Debian and Raspberry Pi OS run ``/usr/lib/openssh/sftp-server`` through the
-        user's shell (as every exec is), the default ``internal-sftp`` skips the shell."""
+        user's shell (as every exec is), the default ``internal-sftp`` skips the shell.
+        ``shell_start``: a script each command's login shell (bash) sources first, as a
+        ``pyenv init`` in a Pi's ``.bashrc`` runs (sshd's ``SetEnv BASH_ENV``)."""
         self.name = name
         self.address = address
         self.netns = netns
@@ -163,6 +166,9 @@ class SshdHost:
         self.log_level = log_level  # DEBUG1 logs each connection's key exchange
         self.kex = kex  # the KexAlgorithms this sshd offers (None: OpenSSH's default)
         self.cpus = cpus  # e.g. "1": pin the "device" to CPUs of its own (bench/push.py --pin)
+        if shell_start is not None and not re.fullmatch(r"/[\w./-]+", str(shell_start)):
+            raise ValueError(f"shell_start must be a plain absolute path: {shell_start}")
+        self.shell_start = shell_start
         self.user = current_user()
         self.key_file = user_key.private_key
         self.user_key = user_key
@@ -272,6 +278,7 @@ class SshdHost:
             "PrintLastLog no\n"
             f"LogLevel {self.log_level}\n"
             + (f"KexAlgorithms {self.kex}\n" if self.kex else "")
+            + (f"SetEnv BASH_ENV={self.shell_start}\n" if self.shell_start else "")
         )
 
     process_class: type[SshdProcess] = SshdProcess

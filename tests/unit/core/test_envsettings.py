@@ -12,10 +12,10 @@ from orchestrator.core.config import Settings
 from orchestrator.core.envsettings import from_env
 
 FIELDS = ("home", "timeout_s", "max_line_mb", "max_output_mb", "ssh_connector", "blob_dir",
-          "known_hosts", "ssh_key_file", "ssh_persist_s")
+          "known_hosts", "ssh_key_file", "ssh_persist_s", "ssh_login_timeout_s")
 NAMES = ("EDGEFLEET_HOME", "EDGEFLEET_TIMEOUT_S", "EDGEFLEET_MAX_LINE_MB",
          "EDGEFLEET_MAX_OUTPUT_MB", "EDGEFLEET_SSH_CONNECTOR", "EDGEFLEET_SSH_KEY_FILE",
-         "EDGEFLEET_SSH_PERSIST_S")
+         "EDGEFLEET_SSH_PERSIST_S", "EDGEFLEET_SSH_LOGIN_TIMEOUT_S")
 
 
 @pytest.fixture(autouse=True)
@@ -37,6 +37,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     {"EDGEFLEET_SSH_PERSIST_S": "0"},
     {"edgefleet_ssh_persist_s": " 300 "},
     {"EDGEFLEET_SSH_PERSIST_S": "60.0"},
+    {"EDGEFLEET_SSH_LOGIN_TIMEOUT_S": "120"},
+    {"edgefleet_ssh_login_timeout_s": " 2.5 "},
 ])
 def test_reads_what_settings_reads(env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
                                    tmp_path: Path) -> None:
@@ -61,6 +63,9 @@ def test_reads_what_settings_reads(env: dict[str, str], monkeypatch: pytest.Monk
     {"EDGEFLEET_SSH_PERSIST_S": ""},
     {"EDGEFLEET_SSH_PERSIST_S": "1e2"},
     {"EDGEFLEET_SSH_PERSIST_S": "86401"},
+    {"EDGEFLEET_SSH_LOGIN_TIMEOUT_S": "0"},
+    {"EDGEFLEET_SSH_LOGIN_TIMEOUT_S": "-5"},
+    {"EDGEFLEET_SSH_LOGIN_TIMEOUT_S": "soon"},
 ])
 def test_gives_up_where_settings_refuses(env: dict[str, str],
                                          monkeypatch: pytest.MonkeyPatch) -> None:
