@@ -35,6 +35,13 @@ GLOB_CHARS = frozenset("*?[")
 # Ansible reads a trailing [N], [N:M] or [N-M] as a subscript into a group's host list.
 _SUBSCRIPT_RE = re.compile(r"(.+)\[(?:-?[0-9]+|[0-9]*\s*[-:]\s*[0-9]*)\]")
 _MAX_LISTED = 20
+# Bounds on what a pattern may ask for (an API caller's, a page's, a device list): fnmatch's
+# translation is quadratic in a term's unclosed "[" (16 KB of "a[1[1..." cost 6.9 s of CPU per
+# request, holding the GIL of the server and its job threads), and each glob term is matched
+# against every host and group name. A host name is at most 253 characters (DNS).
+MAX_PATTERN_CHARS = 65_536
+MAX_TERM_CHARS = 255
+MAX_GLOB_TERMS = 64
 
 
 class PatternError(EdgeFleetError, ValueError):
@@ -58,9 +65,13 @@ def match(
     lists groups that may have no hosts, so naming one gives "matched no devices" rather than
     "unknown group".
     """
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise PatternError(f"target pattern of {len(pattern)} characters; at most "
+                           f"{MAX_PATTERN_CHARS} (name a group instead of listing its hosts)")
     terms = split_pattern(pattern)
     if not terms:
         raise PatternError("empty target pattern; give a host, a group or 'all'")
+    _check_terms(terms)
     order: list[str] = []
     members: dict[str, set[str]] = {}
     for name, groups in hosts:
@@ -108,6 +119,39 @@ def split_pattern(pattern: str) -> list[str]:
             current.append(char)
     terms.append("".join(current))
     return [t.strip() for t in terms if t.strip()]
+
+
+def _check_terms(terms: Sequence[str]) -> None:
+    """Refuse, before any matching, terms no host could need (``MAX_*``): what a term costs
+    is then bounded whoever sent it."""
+    globs = 0
+    for term in terms:
+        bare = term.lstrip("!&").strip()
+        shown = bare[:40] + ("..." if len(bare) > 40 else "")
+        if len(bare) > MAX_TERM_CHARS:
+            raise PatternError(f"target pattern term {shown!r} has {len(bare)} characters; a "
+                               f"host, group or glob has at most {MAX_TERM_CHARS}", shown)
+        if GLOB_CHARS & set(bare):
+            globs += 1
+            if _unclosed_class(bare):
+                raise PatternError(f"target pattern term {shown!r} has an unclosed '[' (a "
+                                   "letter class is written [ab])", shown)
+    if globs > MAX_GLOB_TERMS:
+        raise PatternError(f"target pattern has {globs} glob terms; at most {MAX_GLOB_TERMS}")
+
+
+def _unclosed_class(glob: str) -> bool:
+    """Whether a ``[`` of ``glob`` has no ``]`` closing it, as fnmatch reads classes (a ``]``
+    right after ``[`` or ``[!`` is a member). Linear, unlike fnmatch's own scan."""
+    i = 0
+    while (i := glob.find("[", i)) >= 0:
+        j = i + 1
+        j += glob.startswith("!", j)
+        j += glob.startswith("]", j)
+        if (close := glob.find("]", j)) < 0:
+            return True
+        i = close + 1
+    return False
 
 
 def _resolve(term: str, host_names: set[str], members: dict[str, set[str]]) -> set[str]:
