@@ -43,7 +43,11 @@ def _fields(host: InventoryHost) -> dict[str, Any]:
 
 
 def _redacted(key: str, old_new: list[Any]) -> list[Any]:
-    """``edgefleet_env`` may carry tokens: a diff names the variables, never their values."""
+    """``edgefleet_env`` may carry tokens: a diff names the variables, never their values; a
+    key file's path is not shown either (README: key paths are not printed), only whether
+    there is one."""
+    if key == "key_file":
+        return ["<a key file>" if side else None for side in old_new]
     if key != "env":
         return old_new
     return [{name: "<redacted>" for name in side} for side in old_new]

@@ -96,7 +96,7 @@ def parse_var(name: str, node: Node, base_dir: Path) -> Any:
     """The typed value of one variable definition (SECRET for values never to be shown)."""
     target = FIELD_VARS.get(name)
     if target is None:
-        return SECRET if is_secret_var(name) else to_python(node)
+        return SECRET if is_secret_var(name) else to_python(node, is_secret_var)
     if target == "env":
         return _env(node)
     if target == "port":

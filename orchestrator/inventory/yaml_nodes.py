@@ -13,6 +13,7 @@ The inventory is read from YAML *nodes* (``yaml.compose``), not from the plain P
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -178,11 +179,12 @@ def scalar(node: ScalarNode) -> Any:
     raise NodeError(line_of(node), f"unsupported YAML tag {tag!r}; write a plain value")
 
 
-def to_python(node: Node) -> Any:
+def to_python(node: Node, secret_key: Callable[[str], bool] | None = None) -> Any:
     """A label value as plain JSON-serialisable data (dict keys are the key text as written).
 
-    Returns SECRET if any part of the value is vault-encrypted: the whole label is then withheld
-    rather than shown with holes in it.
+    Returns SECRET if any part of the value is vault-encrypted, or sits under a key that
+    ``secret_key`` says names a secret (``mqtt: {password: ...}``, as a top-level
+    ``mqtt_password`` is): the whole label is then withheld rather than shown with holes in it.
     """
     budget = [_MAX_VALUE_ITEMS]
     secret = [False]
@@ -202,7 +204,10 @@ def to_python(node: Node) -> Any:
         if isinstance(current, SequenceNode) and current.tag in _SEQ_TAGS:
             return [convert(item, inner) for item in current.value]
         if isinstance(current, MappingNode) and current.tag in _MAP_TAGS:
-            return {str(k.value): convert(v, inner) for k, v in pairs(current)}
+            converted = {str(k.value): convert(v, inner) for k, v in pairs(current)}
+            if secret_key is not None and any(secret_key(k) for k in converted):
+                secret[0] = True
+            return converted
         raise NodeError(line_of(current), f"unsupported YAML tag {current.tag!r}")
 
     result = convert(node, frozenset())

@@ -344,6 +344,21 @@ def test_sync_diff_never_prints_env_values(cli, tmp_path) -> None:
     assert as_json.json["changed"]["pi"]["env"] == [{"TOKEN": "<redacted>"}] * 2
 
 
+def test_sync_diff_never_prints_key_paths(cli, tmp_path) -> None:
+    """The README promises key paths are not printed: a changed key file shows that there is
+    one, not where (before, both paths were in the diff, the API's answer and the audit)."""
+    inventory = tmp_path / "inv.yml"
+    inventory.write_text("all:\n  hosts:\n    pi: {}\n")
+    cli("inventory", "sync", inventory)
+    inventory.write_text("all:\n  hosts:\n    pi:\n"
+                         "      ansible_ssh_private_key_file: keys/lab-secret-key\n")
+    human = cli("inventory", "sync", inventory, "--dry-run")
+    as_json = cli("inventory", "sync", inventory, "--json")
+    for out in (human.stdout, as_json.stdout):
+        assert "key_file" in out and "lab-secret-key" not in out
+    assert as_json.json["changed"]["pi"]["key_file"] == [None, "<a key file>"]
+
+
 def test_every_command_has_working_help(cli: Cli) -> None:
     """Help text is rendered with rich markup: a stray ``[...]`` in a help string crashes
     ``--help`` of that command only, so walk every command and group."""

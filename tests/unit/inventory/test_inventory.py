@@ -399,8 +399,13 @@ def test_secrets_never_become_labels() -> None:
               db_passwd: hunter2
               webhook_secret: hunter2
               bypass_cache: yes
+              mqtt: {host: broker, password: hunter2}
+              cameras: [{name: door, api_key: hunter2}]
+              power: {passes: 3}
         """, "pi")
-    assert pi.labels == {"room": "lab", "bypass_cache": True}
+    # A secret's name nested in a label withholds the whole label, as a top-level one does
+    # (before, mqtt.password was stored and shown to viewers on the device page and API).
+    assert pi.labels == {"room": "lab", "bypass_cache": True, "power": {"passes": 3}}
 
 
 def test_unsafe_tag_is_plain_text() -> None:
