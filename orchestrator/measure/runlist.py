@@ -77,7 +77,7 @@ def _conditions(f: RunFilter) -> list[Any]:
         raise EdgeFleetError(f"the date range ends ({until}) before it starts ({since})")
     if since:
         where.append(col(Run.created_at) >= datetime.combine(since, time(), UTC))
-    if until:
+    if until and until < date.max:  # the last day there is: no upper bound (no day after)
         where.append(col(Run.created_at) < datetime.combine(until + timedelta(days=1), time(),
                                                               UTC))
     return where
