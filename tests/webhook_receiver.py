@@ -35,6 +35,7 @@ class Receiver:
         self.requests: list[Received] = []
         self.statuses: list[int] = []
         self.hang = False
+        self.retry_after: str | None = None  # a Retry-After header on answers not 2xx
         self._released = threading.Event()
         self._cond = threading.Condition()
         receiver = self
@@ -52,6 +53,8 @@ class Receiver:
                     receiver._released.wait(60)
                     return  # the client gave up long ago; say nothing
                 self.send_response(status)
+                if receiver.retry_after is not None and status >= 300:
+                    self.send_header("Retry-After", receiver.retry_after)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
                 self.wfile.write(b"ok")

@@ -48,7 +48,7 @@ from orchestrator.core.dbclock import db_now
 from orchestrator.core.hostid import this_host
 from orchestrator.core.models import Alert
 from orchestrator.core.utc import utcnow
-from orchestrator.notify.wire import body_of, headers_for, post, where
+from orchestrator.notify.wire import AttemptResult, body_of, headers_for, post, where
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,8 @@ def claim_hold(settings: Settings) -> timedelta:
 
 
 def backoff_s(settings: Settings, attempt: int, retry_after_s: float | None = None) -> float:
-    delay = min(settings.webhook_backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S)
+    # The exponent is capped: 2.0 ** 1025 overflows (webhook_attempts has no upper bound).
+    delay = min(settings.webhook_backoff_s * 2.0 ** min(attempt - 1, 64), MAX_BACKOFF_S)
     if retry_after_s is not None:
         delay = max(delay, min(retry_after_s, MAX_BACKOFF_S))
     return delay
@@ -113,13 +114,23 @@ def deliver_once(settings: Settings, alert_id: int) -> float | None:
             alert.state, alert.claimed_by, alert.claimed_until = "off", None, None
             alert.next_attempt_at = None
             return None
+        if alert.attempts >= settings.webhook_attempts:  # attempts that never finished
+            alert.state, alert.claimed_by, alert.claimed_until = "failed", None, None
+            alert.next_attempt_at = None
+            alert.last_error = (f"gave up after {alert.attempts} attempts, the last not "
+                                f"finished ({alert.last_error or 'no error recorded'})")
+            return None
         # Counted before it is made: an attempt its process never finished (killed, or a CLI
         # that exited while its receiver hung) still counts against webhook_attempts.
         alert.attempts = attempt
     secret = secret_of(settings)
     body = body_of(payload)
-    result = post(url, body, headers_for(kind, alert_id, attempt, body, secret),
-                  settings.webhook_timeout_s, secret)
+    try:
+        result = post(url, body, headers_for(kind, alert_id, attempt, body, secret),
+                      settings.webhook_timeout_s, secret)
+    except Exception as exc:  # a failure of ours, not a reason to retry unrecorded for ever
+        log.exception("alert %s (%s): the attempt failed", alert_id, kind)
+        result = AttemptResult(False, True, f"the attempt failed: {type(exc).__name__}")
     done = _db_now(settings)
     if result.ok:
         _record(settings, alert_id, state="delivered", attempts=attempt, delivered_at=done,

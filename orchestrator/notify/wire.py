@@ -134,10 +134,17 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout_s: float,
     error = f"{host} answered HTTP {status}"
     if 300 <= status < 400:
         error += " (a redirect: webhooks are not redirected; give the final URL)"
-    delay = None
-    if retry_after and retry_after.strip().isdigit():
-        delay = float(retry_after.strip())
-    return AttemptResult(False, retry, error, delay)
+    return AttemptResult(False, retry, error, retry_after_s(retry_after))
+
+
+def retry_after_s(header: str | None) -> float | None:
+    """A Retry-After header's delay in seconds, or None: only ASCII digits count (the
+    receiver's text: "²" passes ``str.isdigit`` and then failed ``float``, outside any
+    handler, and the alert was retried for ever), and at most 9 of them."""
+    text = (header or "").strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 9):
+        return None
+    return float(text)
 
 
 def headers_for(kind: str, alert_id: int, attempt: int, body: bytes,

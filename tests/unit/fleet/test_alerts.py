@@ -150,6 +150,39 @@ def test_gives_up_after_the_attempts_and_at_once_on_a_4xx(tmp_path: Path,
     assert len(receiver.requests) == 4
 
 
+def test_an_odd_retry_after_is_ignored_and_the_attempts_still_end(tmp_path: Path,
+                                                                   receiver: Receiver) -> None:
+    """"²" passes str.isdigit: its float() failed outside any handler, the attempt was never
+    recorded and the alert was retried past webhook_attempts, for ever."""
+    settings = make_settings(tmp_path, receiver.url, webhook_attempts=2)
+    receiver.statuses, receiver.retry_after = [503, 503], "\u00b2"
+    alerts.notify_regression(settings, **REGRESSION)
+    receiver.wait_for(2)
+    settle()
+    (row,) = alert_rows(settings)
+    assert (row.state, row.attempts) == ("failed", 2), row
+    assert row.last_error == f"attempt 2: 127.0.0.1:{receiver.port} answered HTTP 503"
+    assert [wire.retry_after_s(t) for t in ("7", " 12 ", "\u00b2", "1e3", "9" * 10, None)] == [
+        7.0, 12.0, None, None, None, None]
+    assert webhooks.backoff_s(settings, 5000) == webhooks.MAX_BACKOFF_S  # 2 ** 4999: no overflow
+
+
+def test_an_alert_whose_last_attempt_never_finished_fails_instead_of_trying_again(
+        tmp_path: Path, receiver: Receiver) -> None:
+    settings = make_settings(tmp_path, receiver.url, webhook_attempts=2, webhook_url=None)
+    alert_id = alerts.notify_regression(settings, **REGRESSION)  # off: stored, not sent
+    with session_scope(settings) as session:
+        row = session.get(Alert, alert_id)
+        assert row is not None
+        row.state, row.attempts, row.last_error = "pending", 2, None  # killed mid-attempt 2
+        session.add(row)
+    sending = make_settings(tmp_path, receiver.url, webhook_attempts=2)
+    assert webhooks.deliver_once(sending, alert_id) is None
+    (row,) = alert_rows(sending)
+    assert row.state == "failed" and "gave up after 2 attempts" in (row.last_error or "")
+    assert receiver.requests == []
+
+
 def test_a_hanging_receiver_slows_no_operation(tmp_path: Path, receiver: Receiver) -> None:
     """The receiver accepts and never answers. The failed job that raised the alert is
     recorded at once; the delivery times out on its own, in the background, and is retried."""
