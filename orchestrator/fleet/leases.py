@@ -210,9 +210,19 @@ def release_held_by(settings: Settings, process: str, job_ids: Sequence[int]) ->
         held = [lease for lease in session.exec(select(DeviceLease)).all()
                 if lease.holder.split(":")[:2] == [host, pid.partition(":")[0]]
                 and (lease.job_id in job_ids or as_utc(lease.expires_at) < now)]
+        freed = []
         for lease in held:
-            session.delete(lease)
-    return [lease.device_name for lease in held]
+            # By holder as read, not by device: a live process may have taken the device
+            # over since the read (acquire: holder_gone), and its lease is not ours to free.
+            if lease.job_id in job_ids:
+                still = DeviceLease.job_id == lease.job_id
+            else:
+                still = DeviceLease.expires_at < now  # type: ignore[assignment,operator]
+            if session.execute(delete(DeviceLease).where(
+                    DeviceLease.device_name == lease.device_name,
+                    DeviceLease.holder == lease.holder, still)).rowcount:
+                freed.append(lease.device_name)
+    return freed
 
 
 def release_dead_holders(settings: Settings) -> list[str]:
@@ -221,8 +231,10 @@ def release_dead_holders(settings: Settings) -> list[str]:
     freed = []
     with session_scope(settings) as session:
         for lease in session.exec(select(DeviceLease)).all():
-            if holder_gone(lease.holder):
-                session.delete(lease)
+            # By holder as read: a waiting job may have taken the device over since the read.
+            if holder_gone(lease.holder) and session.execute(delete(DeviceLease).where(
+                    DeviceLease.device_name == lease.device_name,
+                    DeviceLease.holder == lease.holder)).rowcount:
                 freed.append(lease.device_name)
     return freed
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,45 @@ def test_leases_of_dead_processes_are_freed(home: Path) -> None:
         acquire(settings, "alive", "push", holder_id())
     with pytest.raises(DeviceBusy):
         acquire(settings, "elsewhere", "push", holder_id())
+
+
+def test_a_sweep_frees_only_the_lease_it_read(home: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between a sweep's read of a dead holder's lease and its delete, a waiting job of this
+    host takes the device over (acquire: holder_gone). Before, the sweep then deleted by
+    device name: the new holder's lease, so a third operation could drive the device
+    alongside it. Injected for real: the takeover commits, through ``acquire``, from inside
+    the sweep's own check of the holder."""
+    from orchestrator.core.hostid import this_host
+    from orchestrator.fleet import leases
+
+    settings = get_settings()
+    dead = f"{this_host()}:999999:dead0000"
+    new_holder = f"{this_host()}:{os.getpid()}:waiter00"
+    leases.acquire(settings, "pi", "bench", dead)
+    real_gone = leases.holder_gone
+
+    def gone_and_taken_over(holder: str) -> bool:
+        if holder == dead:
+            monkeypatch.setattr(leases, "holder_gone", real_gone)
+            leases.acquire(settings, "pi", "push", new_holder)  # the waiting job, meanwhile
+        return real_gone(holder)
+
+    monkeypatch.setattr(leases, "holder_gone", gone_and_taken_over)
+    assert leases.release_dead_holders(settings) == []
+    with pytest.raises(DeviceBusy, match=new_holder):
+        leases.acquire(settings, "pi", "eval", holder_id())
+
+    # release_held_by: the dead process's expired lease, read, then taken over
+    leases.acquire(settings, "pi2", "bench", dead, ttl_s=-60)
+    original = leases.as_utc
+
+    def read_then_taken_over(value: datetime) -> datetime:  # its check of each lease read
+        monkeypatch.setattr(leases, "as_utc", original)
+        leases.acquire(settings, "pi2", "push", new_holder)  # expired: taken over
+        return original(value)
+
+    monkeypatch.setattr(leases, "as_utc", read_then_taken_over)
+    assert leases.release_held_by(settings, f"{this_host()}:999999", [7]) == []
+    with pytest.raises(DeviceBusy, match=new_holder):
+        leases.acquire(settings, "pi2", "eval", holder_id())
