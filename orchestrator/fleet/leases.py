@@ -327,4 +327,10 @@ def leased(settings: Settings, device: str, operation: str) -> Iterator[str]:
     finally:
         _heartbeat.drop((device, holder))
         _lost.discard((device, holder))
-        release(settings, device, holder)
+        try:
+            release(settings, device, holder)
+        except OperationalError as exc:
+            # The block's outcome stands (a push that activated stays a success); with its
+            # heartbeat dropped the lease expires within its TTL and the next sweep frees it.
+            log.warning("%s: releasing the lease failed (it expires within %g s): %s", device,
+                        settings.lease_ttl_s, exc)

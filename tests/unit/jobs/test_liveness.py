@@ -252,3 +252,43 @@ def test_the_wait_is_bounded_and_cancellable(home: Path) -> None:
     # Outside a job, busy is an error at once, as before.
     with pytest.raises(leases.DeviceBusy):
         leases.acquire_waiting(settings, "pi3", "push", "me:2:push", None)
+
+
+@pytest.mark.sqlite_only  # the lock is SQLite's; PostgreSQL's rows lock one by one
+def test_a_release_failing_on_a_busy_database_does_not_undo_the_work(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process holds the SQLite write lock past the busy timeout (0.2 s) while a
+    leased block ends: the release fails "database is locked". Before, that error replaced
+    the block's outcome (a push that activated was recorded "failed unexpectedly" and its
+    device kept the old version); now the block's outcome stands and the lease, no longer
+    renewed, expires by itself."""
+    import subprocess
+    import sys
+
+    from orchestrator.core import db
+
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 200)
+    settings = Settings(home=home, lease_ttl_s=30)
+    leases.acquire(settings, "warm-up", "push", OTHER)  # the schema exists before the lock
+    locker = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], "
+         "isolation_level=None); sys.stdin.readline(); c.execute('BEGIN EXCLUSIVE'); "
+         "print('locked', flush=True); sys.stdin.readline()",
+         str(settings.home / "edgefleet.db")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert locker.stdout is not None and locker.stdin is not None
+    try:
+        with leases.leased(settings, "pi", "push") as holder:
+            locker.stdin.write("\n")
+            locker.stdin.flush()
+            assert locker.stdout.readline() == "locked\n"
+            outcome = "activated"
+        assert outcome == "activated"  # reached: the failed release raised nothing
+    finally:
+        locker.stdin.write("\n")
+        locker.stdin.flush()
+        assert locker.wait(30) == 0
+    with session_scope(settings) as session:
+        lease = session.get(DeviceLease, "pi")
+        assert lease is not None and lease.holder == holder  # left to expire
+    assert not leases._heartbeat.holds(("pi", holder))
