@@ -139,10 +139,13 @@ def sweep(settings: Settings, now: datetime | None = None, *,
 
 
 @contextmanager
-def attended(ctx: context.JobContext) -> Iterator[None]:
-    """What every running job gets, wherever it runs (a worker, a server, the CLI): its
-    heartbeat, and its devices' leases waiting while another operation holds a device (at most
-    ``lease_wait_s``, shown on the job as "waiting for pi3: bench #12", cancellable)."""
+def waiting(ctx: context.JobContext) -> Iterator[None]:
+    """What every running job's work gets, wherever it runs (a worker, a server, the CLI):
+    its devices' leases waiting while another operation holds a device (at most
+    ``lease_wait_s``, shown on the job as "waiting for pi3: bench #12", cancellable). The
+    job's heartbeat (``beating``) is the caller's, held until the job's end is recorded:
+    recording it may wait on a busy database past the TTL, and a sweep (this process's own
+    scheduler too) then called the finished job interrupted, losing its outcome."""
 
     def on_wait(device: str, text: str | None) -> None:
         ctx.device(device, force=True, state="waiting" if text else "starting", waiting=text)
@@ -150,5 +153,5 @@ def attended(ctx: context.JobContext) -> Iterator[None]:
             ctx.wait_view(device, text)
 
     policy = leases.Waiting(ctx.job_id, ctx.settings.lease_wait_s, on_wait, ctx.check)
-    with beating(ctx.settings, ctx.job_id, ctx.cancel), leases.waiting_as(policy):
+    with leases.waiting_as(policy):
         yield

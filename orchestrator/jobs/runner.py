@@ -156,28 +156,31 @@ def claim(settings: Settings, job_id: int, worker_id: str) -> bool:
 
 
 def run_claimed(settings: Settings, job_id: int) -> Job:
-    """Run a job this process has claimed, heartbeated, and finish it with its outcome."""
+    """Run a job this process has claimed, heartbeated until its outcome is recorded."""
     with queue.cancel_flag(job_id) as flag:
         ctx = context.JobContext(settings, job_id, flag)
-        try:
-            with session_scope(settings) as session:
-                job = get_job(session, job_id)
-            ctx.created_by = job.created_by
-            with liveness.attended(ctx):
-                if ctx.cancelled():
-                    outcome = execute.JobOutcome("cancelled",
-                                                 error="cancelled before it started")
-                else:
-                    outcome = execute.EXECUTORS[job.kind](settings, ctx, dict(job.params),
-                                                          job.targets)
-        except EdgeFleetError as exc:
-            outcome = execute.JobOutcome("failed", error=str(exc))
-        except Exception as exc:  # a bug: the job says so, not "running" forever
-            log.exception("job %s failed", job_id)
-            outcome = execute.JobOutcome("failed", error=f"{type(exc).__name__}: {exc}")
-    try:
-        ctx.flush()
-    finally:
-        finish_job(settings, job_id, outcome)
+        with liveness.beating(settings, job_id, ctx.cancel):
+            outcome = _outcome(settings, ctx, job_id)
+            try:
+                ctx.flush()
+            finally:
+                finish_job(settings, job_id, outcome)
     with session_scope(settings) as session:
         return get_job(session, job_id)
+
+
+def _outcome(settings: Settings, ctx: context.JobContext, job_id: int) -> execute.JobOutcome:
+    """The job's work, run; what it came to (a failure when it raised)."""
+    try:
+        with session_scope(settings) as session:
+            job = get_job(session, job_id)
+        ctx.created_by = job.created_by
+        with liveness.waiting(ctx):
+            if ctx.cancelled():
+                return execute.JobOutcome("cancelled", error="cancelled before it started")
+            return execute.EXECUTORS[job.kind](settings, ctx, dict(job.params), job.targets)
+    except EdgeFleetError as exc:
+        return execute.JobOutcome("failed", error=str(exc))
+    except Exception as exc:  # a bug: the job says so, not "running" forever
+        log.exception("job %s failed", job_id)
+        return execute.JobOutcome("failed", error=f"{type(exc).__name__}: {exc}")

@@ -148,19 +148,21 @@ def track(settings: Settings, kind: str, params: dict[str, Any], targets: str, *
         job_id = job.id
     assert job_id is not None
     tracker = JobTracker(settings, job_id, kind, params, targets, actor)
-    try:
-        with tracker.signals(), liveness.attended(tracker.context):
-            yield tracker
-    except KeyboardInterrupt:
+    # Heartbeated until its end is recorded (liveness.waiting says why).
+    with liveness.beating(settings, job_id, tracker.context.cancel):
+        try:
+            with tracker.signals(), liveness.waiting(tracker.context):
+                yield tracker
+        except KeyboardInterrupt:
+            if not tracker.finished:
+                tracker.finish("cancelled", error=f"{FROM_THE_CLI} ({tracker.signal_name}) "
+                                                  f"by {actor}")
+            raise
+        except BaseException as exc:
+            if not tracker.finished:
+                tracker.finish("failed", error=str(exc) or type(exc).__name__)
+            raise
         if not tracker.finished:
-            tracker.finish("cancelled", error=f"{FROM_THE_CLI} ({tracker.signal_name}) by "
-                                              f"{actor}")
-        raise
-    except BaseException as exc:
-        if not tracker.finished:
-            tracker.finish("failed", error=str(exc) or type(exc).__name__)
-        raise
-    if not tracker.finished:
-        tracker.finish("succeeded")
+            tracker.finish("succeeded")
 
 

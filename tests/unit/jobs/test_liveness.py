@@ -292,3 +292,60 @@ def test_a_release_failing_on_a_busy_database_does_not_undo_the_work(
         lease = session.get(DeviceLease, "pi")
         assert lease is not None and lease.holder == holder  # left to expire
     assert not leases._heartbeat.holds(("pi", holder))
+
+
+@pytest.mark.sqlite_only  # the lock is SQLite's
+def test_a_job_is_heartbeated_until_its_end_is_recorded(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recording a job's end waits on a database another process holds locked past the busy
+    timeout. Before, the job's heartbeat stopped with its work, so a sweep (its process's own
+    scheduler, every second) called the finished job interrupted meanwhile and the outcome
+    was dropped; now it beats until the end is recorded."""
+    import subprocess
+    import sys
+
+    from orchestrator.core import db
+    from orchestrator.jobs import execute, runner
+
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 200)
+    settings = Settings(home=home)
+    job_id = _job(settings, "this-worker", heartbeat_age_s=0)  # claimed, running
+    locker = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], "
+         "isolation_level=None); sys.stdin.readline(); c.execute('BEGIN EXCLUSIVE'); "
+         "print('locked', flush=True); sys.stdin.readline()",
+         str(settings.home / "edgefleet.db")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert locker.stdout is not None and locker.stdin is not None
+
+    def work_then_lock(settings_: Settings, ctx, params, targets):  # type: ignore[no-untyped-def]
+        locker.stdin.write("\n")  # type: ignore[union-attr]
+        locker.stdin.flush()  # type: ignore[union-attr]
+        assert locker.stdout.readline() == "locked\n"  # type: ignore[union-attr]
+        return execute.JobOutcome("succeeded", {"ok": 1})
+
+    monkeypatch.setitem(execute.EXECUTORS, "bench", work_then_lock)
+    retried = threading.Event()
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "retrying" in record.getMessage():
+                retried.set()
+
+    handler = Seen()
+    logging.getLogger(queue.__name__).addHandler(handler)
+    done = threading.Thread(target=runner.run_claimed, args=(settings, job_id))
+    try:
+        done.start()
+        assert retried.wait(60)  # recording the end met the lock
+        assert liveness._heartbeat.holds(job_id)  # and the job is still heartbeated
+    finally:
+        logging.getLogger(queue.__name__).removeHandler(handler)
+        locker.stdin.write("\n")
+        locker.stdin.flush()
+        assert locker.wait(30) == 0
+        done.join(60)
+    assert not done.is_alive() and not liveness._heartbeat.holds(job_id)
+    with session_scope(settings) as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.state == "succeeded" and job.result == {"ok": 1}
