@@ -258,6 +258,9 @@ class Job(SQLModel, table=True):
     # Renewed by the process running the job (orchestrator.jobs.liveness): a running job whose
     # heartbeat is older than EDGEFLEET_JOB_TTL_S was left by a dead process, on any host.
     heartbeat_at: datetime | None = Field(sa_type=UTCDateTime, default=None)
+    # When that heartbeat lapses: its time + the beating process's own TTL (0015), which the
+    # sweep compares, not the sweeper's TTL. None: a process older than 0015.
+    heartbeat_expires_at: datetime | None = Field(sa_type=UTCDateTime, default=None)
 
 
 class Schedule(SQLModel, table=True):

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, update
+from sqlalchemy import and_, func, or_, update
 from sqlalchemy.exc import OperationalError
 from sqlmodel import col, select
 
@@ -42,9 +42,17 @@ STOPPED = ("the {what} running it ({worker}) stopped renewing its heartbeat at {
 def beat(settings: Settings, job_ids: list[int]) -> int:
     """Renew the heartbeat of these jobs (those still running); how many were renewed."""
     with session_scope(settings) as session:
+        now = db_now(session)
         return session.execute(update(Job).where(col(Job.id).in_(job_ids),
                                                  col(Job.state) == "running")
-                               .values(heartbeat_at=db_now(session))).rowcount
+                               .values(heartbeat_at=now,
+                                       heartbeat_expires_at=lapses(settings, now))).rowcount
+
+
+def lapses(settings: Settings, now: datetime) -> datetime:
+    """When a heartbeat written ``now`` by this process lapses: its own TTL, which is what
+    every sweeper compares (``sweep``), whatever TTL the sweeper runs with."""
+    return now + timedelta(seconds=settings.job_ttl_s)
 
 
 def interrupted_elsewhere(settings: Settings, job_ids: list[int]) -> list[int]:
@@ -107,15 +115,19 @@ def _stopped_why(job: Job) -> str:
 
 def sweep(settings: Settings, now: datetime | None = None, *,
           origin: str | None = None) -> list[int]:
-    """Mark running jobs whose heartbeat is older than ``job_ttl_s`` interrupted (with their
+    """Mark running jobs whose heartbeat lapsed interrupted (by the TTL of the process that
+    wrote it, ``lapses``; the sweeper's own ``job_ttl_s`` for rows older than that) (with their
     runs and pending deployments), delete those jobs' leases and every expired lease. Safe
     from any number of workers (and CLI commands: ``tracker.track``) at once: each job is
     marked by one. ``origin``: only jobs of that origin (a CLI command sweeps CLI jobs only:
     a server may run with a longer EDGEFLEET_JOB_TTL_S than the CLI's environment says)."""
     last = func.coalesce(col(Job.heartbeat_at), col(Job.started_at))
+    expires = col(Job.heartbeat_expires_at)
     with session_scope(settings) as session:
-        cutoff = (now or db_now(session)) - timedelta(seconds=settings.job_ttl_s)
-        stale_jobs = select(Job).where(col(Job.state) == "running", last < cutoff)
+        now = now or db_now(session)
+        cutoff = now - timedelta(seconds=settings.job_ttl_s)
+        lapsed = or_(expires < now, and_(expires.is_(None), last < cutoff))
+        stale_jobs = select(Job).where(col(Job.state) == "running", lapsed)
         if origin is not None:
             stale_jobs = stale_jobs.where(col(Job.origin) == origin)
         stale = [job for job in session.exec(stale_jobs).all()

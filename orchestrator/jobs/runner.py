@@ -151,7 +151,8 @@ def claim(settings: Settings, job_id: int, worker_id: str) -> bool:
         now = db_now(session)  # what the heartbeat sweep compares (core.dbclock)
         return bool(session.execute(
             update(Job).where(col(Job.id) == job_id, col(Job.state) == "queued")
-            .values(state="running", worker=worker_id, started_at=now, heartbeat_at=now)
+            .values(state="running", worker=worker_id, started_at=now, heartbeat_at=now,
+                    heartbeat_expires_at=liveness.lapses(settings, now))
         ).rowcount)
 
 

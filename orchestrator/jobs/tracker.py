@@ -141,6 +141,7 @@ def track(settings: Settings, kind: str, params: dict[str, Any], targets: str, *
         params = execute.validate_params(session, kind, params, targets)
         job = Job(kind=kind, params=params, targets=targets, origin="cli", state="running",
                   created_by=actor, started_at=now, heartbeat_at=now,
+                  heartbeat_expires_at=liveness.lapses(settings, now),
                   worker=f"{this_host()}:{os.getpid()}")
         session.add(job)
         session.flush()

@@ -121,6 +121,7 @@ def test_a_cli_job_killed_in_another_namespace_is_finalized_by_the_next_cli_comm
         assert job is not None and job.state == "running" and not job.worker.startswith(
             f"{this_host()}:")
         job.heartbeat_at = datetime.now(UTC) - timedelta(seconds=31)  # a TTL has passed
+        job.heartbeat_expires_at = datetime.now(UTC) - timedelta(seconds=1)
         session.add(job)
         # A server's job, as old: its workers judge it, by the server's own (maybe longer) TTL.
         served = Job(kind="telemetry", targets="all", origin="server", state="running",

@@ -61,6 +61,27 @@ def test_a_job_of_a_silent_worker_on_another_host_is_interrupted_and_its_leases_
     assert held == {"pi4"}  # the dead worker's device is free, the live one's is not
 
 
+def test_a_job_is_judged_by_the_ttl_of_the_process_beating_it(home: Path) -> None:
+    """A worker started with EDGEFLEET_JOB_TTL_S=120 beats every 30 s; a server sweeping with
+    a TTL of 30 s used to call its jobs dead 31 s after a beat, interrupt them and free their
+    devices. Each beat now says when it lapses, by the beating process's TTL."""
+    long_ttl, sweeper = Settings(home=home, job_ttl_s=120), Settings(home=home, job_ttl_s=30)
+    alive = _job(long_ttl, OTHER, heartbeat_age_s=None)
+    lapsed = _job(long_ttl, "lab-c.example:99:ffff0000", heartbeat_age_s=None)
+    assert liveness.beat(long_ttl, [alive, lapsed]) == 2
+    with session_scope(long_ttl) as session:
+        for job_id, age in ((alive, 60), (lapsed, 121)):  # seconds since their last beat
+            job = session.get(Job, job_id)
+            assert job is not None and job.heartbeat_at and job.heartbeat_expires_at
+            shift = timedelta(seconds=age)
+            job.heartbeat_at, job.heartbeat_expires_at = (job.heartbeat_at - shift,
+                                                          job.heartbeat_expires_at - shift)
+            session.add(job)
+    assert liveness.sweep(sweeper) == [lapsed]
+    with session_scope(long_ttl) as session:
+        assert session.get(Job, alive).state == "running"  # type: ignore[union-attr]
+
+
 def test_one_stalled_job_does_not_free_the_leases_of_its_live_process_other_jobs(
         home: Path) -> None:
     """A live worker runs two jobs; one could not record its end (its heartbeat stopped with
