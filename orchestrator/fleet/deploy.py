@@ -257,11 +257,25 @@ def push(settings: Settings, bundle: Bundle, devices: Sequence[Device], forks: i
         counted = CountingProgress(progress)
         # A CLI push began it (same digest, same signature in its plan): adopt it.
         begun = early.claim(target.name, bundle.digest, push_signature(bundle))
+
+        def close(outcome: Outcome) -> Outcome:
+            outcome.duration_s = time.monotonic() - started
+            outcome.data.setdefault("bytes_sent", 0)
+            progress.state(target.name, outcome.state)
+            now = active if outcome.ok else (
+                rolled_back_active(outcome.data["rolled_back_to"])
+                if "rolled_back_to" in outcome.data else None)
+            _finish(settings, row_ids[target.name], outcome, now, report)
+            return outcome
+
         try:
             with leased(settings, target.name, "push"), \
                     (adopt(begun.connection()) if begun else
                      connect(target, settings, timeout)) as conn:
-                outcome = push_over(conn, bundle, store, counted, timeout, report, begun)
+                # Recorded while the device is still held: once its lease is released, a
+                # waiting push of another version may finish first, and this row's late
+                # write would put the older version back as the device's active one.
+                return close(push_over(conn, bundle, store, counted, timeout, report, begun))
         except EdgeFleetError as exc:
             outcome = Outcome(target.name, False, "failed", str(exc),
                               data={"bytes_sent": counted.sent})
@@ -270,14 +284,7 @@ def push(settings: Settings, bundle: Bundle, devices: Sequence[Device], forks: i
         finally:
             if begun is not None:
                 begun.discard()  # closed already when adopted; stopped if it was not
-        outcome.duration_s = time.monotonic() - started
-        outcome.data.setdefault("bytes_sent", 0)
-        progress.state(target.name, outcome.state)
-        now = active if outcome.ok else (
-            rolled_back_active(outcome.data["rolled_back_to"])
-            if "rolled_back_to" in outcome.data else None)
-        _finish(settings, row_ids[target.name], outcome, now, report)
-        return outcome
+        return close(outcome)
 
     return fan_out([to_target(d) for d in devices], step, forks)
 
