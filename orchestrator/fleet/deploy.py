@@ -31,7 +31,7 @@ from orchestrator.fleet import early
 from orchestrator.fleet.agentclient import AgentSession, call_agent
 from orchestrator.fleet.answers import checked_smoke
 from orchestrator.fleet.fanout import Outcome, fan_out
-from orchestrator.fleet.leases import leased
+from orchestrator.fleet.leases import is_held, leased
 from orchestrator.inventory.devices import (
     DeviceReport,
     get_device,
@@ -257,6 +257,11 @@ def push(settings: Settings, bundle: Bundle, devices: Sequence[Device], forks: i
         counted = CountingProgress(progress)
         # A CLI push began it (same digest, same signature in its plan): adopt it.
         begun = early.claim(target.name, bundle.digest, push_signature(bundle))
+        if begun is not None and is_held(settings, target.name):
+            # Another operation took the device since the early start: stop streaming to it
+            # now rather than for as long as this push waits for it (a bench's numbers).
+            begun.discard()
+            begun = None
 
         def close(outcome: Outcome) -> Outcome:
             outcome.duration_s = time.monotonic() - started

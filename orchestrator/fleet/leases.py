@@ -264,6 +264,15 @@ def held_by(settings: Settings, device: str, holder: str) -> bool:
             DeviceLease.device_name == device, DeviceLease.holder == holder)).first() is not None
 
 
+def is_held(settings: Settings, device: str) -> bool:
+    """Whether any live lease holds ``device`` now (a read; an expired one does not count)."""
+    with session_scope(settings) as session:
+        now = db_now(session)
+        return session.exec(select(DeviceLease.device_name).where(
+            DeviceLease.device_name == device,
+            DeviceLease.expires_at >= now)).first() is not None  # type: ignore[operator]
+
+
 _lost: set[tuple[str, str]] = set()  # (device, holder) whose lease another process took
 
 

@@ -1,4 +1,5 @@
-"""A push records its outcome while it still holds the device's lease.
+"""A push records its outcome while it still holds the device's lease, and stops an early
+session to a device another operation took meanwhile.
 
 Before, the Deployment row and the device's active version were written after the lease was
 released: a push of another version waiting for the device could then run and record first,
@@ -18,7 +19,7 @@ import yaml
 from orchestrator.artifacts.bundles import build_bundle
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
-from orchestrator.core.models import DeviceLease
+from orchestrator.core.models import Bundle, Device, DeviceLease
 from orchestrator.demo.model import make_demo_classifier
 from orchestrator.demo.simulate import create_simulated_device
 from orchestrator.fleet import deploy
@@ -27,8 +28,8 @@ from orchestrator.inventory.devices import all_devices, get_device, sync_invento
 from orchestrator.inventory.reader import load_inventory
 
 
-def test_the_outcome_is_recorded_before_the_lease_is_released(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _lab(tmp_path: Path) -> tuple[Settings, list[Bundle], list[Device]]:
+    """One simulated local device with its agent, and two versions of a bundle."""
     import sys
 
     sim = create_simulated_device(tmp_path / "sim")
@@ -47,7 +48,12 @@ def test_the_outcome_is_recorded_before_the_lease_is_released(
         devices = all_devices(session)
         session.expunge_all()
     assert all(o.ok for o in install_agents(settings, devices)[1])
+    return settings, bundles, devices
 
+
+def test_the_outcome_is_recorded_before_the_lease_is_released(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings, bundles, devices = _lab(tmp_path)
     held_while_recording: list[bool] = []
     record = deploy._finish
 
@@ -65,3 +71,53 @@ def test_the_outcome_is_recorded_before_the_lease_is_released(
         device = get_device(session, "pi-a")
         assert device.active_digest == bundles[1].digest
         assert session.get(DeviceLease, "pi-a") is None  # released after
+
+
+def test_an_early_push_to_a_device_taken_meanwhile_stops_before_the_wait(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CLI push starts streaming early (fleet.early); before it adopts that session another
+    operation takes the device. Before, the push kept streaming to the busy device for as
+    long as it waited for it (up to EDGEFLEET_LEASE_WAIT_S, skewing a bench's numbers); now
+    the early session is stopped before the wait, and the push starts afresh once it holds
+    the device."""
+    import threading
+
+    from orchestrator.fleet import early, leases
+
+    settings, bundles, devices = _lab(tmp_path)
+    stopped: list[str] = []
+    discard = early.EarlyPush.discard
+
+    def record_discard(self: early.EarlyPush) -> None:
+        stopped.append("early")
+        discard(self)
+
+    monkeypatch.setattr(early.EarlyPush, "discard", record_discard)
+    monkeypatch.setattr(early, "_attempted", False)
+    monkeypatch.setenv("EDGEFLEET_HOME", str(settings.home))  # where it reads the rows
+    assert early.start(settings, "crack@1", "pi-a", forks=1, timeout=30) == 1
+    leases.acquire(settings, "pi-a", "bench", "lab-b.example:4242:benching")
+    waiting = threading.Event()
+
+    def on_wait(device: str, text: str | None) -> None:
+        if text is not None:
+            stopped.append("waiting")
+            waiting.set()
+
+    policy = leases.Waiting(None, 60, on_wait, lambda device: None, poll_s=0.05)
+    outcomes = []
+
+    def push() -> None:
+        with leases.waiting_as(policy):
+            outcomes.extend(deploy.push(settings, bundles[0], devices))
+
+    pushing = threading.Thread(target=push)
+    pushing.start()
+    try:
+        assert waiting.wait(60), (stopped, outcomes)
+        assert stopped == ["early", "waiting"]  # stopped first, then waited
+    finally:
+        leases.release(settings, "pi-a", "lab-b.example:4242:benching")
+        pushing.join(120)
+    (outcome,) = outcomes
+    assert outcome.ok, outcome.error
