@@ -370,3 +370,42 @@ def test_a_job_is_heartbeated_until_its_end_is_recorded(
     with session_scope(settings) as session:
         job = session.get(Job, job_id)
         assert job is not None and job.state == "succeeded" and job.result == {"ok": 1}
+
+
+def test_a_beat_renews_every_lease_of_the_process_in_one_statement(home: Path) -> None:
+    """At forks 200 on SQLite, one write per lease per beat queued 200 renewals at the write
+    gate one after another, and leases of a live process expired; its own sweep then freed
+    them. One UPDATE renews them all; the sweep spares leases this process renews."""
+    from sqlalchemy import event
+
+    from orchestrator.core.db import get_engine
+
+    settings = Settings(home=home, lease_ttl_s=30)
+    pairs = [(f"pi{i}", f"{OTHER}-{i}") for i in range(50)]
+    for device, holder in pairs:
+        leases.acquire(settings, device, "telemetry", holder, ttl_s=-1)  # all expired
+    leases.acquire(settings, "gone", "push", "someone:1:2", ttl_s=-1)
+    statements: list[str] = []
+
+    me = threading.get_ident()  # not the heartbeat thread's own beats
+
+    def count(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("UPDATE") and threading.get_ident() == me:
+            statements.append(statement)
+
+    engine = get_engine(settings)
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        for pair in pairs:
+            leases._heartbeat.hold(settings, pair)
+        assert leases.release_expired(settings) == ["gone"]  # this process renews the rest
+        leases._renew([(pair, settings) for pair in pairs] + [(("pi0", "not-mine"), settings)])
+    finally:
+        for pair in pairs:
+            leases._heartbeat.drop(pair)
+        event.remove(engine, "before_cursor_execute", count)
+    assert len(statements) == 1, statements
+    with session_scope(settings) as session:
+        now = datetime.now(UTC)
+        rows = session.exec(select(DeviceLease)).all()
+        assert len(rows) == 50 and all(row.expires_at > now for row in rows)
