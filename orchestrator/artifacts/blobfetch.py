@@ -80,7 +80,7 @@ def ensure_local(settings: Settings, store: BlobStore, blobs: Iterable[Needed]) 
         return 0
     # A download killed mid-way (SIGKILL) left its temp file: idle for two socket timeouts
     # means nobody is writing it any more.
-    store.sweep_fetches(2 * settings.blob_fetch_timeout_s)
+    store.sweep_temps(2 * settings.blob_fetch_timeout_s)
     source = blob_source(settings)
     if source is None:
         first = next(iter(missing.values()))

@@ -19,6 +19,11 @@ from agent.protocol import HASH_CHUNK, is_sha256
 from orchestrator.core.errors import EdgeFleetError
 
 
+# A temp file nobody wrote to for this long was left by a dead process: a live copy from a
+# local file writes every chunk, a live download at least every socket timeout (60 s).
+COPY_IDLE_S = 600.0
+
+
 class BlobIntegrityError(EdgeFleetError):
     """Bytes offered for a blob are not that blob (a flipped byte, a cut-short download)."""
 
@@ -39,10 +44,13 @@ class BlobStore:
     def add_file(self, source: Path) -> tuple[str, int]:
         """Copy ``source`` in while hashing it (one read); return (sha256, size).
 
-        The copy goes to a temp file in the store and is renamed into place, so a crash never
-        leaves a blob whose name lies about its content.
+        The copy goes to a temp file in the store, fsynced, and is renamed into place, so a
+        crash (or a power cut) never leaves a blob whose name lies about its content. A blob
+        already there of the same size is hashed again before it is trusted: one from before
+        these fsyncs may be zeros after a power cut, and its name alone would say it is fine.
         """
         self.root.mkdir(parents=True, exist_ok=True)
+        self.sweep_temps(COPY_IDLE_S)  # what a killed build or fetch left here
         digest = hashlib.sha256()
         size = 0
         fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=".incoming-")
@@ -52,9 +60,11 @@ class BlobStore:
                     digest.update(chunk)
                     out.write(chunk)
                     size += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
             sha = digest.hexdigest()
             final = self.path(sha)
-            if final.is_file() and final.stat().st_size == size:
+            if final.is_file() and final.stat().st_size == size and file_sha256(final) == sha:
                 os.unlink(tmp_name)
             else:
                 final.parent.mkdir(parents=True, exist_ok=True)
@@ -67,14 +77,18 @@ class BlobStore:
             self.mirror(sha, final)
         return sha, size
 
-    def sweep_fetches(self, idle_s: float) -> int:
-        """Remove the temp files of downloads that died without cleaning up (the process was
-        SIGKILLed, the host lost power): any ``.fetch-*`` not written to for ``idle_s``
-        seconds. A live download writes at least once per socket timeout, so ``idle_s`` above
-        that never removes one in progress (another process's included). The count removed."""
+    def sweep_temps(self, idle_s: float) -> int:
+        """Remove the temp files of downloads and copies that died without cleaning up (the
+        process was SIGKILLed, the host lost power): any ``.fetch-*`` or ``.incoming-*`` not
+        written to for ``idle_s`` seconds (a killed ``bundle build`` left a model-sized one).
+        A live download writes at least once per socket timeout and a live copy once per
+        chunk read from a local file, so ``idle_s`` above that never removes one in progress
+        (another process's included). The count removed."""
         removed = 0
         cutoff = time.time() - idle_s
-        for path in self.root.glob(".fetch-*") if self.root.is_dir() else ():
+        temps = [*self.root.glob(".fetch-*"), *self.root.glob(".incoming-*")] if (
+            self.root.is_dir()) else []
+        for path in temps:
             try:
                 if path.stat().st_mtime < cutoff:
                     path.unlink()
@@ -125,3 +139,11 @@ class BlobStore:
     def export(self, sha256: str, dest: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.path(sha256), dest)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as src:
+        while chunk := src.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
