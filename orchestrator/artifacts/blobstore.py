@@ -18,7 +18,6 @@ from pathlib import Path
 from agent.protocol import HASH_CHUNK, is_sha256
 from orchestrator.core.errors import EdgeFleetError
 
-
 # A temp file nobody wrote to for this long was left by a dead process: a live copy from a
 # local file writes every chunk, a live download at least every socket timeout (60 s).
 COPY_IDLE_S = 600.0

@@ -109,7 +109,8 @@ def make_engine(url: str) -> Engine:
         sqlitewrite.install(engine)
         return engine
     try:
-        return create_engine(url, pool_pre_ping=True, json_serializer=json_text)
+        return create_engine(url, pool_pre_ping=True, json_serializer=json_text,
+                             connect_args=pg_liveness(url))
     except ModuleNotFoundError as exc:  # postgresql:// means psycopg2 to SQLAlchemy
         from orchestrator.core.schema import redact
 
@@ -117,6 +118,22 @@ def make_engine(url: str) -> Engine:
             f"DATABASE_URL {redact(url)}: its driver ({exc.name}) is not installed. For "
             "PostgreSQL: pip install 'edgefleet[postgres]' and write the URL as "
             "postgresql+psycopg://USER:PASSWORD@HOST/DB") from None
+
+
+# libpq's defaults wait for ever: a connect to a server that accepted and never answered, or
+# a query on a connection whose peer vanished (a host gone without a FIN), hung the thread that
+# made it: a heartbeat thread among them, so this process's leases and jobs lapsed while it
+# waited. Bounded here unless the DATABASE_URL sets its own.
+PG_LIVENESS = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30,
+               "keepalives_interval": 10, "keepalives_count": 3, "tcp_user_timeout": 60_000}
+
+
+def pg_liveness(url: str) -> dict[str, object]:
+    """``PG_LIVENESS``, less what ``url``'s query already says."""
+    from sqlalchemy.engine import make_url
+
+    given = make_url(url).query
+    return {key: value for key, value in PG_LIVENESS.items() if key not in given}
 
 
 def unreachable(url: str, exc: OperationalError) -> EdgeFleetError:

@@ -264,3 +264,45 @@ def test_byte_counts_hold_64_bits(settings: Settings) -> None:
         assert session.exec(select(TelemetrySnapshot.disk_free_bytes)).one() == big
         assert session.exec(select(Bundle.size_bytes)).one() == big * 2
         assert session.exec(select(Deployment.bytes_sent)).one() == big * 3
+
+
+def test_a_postgresql_server_that_never_answers_is_given_up_on(tmp_path: Path) -> None:
+    """A server that accepts the connection and never answers (a hung host, a half-open
+    link): libpq's default waited for ever, in whichever thread connected (a heartbeat's
+    too). Now the connection attempt ends with an error after ``connect_timeout``."""
+    import socket
+    import threading
+    import time as clock
+
+    from sqlalchemy.exc import OperationalError
+
+    from orchestrator.core.db import PG_LIVENESS, make_engine, pg_liveness
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel accepts; nobody ever answers
+    port = silent.getsockname()[1]
+    engine = make_engine(f"postgresql+psycopg://edgefleet:pw@127.0.0.1:{port}/edgefleet")
+    outcome: list[BaseException | None] = []
+
+    def connect() -> None:
+        started = clock.monotonic()
+        try:
+            with engine.connect():
+                outcome.append(None)
+        except OperationalError as exc:
+            outcome.append(exc)
+        outcome.append(clock.monotonic() - started)  # type: ignore[arg-type]
+
+    trying = threading.Thread(target=connect, daemon=True)
+    try:
+        trying.start()
+        trying.join(PG_LIVENESS["connect_timeout"] * 3 + 30)  # type: ignore[operator]
+        assert not trying.is_alive(), "still waiting for a server that never answers"
+        assert isinstance(outcome[0], OperationalError), outcome
+    finally:
+        engine.dispose()
+        silent.close()
+    # the URL's own setting wins over the default
+    assert "connect_timeout" not in pg_liveness("postgresql+psycopg://u:p@h/d?connect_timeout=3")
+    assert pg_liveness("postgresql+psycopg://u:p@h/d") == PG_LIVENESS
