@@ -6,6 +6,7 @@ every request (headers and the exact body bytes) and answering as a test scripts
 - ``Receiver.statuses``: the statuses to answer, one per request, in order (then 200).
 - ``Receiver.hang``: set, handlers hold the request without answering until ``release()``
   (a receiver that hangs).
+- ``Receiver.drip_s``: set, the answer goes out one byte per ``drip_s`` (slow but steady).
 - ``Receiver.wait_for(n, timeout)``: block until ``n`` requests arrived (a condition variable,
   no sleeping).
 """
@@ -36,6 +37,9 @@ class Receiver:
         self.statuses: list[int] = []
         self.hang = False
         self.retry_after: str | None = None  # a Retry-After header on answers not 2xx
+        # Set: the answer's bytes go out one per drip_s (a slow-loris receiver: each read is
+        # quick, the whole answer takes hours); the fault itself, not a synchronisation.
+        self.drip_s: float | None = None
         self._released = threading.Event()
         self._cond = threading.Condition()
         receiver = self
@@ -52,6 +56,17 @@ class Receiver:
                 if hang:
                     receiver._released.wait(60)
                     return  # the client gave up long ago; say nothing
+                if receiver.drip_s is not None:
+                    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100000
+                    for byte in answer:
+                        if receiver._released.wait(receiver.drip_s):
+                            return
+                        try:
+                            self.wfile.write(bytes([byte]))
+                            self.wfile.flush()
+                        except OSError:  # the client shut the connection: what is tested
+                            return
+                    return
                 self.send_response(status)
                 if receiver.retry_after is not None and status >= 300:
                     self.send_header("Retry-After", receiver.retry_after)

@@ -9,6 +9,7 @@ name a URL's host only (:func:`where`): its path or query may carry a token.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -77,6 +78,84 @@ def _scrubbed(text: str, url: str, secret: bytes | None) -> str:
     return text
 
 
+ATTEMPT_TIMEOUTS = 3  # a whole attempt: as long as connect, send and receive each timing out
+
+
+class _Deadline:
+    """Shuts down the attempt's sockets once ``limit_s`` has passed (a timer thread), so a
+    receiver that answers slowly but steadily cannot hold an attempt longer than that."""
+
+    def __init__(self, limit_s: float) -> None:
+        import threading
+
+        self.limit_s = limit_s
+        self.expired = False
+        self._socks: list[Any] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(limit_s, self._cut)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+    def handlers(self) -> list[Any]:
+        """urllib handlers whose connections register their sockets here; starts the timer."""
+        import http.client
+        import urllib.request
+
+        watch = self
+
+        class Http(http.client.HTTPConnection):
+            def connect(self) -> None:
+                super().connect()
+                watch._track(self.sock)
+
+        class Https(http.client.HTTPSConnection):
+            def connect(self) -> None:
+                super().connect()
+                watch._track(self.sock)
+
+        class HttpHandler(urllib.request.HTTPHandler):
+            def http_open(self, req: Any) -> Any:
+                return self.do_open(Http, req)
+
+        class HttpsHandler(urllib.request.HTTPSHandler):
+            def https_open(self, req: Any) -> Any:
+                return self.do_open(Https, req, context=self._context)
+
+        self._timer.start()
+        return [HttpHandler, HttpsHandler]
+
+    def _track(self, sock: Any) -> None:
+        with self._lock:
+            self._socks.append(sock)
+            if self.expired:
+                self._shut(sock)
+
+    def _cut(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._socks:
+                self._shut(sock)
+
+    @staticmethod
+    def _shut(sock: Any) -> None:
+        import socket
+
+        with contextlib.suppress(OSError):  # closed already
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def result(self, host: str) -> AttemptResult:
+        return AttemptResult(False, True, f"{host} did not finish answering within "
+                                          f"{self.limit_s:g} s")
+
+
 @dataclass
 class AttemptResult:
     ok: bool
@@ -99,6 +178,11 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout_s: float,
             return None  # a 3xx becomes an HTTPError: a webhook does not move
 
     host = where(url)
+    # The whole attempt is bounded, not only each socket operation: a receiver sending a
+    # byte every 50 ms kept a 0.2 s-timeout attempt busy for 7 s (and could for hours), holding
+    # one of the process's delivery threads, and another process's sweep then sent the alert
+    # again once the claim (3 timeouts) lapsed. At the deadline the socket is shut down.
+    watch = _Deadline(ATTEMPT_TIMEOUTS * timeout_s)
     try:
         scheme = urlsplit(url).scheme
     except ValueError:  # its text would repeat the URL
@@ -107,18 +191,24 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout_s: float,
         return AttemptResult(False, error="the webhook URL is not http:// or https://")
     try:
         request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-        opener = urllib.request.build_opener(NoRedirect)
-        with opener.open(request, timeout=timeout_s) as response:
+        opener = urllib.request.build_opener(NoRedirect, *watch.handlers())
+        with watch, opener.open(request, timeout=timeout_s) as response:
             response.read(65536)
             status = response.status
+        if watch.expired:  # a body cut short by the deadline reads as its end: not a success
+            return watch.result(host)
         retry_after = None
     except urllib.error.HTTPError as exc:
+        if watch.expired:
+            return watch.result(host)
         status = exc.code
         retry_after = exc.headers.get("Retry-After") if exc.headers else None
         exc.close()
     except TimeoutError:
         return AttemptResult(False, True, f"{host} did not answer within {timeout_s:g} s")
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        if watch.expired:
+            return watch.result(host)
         reason = getattr(exc, "reason", None) or exc
         words = _scrubbed(str(reason), url, secret) or type(exc).__name__
         if "timed out" in words:
@@ -127,7 +217,11 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout_s: float,
     except ValueError:  # a URL urllib cannot use; its text would repeat the URL
         return AttemptResult(False, error="the webhook URL is not valid")
     except Exception as exc:  # anything else: its name only, never its words (the URL)
+        if watch.expired:
+            return watch.result(host)
         return AttemptResult(False, True, f"could not reach {host}: {type(exc).__name__}")
+    finally:
+        watch.cancel()
     if 200 <= status < 300:
         return AttemptResult(True)
     retry = status >= 500 or status in RETRY_STATUSES

@@ -183,6 +183,25 @@ def test_an_alert_whose_last_attempt_never_finished_fails_instead_of_trying_agai
     assert receiver.requests == []
 
 
+def test_a_receiver_answering_slowly_but_steadily_is_cut_off_at_the_attempt_deadline(
+        receiver: Receiver) -> None:
+    """Each read finishes well within the timeout, the answer never does: before, one
+    attempt could take hours (100 kB at a byte per 10 ms), holding a delivery thread while
+    the alert's claim lapsed and another process sent it again."""
+    import threading
+
+    receiver.drip_s = 0.01
+    results: list[wire.AttemptResult] = []
+    attempt = threading.Thread(target=lambda: results.append(
+        wire.post(receiver.url, b"{}", {}, timeout_s=0.2)), daemon=True)
+    attempt.start()
+    attempt.join(60)
+    assert not attempt.is_alive(), "the attempt is still reading a dripping answer"
+    (result,) = results
+    assert not result.ok and result.retry
+    assert result.error == f"127.0.0.1:{receiver.port} did not finish answering within 0.6 s"
+
+
 def test_a_hanging_receiver_slows_no_operation(tmp_path: Path, receiver: Receiver) -> None:
     """The receiver accepts and never answers. The failed job that raised the alert is
     recorded at once; the delivery times out on its own, in the background, and is retried."""
