@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,6 +34,54 @@ def _job(settings: Settings, worker: str, heartbeat_age_s: float | None, **field
         session.add(job)
         session.flush()
         return job.id  # type: ignore[return-value]
+
+
+class Locker:
+    """Another process holding SQLite's write lock on ``settings``' database: ``lock()``
+    takes it (returning once held), ``unlock()`` gives it back and ends the process."""
+
+    def __init__(self, settings: Settings) -> None:
+        import subprocess
+        import sys
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], "
+             "isolation_level=None); sys.stdin.readline(); c.execute('BEGIN EXCLUSIVE'); "
+             "print('locked', flush=True); sys.stdin.readline()",
+             str(settings.home / "edgefleet.db")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def _say(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+
+    def lock(self) -> None:
+        self._say()
+        assert self.proc.stdout is not None and self.proc.stdout.readline() == "locked\n"
+
+    def unlock(self) -> None:
+        if self.proc.poll() is None:
+            self._say()
+        assert self.proc.wait(30) == 0
+
+
+@contextmanager
+def retries_seen() -> Iterator[threading.Event]:
+    """Set once ``queue`` logs that it is retrying a write (it met the lock)."""
+    seen = threading.Event()
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "retrying" in record.getMessage():
+                seen.set()
+
+    handler = Seen()
+    logging.getLogger(queue.__name__).addHandler(handler)
+    try:
+        yield seen
+    finally:
+        logging.getLogger(queue.__name__).removeHandler(handler)
 
 
 def test_a_job_of_a_silent_worker_on_another_host_is_interrupted_and_its_leases_freed(
@@ -107,45 +157,24 @@ def test_a_job_end_is_recorded_through_a_database_busy_past_its_timeout(
     the first attempt to record the job's end fails with "database is locked"; it is retried,
     and recorded once the lock is gone, instead of the job staying "running" until a sweep
     calls its finished work interrupted."""
-    import subprocess
-    import sys
-
     from orchestrator.core import db
     from orchestrator.jobs import execute
 
     monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 200)
     settings = Settings(home=home)
     job_id = _job(settings, "lab-b.example:4242:abcd1234", heartbeat_age_s=1)
-    locker = subprocess.Popen(
-        [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], "
-         "isolation_level=None); c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); "
-         "sys.stdin.readline()", str(settings.home / "edgefleet.db")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert locker.stdout is not None and locker.stdin is not None
-    assert locker.stdout.readline() == "locked\n"
-    retried = threading.Event()
-
-    class Seen(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if "retrying" in record.getMessage():
-                retried.set()
-
-    handler = Seen()
-    logging.getLogger(queue.__name__).addHandler(handler)
-    try:
-        done = threading.Thread(target=queue.finish_job, args=(
-            settings, job_id, execute.JobOutcome("succeeded", {"ok": 1})))
-        done.start()
-        assert retried.wait(60)  # the first attempt met the lock
-        locker.stdin.write("\n")
-        locker.stdin.flush()
-        assert locker.wait(30) == 0
+    locker = Locker(settings)
+    locker.lock()
+    with retries_seen() as retried:
+        try:
+            done = threading.Thread(target=queue.finish_job, args=(
+                settings, job_id, execute.JobOutcome("succeeded", {"ok": 1})))
+            done.start()
+            assert retried.wait(60)  # the first attempt met the lock
+        finally:
+            locker.unlock()
         done.join(60)
         assert not done.is_alive()
-    finally:
-        logging.getLogger(queue.__name__).removeHandler(handler)
-        if locker.poll() is None:
-            locker.kill()
     with session_scope(settings) as session:
         job = session.get(Job, job_id)
         assert job is not None and job.state == "succeeded" and job.result == {"ok": 1}
@@ -283,32 +312,19 @@ def test_a_release_failing_on_a_busy_database_does_not_undo_the_work(
     the block's outcome (a push that activated was recorded "failed unexpectedly" and its
     device kept the old version); now the block's outcome stands and the lease, no longer
     renewed, expires by itself."""
-    import subprocess
-    import sys
-
     from orchestrator.core import db
 
     monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 200)
     settings = Settings(home=home, lease_ttl_s=30)
     leases.acquire(settings, "warm-up", "push", OTHER)  # the schema exists before the lock
-    locker = subprocess.Popen(
-        [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], "
-         "isolation_level=None); sys.stdin.readline(); c.execute('BEGIN EXCLUSIVE'); "
-         "print('locked', flush=True); sys.stdin.readline()",
-         str(settings.home / "edgefleet.db")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert locker.stdout is not None and locker.stdin is not None
+    locker = Locker(settings)
     try:
         with leases.leased(settings, "pi", "push") as holder:
-            locker.stdin.write("\n")
-            locker.stdin.flush()
-            assert locker.stdout.readline() == "locked\n"
+            locker.lock()
             outcome = "activated"
         assert outcome == "activated"  # reached: the failed release raised nothing
     finally:
-        locker.stdin.write("\n")
-        locker.stdin.flush()
-        assert locker.wait(30) == 0
+        locker.unlock()
     with session_scope(settings) as session:
         lease = session.get(DeviceLease, "pi")
         assert lease is not None and lease.holder == holder  # left to expire
@@ -322,50 +338,28 @@ def test_a_job_is_heartbeated_until_its_end_is_recorded(
     timeout. Before, the job's heartbeat stopped with its work, so a sweep (its process's own
     scheduler, every second) called the finished job interrupted meanwhile and the outcome
     was dropped; now it beats until the end is recorded."""
-    import subprocess
-    import sys
-
     from orchestrator.core import db
     from orchestrator.jobs import execute, runner
 
     monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 200)
     settings = Settings(home=home)
     job_id = _job(settings, "this-worker", heartbeat_age_s=0)  # claimed, running
-    locker = subprocess.Popen(
-        [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], "
-         "isolation_level=None); sys.stdin.readline(); c.execute('BEGIN EXCLUSIVE'); "
-         "print('locked', flush=True); sys.stdin.readline()",
-         str(settings.home / "edgefleet.db")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert locker.stdout is not None and locker.stdin is not None
+    locker = Locker(settings)
 
     def work_then_lock(settings_: Settings, ctx, params, targets):  # type: ignore[no-untyped-def]
-        locker.stdin.write("\n")  # type: ignore[union-attr]
-        locker.stdin.flush()  # type: ignore[union-attr]
-        assert locker.stdout.readline() == "locked\n"  # type: ignore[union-attr]
+        locker.lock()
         return execute.JobOutcome("succeeded", {"ok": 1})
 
     monkeypatch.setitem(execute.EXECUTORS, "bench", work_then_lock)
-    retried = threading.Event()
-
-    class Seen(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if "retrying" in record.getMessage():
-                retried.set()
-
-    handler = Seen()
-    logging.getLogger(queue.__name__).addHandler(handler)
     done = threading.Thread(target=runner.run_claimed, args=(settings, job_id))
-    try:
-        done.start()
-        assert retried.wait(60)  # recording the end met the lock
-        assert liveness._heartbeat.holds(job_id)  # and the job is still heartbeated
-    finally:
-        logging.getLogger(queue.__name__).removeHandler(handler)
-        locker.stdin.write("\n")
-        locker.stdin.flush()
-        assert locker.wait(30) == 0
-        done.join(60)
+    with retries_seen() as retried:
+        try:
+            done.start()
+            assert retried.wait(60)  # recording the end met the lock
+            assert liveness._heartbeat.holds(job_id)  # and the job is still heartbeated
+        finally:
+            locker.unlock()
+            done.join(60)
     assert not done.is_alive() and not liveness._heartbeat.holds(job_id)
     with session_scope(settings) as session:
         job = session.get(Job, job_id)
