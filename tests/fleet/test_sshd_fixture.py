@@ -202,9 +202,11 @@ def test_a_remote_command_that_reads_none_of_its_input_is_abandoned(
     known_hosts = host.write_known_hosts(tmp_path / "known_hosts")
     target = Target(host.name, "127.0.0.1", port=host.port, user=host.user,
                     key_file=str(host.key_file))
-    with SshConnection(target, keys_from_file(known_hosts), 10.0) as conn:
+    # Before its first output a command also has the login's allowance (Channel.start_s):
+    # here 1 s of silence + 2 s to log in and start.
+    with SshConnection(target, keys_from_file(known_hosts), 10.0, login_s=2.0) as conn:
         channel = conn.start(["sleep", "60"], timeout=1.0)
-        with pytest.raises(TransportError, match="read none of its input for 1s"):
+        with pytest.raises(TransportError, match="read none of its input for 3s"):
             for _ in range(64):  # 16 MiB: well past the 2 MiB window and the pipe
                 channel.write(b"x" * 256 * 1024)
         channel.abort()
