@@ -250,13 +250,8 @@ def release(settings: Settings, device: str, holder: str) -> None:
 
 def renew(settings: Settings, device: str, holder: str) -> bool:
     """Push the lease's expiry a TTL ahead; False if it is no longer ours (it expired while
-    this process was frozen, and someone took it)."""
-    with session_scope(settings) as session:
-        expires = db_now(session) + timedelta(seconds=settings.lease_ttl_s)
-        return bool(session.execute(
-            update(DeviceLease).where(DeviceLease.device_name == device,
-                                      DeviceLease.holder == holder)
-            .values(expires_at=expires)).rowcount)
+    this process was frozen, and someone took it). ``renew_all`` of one."""
+    return (device, holder) in renew_all(settings, [(device, holder)])
 
 
 def held_by(settings: Settings, device: str, holder: str) -> bool:
