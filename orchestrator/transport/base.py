@@ -209,23 +209,52 @@ def quote_token(token: str) -> str:
     return shlex.quote(token)
 
 
-def render_command(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
-    """``env K=V ... argv`` with every token quoted; env goes inline because sshd drops
-    variables not listed in AcceptEnv."""
-    tokens: list[str] = []
-    # Checked with or without env: shlex.quote leaves "A=B" bare, which the shell (or env)
-    # would take for a variable assignment and run the next token instead.
+def render_command(argv: Sequence[str]) -> str:
+    """``argv`` as one command line, every token quoted."""
+    # shlex.quote leaves "A=B" bare, which the shell would take for a variable assignment
+    # and run the next token instead.
     if argv and "=" in argv[0]:
         raise ValueError(f"program path {argv[0]!r} contains '=': it would be read as a "
                          "variable assignment")
-    if env:
-        tokens.append("env")
-        for key, value in env.items():
-            if not (key.isascii() and key.replace("_", "a").isalnum()) or key[0].isdigit():
-                raise ValueError(f"environment variable name {key!r} is not valid")
-            tokens.append(shlex.quote(f"{key}={value}"))
-    tokens.extend(quote_token(t) for t in argv)
-    return " ".join(tokens)
+    return " ".join(quote_token(t) for t in argv)
+
+
+# Reads the environment from stdin's first line, then becomes argv. ``read`` takes a pipe one
+# byte at a time, so the rest of stdin is the command's, untouched. ``nl`` is how a value's
+# newlines travel (the line is one line); it is not exported.
+ENV_READER = ("IFS= read -r edgefleet_env || "
+              "{ echo 'edgefleet: no environment line on stdin' >&2; exit 125; }; "
+              "nl='\n'; eval \"$edgefleet_env\"; unset edgefleet_env; exec \"$@\"")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What starts a command: its line, and the bytes that must go to its stdin first."""
+
+    command: str
+    stdin_first: bytes = b""
+
+
+def render_launch(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Launch:
+    """The command line and, with ``env``, its environment as the first line of stdin.
+
+    Not in the command line: that is readable by every local user (``ps``, /proc/PID/cmdline)
+    on the controller, where it is ssh's argv, and on the device; and ``edgefleet_env`` may
+    carry tokens. Not SSH's own environment passing: sshd drops variables not in AcceptEnv."""
+    plain = render_command(argv)
+    if not env:
+        return Launch(plain)
+    assignments = []
+    for key, value in env.items():
+        if not (key.isascii() and key.replace("_", "a").isalnum()) or key[0].isdigit():
+            raise ValueError(f"environment variable name {key!r} is not valid")
+        if "\0" in value:
+            raise ValueError(f"environment variable {key} contains a NUL byte")
+        quoted = '"$nl"'.join(shlex.quote(part) for part in value.split("\n"))
+        assignments.append(f"{key}={quoted}")
+    line = "export " + " ".join(assignments) + "\n"
+    command = render_command(["sh", "-c", ENV_READER, "sh", *argv])
+    return Launch(command, line.encode())
 
 
 def sftp_path(path: str) -> str:
@@ -360,10 +389,23 @@ class Connection(ABC):
                 feeder.join()
         return CommandResult(code, "".join(kept), stderr)
 
-    @abstractmethod
     def start(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
               timeout: float | None = None) -> Channel:
-        """Start argv and keep talking to it (an agent session)."""
+        """Start argv and keep talking to it (an agent session); ``env`` goes first on its
+        stdin (``render_launch``)."""
+        launch = render_launch(argv, env)
+        channel = self.launch(launch.command, timeout)
+        if launch.stdin_first:
+            try:
+                channel.write(launch.stdin_first)
+            except BaseException:
+                channel.abort()
+                raise
+        return channel
+
+    @abstractmethod
+    def launch(self, command: str, timeout: float | None) -> Channel:
+        """Start one quoted command line (``render_launch``'s)."""
 
     @abstractmethod
     def put(self, local: Path, remote: str, on_bytes: ByteProgress | None = None) -> int:

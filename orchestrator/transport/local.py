@@ -11,7 +11,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,6 @@ from orchestrator.transport.base import (
     OutputLimits,
     OutputMeter,
     StderrTail,
-    render_command,
 )
 
 _COPY_CHUNK = 1 << 20
@@ -228,10 +227,8 @@ class LocalConnection(Connection):
         super().__init__(*args, **kwargs)
         self._channels: list[LocalChannel] = []  # for abort(); finished ones are harmless
 
-    def start(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-              timeout: float | None = None) -> Channel:
-        channel = LocalChannel(self.target.name, render_command(argv, env), timeout,
-                               self.limits)
+    def launch(self, command: str, timeout: float | None) -> Channel:
+        channel = LocalChannel(self.target.name, command, timeout, self.limits)
         self._channels.append(channel)
         return channel
 

@@ -14,7 +14,7 @@ trusts for the host (``hostkeys.trusted_keys``: the database's, then the legacy 
 the only one ssh reads (no global file, no KnownHostsCommand, no DNS, under a fixed
 HostKeyAlias); ``BatchMode`` (no prompt can hang a fleet operation), no forwarding of agent,
 X11 or ports. The key is this worker's (``factory.worker_key``: ``EDGEFLEET_SSH_KEY_FILE``).
-Commands are the same quoted lines the other transports send (``base.render_command``).
+Commands are the same quoted lines the other transports send (``base.render_launch``).
 The commands of one operation share one SSH connection (``ControlMaster=auto``), which stays
 open ``EDGEFLEET_SSH_PERSIST_S`` (90 s) after it, as ansible-core's does (60 s), so the next
 command to that device does not pay a login again (``transport/sshpersist.py``); 0: the socket
@@ -43,7 +43,6 @@ from orchestrator.transport.base import (
     OutputLimits,
     RemotePath,
     Target,
-    render_command,
 )
 from orchestrator.transport.hostkeys import known_hosts_entry
 from orchestrator.transport.local import LocalChannel
@@ -240,12 +239,11 @@ class OpenSshConnection(Connection):
             argv += ["-i", t.key_file, "-o", "IdentitiesOnly=yes"]
         return [*argv, "--", t.address, command]
 
-    def start(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-              timeout: float | None = None) -> Channel:
+    def launch(self, command: str, timeout: float | None) -> Channel:
         if self._closed:
             raise TransportError(f"{self.target.name}: connection closed")
         try:
-            channel = OpenSshChannel(self, self.ssh_argv(render_command(argv, env)),
+            channel = OpenSshChannel(self, self.ssh_argv(command),
                                      timeout or self.timeout, self.limits)
         except OSError as exc:
             raise TransportError(f"{self.target.name}: cannot run {self.ssh}: {exc}") from None

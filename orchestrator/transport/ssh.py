@@ -11,7 +11,6 @@ import contextlib
 import math
 import select
 import time
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,6 @@ from orchestrator.transport.base import (
     OutputMeter,
     StderrTail,
     Target,
-    render_command,
     sftp_path,
 )
 from orchestrator.transport.hostkeys import changed_key_error, fingerprint, unknown_key_error
@@ -298,12 +296,11 @@ class SshConnection(Connection):
             raise TransportError(f"{self.target.name}: connection lost")
         return transport
 
-    def start(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-              timeout: float | None = None) -> Channel:
+    def launch(self, command: str, timeout: float | None) -> Channel:
         timeout = timeout or self.timeout
         try:
             channel = self._transport.open_session(timeout=timeout)
-            channel.exec_command(render_command(argv, env))
+            channel.exec_command(command)
         except (OSError, paramiko.SSHException) as exc:
             raise TransportError(f"{self.target.name}: command failed to start: {exc}") from None
         return SshChannel(self.target.name, channel, timeout, self.limits, self.login_s)

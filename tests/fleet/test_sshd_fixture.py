@@ -215,3 +215,45 @@ def test_a_remote_command_that_reads_none_of_its_input_is_abandoned(
             reader.write(b"y" * 256 * 1024)
         reader.close_input()
         assert reader.readline() == "read\n"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("connector", ["openssh", "paramiko"])
+def test_device_env_never_shows_in_a_command_line(
+        connector: str, sshd_factory: SshdFactory, tmp_path: Path) -> None:
+    """``edgefleet_env`` may carry tokens; command lines are world-readable (``ps``) on the
+    controller (ssh's argv) and on the device (the login shell's ``-c``). Over real SSH, while
+    the command runs, no process's command line holds the value, and the command has it.
+    (Before: ``env API_TOKEN=...`` stayed in ssh's argv for the whole command; on the device
+    the login shell execs at once, so over paramiko the leak was a short window.)"""
+    from orchestrator.transport.base import Target
+    from orchestrator.transport.hostkeys import keys_from_file
+    from orchestrator.transport.openssh import OpenSshConnection
+    from orchestrator.transport.ssh import SshConnection
+
+    host = sshd_factory(1)[0]
+    keys = keys_from_file(host.write_known_hosts(tmp_path / "known_hosts"))
+    target = Target(host.name, "127.0.0.1", port=host.port, user=host.user,
+                    key_file=str(host.key_file))
+    secret = "tok-" + os.urandom(8).hex()
+    conn = (OpenSshConnection(target, {k.get_name(): k.get_base64() for k in
+                                       keys.lookup(f"[127.0.0.1]:{host.port}").values()}, 10.0)
+            if connector == "openssh" else SshConnection(target, keys, 10.0))
+    with conn:
+        channel = conn.start(["sh", "-c", 'printf "%s\\n" "$API_TOKEN"; cat'],
+                             env={"API_TOKEN": secret, "OTHER": "x\ny"}, timeout=10.0)
+        assert channel.readline() == secret + "\n"  # running now: its shells are all started
+        holders = [pid for pid in Path("/proc").iterdir() if pid.name.isdigit()
+                   and secret.encode() in _cmdline(pid)]
+        channel.write(b"after the env line\n")
+        assert channel.readline() == "after the env line\n"
+        code, _ = channel.finish()
+    assert holders == []
+    assert code == 0
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""  # exited while we looked

@@ -16,7 +16,7 @@ import pytest
 
 from orchestrator.core.errors import TransportError
 from orchestrator.transport import RemotePath, Target
-from orchestrator.transport.base import quote_token, render_command, sftp_path
+from orchestrator.transport.base import quote_token, render_command, render_launch, sftp_path
 from orchestrator.transport.local import LocalConnection, write_wait_ms
 from tests.waiting import process_gone
 
@@ -120,37 +120,69 @@ def test_remote_paths_expand_home_and_nothing_else(tmp_path: Path) -> None:
     assert os.listdir(work) == []
 
 
+def sh_launch(argv: list[str], env: Mapping[str, str] | None, cwd: Path,
+              stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    launch = render_launch(argv, env)
+    return subprocess.run(["/bin/sh", "-c", launch.command], cwd=cwd, capture_output=True,
+                          input=launch.stdin_first + stdin, timeout=10, check=False)
+
+
 def test_env_values_survive_a_real_shell(tmp_path: Path) -> None:
     env = {f"V{i}": value for i, value in enumerate(HOSTILE)}
     script = "".join(f'printf "%s\\n" "${name}"; ' for name in env)
-    result = sh(render_command(["sh", "-c", script], env), tmp_path)
+    result = sh_launch(["sh", "-c", script], env, tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "".join(v + "\n" for v in env.values())
+    assert result.stdout.decode() == "".join(v + "\n" for v in env.values())
     assert os.listdir(tmp_path) == []
-    assert render_command(["true"], {"A_1": "x y"}) == "env 'A_1=x y' true"
+
+
+def test_env_values_never_reach_the_command_line(tmp_path: Path) -> None:
+    """The command line is world-readable (ps); the values travel on stdin, and what the
+    command reads from stdin after them is its own, byte for byte; ``nl`` is not exported."""
+    env = {"TOKEN": "s3cr3t-token", "MULTI": "a\nb"}
+    launch = render_launch(["cat"], env)
+    assert "s3cr3t" not in launch.command and "a\nb" not in launch.command
+    assert b"s3cr3t-token" in launch.stdin_first and launch.stdin_first.count(b"\n") == 1
+    payload = bytes(range(256)) * 64 + b"no newline at the end"
+    result = sh_launch(["cat"], env, tmp_path, payload)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == payload
+    shown = sh_launch(["sh", "-c", 'printf "%s|%s|%s" "$TOKEN" "$MULTI" "${nl-unset}"; env'],
+                      env, tmp_path)
+    assert shown.stdout.startswith(b"s3cr3t-token|a\nb|unset")
+    assert b"edgefleet_env" not in shown.stdout
+
+
+def test_a_command_without_its_environment_line_refuses_to_start(tmp_path: Path) -> None:
+    command = render_launch(["touch", "ran"], {"A": "1"}).command
+    result = subprocess.run(["/bin/sh", "-c", command], cwd=tmp_path, input=b"",
+                            capture_output=True, timeout=10, check=False)
+    assert result.returncode == 125
+    assert b"no environment line on stdin" in result.stderr
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize(
     "name", ["1A", "A-B", "A B", "A=B", "", "A;B", "$(x)", "A.B", "Ä", "A\nB", "²"])
 def test_bad_env_names_are_refused(name: str) -> None:
     with pytest.raises(ValueError, match="environment variable name .* is not valid"):
-        render_command(["true"], {name: "1"})
+        render_launch(["true"], {name: "1"})
 
 
 @pytest.mark.parametrize("name", ["A", "_", "_A", "a_b", "OMP_NUM_THREADS", "X9"])
 def test_good_env_names(name: str, tmp_path: Path) -> None:
-    result = sh(render_command(["sh", "-c", f'printf %s "${name}"'], {name: "v a l"}), tmp_path)
-    assert result.stdout == "v a l"
+    result = sh_launch(["sh", "-c", f'printf %s "${name}"'], {name: "v a l"}, tmp_path)
+    assert result.stdout == b"v a l"
 
 
 @pytest.mark.parametrize("env", [{"X": "1"}, None, {}])
 def test_program_with_equals_sign_is_refused(env: dict[str, str] | None) -> None:
-    # shlex.quote leaves "A=B" bare: `env` or the shell itself would read it as an assignment
-    # and run the next token instead (`A=B true` runs `true`).
+    # shlex.quote leaves "A=B" bare: the shell would read it as an assignment and run the
+    # next token instead (`A=B true` runs `true`).
     with pytest.raises(ValueError, match="program path 'A=B' contains '='"):
-        render_command(["A=B", "true"], env)
+        render_launch(["A=B", "true"], env)
     # Later tokens may contain '=': they are arguments wherever they stand.
-    assert render_command(["printf", "A=B"], env).endswith("printf A=B")
+    assert render_launch(["printf", "A=B"], env).command.endswith("printf A=B")
 
 
 def test_sftp_paths() -> None:
