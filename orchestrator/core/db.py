@@ -13,6 +13,7 @@ import atexit
 import json
 import math
 import threading
+import time
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -229,13 +230,37 @@ def status(url: str) -> Status:
         engine.dispose()
 
 
+# db_url -> time.monotonic() of this process's last failed contact with that database.
+_lost: dict[str, float] = {}
+
+
+def steady_s(settings: Settings) -> float:
+    """How long this process has reached the database without an operational error (inf:
+    never failed). Why: heartbeats written through the database stop for everyone while it is
+    away; a process that just regained it cannot yet tell a dead process from one whose next
+    heartbeat is still on its way (``jobs.liveness.sweep``)."""
+    lost = _lost.get(settings.db_url)
+    return float("inf") if lost is None else time.monotonic() - lost
+
+
 @contextmanager
 def session_scope(settings: Settings | None = None) -> Iterator[Session]:
-    """A session that commits on success and rolls back on error."""
-    with Session(get_engine(settings), expire_on_commit=False) as session:
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
+    """A session that commits on success and rolls back on error; an operational error (the
+    database unreachable, or busy past its timeout) is remembered (``steady_s``)."""
+    settings = settings or get_settings()
+    try:
+        engine = get_engine(settings)  # the first contact (an EdgeFleetError if unreachable)
+    except EdgeFleetError:
+        _lost[settings.db_url] = time.monotonic()
+        raise
+    try:
+        with Session(engine, expire_on_commit=False) as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+    except OperationalError:
+        _lost[settings.db_url] = time.monotonic()
+        raise

@@ -25,7 +25,7 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import col, select
 
 from orchestrator.core.config import Settings
-from orchestrator.core.db import session_scope
+from orchestrator.core.db import session_scope, steady_s
 from orchestrator.core.dbclock import db_now
 from orchestrator.core.heartbeat import Heartbeat
 from orchestrator.core.models import Job
@@ -120,7 +120,18 @@ def sweep(settings: Settings, now: datetime | None = None, *,
     runs and pending deployments), delete those jobs' leases and every expired lease. Safe
     from any number of workers (and CLI commands: ``tracker.track``) at once: each job is
     marked by one. ``origin``: only jobs of that origin (a CLI command sweeps CLI jobs only:
-    a server may run with a longer EDGEFLEET_JOB_TTL_S than the CLI's environment says)."""
+    a server may run with a longer EDGEFLEET_JOB_TTL_S than the CLI's environment says).
+
+    Nothing is judged during the first TTL after this process regained the database (an
+    outage, a lock held past the busy timeout): every process's heartbeats failed meanwhile,
+    and the live ones renew within a quarter TTL of its return. Before, the first sweep after
+    a PostgreSQL outage longer than the TTL marked every other host's running jobs
+    interrupted and freed the devices they were working on."""
+    regained = steady_s(settings)
+    if regained < max(settings.job_ttl_s, settings.lease_ttl_s):
+        log.info("not judging heartbeats yet: the database was reached again %.0f s ago (live "
+                 "processes renew theirs within a quarter of EDGEFLEET_JOB_TTL_S)", regained)
+        return []
     last = func.coalesce(col(Job.heartbeat_at), col(Job.started_at))
     expires = col(Job.heartbeat_expires_at)
     with session_scope(settings) as session:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import OperationalError
 from sqlmodel import select
 
 from orchestrator.core.config import Settings
@@ -403,3 +404,56 @@ def test_a_beat_renews_every_lease_of_the_process_in_one_statement(home: Path) -
         now = datetime.now(UTC)
         rows = session.exec(select(DeviceLease)).all()
         assert len(rows) == 50 and all(row.expires_at > now for row in rows)
+
+
+@contextmanager
+def database_away(settings: Settings, request: pytest.FixtureRequest,
+                  monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The run's database out of this process's reach for the block, for real: on SQLite
+    another process holds its write lock past the busy timeout (0.2 s here); on PostgreSQL
+    the database refuses connections and this process's are terminated."""
+    from orchestrator.core import db
+
+    url = request.getfixturevalue("database_url")
+    if url is None:
+        monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 200)
+        db.forget_engines(keep=set())  # new connections, with the short busy timeout
+        locker = Locker(settings)
+        locker.lock()
+        try:
+            yield
+        finally:
+            locker.unlock()
+        return
+    server, name = request.getfixturevalue("pg"), url.rsplit("/", 1)[1]
+    server.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+    server.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                   f"WHERE datname = '{name}'")
+    try:
+        yield
+    finally:
+        server.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+
+def test_after_an_outage_heartbeats_are_judged_only_once_live_processes_could_renew(
+        home: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """During a database outage longer than the TTL every process's beats fail; when it
+    returns, the first sweep used to mark every other host's running jobs interrupted (and
+    free their devices) before they could beat again. Now a process that just regained the
+    database waits one TTL of steady contact before judging; then a job still silent is
+    interrupted as before."""
+    settings = Settings(home=home, job_ttl_s=1, lease_ttl_s=1)
+    own = _job(settings, "this-host:1:aaaa0000", heartbeat_age_s=0)
+    other = _job(settings, OTHER, heartbeat_age_s=5)  # its beats failed during the outage
+    leases.acquire(settings, "pi3", "bench", "lab-b.example:4242:9999aaaa", ttl_s=60,
+                   job_id=other)
+    with database_away(settings, request, monkeypatch), pytest.raises(OperationalError):
+        liveness.beat(settings, [own])  # this process meets the outage
+
+    assert liveness.sweep(settings) == []  # just regained: the other host may be about to beat
+    with session_scope(settings) as session:
+        assert session.get(Job, other).state == "running"  # type: ignore[union-attr]
+        assert session.exec(select(DeviceLease)).one().device_name == "pi3"
+    # One TTL later: jobs still silent are judged (``own`` too: nothing here renews it).
+    assert sorted(wait_until(lambda: liveness.sweep(settings), "a sweep after one TTL of "
+                             "contact", timeout=30)) == [own, other]
