@@ -22,6 +22,7 @@ from orchestrator.core.db import session_scope
 from orchestrator.core.errors import EdgeFleetError
 from orchestrator.core.models import Job
 from orchestrator.fleet import deploy
+from orchestrator.fleet import rollout as plan_
 from orchestrator.fleet.fanout import Outcome
 from orchestrator.measure import runs
 
@@ -37,6 +38,32 @@ class JobCancelled(EdgeFleetError):
 
 
 # --- progress and cancellation ---------------------------------------------------------------
+
+# A device's states while its work is under way (``JobContext.device``, ``deploy`` phases); a job
+# whose process died leaves them behind, so ``settled`` rewrites them.
+IN_FLIGHT = frozenset({None, "running", "waiting", "health bench", "planning", "transferring",
+                       "verifying"})
+INTERRUPTED = "interrupted"
+
+
+def settled(progress: dict[str, Any]) -> dict[str, Any]:
+    """The progress of a job whose process died mid-way, as it ends: a device or rollout
+    batch that was under way says "interrupted", a batch not begun "not started". Without
+    this a killed rollout's page showed its batch "running" for ever."""
+    out = dict(progress)
+    devices = progress.get("devices")
+    if isinstance(devices, dict):
+        out["devices"] = {name: {**entry, "state": INTERRUPTED}
+                          if isinstance(entry, dict) and entry.get("state") in IN_FLIGHT
+                          else entry for name, entry in devices.items()}
+    rollout = progress.get("rollout")
+    if isinstance(rollout, dict) and isinstance(rollout.get("batches"), list):
+        ends = {plan_.RUNNING: INTERRUPTED, plan_.PENDING: plan_.NOT_STARTED}
+        out["rollout"] = {**rollout, "batches": [
+            {**b, "state": ends.get(b.get("state"), b.get("state"))} if isinstance(b, dict)
+            else b for b in rollout["batches"]]}
+    return out
+
 
 
 class JobContext:

@@ -36,7 +36,7 @@ from orchestrator.core.errors import EdgeFleetError, NotFoundError
 from orchestrator.core.hostid import this_host
 from orchestrator.core.models import Deployment, Job, Run
 from orchestrator.fleet import alerts
-from orchestrator.jobs import execute
+from orchestrator.jobs import context, execute
 
 log = logging.getLogger(__name__)
 
@@ -389,6 +389,11 @@ def interrupt(session: Session, orphans: Sequence[Job],
     # Its runs and deployments would otherwise say "running"/"pending" forever; finished
     # results are kept. (Older rows have no job_id, but the job knows its run.)
     run_ids = [j.run_id for j in orphans if j.id in dead and j.run_id is not None]
+    for job_id, progress in (session.execute(select(Job.id, Job.progress).where(
+            col(Job.id).in_(dead))).all() if dead else ()):
+        if progress:
+            session.execute(update(Job).where(col(Job.id) == job_id)
+                            .values(progress=context.settled(progress)))
     if dead:
         session.execute(update(Run).where(
             or_(col(Run.job_id).in_(dead), col(Run.id).in_(run_ids)),

@@ -64,22 +64,33 @@ main()
 """
 
 
-def test_a_killed_push_locks_nothing_and_is_finalized(cli: Cli, home: Path, sshd_factory,
-                                                      tmp_path: Path) -> None:
-    (host,) = sshd_factory(1)
-    setup_fleet(cli, tmp_path, [host])
+def _big_bundle(cli: Cli, tmp_path: Path) -> None:
+    """``big@1``: 48 MiB, so a push is still streaming when KILLER strikes."""
     folder = tmp_path / "big"
     folder.mkdir()
     make_large_model(folder / "model.onnx", 48)
     rows = 48 * 1024 * 1024 // (64 * 4)
     cli("bundle", "build", folder, "--name", "big", "--shape", f"x=1x{rows}", "--json")
 
-    push = subprocess.Popen([sys.executable, "-c", KILLER, "push", "big", "pis", "--json"],
+
+def _killed_push(home: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``edgefleet ARGS`` under KILLER, run until it killed itself."""
+    push = subprocess.Popen([sys.executable, "-c", KILLER, *args],
                             cwd=REPO, env=dict(os.environ, EDGEFLEET_HOME=str(home)),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     output, _ = push.communicate(timeout=120)
     assert push.returncode == -9, output.decode(errors="replace")[-3000:]
+    return push
+
+
+def test_a_killed_push_locks_nothing_and_is_finalized(cli: Cli, home: Path, sshd_factory,
+                                                      tmp_path: Path) -> None:
+    (host,) = sshd_factory(1)
+    setup_fleet(cli, tmp_path, [host])
+    _big_bundle(cli, tmp_path)
+
+    push = _killed_push(home, "push", "big", "pis", "--json")
     assert not (host.root / "current").exists()  # killed mid-blob: nothing activated
     settings = Settings(home=home)
     with session_scope(settings) as session:
@@ -101,3 +112,22 @@ def test_a_killed_push_locks_nothing_and_is_finalized(cli: Cli, home: Path, sshd
         assert session.exec(select(DeviceLease)).all() == []
     listed = cli("devices", "list", "--json").json
     assert listed[0]["active_bundle"] == "big@1"
+
+
+def test_a_killed_rollout_shows_where_it_stopped(cli: Cli, home: Path, sshd_factory,
+                                                 tmp_path: Path) -> None:
+    """Killed while pushing its canary: once finalized, the job page's batches say the canary
+    was interrupted and the next batch never started (it said "running"/"pending" for ever)."""
+    canary, other = sshd_factory(2)
+    setup_fleet(cli, tmp_path, [canary, other])
+    _big_bundle(cli, tmp_path)
+    _killed_push(home, "push", "big", "pis", "--canary", canary.name, "--batch", "1", "--json")
+
+    cli("push", "big", canary.name, "--json")  # the next command finalizes the dead one's job
+    with session_scope(Settings(home=home)) as session:
+        killed = session.exec(select(Job).order_by(Job.id)).first()  # type: ignore[arg-type]
+        assert killed is not None and killed.state == "interrupted"
+        batches = killed.progress["rollout"]["batches"]
+        assert [(b["devices"], b["state"]) for b in batches] == [
+            ([canary.name], "interrupted"), ([other.name], "not started")]
+        assert killed.progress["devices"][canary.name]["state"] == "interrupted"
