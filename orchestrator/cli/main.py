@@ -29,6 +29,7 @@ def get_app() -> typer.Typer:
         demo,
         devices,
         evaluate,
+        jobs,
         keys,
         publish,
         regressions,

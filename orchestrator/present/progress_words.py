@@ -1,5 +1,5 @@
 """How far a measurement is, in words and as a fraction: one rule for the CLI's bars
-(output.MeasureProgress) and the web's job and run pages (web.pages.view.push_progress).
+(output.MeasureProgress), ``edgefleet jobs show`` and the web's job pages (``device_rows``).
 
 Why a rule of its own: the timed loop of a benchmark ends when *both* ``runs`` timed runs and
 ``min_seconds`` seconds are done, so with ``--min-seconds`` a small model makes thousands of
@@ -62,3 +62,35 @@ def unit_of(entry: Mapping[str, Any], kind: str = "bench") -> str:
     if phase in ("load", "samples") or (kind == "eval" and phase not in ("warmup", "timed")):
         return ""
     return "runs"
+
+
+def device_rows(progress: dict[str, Any] | None, kind: str = "bench") -> list[dict[str, Any]]:
+    """Per-device rows from a job's ``progress`` (push: state/bytes/total; bench and eval:
+    threads/phase/done/total, plus seconds/min_seconds when --min-seconds decides the timed
+    loop), with a percentage when one can be given and ``counts`` in words
+    (``counts``: never a count past its total)."""
+    rows = []
+    for name, entry in sorted(((progress or {}).get("devices") or {}).items()):
+        entry = dict(entry or {})
+        is_bytes = "bytes" in entry
+        if is_bytes:
+            done, total = entry.get("bytes"), entry.get("total")
+            percent = None
+            if isinstance(done, int | float) and isinstance(total, int | float) and total > 0:
+                percent = max(0.0, min(100.0, 100.0 * done / total))
+            shown = None
+        else:
+            part = fraction(entry)
+            percent = None if part is None else 100.0 * part
+            shown = counts(entry, unit_of(entry, kind))
+        rows.append(entry | {"device": name, "percent": percent, "is_bytes": is_bytes,
+                             "counts": shown})
+    return rows
+
+
+def rollout_of(job: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A staged push's batches (``jobs.rollout``): final in the job's result, live (or as a
+    killed one left them) in its progress; None for other jobs."""
+    rollout = ((job.get("result") or {}).get("rollout")
+               or (job.get("progress") or {}).get("rollout"))
+    return rollout if isinstance(rollout, dict) else None

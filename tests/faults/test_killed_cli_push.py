@@ -131,3 +131,5 @@ def test_a_killed_rollout_shows_where_it_stopped(cli: Cli, home: Path, sshd_fact
         assert [(b["devices"], b["state"]) for b in batches] == [
             ([canary.name], "interrupted"), ([other.name], "not started")]
         assert killed.progress["devices"][canary.name]["state"] == "interrupted"
+    shown = cli("jobs", "show", str(killed.id)).stdout
+    assert "canary" in shown and "interrupted" in shown and "not started" in shown

@@ -402,14 +402,15 @@ def test_streaming_profile_is_stored_with_the_bundle(cli: Cli, tmp_path: Path) -
 
 @pytest.mark.parametrize("args", [
     ("runs", "show", "{}"), ("runs", "show", "{}", "--json"), ("runs", "compare", "1", "{}"),
-    ("runs", "verdict", "{}"), ("tokens", "revoke", "{}")])
+    ("runs", "verdict", "{}"), ("tokens", "revoke", "{}"), ("jobs", "show", "{}"),
+    ("jobs", "cancel", "{}", "--json")])
 @pytest.mark.parametrize("value", ["99999999999999999999", "9223372036854775808", "0"])
 def test_an_id_no_row_can_have_is_a_usage_error_not_a_traceback(
         cli: Cli, args: tuple[str, ...], value: str) -> None:
     """Ids are 1..2^63-1 (SQLite INTEGER keys): a larger one used to reach the DB driver and
     print an OverflowError traceback. It is now refused before the command runs, exit 2."""
     result = cli(*(a.replace("{}", value) for a in args), expect=2)
-    what = "token" if args[0] == "tokens" else "run"
+    what = {"tokens": "token", "jobs": "job"}.get(args[0], "run")
     text = " ".join(result.stderr.replace("│", " ").split())  # rich boxes and wraps the error
     assert (f"{what} id {value} is out of range: {what} ids are 1 to 9223372036854775807"
             in text), result.stderr
@@ -428,3 +429,37 @@ def test_a_port_no_socket_can_bind_is_a_usage_error(cli: Cli) -> None:
     """uvicorn's bind() raised OverflowError ("port must be 0-65535") as a traceback."""
     result = cli("serve", "--port", "99999999999999999999", expect=2)
     assert "'--port'" in result.stderr and "Traceback" not in result.stderr + result.stdout
+
+
+def test_jobs_are_listed_shown_and_cancelled_from_the_cli(cli: Cli, synced: Path,
+                                                           home: Path) -> None:
+    """A job queued elsewhere (the web, a schedule) is followed and stopped from a terminal:
+    the same service as /api/jobs, the cancel audited as the OS user."""
+    from orchestrator.core.config import Settings
+    from orchestrator.jobs import queue
+
+    job = queue.submit(Settings(home=home), "telemetry", {}, "all", actor="alice")
+    (listed,) = cli("jobs", "list", "--state", "queued", "--json").json
+    assert (listed["id"], listed["state"], listed["created_by"]) == (job.id, "queued", "alice")
+    assert cli("jobs", "list", "--state", "running", "--json").json == []
+    table = cli("jobs", "list").stdout
+    assert "telemetry" in table and "queued" in table and "alice (server)" in table
+
+    cancelled = cli("jobs", "cancel", str(job.id), "--json").json
+    assert cancelled["state"] == "cancelled" and cancelled["cancel_requested"]
+    shown = cli("jobs", "show", str(job.id)).stdout
+    assert f"job {job.id} telemetry all: cancelled" in shown
+    again = cli("jobs", "cancel", str(job.id), "--json", expect=2).json
+    assert again == {"error": f"job {job.id} already finished (cancelled); nothing to cancel"}
+    assert "no job 99" in cli("jobs", "show", "99", expect=2).stderr
+    bad = cli("jobs", "list", "--kind", "nap", expect=2).stderr
+    assert "job kind 'nap': choose one of push, bench" in bad
+    from sqlmodel import select
+
+    from orchestrator.access.audit import local_actor
+    from orchestrator.core.db import session_scope
+    from orchestrator.core.models import AuditEvent
+
+    with session_scope(Settings(home=home)) as session:
+        events = session.exec(select(AuditEvent).where(AuditEvent.action == "job.cancel")).all()
+        assert [(e.actor, e.target) for e in events] == [(local_actor(), f"job:{job.id}")]

@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from orchestrator.present import output, progress_words
-from web.pages.view import push_progress
+from orchestrator.present.progress_words import device_rows
 
 
 def test_runs_and_seconds_each_against_their_own_total() -> None:
@@ -40,7 +40,7 @@ def test_web_rows_and_cli_bar_say_the_same(monkeypatch: pytest.MonkeyPatch) -> N
         "pi-a": {"state": "running", "threads": 2, "phase": "timed", "done": 6089, "total": 6,
                  "seconds": 2.5, "min_seconds": 10, "step": 2, "steps": 2},
         "pi-b": {"state": "transferring", "bytes": 500, "total": 2000}}}
-    a, b = push_progress(progress)
+    a, b = device_rows(progress)
     assert (a["counts"], round(a["percent"], 1), a["is_bytes"]) == ("6/6 runs, 2.5/10 s", 25.0,
                                                                     False)
     assert (b["counts"], b["percent"], b["is_bytes"]) == (None, 25.0, True)
