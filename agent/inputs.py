@@ -93,9 +93,12 @@ def _check_shape(name: str, model: Sequence[Any], given: Any, what: str) -> List
         raise _bad("%s for input '%s' must be a list of positive integers, got %r"
                    % (what, name, given), input=name)
     if len(given) != len(model):
-        raise _bad("%s %s has %d dimensions but input '%s' has %d %s"
-                   % (what, _spec(name, given), len(given), name, len(model), _dims(model)),
-                   input=name)
+        # "--shape x=4", or "the bundle's recorded input_shapes (x=1x2x3)"
+        shown = _spec(name, given) if what == "--shape" else "%s (%s)" % (
+            what, _spec(name, given)[len("--shape "):])
+        raise _bad("%s has %d dimension%s but input '%s' has %d %s"
+                   % (shown, len(given), "" if len(given) == 1 else "s", name, len(model),
+                      _dims(model)), input=name)
     for index, dim in enumerate(model):
         size = given[index]
         if isinstance(dim, int) and dim >= 0 and dim != size:

@@ -32,6 +32,12 @@ def _when(value: str | None) -> str:
     return value[:19].replace("T", " ") if value else "–"
 
 
+def _short(error: str | None, keep: int = 60) -> str:
+    """A list row's error: its start (``jobs show`` has it whole)."""
+    error = " ".join((error or "").split())
+    return error if len(error) <= keep else error[:keep - 1] + "…"
+
+
 def _state(state: str) -> Text:
     return Text(state, style=STATE_STYLES.get(state, ""))
 
@@ -62,7 +68,7 @@ def jobs_list(
         None, ["id", "kind", "state", "targets", "by", "created", "finished", "error"],
         [(j["id"], j["kind"], _state(j["state"]), j["targets"],
           f"{j['created_by']} ({j['origin']})", _when(j["created_at"]),
-          _when(j["finished_at"]), (j["error"] or "")[:80]) for j in rows]))
+          _when(j["finished_at"]), _short(j["error"])) for j in rows]))
 
 
 def _show(job: dict[str, Any]) -> None:

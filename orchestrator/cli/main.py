@@ -34,6 +34,7 @@ def get_app() -> typer.Typer:
         publish,
         regressions,
         runs,
+        schedules,
         serve,
         tokens,
         verdicts,

@@ -230,7 +230,7 @@ def test_bad_input_and_missing_bundles_fail_before_measuring(
     (x,) = [i for i in ran.data["inputs"] if i["name"] == "x"]
     assert x["shape"] == [1, 16] and [a["name"] for a in x["assumed"]] == ["batch"]
     cases = [
-        ({"shapes": {"x": [4]}}, r"--shape x=4 has 1 dimensions but input 'x' has 2"),
+        ({"shapes": {"x": [4]}}, r"--shape x=4 has 1 dimension but input 'x' has 2"),
         ({"shapes": {"x": [4, 16]}, "constants": {"rate": 1}},
          r"constants names 'rate', which is not an input of the model \(inputs: x, sr, y\)"),
         ({"thread": [1]}, r"unknown bench field\(s\) thread"),

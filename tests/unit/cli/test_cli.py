@@ -463,3 +463,47 @@ def test_jobs_are_listed_shown_and_cancelled_from_the_cli(cli: Cli, synced: Path
     with session_scope(Settings(home=home)) as session:
         events = session.exec(select(AuditEvent).where(AuditEvent.action == "job.cancel")).all()
         assert [(e.actor, e.target) for e in events] == [(local_actor(), f"job:{job.id}")]
+
+
+def test_schedules_from_the_cli(cli: Cli, fleet: dict[str, Path], home: Path) -> None:
+    """A nightly benchmark scheduled from a terminal: checked now (a typo fails here, not at
+    3 a.m.), listed, paused, resumed, run now (a queued job linked to it), deleted; each step
+    through jobs.schedules, audited as the OS user."""
+    from sqlmodel import select
+
+    from orchestrator.access.audit import local_actor
+    from orchestrator.core.config import Settings
+    from orchestrator.core.db import session_scope
+    from orchestrator.core.models import AuditEvent
+
+    added = cli("schedules", "add", "bench", "roastery", "--cron", "0  3 * * *",
+                "--bundle", "fc", "--threads", "1,2", "--param", "runs=7", "--json").json
+    assert (added["kind"], added["targets"], added["cron"], added["state"]) == (
+        "bench", "roastery", "0 3 * * *", "active")
+    assert added["params"]["threads"] == [1, 2] and added["params"]["runs"] == 7
+    sid = str(added["id"])
+    assert "0 3 * * *" in cli("schedules", "list").stdout
+    assert cli("schedules", "pause", sid, "--json").json["state"] == "paused"
+    assert cli("schedules", "resume", sid, "--json").json["state"] == "active"
+    job = cli("schedules", "run", sid, "--json").json
+    assert (job["kind"], job["state"], job["schedule_id"]) == ("bench", "queued", added["id"])
+    assert cli("schedules", "list", "--json").json[0]["last_job_id"] == job["id"]
+    assert cli("schedules", "delete", sid, "--json").json == {"id": added["id"],
+                                                              "deleted": True}
+    assert cli("schedules", "list", "--json").json == []
+
+    for args, message in [
+            (["bench", "all", "--cron", "0 3 * *", "--bundle", "fc"], "has 4 field(s)"),
+            (["bench", "all", "--at", "tomorrow", "--bundle", "fc"], "time 'tomorrow'"),
+            (["bench", "all", "--bundle", "nope", "--cron", "0 3 * * *"], "nope"),
+            (["bench", "all", "--bundle", "fc"], "exactly one of cron"),
+            (["bench", "all", "--cron", "0 3 * * *", "--param", "runs"], "give KEY=VALUE")]:
+        refused = cli("schedules", "add", *args, "--json", expect=2).json
+        assert message in refused["error"], (args, refused)
+    assert cli("schedules", "list", "--json").json == []  # nothing half-made
+    assert "no schedule 9" in cli("schedules", "pause", "9", expect=2).stderr
+    with session_scope(Settings(home=home)) as session:
+        actions = [e.action for e in session.exec(select(AuditEvent).where(
+            AuditEvent.actor == local_actor(), AuditEvent.target == f"schedule:{sid}"))]
+    assert actions == ["schedule.create", "schedule.pause", "schedule.resume",
+                       "schedule.delete"]
