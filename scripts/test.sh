@@ -24,6 +24,8 @@ if [ ! -e /usr/libexec/qemu-binfmt/aarch64-binfmt-P ] && [ ! -x /usr/bin/qemu-aa
   packages+=(qemu-user-static binfmt-support)
 fi
 command -v debootstrap >/dev/null || packages+=(debootstrap)
+# A device whose sh is busybox ash (tests/unit/transport/test_transport_quoting.py).
+command -v busybox >/dev/null || packages+=(busybox)
 # A device rebooting under a persistent SSH connection (tests/fleet/test_device_reboot.py):
 # its sshd in a network namespace behind a veth pair.
 command -v ip >/dev/null || packages+=(iproute2)

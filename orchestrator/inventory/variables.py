@@ -24,6 +24,7 @@ from orchestrator.inventory.yaml_nodes import (
     scalar_text,
     to_python,
 )
+from orchestrator.transport.base import SHELL_RESERVED, env_name_problem
 
 # Variable name -> InventoryHost field. Legacy spellings are listed after the modern ones and
 # win when both are set, as in Ansible's ssh connection plugin.
@@ -170,6 +171,9 @@ def _env(node: Node) -> dict[str, str] | None:
                 f"edgefleet_env name {key.value!r} is not a valid environment variable name "
                 f"(must match {ENV_NAME_RE.pattern})",
             )
+        if key.value in SHELL_RESERVED:
+            raise NodeError(line_of(key), f"edgefleet_env name {key.value!r} "
+                                          f"{env_name_problem(key.value)}")
         raw = scalar_text(value, f"edgefleet_env.{key.value}")
         raw = "" if raw is None else raw
         if "\0" in raw:

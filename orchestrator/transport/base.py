@@ -220,19 +220,41 @@ def render_command(argv: Sequence[str]) -> str:
 
 
 # Reads the environment from stdin's first line, then becomes argv. ``read`` takes a pipe one
-# byte at a time, so the rest of stdin is the command's, untouched. ``nl`` is how a value's
-# newlines travel (the line is one line); it is not exported.
+# byte at a time, so the rest of stdin is the command's, untouched. One line with no newline:
+# a csh-family login shell cannot parse a newline inside quotes.
 ENV_READER = ("IFS= read -r edgefleet_env || "
               "{ echo 'edgefleet: no environment line on stdin' >&2; exit 125; }; "
-              "nl='\n'; eval \"$edgefleet_env\"; unset edgefleet_env; exec \"$@\"")
+              'eval "$edgefleet_env"; unset edgefleet_env; exec "$@"')
+# How a value's newlines travel on the one line: ``"$nl"``, set first when a value needs it
+# (a command substitution strips trailing newlines, hence the dot). ``nl`` is not exported.
+_NEWLINE = "nl=$(printf '\\n.'); nl=${nl%.}; "
+# Names the device's ``sh`` keeps for itself: set through ``eval`` they fail (bash's read-only
+# UID...; dash's OPTIND takes only numbers) or are silently replaced or dropped (RANDOM, _).
+SHELL_RESERVED = frozenset({
+    "edgefleet_env", "OPTIND", "OPTARG", "_", "UID", "EUID", "PPID", "SHELLOPTS", "BASHOPTS",
+    "BASH_VERSINFO", "BASHPID", "RANDOM", "SRANDOM", "SECONDS", "LINENO", "SHLVL", "HISTCMD",
+    "EPOCHSECONDS", "EPOCHREALTIME", "GROUPS", "FUNCNAME", "BASH_ARGV0", "BASH_SUBSHELL",
+    "BASH_COMMAND", "BASH_LINENO", "BASH_SOURCE", "BASH_ARGC", "BASH_ARGV", "PIPESTATUS",
+    "DIRSTACK", "COMP_WORDBREAKS"})
+
+
+def env_name_problem(key: str) -> str | None:
+    """Why ``key`` cannot be a device environment variable, or None."""
+    if not (key.isascii() and key.replace("_", "a").isalnum()) or key[0].isdigit():
+        return "is not valid (letters, digits and _, not starting with a digit)"
+    if key in SHELL_RESERVED:
+        return ("is one the device's shell keeps for itself (it would be refused or replaced "
+                "there): rename it")
+    return None
 
 
 @dataclass(frozen=True)
 class Launch:
-    """What starts a command: its line, and the bytes that must go to its stdin first."""
+    """What starts a command: its line, and the bytes that must go to its stdin first (the
+    environment's values: kept out of the repr)."""
 
     command: str
-    stdin_first: bytes = b""
+    stdin_first: bytes = field(default=b"", repr=False)
 
 
 def render_launch(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Launch:
@@ -246,13 +268,15 @@ def render_launch(argv: Sequence[str], env: Mapping[str, str] | None = None) -> 
         return Launch(plain)
     assignments = []
     for key, value in env.items():
-        if not (key.isascii() and key.replace("_", "a").isalnum()) or key[0].isdigit():
-            raise ValueError(f"environment variable name {key!r} is not valid")
+        problem = env_name_problem(key) if key else "is empty"
+        if problem:
+            raise ValueError(f"environment variable name {key!r} {problem}")
         if "\0" in value:
             raise ValueError(f"environment variable {key} contains a NUL byte")
         quoted = '"$nl"'.join(shlex.quote(part) for part in value.split("\n"))
         assignments.append(f"{key}={quoted}")
-    line = "export " + " ".join(assignments) + "\n"
+    newline = _NEWLINE if any("\n" in value for value in env.values()) else ""
+    line = newline + "export " + " ".join(assignments) + "\n"
     command = render_command(["sh", "-c", ENV_READER, "sh", *argv])
     return Launch(command, line.encode())
 

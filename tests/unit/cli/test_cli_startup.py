@@ -20,7 +20,7 @@ import pytest
 
 from orchestrator.core.config import Settings
 from orchestrator.core.db import session_scope
-from orchestrator.core.models import Dataset, Run
+from orchestrator.core.models import Dataset, Job, Run, Schedule
 from orchestrator.demo.model import make_demo_classifier
 from tests.conftest import Cli
 
@@ -71,6 +71,9 @@ def fleet(cli: Cli, home: Path, tmp_path: Path) -> Path:
         session.add(Dataset(name="eval", version="1", digest="d" * 64, format="audio",
                             samples=1, labels=["no"], size_bytes=10,
                             manifest_json='{"samples": [{"label": "no"}]}'))
+        session.add(Job(kind="telemetry", state="succeeded", targets="all", created_by="test"))
+        session.add(Schedule(kind="telemetry", targets="all", cron="0 3 * * *",
+                             created_by="test"))
     return home
 
 
@@ -91,6 +94,8 @@ ORM = {"sqlalchemy", "sqlmodel", "pydantic", "pydantic_settings", "yaml"}
     (("runs", "list"), HEAVY | ORM),
     (("dataset", "list", "--json"), HEAVY | ORM),
     (("bundle", "show", "fc", "--json"), HEAVY),
+    (("jobs", "list", "--json"), HEAVY),
+    (("schedules", "list", "--json"), HEAVY),
 ])
 def test_light_commands_import_no_heavy_library(fleet: Path, tmp_path: Path,
                                                 args: tuple[str, ...],

@@ -477,6 +477,7 @@ BAD_FILES = [
     ("port_not_a_number.yml", 4, "not 'ssh'"),
     ("env_not_mapping.yml", 6, "edgefleet_env must be a mapping of NAME: value"),
     ("env_bad_name.yml", 7, "'BAD-NAME' is not a valid environment variable name"),
+    ("env_shell_name.yml", 7, "'OPTIND' is one the device's shell keeps for itself"),
     ("unknown_section.yml", 7, "unknown key 'host' in group 'lab'"),
     ("host_without_hosts_key.yml", 5, "put hosts under 'hosts:'"),
     ("cycle.yml", 13, "group 'roastery' would be its own ancestor "

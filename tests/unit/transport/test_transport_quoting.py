@@ -143,6 +143,8 @@ def test_env_values_never_reach_the_command_line(tmp_path: Path) -> None:
     launch = render_launch(["cat"], env)
     assert "s3cr3t" not in launch.command and "a\nb" not in launch.command
     assert b"s3cr3t-token" in launch.stdin_first and launch.stdin_first.count(b"\n") == 1
+    # One line: a csh-family login shell cannot parse a newline inside quotes.
+    assert "\n" not in launch.command and "s3cr3t" not in repr(launch)
     payload = bytes(range(256)) * 64 + b"no newline at the end"
     result = sh_launch(["cat"], env, tmp_path, payload)
     assert result.returncode == 0, result.stderr
@@ -165,11 +167,47 @@ def test_a_command_without_its_environment_line_refuses_to_start(tmp_path: Path)
 @pytest.mark.parametrize(
     "name", ["1A", "A-B", "A B", "A=B", "", "A;B", "$(x)", "A.B", "Ä", "A\nB", "²"])
 def test_bad_env_names_are_refused(name: str) -> None:
-    with pytest.raises(ValueError, match="environment variable name .* is not valid"):
+    with pytest.raises(ValueError, match="environment variable name .* is (not valid|empty)"):
         render_launch(["true"], {name: "1"})
 
 
-@pytest.mark.parametrize("name", ["A", "_", "_A", "a_b", "OMP_NUM_THREADS", "X9"])
+@pytest.mark.parametrize("name", ["OPTIND", "UID", "RANDOM", "_", "edgefleet_env"])
+def test_names_the_shell_keeps_are_refused(name: str, tmp_path: Path) -> None:
+    """Through ``eval`` the device's sh refuses them (dash: OPTIND=x; bash as sh: UID is
+    read-only, and says the value on stderr) or replaces them (RANDOM): refused here."""
+    with pytest.raises(ValueError, match=f"'{name}' is one the device's shell keeps"):
+        render_launch(["true"], {name: "1"})
+
+
+@pytest.mark.parametrize("shell", ["dash", "bash", "busybox"])
+def test_env_survives_each_device_shell(shell: str, tmp_path: Path) -> None:
+    """The reader runs under whatever ``sh`` the device has (Debian: dash; some: bash or
+    busybox ash); values with newlines, quotes and ``$`` arrive exactly, and so does the
+    input that follows the line, byte for byte."""
+    import shutil
+
+    path = shutil.which(shell)
+    assert path, f"{shell} is not installed (scripts/test.sh installs it)"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sh").symlink_to(path)
+    if shell == "busybox":
+        (bin_dir / "sh").unlink()
+        (bin_dir / "sh").write_text(f'#!/bin/dash\nexec {path} sh "$@"\n')
+        (bin_dir / "sh").chmod(0o755)
+    env = {"A": "x\ny\n", "B": "it's $HOME `id`", "C": "\n"}
+    launch = render_launch(["sh", "-c", 'printf "%s|%s|%s|" "$A" "$B" "$C"; cat'], env)
+    payload = bytes(range(256)) * 8
+    result = subprocess.run([path, "-c", launch.command] if shell != "busybox"
+                            else [path, "sh", "-c", launch.command],
+                            input=launch.stdin_first + payload, capture_output=True,
+                            env={"PATH": f"{bin_dir}:{os.environ['PATH']}"}, timeout=10,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"x\ny\n|it's $HOME `id`|\n|" + payload
+
+
+@pytest.mark.parametrize("name", ["A", "_A", "a_b", "nl", "OMP_NUM_THREADS", "X9"])
 def test_good_env_names(name: str, tmp_path: Path) -> None:
     result = sh_launch(["sh", "-c", f'printf %s "${name}"'], {name: "v a l"}, tmp_path)
     assert result.stdout == b"v a l"
