@@ -16,10 +16,11 @@ from sqlmodel import Session
 
 from orchestrator.core.db import session_scope
 from orchestrator.core.errors import EdgeFleetError, NotFoundError
+from orchestrator.present.progress_words import device_rows, rollout_of
 from web.deps import Csrf, Operator, SessionDep, SettingsDep, Viewer
 from web.inputs import RowId
 from web.pages.common import not_found, render
-from web.pages.view import TERMINAL_JOB_STATES, push_progress
+from web.pages.view import TERMINAL_JOB_STATES
 
 router = APIRouter()
 
@@ -33,13 +34,10 @@ def job_view(job: Any) -> dict[str, Any]:
     from orchestrator.jobs.queue import job_public
 
     public = job_public(job)
-    # A staged push's batches: live in the progress, final in the result (jobs.rollout).
-    rollout = ((public.get("result") or {}).get("rollout")
-               or (public.get("progress") or {}).get("rollout"))
     return public | {"terminal": public.get("state") in TERMINAL_JOB_STATES,
-                     "devices": push_progress(public.get("progress"),
-                                              public.get("kind") or "bench"),
-                     "rollout": rollout}
+                     "devices": device_rows(public.get("progress"),
+                                            public.get("kind") or "bench"),
+                     "rollout": rollout_of(public)}
 
 
 @router.get("/jobs", response_class=HTMLResponse)

@@ -17,7 +17,7 @@ import numpy as np
 
 from orchestrator.core.numbers import finite
 from orchestrator.core.utc import as_utc, parse_utc
-from orchestrator.present import advice, progress_words
+from orchestrator.present import advice
 
 ONLINE_WINDOW = timedelta(minutes=3)
 TEMP_LIMIT_C = 80.0  # where Pi firmware starts soft throttling (agent/sampler.py TEMP_LIMIT_C)
@@ -235,27 +235,3 @@ def latency_cdf(latencies: Sequence[float] | None) -> dict[str, list[float]]:
         index = np.unique(np.linspace(0, values.size - 1, MAX_CDF_POINTS).round().astype(int))
         values, fractions = values[index], fractions[index]
     return {"x": values.tolist(), "y": fractions.tolist()}
-
-
-def push_progress(progress: dict[str, Any] | None, kind: str = "bench") -> list[dict[str, Any]]:
-    """Per-device rows from a job's ``progress`` (push: state/bytes/total; bench and eval:
-    threads/phase/done/total, plus seconds/min_seconds when --min-seconds decides the timed
-    loop), with a percentage when one can be given and ``counts`` in words
-    (orchestrator.present.progress_words: never a count past its total)."""
-    rows = []
-    for name, entry in sorted(((progress or {}).get("devices") or {}).items()):
-        entry = dict(entry or {})
-        is_bytes = "bytes" in entry
-        if is_bytes:
-            done, total = entry.get("bytes"), entry.get("total")
-            percent = None
-            if isinstance(done, int | float) and isinstance(total, int | float) and total > 0:
-                percent = max(0.0, min(100.0, 100.0 * done / total))
-            shown = None
-        else:
-            part = progress_words.fraction(entry)
-            percent = None if part is None else 100.0 * part
-            shown = progress_words.counts(entry, progress_words.unit_of(entry, kind))
-        rows.append(entry | {"device": name, "percent": percent, "is_bytes": is_bytes,
-                             "counts": shown})
-    return rows
