@@ -110,6 +110,17 @@ def compiled_copy():
             os.remove(old)
         except OSError:
             pass
+    for name in os.listdir(cache):  # .tmp-<pid>-: a start killed while it made its copy
+        if name.startswith(".tmp-") and name.endswith(".zip"):
+            try:
+                os.kill(int(name.split("-")[1]), 0)
+            except ProcessLookupError:
+                try:
+                    os.remove(os.path.join(cache, name))
+                except OSError:
+                    pass
+            except (ValueError, OSError):
+                pass  # alive (maybe another user's), or not a name of ours
     return copy
 
 

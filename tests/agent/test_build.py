@@ -107,10 +107,19 @@ def test_no_compiled_copy_when_it_cannot_be_written_and_old_copies_are_pruned(
     for age, path in enumerate(stale):
         path.write_bytes(b"old")
         os.utime(path, (1_000_000 + age, 1_000_000 + age))
+    # What a start SIGKILLed while it wrote its copy leaves: .tmp-<its pid>-...; a start
+    # still writing one (a live pid) keeps its file.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    killed = cache / f".tmp-{dead.pid}-{built.sha256[:16]}.zip"
+    writing = cache / f".tmp-{os.getpid()}-{built.sha256[:16]}.zip"
+    for path in (killed, writing):
+        path.write_bytes(b"half a copy")
     run_agent(built.path, tmp_path / "root", "status")
     # The new copy and the two newest old ones stay (an older agent may still be running).
     new = f"agent-{built.sha256[:16]}-{sys.implementation.cache_tag}.zip"
-    assert sorted(p.name for p in cache.iterdir()) == sorted([p.name for p in stale[2:]] + [new])
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        [p.name for p in stale[2:]] + [new, writing.name])
 
 
 def test_a_flipped_byte_in_the_compiled_copy_is_caught_and_the_copy_made_again(
