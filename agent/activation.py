@@ -37,7 +37,14 @@ from agent.protocol import (
     canonical_json,
 )
 from agent.prune import prune, remove_version_dir
-from agent.store import MANIFEST_NAME, STAGING_PREFIX, Request, Store, blob_status
+from agent.store import (
+    MANIFEST_NAME,
+    STAGING_PREFIX,
+    Request,
+    Store,
+    blob_status,
+    parse_manifest_bytes,
+)
 
 BLOB_MODE = 0o444  # read-only: a write through current/ must not corrupt a shared blob
 
@@ -200,6 +207,9 @@ def activate(store: Store, request: Request) -> Dict[str, Any]:
         try:
             if golden is not None:
                 data["smoke"] = _smoke_or_revert(store, state, previous, name, golden)
+                # Which onnxruntime passed it: a rollback to it under another smoke-tests again.
+                entry["smoke_onnxruntime"] = data["smoke"].get("onnxruntime")
+                data["active"] = dict(entry)
                 journal.advance(store, state, "smoke_tested")
                 crash_point("smoke_tested")
             journal.commit(store, state, state["history"] + [entry], "swapped")
@@ -273,9 +283,12 @@ def rollback(store: Store) -> Dict[str, Any]:
         rolled_from = history[-1]
         candidates = history[:-1]
         skipped: List[Dict[str, Any]] = []
+        smoked: Optional[Dict[str, Any]] = None
         while candidates:
             problem = (store.version_problem(candidates[-1])
                        or signatures.rollback_problem(store, candidates[-1]))
+            if problem is None:
+                smoked, problem = _smoke_again_if_runtime_changed(store, candidates[-1])
             if problem is None:
                 break
             bad = dict(candidates.pop())
@@ -302,9 +315,45 @@ def rollback(store: Store) -> Dict[str, Any]:
         record_error = _record_committed(store, target, state["history"], None)
         store.verifier.cache.save()
         result = {"active": dict(target), "previous": dict(rolled_from), "skipped": skipped}
+        if smoked is not None:
+            result["smoke"] = smoked
         if record_error:
             result["trust_record_error"] = record_error
         return result
+
+
+def _smoke_again_if_runtime_changed(store: Store, entry: Dict[str, Any]
+                                    ) -> "tuple[Optional[Dict[str, Any]], Optional[str]]":
+    """(smoke summary, problem) for rolling back to ``entry``: its smoke test is run again
+    when this device's onnxruntime is not the one that passed it (or that is not recorded):
+    a rollback after an onnxruntime upgrade would otherwise put live a model never run on it.
+    (None, None): no need, or nothing to check it with. On success the entry records the
+    runtime that passed it."""
+    from agent import smoke
+    from agent.facts import onnxruntime_version_fast
+
+    runtime = onnxruntime_version_fast()
+    if runtime is not None and entry.get("smoke_onnxruntime") == runtime:
+        return None, None
+    vdir = store.version_path(entry)
+    if vdir is None:
+        return None, None  # version_problem already refused it
+    try:
+        with open(os.path.join(vdir, MANIFEST_NAME), "rb") as handle:
+            manifest = parse_manifest_bytes(handle.read())
+        golden = smoke.golden_of(manifest) or smoke.load_check_of(manifest)
+    except (OSError, ValueError, AgentError) as exc:
+        return None, "its manifest cannot be read to smoke-test it again (%s)" % exc
+    if golden is None:
+        return None, None
+    report = smoke.run_smoke(vdir, golden, store.emit)
+    if not report["ok"]:
+        return None, ("its smoke test fails under onnxruntime %s, which it was not tested "
+                      "with: %s" % (report.get("onnxruntime") or runtime or "?",
+                                    smoke.failure_message(report, golden)))
+    entry["smoke_onnxruntime"] = report.get("onnxruntime") or runtime
+    return {key: report.get(key) for key in ("ok", "ms", "max_abs", "max_rel", "onnxruntime",
+                                             "load_only")}, None
 
 
 def _record_committed(store: Store, entry: Dict[str, Any], history: List[Dict[str, Any]],

@@ -48,11 +48,11 @@ SIGNATURE = [{"name": "x", "dtype": "float", "shape": [1, 4]}]
 
 
 def golden_bundle(tmp_path: Path, version: str, seed: int = 0, *, logits_shift: float = 0.0,
-                  device_model: bytes | None = None) -> Bundle:
-    """A bundle as ``bundle build`` makes it (golden from orchestrator.artifacts.golden);
-    ``logits_shift`` tampers the golden logits, ``device_model`` ships other model bytes than the
-    golden's."""
-    model = linear_model(seed)
+                  device_model: bytes | None = None, model: bytes | None = None) -> Bundle:
+    """A bundle as ``bundle build`` makes it (golden from orchestrator.artifacts.golden) of
+    ``model`` (default: the linear one); ``logits_shift`` tampers the golden logits,
+    ``device_model`` ships other model bytes than the golden's."""
+    model = model if model is not None else linear_model(seed)
     path = tmp_path / f"golden-{version}.onnx"
     path.write_bytes(model)
     golden = compute_golden(path, path.name, SIGNATURE, [("model.onnx", path)], {}, "fp32").golden
@@ -188,10 +188,10 @@ def test_malformed_golden_is_refused_before_anything_changes(pyz: Path, root: Pa
     assert not (root / "versions").exists() or version_dirs(root) == []
 
 
-def endless_model() -> bytes:
-    """The linear model's inputs and outputs, with a Loop of 10^7 [1,512]x[512,512] MatMuls
-    on a state made from ``x`` (so nothing is folded at load) feeding the logits: a model that
-    runs for hours, as one hanging in a driver would."""
+def endless_model(trips: int = 10**7) -> bytes:
+    """The linear model's inputs and outputs, with a Loop of ``trips`` [1,512]x[512,512]
+    MatMuls on a state made from ``x`` (so nothing is folded at load) feeding the logits: by
+    default a model that runs for hours, as one hanging in a driver would."""
     rng = np.random.default_rng(0)
     body = helper.make_graph(
         [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
@@ -216,7 +216,7 @@ def endless_model() -> bytes:
          helper.make_tensor_value_info("label", TensorProto.INT64, [1])],
         [numpy_helper.from_array(rng.standard_normal((4, 512)).astype(np.float32), "p"),
          numpy_helper.from_array(np.eye(512, dtype=np.float32), "big"),
-         numpy_helper.from_array(np.array(10**7, dtype=np.int64), "trips"),
+         numpy_helper.from_array(np.array(trips, dtype=np.int64), "trips"),
          numpy_helper.from_array(np.array(True), "go"),
          numpy_helper.from_array(np.zeros((1, 1), np.float32), "zero"),
          numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w")])
@@ -294,3 +294,35 @@ def test_without_golden_outputs_the_model_must_still_load(pyz: Path, root: Path)
     assert error["code"] == "smoke_failed" and error["reason"] == "load_failed", error
     assert "did not load" in error["message"] and "1 stays active" in error["message"]
     assert read_state(root)["history"][-1]["version"] == "1"
+
+
+def test_a_rollback_smoke_tests_again_under_an_onnxruntime_that_never_ran_it(
+        pyz: Path, root: Path, tmp_path: Path) -> None:
+    """Each version records the onnxruntime that passed its smoke test. A rollback to a
+    version tested under another one (the device's onnxruntime upgraded since: here the record
+    in state.json says so) runs the smoke test again before the swap; a version that fails it
+    (here: takes longer than EDGEFLEET_SMOKE_TIMEOUT_S, and is killed) is skipped like one
+    that no longer verifies, and the current version stays. Before, a rollback put live a
+    model this onnxruntime had never run."""
+    first = push(pyz, root, golden_bundle(tmp_path, "1", model=endless_model(20_000)),
+                 plan=False).data
+    runtime = first["smoke"]["onnxruntime"]
+    assert runtime and read_state(root)["history"][0]["smoke_onnxruntime"] == runtime
+    push(pyz, root, golden_bundle(tmp_path, "2"), plan=False)
+
+    state = read_state(root)
+    state["history"][0]["smoke_onnxruntime"] = "1.0.0"  # passed under another onnxruntime
+    (root / "state.json").write_text(json.dumps(state))
+    refused = run_agent(pyz, root, "rollback", env=agent_env(EDGEFLEET_SMOKE_TIMEOUT_S="0.2"))
+    assert refused.error["code"] == "nothing_to_roll_back", refused.error
+    assert (f"m@1: its smoke test fails under onnxruntime {runtime}, which it was not tested "
+            "with") in refused.error["message"]
+    assert "EDGEFLEET_SMOKE_TIMEOUT_S" in refused.error["message"]
+    assert read_state(root)["history"][-1]["version"] == "2"  # nothing moved
+    assert run_agent(pyz, root, "verify", {}).data["active"]["version"] == "2"
+
+    rolled = run_agent(pyz, root, "rollback").data  # the default timeout: it passes
+    assert rolled["active"]["version"] == "1" and rolled["smoke"]["ok"] is True
+    assert rolled["smoke"]["onnxruntime"] == runtime
+    assert read_state(root)["history"] == [dict(rolled["active"])]
+    assert rolled["active"]["smoke_onnxruntime"] == runtime  # recorded: not run again
