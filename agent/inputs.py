@@ -196,8 +196,8 @@ def plan_inputs(signature: Any, *, shapes: Optional[Dict[str, Any]] = None,
     names = [item["name"] for item in inputs]
     shapes = {} if shapes is None else shapes
     constants = {} if constants is None else constants
-    _unknown_keys("shapes", shapes, names)
-    _unknown_keys("constants", constants, names)
+    _unknown_keys("--shape", shapes, names)
+    _unknown_keys("--input", constants, names)
     recorded = recorded if isinstance(recorded, dict) else {}
     arrays = _load_npz(npz[0], npz[1], names) if npz else {}
     plan: Plan = []

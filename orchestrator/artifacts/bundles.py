@@ -76,6 +76,11 @@ def collect_files(path: Path) -> list[tuple[str, Path]]:
                 continue
             full = Path(dirpath) / filename
             rel = full.relative_to(path).as_posix()
+            try:
+                rel.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BundleError(f"{str(full)!a}: the file name is not valid UTF-8 (bundle "
+                                  "paths travel as UTF-8); rename it") from None
             if full.is_symlink():
                 target = full.resolve()
                 if not target.is_relative_to(root):

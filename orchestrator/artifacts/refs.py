@@ -39,8 +39,11 @@ def check_version(version: str, what: str, error: type[EdgeFleetError]) -> str:
 
 def parse_ref(ref: str, what: str, error: type[EdgeFleetError]) -> tuple[str, str | None]:
     """``name`` or ``name@version``."""
-    name, _, version = ref.partition("@")
+    name, at, version = ref.partition("@")
     check_name(name, what, error)
+    if at and not version:  # `push "fc@$V"` with V unset must not mean the latest
+        raise error(f"{what} reference {ref!r} ends in '@' with no version: give NAME@VERSION, "
+                    "or NAME alone for the latest")
     if version:
         check_version(version, what, error)
     return name, version or None

@@ -55,8 +55,17 @@ def _root(version: Annotated[bool, typer.Option(
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 Targets = Annotated[str, typer.Argument(help="Target pattern: names, groups, globs, a:b, !x, &y.")]
 Forks = Annotated[int, typer.Option("--forks", "-f", help="Devices worked on at once.")]
+def _check_timeout(value: float | None) -> float | None:
+    """What the jobs refuse (a push, a bench), every command refuses: 0, negative, nan, inf
+    (``telemetry --timeout -1`` failed each device with "no output for -1s")."""
+    if value is not None and not 0 < value < float("inf"):
+        raise typer.BadParameter(f"{value!r} is not a number of seconds above 0")
+    return value
+
+
 Timeout = Annotated[
-    float | None, typer.Option("--timeout", help="Per-host seconds of silence before giving up.")
+    float | None, typer.Option("--timeout", callback=_check_timeout,
+                               help="Per-host seconds of silence before giving up.")
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -70,16 +79,49 @@ def handles_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except EdgeFleetError as exc:
-            if kwargs.get("as_json"):
-                output.print_json({"error": str(exc)})
-            else:
-                # A Text, not markup: the message carries user input ("[/red]" in a path must
-                # be shown, not parsed). soft_wrap: no hard wrap at the console width (80 when
-                # piped), which would split a path or file:line in two.
-                output.stderr.print(Text.assemble(("error:", "red"), f" {exc}"), soft_wrap=True)
-            raise typer.Exit(2) from None
+            message = str(exc)
+        except BrokenPipeError:
+            raise  # `| head` stopped reading: as before, not an error of the command's
+        except OSError as exc:  # a full disk, a read-only or unwritable path: named, no traceback
+            message = os_problem(exc)
+        except UnicodeError as exc:  # a file name or a text file that is not UTF-8
+            message = unicode_problem(exc)
+        if kwargs.get("as_json"):
+            output.print_json({"error": message})
+        else:
+            # A Text, not markup: the message carries user input ("[/red]" in a path must be
+            # shown, not parsed). soft_wrap: no hard wrap at the console width (80 when piped),
+            # which would split a path or file:line in two.
+            output.stderr.print(Text.assemble(("error:", "red"), f" {message}"), soft_wrap=True)
+        raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def os_problem(exc: OSError) -> str:
+    """An OSError as one line: what failed, on which file, and what to do."""
+    import errno
+
+    where = f" ({exc.filename!a})" if exc.filename else ""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    hint = {errno.ENOSPC: "free space on that disk (EDGEFLEET_HOME holds the blobs and the "
+                          "database) and run the command again",
+            errno.EDQUOT: "free space (a disk quota) and run the command again",
+            errno.EROFS: "that file system is read-only: point EDGEFLEET_HOME or the path "
+                         "elsewhere",
+            errno.EACCES: "check its permissions for this user",
+            errno.EPERM: "check its permissions for this user"}.get(exc.errno or 0,
+                                                                   "check the path")
+    return f"{what}{where}: {hint}"
+
+
+def unicode_problem(exc: UnicodeError) -> str:
+    """A name or text that is not UTF-8, with the offending bytes written out."""
+    part = getattr(exc, "object", None)
+    start, end = getattr(exc, "start", 0), getattr(exc, "end", 0)
+    near = f" near {part[max(0, start - 20):end + 20]!a}" if part else ""
+    return (f"a file name or a text file is not valid UTF-8{near}: rename the file, or save "
+            "the text as UTF-8")
 
 
 def state_home() -> tuple[Path, bool]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -45,8 +44,8 @@ def demo_cmd(
     from orchestrator.measure.verdicts import load_profile_file
 
     home = (home or Settings().home / "demo").absolute()
-    if fresh and home.exists():
-        shutil.rmtree(home)
+    if fresh:
+        scenario.reset(home)
     cfg = Settings(home=home, database_url=None)
     # The first run trains the demo's model (~10 s here, ~30 s on a loaded 2-core VM) before
     # anything else prints: say so, on stderr under --json (stdout stays one JSON report).

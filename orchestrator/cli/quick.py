@@ -17,9 +17,11 @@ adopted (typer refused the line, the bundle resolved differently) is discarded a
 from __future__ import annotations
 
 import atexit
+import math
 from collections.abc import Sequence
 
 _VALUED = {"--forks": "forks", "-f": "forks", "--timeout": "timeout"}
+MAX_FORKS = 1000  # jobs.params.HIGH["forks"] (tests/unit/cli/test_quick.py keeps them equal)
 
 
 def parse_push(argv: Sequence[str]) -> tuple[str, str, int, float | None] | None:
@@ -50,6 +52,10 @@ def parse_push(argv: Sequence[str]) -> tuple[str, str, int, float | None] | None
         forks = int(values.get("forks", "10"))
         timeout = float(values["timeout"]) if "timeout" in values else None
     except ValueError:
+        return None
+    # What the push job will refuse starts nothing here either: `--forks 5000` was refused
+    # after the early sessions had uploaded to (and pruned) every device it matched.
+    if not 1 <= forks <= MAX_FORKS or (timeout is not None and not 0 < timeout < math.inf):
         return None
     return positional[0], positional[1], forks, timeout
 

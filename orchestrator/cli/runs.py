@@ -64,6 +64,25 @@ def _print_results(results: list[dict], title: str, fmt: str) -> None:
         output.stdout.print(reports.render_table(results, title))
 
 
+def _check_junit_path(junit: Path, baseline: str | None) -> None:
+    """Before the benchmark, not after it: an unwritable path cost the whole gate's run, then a
+    traceback (exit 1: "regression" to a CI job) and the report."""
+    import os
+
+    if not baseline:
+        raise EdgeFleetError("--junit writes the comparison with a baseline: give --baseline "
+                             "N@V too")
+    folder = junit.parent if str(junit.parent) else Path(".")
+    if junit.is_dir():
+        raise EdgeFleetError(f"--junit {junit} is a folder: give a file path, e.g. "
+                             f"{junit / 'edgefleet.xml'}")
+    if not folder.is_dir():
+        raise EdgeFleetError(f"--junit {junit}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise EdgeFleetError(f"--junit {junit}: the folder {folder} is not writable by this "
+                             "user")
+
+
 @app.command("bench")
 @handles_errors
 def bench_cmd(
@@ -104,6 +123,8 @@ def bench_cmd(
     from orchestrator.measure.runs import BenchParams
 
     _check_format(fmt)
+    if junit is not None:
+        _check_junit_path(junit, baseline)
     cfg = settings()
     params = BenchParams(threads=parse_threads(threads), warmup=warmup, runs=runs,
                          min_seconds=min_seconds, shapes=parse_shapes(shape),

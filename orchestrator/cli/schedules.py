@@ -112,7 +112,7 @@ def schedules_add(
     from orchestrator.access.audit import local_actor
     from orchestrator.jobs import schedules
 
-    run_at = schedules.parse_time(at) if at is not None else None
+    run_at = schedules.parse_future(at) if at is not None else None
     created = schedules.create(settings(), kind, _params(bundle, threads, param or []),
                                targets, actor=local_actor(), cron=cron, run_at=run_at)
     shown = _public(created)

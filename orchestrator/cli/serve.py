@@ -16,7 +16,8 @@ def serve_cmd(
     host: Annotated[str, typer.Option(help="Address to bind. Anything but loopback needs an "
                                            "admin token first.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
-    workers: Annotated[int, typer.Option(help="Jobs run at once in this process.")] = 2,
+    workers: Annotated[int, typer.Option(
+        min=1, max=200, help="Jobs run at once in this process.")] = 2,
     worker: Annotated[bool, typer.Option(
         "--worker/--no-worker", help="Also run jobs here (default); --no-worker serves the "
                                      "web and API only, `edgefleet worker`s run the jobs.")] = True,

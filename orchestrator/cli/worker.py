@@ -22,7 +22,8 @@ from orchestrator.present import output
 @app.command("worker")
 @handles_errors
 def worker_cmd(
-    workers: Annotated[int, typer.Option(help="Jobs run at once by this process.")] = 2,
+    workers: Annotated[int, typer.Option(
+        min=1, max=200, help="Jobs run at once by this process.")] = 2,
     as_json: JsonOpt = False,
 ) -> None:
     """Run jobs from the shared database until stopped (Ctrl-C / SIGTERM: running jobs get 30 s

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, OperationalError
 from sqlmodel import Session, create_engine
 
 from orchestrator.core import sqlitewrite
@@ -112,6 +112,13 @@ def make_engine(url: str) -> Engine:
     try:
         return create_engine(url, pool_pre_ping=True, json_serializer=json_text,
                              connect_args=pg_liveness(url))
+    except (ArgumentError, ValueError) as exc:  # not a URL, a port that is not a number
+        from orchestrator.core.schema import redact
+
+        raise EdgeFleetError(
+            f"DATABASE_URL {redact(url)} is not a database URL ({type(exc).__name__}); write "
+            "it as postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB, or unset it for the "
+            "SQLite file under EDGEFLEET_HOME") from None
     except ModuleNotFoundError as exc:  # postgresql:// means psycopg2 to SQLAlchemy
         from orchestrator.core.schema import redact
 
@@ -145,6 +152,19 @@ def unreachable(url: str, exc: OperationalError) -> EdgeFleetError:
     reason = str(exc.orig or exc).strip().splitlines()[0]
     return EdgeFleetError(f"cannot open the database {redact(url)}: {reason}. Check that it is "
                           "running and reachable from this host, and DATABASE_URL")
+
+
+def not_a_database(url: str, exc: DatabaseError) -> EdgeFleetError:
+    """The database answered but is not one (a SQLite file overwritten or corrupt)."""
+    from orchestrator.core.schema import redact
+
+    reason = str(exc.orig or exc).strip().splitlines()[0]
+    path = sqlite_file(url)
+    if path is not None:
+        return EdgeFleetError(f"{path} is not a readable SQLite database ({reason}): restore it "
+                              "from a backup, or move it aside and run `edgefleet db upgrade` "
+                              "to start an empty one (then `edgefleet inventory sync`)")
+    return EdgeFleetError(f"the database {redact(url)} refused the schema check ({reason})")
 
 
 # How long a connection waits for another process's write (a CLI next to a server; this
@@ -198,6 +218,9 @@ def get_engine(settings: Settings | None = None) -> Engine:
             except OperationalError as exc:  # the first connection: say which DB, no password
                 engine.dispose()
                 raise unreachable(url, exc) from None
+            except DatabaseError as exc:  # "file is not a database": a corrupt SQLite file
+                engine.dispose()
+                raise not_a_database(url, exc) from None
             except BaseException:
                 engine.dispose()
                 raise
@@ -215,6 +238,10 @@ def upgrade(url: str) -> tuple[Status, Status]:
     engine = make_engine(url)
     try:
         return schema.upgrade(engine, url)
+    except OperationalError as exc:
+        raise unreachable(url, exc) from None
+    except DatabaseError as exc:
+        raise not_a_database(url, exc) from None
     finally:
         engine.dispose()
 
@@ -226,6 +253,10 @@ def status(url: str) -> Status:
     engine = make_engine(url)
     try:
         return schema.status(engine, url)
+    except OperationalError as exc:
+        raise unreachable(url, exc) from None
+    except DatabaseError as exc:
+        raise not_a_database(url, exc) from None
     finally:
         engine.dispose()
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from orchestrator.core.errors import EdgeFleetError
 from orchestrator.demo.audio import write_eval_set
 from orchestrator.demo.model import TRAINED_STREAMING_PROFILE, make_trained_classifier
 from orchestrator.demo.simulate import SimulatedDevice, create_simulated_device
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     import onnx
 
 DEMO_BUNDLE = "first-crack"
+MARKER = ".edgefleet-demo"  # written into every demo home: what `demo --fresh` may delete
 SLOWER_DIR = "first-crack-v2-slower"
 # v2 computes its first layer this many times over: ~10x v1's latency. Why so much: the demo
 # must show the change point on any machine it runs on, loaded ones included; on a 2-core VM
@@ -64,12 +66,39 @@ class DemoFiles:
     sims: dict[str, SimulatedDevice]
 
 
+def is_demo_home(home: Path) -> bool:
+    """Whether ``home`` is a directory ``edgefleet demo`` made (its marker; or, made before
+    the marker, its inventory, devices and models): only such a home may ``--fresh`` delete."""
+    if (home / MARKER).is_file():
+        return True
+    return ((home / "inventory.yml").is_file() and (home / "devices").is_dir()
+            and (home / "models" / DEMO_BUNDLE).is_dir())
+
+
+def reset(home: Path) -> None:
+    """``demo --fresh``: delete the demo home, refusing any directory the demo did not make
+    (``--fresh --home ~`` deleted the user's home)."""
+    if not home.exists():
+        return
+    if home.is_dir() and (not any(home.iterdir()) or is_demo_home(home)):
+        shutil.rmtree(home)
+        return
+    raise EdgeFleetError(f"--fresh deletes only a demo home, and {home} is not one (no "
+                         f"{MARKER}): nothing was deleted. Give --home a new or empty "
+                         "directory, or one an earlier `edgefleet demo` made")
+
+
 def prepare(home: Path, model_cache: Path | None = None) -> DemoFiles:
     """Write the simulated devices, their inventory and the model folder (idempotent).
 
     ``model_cache``: where the trained model is kept between runs (default: ``home/cache``;
     tests share one across the session: training takes ~10 s)."""
+    if home.exists() and not home.is_dir():
+        raise EdgeFleetError(f"the demo home {home} is a file, not a directory: give --home a "
+                             "directory (it is created if missing)")
     home.mkdir(parents=True, exist_ok=True)
+    (home / MARKER).write_text("made by `edgefleet demo`: `edgefleet demo --fresh` may delete "
+                               "this directory\n")
     sims: dict[str, SimulatedDevice] = {}
     groups: dict[str, dict[str, dict]] = {}
     for spec in DEVICES:

@@ -285,7 +285,9 @@ def _resolve(bundles: list[Any], ref: str) -> Any | None:
     """The bundle row ``ref`` names, by the rules of ``bundles.get_bundle`` (no version: the
     newest build that is not a variant); None if none. A wrong guess costs only work: the
     adopting step compares digests."""
-    name, _, version = ref.partition("@")
+    name, at, version = ref.partition("@")
+    if at and not version:
+        return None  # "fc@" is refused (refs.parse_ref): nothing may start for it
     named = [b for b in bundles if b.name == name]
     if version:
         return next((b for b in named if b.version == version), None)

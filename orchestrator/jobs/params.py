@@ -8,6 +8,7 @@ matched against the model's labels (``evals.plan_eval``) before anything is queu
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict
 from typing import Any
@@ -122,10 +123,36 @@ def _shapes(value: Any) -> dict[str, list[int]]:
 def _constants(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict) or not all(
             isinstance(k, str) and k and isinstance(v, int | float | bool)
-            for k, v in value.items()):
-        raise EdgeFleetError("bench job: 'constants' must map input names to numbers or "
-                             f"true/false, e.g. {{\"sampling_rate\": 16000}} (got {value!r})")
+            and (not isinstance(v, float) or math.isfinite(v)) for k, v in value.items()):
+        raise EdgeFleetError("bench job: 'constants' must map input names to finite numbers "
+                             f"or true/false, e.g. {{\"sampling_rate\": 16000}} (got {value!r})")
     return value
+
+
+def _check_inputs(session: Session, ref: str, shapes: dict[str, Any],
+                  constants: dict[str, Any]) -> None:
+    """``--shape``/``--input`` checked against the bundle's model now, by the code the device
+    runs (``agent.inputs.plan_inputs``): a typo used to reach every device, fail there, leave
+    a failed run and job and raise a ``job_failed`` alert. With a sample ``.npz`` in the bundle
+    (it sizes the inputs it holds, on the device) an unsized dimension is left to the device."""
+    from agent.fsutil import AgentError
+    from agent.inputs import find_sample_npz, plan_inputs
+
+    if not shapes and not constants:
+        return
+    manifest = json.loads(get_bundle(session, ref).manifest_json)
+    model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
+    recorded = manifest.get("input_constants")
+    try:
+        plan_inputs(model.get("inputs"), shapes=shapes,
+                    constants=dict(recorded, **constants) if isinstance(recorded, dict)
+                    else constants,
+                    recorded=manifest.get("input_shapes"),
+                    recorded_assumed=manifest.get("shape_defaults"))
+    except AgentError as exc:
+        if "dimension" in exc.extra and find_sample_npz(manifest.get("files") or []):
+            return
+        raise EdgeFleetError(f"bench job: {exc.message} (bundle {ref})") from None
 
 
 def default_targets(kind: str, targets: str | None) -> str:
@@ -143,6 +170,7 @@ def _bench(session: Session, params: dict[str, Any], out: dict[str, Any]) -> Non
     out["min_seconds"] = _number(kind, params, "min_seconds", defaults.min_seconds)
     out["shapes"] = _shapes(params.get("shapes", {}))
     out["constants"] = _constants(params.get("constants", {}))
+    _check_inputs(session, out["bundle"], out["shapes"], out["constants"])
     providers = params.get("providers", defaults.providers)
     if not isinstance(providers, list) or not providers or not all(
             isinstance(p, str) and p for p in providers):

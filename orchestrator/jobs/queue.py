@@ -40,7 +40,8 @@ from orchestrator.jobs import context, execute
 
 log = logging.getLogger(__name__)
 
-JOB_KINDS = ("push", "bench", "eval", "telemetry")
+# Every kind a job can be (a list filter): what can be submitted is params.ALLOWED's.
+JOB_KINDS = ("push", "bench", "eval", "rollback", "verify", "telemetry")
 TERMINAL = ("succeeded", "failed", "cancelled", "interrupted")
 STATES = ("queued", "running", *TERMINAL)
 ORIGINS = ("server", "cli", "schedule")

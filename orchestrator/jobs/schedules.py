@@ -14,7 +14,7 @@ the transaction that stores its job, so a process dying between the two loses no
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from croniter import CroniterError, croniter
@@ -49,6 +49,21 @@ def parse_time(text: str) -> datetime:
     except OverflowError:
         raise EdgeFleetError(f"time {text!r} is out of range: in UTC it falls before year 1 "
                              "or after 9999") from None
+
+
+PAST_GRACE = timedelta(minutes=1)  # an "at" time this far back is a typo, not "right now"
+
+
+def parse_future(text: str, now: datetime | None = None) -> datetime:
+    """A one-off time a person typed (the CLI's ``--at``, the page's field): ``parse_time``,
+    refused when already past: a mistyped year (2020 for 2030) fired the job the moment a
+    worker polled. (The service itself takes any time: the API may ask for "at once".)"""
+    moment = parse_time(text)
+    now = now or datetime.now(UTC)
+    if moment < now - PAST_GRACE:
+        raise EdgeFleetError(f"time {moment:%Y-%m-%d %H:%M} UTC has passed (it is "
+                             f"{now:%Y-%m-%d %H:%M} UTC now)")
+    return moment
 
 
 def next_fire(cron: str, after: datetime) -> datetime:

@@ -190,6 +190,9 @@ def load_profile_file(path: Path | str) -> StreamingProfile:
     except OSError as exc:
         raise ProfileError(f"{path}: cannot read the streaming profile: "
                            f"{exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ProfileError(f"{path}: the streaming profile is not UTF-8 text (byte "
+                           f"{exc.start}); save it as UTF-8 YAML or JSON") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)

@@ -3,6 +3,7 @@ constants)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import typer
@@ -59,9 +60,13 @@ def parse_constant(text: str) -> Any:
         return lowered == "true"
     for kind in (int, float):
         try:
-            return kind(text)
+            value = kind(text)
         except ValueError:
-            pass
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            # nan "succeeded" on NaN inputs and was stored as null, which no one can replay
+            raise EdgeFleetError(f"--input value {text!r} is not a finite number")
+        return value
     raise EdgeFleetError(f"--input value {text!r} is not a number or true/false")
 
 

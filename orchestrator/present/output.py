@@ -7,6 +7,7 @@ hostile name like ``[red]x`` is shown, not interpreted as markup.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -19,6 +20,7 @@ from rich.progress import (
     TextColumn,
     TransferSpeedColumn,
 )
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
@@ -26,9 +28,35 @@ from orchestrator.fleet.fanout import Outcome
 from orchestrator.present import progress_words
 from orchestrator.present.wording import plural
 
+# Control characters (ESC, BEL, C1, DEL) and bidirectional overrides in text we print.
+_UNSEEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(text: str) -> str:
+    """``text`` with its control characters written out (``\\x1b``): a device's model string,
+    an inventory label or an error echoing either can hold ``ESC ]0;...`` (retitle the
+    terminal), ``ESC [2J`` (clear it) or a right-to-left override that reorders what follows.
+    Newlines and tabs stay."""
+    return _UNSEEN.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                       else f"\\u{ord(m.group()):04x}", text)
+
+
+class SafeConsole(Console):
+    """A Console whose text is passed through ``visible`` as it is written: every table, error
+    and progress line, whoever built the ``Text``. One place, rather than at each of the many
+    ``Text(...)`` holding device or user strings. Rich adds its own styles after this
+    (``Style.render``), and its cursor moves are control segments, left as they are."""
+
+    def _render_buffer(self, buffer: Iterable[Segment]) -> str:
+        return super()._render_buffer(
+            Segment(visible(seg.text), seg.style, seg.control) if seg.control is None else seg
+            for seg in buffer)
+
+
 # Piped output gets a wide fixed width so tables are not squeezed into 80 columns.
-stdout = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 160)
-stderr = Console(stderr=True, highlight=False)
+stdout = SafeConsole(highlight=False, soft_wrap=False,
+                     width=None if sys.stdout.isatty() else 160)
+stderr = SafeConsole(stderr=True, highlight=False)
 
 
 def print_json(obj: Any) -> None:
@@ -37,7 +65,10 @@ def print_json(obj: Any) -> None:
 
 
 def print_text(text: str) -> None:
-    """Plain text (Markdown, CSV) on stdout, byte for byte: no rich wrapping or markup."""
+    """Plain text (Markdown, CSV) on stdout, byte for byte: no rich wrapping or markup (to a
+    terminal, control characters written out: ``visible``)."""
+    if sys.stdout.isatty():
+        text = visible(text)
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
     sys.stdout.flush()
 

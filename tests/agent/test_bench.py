@@ -232,7 +232,7 @@ def test_bad_input_and_missing_bundles_fail_before_measuring(
     cases = [
         ({"shapes": {"x": [4]}}, r"--shape x=4 has 1 dimension but input 'x' has 2"),
         ({"shapes": {"x": [4, 16]}, "constants": {"rate": 1}},
-         r"constants names 'rate', which is not an input of the model \(inputs: x, sr, y\)"),
+         r"--input names 'rate', which is not an input of the model \(inputs: x, sr, y\)"),
         ({"thread": [1]}, r"unknown bench field\(s\) thread"),
         ({"sample_hz": 1}, r"sample_hz must be a number from 4"),
     ]

@@ -147,9 +147,9 @@ def test_unresolved_and_wrong_shapes_name_the_input_and_dimension() -> None:
 
 
 def test_unknown_names_and_bad_constants() -> None:
-    bad(r"constants names 'rate', which is not an input of the model \(inputs: x, sr, y\)",
+    bad(r"--input names 'rate', which is not an input of the model \(inputs: x, sr, y\)",
         SIG, shapes={"x": [1, 16]}, constants={"rate": 1})
-    bad(r"shapes names 'z', which is not an input of the model \(inputs: x, sr, y\)",
+    bad(r"--shape names 'z', which is not an input of the model \(inputs: x, sr, y\)",
         SIG, shapes={"z": [1]})
     bad(r"constant for input 'sr' \(int64\) must be a whole number, got 1\.5", SIG,
         shapes={"x": [1, 16]}, constants={"sr": 1.5})

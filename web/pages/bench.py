@@ -12,7 +12,7 @@ reason (400). The form fields mirror ``edgefleet bench``: shapes are ``NAME=1x51
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -33,7 +33,6 @@ from web.pages.common import form_fields, not_found, render, submit_job
 router = APIRouter()
 
 WHEN = ("now", "cron", "at")
-PAST_GRACE = timedelta(minutes=1)  # an "at" time this far back is a typo, not "right now"
 FORM_DEFAULTS = {"bundle": "", "baseline": "", "targets": "", "threads": "1,2,4",
                  "warmup": "5", "runs": "30", "min_seconds": "", "shapes": "", "inputs": "",
                  "when": "now", "cron": "0 3 * * *", "at": ""}
@@ -64,14 +63,10 @@ def _number(text: str, kind: type[int] | type[float]) -> int | float | str:
         return text
 
 
-def parse_at(text: str, now: datetime | None = None) -> datetime:
-    """A ``datetime-local`` value (or ISO time) read as UTC unless it carries an offset."""
-    moment = schedules.parse_time(text)
-    now = now or datetime.now(UTC)
-    if moment < now - PAST_GRACE:
-        raise EdgeFleetError(f"time {moment:%Y-%m-%d %H:%M} UTC has passed "
-                             f"(it is {now:%Y-%m-%d %H:%M} UTC now)")
-    return moment
+def parse_at(text: str) -> datetime:
+    """A ``datetime-local`` value (or ISO time) read as UTC unless it carries an offset, and
+    not already past (``schedules.parse_future``)."""
+    return schedules.parse_future(text)
 
 
 def bench_request(form: dict[str, str]) -> tuple[str, dict[str, Any]]:

@@ -27,7 +27,6 @@ router = APIRouter()
 JOBS_LIMIT = 100
 ACTIVE_JOB_STATES = ("queued", "running")  # the list polls while one of its jobs is in these
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
-JOB_KINDS = ("push", "bench", "eval", "rollback", "verify", "telemetry")
 
 
 def job_view(job: Any) -> dict[str, Any]:
@@ -43,7 +42,7 @@ def job_view(job: Any) -> dict[str, Any]:
 @router.get("/jobs", response_class=HTMLResponse)
 def jobs_page(request: Request, principal: Viewer, session: SessionDep, state: str = "",
               kind: str = "") -> HTMLResponse:
-    from orchestrator.jobs.queue import list_jobs
+    from orchestrator.jobs.queue import JOB_KINDS, list_jobs
 
     rows = [job_view(job) for job in list_jobs(
         session, JOBS_LIMIT, state=state if state in JOB_STATES else None,

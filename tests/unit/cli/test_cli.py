@@ -507,3 +507,21 @@ def test_schedules_from_the_cli(cli: Cli, fleet: dict[str, Path], home: Path) ->
             AuditEvent.actor == local_actor(), AuditEvent.target == f"schedule:{sid}"))]
     assert actions == ["schedule.create", "schedule.pause", "schedule.resume",
                        "schedule.delete"]
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    (["--shape", "nosuch=1x2"], "--shape names 'nosuch', which is not an input of the model"),
+    (["--input", "nosuch=3"], "--input names 'nosuch', which is not an input of the model"),
+    (["--shape", "input=1x2x3"], "--shape input=1x2x3 has 3 dimensions but input 'input'"),
+])
+def test_a_bench_input_the_model_lacks_is_refused_before_any_device(
+        cli: Cli, fleet: dict[str, Path], option: list[str], message: str) -> None:
+    """Checked against the bundle by the device's own code when the job is submitted: it used
+    to reach every device, fail there, and leave a failed run, a failed job and an alert."""
+    model_input = cli("bundle", "show", "fc", "--json").json["model"]["inputs"][0]["name"]
+    option = [o.replace("input=", f"{model_input}=") for o in option]
+    message = message.replace("input=", f"{model_input}=").replace("'input'", f"'{model_input}'")
+    refused = cli("bench", "fc", "all", *option, "--json", expect=2).json
+    assert message in refused["error"] and "(bundle fc@1)" in refused["error"], refused
+    assert cli("jobs", "list", "--json").json == []
+    assert cli("runs", "list", "--json").json == []

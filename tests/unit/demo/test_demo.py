@@ -98,3 +98,40 @@ def test_demo_end_to_end_and_again(cli: Cli, tmp_path: Path) -> None:
     assert "$ edgefleet runs regressions --bundle first-crack" in human
     assert "--shape" not in human  # the batch dimension is 1 by default: no flag needed
     assert "change point(s) in 8 series" in human and "1 -> 2" in " ".join(human.split())
+
+
+def test_fresh_deletes_only_a_demo_home(cli: Cli, tmp_path: Path) -> None:
+    """`demo --fresh --home DIR` ran rmtree(DIR) whatever DIR was (`--home ~` deleted the
+    user's home). It now deletes only a directory a demo made (its marker, or an older demo's
+    layout) or an empty one, and refuses anything else before touching it."""
+    from orchestrator.demo import scenario
+
+    precious = tmp_path / "precious"
+    (precious / "sub").mkdir(parents=True)
+    (precious / "important.txt").write_text("keep me")
+    refused = cli("demo", "--fresh", "--home", precious, "--json", expect=2).json
+    assert "--fresh deletes only a demo home" in refused["error"]
+    assert str(precious) in refused["error"] and "nothing was deleted" in refused["error"]
+    assert (precious / "important.txt").read_text() == "keep me" and (precious / "sub").is_dir()
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert "is a file, not a directory" in cli("demo", "--home", afile, "--json",
+                                               expect=2).json["error"]
+    assert afile.read_text() == "x"
+
+    made = tmp_path / "made"  # what a demo leaves: its marker, and whatever it wrote
+    (made / "devices").mkdir(parents=True)
+    (made / scenario.MARKER).write_text("")
+    scenario.reset(made)
+    assert not made.exists()
+    older = tmp_path / "older"  # made before the marker existed
+    (older / "devices").mkdir(parents=True)
+    (older / "models" / scenario.DEMO_BUNDLE).mkdir(parents=True)
+    (older / "inventory.yml").write_text("all: {}\n")
+    scenario.reset(older)
+    assert not older.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    scenario.reset(empty)
+    assert not empty.exists()

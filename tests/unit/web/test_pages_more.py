@@ -97,7 +97,8 @@ def _job_count(site: Site) -> int:
 
 BENCH = {"bundle": "first-crack@1", "baseline": "", "targets": COOL, "threads": "1, 2",
          "warmup": "1", "runs": "3", "min_seconds": "0.5", "shapes": "log_mel=1x1x98x40\n",
-         "inputs": "# constants\r\ngain=0.5", "when": "now", "cron": "", "at": ""}
+         "inputs": "# constants (the model has none: a comment line only)\r\n", "when": "now",
+         "cron": "", "at": ""}
 
 
 # --- benchmarks -----------------------------------------------------------------------------
@@ -129,7 +130,7 @@ def test_bench_now_becomes_a_queued_job_with_the_form_params(seeded: Seeded) -> 
     assert params["bundle"] == "first-crack@1" and params["threads"] == [1, 2]
     assert (params["warmup"], params["runs"], params["min_seconds"]) == (1, 3, 0.5)
     assert params["shapes"] == {"log_mel": [1, 1, 98, 40]}
-    assert params["constants"] == {"gain": 0.5} and "baseline" not in params
+    assert params["constants"] == {} and "baseline" not in params
     queue.cancel(site.settings, job["id"], actor="tester")
 
 
@@ -138,6 +139,7 @@ def test_bench_now_becomes_a_queued_job_with_the_form_params(seeded: Seeded) -> 
     ({"threads": "1,two"}, "threads"),
     ({"shapes": "log_mel=1x1x98x40\nlog_mel 1x2"}, "shapes, line 2"),
     ({"inputs": "gain=loud"}, "inputs, line 1"),
+    ({"inputs": "gain=0.5"}, "--input names 'gain', which is not an input of the model"),
     ({"runs": "0"}, "'runs' must be an integer from 1 to"),
     ({"when": "cron", "cron": "61 * * * *"}, "cron expression '61 * * * *' is not valid"),
     ({"when": "cron", "cron": "0 3 * *"}, "has 4 field(s)"),
