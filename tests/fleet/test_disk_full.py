@@ -3,8 +3,6 @@ clear error, and nothing lost — the previous bundle stays active, no .part or 
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,19 +11,15 @@ import pytest
 from orchestrator.demo.model import make_large_model
 
 from ..conftest import Cli
+from ..small_disk import mounted_tmpfs
 from .test_push_e2e import active_manifest, model_folder, setup_fleet
 
 
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 12 MiB tmpfs; mounting needs root (CI and these machines run the suite as root)."""
-    if os.geteuid() != 0:
-        pytest.fail("mounting a tmpfs needs root: run the suite as root (CI does)")
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)
+    """A 12 MiB tmpfs."""
+    with mounted_tmpfs(tmp_path / "small-disk", "12m") as mount:
+        yield mount
 
 
 def leftovers(root: Path) -> list[Path]:

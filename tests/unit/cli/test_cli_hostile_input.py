@@ -7,7 +7,6 @@ tmpfs, a file name that is not UTF-8, a PostgreSQL port nothing listens on.
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 
 from orchestrator.demo.model import make_demo_classifier
 from tests.conftest import Cli
+from tests.small_disk import mounted_tmpfs
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLE = REPO / "inventory" / "example.yml"
@@ -64,14 +64,9 @@ def test_a_database_url_that_is_not_one_is_named_without_its_password(
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs; mounting needs root (CI and these machines run the suite as root)."""
-    if os.geteuid() != 0:
-        pytest.fail("mounting a tmpfs needs root: run the suite as root (CI does)")
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)
+    """A 2 MiB tmpfs."""
+    with mounted_tmpfs(tmp_path / "small-disk", "2m") as mount:
+        yield mount
 
 
 def test_a_full_disk_under_the_home_is_named(cli: Cli, tmp_path: Path, small_disk: Path,
