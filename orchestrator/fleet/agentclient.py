@@ -219,9 +219,11 @@ class AgentSession:
                                     "path": blob.label}
             if blob.offset:  # only ever offered by an agent that understands it
                 spec["offset"] = blob.offset
-            self._send_request("receive", spec)
-            unread += 1
             try:
+                # The request line too: an agent that refused the blob before has answered and
+                # exited, and a write to it fails here as well as in the blob's bytes.
+                self._send_request("receive", spec)
+                unread += 1
                 self.channel.write_file(blob.local, blob.offset, on_bytes, SEND_CHUNK)
             except TransportError:
                 break  # the agent stopped reading: its result line says why
