@@ -80,8 +80,8 @@ def handles_errors(func: F) -> F:
             return func(*args, **kwargs)
         except EdgeFleetError as exc:
             message = str(exc)
-        except BrokenPipeError:
-            raise  # `| head` stopped reading: as before, not an error of the command's
+        except (BrokenPipeError, output.StdoutUnwritable):
+            raise  # `| head` stopped reading / stdout is full: cli.main says so
         except OSError as exc:  # a full disk, a read-only or unwritable path: named, no traceback
             message = os_problem(exc)
         except UnicodeError as exc:  # a file name or a text file that is not UTF-8
@@ -112,6 +112,8 @@ def os_problem(exc: OSError) -> str:
             errno.EACCES: "check its permissions for this user",
             errno.EPERM: "check its permissions for this user"}.get(exc.errno or 0,
                                                                    "check the path")
+    if not exc.filename and hint == "check the path":
+        return what  # no path to check: the message is all there is
     return f"{what}{where}: {hint}"
 
 

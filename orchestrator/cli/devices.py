@@ -43,6 +43,9 @@ def inventory_sync(
     from orchestrator.inventory.sync import sync_file
 
     path = file or Path(os.environ.get("EDGEFLEET_INVENTORY", "inventory.yml"))
+    if path.is_dir():
+        raise EdgeFleetError(f"{path} is a folder: pass the inventory file in it, e.g. "
+                             f"`edgefleet inventory sync {path / 'inventory.yml'}`")
     if not path.is_file():
         raise EdgeFleetError(f"{path}: no such inventory file; pass one: "
                              "`edgefleet inventory sync inventory/example.yml`")

@@ -95,11 +95,40 @@ def main() -> None:
     # paramiko here). Frozen, it skips them and the OS takes the memory back in one go; what
     # must be closed is closed explicitly (db disposes its engines at exit).
     atexit.register(gc.freeze)
+    from orchestrator.present.output import GuardedStdout, StdoutUnwritable
+
+    sys.stdout = GuardedStdout(sys.stdout)  # type: ignore[assignment]
+    try:
+        _main()
+    except StdoutUnwritable as exc:
+        _stdout_failed(exc)
+
+
+def _stdout_failed(exc: OSError) -> None:
+    """One line on stderr, exit 2; stdout is pointed at /dev/null first, or the interpreter's
+    own flush at exit would fail again with a traceback."""
+    import contextlib
+    import os
+
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.__stdout__.fileno())
+    sys.stderr.write(f"error: cannot write to standard output: {exc.strerror or exc} (where "
+                     "stdout goes: a full disk, /dev/full?)\n")
+    sys.exit(2)
+
+
+def _main() -> None:
     from orchestrator.cli import quick
 
     args = sys.argv[1:]
     quick.start_push(args)
     as_json = "--json" in args
+    if sorted(args) == ["--json", "--version"]:  # --json everywhere: the version too
+        from orchestrator import __version__
+        from orchestrator.present import output
+
+        output.print_json({"version": __version__})
+        return
     if args and not {"--help", "-h", "--version"} & set(args):
         _home_problem_exit(as_json)
     if not as_json:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Annotated
 
 import typer
 
 from orchestrator.cli.app import app, handles_errors, settings
+from orchestrator.core.errors import EdgeFleetError
 from orchestrator.present import output
 
 
@@ -33,6 +35,7 @@ def serve_cmd(
 
     cfg = settings()
     local_only = check_bind(host, cfg)
+    check_port_free(host, port)
     if worker:
         get_engine(cfg)  # a schema refused says so before the worker lock is named
         hold_sqlite_lock(cfg)
@@ -53,3 +56,21 @@ def serve_cmd(
     # the connection). Behind a reverse proxy, run the app under a server configured for it.
     uvicorn.run(create_app(cfg, run_jobs=worker, workers=workers), host=host, port=port,
                 log_level="warning", proxy_headers=False)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse, before the banner, a port another server holds: uvicorn logged the error after
+    it and exited 3. Bound as uvicorn binds (SO_REUSEADDR), then let go for it."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise EdgeFleetError(f"--host {host}: cannot be resolved ({exc})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise EdgeFleetError(
+                f"cannot listen on {host} port {port}: {exc.strerror or exc} (another "
+                "`edgefleet serve`? stop it, or give --port N)") from None

@@ -55,6 +55,8 @@ def session_failure(device: str, exc: EdgeFleetError, cancelled: Callable[[], bo
     if cancelled is not None and cancelled():
         return f"{device}: stopped, the run was cancelled ({failure})"
     if isinstance(exc, AgentError) and exc.code == "not_on_device":
+        # The agent's own hint names no device ("edgefleet push N@V TARGETS"): this one does.
+        failure = failure.split(": push it first")[0]
         failure += f" (push it first: `edgefleet push {bundle_ref} {device}`)"
     return failure
 

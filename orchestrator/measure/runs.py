@@ -225,7 +225,10 @@ def bench(settings: Settings, bundles: Sequence[Bundle], devices: Sequence[Devic
         except (AgentError, EdgeFleetError) as exc:
             if isinstance(exc, AgentError):
                 report.note(exc.detail)
-            failure = session_failure(target.name, exc, cancelled, "NAME@VERSION")
+            missing = exc.detail.get("digest") if isinstance(exc, AgentError) else None
+            failure = session_failure(target.name, exc, cancelled, next(
+                (f"{b.name}@{b.version}" for b in bundles if b.digest == missing),
+                "NAME@VERSION"))
             errors.append(failure)
         except Exception as exc:  # noqa: BLE001 - the finished thread counts must stay
             failure = unexpected_failure(target.name, "bench", exc)

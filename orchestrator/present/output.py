@@ -53,6 +53,38 @@ class SafeConsole(Console):
             for seg in buffer)
 
 
+class StdoutUnwritable(OSError):
+    """Standard output itself cannot be written (``> /dev/full``, a full disk under a
+    redirect): not the command's file problem, so not reported as one ("free space under
+    EDGEFLEET_HOME") nor, with --json, written to that same stdout."""
+
+
+class GuardedStdout:
+    """``sys.stdout`` whose write failures are ``StdoutUnwritable`` (a closed pipe stays
+    BrokenPipeError: ``| head`` stopping early is not an error). Everything else is the
+    stream's own, looked up on each call (rich asks ``isatty``, ``fileno``, ``encoding``)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def _guarded(self, call: Any, *args: Any) -> Any:
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise StdoutUnwritable(exc.errno, exc.strerror) from None
+
+    def write(self, text: str) -> int:
+        return self._guarded(self._stream.write, text)
+
+    def flush(self) -> None:
+        self._guarded(self._stream.flush)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 # Piped output gets a wide fixed width so tables are not squeezed into 80 columns.
 stdout = SafeConsole(highlight=False, soft_wrap=False,
                      width=None if sys.stdout.isatty() else 160)

@@ -174,6 +174,21 @@ def test_device_dying_mid_run_fails_alone(cli: Cli, sshd_factory, tmp_path: Path
         assert shown.count(victim.name) >= 2, shown
 
 
+def test_a_bundle_not_on_a_device_says_once_how_to_push_it_there(
+        cli: Cli, sshd_factory, tmp_path: Path) -> None:
+    """The agent's hint ("push it first (edgefleet push m@V TARGETS)") and the control
+    plane's were both in one message; now one, naming the bundle and the device."""
+    with_it, without = sshd_factory(2)
+    setup_fleet(cli, tmp_path, [with_it, without])
+    built = build_and_push(cli, tmp_path, "m", lambda p: make_large_model(p, 1), with_it.name)
+    rows = cli("bench", "m", "pis", "--threads", "1", "--runs", "3", "--shape", "x=1x4096",
+               "--json", expect=1).json["results"]
+    (failed,) = [r for r in rows if r["device"] == without.name]
+    assert failed["error"].count("push it first") == 1, failed["error"]
+    assert f"`edgefleet push m@{built['version']} {without.name}`" in failed["error"]
+    assert [r["ok"] for r in rows if r["device"] == with_it.name] == [True]
+
+
 def test_compare_and_gate(cli: Cli, sshd_factory, tmp_path: Path) -> None:
     host = sshd_factory(1)[0]
     setup_fleet(cli, tmp_path, [host])

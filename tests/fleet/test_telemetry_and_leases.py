@@ -29,6 +29,8 @@ def test_telemetry_snapshot_is_decoded_and_stored(cli: Cli, sshd_factory,
     assert snaps[cool.name]["throttled_hex"] == "0x0" and snaps[cool.name]["freq_mhz"] == 2400
     for key in ("load_1m", "mem_available_mb", "disk_free_bytes"):
         assert snaps[cool.name][key] is not None
+    # The table's composed text columns stay out of --json: the stored fields carry it.
+    assert not {"throttled", "disk_free"} & set(snaps[hot.name])
     table = cli("telemetry", "pis").stdout
     assert "0xe0000" in table and "since boot" in table
     # Stored: the device row now shows the latest reading.

@@ -31,6 +31,8 @@ def run(*args: str, home: Path | str) -> subprocess.CompletedProcess[str]:
 def test_version(tmp_path: Path) -> None:
     done = run("--version", home=tmp_path / "home")
     assert (done.returncode, done.stdout) == (0, f"edgefleet {__version__}\n")
+    done = run("--version", "--json", home=tmp_path / "home")  # was "No such option: --json"
+    assert (done.returncode, json.loads(done.stdout)) == (0, {"version": __version__})
 
 
 @pytest.mark.parametrize(("args", "error", "usage"), [

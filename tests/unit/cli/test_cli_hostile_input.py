@@ -106,6 +106,9 @@ def test_names_and_texts_that_are_not_utf8(cli: Cli, bundle: Path, tmp_path: Pat
     (["push", "fc@", "all"], "ends in '@' with no version"),
     (["schedules", "add", "bench", "all", "--bundle", "fc", "--at", "2020-01-01 03:00"],
      "time 2020-01-01 03:00 UTC has passed"),
+    # Silently ignored without a baseline, a CI job believed itself gated.
+    (["bench", "fc", "all", "--max-regression", "2%"], "--max-regression: only with --baseline"),
+    (["bench", "fc", "all", "--include-invalid"], "--include-invalid: only with --baseline"),
 ])
 def test_values_that_would_do_the_wrong_thing_are_refused(
         cli: Cli, bundle: Path, args: list[str], message: str) -> None:
@@ -142,3 +145,42 @@ def test_a_junit_path_that_cannot_be_written_is_refused_before_the_benchmark(
     assert "give --baseline" in refused(cli, "bench", "fc", "all", "--junit",
                                         tmp_path / "gate.xml")
     assert cli("jobs", "list", "--json").json == []
+
+
+def test_a_port_another_server_holds_is_refused_before_the_banner(cli: Cli) -> None:
+    """uvicorn printed its error after the banner and exited 3 (the README promises 2)."""
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = str(holder.getsockname()[1])
+        result = cli("serve", "--no-worker", "--port", port, expect=2)
+    error = " ".join(result.stderr.split())
+    assert f"cannot listen on 127.0.0.1 port {port}" in error and "--port N" in error, error
+    assert "EdgeFleet on http" not in error and "Traceback" not in error
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_stdout_that_cannot_be_written_is_named_as_such(cli: Cli, as_json: bool) -> None:
+    """``> /dev/full``: with --json, a traceback (the error JSON went to the same stdout);
+    without, "free space on that disk (EDGEFLEET_HOME holds ...)", the wrong disk."""
+    import subprocess
+    import sys
+
+    cli("inventory", "sync", EXAMPLE)
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli.main", "devices", "list",
+             *(["--json"] if as_json else [])],
+            stdout=full, stderr=subprocess.PIPE, text=True, cwd=REPO, timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == ("error: cannot write to standard output: No space left on device "
+                           "(where stdout goes: a full disk, /dev/full?)\n")
+
+
+def test_an_os_error_without_a_path_gets_no_path_hint() -> None:
+    from orchestrator.cli.app import os_problem
+
+    assert os_problem(OSError(5, "Input/output error")) == "Input/output error"
+    assert os_problem(OSError(5, "Input/output error", "/x")).endswith("'/x'): check the path")
