@@ -206,7 +206,7 @@ class EarlyPush:
     def discard(self) -> None:
         """Stop it (nothing was adopted, or the push failed before using it)."""
         if self.conn is not None:
-            self.conn.abort()
+            self.conn.cancel()
         self._thread.join()
         if self.conn is not None:
             self.conn.close()

@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any
 
 from orchestrator.core.errors import TransportError
+from orchestrator.transport.startgate import Slot, the_gate
 
 LineHandler = Callable[[str], None]
 ByteProgress = Callable[[int], None]
@@ -290,6 +291,10 @@ def sftp_path(path: str) -> str:
     return path
 
 
+# How long a command with no silence timeout may hold its start slot without output.
+UNTIMED_START_S = 300.0
+
+
 class Channel(ABC):
     """A running remote command we talk to: bytes in on stdin, lines out of stdout.
 
@@ -301,6 +306,26 @@ class Channel(ABC):
 
     start_s: float = 0.0
     heard: bool = False  # a stdout byte came: from here on, only the silence timeout counts
+    timeout: float | None = None
+    _slot: Slot | None = None  # its place at the start gate until it is started
+
+    def hold(self, slot: Slot) -> None:
+        """Keep ``slot`` (``startgate``) until this command is started; it expires on its own
+        once the allowance has passed (the command is killed then anyway)."""
+        self._slot = slot
+        slot.expire_after(self.silence_allowed(self.timeout) if self.timeout is not None
+                          else UNTIMED_START_S)
+
+    def heard_now(self) -> None:
+        """Its first output came: from here on, only the silence timeout counts."""
+        self.heard = True
+        self.started()
+
+    def started(self) -> None:
+        """Past its start (output, its end, an abort): the start slot goes back."""
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            slot.release()
 
     def silence_allowed(self, timeout: float) -> float:
         """The silence allowed now: ``timeout``, plus ``start_s`` until the first output."""
@@ -359,6 +384,8 @@ class Connection(ABC):
         self.limits = limits or OutputLimits()
         # The device lease it works under (``factory.under_lease``); None: lease-free.
         self.lease_holder: str | None = None
+        # Set when the operation is aborted: a start still waiting at the gate gives up.
+        self.start_cancelled = threading.Event()
 
     def run(
         self,
@@ -418,7 +445,17 @@ class Connection(ABC):
         """Start argv and keep talking to it (an agent session); ``env`` goes first on its
         stdin (``render_launch``)."""
         launch = render_launch(argv, env)
-        channel = self.launch(launch.command, timeout)
+        # Wait for a start slot before launching, so the login allowance counts from here.
+        slot = the_gate().take(self.start_cancelled.is_set)
+        if slot is None:
+            raise TransportError(f"{self.target.name}: not started: the operation was "
+                                 "cancelled")
+        try:
+            channel = self.launch(launch.command, timeout)
+        except BaseException:
+            slot.release()
+            raise
+        channel.hold(slot)
         if launch.stdin_first:
             try:
                 channel.write(launch.stdin_first)
@@ -442,6 +479,12 @@ class Connection(ABC):
         """Stop everything in flight on this connection now, from any thread (a Ctrl-C of
         the command using it): blocked reads and writes end with a TransportError."""
         self.close()
+
+    def cancel(self) -> None:
+        """``abort``, and a start still waiting at the start gate gives up instead of
+        launching."""
+        self.start_cancelled.set()
+        self.abort()
 
     def __enter__(self) -> Connection:
         return self

@@ -84,7 +84,7 @@ def connect(target: Target, settings: Settings | EnvSettings,
     conn.lease_holder = _lease_holder.get()
     _open.add(conn)
     if _aborted.is_set():  # opened while abort_all ran
-        conn.abort()
+        conn.cancel()
         _refuse_if_aborted(target)
     return conn
 
@@ -130,7 +130,7 @@ def abort_all() -> None:
     _aborted.set()
     for conn in list(_open):
         try:
-            conn.abort()
+            conn.cancel()
         except Exception as exc:  # one device's teardown error must not spare the others
             log.warning("%s: abort failed: %s", conn.target.name, exc)
 
@@ -151,7 +151,7 @@ def abort_device(name: str, holder: str) -> int:
     for conn in opened:
         if conn.target.name == name and conn.lease_holder == holder:
             try:
-                conn.abort()
+                conn.cancel()
                 aborted += 1
             except Exception as exc:  # noqa: BLE001 - the others must still be aborted
                 log.warning("%s: abort failed: %s", name, exc)

@@ -131,7 +131,7 @@ class LocalChannel(Channel):
                     return None
                 data = os.read(fd, _READ_CHUNK)
                 if data:
-                    self.heard = True
+                    self.heard_now()
                     self._lines.feed(data)
                 else:
                     self._eof = True
@@ -208,6 +208,7 @@ class LocalChannel(Channel):
             self.proc.stdin.close()
 
     def finish(self) -> tuple[int, str]:
+        self.started()
         self.close_input()
         while self._next_line():  # what is left, under the same limits (no silence timeout)
             pass
@@ -218,6 +219,7 @@ class LocalChannel(Channel):
         return code, self._stderr.text()
 
     def abort(self) -> None:
+        self.started()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
 

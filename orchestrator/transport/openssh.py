@@ -45,6 +45,7 @@ from orchestrator.transport.base import (
     Target,
 )
 from orchestrator.transport.hostkeys import known_hosts_entry
+from orchestrator.transport.keyfile import login_refused
 from orchestrator.transport.local import LocalChannel
 from orchestrator.transport.sshclient import (
     HOST_KEY_ALIAS,
@@ -283,9 +284,7 @@ class OpenSshConnection(Connection):
         if _UNKNOWN in stderr:
             raise self._unknown_key(stderr)
         if "Permission denied" in stderr:
-            raise TransportError(
-                f"{t.name}: authentication to {where} as {t.user or '(default user)'} failed "
-                f"({_last_line(stderr)}); check ansible_user and ansible_ssh_private_key_file")
+            raise login_refused(t, where, _last_line(stderr))
         if any(text in stderr for text in _CONNECT_ERRORS):
             raise TransportError(f"{t.name}: cannot connect to {where}: {_last_line(stderr)}")
         if self.shared_path and not stderr.strip() and not os.path.lexists(self.shared_path):

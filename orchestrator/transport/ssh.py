@@ -31,6 +31,7 @@ from orchestrator.transport.base import (
     sftp_path,
 )
 from orchestrator.transport.hostkeys import changed_key_error, fingerprint, unknown_key_error
+from orchestrator.transport.keyfile import login_refused
 
 _RECV = 1 << 16
 _SFTP_WRITE = 255 * 1024
@@ -155,7 +156,7 @@ class SshChannel(Channel):
             if channel.recv_ready():
                 data = channel.recv(_RECV)
                 if data:
-                    self.heard = True
+                    self.heard_now()
                     self._lines.feed(data)
                 else:
                     self._eof = True
@@ -185,6 +186,7 @@ class SshChannel(Channel):
             self.channel.shutdown_write()
 
     def finish(self) -> tuple[int, str]:
+        self.started()
         self.close_input()
         while self.readline():
             pass
@@ -202,6 +204,7 @@ class SshChannel(Channel):
         return code, self._err.text()
 
     def abort(self) -> None:
+        self.started()
         self.channel.close()
 
 
@@ -279,11 +282,7 @@ class SshConnection(Connection):
                 ) from None
             raise changed_key_error(self.target.name, where, exc.key, exc.expected_key) from None
         except paramiko.AuthenticationException as exc:
-            raise TransportError(
-                f"{self.target.name}: authentication to {where} as "
-                f"{self.target.user or '(default user)'} failed ({exc}); "
-                "check ansible_user and ansible_ssh_private_key_file"
-            ) from None
+            raise login_refused(self.target, where, str(exc)) from None
         except (TimeoutError, OSError, paramiko.SSHException) as exc:
             raise TransportError(
                 f"{self.target.name}: cannot connect to {where}: {exc or type(exc).__name__}"
