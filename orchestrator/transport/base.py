@@ -386,6 +386,9 @@ class Connection(ABC):
         self.lease_holder: str | None = None
         # Set when the operation is aborted: a start still waiting at the gate gives up.
         self.start_cancelled = threading.Event()
+        self._slots: list[Slot] = []  # every start slot taken here, given back at the latest
+        # when the connection is left (a channel given up unread would hold its slot until
+        # its allowance passed)
 
     def run(
         self,
@@ -456,6 +459,7 @@ class Connection(ABC):
             slot.release()
             raise
         channel.hold(slot)
+        self._slots.append(slot)
         if launch.stdin_first:
             try:
                 channel.write(launch.stdin_first)
@@ -485,6 +489,12 @@ class Connection(ABC):
         launching."""
         self.start_cancelled.set()
         self.abort()
+        self.release_starts()
+
+    def release_starts(self) -> None:
+        """Give back every start slot this connection's commands still hold."""
+        while self._slots:  # pop: atomic against a start appending from another thread
+            self._slots.pop().release()
 
     def __enter__(self) -> Connection:
         return self
@@ -495,4 +505,7 @@ class Connection(ABC):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        try:
+            self.close()
+        finally:
+            self.release_starts()

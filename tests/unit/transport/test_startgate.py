@@ -125,3 +125,15 @@ def test_the_limit_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
     assert startgate.the_gate().limit >= 1 << 30
     monkeypatch.setenv(startgate.MAX_STARTING_ENV, "many")
     assert startgate.the_gate().limit == startgate.DEFAULT_MAX_STARTING
+
+
+def test_leaving_a_connection_gives_back_what_its_silent_commands_held(
+        gate: startgate.StartGate) -> None:
+    """A command that ended without output, its channel never read or finished (an error
+    path), held its slot until its allowance passed: a minute, at the defaults."""
+    with LocalConnection(TARGET) as conn:
+        ended = [conn.start(["true"], timeout=60) for _ in range(2)]
+        for channel in ended:
+            channel.proc.wait()  # ended, silent, unread
+        assert gate.starting() == 2
+    assert gate.starting() == 0
