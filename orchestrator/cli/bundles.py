@@ -22,6 +22,7 @@ from orchestrator.cli.app import (
     settings,
 )
 from orchestrator.cli.keys import passphrase_for
+from orchestrator.cli.quick import MAX_FORKS
 from orchestrator.fleet.fanout import Outcome
 from orchestrator.present import output
 
@@ -362,7 +363,10 @@ def push_cmd(
     # the job, its audit event and the leases are recorded below (fleet.early says what may
     # and may not happen before that). Not for a rollout: its batches, not the first `forks`
     # devices, decide who is pushed first, and a canary must be alone.
-    if staged is None:
+    # A --forks the job will refuse starts nothing early (quick.parse_push's bound; --timeout
+    # was refused by typer already): `push fc all --forks 5000` had its early sessions plan and
+    # stream to the devices while the job refused, and the race decided what was left there.
+    if staged is None and 1 <= forks <= MAX_FORKS:
         early.start(cfg, ref, targets, forks, timeout)
     try:
         from orchestrator.artifacts.bundles import get_bundle

@@ -50,10 +50,18 @@ def test_the_bounds_are_the_push_jobs() -> None:
     assert HIGH["forks"] == MAX_FORKS
 
 
-def test_a_refused_push_sends_nothing_to_any_device(cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_refused_push_sends_nothing_to_any_device(cli, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """`edgefleet push fc pis --forks 5000` was refused (exit 2) after its early sessions had
-    sent the bundle's blobs to the device and pruned others there."""
+    sent the bundle's blobs to the device and pruned others there. The push command (not
+    only ``quick``, before typer) starts nothing early for it: the early sessions raced the
+    refusal, and on a clean CI machine they won (blobs, incoming/, sessions/ left behind)."""
     import yaml
+
+    from orchestrator.fleet import early
+
+    started: list[int] = []
+    real_start = early.start
+    monkeypatch.setattr(early, "start", lambda *a: started.append(a[3]) or real_start(*a))
 
     from orchestrator.demo.model import make_demo_classifier
     from orchestrator.demo.simulate import create_simulated_device
@@ -72,4 +80,5 @@ def test_a_refused_push_sends_nothing_to_any_device(cli, tmp_path) -> None:  # t
                       (["--timeout", "0"], "is not a number of seconds above 0")):
         refused = cli("push", "fc", "all", *bad, "--json", expect=2)
         assert said in refused.stdout + refused.stderr, refused
+        assert started == []  # not even started (a race with the refusal otherwise)
         assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
